@@ -1,0 +1,78 @@
+"""Celery settings. Every value is chosen on purpose; the comment says why.
+
+Broker: Redis when REDIS_URL is set, else kombu's filesystem transport under instance/broker (needs no
+server, and supports the fan-out exchanges that remote control and Flower use).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared.config import load_settings
+
+_settings = load_settings()
+
+broker_url = _settings.broker_url
+if not _settings.redis_url:
+    _folder = _settings.broker_dir
+    for _sub in ("queue", "control", "processed"):
+        (_folder / _sub).mkdir(parents=True, exist_ok=True)
+    broker_transport_options = {
+        "data_folder_in": str(_folder / "queue"),
+        "data_folder_out": str(_folder / "queue"),
+        "control_folder": str(_folder / "control"),
+        "processed_folder": str(_folder / "processed"),
+        "store_processed": False,
+    }
+else:
+    broker_transport_options = {
+        # A task not acknowledged within this time is handed to another worker. It must exceed the
+        # longest task (task_time_limit below) or a slow task would run twice.
+        "visibility_timeout": 3600,
+    }
+
+# Results are ignored unless a task opts in: beat and the API never read them, and storing them
+# would only fill Redis.
+task_ignore_result = True
+result_backend = _settings.redis_url or None
+
+# JSON only: pickle would let anyone who can write to the broker run code in the workers.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+
+timezone = "UTC"
+enable_utc = True
+
+# Acknowledge after the task ran, so a worker that dies mid-task leaves the message for another
+# worker. Tasks are written to be safe to run twice (they reload rows by id and use conditional
+# updates), which is what makes late acks safe.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message at a time per process: with late acks, prefetching would park work behind a slow task.
+worker_prefetch_multiplier = 1
+
+# Time limits well below the visibility timeout (3600 s): a task is killed before Redis would hand
+# its message to a second worker.
+task_soft_time_limit = 240
+task_time_limit = 300
+
+# Flower shows tasks from these events.
+worker_send_task_events = True
+task_send_sent_event = True
+
+# A restarting broker should not kill the worker; retry the connection at start-up too.
+broker_connection_retry_on_startup = True
+
+worker_hijack_root_logger = False
+
+beat_schedule_filename = str(_settings.instance_dir / "celerybeat-schedule")
+beat_schedule = {
+    "expire-pending-signals": {
+        "task": "tradeguard.expire_signals",
+        "schedule": timedelta(seconds=_settings.expiry_sweep_seconds),
+        # A sweep not started within one interval is pointless: the next tick does the same work.
+        "options": {"expires": _settings.expiry_sweep_seconds},
+    },
+}

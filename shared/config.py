@@ -1,0 +1,181 @@
+"""Settings, read from environment variables only (see `.env.example`).
+
+With no variables set TradeGuard runs on embedded defaults so that one command starts it on a bare
+machine: a SQLite file and a filesystem Celery broker under `instance/`, and secrets generated once and
+kept in `instance/secrets.json`. Setting `DATABASE_URL` and `REDIS_URL` switches to Postgres and Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or malformed. Fix the environment variable named in the message and restart."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    instance_dir: Path
+    database_url: str
+    redis_url: str | None
+    secret_key: str
+    jwt_secret: str
+    # Fernet keys: the first encrypts, all decrypt, so a key can be rotated without downtime.
+    encryption_keys: tuple[str, ...]
+    jwt_ttl_seconds: int = 3600
+    signal_default_ttl_seconds: int = 120
+    signal_max_ttl_seconds: int = 86400
+    signature_max_skew_seconds: int = 300
+    expiry_sweep_seconds: float = 5.0
+    secrets_generated: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.instance_dir / "broker"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from exc
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _normalise_database_url(url: str) -> str:
+    # Heroku-style URLs say postgres://, which SQLAlchemy no longer accepts; and SQLAlchemy 2.1
+    # defaults postgresql:// to psycopg 3, while TradeGuard ships psycopg2.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+def _load_or_generate_secrets(instance_dir: Path) -> dict[str, str]:
+    """Secrets for the embedded defaults, generated once and kept in instance/secrets.json (mode 600).
+
+    Only for a single machine: workers on other machines must share the same keys, so production
+    sets them through the environment.
+    """
+    path = instance_dir / "secrets.json"
+    if path.exists():
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+    generated = {
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "JWT_SECRET": secrets.token_urlsafe(32),
+        "ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    }
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary name then rename, so that two processes starting at once never read a
+    # half-written file; the loser of the race simply reads the winner's keys.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(generated, fh)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    loaded = json.loads(path.read_text())
+    return loaded
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    instance_dir = Path(env.get("TRADEGUARD_INSTANCE_DIR") or PROJECT_ROOT / "instance").resolve()
+    instance_dir.mkdir(parents=True, exist_ok=True)
+
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{instance_dir / 'tradeguard.db'}"
+    database_url = _normalise_database_url(database_url)
+    redis_url = env.get("REDIS_URL") or None
+
+    wanted = ("SECRET_KEY", "JWT_SECRET", "ENCRYPTION_KEY")
+    given = {name: env.get(f"TRADEGUARD_{name}", "") for name in wanted}
+    generated = False
+    if not all(given.values()):
+        stored = _load_or_generate_secrets(instance_dir)
+        given = {name: given[name] or stored[name] for name in wanted}
+        generated = True
+
+    encryption_keys = tuple(k.strip() for k in given["ENCRYPTION_KEY"].split(",") if k.strip())
+    for key in encryption_keys:
+        try:
+            Fernet(key.encode())
+        except ValueError as exc:
+            raise ConfigurationError(
+                "TRADEGUARD_ENCRYPTION_KEY must be one or more comma-separated Fernet keys "
+                "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+            ) from exc
+
+    return Settings(
+        instance_dir=instance_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        secret_key=given["SECRET_KEY"],
+        jwt_secret=given["JWT_SECRET"],
+        encryption_keys=encryption_keys,
+        jwt_ttl_seconds=_int(env, "TRADEGUARD_JWT_TTL_SECONDS", 3600),
+        signal_default_ttl_seconds=_int(env, "TRADEGUARD_SIGNAL_TTL_SECONDS", 120),
+        signal_max_ttl_seconds=_int(env, "TRADEGUARD_SIGNAL_MAX_TTL_SECONDS", 86400),
+        signature_max_skew_seconds=_int(env, "TRADEGUARD_SIGNATURE_MAX_SKEW_SECONDS", 300),
+        expiry_sweep_seconds=_float(env, "TRADEGUARD_EXPIRY_SWEEP_SECONDS", 5.0),
+        secrets_generated=generated,
+    )
+
+
+def describe(settings: Settings) -> str:
+    """One line for the log saying which database and broker are in use, without passwords."""
+    from sqlalchemy.engine import make_url
+
+    db = make_url(settings.database_url).render_as_string(hide_password=True)
+    if settings.redis_url:
+        broker = make_url(settings.redis_url).render_as_string(hide_password=True)
+        broker_kind = "Redis"
+    else:
+        broker = f"filesystem://{settings.broker_dir}"
+        broker_kind = "embedded filesystem broker"
+    db_kind = "embedded SQLite" if settings.uses_embedded_database else "Postgres"
+    return f"database: {db} ({db_kind}); broker: {broker} ({broker_kind})"

@@ -1,0 +1,92 @@
+"""The one Flask-SQLAlchemy handle, column types shared by the models, and after-commit hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Session
+
+# Stable constraint names, so Alembic can find and alter them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    Postgres stores `timestamptz`; SQLite has no time zones and hands back naive values, which this
+    type marks as UTC so that comparisons never mix naive and aware datetimes.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; TradeGuard stores UTC-aware timestamps only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSONB on Postgres (indexable, compact), plain JSON elsewhere.
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+# Money, prices and volumes are exact decimals, never floats.
+Price = sa.Numeric(20, 10)
+Money = sa.Numeric(20, 4)
+Volume = sa.Numeric(14, 4)
+
+
+_AFTER_COMMIT_KEY = "tradeguard_after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], Any]) -> None:
+    """Run `callback` once the session's current transaction has committed; drop it on rollback.
+
+    Used to enqueue Celery tasks only for rows that really exist: a task sent before the commit could
+    run before the row is visible, and one sent for a rolled-back transaction would act on nothing.
+    """
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    callbacks = session.info.pop(_AFTER_COMMIT_KEY, [])
+    for callback in callbacks:
+        callback()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:  # only when the outermost transaction rolls back
+        session.info.pop(_AFTER_COMMIT_KEY, None)

@@ -1,0 +1,55 @@
+"""Errors the domain raises. The web layer maps each to an HTTP status; workers log them.
+
+Each docstring says what the caller (or the operator reading the log) should do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+class TradeGuardError(Exception):
+    """Base class. `code` is a stable machine-readable name; the message is for people."""
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str, fields: Mapping[str, Sequence[str]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = dict(fields) if fields else None
+
+
+class InvalidInput(TradeGuardError):
+    """The request is well-formed but breaks a rule; `fields` names each offending field. Fix and resend."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class NotAuthenticated(TradeGuardError):
+    """Credentials, token or request signature are missing, wrong or stale. Sign in or re-sign the request."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(TradeGuardError):
+    """Authenticated but not allowed (e.g. an admin-only endpoint). Ask an administrator."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(TradeGuardError):
+    """No such row visible to you. Other users' rows are reported as not found, never as forbidden."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(TradeGuardError):
+    """The request clashes with current state (already decided, expired, replayed). Reload and decide again."""
+
+    code = "conflict"
+    http_status = 409

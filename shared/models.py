@@ -1,0 +1,170 @@
+"""Database models. Money, prices and volumes are `Numeric`; timestamps are UTC-aware."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from shared.db import JSONType, Price, UTCDateTime, Volume, db, utcnow
+
+
+class Role(str, enum.Enum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+class SignalStatus(str, enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class Side(str, enum.Enum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class Decision(str, enum.Enum):
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+def _enum_values(enum_cls: type[enum.Enum]) -> list[str]:
+    return [member.value for member in enum_cls]
+
+
+def _string_enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
+    # Stored as VARCHAR + CHECK rather than a native Postgres ENUM: adding a state later is a plain
+    # migration on every database, not an ALTER TYPE.
+    return sa.Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=_enum_values,
+        validate_strings=True,
+    )
+
+
+class User(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(255))
+    role: Mapped[Role] = mapped_column(_string_enum(Role, "user_role"), default=Role.USER)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+class Account(db.Model):  # type: ignore[name-defined,misc]
+    """A broker account on an MT5 terminal. Credentials are encrypted at rest and never returned."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (sa.UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    terminal_url: Mapped[str] = mapped_column(sa.String(255))
+    login: Mapped[int] = mapped_column(sa.BigInteger)
+    server: Mapped[str] = mapped_column(sa.String(100))
+    credentials_encrypted: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    owner: Mapped[User] = relationship()
+
+
+class StrategyClient(db.Model):  # type: ignore[name-defined,misc]
+    """A program allowed to send signals for one account, authenticated by an HMAC secret."""
+
+    __tablename__ = "strategy_clients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    secret_encrypted: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    revoked: Mapped[bool] = mapped_column(default=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    account: Mapped[Account] = relationship()
+
+
+class Signal(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "signals"
+    __table_args__ = (
+        # An idempotency key names one signal per client; a resent signal finds it here.
+        sa.UniqueConstraint("client_id", "idempotency_key"),
+        sa.Index("ix_signals_owner_status_created", "owner_id", "status", "created_at"),
+        # The expiry sweep reads pending signals in expiry order.
+        sa.Index("ix_signals_status_expires_at", "status", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[int] = mapped_column(sa.ForeignKey("strategy_clients.id"), index=True)
+    instrument: Mapped[str] = mapped_column(sa.String(32))
+    side: Mapped[Side] = mapped_column(_string_enum(Side, "signal_side"))
+    volume: Mapped[Decimal] = mapped_column(Volume)
+    price: Mapped[Decimal | None] = mapped_column(Price)
+    sl: Mapped[Decimal | None] = mapped_column(Price)
+    tp: Mapped[Decimal | None] = mapped_column(Price)
+    comment: Mapped[str | None] = mapped_column(sa.String(255))
+    status: Mapped[SignalStatus] = mapped_column(
+        _string_enum(SignalStatus, "signal_status"), default=SignalStatus.PENDING
+    )
+    ttl_seconds: Mapped[int] = mapped_column(sa.Integer)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(128))
+    # The request signature is unique: a request replayed byte for byte is refused.
+    signature: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # SHA-256 of the canonical body, to tell a retry from a different signal under the same key.
+    body_sha256: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Approval(db.Model):  # type: ignore[name-defined,misc]
+    """The owner's decision on a signal; at most one per signal."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    signal_id: Mapped[int] = mapped_column(sa.ForeignKey("signals.id"), unique=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    decision: Mapped[Decision] = mapped_column(_string_enum(Decision, "approval_decision"))
+    reason: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    signal: Mapped[Signal] = relationship()
+
+
+class AuditLog(db.Model):  # type: ignore[name-defined,misc]
+    """Append-only record of every state change: who did what to which row."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_target", "target_type", "target_id"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    # user, client or system; actor_id is null for the system (beat sweeps, workers).
+    actor_type: Mapped[str] = mapped_column(sa.String(16))
+    actor_id: Mapped[int | None] = mapped_column(sa.Integer)
+    action: Mapped[str] = mapped_column(sa.String(64), index=True)
+    target_type: Mapped[str] = mapped_column(sa.String(32))
+    target_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

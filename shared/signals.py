@@ -1,0 +1,294 @@
+"""Signals: the sanity rules, authenticating the strategy client, ingest with idempotency and replay
+protection, listing, and the expiry sweep."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import audit
+from shared.crypto import SecretBox
+from shared.db import utcnow
+from shared.errors import Conflict, NotAuthenticated, NotFound
+from shared.models import Side, Signal, SignalStatus, StrategyClient, User
+from shared.signing import parse_timestamp, signature_matches, timestamp_is_fresh
+
+# ---------------------------------------------------------------------------------------------
+# Pure rules
+# ---------------------------------------------------------------------------------------------
+
+
+def price_level_errors(
+    side: str, price: Decimal | None, sl: Decimal | None, tp: Decimal | None
+) -> dict[str, list[str]]:
+    """Where stop-loss and take-profit sit relative to the entry price, by field name.
+
+    For a buy the stop is below and the target above (sl < price < tp); for a sell the reverse. Each
+    comparison is made only when both of its sides are given.
+    """
+    errors: dict[str, list[str]] = {}
+
+    def add(field_name: str, message: str) -> None:
+        errors.setdefault(field_name, []).append(message)
+
+    buy = side == Side.BUY.value
+    if price is not None and sl is not None:
+        if buy and not sl < price:
+            add("sl", "for a buy, sl must be below price")
+        if not buy and not sl > price:
+            add("sl", "for a sell, sl must be above price")
+    if price is not None and tp is not None:
+        if buy and not tp > price:
+            add("tp", "for a buy, tp must be above price")
+        if not buy and not tp < price:
+            add("tp", "for a sell, tp must be below price")
+    if price is None and sl is not None and tp is not None:
+        if buy and not sl < tp:
+            add("sl", "for a buy, sl must be below tp")
+        if not buy and not sl > tp:
+            add("sl", "for a sell, sl must be above tp")
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Authenticating the strategy client
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """The parts of an HTTP request that the signature covers or identifies."""
+
+    client_id: str | None
+    timestamp: str | None
+    signature: str | None
+    body: bytes
+
+
+def authenticate_client(
+    session: Session,
+    box: SecretBox,
+    request: SignedRequest,
+    *,
+    max_skew_seconds: int,
+    now: float | None = None,
+) -> StrategyClient:
+    """The client that signed `request`, or NotAuthenticated saying what is wrong."""
+    if not request.client_id or not request.timestamp or not request.signature:
+        raise NotAuthenticated("X-Client-Id, X-Timestamp and X-Signature headers are required")
+    try:
+        client_id = int(request.client_id)
+    except ValueError:
+        raise NotAuthenticated("unknown client") from None
+    timestamp = parse_timestamp(request.timestamp)
+    if timestamp is None:
+        raise NotAuthenticated("X-Timestamp must be unix seconds")
+    if not timestamp_is_fresh(timestamp, time.time() if now is None else now, max_skew_seconds):
+        raise NotAuthenticated(f"X-Timestamp is more than {max_skew_seconds} s from server time")
+    client = session.get(StrategyClient, client_id) if 0 < client_id < 2**31 else None
+    if client is None or client.revoked:
+        raise NotAuthenticated("unknown or revoked client")
+    if not signature_matches(box.decrypt(client.secret_encrypted), timestamp, request.body, request.signature):
+        raise NotAuthenticated("bad signature")
+    return client
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    signal: Signal
+    created: bool  # False when an idempotent retry returned the signal made the first time
+
+
+def _existing_for(
+    session: Session, client: StrategyClient, idempotency_key: str | None, signature: str, body_sha256: str
+) -> Signal | None:
+    """The signal an idempotent retry refers to, None for a new signal, or Conflict for a replay."""
+    if idempotency_key is not None:
+        earlier = session.scalar(
+            sa.select(Signal).where(
+                Signal.client_id == client.id, Signal.idempotency_key == idempotency_key
+            )
+        )
+        if earlier is not None:
+            if earlier.body_sha256 != body_sha256:
+                raise Conflict(
+                    "this Idempotency-Key was already used for a different signal",
+                    fields={"Idempotency-Key": ["already used with a different body"]},
+                )
+            return earlier
+    if session.scalar(sa.select(Signal.id).where(Signal.signature == signature)) is not None:
+        raise Conflict(
+            "this signature was already used: a replayed request is refused; "
+            "send an Idempotency-Key to retry safely",
+            fields={"X-Signature": ["already used"]},
+        )
+    return None
+
+
+def ingest_signal(
+    session: Session,
+    client: StrategyClient,
+    data: dict[str, Any],
+    *,
+    signature: str,
+    body_sha256: str,
+    idempotency_key: str | None,
+    default_ttl_seconds: int,
+) -> IngestResult:
+    """Store a validated signal as pending, or return the one an idempotent retry refers to.
+
+    Safe against concurrent duplicates: the unique constraints on (client, key) and on the signature
+    decide the race, and the loser re-reads what the winner stored.
+    """
+    signature = signature.strip().lower()
+    earlier = _existing_for(session, client, idempotency_key, signature, body_sha256)
+    if earlier is not None:
+        return IngestResult(earlier, created=False)
+
+    now = utcnow()
+    ttl = data.get("ttl_seconds") or default_ttl_seconds
+    signal = Signal(
+        owner_id=client.owner_id,
+        account_id=client.account_id,
+        client_id=client.id,
+        instrument=data["instrument"],
+        side=Side(data["side"]),
+        volume=data["volume"],
+        price=data.get("price"),
+        sl=data.get("sl"),
+        tp=data.get("tp"),
+        comment=data.get("comment"),
+        status=SignalStatus.PENDING,
+        ttl_seconds=ttl,
+        expires_at=now + timedelta(seconds=ttl),
+        idempotency_key=idempotency_key,
+        signature=signature,
+        body_sha256=body_sha256,
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(signal)
+            session.flush()
+    except IntegrityError:
+        # A concurrent request with the same key or signature committed first.
+        earlier = _existing_for(session, client, idempotency_key, signature, body_sha256)
+        if earlier is None:
+            raise
+        return IngestResult(earlier, created=False)
+    audit.record(
+        session,
+        actor_type=audit.CLIENT,
+        actor_id=client.id,
+        action="signal.received",
+        target_type="signal",
+        target_id=signal.id,
+        meta={
+            "account_id": client.account_id,
+            "instrument": signal.instrument,
+            "side": signal.side.value,
+            "volume": str(signal.volume),
+            "idempotency_key": idempotency_key,
+        },
+    )
+    return IngestResult(signal, created=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def get_own_signal(session: Session, owner: User, signal_id: int) -> Signal:
+    signal = session.get(Signal, signal_id)
+    if signal is None or signal.owner_id != owner.id:
+        raise NotFound(f"signal {signal_id} not found")
+    return signal
+
+
+def list_own_signals(
+    session: Session, owner: User, *, status: SignalStatus | None, page: int, per_page: int
+) -> tuple[list[Signal], int]:
+    where = [Signal.owner_id == owner.id]
+    if status is not None:
+        where.append(Signal.status == status)
+    total = session.scalar(sa.select(sa.func.count()).select_from(Signal).where(*where)) or 0
+    items = session.scalars(
+        sa.select(Signal)
+        .where(*where)
+        .order_by(Signal.created_at.desc(), Signal.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return list(items), total
+
+
+# ---------------------------------------------------------------------------------------------
+# Expiry
+# ---------------------------------------------------------------------------------------------
+
+
+def is_expired(signal: Signal, now: datetime) -> bool:
+    return signal.status == SignalStatus.EXPIRED or (
+        signal.status == SignalStatus.PENDING and signal.expires_at <= now
+    )
+
+
+def expire_due_signals(session: Session, *, now: datetime | None = None, batch_size: int = 500) -> list[int]:
+    """Mark pending signals past their time-to-live as expired, each with an audit row.
+
+    Safe with several sweeps at once: rows are claimed with SKIP LOCKED on Postgres, and the UPDATE
+    re-checks `status = 'pending'`, so a signal approved a moment ago is never expired and no signal is
+    expired (or audited) twice.
+    """
+    now = now or utcnow()
+    expired_ids: list[int] = []
+    while True:
+        due_ids = list(
+            session.scalars(
+                sa.select(Signal.id)
+                .where(Signal.status == SignalStatus.PENDING, Signal.expires_at <= now)
+                .order_by(Signal.expires_at)
+                .limit(batch_size)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not due_ids:
+            break
+        claimed = list(
+            session.scalars(
+                sa.update(Signal)
+                .where(Signal.id.in_(due_ids), Signal.status == SignalStatus.PENDING)
+                .values(status=SignalStatus.EXPIRED, decided_at=now)
+                .returning(Signal.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        for signal_id in claimed:
+            audit.record(
+                session,
+                actor_type=audit.SYSTEM,
+                actor_id=None,
+                action="signal.expired",
+                target_type="signal",
+                target_id=signal_id,
+                meta={"expired_at": now.isoformat()},
+            )
+        expired_ids.extend(claimed)
+        if len(due_ids) < batch_size:
+            break
+    # Objects already loaded in this session must not show the old status.
+    session.expire_all()
+    return expired_ids

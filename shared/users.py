@@ -1,0 +1,76 @@
+"""Users: registration, password checks (argon2) and admin creation."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.orm import Session
+
+from shared import audit
+from shared.errors import Conflict, NotAuthenticated
+from shared.models import Role, User
+
+_hasher = PasswordHasher()
+# Verified when the email is unknown, so that a wrong email takes as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("tradeguard-timing-equaliser")
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def register(session: Session, email: str, password: str, role: Role = Role.USER) -> User:
+    email = normalise_email(email)
+    if session.scalar(sa.select(User.id).where(User.email == email)) is not None:
+        raise Conflict("that email is already registered", fields={"email": ["already registered"]})
+    user = User(email=email, password_hash=hash_password(password), role=role)
+    session.add(user)
+    session.flush()
+    audit.record(
+        session,
+        actor_type=audit.USER,
+        actor_id=user.id,
+        action="user.registered",
+        target_type="user",
+        target_id=user.id,
+        meta={"email": email, "role": role.value},
+    )
+    return user
+
+
+def authenticate(session: Session, email: str, password: str) -> User:
+    user = session.scalar(sa.select(User).where(User.email == normalise_email(email)))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        raise NotAuthenticated("wrong email or password") from None
+    if user is None:
+        raise NotAuthenticated("wrong email or password")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    return user
+
+
+def create_or_promote_admin(session: Session, email: str, password: str) -> User:
+    """For the `flask create-admin` command: a new admin, or an existing user made admin."""
+    email = normalise_email(email)
+    user = session.scalar(sa.select(User).where(User.email == email))
+    if user is None:
+        return register(session, email, password, role=Role.ADMIN)
+    user.role = Role.ADMIN
+    user.password_hash = hash_password(password)
+    audit.record(
+        session,
+        actor_type=audit.SYSTEM,
+        actor_id=None,
+        action="user.promoted_admin",
+        target_type="user",
+        target_id=user.id,
+        meta={"email": email},
+    )
+    return user

@@ -1,0 +1,112 @@
+"""The Flask app factory. The API is thin: validate, authorise, write, enqueue."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+from flask_migrate import Migrate
+from werkzeug.routing import IntegerConverter
+
+from shared.config import Settings, describe, load_settings
+from shared.crypto import SecretBox
+from shared.db import db
+from web.errors import TradeGuardApi, register_error_handlers
+
+log = logging.getLogger("tradeguard")
+
+migrate = Migrate()
+
+
+class IdConverter(IntegerConverter):
+    """Row ids in URLs: 1 to 2**31-1. Anything else is a 404, not a database overflow error."""
+
+    def __init__(self, map: Any) -> None:  # noqa: A002 - werkzeug's parameter name
+        super().__init__(map, min=1, max=2**31 - 1)
+
+
+def _engine_options(settings: Settings) -> dict[str, Any]:
+    if settings.uses_embedded_database:
+        # Several processes share the SQLite file: wait for a lock rather than fail at once.
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+
+
+def _configure_sqlite(app: Flask) -> None:
+    @sa.event.listens_for(db.engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets the web server read while a worker writes; foreign keys are off by default.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def configure_logging() -> None:
+    """Plain stderr logging for processes started outside gunicorn/celery (which bring their own)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    configure_logging()
+    settings = settings or load_settings()
+    app = Flask(__name__, instance_path=str(settings.instance_dir))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings),
+        MAX_CONTENT_LENGTH=64 * 1024,
+        API_TITLE="TradeGuard",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": "Signed trading signals, approved by a person, executed on MT5."},
+            "security": [{"bearerAuth": []}],
+            "components": {
+                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            },
+        },
+    )
+    app.config.update(overrides)
+    app.extensions["tradeguard.settings"] = settings
+    app.extensions["tradeguard.secret_box"] = SecretBox(settings.encryption_keys)
+    app.url_map.converters["id"] = IdConverter
+
+    import shared.models  # noqa: F401 - registers every table on the metadata, for Alembic too
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)
+    if settings.uses_embedded_database:
+        with app.app_context():
+            _configure_sqlite(app)
+
+    api = TradeGuardApi(app)
+    from web.api import accounts, approvals, audit, auth, clients, health, signals
+
+    for module in (health, auth, accounts, clients, signals, approvals, audit):
+        api.register_blueprint(module.blp)
+    register_error_handlers(app)
+
+    from web.cli import register_cli
+
+    register_cli(app)
+
+    log.info("TradeGuard web: %s", describe(settings))
+    if settings.secrets_generated:
+        log.warning("using secrets generated under %s; set TRADEGUARD_* secrets in production", settings.instance_dir)
+    return app
+
+
+def _migrations_dir() -> Any:
+    from shared.config import PROJECT_ROOT
+
+    return PROJECT_ROOT / "migrations"

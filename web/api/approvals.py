@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Any
+
+from flask_smorest import Blueprint
+
+from shared import approvals
+from shared.models import Decision
+from web.auth import current_user, login_required
+from web.extensions import db
+from web.schemas import ApprovalCreateSchema, ApprovalPageSchema, ApprovalSchema, PageQuerySchema
+
+blp = Blueprint("approvals", __name__, url_prefix="/api/v1/approvals", description="Approve or reject signals")
+
+
+@blp.post("")
+@login_required
+@blp.arguments(ApprovalCreateSchema)
+@blp.response(201, ApprovalSchema)
+def create_approval(body: dict[str, Any]) -> Any:
+    approval = approvals.decide(
+        db.session,
+        current_user(),
+        signal_id=body["signal_id"],
+        decision=Decision(body["decision"]),
+        reason=body["reason"],
+    )
+    db.session.commit()
+    return approval
+
+
+@blp.get("")
+@login_required
+@blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, ApprovalPageSchema)
+def list_approvals(query: dict[str, Any]) -> Any:
+    items, total = approvals.list_own_approvals(
+        db.session, current_user(), page=query["page"], per_page=query["per_page"]
+    )
+    return {"items": items, "total": total, "page": query["page"], "per_page": query["per_page"]}
+
+
+@blp.get("/<id:approval_id>")
+@login_required
+@blp.response(200, ApprovalSchema)
+def get_approval(approval_id: int) -> Any:
+    return approvals.get_own_approval(db.session, current_user(), approval_id)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Any
+
+from flask_smorest import Blueprint
+
+from shared import users
+from web.auth import issue_token
+from web.extensions import db
+from web.schemas import LoginSchema, RegisterSchema, TokenSchema, UserSchema
+
+blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Registration and sign-in")
+
+
+@blp.post("/register")
+@blp.arguments(RegisterSchema)
+@blp.response(201, UserSchema)
+def register(body: dict[str, Any]) -> Any:
+    user = users.register(db.session, body["email"], body["password"])
+    db.session.commit()
+    return user
+
+
+@blp.post("/login")
+@blp.arguments(LoginSchema)
+@blp.response(200, TokenSchema)
+def login(body: dict[str, Any]) -> Any:
+    user = users.authenticate(db.session, body["email"], body["password"])
+    db.session.commit()  # a re-hashed password, if argon2's parameters changed
+    token, ttl = issue_token(user)
+    return {"access_token": token, "token_type": "Bearer", "expires_in": ttl}

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Any
+
+from flask_smorest import Blueprint
+
+from shared import clients
+from web.auth import current_user, login_required
+from web.extensions import db, secret_box
+from web.schemas import ClientCreatedSchema, ClientCreateSchema, ClientSchema
+
+blp = Blueprint(
+    "clients", __name__, url_prefix="/api/v1/clients", description="Strategy clients and their HMAC secrets"
+)
+
+
+@blp.post("")
+@login_required
+@blp.arguments(ClientCreateSchema)
+@blp.response(201, ClientCreatedSchema)
+def create_client(body: dict[str, Any]) -> Any:
+    client, secret = clients.create_client(
+        db.session, secret_box(), current_user(), name=body["name"], account_id=body["account_id"]
+    )
+    db.session.commit()
+    shown = {name: getattr(client, name) for name in ClientSchema().fields}
+    return {**shown, "secret": secret}
+
+
+@blp.get("")
+@login_required
+@blp.response(200, ClientSchema(many=True))
+def list_clients() -> Any:
+    return clients.list_own_clients(db.session, current_user())
+
+
+@blp.delete("/<id:client_id>")
+@login_required
+@blp.response(204)
+def revoke_client(client_id: int) -> Any:
+    clients.revoke_client(db.session, current_user(), client_id)
+    db.session.commit()
+    return None

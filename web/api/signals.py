@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from flask_smorest import Blueprint
+
+from shared import signals
+from shared.errors import InvalidInput
+from shared.models import SignalStatus
+from shared.signing import canonical_body_hash
+from web.auth import current_client, current_user, login_required, signature_required
+from web.extensions import db, settings
+from web.schemas import SignalCreateSchema, SignalPageSchema, SignalQuerySchema, SignalSchema
+
+blp = Blueprint("signals", __name__, url_prefix="/api/v1/signals", description="Trading signals")
+
+_SIGNED_HEADERS = [
+    {"in": "header", "name": "X-Client-Id", "required": True, "schema": {"type": "integer"}},
+    {"in": "header", "name": "X-Timestamp", "required": True, "schema": {"type": "integer"},
+     "description": "unix seconds; refused when more than 300 s from server time"},
+    {"in": "header", "name": "X-Signature", "required": True, "schema": {"type": "string"},
+     "description": 'hex HMAC-SHA256(secret, "{timestamp}.{raw body}")'},
+    {"in": "header", "name": "Idempotency-Key", "required": False, "schema": {"type": "string", "maxLength": 128},
+     "description": "resending a signal with the same key returns the first one (200) instead of a new one"},
+]
+
+
+@blp.post("")
+@signature_required
+@blp.arguments(SignalCreateSchema)
+@blp.response(201, SignalSchema)
+@blp.alt_response(200, schema=SignalSchema, description="an idempotent retry: the signal stored the first time")
+@blp.doc(parameters=_SIGNED_HEADERS, security=[])
+def create_signal(body: dict[str, Any]) -> Any:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        key = key.strip()
+        if not 1 <= len(key) <= 128:
+            raise InvalidInput(
+                "Idempotency-Key must be 1 to 128 characters", fields={"Idempotency-Key": ["1 to 128 characters"]}
+            )
+    result = signals.ingest_signal(
+        db.session,
+        current_client(),
+        body,
+        signature=request.headers["X-Signature"],
+        body_sha256=canonical_body_hash(request.get_json()),
+        idempotency_key=key,
+        default_ttl_seconds=settings().signal_default_ttl_seconds,
+    )
+    db.session.commit()
+    return result.signal, (201 if result.created else 200)
+
+
+@blp.get("")
+@login_required
+@blp.arguments(SignalQuerySchema, location="query")
+@blp.response(200, SignalPageSchema)
+def list_signals(query: dict[str, Any]) -> Any:
+    status = SignalStatus(query["status"]) if query["status"] else None
+    items, total = signals.list_own_signals(
+        db.session, current_user(), status=status, page=query["page"], per_page=query["per_page"]
+    )
+    return {"items": items, "total": total, "page": query["page"], "per_page": query["per_page"]}
+
+
+@blp.get("/<id:signal_id>")
+@login_required
+@blp.response(200, SignalSchema)
+def get_signal(signal_id: int) -> Any:
+    return signals.get_own_signal(db.session, current_user(), signal_id)

@@ -1,0 +1,21 @@
+"""Per-app singletons kept on `app.extensions`, with typed accessors for views."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from flask import current_app
+
+from shared.config import Settings
+from shared.crypto import SecretBox
+from shared.db import db
+
+__all__ = ["db", "secret_box", "settings"]
+
+
+def settings() -> Settings:
+    return cast(Settings, current_app.extensions["tradeguard.settings"])
+
+
+def secret_box() -> SecretBox:
+    return cast(SecretBox, current_app.extensions["tradeguard.secret_box"])

@@ -1,0 +1,275 @@
+"""marshmallow schemas: what the API accepts and returns. The OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields, validate, validates, validates_schema
+
+from shared.accounts import terminal_url_problem
+from shared.models import Decision, Side, SignalStatus
+from shared.signals import price_level_errors
+
+MAX_ID = 2**31 - 1
+MAX_LOGIN = 2**63 - 1
+
+
+class ExactDecimal(fields.Decimal):
+    """A decimal given as a JSON number or string, returned as a string so no precision is lost.
+
+    Refuses more decimal places than the column keeps rather than rounding silently.
+    """
+
+    def __init__(self, *, max_places: int, max_value: Decimal, **kwargs: Any):
+        super().__init__(as_string=True, allow_nan=False, **kwargs)
+        self.max_places = max_places
+        self.max_value = max_value
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        number: Decimal = super()._deserialize(value, attr, data, **kwargs)
+        if not number.is_finite():
+            raise self.make_error("special")
+        exponent = number.normalize().as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > self.max_places:
+            raise ma.ValidationError(f"at most {self.max_places} decimal places")
+        if number <= 0:
+            raise ma.ValidationError("must be greater than 0")
+        if number > self.max_value:
+            raise ma.ValidationError(f"must be at most {self.max_value}")
+        return number
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        # normalize() drops the column's trailing zeros; format 'f' avoids exponent notation (1E+2).
+        return format(Decimal(value).normalize(), "f")
+
+
+class StrictInteger(fields.Integer):
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool):  # True is an int in Python, never an id in TradeGuard
+            raise self.make_error("invalid")
+        return super()._validated(value)  # type: ignore[no-any-return]
+
+
+def _id_field(**kwargs: Any) -> fields.Integer:
+    return StrictInteger(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
+
+
+class StrictSchema(ma.Schema):
+    """Unknown fields are an error that names them, not silently dropped."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+# --- auth ---------------------------------------------------------------------------------------
+
+
+class RegisterSchema(StrictSchema):
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=256))
+
+
+class LoginSchema(StrictSchema):
+    email = fields.String(required=True, validate=validate.Length(min=1, max=254))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+class UserSchema(ma.Schema):
+    id = fields.Integer()
+    email = fields.String()
+    role = fields.Function(lambda u: u.role.value)
+    created_at = fields.DateTime()
+
+
+class TokenSchema(ma.Schema):
+    access_token = fields.String()
+    token_type = fields.String()
+    expires_in = fields.Integer()
+
+
+# --- accounts -----------------------------------------------------------------------------------
+
+
+class AccountCreateSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    terminal_url = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    login = StrictInteger(strict=True, required=True, validate=validate.Range(min=1, max=MAX_LOGIN))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+    server = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    currency = fields.String(
+        load_default="USD", validate=validate.Regexp(r"^[A-Z]{3}$", error="a 3-letter ISO code such as USD")
+    )
+
+    @validates("terminal_url")
+    def _check_terminal_url(self, value: str, **_: Any) -> None:
+        problem = terminal_url_problem(value)
+        if problem:
+            raise ma.ValidationError(problem)
+
+
+class AccountSchema(ma.Schema):
+    id = fields.Integer()
+    name = fields.String()
+    terminal_url = fields.String()
+    login = fields.Integer()
+    server = fields.String()
+    currency = fields.String()
+    created_at = fields.DateTime()
+
+
+# --- strategy clients ---------------------------------------------------------------------------
+
+
+class ClientCreateSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    account_id = _id_field(required=True)
+
+
+class ClientSchema(ma.Schema):
+    id = fields.Integer()
+    name = fields.String()
+    account_id = fields.Integer()
+    revoked = fields.Boolean()
+    revoked_at = fields.DateTime(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class ClientCreatedSchema(ClientSchema):
+    secret = fields.String(metadata={"description": "HMAC secret; shown once, store it now"})
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+_PRICE = {"max_places": 10, "max_value": Decimal("1000000000")}
+
+
+class SignalCreateSchema(StrictSchema):
+    instrument = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"^[A-Za-z0-9][A-Za-z0-9._#+-]{0,31}$", error="a symbol such as EURUSD (letters, digits, . _ # + -)"
+        ),
+    )
+    side = fields.String(required=True, validate=validate.OneOf([s.value for s in Side]))
+    volume = ExactDecimal(required=True, max_places=4, max_value=Decimal("100000"))
+    price = ExactDecimal(load_default=None, allow_none=True, **_PRICE)
+    sl = ExactDecimal(load_default=None, allow_none=True, **_PRICE)
+    tp = ExactDecimal(load_default=None, allow_none=True, **_PRICE)
+    ttl_seconds = StrictInteger(strict=True, load_default=None, allow_none=True, validate=validate.Range(min=1))
+    comment = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
+
+    @validates_schema
+    def _check_levels(self, data: dict[str, Any], **_: Any) -> None:
+        errors = price_level_errors(data.get("side", ""), data.get("price"), data.get("sl"), data.get("tp"))
+        if errors and data.get("side") in (Side.BUY.value, Side.SELL.value):
+            raise ma.ValidationError(errors)  # type: ignore[arg-type]
+        max_ttl = self.context_max_ttl()
+        ttl = data.get("ttl_seconds")
+        if ttl is not None and ttl > max_ttl:
+            raise ma.ValidationError({"ttl_seconds": [f"must be at most {max_ttl}"]})
+
+    @staticmethod
+    def context_max_ttl() -> int:
+        from web.extensions import settings
+
+        return settings().signal_max_ttl_seconds
+
+
+class SignalSchema(ma.Schema):
+    id = fields.Integer()
+    status = fields.Function(lambda s: s.status.value)
+    account_id = fields.Integer()
+    client_id = fields.Integer()
+    instrument = fields.String()
+    side = fields.Function(lambda s: s.side.value)
+    volume = ExactDecimal(max_places=4, max_value=Decimal("100000"))
+    price = ExactDecimal(allow_none=True, **_PRICE)
+    sl = ExactDecimal(allow_none=True, **_PRICE)
+    tp = ExactDecimal(allow_none=True, **_PRICE)
+    comment = fields.String(allow_none=True)
+    ttl_seconds = fields.Integer()
+    expires_at = fields.DateTime()
+    idempotency_key = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    decided_at = fields.DateTime(allow_none=True)
+
+
+class PageQuerySchema(StrictSchema):
+    page = StrictInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    per_page = StrictInteger(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class SignalQuerySchema(PageQuerySchema):
+    status = fields.String(load_default=None, validate=validate.OneOf([s.value for s in SignalStatus]))
+
+
+def page_of(item_schema: type[ma.Schema]) -> type[ma.Schema]:
+    """A paging envelope {items, total, page, per_page} around `item_schema`."""
+    return ma.Schema.from_dict(
+        {
+            "items": fields.List(fields.Nested(item_schema)),
+            "total": fields.Integer(),
+            "page": fields.Integer(),
+            "per_page": fields.Integer(),
+        },
+        name=item_schema.__name__.replace("Schema", "") + "Page",
+    )
+
+
+SignalPageSchema = page_of(SignalSchema)
+
+
+# --- approvals ----------------------------------------------------------------------------------
+
+
+class ApprovalCreateSchema(StrictSchema):
+    signal_id = _id_field(required=True)
+    decision = fields.String(required=True, validate=validate.OneOf([d.value for d in Decision]))
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+class ApprovalSchema(ma.Schema):
+    id = fields.Integer()
+    signal_id = fields.Integer()
+    user_id = fields.Integer()
+    decision = fields.Function(lambda a: a.decision.value)
+    reason = fields.String(allow_none=True)
+    signal_status = fields.Function(lambda a: a.signal.status.value)
+    created_at = fields.DateTime()
+
+
+ApprovalPageSchema = page_of(ApprovalSchema)
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+
+class AuditQuerySchema(PageQuerySchema):
+    action = fields.String(load_default=None, validate=validate.Length(max=64))
+    target_type = fields.String(load_default=None, validate=validate.Length(max=32))
+    target_id = StrictInteger(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+
+
+class AuditEntrySchema(ma.Schema):
+    id = fields.Integer()
+    actor_type = fields.String()
+    actor_id = fields.Integer(allow_none=True)
+    action = fields.String()
+    target_type = fields.String()
+    target_id = fields.Integer(allow_none=True)
+    meta = fields.Dict()
+    created_at = fields.DateTime()
+
+
+AuditPageSchema = page_of(AuditEntrySchema)
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String()
+    checks = fields.Dict(keys=fields.String(), values=fields.String())

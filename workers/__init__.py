@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that open a database session and call into shared/."""

@@ -1,0 +1,63 @@
+"""The Celery app and the task base class.
+
+Workers build the Flask app inside the worker process (one per process, after the fork), run every
+task in its app context and one database transaction, and remove the session afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+from flask import Flask
+
+log = logging.getLogger(__name__)
+
+celery_app = Celery("tradeguard", include=["workers.tasks"])
+celery_app.config_from_object("celeryconfig")
+
+_flask_app: Flask | None = None
+
+
+def flask_app() -> Flask:
+    """This process's Flask app, created on first use (after any fork)."""
+    global _flask_app
+    if _flask_app is None:
+        from web import create_app
+
+        _flask_app = create_app()
+    return _flask_app
+
+
+@worker_process_init.connect
+def _dispose_inherited_engine(**_: Any) -> None:
+    # A forked child must not reuse the parent's database connections: two processes writing to one
+    # socket corrupts both. Dispose the inherited pool (without closing the parent's sockets).
+    if _flask_app is not None:
+        from shared.db import db
+
+        with _flask_app.app_context():
+            db.engine.dispose(close=False)
+
+
+class DatabaseTask(Task):  # type: ignore[misc]
+    """Runs the task in the Flask app context and one transaction: commit on success, roll back on
+    error. Follow-up tasks registered with `shared.db.after_commit` are sent only after the commit."""
+
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from shared.db import db
+
+        with flask_app().app_context():
+            try:
+                result = super().__call__(*args, **kwargs)
+                db.session.commit()
+                return result
+            except BaseException:
+                db.session.rollback()
+                raise
+            finally:
+                db.session.remove()
