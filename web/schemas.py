@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import marshmallow as ma
-from marshmallow import fields, validate, validates, validates_schema
+from marshmallow import fields, pre_load, validate, validates, validates_schema
 
 from shared.accounts import terminal_url_problem
 from shared.models import Decision, Side, SignalStatus
@@ -73,6 +73,12 @@ class StrictSchema(ma.Schema):
 class RegisterSchema(StrictSchema):
     email = fields.Email(required=True, validate=validate.Length(max=254))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=256))
+
+    @pre_load
+    def _strip_email(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("email"), str):
+            return {**data, "email": data["email"].strip()}
+        return data
 
 
 class LoginSchema(StrictSchema):

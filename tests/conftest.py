@@ -1,0 +1,242 @@
+"""Test set-up.
+
+Integration tests run against the real PostgreSQL and Redis on this machine: a throw-away database is
+created for the session (and dropped after it), migrations build its schema, and each test runs in a
+transaction that is rolled back. Tests that need committed rows (a real Celery worker reads them from
+another process) use `committed_db`, which truncates afterwards.
+
+With CI=true a missing server fails the run; elsewhere the integration tests are skipped with a
+message saying what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+
+ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_state: dict[str, Any] = {"problem": None, "database": None}
+
+
+def _pg_url(database: str) -> str:
+    url = sa.make_url(ADMIN_URL).set(drivername="postgresql+psycopg2", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+def _services_problem() -> str | None:
+    try:
+        engine = sa.create_engine(_pg_url(sa.make_url(ADMIN_URL).database or "test"), connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        return f"PostgreSQL at {ADMIN_URL} unreachable: {exc}"
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        return f"Redis at {REDIS_URL} unreachable: {exc}"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every process started from here (the app, Celery workers, beat) reads these.
+    instance_dir = tempfile.mkdtemp(prefix="tradeguard-test-")
+    os.environ["TRADEGUARD_INSTANCE_DIR"] = instance_dir
+    os.environ["TRADEGUARD_SECRET_KEY"] = "test-secret-key"
+    os.environ["TRADEGUARD_JWT_SECRET"] = "test-jwt-secret-that-is-long-enough-for-hs256"
+    os.environ["TRADEGUARD_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+    problem = _services_problem()
+    if problem:
+        _state["problem"] = problem
+        if IN_CI:
+            raise pytest.UsageError(f"CI needs PostgreSQL and Redis: {problem}")
+        return
+    database = f"tradeguard_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(_pg_url(sa.make_url(ADMIN_URL).database or "test"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    admin.dispose()
+    _state["database"] = database
+    os.environ["DATABASE_URL"] = _pg_url(database)
+    os.environ["REDIS_URL"] = REDIS_URL
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    database = _state.get("database")
+    if database:
+        admin = sa.create_engine(_pg_url(sa.make_url(ADMIN_URL).database or "test"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.integration)
+            if _state["problem"]:
+                item.add_marker(pytest.mark.skip(reason=_state["problem"]))
+
+
+# --- the app on Postgres -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def app() -> Iterator[Any]:
+    from flask_migrate import upgrade
+
+    from shared.config import load_settings
+    from web import create_app
+
+    application = create_app(load_settings(), TESTING=True)
+    with application.app_context():
+        upgrade()  # the schema comes from the migrations, exactly as in production
+    yield application
+
+
+@pytest.fixture
+def db_session(app: Any) -> Iterator[Any]:
+    """The app's session inside one outer transaction that is rolled back after the test.
+
+    Commits made by the code under test only release a savepoint. Flask-SQLAlchemy picks its engine
+    per query, so the engine entry is pointed at the test's connection for the test's duration.
+    """
+    from shared.db import db
+
+    with app.app_context():
+        engine = db.engine
+        connection = engine.connect()
+        outer = connection.begin()
+        engines = db.engines
+        engines[None] = connection  # type: ignore[assignment]
+        db.session.remove()
+        factory_options = db.session.session_factory.kw
+        factory_options["join_transaction_mode"] = "create_savepoint"
+        try:
+            yield db.session
+        finally:
+            db.session.remove()
+            del factory_options["join_transaction_mode"]
+            engines[None] = engine
+            outer.rollback()
+            connection.close()
+
+
+@pytest.fixture
+def committed_db(app: Any) -> Iterator[Any]:
+    """Real commits, visible to other processes; every table is emptied afterwards."""
+    from shared.db import db
+
+    with app.app_context():
+        yield db.session
+        db.session.remove()
+        tables = ", ".join(f'"{t.name}"' for t in reversed(db.metadata.sorted_tables))
+        with db.engine.begin() as conn:
+            conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def client(app: Any, db_session: Any) -> Any:
+    return app.test_client()
+
+
+# --- helpers for API tests -----------------------------------------------------------------------
+
+
+class Api:
+    """A small driver for the API: users, tokens, accounts, clients and signed signals."""
+
+    def __init__(self, http: Any):
+        self.http = http
+
+    def register(self, email: str | None = None, password: str = "correct horse") -> dict[str, Any]:
+        email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
+        response = self.http.post("/api/v1/auth/register", json={"email": email, "password": password})
+        assert response.status_code == 201, response.json
+        return {"email": email, "password": password, **response.json}
+
+    def login(self, email: str, password: str) -> dict[str, str]:
+        response = self.http.post("/api/v1/auth/login", json={"email": email, "password": password})
+        assert response.status_code == 200, response.json
+        return {"Authorization": f"Bearer {response.json['access_token']}"}
+
+    def user(self) -> dict[str, Any]:
+        """A registered user with `headers` for bearer auth."""
+        user = self.register()
+        return {**user, "headers": self.login(user["email"], user["password"])}
+
+    def account(self, user: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+        body = {
+            "name": f"acct-{uuid.uuid4().hex[:6]}",
+            "terminal_url": "sim://",
+            "login": 1001,
+            "password": "broker-pass",
+            "server": "TradeGuard-Sim",
+            **overrides,
+        }
+        response = self.http.post("/api/v1/accounts", json=body, headers=user["headers"])
+        assert response.status_code == 201, response.json
+        return dict(response.json)
+
+    def strategy_client(self, user: dict[str, Any], account_id: int) -> dict[str, Any]:
+        response = self.http.post(
+            "/api/v1/clients", json={"name": "strategy", "account_id": account_id}, headers=user["headers"]
+        )
+        assert response.status_code == 201, response.json
+        return dict(response.json)
+
+    def setup(self) -> dict[str, Any]:
+        """A user with one account and one strategy client."""
+        user = self.user()
+        account = self.account(user)
+        strategy = self.strategy_client(user, account["id"])
+        return {"user": user, "account": account, "client": strategy}
+
+    @staticmethod
+    def signed_headers(
+        strategy: dict[str, Any], body: bytes, *, timestamp: int | None = None, key: str | None = None
+    ) -> dict[str, str]:
+        from shared.signing import sign
+
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Client-Id": str(strategy["id"]),
+            "X-Timestamp": ts,
+            "X-Signature": sign(strategy["secret"], ts, body),
+        }
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return headers
+
+    def send_signal(
+        self, strategy: dict[str, Any], payload: dict[str, Any] | None = None, *, key: str | None = None, **kw: Any
+    ) -> Any:
+        payload = payload or {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "price": "1.1000",
+                              "sl": "1.0950", "tp": "1.1100"}
+        body = json.dumps(payload).encode()
+        return self.http.post("/api/v1/signals", data=body, headers=self.signed_headers(strategy, body, key=key, **kw))
+
+
+@pytest.fixture
+def api(client: Any) -> Api:
+    return Api(client)

@@ -1,0 +1,75 @@
+"""Probes, the OpenAPI document, and the JSON error envelope for things no view handles."""
+
+from dataclasses import replace
+
+from shared.config import load_settings
+from web import create_app
+
+CONTRACT_PATHS = {
+    "/api/v1/auth/register": {"post"},
+    "/api/v1/auth/login": {"post"},
+    "/api/v1/accounts": {"get", "post"},
+    "/api/v1/accounts/{account_id}": {"get"},
+    "/api/v1/clients": {"get", "post"},
+    "/api/v1/clients/{client_id}": {"delete"},
+    "/api/v1/signals": {"get", "post"},
+    "/api/v1/signals/{signal_id}": {"get"},
+    "/api/v1/approvals": {"get", "post"},
+    "/api/v1/approvals/{approval_id}": {"get"},
+    "/healthz": {"get"},
+    "/readyz": {"get"},
+}
+
+
+def test_healthz_and_readyz_with_database_and_broker_up(client):
+    assert client.get("/healthz").json == {"status": "ok", "checks": {}}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+
+
+def test_readyz_is_503_naming_the_database_when_it_is_unreachable(tmp_path):
+    settings = replace(
+        load_settings(),
+        database_url="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere",
+    )
+    unready = create_app(settings, SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"connect_timeout": 2}})
+    response = unready.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json["status"] == "unavailable"
+    assert response.json["checks"]["database"].startswith("error")
+    assert response.json["checks"]["broker"] == "ok"
+
+
+def test_readyz_is_503_naming_the_broker_when_it_is_unreachable(client, monkeypatch):
+    from workers.celery_app import celery_app
+
+    monkeypatch.setattr(celery_app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json["checks"] == {"database": "ok", "broker": response.json["checks"]["broker"]}
+    assert response.json["checks"]["broker"].startswith("error")
+
+
+def test_openapi_lists_every_path_of_the_contract_with_schemas(client):
+    spec = client.get("/api/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    for path, methods in CONTRACT_PATHS.items():
+        assert path in spec["paths"], path
+        assert methods <= set(spec["paths"][path]), path
+    create_signal = spec["paths"]["/api/v1/signals"]["post"]
+    assert {p["name"] for p in create_signal["parameters"]} >= {"X-Client-Id", "X-Timestamp", "X-Signature", "Idempotency-Key"}
+    body_schema = create_signal["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert set(spec["components"]["schemas"][body_schema]["properties"]) >= {"instrument", "side", "volume", "sl", "tp"}
+
+
+def test_unknown_paths_and_methods_get_the_json_envelope(client):
+    missing = client.get("/api/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json["error"]["code"] == "not_found"
+    wrong_method = client.put("/api/v1/signals")
+    assert wrong_method.status_code == 405 and wrong_method.json["error"]["code"] == "method_not_allowed"
+
+
+def test_an_oversized_body_is_413_json(client):
+    response = client.post("/api/v1/auth/register", data=b"x" * (70 * 1024), content_type="application/json")
+    assert response.status_code == 413 and response.json["error"]["code"] == "payload_too_large"

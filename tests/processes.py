@@ -1,0 +1,96 @@
+"""Start real Celery processes (worker, beat) for integration tests, and stop them afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CeleryProcess:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches the pool children
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{text!r} not seen in {timeout} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+@contextmanager
+def celery_worker(
+    *, concurrency: int = 1, env: dict[str, str] | None = None, name: str = "test"
+) -> Iterator[CeleryProcess]:
+    log_dir = Path(tempfile.mkdtemp(prefix="tg-celery-"))
+    worker = CeleryProcess(
+        [
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        _env(env),
+        log_dir / "worker.log",
+    )
+    try:
+        worker.wait_for_log("ready.")
+        yield worker
+    finally:
+        worker.stop()
+
+
+@contextmanager
+def celery_beat(*, env: dict[str, str] | None = None) -> Iterator[CeleryProcess]:
+    log_dir = Path(tempfile.mkdtemp(prefix="tg-beat-"))
+    beat = CeleryProcess(
+        ["beat", "--loglevel=INFO", f"--schedule={log_dir / 'schedule'}"], _env(env), log_dir / "beat.log"
+    )
+    try:
+        beat.wait_for_log("beat: Starting")
+        yield beat
+    finally:
+        beat.stop()

@@ -1,0 +1,61 @@
+import os
+import stat
+
+import pytest
+from cryptography.fernet import Fernet
+
+from shared.config import ConfigurationError, describe, load_settings
+
+
+def test_embedded_defaults_use_sqlite_filesystem_broker_and_generated_secrets(tmp_path):
+    settings = load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'tradeguard.db'}"
+    assert settings.broker_url == "filesystem://"
+    assert settings.secrets_generated
+    secrets_file = tmp_path / "secrets.json"
+    assert stat.S_IMODE(os.stat(secrets_file).st_mode) == 0o600
+    # A second process on the same machine reads the same secrets instead of making new ones.
+    again = load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path)})
+    assert (again.jwt_secret, again.encryption_keys) == (settings.jwt_secret, settings.encryption_keys)
+    assert "embedded SQLite" in describe(settings) and "filesystem broker" in describe(settings)
+
+
+def test_database_and_redis_urls_switch_to_postgres_and_redis(tmp_path):
+    settings = load_settings(
+        {
+            "TRADEGUARD_INSTANCE_DIR": str(tmp_path),
+            "DATABASE_URL": "postgres://tg:hunter2@db.internal:5432/tradeguard",
+            "REDIS_URL": "redis://:pw@cache:6379/0",
+        }
+    )
+    assert settings.database_url == "postgresql+psycopg2://tg:hunter2@db.internal:5432/tradeguard"
+    assert settings.broker_url == "redis://:pw@cache:6379/0"
+    line = describe(settings)
+    assert "Postgres" in line and "Redis" in line
+    assert "hunter2" not in line and ":pw@" not in line
+
+
+def test_secrets_from_environment_are_used_and_nothing_is_generated(tmp_path):
+    key = Fernet.generate_key().decode()
+    settings = load_settings(
+        {
+            "TRADEGUARD_INSTANCE_DIR": str(tmp_path),
+            "TRADEGUARD_SECRET_KEY": "a",
+            "TRADEGUARD_JWT_SECRET": "b",
+            "TRADEGUARD_ENCRYPTION_KEY": key,
+        }
+    )
+    assert settings.encryption_keys == (key,)
+    assert not settings.secrets_generated
+    assert not (tmp_path / "secrets.json").exists()
+
+
+def test_malformed_settings_are_refused_with_the_variable_named(tmp_path):
+    base = {"TRADEGUARD_INSTANCE_DIR": str(tmp_path)}
+    with pytest.raises(ConfigurationError, match="TRADEGUARD_ENCRYPTION_KEY"):
+        load_settings({**base, "TRADEGUARD_SECRET_KEY": "a", "TRADEGUARD_JWT_SECRET": "b",
+                       "TRADEGUARD_ENCRYPTION_KEY": "not-a-key"})
+    with pytest.raises(ConfigurationError, match="TRADEGUARD_SIGNAL_TTL_SECONDS"):
+        load_settings({**base, "TRADEGUARD_SIGNAL_TTL_SECONDS": "soon"})
+    with pytest.raises(ConfigurationError, match="TRADEGUARD_EXPIRY_SWEEP_SECONDS"):
+        load_settings({**base, "TRADEGUARD_EXPIRY_SWEEP_SECONDS": "0"})

@@ -1,0 +1,49 @@
+"""Start Flower with basic auth always on.
+
+Credentials come from FLOWER_BASIC_AUTH (`user:password`); with none set, a password is generated
+once and kept in instance/flower-auth so that the embedded setup is never left open.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+
+from shared.config import load_settings
+
+
+def basic_auth() -> str:
+    configured = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if configured:
+        if ":" not in configured:
+            raise SystemExit("FLOWER_BASIC_AUTH must be user:password")
+        return configured
+    path = load_settings().instance_dir / "flower-auth"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"admin:{secrets.token_urlsafe(12)}")
+    return path.read_text().strip()
+
+
+def main(argv: list[str]) -> None:
+    if "--print-auth" in argv:
+        print(basic_auth())
+        return
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "flower",
+        f"--port={os.environ.get('FLOWER_PORT', '5555')}",
+        f"--address={os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}",
+        f"--basic-auth={basic_auth()}",
+    ]
+    os.execv(sys.executable, command)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
