@@ -5,10 +5,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from shared import audit
 from shared.crypto import SecretBox
+from shared.db import DbSession
 from shared.errors import Conflict, NotFound
 from shared.models import Account, User
 
@@ -37,7 +37,7 @@ def terminal_url_problem(url: str) -> str | None:
 
 
 def create_account(
-    session: Session,
+    session: DbSession,
     box: SecretBox,
     owner: User,
     *,
@@ -48,9 +48,7 @@ def create_account(
     server: str,
     currency: str = "USD",
 ) -> Account:
-    exists = session.scalar(
-        sa.select(Account.id).where(Account.owner_id == owner.id, Account.name == name)
-    )
+    exists = session.scalar(sa.select(Account.id).where(Account.owner_id == owner.id, Account.name == name))
     if exists is not None:
         raise Conflict("you already have an account with that name", fields={"name": ["already used"]})
     account = Account(
@@ -77,14 +75,12 @@ def create_account(
     return account
 
 
-def get_own_account(session: Session, owner: User, account_id: int) -> Account:
+def get_own_account(session: DbSession, owner: User, account_id: int) -> Account:
     account = session.get(Account, account_id)
     if account is None or account.owner_id != owner.id:
         raise NotFound(f"account {account_id} not found")
     return account
 
 
-def list_own_accounts(session: Session, owner: User) -> list[Account]:
-    return list(
-        session.scalars(sa.select(Account).where(Account.owner_id == owner.id).order_by(Account.id))
-    )
+def list_own_accounts(session: DbSession, owner: User) -> list[Account]:
+    return list(session.scalars(sa.select(Account).where(Account.owner_id == owner.id).order_by(Account.id)))

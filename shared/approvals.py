@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from shared import audit
-from shared.db import utcnow
+from shared.db import DbSession, utcnow
 from shared.errors import Conflict, NotFound
 from shared.models import Approval, Decision, Signal, SignalStatus, User
 from shared.signals import get_own_signal, is_expired
@@ -23,7 +22,7 @@ def _refusal(signal: Signal) -> Conflict:
 
 
 def decide(
-    session: Session, user: User, *, signal_id: int, decision: Decision, reason: str | None
+    session: DbSession, user: User, *, signal_id: int, decision: Decision, reason: str | None
 ) -> Approval:
     """Record the decision and move the signal to approved or rejected.
 
@@ -66,17 +65,23 @@ def decide(
     return approval
 
 
-def get_own_approval(session: Session, user: User, approval_id: int) -> Approval:
+def get_own_approval(session: DbSession, user: User, approval_id: int) -> Approval:
     approval = session.get(Approval, approval_id)
     if approval is None or approval.user_id != user.id:
         raise NotFound(f"approval {approval_id} not found")
     return approval
 
 
-def list_own_approvals(session: Session, user: User, *, page: int, per_page: int) -> tuple[list[Approval], int]:
+def list_own_approvals(
+    session: DbSession, user: User, *, page: int, per_page: int
+) -> tuple[list[Approval], int]:
     where = Approval.user_id == user.id
     total = session.scalar(sa.select(sa.func.count()).select_from(Approval).where(where)) or 0
     items = session.scalars(
-        sa.select(Approval).where(where).order_by(Approval.id.desc()).limit(per_page).offset((page - 1) * per_page)
+        sa.select(Approval)
+        .where(where)
+        .order_by(Approval.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
     )
     return list(items), total

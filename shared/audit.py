@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
+from shared.db import DbSession
 from shared.models import AuditLog
 
 SYSTEM = "system"
@@ -14,7 +13,7 @@ CLIENT = "client"
 
 
 def record(
-    session: Session,
+    session: DbSession,
     *,
     actor_type: str,
     actor_id: int | None,

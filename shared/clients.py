@@ -5,18 +5,17 @@ from __future__ import annotations
 import secrets
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from shared import audit
 from shared.accounts import get_own_account
 from shared.crypto import SecretBox
-from shared.db import utcnow
+from shared.db import DbSession, utcnow
 from shared.errors import NotFound
 from shared.models import StrategyClient, User
 
 
 def create_client(
-    session: Session, box: SecretBox, owner: User, *, name: str, account_id: int
+    session: DbSession, box: SecretBox, owner: User, *, name: str, account_id: int
 ) -> tuple[StrategyClient, str]:
     """Returns the client and its secret. The secret is shown to the owner once and stored encrypted."""
     account = get_own_account(session, owner, account_id)
@@ -38,24 +37,22 @@ def create_client(
     return client, secret
 
 
-def get_own_client(session: Session, owner: User, client_id: int) -> StrategyClient:
+def get_own_client(session: DbSession, owner: User, client_id: int) -> StrategyClient:
     client = session.get(StrategyClient, client_id)
     if client is None or client.owner_id != owner.id:
         raise NotFound(f"client {client_id} not found")
     return client
 
 
-def list_own_clients(session: Session, owner: User) -> list[StrategyClient]:
+def list_own_clients(session: DbSession, owner: User) -> list[StrategyClient]:
     return list(
         session.scalars(
-            sa.select(StrategyClient)
-            .where(StrategyClient.owner_id == owner.id)
-            .order_by(StrategyClient.id)
+            sa.select(StrategyClient).where(StrategyClient.owner_id == owner.id).order_by(StrategyClient.id)
         )
     )
 
 
-def revoke_client(session: Session, owner: User, client_id: int) -> StrategyClient:
+def revoke_client(session: DbSession, owner: User, client_id: int) -> StrategyClient:
     """Revoke a client. Revoking twice is harmless and writes the audit row only once."""
     client = get_own_client(session, owner, client_id)
     if not client.revoked:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
 
 # Stable constraint names, so Alembic can find and alter them on every database.
 NAMING_CONVENTION = {
@@ -20,6 +20,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Domain functions take either a plain Session (tests, scripts) or Flask-SQLAlchemy's scoped one.
+DbSession = Session | scoped_session[Any]
 
 
 class Base(DeclarativeBase):

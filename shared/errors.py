@@ -49,7 +49,9 @@ class NotFound(TradeGuardError):
 
 
 class Conflict(TradeGuardError):
-    """The request clashes with current state (already decided, expired, replayed). Reload and decide again."""
+    """The request clashes with current state (already decided, expired, replayed).
+
+    Reload the row and decide again; a replayed signal must be re-signed or sent with its key."""
 
     code = "conflict"
     http_status = 409

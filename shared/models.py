@@ -13,24 +13,24 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from shared.db import JSONType, Price, UTCDateTime, Volume, db, utcnow
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     USER = "user"
     ADMIN = "admin"
 
 
-class SignalStatus(str, enum.Enum):
+class SignalStatus(enum.StrEnum):
     PENDING = "pending"
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
 
 
-class Side(str, enum.Enum):
+class Side(enum.StrEnum):
     BUY = "buy"
     SELL = "sell"
 
 
-class Decision(str, enum.Enum):
+class Decision(enum.StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
 
@@ -53,7 +53,7 @@ def _string_enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
     )
 
 
-class User(db.Model):  # type: ignore[name-defined,misc]
+class User(db.Model):  # type: ignore[name-defined]
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -67,7 +67,7 @@ class User(db.Model):  # type: ignore[name-defined,misc]
         return self.role == Role.ADMIN
 
 
-class Account(db.Model):  # type: ignore[name-defined,misc]
+class Account(db.Model):  # type: ignore[name-defined]
     """A broker account on an MT5 terminal. Credentials are encrypted at rest and never returned."""
 
     __tablename__ = "accounts"
@@ -86,7 +86,7 @@ class Account(db.Model):  # type: ignore[name-defined,misc]
     owner: Mapped[User] = relationship()
 
 
-class StrategyClient(db.Model):  # type: ignore[name-defined,misc]
+class StrategyClient(db.Model):  # type: ignore[name-defined]
     """A program allowed to send signals for one account, authenticated by an HMAC secret."""
 
     __tablename__ = "strategy_clients"
@@ -103,7 +103,7 @@ class StrategyClient(db.Model):  # type: ignore[name-defined,misc]
     account: Mapped[Account] = relationship()
 
 
-class Signal(db.Model):  # type: ignore[name-defined,misc]
+class Signal(db.Model):  # type: ignore[name-defined]
     __tablename__ = "signals"
     __table_args__ = (
         # An idempotency key names one signal per client; a resent signal finds it here.
@@ -138,7 +138,7 @@ class Signal(db.Model):  # type: ignore[name-defined,misc]
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class Approval(db.Model):  # type: ignore[name-defined,misc]
+class Approval(db.Model):  # type: ignore[name-defined]
     """The owner's decision on a signal; at most one per signal."""
 
     __tablename__ = "approvals"
@@ -153,7 +153,7 @@ class Approval(db.Model):  # type: ignore[name-defined,misc]
     signal: Mapped[Signal] = relationship()
 
 
-class AuditLog(db.Model):  # type: ignore[name-defined,misc]
+class AuditLog(db.Model):  # type: ignore[name-defined]
     """Append-only record of every state change: who did what to which row."""
 
     __tablename__ = "audit_log"

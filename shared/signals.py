@@ -11,11 +11,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from shared import audit
 from shared.crypto import SecretBox
-from shared.db import utcnow
+from shared.db import DbSession, utcnow
 from shared.errors import Conflict, NotAuthenticated, NotFound
 from shared.models import Side, Signal, SignalStatus, StrategyClient, User
 from shared.signing import parse_timestamp, signature_matches, timestamp_is_fresh
@@ -73,7 +72,7 @@ class SignedRequest:
 
 
 def authenticate_client(
-    session: Session,
+    session: DbSession,
     box: SecretBox,
     request: SignedRequest,
     *,
@@ -95,7 +94,9 @@ def authenticate_client(
     client = session.get(StrategyClient, client_id) if 0 < client_id < 2**31 else None
     if client is None or client.revoked:
         raise NotAuthenticated("unknown or revoked client")
-    if not signature_matches(box.decrypt(client.secret_encrypted), timestamp, request.body, request.signature):
+    if not signature_matches(
+        box.decrypt(client.secret_encrypted), timestamp, request.body, request.signature
+    ):
         raise NotAuthenticated("bad signature")
     return client
 
@@ -112,14 +113,12 @@ class IngestResult:
 
 
 def _existing_for(
-    session: Session, client: StrategyClient, idempotency_key: str | None, signature: str, body_sha256: str
+    session: DbSession, client: StrategyClient, idempotency_key: str | None, signature: str, body_sha256: str
 ) -> Signal | None:
     """The signal an idempotent retry refers to, None for a new signal, or Conflict for a replay."""
     if idempotency_key is not None:
         earlier = session.scalar(
-            sa.select(Signal).where(
-                Signal.client_id == client.id, Signal.idempotency_key == idempotency_key
-            )
+            sa.select(Signal).where(Signal.client_id == client.id, Signal.idempotency_key == idempotency_key)
         )
         if earlier is not None:
             if earlier.body_sha256 != body_sha256:
@@ -138,7 +137,7 @@ def _existing_for(
 
 
 def ingest_signal(
-    session: Session,
+    session: DbSession,
     client: StrategyClient,
     data: dict[str, Any],
     *,
@@ -211,7 +210,7 @@ def ingest_signal(
 # ---------------------------------------------------------------------------------------------
 
 
-def get_own_signal(session: Session, owner: User, signal_id: int) -> Signal:
+def get_own_signal(session: DbSession, owner: User, signal_id: int) -> Signal:
     signal = session.get(Signal, signal_id)
     if signal is None or signal.owner_id != owner.id:
         raise NotFound(f"signal {signal_id} not found")
@@ -219,7 +218,7 @@ def get_own_signal(session: Session, owner: User, signal_id: int) -> Signal:
 
 
 def list_own_signals(
-    session: Session, owner: User, *, status: SignalStatus | None, page: int, per_page: int
+    session: DbSession, owner: User, *, status: SignalStatus | None, page: int, per_page: int
 ) -> tuple[list[Signal], int]:
     where = [Signal.owner_id == owner.id]
     if status is not None:
@@ -246,7 +245,9 @@ def is_expired(signal: Signal, now: datetime) -> bool:
     )
 
 
-def expire_due_signals(session: Session, *, now: datetime | None = None, batch_size: int = 500) -> list[int]:
+def expire_due_signals(
+    session: DbSession, *, now: datetime | None = None, batch_size: int = 500
+) -> list[int]:
     """Mark pending signals past their time-to-live as expired, each with an audit row.
 
     Safe with several sweeps at once: rows are claimed with SKIP LOCKED on Postgres, and the UPDATE

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy.orm import Session
 
 from shared import audit
+from shared.db import DbSession
 from shared.errors import Conflict, NotAuthenticated
 from shared.models import Role, User
 
@@ -24,7 +24,7 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def register(session: Session, email: str, password: str, role: Role = Role.USER) -> User:
+def register(session: DbSession, email: str, password: str, role: Role = Role.USER) -> User:
     email = normalise_email(email)
     if session.scalar(sa.select(User.id).where(User.email == email)) is not None:
         raise Conflict("that email is already registered", fields={"email": ["already registered"]})
@@ -43,7 +43,7 @@ def register(session: Session, email: str, password: str, role: Role = Role.USER
     return user
 
 
-def authenticate(session: Session, email: str, password: str) -> User:
+def authenticate(session: DbSession, email: str, password: str) -> User:
     user = session.scalar(sa.select(User).where(User.email == normalise_email(email)))
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
@@ -56,7 +56,7 @@ def authenticate(session: Session, email: str, password: str) -> User:
     return user
 
 
-def create_or_promote_admin(session: Session, email: str, password: str) -> User:
+def create_or_promote_admin(session: DbSession, email: str, password: str) -> User:
     """For the `flask create-admin` command: a new admin, or an existing user made admin."""
     email = normalise_email(email)
     user = session.scalar(sa.select(User).where(User.email == email))

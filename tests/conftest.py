@@ -37,7 +37,9 @@ def _pg_url(database: str) -> str:
 
 def _services_problem() -> str | None:
     try:
-        engine = sa.create_engine(_pg_url(sa.make_url(ADMIN_URL).database or "test"), connect_args={"connect_timeout": 3})
+        engine = sa.create_engine(
+            _pg_url(sa.make_url(ADMIN_URL).database or "test"), connect_args={"connect_timeout": 3}
+        )
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
@@ -83,7 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     database = _state.get("database")
     if database:
-        admin = sa.create_engine(_pg_url(sa.make_url(ADMIN_URL).database or "test"), isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(
+            _pg_url(sa.make_url(ADMIN_URL).database or "test"), isolation_level="AUTOCOMMIT"
+        )
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         admin.dispose()
@@ -229,12 +233,25 @@ class Api:
         return headers
 
     def send_signal(
-        self, strategy: dict[str, Any], payload: dict[str, Any] | None = None, *, key: str | None = None, **kw: Any
+        self,
+        strategy: dict[str, Any],
+        payload: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        **kw: Any,
     ) -> Any:
-        payload = payload or {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "price": "1.1000",
-                              "sl": "1.0950", "tp": "1.1100"}
+        payload = payload or {
+            "instrument": "EURUSD",
+            "side": "buy",
+            "volume": "0.10",
+            "price": "1.1000",
+            "sl": "1.0950",
+            "tp": "1.1100",
+        }
         body = json.dumps(payload).encode()
-        return self.http.post("/api/v1/signals", data=body, headers=self.signed_headers(strategy, body, key=key, **kw))
+        return self.http.post(
+            "/api/v1/signals", data=body, headers=self.signed_headers(strategy, body, key=key, **kw)
+        )
 
 
 @pytest.fixture

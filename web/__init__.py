@@ -24,7 +24,7 @@ migrate = Migrate()
 class IdConverter(IntegerConverter):
     """Row ids in URLs: 1 to 2**31-1. Anything else is a 404, not a database overflow error."""
 
-    def __init__(self, map: Any) -> None:  # noqa: A002 - werkzeug's parameter name
+    def __init__(self, map: Any) -> None:
         super().__init__(map, min=1, max=2**31 - 1)
 
 
@@ -102,7 +102,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     log.info("TradeGuard web: %s", describe(settings))
     if settings.secrets_generated:
-        log.warning("using secrets generated under %s; set TRADEGUARD_* secrets in production", settings.instance_dir)
+        log.warning(
+            "using secrets generated under %s; set TRADEGUARD_* secrets in production", settings.instance_dir
+        )
     return app
 
 

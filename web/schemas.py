@@ -53,7 +53,7 @@ class StrictInteger(fields.Integer):
     def _validated(self, value: Any) -> int:
         if isinstance(value, bool):  # True is an int in Python, never an id in TradeGuard
             raise self.make_error("invalid")
-        return super()._validated(value)  # type: ignore[no-any-return]
+        return super()._validated(value)
 
 
 def _id_field(**kwargs: Any) -> fields.Integer:
@@ -152,29 +152,35 @@ class ClientCreatedSchema(ClientSchema):
 
 # --- signals ------------------------------------------------------------------------------------
 
-_PRICE = {"max_places": 10, "max_value": Decimal("1000000000")}
+
+def _price(**kwargs: Any) -> ExactDecimal:
+    """A price, stop or target: up to 10 decimal places, below the Numeric(20, 10) column's limit."""
+    return ExactDecimal(max_places=10, max_value=Decimal("1000000000"), **kwargs)
 
 
 class SignalCreateSchema(StrictSchema):
     instrument = fields.String(
         required=True,
         validate=validate.Regexp(
-            r"^[A-Za-z0-9][A-Za-z0-9._#+-]{0,31}$", error="a symbol such as EURUSD (letters, digits, . _ # + -)"
+            r"^[A-Za-z0-9][A-Za-z0-9._#+-]{0,31}$",
+            error="a symbol such as EURUSD (letters, digits, . _ # + -)",
         ),
     )
     side = fields.String(required=True, validate=validate.OneOf([s.value for s in Side]))
     volume = ExactDecimal(required=True, max_places=4, max_value=Decimal("100000"))
-    price = ExactDecimal(load_default=None, allow_none=True, **_PRICE)
-    sl = ExactDecimal(load_default=None, allow_none=True, **_PRICE)
-    tp = ExactDecimal(load_default=None, allow_none=True, **_PRICE)
-    ttl_seconds = StrictInteger(strict=True, load_default=None, allow_none=True, validate=validate.Range(min=1))
+    price = _price(load_default=None, allow_none=True)
+    sl = _price(load_default=None, allow_none=True)
+    tp = _price(load_default=None, allow_none=True)
+    ttl_seconds = StrictInteger(
+        strict=True, load_default=None, allow_none=True, validate=validate.Range(min=1)
+    )
     comment = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
 
     @validates_schema
     def _check_levels(self, data: dict[str, Any], **_: Any) -> None:
         errors = price_level_errors(data.get("side", ""), data.get("price"), data.get("sl"), data.get("tp"))
         if errors and data.get("side") in (Side.BUY.value, Side.SELL.value):
-            raise ma.ValidationError(errors)  # type: ignore[arg-type]
+            raise ma.ValidationError(errors)
         max_ttl = self.context_max_ttl()
         ttl = data.get("ttl_seconds")
         if ttl is not None and ttl > max_ttl:
@@ -195,9 +201,9 @@ class SignalSchema(ma.Schema):
     instrument = fields.String()
     side = fields.Function(lambda s: s.side.value)
     volume = ExactDecimal(max_places=4, max_value=Decimal("100000"))
-    price = ExactDecimal(allow_none=True, **_PRICE)
-    sl = ExactDecimal(allow_none=True, **_PRICE)
-    tp = ExactDecimal(allow_none=True, **_PRICE)
+    price = _price(allow_none=True)
+    sl = _price(allow_none=True)
+    tp = _price(allow_none=True)
     comment = fields.String(allow_none=True)
     ttl_seconds = fields.Integer()
     expires_at = fields.DateTime()

@@ -42,7 +42,7 @@ def _dispose_inherited_engine(**_: Any) -> None:
             db.engine.dispose(close=False)
 
 
-class DatabaseTask(Task):  # type: ignore[misc]
+class DatabaseTask(Task):
     """Runs the task in the Flask app context and one transaction: commit on success, roll back on
     error. Follow-up tasks registered with `shared.db.after_commit` are sent only after the commit."""
 

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
         f"--address={os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}",
         f"--basic-auth={basic_auth()}",
     ]
-    os.execv(sys.executable, command)
+    os.execv(sys.executable, command)  # noqa: S606 - replaces this process with Flower, no shell involved
 
 
 if __name__ == "__main__":

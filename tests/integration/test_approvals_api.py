@@ -8,7 +8,14 @@ import sqlalchemy as sa
 from shared.db import utcnow
 from shared.models import Approval, AuditLog, Signal
 
-GOOD = {"instrument": "GBPUSD", "side": "sell", "volume": "0.5", "price": "1.2500", "sl": "1.2600", "tp": "1.2300"}
+GOOD = {
+    "instrument": "GBPUSD",
+    "side": "sell",
+    "volume": "0.5",
+    "price": "1.2500",
+    "sl": "1.2600",
+    "tp": "1.2300",
+}
 
 
 @pytest.fixture
@@ -28,14 +35,19 @@ def test_approving_moves_the_signal_to_approved_and_is_audited(api, world, db_se
     assert response.status_code == 201
     body = response.json
     assert (body["signal_id"], body["decision"], body["reason"], body["signal_status"]) == (
-        world["signal"]["id"], "approve", "looks right", "approved",
+        world["signal"]["id"],
+        "approve",
+        "looks right",
+        "approved",
     )
     assert body["user_id"] == world["user"]["id"]
     signal = api.http.get(f"/api/v1/signals/{world['signal']['id']}", headers=world["user"]["headers"]).json
     assert signal["status"] == "approved" and signal["decided_at"] is not None
     audit = db_session.scalars(sa.select(AuditLog).where(AuditLog.action == "signal.approved")).one()
     assert (audit.actor_id, audit.target_id, audit.meta["approval_id"]) == (
-        world["user"]["id"], world["signal"]["id"], body["id"],
+        world["user"]["id"],
+        world["signal"]["id"],
+        body["id"],
     )
 
 
@@ -45,7 +57,9 @@ def test_rejecting_moves_the_signal_to_rejected(api, world, db_session):
     assert db_session.get(Signal, world["signal"]["id"]).status.value == "rejected"
 
 
-@pytest.mark.parametrize(("first", "second"), [("approve", "reject"), ("approve", "approve"), ("reject", "approve")])
+@pytest.mark.parametrize(
+    ("first", "second"), [("approve", "reject"), ("approve", "approve"), ("reject", "approve")]
+)
 def test_a_second_decision_is_409_and_changes_nothing(api, world, db_session, first, second):
     assert decide(api, world, first).status_code == 201
     response = decide(api, world, second)
@@ -77,7 +91,9 @@ def test_a_signal_past_its_ttl_is_refused_even_before_the_sweep_marks_it(api, wo
 def test_another_users_signal_is_404_and_not_decided(api, world, db_session):
     stranger = api.user()
     response = api.http.post(
-        "/api/v1/approvals", json={"signal_id": world["signal"]["id"], "decision": "approve"}, headers=stranger["headers"]
+        "/api/v1/approvals",
+        json={"signal_id": world["signal"]["id"], "decision": "approve"},
+        headers=stranger["headers"],
     )
     assert response.status_code == 404
     assert db_session.get(Signal, world["signal"]["id"]).status.value == "pending"
@@ -104,7 +120,9 @@ def test_invalid_decisions_are_422_naming_the_field(api, world, db_session, body
 
 def test_unknown_signal_is_404(api, world):
     response = api.http.post(
-        "/api/v1/approvals", json={"signal_id": 999999, "decision": "approve"}, headers=world["user"]["headers"]
+        "/api/v1/approvals",
+        json={"signal_id": 999999, "decision": "approve"},
+        headers=world["user"]["headers"],
     )
     assert response.status_code == 404 and "999999" in response.json["error"]["message"]
 
@@ -122,5 +140,7 @@ def test_owners_list_and_read_their_approvals_only(api, world):
 
 
 def test_approvals_need_a_bearer_token(api, world):
-    response = api.http.post("/api/v1/approvals", json={"signal_id": world["signal"]["id"], "decision": "approve"})
+    response = api.http.post(
+        "/api/v1/approvals", json={"signal_id": world["signal"]["id"], "decision": "approve"}
+    )
     assert response.status_code == 401

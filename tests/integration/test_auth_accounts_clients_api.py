@@ -17,7 +17,9 @@ def audit_actions(db_session) -> list[str]:
 
 
 def test_register_then_login_returns_a_bearer_token(api, db_session):
-    response = api.http.post("/api/v1/auth/register", json={"email": "Ann@Example.com ", "password": "long enough"})
+    response = api.http.post(
+        "/api/v1/auth/register", json={"email": "Ann@Example.com ", "password": "long enough"}
+    )
     assert response.status_code == 201
     assert response.json["email"] == "ann@example.com" and response.json["role"] == "user"
     assert "password" not in response.json
@@ -26,14 +28,18 @@ def test_register_then_login_returns_a_bearer_token(api, db_session):
 
     login = api.http.post("/api/v1/auth/login", json={"email": "ann@example.com", "password": "long enough"})
     assert login.status_code == 200 and login.json["token_type"] == "Bearer"
-    accounts = api.http.get("/api/v1/accounts", headers={"Authorization": f"Bearer {login.json['access_token']}"})
+    accounts = api.http.get(
+        "/api/v1/accounts", headers={"Authorization": f"Bearer {login.json['access_token']}"}
+    )
     assert accounts.status_code == 200 and accounts.json == []
     assert audit_actions(db_session) == ["user.registered"]
 
 
 def test_registering_an_email_twice_is_409(api):
     api.register(email="bob@example.com")
-    again = api.http.post("/api/v1/auth/register", json={"email": "BOB@example.com", "password": "another one"})
+    again = api.http.post(
+        "/api/v1/auth/register", json={"email": "BOB@example.com", "password": "another one"}
+    )
     assert again.status_code == 409 and again.json["error"]["fields"] == {"email": ["already registered"]}
 
 
@@ -55,7 +61,9 @@ def test_bad_registrations_are_422_naming_the_field(api, db_session, body, field
 def test_wrong_password_and_unknown_email_get_the_same_401(api):
     user = api.register()
     wrong = api.http.post("/api/v1/auth/login", json={"email": user["email"], "password": "wrong password"})
-    unknown = api.http.post("/api/v1/auth/login", json={"email": "nobody@example.com", "password": "whatever1"})
+    unknown = api.http.post(
+        "/api/v1/auth/login", json={"email": "nobody@example.com", "password": "whatever1"}
+    )
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json == unknown.json
 
@@ -63,8 +71,14 @@ def test_wrong_password_and_unknown_email_get_the_same_401(api):
 def test_bad_expired_and_foreign_tokens_are_401(api, app):
     user = api.register()
     settings = app.extensions["tradeguard.settings"]
-    expired = jwt.encode({"sub": str(user["id"]), "exp": int(time.time()) - 1}, settings.jwt_secret, algorithm="HS256")
-    forged = jwt.encode({"sub": str(user["id"]), "exp": int(time.time()) + 60}, "not-our-secret-but-just-as-long-as-ours-is", algorithm="HS256")
+    expired = jwt.encode(
+        {"sub": str(user["id"]), "exp": int(time.time()) - 1}, settings.jwt_secret, algorithm="HS256"
+    )
+    forged = jwt.encode(
+        {"sub": str(user["id"]), "exp": int(time.time()) + 60},
+        "not-our-secret-but-just-as-long-as-ours-is",
+        algorithm="HS256",
+    )
     for header in ("Bearer nonsense", f"Bearer {expired}", f"Bearer {forged}", "Basic abc", ""):
         response = api.http.get("/api/v1/accounts", headers={"Authorization": header})
         assert response.status_code == 401, header
@@ -72,7 +86,9 @@ def test_bad_expired_and_foreign_tokens_are_401(api, app):
 
 
 def test_create_admin_command_makes_an_admin_who_can_read_the_audit_log(app, api, db_session):
-    result = app.test_cli_runner().invoke(args=["create-admin", "ops@example.com", "--password", "operator pass"])
+    result = app.test_cli_runner().invoke(
+        args=["create-admin", "ops@example.com", "--password", "operator pass"]
+    )
     assert result.exit_code == 0, result.output
     admin = db_session.scalars(sa.select(User).where(User.email == "ops@example.com")).one()
     assert admin.role.value == "admin"
@@ -92,15 +108,24 @@ def test_an_account_is_created_with_its_password_encrypted_and_never_returned(ap
     user = api.user()
     response = api.http.post(
         "/api/v1/accounts",
-        json={"name": "Main", "terminal_url": "mt5linux://127.0.0.1:18812", "login": 5001234,
-              "password": "broker-secret", "server": "Broker-Live", "currency": "GBP"},
+        json={
+            "name": "Main",
+            "terminal_url": "mt5linux://127.0.0.1:18812",
+            "login": 5001234,
+            "password": "broker-secret",
+            "server": "Broker-Live",
+            "currency": "GBP",
+        },
         headers=user["headers"],
     )
     assert response.status_code == 201
     body = response.json
     assert {k: body[k] for k in ("name", "terminal_url", "login", "server", "currency")} == {
-        "name": "Main", "terminal_url": "mt5linux://127.0.0.1:18812", "login": 5001234,
-        "server": "Broker-Live", "currency": "GBP",
+        "name": "Main",
+        "terminal_url": "mt5linux://127.0.0.1:18812",
+        "login": 5001234,
+        "server": "Broker-Live",
+        "currency": "GBP",
     }
     assert "password" not in body and "credentials_encrypted" not in body
     stored = db_session.get(Account, body["id"])
@@ -151,7 +176,10 @@ def test_another_users_account_is_404(api):
     owner, stranger = api.user(), api.user()
     account = api.account(owner)
     assert api.http.get(f"/api/v1/accounts/{account['id']}", headers=stranger["headers"]).status_code == 404
-    assert api.http.get(f"/api/v1/accounts/{account['id']}", headers=owner["headers"]).json["id"] == account["id"]
+    assert (
+        api.http.get(f"/api/v1/accounts/{account['id']}", headers=owner["headers"]).json["id"]
+        == account["id"]
+    )
     assert api.http.get("/api/v1/accounts", headers=stranger["headers"]).json == []
     assert api.http.get("/api/v1/accounts/99999999999", headers=owner["headers"]).status_code == 404
 
@@ -176,7 +204,9 @@ def test_a_client_secret_is_shown_once_and_stored_encrypted(api, app, db_session
 def test_a_client_cannot_be_made_for_someone_elses_account(api, db_session):
     owner, stranger = api.user(), api.user()
     account = api.account(owner)
-    response = api.http.post("/api/v1/clients", json={"name": "x", "account_id": account["id"]}, headers=stranger["headers"])
+    response = api.http.post(
+        "/api/v1/clients", json={"name": "x", "account_id": account["id"]}, headers=stranger["headers"]
+    )
     assert response.status_code == 404
     assert db_session.scalar(sa.select(sa.func.count()).select_from(StrategyClient)) == 0
 
@@ -186,8 +216,12 @@ def test_revoking_is_idempotent_audited_once_and_owner_only(api, db_session):
     client_id = world["client"]["id"]
     stranger = api.user()
     assert api.http.delete(f"/api/v1/clients/{client_id}", headers=stranger["headers"]).status_code == 404
-    assert api.http.delete(f"/api/v1/clients/{client_id}", headers=world["user"]["headers"]).status_code == 204
-    assert api.http.delete(f"/api/v1/clients/{client_id}", headers=world["user"]["headers"]).status_code == 204
+    assert (
+        api.http.delete(f"/api/v1/clients/{client_id}", headers=world["user"]["headers"]).status_code == 204
+    )
+    assert (
+        api.http.delete(f"/api/v1/clients/{client_id}", headers=world["user"]["headers"]).status_code == 204
+    )
     listed = api.http.get("/api/v1/clients", headers=world["user"]["headers"]).json[0]
     assert listed["revoked"] is True and listed["revoked_at"] is not None
     assert audit_actions(db_session).count("client.revoked") == 1

@@ -10,13 +10,21 @@ from shared.db import utcnow
 from shared.models import AuditLog, Signal, SignalStatus
 from shared.signals import expire_due_signals
 
-GOOD = {"instrument": "USDJPY", "side": "buy", "volume": "1", "price": "150.000", "sl": "149.500", "tp": "151.000"}
+GOOD = {
+    "instrument": "USDJPY",
+    "side": "buy",
+    "volume": "1",
+    "price": "150.000",
+    "sl": "149.500",
+    "tp": "151.000",
+}
 
 
 def make_signals(api, n, **payload_changes):
     world = api.setup()
     return world, [
-        api.send_signal(world["client"], {**GOOD, **payload_changes, "comment": f"#{i}"}).json["id"] for i in range(n)
+        api.send_signal(world["client"], {**GOOD, **payload_changes, "comment": f"#{i}"}).json["id"]
+        for i in range(n)
     ]
 
 
@@ -29,15 +37,24 @@ def backdate(session, ids, seconds=1):
 def test_only_due_pending_signals_expire_each_with_one_audit_row(api, db_session):
     world, ids = make_signals(api, 4)
     due, fresh, approved_due = ids[:2], ids[2], ids[3]
-    api.http.post("/api/v1/approvals", json={"signal_id": approved_due, "decision": "approve"},
-                  headers=world["user"]["headers"])
+    api.http.post(
+        "/api/v1/approvals",
+        json={"signal_id": approved_due, "decision": "approve"},
+        headers=world["user"]["headers"],
+    )
     backdate(db_session, [*due, approved_due])
 
     assert sorted(expire_due_signals(db_session)) == sorted(due)
     statuses = {i: db_session.get(Signal, i).status for i in ids}
-    assert statuses == {due[0]: SignalStatus.EXPIRED, due[1]: SignalStatus.EXPIRED,
-                        fresh: SignalStatus.PENDING, approved_due: SignalStatus.APPROVED}
-    audited = db_session.scalars(sa.select(AuditLog.target_id).where(AuditLog.action == "signal.expired")).all()
+    assert statuses == {
+        due[0]: SignalStatus.EXPIRED,
+        due[1]: SignalStatus.EXPIRED,
+        fresh: SignalStatus.PENDING,
+        approved_due: SignalStatus.APPROVED,
+    }
+    audited = db_session.scalars(
+        sa.select(AuditLog.target_id).where(AuditLog.action == "signal.expired")
+    ).all()
     assert sorted(audited) == sorted(due)
 
     # Running the sweep again changes nothing and writes nothing.

@@ -58,9 +58,22 @@ def test_openapi_lists_every_path_of_the_contract_with_schemas(client):
         assert path in spec["paths"], path
         assert methods <= set(spec["paths"][path]), path
     create_signal = spec["paths"]["/api/v1/signals"]["post"]
-    assert {p["name"] for p in create_signal["parameters"]} >= {"X-Client-Id", "X-Timestamp", "X-Signature", "Idempotency-Key"}
-    body_schema = create_signal["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
-    assert set(spec["components"]["schemas"][body_schema]["properties"]) >= {"instrument", "side", "volume", "sl", "tp"}
+    assert {p["name"] for p in create_signal["parameters"]} >= {
+        "X-Client-Id",
+        "X-Timestamp",
+        "X-Signature",
+        "Idempotency-Key",
+    }
+    body_schema = create_signal["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit(
+        "/", 1
+    )[-1]
+    assert set(spec["components"]["schemas"][body_schema]["properties"]) >= {
+        "instrument",
+        "side",
+        "volume",
+        "sl",
+        "tp",
+    }
 
 
 def test_unknown_paths_and_methods_get_the_json_envelope(client):

@@ -8,7 +8,14 @@ import sqlalchemy as sa
 
 from shared.models import AuditLog, Signal
 
-GOOD = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "price": "1.1000", "sl": "1.0950", "tp": "1.1100"}
+GOOD = {
+    "instrument": "EURUSD",
+    "side": "buy",
+    "volume": "0.10",
+    "price": "1.1000",
+    "sl": "1.0950",
+    "tp": "1.1100",
+}
 
 
 def signal_count(db_session) -> int:
@@ -24,13 +31,22 @@ def test_a_signed_signal_is_stored_pending_for_the_clients_account(api, db_sessi
     assert body["account_id"] == world["account"]["id"]
     assert body["client_id"] == world["client"]["id"]
     assert (body["instrument"], body["side"], body["volume"], body["price"], body["sl"], body["tp"]) == (
-        "EURUSD", "buy", "0.1", "1.1", "1.095", "1.11",
+        "EURUSD",
+        "buy",
+        "0.1",
+        "1.1",
+        "1.095",
+        "1.11",
     )
     assert body["comment"] == "breakout" and body["ttl_seconds"] == 60
     stored = db_session.get(Signal, body["id"])
     assert str(stored.volume) == "0.1000" and stored.status.value == "pending"
     audit = db_session.scalars(sa.select(AuditLog).where(AuditLog.action == "signal.received")).one()
-    assert (audit.actor_type, audit.actor_id, audit.target_id) == ("client", world["client"]["id"], body["id"])
+    assert (audit.actor_type, audit.actor_id, audit.target_id) == (
+        "client",
+        world["client"]["id"],
+        body["id"],
+    )
 
 
 def test_default_ttl_applies_when_none_is_given(api):
@@ -142,7 +158,9 @@ def test_a_replayed_signature_without_the_key_is_409(api, db_session):
     assert replay.status_code == 409
     assert replay.json["error"]["fields"] == {"X-Signature": ["already used"]}
     # Adding a key the attacker made up does not turn a replay into a new signal either.
-    replay_with_key = api.http.post("/api/v1/signals", data=body, headers={**headers, "Idempotency-Key": "new"})
+    replay_with_key = api.http.post(
+        "/api/v1/signals", data=body, headers={**headers, "Idempotency-Key": "new"}
+    )
     assert replay_with_key.status_code == 409
     assert signal_count(db_session) == 1
 
@@ -203,7 +221,11 @@ def test_owners_list_their_signals_with_status_filter_and_paging(api, db_session
     world = api.setup()
     # Different comments: the same body signed in the same second would be the same signature (a replay).
     ids = [api.send_signal(world["client"], {**GOOD, "comment": f"n{i}"}).json["id"] for i in range(3)]
-    api.http.post("/api/v1/approvals", json={"signal_id": ids[0], "decision": "reject"}, headers=world["user"]["headers"])
+    api.http.post(
+        "/api/v1/approvals",
+        json={"signal_id": ids[0], "decision": "reject"},
+        headers=world["user"]["headers"],
+    )
     stranger = api.setup()
     api.send_signal(stranger["client"], GOOD)
 

@@ -21,8 +21,12 @@ def wait_for(predicate, timeout=20.0, interval=0.2):
 def test_beat_and_a_worker_expire_signals_past_their_ttl(app, committed_db):
     api = Api(app.test_client())
     world = api.setup()
-    short = api.send_signal(world["client"], {"instrument": "EURUSD", "side": "buy", "volume": "0.1", "ttl_seconds": 1})
-    long = api.send_signal(world["client"], {"instrument": "EURUSD", "side": "sell", "volume": "0.1", "ttl_seconds": 600})
+    short = api.send_signal(
+        world["client"], {"instrument": "EURUSD", "side": "buy", "volume": "0.1", "ttl_seconds": 1}
+    )
+    long = api.send_signal(
+        world["client"], {"instrument": "EURUSD", "side": "sell", "volume": "0.1", "ttl_seconds": 600}
+    )
     assert short.status_code == long.status_code == 201
 
     def status_of(signal_id):
@@ -31,7 +35,9 @@ def test_beat_and_a_worker_expire_signals_past_their_ttl(app, committed_db):
 
     sweep_every = {"TRADEGUARD_EXPIRY_SWEEP_SECONDS": "1"}
     with celery_worker(env=sweep_every) as worker, celery_beat(env=sweep_every) as beat:
-        assert wait_for(lambda: status_of(short.json["id"]) == SignalStatus.EXPIRED), worker.log() + beat.log()
+        assert wait_for(lambda: status_of(short.json["id"]) == SignalStatus.EXPIRED), (
+            worker.log() + beat.log()
+        )
         assert "tradeguard.expire_signals" in beat.log()
         assert "tradeguard.expire_signals" in worker.log() and "succeeded" in worker.log()
 
@@ -42,6 +48,8 @@ def test_beat_and_a_worker_expire_signals_past_their_ttl(app, committed_db):
     listed = api.http.get("/api/v1/signals?status=expired", headers=world["user"]["headers"]).json
     assert [s["id"] for s in listed["items"]] == [short.json["id"]]
     late = api.http.post(
-        "/api/v1/approvals", json={"signal_id": short.json["id"], "decision": "approve"}, headers=world["user"]["headers"]
+        "/api/v1/approvals",
+        json={"signal_id": short.json["id"], "decision": "approve"},
+        headers=world["user"]["headers"],
     )
     assert late.status_code == 409

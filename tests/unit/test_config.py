@@ -53,8 +53,14 @@ def test_secrets_from_environment_are_used_and_nothing_is_generated(tmp_path):
 def test_malformed_settings_are_refused_with_the_variable_named(tmp_path):
     base = {"TRADEGUARD_INSTANCE_DIR": str(tmp_path)}
     with pytest.raises(ConfigurationError, match="TRADEGUARD_ENCRYPTION_KEY"):
-        load_settings({**base, "TRADEGUARD_SECRET_KEY": "a", "TRADEGUARD_JWT_SECRET": "b",
-                       "TRADEGUARD_ENCRYPTION_KEY": "not-a-key"})
+        load_settings(
+            {
+                **base,
+                "TRADEGUARD_SECRET_KEY": "a",
+                "TRADEGUARD_JWT_SECRET": "b",
+                "TRADEGUARD_ENCRYPTION_KEY": "not-a-key",
+            }
+        )
     with pytest.raises(ConfigurationError, match="TRADEGUARD_SIGNAL_TTL_SECONDS"):
         load_settings({**base, "TRADEGUARD_SIGNAL_TTL_SECONDS": "soon"})
     with pytest.raises(ConfigurationError, match="TRADEGUARD_EXPIRY_SWEEP_SECONDS"):

@@ -22,16 +22,23 @@ def test_levels_on_the_right_side_pass(side, price, sl, tp):
 
 
 def test_buy_with_stop_above_price_names_sl():
-    assert price_level_errors("buy", D("1.10"), D("1.11"), None) == {"sl": ["for a buy, sl must be below price"]}
+    assert price_level_errors("buy", D("1.10"), D("1.11"), None) == {
+        "sl": ["for a buy, sl must be below price"]
+    }
 
 
 def test_buy_with_target_below_price_names_tp():
-    assert price_level_errors("buy", D("1.10"), None, D("1.05")) == {"tp": ["for a buy, tp must be above price"]}
+    assert price_level_errors("buy", D("1.10"), None, D("1.05")) == {
+        "tp": ["for a buy, tp must be above price"]
+    }
 
 
 def test_sell_with_both_levels_wrong_names_both():
     errors = price_level_errors("sell", D("1.10"), D("1.05"), D("1.20"))
-    assert errors == {"sl": ["for a sell, sl must be above price"], "tp": ["for a sell, tp must be below price"]}
+    assert errors == {
+        "sl": ["for a sell, sl must be above price"],
+        "tp": ["for a sell, tp must be below price"],
+    }
 
 
 def test_level_equal_to_price_is_refused():
@@ -44,7 +51,10 @@ def test_without_price_sl_and_tp_are_compared_with_each_other():
     assert price_level_errors("sell", None, D("1.1"), D("1.2")) == {"sl": ["for a sell, sl must be above tp"]}
 
 
-@pytest.mark.parametrize("url", ["mt5://", "mt5linux://127.0.0.1:18812", "mt5linux://wine-box:8001", "sim://", "sim://127.0.0.1:18812"])
+@pytest.mark.parametrize(
+    "url",
+    ["mt5://", "mt5linux://127.0.0.1:18812", "mt5linux://wine-box:8001", "sim://", "sim://127.0.0.1:18812"],
+)
 def test_terminal_urls_accepted(url):
     assert terminal_url_problem(url) is None
 

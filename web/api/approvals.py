@@ -10,7 +10,9 @@ from web.auth import current_user, login_required
 from web.extensions import db
 from web.schemas import ApprovalCreateSchema, ApprovalPageSchema, ApprovalSchema, PageQuerySchema
 
-blp = Blueprint("approvals", __name__, url_prefix="/api/v1/approvals", description="Approve or reject signals")
+blp = Blueprint(
+    "approvals", __name__, url_prefix="/api/v1/approvals", description="Approve or reject signals"
+)
 
 
 @blp.post("")

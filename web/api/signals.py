@@ -17,12 +17,27 @@ blp = Blueprint("signals", __name__, url_prefix="/api/v1/signals", description="
 
 _SIGNED_HEADERS = [
     {"in": "header", "name": "X-Client-Id", "required": True, "schema": {"type": "integer"}},
-    {"in": "header", "name": "X-Timestamp", "required": True, "schema": {"type": "integer"},
-     "description": "unix seconds; refused when more than 300 s from server time"},
-    {"in": "header", "name": "X-Signature", "required": True, "schema": {"type": "string"},
-     "description": 'hex HMAC-SHA256(secret, "{timestamp}.{raw body}")'},
-    {"in": "header", "name": "Idempotency-Key", "required": False, "schema": {"type": "string", "maxLength": 128},
-     "description": "resending a signal with the same key returns the first one (200) instead of a new one"},
+    {
+        "in": "header",
+        "name": "X-Timestamp",
+        "required": True,
+        "schema": {"type": "integer"},
+        "description": "unix seconds; refused when more than 300 s from server time",
+    },
+    {
+        "in": "header",
+        "name": "X-Signature",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": 'hex HMAC-SHA256(secret, "{timestamp}.{raw body}")',
+    },
+    {
+        "in": "header",
+        "name": "Idempotency-Key",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 128},
+        "description": "a resent signal with the same key returns the first one (200), not a new one",
+    },
 ]
 
 
@@ -30,7 +45,9 @@ _SIGNED_HEADERS = [
 @signature_required
 @blp.arguments(SignalCreateSchema)
 @blp.response(201, SignalSchema)
-@blp.alt_response(200, schema=SignalSchema, description="an idempotent retry: the signal stored the first time")
+@blp.alt_response(
+    200, schema=SignalSchema, description="an idempotent retry: the signal stored the first time"
+)
 @blp.doc(parameters=_SIGNED_HEADERS, security=[])
 def create_signal(body: dict[str, Any]) -> Any:
     key = request.headers.get("Idempotency-Key")
@@ -38,7 +55,8 @@ def create_signal(body: dict[str, Any]) -> Any:
         key = key.strip()
         if not 1 <= len(key) <= 128:
             raise InvalidInput(
-                "Idempotency-Key must be 1 to 128 characters", fields={"Idempotency-Key": ["1 to 128 characters"]}
+                "Idempotency-Key must be 1 to 128 characters",
+                fields={"Idempotency-Key": ["1 to 128 characters"]},
             )
     result = signals.ingest_signal(
         db.session,
