@@ -40,6 +40,7 @@ class Settings:
     signal_max_ttl_seconds: int = 86400
     signature_max_skew_seconds: int = 300
     expiry_sweep_seconds: float = 5.0
+    client_key_cache_seconds: float = 30.0
     secrets_generated: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -162,6 +163,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         signal_max_ttl_seconds=_int(env, "TRADEGUARD_SIGNAL_MAX_TTL_SECONDS", 86400),
         signature_max_skew_seconds=_int(env, "TRADEGUARD_SIGNATURE_MAX_SKEW_SECONDS", 300),
         expiry_sweep_seconds=_float(env, "TRADEGUARD_EXPIRY_SWEEP_SECONDS", 5.0),
+        client_key_cache_seconds=_float(env, "TRADEGUARD_CLIENT_KEY_CACHE_SECONDS", 30.0),
         secrets_generated=generated,
     )
 

@@ -3,6 +3,7 @@ protection, listing, and the expiry sweep."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,7 +11,6 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from shared import audit
 from shared.crypto import SecretBox
@@ -71,14 +71,77 @@ class SignedRequest:
     body: bytes
 
 
+@dataclass(frozen=True)
+class ClientIdentity:
+    """The authenticated strategy client: who sends, for which owner and account."""
+
+    id: int
+    owner_id: int
+    account_id: int
+
+
+@dataclass(frozen=True)
+class _ClientKey:
+    identity: ClientIdentity
+    secret: str
+    fetched_at: float
+
+
+class ClientKeyCache:
+    """Decrypted client secrets, kept per process for a few seconds.
+
+    Every signal would otherwise pay a query and a decryption before its signature can be checked.
+    A secret never changes for a client id, so caching it is safe; revocation is not decided here:
+    the insert itself refuses a revoked client (see `ingest_signal`), so a revoked client can never
+    store a signal, however fresh the cache.
+    """
+
+    def __init__(self, ttl_seconds: float = 30.0):
+        self.ttl_seconds = ttl_seconds
+        self._keys: dict[int, _ClientKey] = {}
+
+    def lookup(self, session: DbSession, box: SecretBox, client_id: int) -> _ClientKey | None:
+        now = time.monotonic()
+        cached = self._keys.get(client_id)
+        if cached is not None and now - cached.fetched_at < self.ttl_seconds:
+            return cached
+        row = session.execute(_CLIENT_BY_ID, {"client_id": client_id}).one_or_none()
+        if row is None or row.revoked:
+            self._keys.pop(client_id, None)
+            return None
+        key = _ClientKey(
+            ClientIdentity(id=row.id, owner_id=row.owner_id, account_id=row.account_id),
+            box.decrypt(row.secret_encrypted),
+            now,
+        )
+        self._keys[client_id] = key
+        return key
+
+    def forget(self, client_id: int) -> None:
+        self._keys.pop(client_id, None)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+
+_CLIENT_BY_ID = sa.select(
+    StrategyClient.id,
+    StrategyClient.owner_id,
+    StrategyClient.account_id,
+    StrategyClient.secret_encrypted,
+    StrategyClient.revoked,
+).where(StrategyClient.id == sa.bindparam("client_id"))
+
+
 def authenticate_client(
     session: DbSession,
     box: SecretBox,
     request: SignedRequest,
     *,
     max_skew_seconds: int,
+    keys: ClientKeyCache,
     now: float | None = None,
-) -> StrategyClient:
+) -> ClientIdentity:
     """The client that signed `request`, or NotAuthenticated saying what is wrong."""
     if not request.client_id or not request.timestamp or not request.signature:
         raise NotAuthenticated("X-Client-Id, X-Timestamp and X-Signature headers are required")
@@ -91,14 +154,12 @@ def authenticate_client(
         raise NotAuthenticated("X-Timestamp must be unix seconds")
     if not timestamp_is_fresh(timestamp, time.time() if now is None else now, max_skew_seconds):
         raise NotAuthenticated(f"X-Timestamp is more than {max_skew_seconds} s from server time")
-    client = session.get(StrategyClient, client_id) if 0 < client_id < 2**31 else None
-    if client is None or client.revoked:
+    key = keys.lookup(session, box, client_id) if 0 < client_id < 2**31 else None
+    if key is None:
         raise NotAuthenticated("unknown or revoked client")
-    if not signature_matches(
-        box.decrypt(client.secret_encrypted), timestamp, request.body, request.signature
-    ):
+    if not signature_matches(key.secret, timestamp, request.body, request.signature):
         raise NotAuthenticated("bad signature")
-    return client
+    return key.identity
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +174,7 @@ class IngestResult:
 
 
 def _existing_for(
-    session: DbSession, client: StrategyClient, idempotency_key: str | None, signature: str, body_sha256: str
+    session: DbSession, client: ClientIdentity, idempotency_key: str | None, signature: str, body_sha256: str
 ) -> Signal | None:
     """The signal an idempotent retry refers to, None for a new signal, or Conflict for a replay."""
     if idempotency_key is not None:
@@ -136,9 +197,94 @@ def _existing_for(
     return None
 
 
+# Postgres: the signal, its audit row and the revocation check in one statement, so a new signal
+# costs one round trip besides BEGIN and COMMIT. ON CONFLICT DO NOTHING covers both unique
+# constraints: (client, idempotency key) and the signature.
+_PG_INGEST = sa.text(
+    """
+    WITH new_signal AS (
+        INSERT INTO signals (owner_id, account_id, client_id, instrument, side, volume, price, sl, tp,
+                             comment, status, ttl_seconds, expires_at, idempotency_key, signature,
+                             body_sha256, created_at)
+        SELECT c.owner_id, c.account_id, c.id, :instrument, :side, CAST(:volume AS numeric),
+               CAST(:price AS numeric), CAST(:sl AS numeric), CAST(:tp AS numeric), :comment, :status,
+               :ttl_seconds, CAST(:expires_at AS timestamptz), :idempotency_key, :signature,
+               :body_sha256, CAST(:created_at AS timestamptz)
+        FROM strategy_clients AS c
+        WHERE c.id = :client_id AND NOT c.revoked
+        ON CONFLICT DO NOTHING
+        RETURNING *
+    ), received AS (
+        INSERT INTO audit_log (actor_type, actor_id, action, target_type, target_id, meta, created_at)
+        SELECT :actor_type, client_id, :action, 'signal', id, CAST(:meta AS jsonb), created_at
+        FROM new_signal
+    )
+    SELECT * FROM new_signal
+    """
+)
+_pg_ingest_statement = sa.select(Signal).from_statement(_PG_INGEST.columns(*Signal.__table__.c))
+
+_RECEIVED = "signal.received"
+
+
+def _received_meta(
+    client: ClientIdentity, data: dict[str, Any], idempotency_key: str | None
+) -> dict[str, Any]:
+    return {
+        "account_id": client.account_id,
+        "instrument": data["instrument"],
+        "side": data["side"],
+        "volume": str(data["volume"]),
+        "idempotency_key": idempotency_key,
+    }
+
+
+def _insert_postgres(
+    session: DbSession, client: ClientIdentity, values: dict[str, Any], meta: dict[str, Any]
+) -> Signal | None:
+    params = {
+        **values,
+        "side": values["side"].value,
+        "status": values["status"].value,
+        "client_id": client.id,
+        "actor_type": audit.CLIENT,
+        "action": _RECEIVED,
+        "meta": json.dumps(meta),
+    }
+    return session.scalars(_pg_ingest_statement, params).one_or_none()
+
+
+def _insert_generic(
+    session: DbSession, client: ClientIdentity, values: dict[str, Any], meta: dict[str, Any]
+) -> Signal | None:
+    """The same as `_PG_INGEST` in plain statements, for SQLite (the embedded setup)."""
+    revoked = session.scalar(sa.select(StrategyClient.revoked).where(StrategyClient.id == client.id))
+    if revoked is not False:
+        return None
+    from sqlalchemy.dialects.sqlite import insert
+
+    statement = insert(Signal).values(
+        owner_id=client.owner_id, account_id=client.account_id, client_id=client.id, **values
+    )
+    signal = session.scalars(
+        sa.select(Signal).from_statement(statement.on_conflict_do_nothing().returning(*Signal.__table__.c))
+    ).one_or_none()
+    if signal is not None:
+        audit.record(
+            session,
+            actor_type=audit.CLIENT,
+            actor_id=client.id,
+            action=_RECEIVED,
+            target_type="signal",
+            target_id=signal.id,
+            meta=meta,
+        )
+    return signal
+
+
 def ingest_signal(
     session: DbSession,
-    client: StrategyClient,
+    client: ClientIdentity,
     data: dict[str, Any],
     *,
     signature: str,
@@ -146,63 +292,45 @@ def ingest_signal(
     idempotency_key: str | None,
     default_ttl_seconds: int,
 ) -> IngestResult:
-    """Store a validated signal as pending, or return the one an idempotent retry refers to.
+    """Store a validated signal as pending with its audit row, or return the one an idempotent retry
+    refers to.
 
-    Safe against concurrent duplicates: the unique constraints on (client, key) and on the signature
-    decide the race, and the loser re-reads what the winner stored.
+    The insert comes first and lets the unique constraints decide, which is also what makes concurrent
+    duplicates safe: Postgres makes the loser wait for the winner's commit, and the loser then reads
+    what the winner stored. A client revoked since its secret was cached inserts nothing and gets 401.
     """
     signature = signature.strip().lower()
-    earlier = _existing_for(session, client, idempotency_key, signature, body_sha256)
-    if earlier is not None:
-        return IngestResult(earlier, created=False)
-
     now = utcnow()
     ttl = data.get("ttl_seconds") or default_ttl_seconds
-    signal = Signal(
-        owner_id=client.owner_id,
-        account_id=client.account_id,
-        client_id=client.id,
-        instrument=data["instrument"],
-        side=Side(data["side"]),
-        volume=data["volume"],
-        price=data.get("price"),
-        sl=data.get("sl"),
-        tp=data.get("tp"),
-        comment=data.get("comment"),
-        status=SignalStatus.PENDING,
-        ttl_seconds=ttl,
-        expires_at=now + timedelta(seconds=ttl),
-        idempotency_key=idempotency_key,
-        signature=signature,
-        body_sha256=body_sha256,
-        created_at=now,
-    )
-    try:
-        with session.begin_nested():
-            session.add(signal)
-            session.flush()
-    except IntegrityError:
-        # A concurrent request with the same key or signature committed first.
-        earlier = _existing_for(session, client, idempotency_key, signature, body_sha256)
-        if earlier is None:
-            raise
-        return IngestResult(earlier, created=False)
-    audit.record(
-        session,
-        actor_type=audit.CLIENT,
-        actor_id=client.id,
-        action="signal.received",
-        target_type="signal",
-        target_id=signal.id,
-        meta={
-            "account_id": client.account_id,
-            "instrument": signal.instrument,
-            "side": signal.side.value,
-            "volume": str(signal.volume),
-            "idempotency_key": idempotency_key,
-        },
-    )
-    return IngestResult(signal, created=True)
+    values = {
+        "instrument": data["instrument"],
+        "side": Side(data["side"]),
+        "volume": data["volume"],
+        "price": data.get("price"),
+        "sl": data.get("sl"),
+        "tp": data.get("tp"),
+        "comment": data.get("comment"),
+        "status": SignalStatus.PENDING,
+        "ttl_seconds": ttl,
+        "expires_at": now + timedelta(seconds=ttl),
+        "idempotency_key": idempotency_key,
+        "signature": signature,
+        "body_sha256": body_sha256,
+        "created_at": now,
+    }
+    meta = _received_meta(client, data, idempotency_key)
+    insert = _insert_postgres if session.get_bind().dialect.name == "postgresql" else _insert_generic
+    signal = insert(session, client, values, meta)
+    if signal is not None:
+        return IngestResult(signal, created=True)
+
+    revoked = session.scalar(sa.select(StrategyClient.revoked).where(StrategyClient.id == client.id))
+    if revoked is not False:
+        raise NotAuthenticated("unknown or revoked client")
+    earlier = _existing_for(session, client, idempotency_key, signature, body_sha256)
+    if earlier is None:  # pragma: no cover - a conflict always has a row behind it
+        raise RuntimeError("insert conflicted but no conflicting signal was found")
+    return IngestResult(earlier, created=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,6 +126,8 @@ def db_session(app: Any) -> Iterator[Any]:
     """
     from shared.db import db
 
+    # Ids restart after committed_db truncates: a cached secret must not outlive its row.
+    app.extensions["tradeguard.client_keys"].clear()
     with app.app_context():
         engine = db.engine
         connection = engine.connect()
@@ -150,6 +152,7 @@ def committed_db(app: Any) -> Iterator[Any]:
     """Real commits, visible to other processes; every table is emptied afterwards."""
     from shared.db import db
 
+    app.extensions["tradeguard.client_keys"].clear()
     with app.app_context():
         yield db.session
         db.session.remove()

@@ -14,6 +14,7 @@ from werkzeug.routing import IntegerConverter
 from shared.config import Settings, describe, load_settings
 from shared.crypto import SecretBox
 from shared.db import db
+from shared.signals import ClientKeyCache
 from web.errors import TradeGuardApi, register_error_handlers
 
 log = logging.getLogger("tradeguard")
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.config.update(overrides)
     app.extensions["tradeguard.settings"] = settings
     app.extensions["tradeguard.secret_box"] = SecretBox(settings.encryption_keys)
+    app.extensions["tradeguard.client_keys"] = ClientKeyCache(settings.client_key_cache_seconds)
     app.url_map.converters["id"] = IdConverter
 
     import shared.models  # noqa: F401 - registers every table on the metadata, for Alembic too

@@ -11,9 +11,9 @@ import jwt
 from flask import g, request
 
 from shared.errors import Forbidden, NotAuthenticated
-from shared.models import StrategyClient, User
-from shared.signals import SignedRequest, authenticate_client
-from web.extensions import db, secret_box, settings
+from shared.models import User
+from shared.signals import ClientIdentity, SignedRequest, authenticate_client
+from web.extensions import client_keys, db, secret_box, settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,8 +73,8 @@ def admin_required(view: F) -> F:
     return cast(F, wrapper)
 
 
-def current_client() -> StrategyClient:
-    return cast(StrategyClient, g.current_client)
+def current_client() -> ClientIdentity:
+    return cast(ClientIdentity, g.current_client)
 
 
 def signature_required(view: F) -> F:
@@ -94,6 +94,7 @@ def signature_required(view: F) -> F:
             secret_box(),
             signed,
             max_skew_seconds=settings().signature_max_skew_seconds,
+            keys=client_keys(),
         )
         return view(*args, **kwargs)
 

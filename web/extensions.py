@@ -9,8 +9,9 @@ from flask import current_app
 from shared.config import Settings
 from shared.crypto import SecretBox
 from shared.db import db
+from shared.signals import ClientKeyCache
 
-__all__ = ["db", "secret_box", "settings"]
+__all__ = ["client_keys", "db", "secret_box", "settings"]
 
 
 def settings() -> Settings:
@@ -19,3 +20,7 @@ def settings() -> Settings:
 
 def secret_box() -> SecretBox:
     return cast(SecretBox, current_app.extensions["tradeguard.secret_box"])
+
+
+def client_keys() -> ClientKeyCache:
+    return cast(ClientKeyCache, current_app.extensions["tradeguard.client_keys"])

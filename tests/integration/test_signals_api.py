@@ -263,3 +263,19 @@ def test_another_users_signal_is_404(api):
 def test_signals_need_a_bearer_token_to_read(api):
     assert api.http.get("/api/v1/signals").status_code == 401
     assert api.http.get("/api/v1/signals/1").json["error"]["code"] == "unauthorized"
+
+
+def test_a_client_revoked_while_its_secret_is_cached_elsewhere_stores_nothing(api, app, db_session):
+    """Another web process may still hold the secret: the insert itself refuses a revoked client."""
+    from shared.models import StrategyClient
+
+    world = api.setup()
+    assert api.send_signal(world["client"], {**GOOD, "comment": "warm the cache"}).status_code == 201
+    cache = app.extensions["tradeguard.client_keys"]
+    assert cache._keys.get(world["client"]["id"]) is not None
+    # Revoked directly in the database, as a DELETE served by another process would do.
+    db_session.get(StrategyClient, world["client"]["id"]).revoked = True
+    db_session.commit()
+    response = api.send_signal(world["client"], {**GOOD, "comment": "after revocation"})
+    assert response.status_code == 401 and "revoked" in response.json["error"]["message"]
+    assert signal_count(db_session) == 1

@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 
 from shared import clients
 from web.auth import current_user, login_required
-from web.extensions import db, secret_box
+from web.extensions import client_keys, db, secret_box
 from web.schemas import ClientCreatedSchema, ClientCreateSchema, ClientSchema
 
 blp = Blueprint(
@@ -40,4 +40,6 @@ def list_clients() -> Any:
 def revoke_client(client_id: int) -> Any:
     clients.revoke_client(db.session, current_user(), client_id)
     db.session.commit()
+    # Other processes may keep the secret cached a few seconds; their inserts still refuse it.
+    client_keys().forget(client_id)
     return None

@@ -1,0 +1,369 @@
+"""Ingest benchmark: signed signals into TradeGuard under gunicorn on Postgres, against a bare Flask
+endpoint served the same way on the same box.
+
+    PYTHONPATH=. .venv/bin/python bench/ingest.py [--requests 6000] [--concurrency 8]
+
+It creates a throw-away Postgres database (dropped at the end), builds it with the migrations, makes one
+user, account and strategy client, starts both servers with identical gunicorn settings, warms them up,
+then fires the same number of signed requests at each from separate load processes over keep-alive
+connections. Every TradeGuard request carries a unique body, so each is a new signal (201); the script
+checks the database holds exactly as many signals as were accepted.
+
+It prints accepted requests per second, p50/p99 latency for each, and the ratio TradeGuard / bare.
+Goal (issue 2): ratio >= 0.5 and TradeGuard p99 <= 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.signing import sign  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def start_gunicorn(
+    app_path: str, port: int, env: dict[str, str], args: argparse.Namespace
+) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(args.workers),
+        "--worker-class",
+        args.worker_class,
+        "--threads",
+        str(args.threads),
+        "--keep-alive",
+        "30",
+        "--log-level",
+        "warning",
+        app_path,
+    ]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    wait_for_port(port)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+# --- load generation --------------------------------------------------------------------------------
+
+
+def _thread_load(port, client_id, secret, count, tag, latencies, statuses, start_event):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    start_event.wait()
+    for i in range(count):
+        body = json.dumps(
+            {
+                "instrument": "EURUSD",
+                "side": "buy",
+                "volume": "0.10",
+                "price": "1.1000",
+                "sl": "1.0950",
+                "tp": "1.1100",
+                "comment": f"{tag}-{i}",
+            }
+        ).encode()
+        ts = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Client-Id": str(client_id),
+            "X-Timestamp": ts,
+            "X-Signature": sign(secret, ts, body),
+        }
+        began = time.perf_counter()
+        conn.request("POST", "/api/v1/signals", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - began)
+        statuses.append(response.status)
+        if response.getheader("Connection", "").lower() == "close":
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.close()
+
+
+def _process_load(port, client_id, secret, per_thread, threads, tag, go, queue):
+    latencies: list[float] = []
+    statuses: list[int] = []
+    start_event = threading.Event()
+    workers = [
+        threading.Thread(
+            target=_thread_load,
+            args=(port, client_id, secret, per_thread, f"{tag}-{t}", latencies, statuses, start_event),
+        )
+        for t in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    go.wait()
+    start_event.set()
+    for w in workers:
+        w.join()
+    queue.put((latencies, statuses))
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the given processes, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    """The process and every descendant (gunicorn's master and its workers)."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if ppid == pid:
+                found.extend(_children(int(entry.name)))
+    return found
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip().startswith("postgres"):
+                    pids.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return pids
+
+
+def fire(
+    port: int,
+    client_id: int,
+    secret: str,
+    total: int,
+    concurrency: int,
+    processes: int,
+    server_pid: int | None = None,
+) -> dict[str, float]:
+    threads = max(1, concurrency // processes)
+    per_thread = max(1, total // (threads * processes))
+    ctx = mp.get_context("fork")
+    go = ctx.Event()
+    queue = ctx.Queue()
+    tag = uuid.uuid4().hex[:8]
+    procs = [
+        ctx.Process(
+            daemon=True,
+            target=_process_load,
+            args=(port, client_id, secret, per_thread, threads, f"{tag}-{p}", go, queue),
+        )
+        for p in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)  # let every thread connect and wait at the start line
+    server_pids = _children(server_pid) if server_pid else []
+    postgres_pids = _postgres_pids()
+    server_cpu, postgres_cpu = _cpu_seconds(server_pids), _cpu_seconds(postgres_pids)
+    began = time.perf_counter()
+    go.set()
+    results = [queue.get() for _ in procs]
+    elapsed = time.perf_counter() - began
+    server_cpu = _cpu_seconds(server_pids) - server_cpu
+    postgres_cpu = _cpu_seconds(_postgres_pids()) - postgres_cpu
+    for p in procs:
+        p.join()
+    latencies = sorted(x for lat, _ in results for x in lat)
+    statuses = [s for _, st in results for s in st]
+    accepted = sum(1 for s in statuses if s in (200, 201))
+    return {
+        "sent": len(statuses),
+        "accepted": accepted,
+        "rejected": len(statuses) - accepted,
+        "per_second": accepted / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "seconds": elapsed,
+        "server_cpu_ms": server_cpu / max(1, len(statuses)) * 1000,
+        "postgres_cpu_ms": postgres_cpu / max(1, len(statuses)) * 1000,
+    }
+
+
+# --- setup ------------------------------------------------------------------------------------------
+
+
+def seed(env: dict[str, str]) -> tuple[int, str]:
+    """One user, account and strategy client; returns the client's id and secret."""
+    os.environ.update(env)
+    from flask_migrate import upgrade
+
+    from shared import accounts, clients, users
+    from shared.config import load_settings
+    from shared.db import db
+    from web import create_app
+
+    app = create_app(load_settings())
+    with app.app_context():
+        upgrade()
+        user = users.register(db.session, "bench@example.com", "benchmark password")
+        account = accounts.create_account(
+            db.session,
+            app.extensions["tradeguard.secret_box"],
+            user,
+            name="bench",
+            terminal_url="sim://",
+            login=1001,
+            password="x",
+            server="sim",
+        )
+        client, secret = clients.create_client(
+            db.session, app.extensions["tradeguard.secret_box"], user, name="bench", account_id=account.id
+        )
+        db.session.commit()
+        client_id = client.id
+        db.engine.dispose()
+    return client_id, secret
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get(
+            "TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    args = parser.parse_args()
+
+    database = f"tradeguard_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    database_url = sa.make_url(args.admin_url).set(database=database).render_as_string(hide_password=False)
+
+    from cryptography.fernet import Fernet
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": database_url,
+        "TRADEGUARD_INSTANCE_DIR": tempfile.mkdtemp(prefix="tradeguard-bench-"),
+        "TRADEGUARD_SECRET_KEY": "bench",
+        "TRADEGUARD_JWT_SECRET": "bench-jwt-secret-long-enough-for-hs256",
+        "TRADEGUARD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "LOG_LEVEL": "WARNING",
+    }
+    servers: list[subprocess.Popen] = []
+    try:
+        client_id, secret = seed(env)
+        tg_port, bare_port = free_port(), free_port()
+        servers.append(start_gunicorn("web.wsgi:app", tg_port, env, args))
+        servers.append(start_gunicorn("bench.bare_app:app", bare_port, env, args))
+
+        warmup = max(200, args.requests // 10)
+        fire(bare_port, client_id, secret, warmup, args.concurrency, args.load_processes)
+        warmed = fire(tg_port, client_id, secret, warmup, args.concurrency, args.load_processes)["accepted"]
+
+        bare = fire(
+            bare_port, client_id, secret, args.requests, args.concurrency, args.load_processes, servers[1].pid
+        )
+        tradeguard = fire(
+            tg_port, client_id, secret, args.requests, args.concurrency, args.load_processes, servers[0].pid
+        )
+
+        engine = sa.create_engine(database_url)
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT count(*) FROM signals")).scalar_one()
+            audited = conn.execute(
+                sa.text("SELECT count(*) FROM audit_log WHERE action = 'signal.received'")
+            ).scalar_one()
+        engine.dispose()
+    finally:
+        for server in servers:
+            stop(server)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+
+    print(
+        f"ingest benchmark: {os.cpu_count()} CPUs, gunicorn {args.workers} x {args.worker_class} "
+        f"({args.threads} threads), {args.concurrency} concurrent clients, {args.requests} requests each"
+    )
+    print(
+        f"{'endpoint':<20}{'accepted/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'accepted':>9}{'refused':>8}"
+        f"{'web CPU ms/req':>16}{'pg CPU ms/req':>15}"
+    )
+    for name, r in (("bare Flask", bare), ("TradeGuard signals", tradeguard)):
+        print(
+            f"{name:<20}{r['per_second']:>11.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['accepted']:>9}"
+            f"{r['rejected']:>8}{r['server_cpu_ms']:>16.3f}{r['postgres_cpu_ms']:>15.3f}"
+        )
+    ratio = tradeguard["per_second"] / bare["per_second"]
+    print(
+        f"ratio TradeGuard/bare: {ratio:.2f} (goal >= 0.5); TradeGuard p99 {tradeguard['p99_ms']:.2f} ms "
+        f"(goal <= 20 ms)"
+    )
+    expected = tradeguard["accepted"] + warmed  # the warm-up signals too
+    print(f"signals stored: {stored} (expected {expected}); signal.received audit rows: {audited}")
+    if stored != expected or audited != stored:
+        raise SystemExit("stored signals do not match accepted requests")
+
+
+if __name__ == "__main__":
+    main()
