@@ -75,4 +75,9 @@ beat_schedule = {
         # A sweep not started within one interval is pointless: the next tick does the same work.
         "options": {"expires": _settings.expiry_sweep_seconds},
     },
+    "dispatch-approved-signals": {
+        "task": "tradeguard.dispatch_approved",
+        "schedule": timedelta(seconds=15),
+        "options": {"expires": 15},
+    },
 }

@@ -41,6 +41,15 @@ class Settings:
     signature_max_skew_seconds: int = 300
     expiry_sweep_seconds: float = 5.0
     client_key_cache_seconds: float = 30.0
+    # Execution: TradeGuard's magic number on every order, the price deviation allowed, how many
+    # fresh-price retries after a requote, how long a terminal call may take, how long to keep looking
+    # for an order whose reply was lost, and how many times a task retries an unreachable terminal.
+    magic: int = 770077
+    deviation_points: int = 20
+    max_price_retries: int = 3
+    terminal_timeout_seconds: float = 10.0
+    unknown_outcome_grace_seconds: float = 3.0
+    execution_max_retries: int = 5
     secrets_generated: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -164,6 +173,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         signature_max_skew_seconds=_int(env, "TRADEGUARD_SIGNATURE_MAX_SKEW_SECONDS", 300),
         expiry_sweep_seconds=_float(env, "TRADEGUARD_EXPIRY_SWEEP_SECONDS", 5.0),
         client_key_cache_seconds=_float(env, "TRADEGUARD_CLIENT_KEY_CACHE_SECONDS", 30.0),
+        magic=_int(env, "TRADEGUARD_MAGIC", 770077),
+        deviation_points=_int(env, "TRADEGUARD_DEVIATION_POINTS", 20, minimum=0),
+        max_price_retries=_int(env, "TRADEGUARD_MAX_PRICE_RETRIES", 3, minimum=0),
+        terminal_timeout_seconds=_float(env, "TRADEGUARD_TERMINAL_TIMEOUT_SECONDS", 10.0),
+        unknown_outcome_grace_seconds=_float(env, "TRADEGUARD_UNKNOWN_OUTCOME_GRACE_SECONDS", 3.0),
+        execution_max_retries=_int(env, "TRADEGUARD_EXECUTION_MAX_RETRIES", 5, minimum=0),
         secrets_generated=generated,
     )
 

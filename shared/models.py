@@ -30,6 +30,16 @@ class Side(enum.StrEnum):
     SELL = "sell"
 
 
+class TradeState(enum.StrEnum):
+    PENDING = "pending"  # row made, nothing sent yet
+    SENT = "sent"  # order_send under way or its outcome unknown: look for it before sending again
+    FILLED = "filled"
+    PARTIAL = "partial"  # filled below the requested volume
+    REJECTED = "rejected"  # refused by a pre-trade check or by the broker
+    FAILED = "failed"  # gave up: terminal unreachable after every retry
+    CLOSED = "closed"
+
+
 class Decision(enum.StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
@@ -168,3 +178,45 @@ class AuditLog(db.Model):  # type: ignore[name-defined]
     target_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class Trade(db.Model):  # type: ignore[name-defined]
+    """What TradeGuard placed (or tried to place) for one approved signal: at most one per signal.
+
+    The order carries TradeGuard's magic number and `comment` (unique, short enough for brokers that
+    keep 16 characters), so a retried task finds an order it already sent instead of sending another.
+    """
+
+    __tablename__ = "trades"
+    __table_args__ = (sa.Index("ix_trades_owner_created", "owner_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    signal_id: Mapped[int] = mapped_column(sa.ForeignKey("signals.id"), unique=True)
+    approval_id: Mapped[int] = mapped_column(sa.ForeignKey("approvals.id"), unique=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
+    owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    symbol: Mapped[str] = mapped_column(sa.String(32))
+    side: Mapped[Side] = mapped_column(_string_enum(Side, "trade_side"))
+    state: Mapped[TradeState] = mapped_column(
+        _string_enum(TradeState, "trade_state"), default=TradeState.PENDING
+    )
+    magic: Mapped[int] = mapped_column(sa.BigInteger)
+    comment: Mapped[str | None] = mapped_column(sa.String(31), unique=True)
+    requested_volume: Mapped[Decimal] = mapped_column(Volume)
+    requested_price: Mapped[Decimal | None] = mapped_column(Price)
+    requested_sl: Mapped[Decimal | None] = mapped_column(Price)
+    requested_tp: Mapped[Decimal | None] = mapped_column(Price)
+    filled_volume: Mapped[Decimal | None] = mapped_column(Volume)
+    filled_price: Mapped[Decimal | None] = mapped_column(Price)
+    order_ticket: Mapped[int | None] = mapped_column(sa.BigInteger)
+    deal_ticket: Mapped[int | None] = mapped_column(sa.BigInteger)
+    position_ticket: Mapped[int | None] = mapped_column(sa.BigInteger, index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    retcode: Mapped[int | None] = mapped_column(sa.Integer)
+    failure_reason: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    filled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    signal: Mapped[Signal] = relationship()

@@ -92,9 +92,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             _configure_sqlite(app)
 
     api = TradeGuardApi(app)
-    from web.api import accounts, approvals, audit, auth, clients, health, signals
+    from web.api import accounts, approvals, audit, auth, clients, health, signals, trades
 
-    for module in (health, auth, accounts, clients, signals, approvals, audit):
+    for module in (health, auth, accounts, clients, signals, approvals, trades, audit):
         api.register_blueprint(module.blp)
     register_error_handlers(app)
 

@@ -9,7 +9,7 @@ import marshmallow as ma
 from marshmallow import fields, pre_load, validate, validates, validates_schema
 
 from shared.accounts import terminal_url_problem
-from shared.models import Decision, Side, SignalStatus
+from shared.models import Decision, Side, SignalStatus, TradeState
 from shared.signals import price_level_errors
 
 MAX_ID = 2**31 - 1
@@ -285,3 +285,41 @@ AuditPageSchema = page_of(AuditEntrySchema)
 class HealthSchema(ma.Schema):
     status = fields.String()
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+# --- trades -------------------------------------------------------------------------------------
+
+
+class TradeSchema(ma.Schema):
+    id = fields.Integer()
+    signal_id = fields.Integer()
+    approval_id = fields.Integer()
+    account_id = fields.Integer()
+    symbol = fields.String()
+    side = fields.Function(lambda t: t.side.value)
+    state = fields.Function(lambda t: t.state.value)
+    requested_volume = ExactDecimal(max_places=4, max_value=Decimal("100000"))
+    requested_price = _price(allow_none=True)
+    requested_sl = _price(allow_none=True)
+    requested_tp = _price(allow_none=True)
+    filled_volume = ExactDecimal(max_places=4, max_value=Decimal("100000"), allow_none=True)
+    filled_price = _price(allow_none=True)
+    magic = fields.Integer()
+    comment = fields.String(allow_none=True)
+    order_ticket = fields.Integer(allow_none=True)
+    deal_ticket = fields.Integer(allow_none=True)
+    position_ticket = fields.Integer(allow_none=True)
+    attempts = fields.Integer()
+    retcode = fields.Integer(allow_none=True)
+    failure_reason = fields.String(allow_none=True, metadata={"description": "why it was rejected or failed"})
+    created_at = fields.DateTime()
+    sent_at = fields.DateTime(allow_none=True)
+    filled_at = fields.DateTime(allow_none=True)
+
+
+class TradeQuerySchema(PageQuerySchema):
+    state = fields.String(load_default=None, validate=validate.OneOf([s.value for s in TradeState]))
+    account_id = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
+
+
+TradePageSchema = page_of(TradeSchema)

@@ -1,0 +1,390 @@
+"""Executing approved signals on the account's MT5 terminal.
+
+The rules (retcode classification, pre-trade checks) are pure functions. `execute_signal` is the I/O
+edge: it reloads the signal, claims the trade under a lock, checks, sends, and records.
+
+Never two orders for one signal:
+- one `trades` row per signal (unique), and its `comment` ("TG-<id>") plus TradeGuard's magic number
+  go out with the order;
+- the row is committed as `sent` *before* order_send, so whoever finds a `sent` trade knows an order
+  may exist and looks for it (positions, then deal history) before it ever sends again;
+- the send happens under a lock that dies with its holder, so a second worker never sends while the
+  first is still waiting for the terminal's answer.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from shared import audit
+from shared.db import DbSession, utcnow
+from shared.locks import Busy, exclusive
+from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
+
+log = logging.getLogger(__name__)
+
+# MT5 trade server return codes (values as in the official MetaTrader5 package).
+RETCODE_REQUOTE = 10004
+RETCODE_REJECT = 10006
+RETCODE_DONE = 10009
+RETCODE_DONE_PARTIAL = 10010
+RETCODE_ERROR = 10011
+RETCODE_TIMEOUT = 10012
+RETCODE_PRICE_CHANGED = 10020
+RETCODE_PRICE_OFF = 10021
+RETCODE_TOO_MANY_REQUESTS = 10024
+RETCODE_CONNECTION = 10031
+
+
+class Outcome(enum.Enum):
+    FILLED = "filled"
+    PARTIAL = "partial"
+    NEW_PRICE = "new_price"  # requote / price changed: retry at a fresh price
+    UNKNOWN = "unknown"  # the server may or may not have executed it: look before resending
+    REJECTED = "rejected"
+
+
+def classify_retcode(retcode: int) -> Outcome:
+    """What an order_send retcode means for the trade."""
+    if retcode == RETCODE_DONE:
+        return Outcome.FILLED
+    if retcode == RETCODE_DONE_PARTIAL:
+        return Outcome.PARTIAL
+    if retcode in (RETCODE_REQUOTE, RETCODE_PRICE_CHANGED, RETCODE_PRICE_OFF):
+        return Outcome.NEW_PRICE
+    if retcode in (RETCODE_TIMEOUT, RETCODE_CONNECTION, RETCODE_ERROR, RETCODE_TOO_MANY_REQUESTS):
+        return Outcome.UNKNOWN
+    return Outcome.REJECTED
+
+
+def trade_comment(trade_id: int) -> str:
+    """Names the trade in the order's comment. Short: some brokers keep only 16 characters."""
+    return f"TG-{trade_id}"
+
+
+@dataclass(frozen=True)
+class SymbolRules:
+    """What the pre-trade check needs to know about a symbol."""
+
+    name: str
+    trade_allowed: bool
+    volume_min: Decimal
+    volume_max: Decimal
+    volume_step: Decimal
+    point: Decimal
+    stops_level_points: int
+
+
+def pre_trade_problems(
+    *,
+    side: str,
+    volume: Decimal,
+    sl: Decimal | None,
+    tp: Decimal | None,
+    bid: Decimal,
+    ask: Decimal,
+    rules: SymbolRules,
+    expires_at: datetime,
+    now: datetime,
+) -> list[str]:
+    """Why this order must not be sent, or [] when it may."""
+    problems: list[str] = []
+    if now >= expires_at:
+        problems.append("signal expired before it could be executed")
+    if not rules.trade_allowed:
+        problems.append(f"{rules.name} is not tradeable now")
+    if volume < rules.volume_min or volume > rules.volume_max:
+        problems.append(f"volume {volume} outside {rules.volume_min}..{rules.volume_max}")
+    elif rules.volume_step > 0 and (volume - rules.volume_min) % rules.volume_step != 0:
+        problems.append(f"volume {volume} is not a multiple of the step {rules.volume_step}")
+    # A buy opens at the ask and is closed at the bid, so its stops are measured from the bid; a sell
+    # the other way round. They must sit beyond the broker's stops level.
+    reference = bid if side == Side.BUY.value else ask
+    gap = rules.point * rules.stops_level_points
+    if sl is not None:
+        if side == Side.BUY.value and not sl < reference - gap:
+            problems.append(f"sl {sl} must be below {reference - gap} (bid less the stops level)")
+        if side == Side.SELL.value and not sl > reference + gap:
+            problems.append(f"sl {sl} must be above {reference + gap} (ask plus the stops level)")
+    if tp is not None:
+        if side == Side.BUY.value and not tp > reference + gap:
+            problems.append(f"tp {tp} must be above {reference + gap} (bid plus the stops level)")
+        if side == Side.SELL.value and not tp < reference - gap:
+            problems.append(f"tp {tp} must be below {reference - gap} (ask less the stops level)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# The I/O edge
+# ---------------------------------------------------------------------------------------------
+
+
+class TerminalPort(Protocol):
+    """The part of shared.mt5.gateway.Gateway that execution uses."""
+
+    def symbol(self, name: str) -> Any: ...
+    def quote(self, name: str) -> Any: ...
+    def positions(self, symbol: str | None = None) -> list[Any]: ...
+    def deals(self, date_from: datetime, date_to: datetime) -> list[Any]: ...
+    def send_order(self, request: dict[str, Any]) -> Any: ...
+    def market_order_request(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+OpenTerminal = Callable[[Account], AbstractContextManager[TerminalPort]]
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    magic: int = 770077
+    deviation_points: int = 20
+    max_price_retries: int = 3
+    # After a lost reply, how long to keep looking for the order before concluding it was never made.
+    unknown_outcome_grace_seconds: float = 3.0
+    lock_dir: Path = Path("instance/locks")
+
+
+class TerminalRetryLater(Exception):
+    """The terminal could not be reached or the trade is busy elsewhere; the task should retry."""
+
+
+def _record(session: DbSession, trade: Trade, action: str, **meta: Any) -> None:
+    audit.record(
+        session,
+        actor_type=audit.SYSTEM,
+        actor_id=None,
+        action=action,
+        target_type="trade",
+        target_id=trade.id,
+        meta={"signal_id": trade.signal_id, "state": trade.state.value, **meta},
+    )
+
+
+def _claim_trade(session: DbSession, signal_id: int, settings: ExecutionSettings) -> Trade | None:
+    """The trade for an approved signal, made on first call. None when there is nothing to do."""
+    signal = session.get(Signal, signal_id)
+    if signal is None or signal.status != SignalStatus.APPROVED:
+        return None
+    trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    if trade is None:
+        approval_id = session.scalar(sa.select(Approval.id).where(Approval.signal_id == signal_id))
+        trade = Trade(
+            signal_id=signal.id,
+            approval_id=approval_id,
+            account_id=signal.account_id,
+            owner_id=signal.owner_id,
+            symbol=signal.instrument,
+            side=signal.side,
+            magic=settings.magic,
+            requested_volume=signal.volume,
+            requested_price=signal.price,
+            requested_sl=signal.sl,
+            requested_tp=signal.tp,
+        )
+        session.add(trade)
+        session.flush()
+        trade.comment = trade_comment(trade.id)
+        _record(session, trade, "trade.created")
+        session.commit()
+    return trade
+
+
+def _find_sent_order(terminal: TerminalPort, trade: Trade) -> Any | None:
+    """A position or an opening deal carrying this trade's magic and comment, if the order exists."""
+    for position in terminal.positions(trade.symbol):
+        if position.magic == trade.magic and position.comment == trade.comment:
+            return position
+    since = (trade.sent_at or trade.created_at) - timedelta(minutes=5)
+    for deal in terminal.deals(since, utcnow() + timedelta(minutes=5)):
+        if deal.magic == trade.magic and deal.comment == trade.comment and deal.entry == 0:
+            return deal
+    return None
+
+
+def _fill_from_found(trade: Trade, found: Any) -> None:
+    """Record a fill found on the terminal: an open position, or the opening deal of one."""
+    if hasattr(found, "identifier"):  # a position: its identifier is the opening order's ticket
+        trade.filled_price = Decimal(str(found.price_open))
+        trade.order_ticket = found.identifier
+        trade.position_ticket = found.identifier
+    else:  # a deal
+        trade.filled_price = Decimal(str(found.price))
+        trade.order_ticket = found.order
+        trade.deal_ticket = found.ticket
+        trade.position_ticket = found.position_id
+    trade.filled_volume = Decimal(str(found.volume))
+    trade.state = TradeState.FILLED if trade.filled_volume >= trade.requested_volume else TradeState.PARTIAL
+    trade.filled_at = utcnow()
+
+
+def execute_signal(
+    session: DbSession,
+    signal_id: int,
+    *,
+    engine: sa.Engine,
+    open_terminal: OpenTerminal,
+    settings: ExecutionSettings,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Trade | None:
+    """Execute one approved signal at most once. Safe to call again at any point, also concurrently."""
+    trade = _claim_trade(session, signal_id, settings)
+    if trade is None or trade.state not in (TradeState.PENDING, TradeState.SENT):
+        return trade
+    with _trade_lock(engine, f"trade:{trade.id}", settings):
+        session.refresh(trade)
+        if trade.state not in (TradeState.PENDING, TradeState.SENT):
+            return trade  # another worker finished it while we waited for the lock
+        account = session.get(Account, trade.account_id)
+        assert account is not None
+        with open_terminal(account) as terminal:
+            if trade.state == TradeState.SENT:
+                # An earlier attempt died or lost its reply after sending: look before sending again.
+                found = _find_sent_order(terminal, trade)
+                if found is None and settings.unknown_outcome_grace_seconds > 0:
+                    sleep(settings.unknown_outcome_grace_seconds)
+                    found = _find_sent_order(terminal, trade)
+                if found is not None:
+                    _fill_from_found(trade, found)
+                    _record(
+                        session, trade, "trade.found_after_unknown_outcome", volume=str(trade.filled_volume)
+                    )
+                    session.commit()
+                    return trade
+                trade.state = TradeState.PENDING
+                _record(session, trade, "trade.not_found_after_lost_reply")
+                session.commit()
+            _send(session, trade, terminal, settings)
+    return trade
+
+
+@contextmanager
+def _trade_lock(engine: sa.Engine, name: str, settings: ExecutionSettings) -> Iterator[None]:
+    lock = exclusive(engine, name, lock_dir=settings.lock_dir)
+    try:
+        lock.__enter__()
+    except Busy as exc:
+        raise TerminalRetryLater(f"{name} is being executed by another worker") from exc
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: ExecutionSettings) -> None:
+    from shared.mt5.errors import OrderOutcomeUnknown
+
+    signal = trade.signal
+    spec = terminal.symbol(trade.symbol)
+    for _attempt in range(settings.max_price_retries + 1):
+        quote = terminal.quote(trade.symbol)
+        problems = pre_trade_problems(
+            side=trade.side.value,
+            volume=trade.requested_volume,
+            sl=trade.requested_sl,
+            tp=trade.requested_tp,
+            bid=quote.bid,
+            ask=quote.ask,
+            rules=SymbolRules(
+                name=spec.name,
+                trade_allowed=spec.trade_allowed,
+                volume_min=spec.volume_min,
+                volume_max=spec.volume_max,
+                volume_step=spec.volume_step,
+                point=spec.point,
+                stops_level_points=spec.stops_level_points,
+            ),
+            expires_at=signal.expires_at,
+            now=utcnow(),
+        )
+        if problems:
+            trade.state = TradeState.REJECTED
+            trade.failure_reason = "; ".join(problems)[:500]
+            _record(session, trade, "trade.rejected_pre_trade", problems=problems)
+            session.commit()
+            return
+        price = quote.ask if trade.side == Side.BUY else quote.bid
+        request = terminal.market_order_request(
+            symbol=trade.symbol,
+            side=trade.side.value,
+            volume=trade.requested_volume,
+            price=price,
+            sl=trade.requested_sl,
+            tp=trade.requested_tp,
+            deviation_points=settings.deviation_points,
+            magic=trade.magic,
+            comment=trade.comment,
+        )
+        # Committed before sending: if this process dies during order_send, whoever comes next
+        # sees `sent` and looks for the order instead of sending a second one.
+        trade.state = TradeState.SENT
+        trade.attempts += 1
+        trade.sent_at = utcnow()
+        _record(session, trade, "trade.sent", attempt=trade.attempts, price=str(price))
+        session.commit()
+        try:
+            result = terminal.send_order(request)
+        except OrderOutcomeUnknown:
+            log.warning("trade %s: order_send outcome unknown; will look for it before resending", trade.id)
+            raise
+        trade.retcode = result.retcode
+        outcome = classify_retcode(result.retcode)
+        if outcome in (Outcome.FILLED, Outcome.PARTIAL):
+            trade.filled_volume = result.volume
+            trade.filled_price = result.price
+            trade.order_ticket = result.order
+            trade.deal_ticket = result.deal
+            trade.position_ticket = result.order  # MT5: a position's identifier is its opening order
+            trade.filled_at = utcnow()
+            trade.state = TradeState.FILLED if outcome == Outcome.FILLED else TradeState.PARTIAL
+            _record(
+                session,
+                trade,
+                f"trade.{trade.state.value}",
+                retcode=result.retcode,
+                volume=str(result.volume),
+                price=str(result.price),
+                requested_price=str(price),
+            )
+            session.commit()
+            return
+        if outcome == Outcome.NEW_PRICE:
+            # Nothing was filled: safe to try again at a fresh price, a bounded number of times.
+            trade.state = TradeState.PENDING
+            _record(session, trade, "trade.requoted", retcode=result.retcode, attempt=trade.attempts)
+            session.commit()
+            continue
+        if outcome == Outcome.UNKNOWN:
+            session.commit()  # stays `sent`: the next attempt looks for it first
+            raise TerminalRetryLater(f"trade {trade.id}: retcode {result.retcode}, outcome unknown")
+        trade.state = TradeState.REJECTED
+        trade.failure_reason = f"broker rejected the order: retcode {result.retcode} {result.comment}"[:500]
+        _record(session, trade, "trade.rejected", retcode=result.retcode, comment=result.comment)
+        session.commit()
+        return
+    trade.state = TradeState.REJECTED
+    trade.failure_reason = f"price moved on each of {settings.max_price_retries + 1} attempts"
+    _record(session, trade, "trade.rejected", reason=trade.failure_reason)
+    session.commit()
+
+
+def give_up(session: DbSession, signal_id: int, reason: str) -> Trade | None:
+    """Mark the trade failed after the last retry, unless an order may exist (then leave it `sent`
+    for reconciliation to settle) — a failed trade must never hide a live position."""
+    trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    if trade is None or trade.state != TradeState.PENDING:
+        return trade
+    trade.state = TradeState.FAILED
+    trade.failure_reason = reason[:500]
+    _record(session, trade, "trade.failed", reason=reason)
+    session.commit()
+    return trade

@@ -1,0 +1,62 @@
+"""Exclusive locks that die with their holder.
+
+Used so that no two workers act on the same thing at once (one signal's order, one account's
+reconciliation). The lock must vanish if its holder is killed, or a crashed worker would block the
+account for ever:
+- on Postgres, a session-level advisory lock on a dedicated connection: the server drops it when the
+  connection closes, which it does when the holding process dies;
+- on SQLite (the embedded, single-machine setup), an `flock` on a file under instance/locks, which the
+  kernel drops when the holding process dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+
+class Busy(Exception):
+    """Another worker holds the lock right now. Retry later; nothing was done."""
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit key for pg_advisory_lock from a readable name such as 'trade:42'."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+@contextmanager
+def exclusive(engine: sa.Engine, name: str, *, lock_dir: Path) -> Iterator[None]:
+    """Hold the lock called `name` for the duration of the block, or raise Busy at once."""
+    if engine.dialect.name == "postgresql":
+        key = lock_key(name)
+        with engine.connect() as conn:
+            # Autocommit: the lock belongs to the session, not to a transaction, so it survives the
+            # commits the block makes on other connections.
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not conn.scalar(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+                raise Busy(name)
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / (hashlib.sha1(name.encode()).hexdigest() + ".lock")  # noqa: S324 - a file name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(name) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
