@@ -1,0 +1,99 @@
+"""GET /api/v1/trades: own trades only, with the fields that explain what happened."""
+
+from decimal import Decimal
+
+import pytest
+
+from shared.models import Side, Signal, Trade, TradeState
+
+GOOD = {
+    "instrument": "EURUSD",
+    "side": "buy",
+    "volume": "0.10",
+    "price": "1.1000",
+    "sl": "1.0950",
+    "tp": "1.1100",
+}
+
+
+@pytest.fixture
+def world(api, db_session):
+    world = api.setup()
+    signal_id = api.send_signal(world["client"], GOOD).json["id"]
+    approval = api.http.post(
+        "/api/v1/approvals",
+        json={"signal_id": signal_id, "decision": "approve"},
+        headers=world["user"]["headers"],
+    ).json
+    signal = db_session.get(Signal, signal_id)
+    trade = Trade(
+        signal_id=signal.id,
+        approval_id=approval["id"],
+        account_id=signal.account_id,
+        owner_id=signal.owner_id,
+        symbol="EURUSD",
+        side=Side.BUY,
+        magic=770077,
+        comment="TG-test",
+        requested_volume=Decimal("0.10"),
+        requested_price=Decimal("1.1000"),
+        state=TradeState.REJECTED,
+        retcode=10019,
+        failure_reason="broker rejected the order: retcode 10019 No money",
+        attempts=1,
+    )
+    db_session.add(trade)
+    db_session.commit()
+    world["trade"] = trade
+    return world
+
+
+def test_owners_read_their_trades_with_the_rejection_reason(api, world):
+    headers = world["user"]["headers"]
+    listing = api.http.get("/api/v1/trades", headers=headers).json
+    assert listing["total"] == 1
+    item = listing["items"][0]
+    assert (item["state"], item["retcode"], item["failure_reason"]) == (
+        "rejected",
+        10019,
+        "broker rejected the order: retcode 10019 No money",
+    )
+    assert (item["requested_volume"], item["requested_price"], item["filled_volume"]) == ("0.1", "1.1", None)
+    assert item["comment"] == "TG-test" and item["magic"] == 770077
+    one = api.http.get(f"/api/v1/trades/{item['id']}", headers=headers)
+    assert one.status_code == 200 and one.json == item
+
+
+def test_trades_filter_by_state_and_account(api, world):
+    headers = world["user"]["headers"]
+    assert api.http.get("/api/v1/trades?state=filled", headers=headers).json["total"] == 0
+    assert api.http.get("/api/v1/trades?state=rejected", headers=headers).json["total"] == 1
+    other_account = world["account"]["id"] + 1000
+    assert api.http.get(f"/api/v1/trades?account_id={other_account}", headers=headers).json["total"] == 0
+    bad = api.http.get("/api/v1/trades?state=lost", headers=headers)
+    assert bad.status_code == 422 and "state" in bad.json["error"]["fields"]
+
+
+def test_other_users_trades_are_404(api, world):
+    stranger = api.user()
+    trade_id = world["trade"].id
+    assert api.http.get(f"/api/v1/trades/{trade_id}", headers=stranger["headers"]).status_code == 404
+    assert api.http.get("/api/v1/trades", headers=stranger["headers"]).json["total"] == 0
+
+
+def test_approving_sends_the_execution_task_only_after_commit(api, db_session, monkeypatch):
+    sent: list[int] = []
+    import workers.tasks
+
+    monkeypatch.setattr(workers.tasks, "enqueue_execution", lambda signal_id: sent.append(signal_id))
+    world = api.setup()
+    first = api.send_signal(world["client"], {**GOOD, "comment": "a"}).json["id"]
+    second = api.send_signal(world["client"], {**GOOD, "comment": "b"}).json["id"]
+    headers = world["user"]["headers"]
+    api.http.post("/api/v1/approvals", json={"signal_id": first, "decision": "approve"}, headers=headers)
+    api.http.post("/api/v1/approvals", json={"signal_id": second, "decision": "reject"}, headers=headers)
+    refused = api.http.post(
+        "/api/v1/approvals", json={"signal_id": first, "decision": "approve"}, headers=headers
+    )
+    assert refused.status_code == 409
+    assert sent == [first]  # rejected and refused decisions enqueue nothing
