@@ -76,7 +76,7 @@ Volume = sa.Numeric(14, 4)
 _AFTER_COMMIT_KEY = "tradeguard_after_commit"
 
 
-def after_commit(session: Session, callback: Callable[[], Any]) -> None:
+def after_commit(session: DbSession, callback: Callable[[], Any]) -> None:
     """Run `callback` once the session's current transaction has committed; drop it on rollback.
 
     Used to enqueue Celery tasks only for rows that really exist: a task sent before the commit could

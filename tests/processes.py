@@ -94,3 +94,45 @@ def celery_beat(*, env: dict[str, str] | None = None) -> Iterator[CeleryProcess]
         yield beat
     finally:
         beat.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def terminal_server(port: int | None = None, env: dict[str, str] | None = None) -> Iterator[int]:
+    """A real `terminal` process (the simulated MT5 terminal over RPyC) on a free port; yields the port."""
+    import socket
+
+    port = port or free_port()
+    log_dir = Path(tempfile.mkdtemp(prefix="tg-terminal-"))
+    log = open(log_dir / "terminal.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.terminal", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=_env(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((log_dir / "terminal.log").read_text()) from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()

@@ -1,0 +1,728 @@
+"""`Gateway`: the only code that calls an MT5 terminal.
+
+It drives any object that behaves like the official `MetaTrader5` module — the package itself
+(`mt5://`), the package in a remote Python over RPyC classic (`mt5linux://host:port`, the mt5linux
+approach), or TradeGuard's simulated terminal (`sim://` in-process, `sim://host:port` for the `terminal`
+process, which speaks the same RPyC protocol) — and hands the rest of the code frozen dataclasses:
+Decimal for prices, volumes and money, UTC-aware datetimes, sides as "buy"/"sell".
+
+Every terminal call goes through `Gateway._call`, which
+
+- runs it on the gateway's own worker thread and waits at most `timeout` seconds (a hung terminal
+  must not hang a Celery task), and for RPyC also bounds the connection's own wait;
+- turns the package's `None`/`False` + `last_error()` convention into the exceptions of
+  `shared.mt5.errors`, and transport failures into `TerminalUnavailable`;
+- for `order_send`, turns "no answer" of any kind into `OrderOutcomeUnknown`: the order may exist.
+
+Times: MT5 reports times as seconds (and `*_msc` milliseconds) since the epoch in the trade server's
+clock. TradeGuard treats them as UTC, which holds for the simulated terminal and for brokers whose
+server runs on UTC; others are off by their server's fixed offset, consistently so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pickle
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from shared.mt5 import constants as mt5c
+from shared.mt5.errors import (
+    InvalidTerminalUrl,
+    OrderOutcomeUnknown,
+    PermanentTerminalError,
+    TerminalError,
+    TerminalNotSupported,
+    TerminalTimeout,
+    TerminalUnavailable,
+    classify,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RPYC_PORT = 18812  # mt5linux's and the `terminal` process's default
+MAX_COMMENT_LENGTH = 31  # MT5 silently truncates longer comments, which would break matching by comment
+
+T = TypeVar("T")
+
+
+# --- the dataclasses handed to the rest of the code -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    login: int
+    server: str
+    currency: str
+    balance: Decimal
+    equity: Decimal
+    margin: Decimal
+    margin_free: Decimal
+    margin_level: Decimal | None  # percent; None when no margin is used (MT5 reports 0, not infinity)
+    leverage: int
+    profit: Decimal
+
+
+@dataclass(frozen=True)
+class SymbolSpec:
+    name: str
+    digits: int
+    point: Decimal
+    contract_size: Decimal
+    tick_value: Decimal
+    volume_min: Decimal
+    volume_max: Decimal
+    volume_step: Decimal
+    stops_level_points: int
+    trade_allowed: bool  # new positions may be opened (in at least one direction)
+
+    @property
+    def pip(self) -> Decimal:
+        """10 points on 3- and 5-digit quotes (EURUSD 0.0001, USDJPY 0.01), else 1 point (a 2-digit
+        XAUUSD quote: 0.01; a 4-digit EURUSD quote: 0.0001)."""
+        return self.point * 10 if self.digits in (3, 5) else self.point
+
+
+@dataclass(frozen=True)
+class Quote:
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    time: datetime
+
+    @property
+    def spread(self) -> Decimal:
+        return self.ask - self.bid
+
+
+@dataclass(frozen=True)
+class Position:
+    ticket: int
+    identifier: int
+    symbol: str
+    side: str  # "buy" | "sell"
+    volume: Decimal
+    price_open: Decimal
+    sl: Decimal | None
+    tp: Decimal | None
+    price_current: Decimal
+    profit: Decimal
+    swap: Decimal
+    magic: int
+    comment: str
+    reason: int  # POSITION_REASON_*: 0 client (by hand), 1 mobile, 2 web, 3 expert (an API like ours)
+    opened_at: datetime
+
+
+@dataclass(frozen=True)
+class Deal:
+    ticket: int
+    order: int
+    position_id: int
+    symbol: str
+    side: str  # "buy" | "sell" for trades; "balance", "credit", ... for the account's other deals
+    entry: int  # DEAL_ENTRY_*: 0 in, 1 out, 2 in/out (reversal), 3 out by
+    volume: Decimal
+    price: Decimal
+    profit: Decimal
+    commission: Decimal
+    swap: Decimal
+    magic: int
+    comment: str
+    reason: int  # DEAL_REASON_*: 0 client, 3 expert, 4 SL, 5 TP, 6 stop-out, ...
+    time: datetime
+
+
+@dataclass(frozen=True)
+class OrderResult:
+    retcode: int
+    deal: int
+    order: int
+    volume: Decimal
+    price: Decimal
+    bid: Decimal
+    ask: Decimal
+    comment: str
+    request_id: int
+
+    @property
+    def done(self) -> bool:
+        return self.retcode in (mt5c.TRADE_RETCODE_DONE, mt5c.TRADE_RETCODE_DONE_PARTIAL)
+
+
+_DEAL_SIDES = {
+    0: "buy",
+    1: "sell",
+    2: "balance",
+    3: "credit",
+    4: "charge",
+    5: "correction",
+    6: "bonus",
+    7: "commission",
+}
+
+
+def _dec(value: Any) -> Decimal:
+    # str() of a float is its shortest round-trip form, so 1.085 becomes Decimal("1.085") rather than
+    # 1.08499999999999996447286321199499070644378662109375.
+    return Decimal(str(value)) if value is not None else Decimal(0)
+
+
+def _price_or_none(value: Any) -> Decimal | None:
+    # MT5 uses 0.0 for "no SL/TP".
+    return None if not value else _dec(value)
+
+
+def _time(seconds: Any, msc: Any = None) -> datetime:
+    if msc:
+        return datetime.fromtimestamp(int(msc) / 1000, tz=UTC)
+    return datetime.fromtimestamp(int(seconds or 0), tz=UTC)
+
+
+def _side(order_type: int) -> str:
+    return "buy" if order_type == mt5c.ORDER_TYPE_BUY else "sell"
+
+
+def account_from(d: Mapping[str, Any]) -> AccountSnapshot:
+    margin = _dec(d["margin"])
+    return AccountSnapshot(
+        login=int(d["login"]),
+        server=str(d["server"]),
+        currency=str(d["currency"]),
+        balance=_dec(d["balance"]),
+        equity=_dec(d["equity"]),
+        margin=margin,
+        margin_free=_dec(d["margin_free"]),
+        margin_level=_dec(d["margin_level"]) if margin else None,
+        leverage=int(d["leverage"]),
+        profit=_dec(d["profit"]),
+    )
+
+
+def symbol_from(d: Mapping[str, Any]) -> SymbolSpec:
+    trade_mode = d.get("trade_mode", mt5c.SYMBOL_TRADE_MODE_FULL)
+    return SymbolSpec(
+        name=str(d["name"]),
+        digits=int(d["digits"]),
+        point=_dec(d["point"]),
+        contract_size=_dec(d["trade_contract_size"]),
+        tick_value=_dec(d["trade_tick_value"]),
+        volume_min=_dec(d["volume_min"]),
+        volume_max=_dec(d["volume_max"]),
+        volume_step=_dec(d["volume_step"]),
+        stops_level_points=int(d.get("trade_stops_level", 0)),
+        trade_allowed=trade_mode
+        in (mt5c.SYMBOL_TRADE_MODE_FULL, mt5c.SYMBOL_TRADE_MODE_LONGONLY, mt5c.SYMBOL_TRADE_MODE_SHORTONLY),
+    )
+
+
+def quote_from(symbol: str, d: Mapping[str, Any]) -> Quote:
+    return Quote(
+        symbol=symbol, bid=_dec(d["bid"]), ask=_dec(d["ask"]), time=_time(d["time"], d.get("time_msc"))
+    )
+
+
+def position_from(d: Mapping[str, Any]) -> Position:
+    return Position(
+        ticket=int(d["ticket"]),
+        identifier=int(d["identifier"]),
+        symbol=str(d["symbol"]),
+        side=_side(int(d["type"])),
+        volume=_dec(d["volume"]),
+        price_open=_dec(d["price_open"]),
+        sl=_price_or_none(d["sl"]),
+        tp=_price_or_none(d["tp"]),
+        price_current=_dec(d["price_current"]),
+        profit=_dec(d["profit"]),
+        swap=_dec(d["swap"]),
+        magic=int(d["magic"]),
+        comment=str(d["comment"]),
+        reason=int(d["reason"]),
+        opened_at=_time(d["time"], d.get("time_msc")),
+    )
+
+
+def deal_from(d: Mapping[str, Any]) -> Deal:
+    deal_type = int(d["type"])
+    return Deal(
+        ticket=int(d["ticket"]),
+        order=int(d["order"]),
+        position_id=int(d["position_id"]),
+        symbol=str(d["symbol"]),
+        side=_DEAL_SIDES.get(deal_type, f"type_{deal_type}"),
+        entry=int(d["entry"]),
+        volume=_dec(d["volume"]),
+        price=_dec(d["price"]),
+        profit=_dec(d["profit"]),
+        commission=_dec(d["commission"]),
+        swap=_dec(d["swap"]),
+        magic=int(d["magic"]),
+        comment=str(d["comment"]),
+        reason=int(d["reason"]),
+        time=_time(d["time"], d.get("time_msc")),
+    )
+
+
+def order_result_from(d: Mapping[str, Any]) -> OrderResult:
+    return OrderResult(
+        retcode=int(d["retcode"]),
+        deal=int(d["deal"]),
+        order=int(d["order"]),
+        volume=_dec(d["volume"]),
+        price=_dec(d["price"]),
+        bid=_dec(d["bid"]),
+        ask=_dec(d["ask"]),
+        comment=str(d["comment"]),
+        request_id=int(d["request_id"]),
+    )
+
+
+# --- backends: how a call reaches the module --------------------------------------------------------
+
+
+def to_plain(value: Any) -> Any:
+    """Named tuples -> dicts, tuples -> lists, numpy scalars -> Python numbers, recursively.
+
+    The same conversion runs remotely (see _REMOTE_HELPER), so both backends hand `_call` plain data.
+    """
+    if hasattr(value, "_asdict"):
+        return {k: to_plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, tuple | list):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        return value.item()
+    return value
+
+
+class _Backend(Protocol):
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        """(plain result, last_error() when the result is None or False, else None)."""
+
+    def close(self) -> None: ...
+
+    @property
+    def module(self) -> Any: ...
+
+
+class _LocalBackend:
+    """A module-like object in this process: the MetaTrader5 package, or a SimTerminal."""
+
+    def __init__(self, module: Any):
+        self.module = module
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        result = getattr(self.module, name)(*args, **kwargs)
+        # last_error() is asked right away, on the same thread, before anything else can overwrite it.
+        error = tuple(self.module.last_error()) if result is None or result is False else None
+        return to_plain(result), error
+
+    def close(self) -> None:
+        pass
+
+
+# Defined in the remote Python's namespace once per connection, so that each terminal call is one
+# round trip which also converts the result to plain data *there*. Converting remotely matters for the
+# real package under Wine: its named tuples are classes of the MetaTrader5 module, which cannot be
+# unpickled on a Linux worker, and its numbers may be numpy scalars. Arguments arrive pickled (bytes
+# travel by value over RPyC) so that the terminal receives a real dict of plain floats and ints, never an
+# RPyC proxy of one. Kept to Python 3.8 syntax: the remote Python is whatever runs under Wine.
+_REMOTE_HELPER = """
+def _tradeguard_call(name, payload):
+    import pickle as _pickle
+
+    def plain(value):
+        if hasattr(value, "_asdict"):
+            return dict((k, plain(v)) for k, v in value._asdict().items())
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return dict((k, plain(v)) for k, v in value.items())
+        if hasattr(value, "item") and type(value).__module__ == "numpy":
+            return value.item()
+        return value
+
+    args, kwargs = _pickle.loads(payload)
+    result = getattr(mt5, name)(*args, **kwargs)
+    error = tuple(mt5.last_error()) if result is None or result is False else None
+    return plain(result), error
+"""
+
+
+class _RpycBackend:
+    """The module in another Python, over RPyC classic, exactly as mt5linux reaches it."""
+
+    def __init__(self, host: str, port: int, timeout: float):
+        import rpyc
+
+        self.conn = rpyc.classic.connect(host, port)
+        try:
+            # Bound every request's wait on this connection, not just ours: an RPyC request that never
+            # gets an answer then frees the worker thread too.
+            self.conn._config["sync_request_timeout"] = timeout
+            try:
+                self.conn.execute("import MetaTrader5 as mt5")
+            except ImportError as exc:  # RPyC re-raises the remote ImportError as itself
+                raise TerminalNotSupported(
+                    f"the Python at {host}:{port} has no MetaTrader5 package: install it there "
+                    "(the mt5linux server must run the Windows Python that has it)",
+                    call="import MetaTrader5",
+                ) from exc
+            self.conn.execute(_REMOTE_HELPER)
+            self.module = self.conn.eval("mt5")
+            self._helper = self.conn.namespace["_tradeguard_call"]
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        import rpyc
+
+        payload = pickle.dumps((args, kwargs), protocol=4)  # protocol 4: any Python >= 3.4 reads it
+        result, error = rpyc.classic.obtain(self._helper(name, payload))
+        return result, error
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --- the gateway ---------------------------------------------------------------------------------
+
+
+_LIST_CALLS = frozenset({"positions_get", "orders_get", "history_deals_get", "history_orders_get"})
+_VOID_CALLS = frozenset({"shutdown"})  # returns None when it worked
+
+
+class Gateway:
+    """One logged-in session with one terminal account. Not shared between threads: every call is
+    serialised onto the gateway's own worker thread, as the MetaTrader5 package requires.
+
+    Open with `Gateway.open(terminal_url, login=..., password=..., server=...)`, preferably as a context
+    manager, which closes the session (and the RPyC connection) at the end.
+    """
+
+    def __init__(self, backend: _Backend, *, timeout: float, executor: ThreadPoolExecutor):
+        self._backend = backend
+        self.timeout = timeout
+        self._executor = executor
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- opening and closing
+
+    @classmethod
+    def open(
+        cls, terminal_url: str, *, login: int, password: str, server: str, timeout: float = 10.0
+    ) -> Gateway:
+        """Connect to the terminal named by `terminal_url` and log into the account.
+
+        Raises InvalidTerminalUrl, TerminalNotSupported, TerminalLoginFailed (permanent) or
+        TerminalUnavailable / TerminalTimeout (retry later).
+        """
+        connect = _connector(terminal_url, timeout)
+        executor = _executor()
+        try:
+            backend = _timed(executor, timeout, "connect", connect)
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        gateway = cls(backend, timeout=timeout, executor=executor)
+        try:
+            gateway._initialize(login=login, password=password, server=server)
+        except BaseException:
+            gateway.close(shutdown=False)
+            raise
+        return gateway
+
+    @classmethod
+    def from_module(
+        cls, module: Any, *, login: int, password: str, server: str, timeout: float = 10.0
+    ) -> Gateway:
+        """A gateway over a module-like object already in this process (e.g. a `SimTerminal`)."""
+        gateway = cls(_LocalBackend(module), timeout=timeout, executor=_executor())
+        try:
+            gateway._initialize(login=login, password=password, server=server)
+        except BaseException:
+            gateway.close(shutdown=False)
+            raise
+        return gateway
+
+    def _initialize(self, *, login: int, password: str, server: str) -> None:
+        # initialize() with credentials connects *and* logs in; its own timeout is in milliseconds.
+        self._call(
+            "initialize",
+            login=int(login),
+            password=str(password),
+            server=str(server),
+            timeout=int(self.timeout * 1000),
+        )
+
+    @property
+    def module(self) -> Any:
+        """The module-like object itself (a local module, a SimTerminal, or an RPyC proxy of the remote
+        module). For the simulator's sim_* controls and diagnostics; trading code uses the methods."""
+        return self._backend.module
+
+    def close(self, *, shutdown: bool = True) -> None:
+        """Shut the terminal session down and close the connection. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            if shutdown:
+                try:
+                    self._call("shutdown")
+                except TerminalError as exc:
+                    # The session is being abandoned anyway; a dead terminal has nothing to shut down.
+                    log.info("terminal shutdown failed while closing: %s", exc)
+            self._closed = True
+        try:
+            self._backend.close()
+        except Exception as exc:
+            log.info("closing the terminal connection failed: %s", exc)
+        # Do not wait for a call that is still hung in the terminal: it has already timed out.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- reading
+
+    def account(self) -> AccountSnapshot:
+        return account_from(self._call("account_info"))
+
+    def symbol(self, name: str) -> SymbolSpec:
+        info = self._call("symbol_info", name)
+        if not info.get("visible", True):
+            # A symbol hidden from Market Watch gets no fresh ticks; showing it makes the terminal
+            # subscribe to its quotes.
+            self._call("symbol_select", name, True)
+            info = self._call("symbol_info", name)
+        return symbol_from(info)
+
+    def quote(self, name: str) -> Quote:
+        try:
+            tick = self._call("symbol_info_tick", name)
+        except PermanentTerminalError:
+            # No tick usually means the symbol is not in Market Watch yet; select it and ask again
+            # (symbol_select raises SymbolNotFound when the broker has no such symbol).
+            self._call("symbol_select", name, True)
+            tick = self._call("symbol_info_tick", name)
+        return quote_from(name, tick)
+
+    def positions(self, symbol: str | None = None) -> list[Position]:
+        rows = self._call("positions_get", symbol=symbol) if symbol else self._call("positions_get")
+        return [position_from(r) for r in rows]
+
+    def position(self, ticket: int) -> Position | None:
+        rows = self._call("positions_get", ticket=int(ticket))
+        return position_from(rows[0]) if rows else None
+
+    def deals(self, date_from: datetime, date_to: datetime) -> list[Deal]:
+        rows = self._call("history_deals_get", _utc(date_from), _utc(date_to))
+        return [deal_from(r) for r in rows]
+
+    def deals_for_position(self, position_id: int) -> list[Deal]:
+        rows = self._call("history_deals_get", position=int(position_id))
+        return [deal_from(r) for r in rows]
+
+    # -- trading
+
+    def check_order(self, request: Mapping[str, Any]) -> tuple[int, str]:
+        """order_check: (retcode, comment). retcode 0 means the check passed (unlike order_send)."""
+        result = self._call("order_check", _plain_request(request))
+        return int(result["retcode"]), str(result["comment"])
+
+    def send_order(self, request: Mapping[str, Any]) -> OrderResult:
+        """order_send. Every retcode is returned (requote, reject, ...: the caller decides). Raises
+        OrderOutcomeUnknown when there was no answer: look for the order before sending it again."""
+        return order_result_from(self._call("order_send", _plain_request(request)))
+
+    @staticmethod
+    def market_order_request(
+        *,
+        symbol: str,
+        side: str,
+        volume: Decimal | float | str,
+        price: Decimal | float | str,
+        sl: Decimal | float | str | None,
+        tp: Decimal | float | str | None,
+        deviation_points: int,
+        magic: int,
+        comment: str,
+        position: int | None = None,
+        filling: int | None = None,
+    ) -> dict[str, Any]:
+        """The official request dict for a market order (TRADE_ACTION_DEAL), plain floats and ints only.
+
+        `position` closes (part of) that position: give the opposite side. `filling` defaults to
+        ORDER_FILLING_IOC, which every market-execution symbol accepts (FOK is not universal); a partial
+        fill then comes back as TRADE_RETCODE_DONE_PARTIAL with the filled volume.
+        """
+        if side not in ("buy", "sell"):
+            raise ValueError(f"side must be 'buy' or 'sell', not {side!r}")
+        if len(comment) > MAX_COMMENT_LENGTH:
+            raise ValueError(f"comment longer than {MAX_COMMENT_LENGTH} characters would be truncated by MT5")
+        request: dict[str, Any] = {
+            "action": mt5c.TRADE_ACTION_DEAL,
+            "symbol": str(symbol),
+            "volume": float(volume),
+            "type": mt5c.ORDER_TYPE_BUY if side == "buy" else mt5c.ORDER_TYPE_SELL,
+            "price": float(price),
+            "sl": float(sl) if sl is not None else 0.0,
+            "tp": float(tp) if tp is not None else 0.0,
+            "deviation": int(deviation_points),
+            "magic": int(magic),
+            "comment": str(comment),
+            "type_time": mt5c.ORDER_TIME_GTC,
+            "type_filling": int(filling) if filling is not None else mt5c.ORDER_FILLING_IOC,
+        }
+        if position is not None:
+            request["position"] = int(position)
+        return request
+
+    # -- the one way to the terminal
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call `name` on the module with the per-call timeout; return plain data or raise."""
+        if self._closed:
+            raise TerminalUnavailable(f"{name}: the gateway is closed", call=name)
+        backend = self._backend
+        result, error = _timed(self._executor, self.timeout, name, lambda: backend.call(name, args, kwargs))
+        if result is None and name in _VOID_CALLS:
+            return None
+        if result is None or result is False:
+            code, message = (error or (None, None))[:2]
+            if code == mt5c.RES_S_OK and name in _LIST_CALLS:
+                # Some builds answer "nothing found" with None and last_error (1, "Success").
+                return []
+            raise classify(name, code, message)
+        return result
+
+
+def _timed(executor: ThreadPoolExecutor, timeout: float, name: str, fn: Callable[[], T]) -> T:
+    """Run `fn` on the executor's thread and wait at most `timeout` seconds, mapping what can go wrong
+    on the way to the terminal onto TerminalTimeout / TerminalUnavailable (OrderOutcomeUnknown for
+    order_send, where a lost answer may hide a placed order)."""
+    outcome_unknown = name == "order_send"
+    try:
+        future = executor.submit(fn)
+    except RuntimeError as exc:  # the executor was shut down: the gateway is closed
+        raise TerminalUnavailable(f"{name}: the gateway is closed", call=name) from exc
+    try:
+        return future.result(timeout=timeout)
+    except TimeoutError as exc:
+        # Our wait or RPyC's sync_request_timeout (both are the builtin TimeoutError). A call still
+        # running keeps the worker thread busy; the calls queued behind it time out too, as they should.
+        future.cancel()
+        message = f"{name}: no answer from the terminal within {timeout:g} s"
+        if outcome_unknown:
+            raise OrderOutcomeUnknown(message, call=name) from exc
+        raise TerminalTimeout(message, call=name) from exc
+    except (EOFError, OSError) as exc:
+        # EOFError: RPyC's "connection closed"; OSError covers ConnectionError and socket errors.
+        message = f"{name}: connection to the terminal failed: {exc!r}"
+        if outcome_unknown:
+            raise OrderOutcomeUnknown(message, call=name) from exc
+        raise TerminalUnavailable(message, call=name) from exc
+    except TerminalError:
+        raise
+    except Exception as exc:
+        # The module raised instead of returning None (a bug in the terminal bridge, a refused argument).
+        message = f"{name} raised {exc!r}"
+        if outcome_unknown:
+            raise OrderOutcomeUnknown(message, call=name) from exc
+        raise TerminalError(message, call=name) from exc
+
+
+def _executor() -> ThreadPoolExecutor:
+    # One thread: the MetaTrader5 package is not thread-safe, and the simulator's MetaTrader5 stand-in
+    # keeps one terminal per thread, so a session must always be driven from the same thread.
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt5-gateway")
+
+
+def _connector(terminal_url: str, timeout: float) -> Callable[[], _Backend]:
+    """What connecting to `terminal_url` means, as a function to run under the connect timeout."""
+    try:
+        parts = urlsplit(terminal_url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise InvalidTerminalUrl(f"invalid terminal URL {terminal_url!r}: {exc}") from exc
+
+    if parts.scheme == "mt5":
+        if host:
+            raise InvalidTerminalUrl("mt5:// takes no host: it is the MetaTrader5 package on this machine")
+        try:
+            module = importlib.import_module("MetaTrader5")
+        except ImportError as exc:
+            raise TerminalNotSupported(
+                "mt5:// needs the MetaTrader5 package, which is Windows-only and not installed here; "
+                "use an mt5linux://host:port bridge instead",
+                call="import MetaTrader5",
+            ) from exc
+        return lambda: _LocalBackend(module)
+
+    if parts.scheme == "sim" and not host:
+
+        def in_process() -> _Backend:
+            from shared.mt5.sim import SimTerminal, default_broker
+
+            return _LocalBackend(SimTerminal(default_broker()))
+
+        return in_process
+
+    if parts.scheme in ("mt5linux", "sim") and host:
+        if parts.scheme == "mt5linux" and port is None:
+            raise InvalidTerminalUrl("mt5linux:// needs a port, e.g. mt5linux://127.0.0.1:18812")
+        rpyc_port = port or DEFAULT_RPYC_PORT
+        return lambda: _RpycBackend(host, rpyc_port, timeout)
+
+    raise InvalidTerminalUrl(
+        f"unusable terminal URL {terminal_url!r}: use mt5://, mt5linux://host:port, sim:// or sim://host:port"
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: pass a timezone-aware (UTC) datetime")
+    return moment.astimezone(UTC)
+
+
+def _plain_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `request` with only plain Python values: Decimals and numpy numbers would be refused
+    by the real package (or reach it as proxies over RPyC)."""
+    plain: dict[str, Any] = {}
+    for key, value in request.items():
+        if isinstance(value, bool) or value is None or isinstance(value, str | int | float):
+            plain[str(key)] = value
+        elif isinstance(value, Decimal):
+            plain[str(key)] = float(value)
+        elif hasattr(value, "item"):
+            plain[str(key)] = value.item()
+        else:
+            raise TypeError(f"request field {key!r} has unsupported type {type(value).__name__}")
+    return plain
+
+
+__all__ = [
+    "AccountSnapshot",
+    "Deal",
+    "Gateway",
+    "OrderResult",
+    "Position",
+    "Quote",
+    "SymbolSpec",
+]

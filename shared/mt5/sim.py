@@ -1,0 +1,1780 @@
+"""TradeGuard's simulated MetaTrader 5 terminal: a product feature (demo, paper trading, tests, benchmarks).
+
+Two layers, mirroring the real world:
+
+- `SimBroker` is the trade server: accounts, symbols with a seeded price feed, positions, the order and
+  deal history, and the server-side events that happen without anyone asking (stop loss and take profit
+  hits, stop-out). One broker is shared by many terminals and threads, so every state change happens
+  under one lock. Given the same seed, clock readings and calls, it produces the same prices and tickets.
+- `SimTerminal` is one terminal process: the official `MetaTrader5` module's functions with the official
+  names, arguments and return conventions (named tuples from `structs`; `None`, or `False` for
+  `initialize`/`login`, plus `last_error()` on failure). Each terminal has its own logged-in account and
+  its own `last_error()`.
+
+The `sim_*` methods of `SimTerminal` are the control surface (also on the module installed by
+`install_as_metatrader5`, so a test or a demo can drive a `terminal` process over RPyC): they set prices,
+gaps and spreads, open and close positions "by hand", and inject latency, disconnects, slippage,
+requotes, partial fills, rejects and lost replies. Apart from `sim_set_algo_trading` they act on the
+broker, so every terminal connected to it sees the effect.
+
+Price feed: each symbol's bid follows a geometric random walk whose step depends on the clock time
+elapsed since the last query (so the feed moves with time and stands still under a frozen test clock);
+the ask is bid + spread. `sim_set_quote` pins a symbol at the given bid/ask: the walk stops for it until
+`sim_release_quote`, which resumes the walk from the pinned price. `sim_gap` and `sim_set_spread` move the
+price without changing whether it is pinned.
+
+Server-side checks run at the start of every broker operation (reads included), at the current prices:
+- a buy position's stop loss triggers when bid <= sl, its take profit when bid >= tp (sells: ask >= sl,
+  ask <= tp). A stop loss becomes a market order and fills at the current price: the SL price when the
+  price reached it exactly, worse after a gap. A take profit fills at the TP price (a limit is never
+  filled worse). The closing deal has reason DEAL_REASON_SL / DEAL_REASON_TP and a "[sl ...]" / "[tp ...]"
+  comment, as on real servers.
+- stop-out: while an account's margin level is below its `margin_so_so` (50 % by default), its most
+  losing position is closed at market with reason DEAL_REASON_SO.
+
+Money is in the account currency, rounded to 2 digits per figure; cross rates come from the symbols' mid
+prices. Accounts are hedging accounts (several positions per symbol). Pending orders, TRADE_ACTION_MODIFY,
+REMOVE and CLOSE_BY are not simulated: order_send answers them TRADE_RETCODE_INVALID.
+"""
+
+from __future__ import annotations
+
+import calendar
+import fnmatch
+import functools
+import math
+import os
+import random
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.mt5 import constants as C
+from shared.mt5 import structs
+from shared.mt5.structs import (
+    AccountInfo,
+    OrderCheckResult,
+    OrderSendResult,
+    SymbolInfo,
+    TerminalInfo,
+    Tick,
+    TradeDeal,
+    TradeOrder,
+    TradePosition,
+    TradeRequest,
+)
+
+__all__ = [
+    "DEFAULT_SYMBOLS",
+    "SimBroker",
+    "SimTerminal",
+    "SymbolSpec",
+    "default_broker",
+    "install_as_metatrader5",
+]
+
+DEFAULT_SERVER = "TradeGuard-Sim"
+DEFAULT_SEED = 20240601
+SEED_ENV = "TRADEGUARD_SIM_SEED"
+COMPANY = "TradeGuard Simulated Broker"
+# What version() reports: (terminal version, build, build date), shaped like the real terminal's answer.
+TERMINAL_VERSION = 500
+TERMINAL_BUILD = 4755
+TERMINAL_BUILD_DATE = "24 Jan 2025"
+# MT5 keeps 31 characters of an order comment (32 bytes with the terminating zero).
+COMMENT_LIMIT = 31
+DEMO_BALANCE = 10_000.0
+DEMO_CURRENCY = "USD"
+DEMO_LEVERAGE = 100
+FIRST_TICKET = 1_000_000
+_EPSILON = 1e-9
+
+# last_error() messages, as the official package words them.
+_MESSAGES: dict[int, str] = {
+    C.RES_S_OK: "Success",
+    C.RES_E_FAIL: "Terminal: Call failed",
+    C.RES_E_INVALID_PARAMS: "Terminal: Invalid params",
+    C.RES_E_NO_MEMORY: "Terminal: Out of memory",
+    C.RES_E_NOT_FOUND: "Terminal: Not found",
+    C.RES_E_AUTH_FAILED: "Terminal: Authorization failed",
+    C.RES_E_UNSUPPORTED: "Terminal: Unsupported function",
+    C.RES_E_AUTO_TRADING_DISABLED: "Auto-Trading using Python API disabled in Terminal",
+    C.RES_E_INTERNAL_FAIL: "IPC call failed",
+    C.RES_E_INTERNAL_FAIL_SEND: "IPC send failed",
+    C.RES_E_INTERNAL_FAIL_RECEIVE: "IPC recv failed",
+    C.RES_E_INTERNAL_FAIL_INIT: "IPC initialize failed",
+    C.RES_E_INTERNAL_FAIL_CONNECT: "No IPC connection",
+    C.RES_E_INTERNAL_FAIL_TIMEOUT: "IPC timeout",
+}
+
+# The trade server's words for its return codes (OrderSendResult.comment).
+_RETCODE_COMMENTS: dict[int, str] = {
+    0: "Done",
+    C.TRADE_RETCODE_REQUOTE: "Requote",
+    C.TRADE_RETCODE_REJECT: "Request rejected",
+    C.TRADE_RETCODE_CANCEL: "Request canceled by trader",
+    C.TRADE_RETCODE_DONE: "Request executed",
+    C.TRADE_RETCODE_DONE_PARTIAL: "Request executed partially",
+    C.TRADE_RETCODE_ERROR: "Request processing error",
+    C.TRADE_RETCODE_TIMEOUT: "Request canceled by timeout",
+    C.TRADE_RETCODE_INVALID: "Invalid request",
+    C.TRADE_RETCODE_INVALID_VOLUME: "Invalid volume in the request",
+    C.TRADE_RETCODE_INVALID_PRICE: "Invalid price in the request",
+    C.TRADE_RETCODE_INVALID_STOPS: "Invalid stops in the request",
+    C.TRADE_RETCODE_TRADE_DISABLED: "Trade is disabled",
+    C.TRADE_RETCODE_MARKET_CLOSED: "Market is closed",
+    C.TRADE_RETCODE_NO_MONEY: "There is not enough money to complete the request",
+    C.TRADE_RETCODE_PRICE_CHANGED: "Prices changed",
+    C.TRADE_RETCODE_PRICE_OFF: "There are no quotes to process the request",
+    C.TRADE_RETCODE_TOO_MANY_REQUESTS: "Too frequent requests",
+    C.TRADE_RETCODE_NO_CHANGES: "No changes in request",
+    C.TRADE_RETCODE_CONNECTION: "No connection with the trade server",
+    C.TRADE_RETCODE_POSITION_CLOSED: "Position with the specified identifier has already been closed",
+    C.TRADE_RETCODE_INVALID_CLOSE_VOLUME: "A close volume exceeds the current position volume",
+    C.TRADE_RETCODE_LONG_ONLY: "Only long positions are allowed",
+    C.TRADE_RETCODE_SHORT_ONLY: "Only short positions are allowed",
+    C.TRADE_RETCODE_CLOSE_ONLY: "Only position closing is allowed",
+}
+
+# Request keys and the Python types the official package accepts for them. bool is refused even though
+# it is an int subclass, and so is Decimal: both are bugs in the caller, which the real package rejects.
+_REQUEST_FIELDS: dict[str, tuple[type, ...]] = {
+    "action": (int,),
+    "magic": (int,),
+    "order": (int,),
+    "symbol": (str,),
+    "volume": (int, float),
+    "price": (int, float),
+    "stoplimit": (int, float),
+    "sl": (int, float),
+    "tp": (int, float),
+    "deviation": (int,),
+    "type": (int,),
+    "type_filling": (int,),
+    "type_time": (int,),
+    "expiration": (int,),
+    "comment": (str,),
+    "position": (int,),
+    "position_by": (int,),
+}
+_FLOAT_FIELDS = frozenset(name for name, kinds in _REQUEST_FIELDS.items() if float in kinds)
+
+
+class SimError(ValueError):
+    """A control-surface call (sim_*) that cannot be done: unknown symbol, login or ticket, bad value."""
+
+
+@dataclass(frozen=True)
+class SymbolSpec:
+    """One tradable symbol of the simulated broker and the parameters of its price walk."""
+
+    name: str
+    description: str
+    digits: int
+    contract_size: float
+    currency_base: str
+    currency_profit: str
+    currency_margin: str
+    start_bid: float
+    spread: int  # points
+    volatility: float  # standard deviation of the relative price change over one second
+    calc_mode: int = C.SYMBOL_CALC_MODE_FOREX
+    stops_level: int = 10  # points: the closest an SL/TP may be to the market price
+    freeze_level: int = 0
+    volume_min: float = 0.01
+    volume_max: float = 100.0
+    volume_step: float = 0.01
+    path: str = ""
+
+    @property
+    def point(self) -> float:
+        return round(10.0**-self.digits, self.digits)
+
+
+DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
+    SymbolSpec(
+        "EURUSD", "Euro vs US Dollar", 5, 100_000.0, "EUR", "USD", "EUR", 1.08500, 10, 3e-5,
+        path="Forex\\Majors\\EURUSD",
+    ),
+    SymbolSpec(
+        "GBPUSD", "Great Britain Pound vs US Dollar", 5, 100_000.0, "GBP", "USD", "GBP", 1.27000, 14, 3.5e-5,
+        path="Forex\\Majors\\GBPUSD",
+    ),
+    SymbolSpec(
+        "USDJPY", "US Dollar vs Japanese Yen", 3, 100_000.0, "USD", "JPY", "USD", 150.000, 12, 3e-5,
+        path="Forex\\Majors\\USDJPY",
+    ),
+    # Gold trades in 100-ounce lots; its margin follows the account leverage like the currency pairs.
+    SymbolSpec(
+        "XAUUSD", "Gold vs US Dollar", 2, 100.0, "XAU", "USD", "USD", 2350.00, 30, 5e-5,
+        calc_mode=C.SYMBOL_CALC_MODE_CFDLEVERAGE, path="Metals\\XAUUSD",
+    ),
+)  # fmt: skip
+
+
+@dataclass
+class _Quote:
+    spec: SymbolSpec
+    rng: random.Random
+    bid: float  # unrounded: the walk runs on it, ticks show it rounded to the symbol's digits
+    spread: int
+    updated: float  # clock time the walk last advanced to
+    time_msc: int  # when the price last changed
+    session_open: float
+    pinned: bool = False
+    trade_mode: int = C.SYMBOL_TRADE_MODE_FULL
+
+    def prices(self) -> tuple[float, float]:
+        digits = self.spec.digits
+        bid = round(self.bid, digits)
+        return bid, round(bid + self.spread * self.spec.point, digits)
+
+
+@dataclass
+class _Account:
+    login: int
+    password: str | None  # None: a demo account, any password opens it
+    server: str
+    name: str
+    currency: str
+    leverage: int
+    balance: float
+    margin_so_call: float = 100.0
+    margin_so_so: float = 50.0
+
+
+@dataclass
+class _Position:
+    ticket: int  # also its identifier: the ticket of the order that opened it
+    login: int
+    symbol: str
+    type: int
+    volume: float
+    price_open: float
+    sl: float
+    tp: float
+    magic: int
+    comment: str
+    reason: int
+    time_msc: int
+    time_update_msc: int
+
+
+@dataclass(frozen=True)
+class _Figures:
+    profit: float
+    equity: float
+    margin: float
+    margin_free: float
+    margin_level: float
+
+
+def _round_volume(volume: float) -> float:
+    return round(volume, 8)
+
+
+def _opposite(order_type: int) -> int:
+    return C.ORDER_TYPE_SELL if order_type == C.ORDER_TYPE_BUY else C.ORDER_TYPE_BUY
+
+
+def _reasons(magic: int) -> tuple[int, int, int]:
+    """(order, deal, position) reasons for a trade sent through the API: an Expert Advisor's when it
+    carries a magic number, a desktop client's otherwise."""
+    if magic:
+        return C.ORDER_REASON_EXPERT, C.DEAL_REASON_EXPERT, C.POSITION_REASON_EXPERT
+    return C.ORDER_REASON_CLIENT, C.DEAL_REASON_CLIENT, C.POSITION_REASON_CLIENT
+
+
+def _group_matches(name: str, group: str | None) -> bool:
+    """MT5 group filters: comma-separated patterns with '*', '!' excluding, e.g. "*USD*,!EUR*"."""
+    if not group:
+        return True
+    patterns = [p.strip().upper() for p in group.split(",") if p.strip()]
+    include = [p for p in patterns if not p.startswith("!")]
+    exclude = [p[1:] for p in patterns if p.startswith("!")]
+    upper = name.upper()
+    if include and not any(fnmatch.fnmatchcase(upper, p) for p in include):
+        return False
+    return not any(fnmatch.fnmatchcase(upper, p) for p in exclude)
+
+
+class SimBroker:
+    """The simulated trade server, shared by every `SimTerminal` bound to it. Thread-safe.
+
+    `accounts`: {login: {"password", "balance", "currency", "leverage", and optionally "name", "server",
+    "margin_so_so", "margin_so_call"}}. With accounts configured only those log in; without, any login
+    and password open a demo account (created on first use: 10000 USD, leverage 1:100).
+    `clock`: seconds since the epoch, `time.time` by default; tests inject a controllable one.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = DEFAULT_SEED,
+        clock: Callable[[], float] = time.time,
+        accounts: Mapping[int, Mapping[str, Any]] | None = None,
+        symbols: Iterable[SymbolSpec] | None = None,
+        server: str = DEFAULT_SERVER,
+    ) -> None:
+        self._lock = threading.RLock()
+        self._clock = clock
+        self.seed = seed
+        self.server = server
+        now = clock()
+        self._quotes: dict[str, _Quote] = {}
+        for spec in DEFAULT_SYMBOLS if symbols is None else symbols:
+            self._quotes[spec.name] = _Quote(
+                spec=spec,
+                # Seeded per symbol, so adding a symbol does not change the others' walks. Simulation,
+                # not cryptography.
+                rng=random.Random(f"{seed}:{spec.name}"),  # noqa: S311
+                bid=spec.start_bid,
+                spread=spec.spread,
+                updated=now,
+                time_msc=int(now * 1000),
+                session_open=spec.start_bid,
+            )
+        self._fill_rng = random.Random(f"{seed}:fills")  # noqa: S311
+        self._open_demo = accounts is None
+        self._accounts: dict[int, _Account] = {}
+        self._positions: dict[int, _Position] = {}
+        self._closed_positions: set[int] = set()
+        self._orders: list[tuple[int, TradeOrder]] = []  # (login, order), in ticket order
+        self._deals: list[tuple[int, TradeDeal]] = []
+        self._next_ticket = FIRST_TICKET
+        self._next_request_id = 1
+        # Fill behaviour and faults (see the sim_* methods of SimTerminal).
+        self._slippage = 0
+        self._requotes = 0
+        self._requote_probability = 0.0
+        self._partial_fraction: float | None = None
+        self._reject: int | None = None
+        self._lost_replies = 0
+        self._latency_ms: dict[int | None, float] = {}
+        self._disconnected_until: dict[int | None, float] = {}
+        for login, settings in (accounts or {}).items():
+            self._add_account(int(login), settings, server=server)
+
+    # ----- time, tickets, accounts -----------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _ticket(self) -> int:
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        return ticket
+
+    def _add_account(self, login: int, settings: Mapping[str, Any], *, server: str) -> _Account:
+        account = _Account(
+            login=login,
+            password=settings.get("password"),
+            server=str(settings.get("server", server)),
+            name=str(settings.get("name", f"Simulated account {login}")),
+            currency=str(settings.get("currency", DEMO_CURRENCY)),
+            leverage=int(settings.get("leverage", DEMO_LEVERAGE)),
+            balance=round(float(settings.get("balance", DEMO_BALANCE)), 2),
+            margin_so_call=float(settings.get("margin_so_call", 100.0)),
+            margin_so_so=float(settings.get("margin_so_so", 50.0)),
+        )
+        for quote in self._quotes.values():  # refuse a currency the symbols cannot be converted into
+            self._rate(quote.spec.currency_profit, account.currency)
+        self._accounts[login] = account
+        if account.balance:
+            # Real accounts start with a balance deal in their history; reconciliation must cope with it.
+            now_msc = int(self.now() * 1000)
+            self._deals.append(
+                (
+                    login,
+                    TradeDeal(
+                        ticket=self._ticket(), order=0, time=now_msc // 1000, time_msc=now_msc,
+                        type=C.DEAL_TYPE_BALANCE, entry=C.DEAL_ENTRY_IN, magic=0, position_id=0,
+                        reason=C.DEAL_REASON_CLIENT, volume=0.0, price=0.0, commission=0.0, swap=0.0,
+                        profit=account.balance, fee=0.0, symbol="", comment="Initial deposit",
+                        external_id="",
+                    ),
+                )
+            )  # fmt: skip
+        return account
+
+    def authenticate(self, login: int, password: str | None, server: str | None) -> bool:
+        """Whether these credentials open the account; a demo broker opens (creates) any account."""
+        with self._lock:
+            account = self._accounts.get(login)
+            if account is None:
+                if not self._open_demo:
+                    return False
+                self._add_account(login, {"server": server or self.server}, server=self.server)
+                return True
+            if account.password is None:
+                return True
+            if server is not None and server != account.server:
+                return False
+            return password == account.password
+
+    def _account(self, login: int) -> _Account:
+        account = self._accounts.get(login)
+        if account is None:
+            if not self._open_demo:
+                raise SimError(f"no account {login} on this broker")
+            account = self._add_account(login, {}, server=self.server)
+        return account
+
+    # ----- prices ----------------------------------------------------------------------------------
+
+    def _quote(self, symbol: str) -> _Quote:
+        quote = self._quotes.get(symbol)
+        if quote is None:
+            raise SimError(f"unknown symbol {symbol!r}")
+        return quote
+
+    def _advance(self, now: float) -> None:
+        for quote in self._quotes.values():
+            elapsed = now - quote.updated
+            if elapsed <= 0:
+                continue
+            quote.updated = now
+            if quote.pinned:
+                continue
+            step = quote.spec.volatility * math.sqrt(elapsed) * quote.rng.gauss(0.0, 1.0)
+            quote.bid *= math.exp(step)
+            quote.time_msc = int(now * 1000)
+
+    def _refresh(self) -> None:
+        """Bring the server up to the clock: move the prices, then fire stops and stop-outs."""
+        now = self.now()
+        self._advance(now)
+        self._run_stops(now)
+        self._run_stop_outs(now)
+
+    def _mid(self, symbol: str) -> float:
+        bid, ask = self._quotes[symbol].prices()
+        return (bid + ask) / 2
+
+    def _rate(self, from_ccy: str, to_ccy: str) -> float:
+        """How many `to_ccy` one `from_ccy` is worth, from the symbols' mid prices (via USD if needed)."""
+        if from_ccy == to_ccy:
+            return 1.0
+        for name, quote in self._quotes.items():
+            if quote.spec.currency_base == from_ccy and quote.spec.currency_profit == to_ccy:
+                return self._mid(name)
+            if quote.spec.currency_base == to_ccy and quote.spec.currency_profit == from_ccy:
+                return 1.0 / self._mid(name)
+        if "USD" not in (from_ccy, to_ccy):
+            return self._rate(from_ccy, "USD") * self._rate("USD", to_ccy)
+        raise SimError(f"no symbol converts {from_ccy} into {to_ccy}")
+
+    def _profit(
+        self,
+        symbol: str,
+        order_type: int,
+        price_open: float,
+        price_close: float,
+        volume: float,
+        currency: str,
+    ) -> float:
+        spec = self._quotes[symbol].spec
+        move = price_close - price_open if order_type == C.ORDER_TYPE_BUY else price_open - price_close
+        return round(move * volume * spec.contract_size * self._rate(spec.currency_profit, currency), 2)
+
+    def _margin_for(self, account: _Account, symbol: str, volume: float) -> float:
+        """volume * contract size * price / leverage in the account currency: for a currency pair, the
+        usual lots * contract / leverage in the base currency, converted."""
+        spec = self._quotes[symbol].spec
+        notional = volume * spec.contract_size * self._mid(symbol)
+        return round(notional * self._rate(spec.currency_profit, account.currency) / account.leverage, 2)
+
+    def _close_price(self, position: _Position) -> float:
+        bid, ask = self._quotes[position.symbol].prices()
+        return bid if position.type == C.ORDER_TYPE_BUY else ask
+
+    def _position_profit(self, account: _Account, position: _Position) -> float:
+        return self._profit(
+            position.symbol,
+            position.type,
+            position.price_open,
+            self._close_price(position),
+            position.volume,
+            account.currency,
+        )
+
+    def _account_positions(self, login: int) -> list[_Position]:
+        return [p for p in self._positions.values() if p.login == login]
+
+    def _figures(self, account: _Account, extra_margin: float = 0.0) -> _Figures:
+        positions = self._account_positions(account.login)
+        profit = round(sum((self._position_profit(account, p) for p in positions), 0.0), 2)
+        margin = round(
+            sum((self._margin_for(account, p.symbol, p.volume) for p in positions), 0.0) + extra_margin, 2
+        )
+        equity = round(account.balance + profit, 2)
+        level = round(equity / margin * 100.0, 2) if margin > 0 else 0.0
+        return _Figures(profit, equity, margin, round(equity - margin, 2), level)
+
+    # ----- server-side events ------------------------------------------------------------------------
+
+    def _run_stops(self, now: float) -> None:
+        for position in sorted(self._positions.values(), key=lambda p: p.ticket):
+            spec = self._quotes[position.symbol].spec
+            market = self._close_price(position)
+            if position.type == C.ORDER_TYPE_BUY:
+                sl_hit = position.sl > 0 and market <= position.sl
+                tp_hit = position.tp > 0 and market >= position.tp
+            else:
+                sl_hit = position.sl > 0 and market >= position.sl
+                tp_hit = position.tp > 0 and market <= position.tp
+            if sl_hit:
+                # A stop becomes a market order: filled at the market, which after a gap is beyond the SL.
+                self._close(
+                    position,
+                    position.volume,
+                    market,
+                    C.ORDER_REASON_SL,
+                    C.DEAL_REASON_SL,
+                    position.magic,
+                    f"[sl {position.sl:.{spec.digits}f}]",
+                    now,
+                )
+            elif tp_hit:
+                self._close(
+                    position,
+                    position.volume,
+                    position.tp,
+                    C.ORDER_REASON_TP,
+                    C.DEAL_REASON_TP,
+                    position.magic,
+                    f"[tp {position.tp:.{spec.digits}f}]",
+                    now,
+                )
+
+    def _run_stop_outs(self, now: float) -> None:
+        logins = {p.login for p in self._positions.values()}
+        for login in sorted(logins):
+            account = self._accounts[login]
+            while True:
+                figures = self._figures(account)
+                if figures.margin <= 0 or figures.margin_level >= account.margin_so_so:
+                    break
+                worst = min(
+                    self._account_positions(login),
+                    key=lambda p: (self._position_profit(account, p), p.ticket),
+                )
+                comment = f"[so {figures.margin_level:.2f}%/{figures.equity:.2f}/{figures.margin:.2f}]"
+                self._close(
+                    worst,
+                    worst.volume,
+                    self._close_price(worst),
+                    C.ORDER_REASON_SO,
+                    C.DEAL_REASON_SO,
+                    worst.magic,
+                    comment,
+                    now,
+                )
+
+    # ----- executing ---------------------------------------------------------------------------------
+
+    def _record_order(
+        self,
+        login: int,
+        *,
+        order_type: int,
+        symbol: str,
+        volume_initial: float,
+        volume_filled: float,
+        price: float,
+        magic: int,
+        position_id: int,
+        reason: int,
+        comment: str,
+        now: float,
+        type_filling: int = C.ORDER_FILLING_FOK,
+        type_time: int = C.ORDER_TIME_GTC,
+        sl: float = 0.0,
+        tp: float = 0.0,
+        ticket: int | None = None,
+    ) -> int:
+        ticket = self._ticket() if ticket is None else ticket
+        now_msc = int(now * 1000)
+        remaining = _round_volume(volume_initial - volume_filled)
+        self._orders.append(
+            (
+                login,
+                TradeOrder(
+                    ticket=ticket, time_setup=now_msc // 1000, time_setup_msc=now_msc,
+                    time_done=now_msc // 1000, time_done_msc=now_msc, time_expiration=0, type=order_type,
+                    type_time=type_time, type_filling=type_filling,
+                    state=C.ORDER_STATE_PARTIAL if remaining > 0 else C.ORDER_STATE_FILLED,
+                    magic=magic, position_id=position_id, position_by_id=0, reason=reason,
+                    volume_initial=float(volume_initial), volume_current=float(remaining), price_open=price,
+                    sl=sl, tp=tp, price_current=price, price_stoplimit=0.0, symbol=symbol,
+                    comment=comment[:COMMENT_LIMIT], external_id="",
+                ),
+            )
+        )  # fmt: skip
+        return ticket
+
+    def _record_deal(
+        self,
+        login: int,
+        *,
+        order: int,
+        deal_type: int,
+        entry: int,
+        symbol: str,
+        volume: float,
+        price: float,
+        magic: int,
+        position_id: int,
+        reason: int,
+        profit: float,
+        comment: str,
+        now: float,
+    ) -> int:
+        ticket = self._ticket()
+        now_msc = int(now * 1000)
+        self._deals.append(
+            (
+                login,
+                TradeDeal(
+                    ticket=ticket, order=order, time=now_msc // 1000, time_msc=now_msc, type=deal_type,
+                    entry=entry, magic=magic, position_id=position_id, reason=reason, volume=float(volume),
+                    price=price, commission=0.0, swap=0.0, profit=profit, fee=0.0, symbol=symbol,
+                    comment=comment[:COMMENT_LIMIT], external_id="",
+                ),
+            )
+        )  # fmt: skip
+        return ticket
+
+    def _open(
+        self,
+        account: _Account,
+        symbol: str,
+        order_type: int,
+        volume_requested: float,
+        volume: float,
+        price: float,
+        *,
+        sl: float,
+        tp: float,
+        magic: int,
+        comment: str,
+        reasons: tuple[int, int, int],
+        now: float,
+        type_filling: int = C.ORDER_FILLING_FOK,
+        type_time: int = C.ORDER_TIME_GTC,
+    ) -> tuple[int, int]:
+        """Open a position; returns (order ticket, deal ticket). The position's ticket and identifier are
+        the opening order's ticket, as in MT5."""
+        order_reason, deal_reason, position_reason = reasons
+        ticket = self._ticket()
+        self._record_order(
+            account.login,
+            order_type=order_type,
+            symbol=symbol,
+            volume_initial=volume_requested,
+            volume_filled=volume,
+            price=price,
+            magic=magic,
+            position_id=ticket,
+            reason=order_reason,
+            comment=comment,
+            now=now,
+            type_filling=type_filling,
+            type_time=type_time,
+            sl=sl,
+            tp=tp,
+            ticket=ticket,
+        )
+        deal = self._record_deal(
+            account.login,
+            order=ticket,
+            deal_type=order_type,
+            entry=C.DEAL_ENTRY_IN,
+            symbol=symbol,
+            volume=volume,
+            price=price,
+            magic=magic,
+            position_id=ticket,
+            reason=deal_reason,
+            profit=0.0,
+            comment=comment,
+            now=now,
+        )
+        now_msc = int(now * 1000)
+        self._positions[ticket] = _Position(
+            ticket=ticket, login=account.login, symbol=symbol, type=order_type, volume=_round_volume(volume),
+            price_open=price, sl=sl, tp=tp, magic=magic, comment=comment[:COMMENT_LIMIT],
+            reason=position_reason, time_msc=now_msc, time_update_msc=now_msc,
+        )  # fmt: skip
+        return ticket, deal
+
+    def _close(
+        self,
+        position: _Position,
+        volume: float,
+        price: float,
+        order_reason: int,
+        deal_reason: int,
+        magic: int,
+        comment: str,
+        now: float,
+        *,
+        volume_requested: float | None = None,
+        type_filling: int = C.ORDER_FILLING_FOK,
+    ) -> tuple[int, int]:
+        """Close `volume` of a position at `price`, book the profit; returns (order, deal) tickets."""
+        account = self._accounts[position.login]
+        closing_type = _opposite(position.type)
+        order = self._record_order(
+            position.login,
+            order_type=closing_type,
+            symbol=position.symbol,
+            volume_initial=volume if volume_requested is None else volume_requested,
+            volume_filled=volume,
+            price=price,
+            magic=magic,
+            position_id=position.ticket,
+            reason=order_reason,
+            comment=comment,
+            now=now,
+            type_filling=type_filling,
+        )
+        profit = self._profit(
+            position.symbol, position.type, position.price_open, price, volume, account.currency
+        )
+        deal = self._record_deal(
+            position.login,
+            order=order,
+            deal_type=closing_type,
+            entry=C.DEAL_ENTRY_OUT,
+            symbol=position.symbol,
+            volume=volume,
+            price=price,
+            magic=magic,
+            position_id=position.ticket,
+            reason=deal_reason,
+            profit=profit,
+            comment=comment,
+            now=now,
+        )
+        account.balance = round(account.balance + profit, 2)
+        position.volume = _round_volume(position.volume - volume)
+        position.time_update_msc = int(now * 1000)
+        if position.volume <= _EPSILON:
+            del self._positions[position.ticket]
+            self._closed_positions.add(position.ticket)
+        return order, deal
+
+    # ----- what terminals read -----------------------------------------------------------------------
+
+    def symbol_names(self) -> list[str]:
+        with self._lock:
+            return list(self._quotes)
+
+    def has_symbol(self, symbol: str) -> bool:
+        with self._lock:
+            return symbol in self._quotes
+
+    def tick(self, symbol: str) -> Tick | None:
+        with self._lock:
+            self._refresh()
+            quote = self._quotes.get(symbol)
+            if quote is None:
+                return None
+            bid, ask = quote.prices()
+            return Tick(
+                time=quote.time_msc // 1000,
+                bid=bid,
+                ask=ask,
+                last=0.0,
+                volume=0,
+                time_msc=quote.time_msc,
+                flags=C.TICK_FLAG_BID | C.TICK_FLAG_ASK,
+                volume_real=0.0,
+            )
+
+    def symbol_info(
+        self, symbol: str, *, currency: str = DEMO_CURRENCY, selected: bool = True
+    ) -> SymbolInfo | None:
+        with self._lock:
+            self._refresh()
+            quote = self._quotes.get(symbol)
+            if quote is None:
+                return None
+            spec = quote.spec
+            bid, ask = quote.prices()
+            # Tick value in the deposit currency: what one point on one lot is worth (USDJPY's depends on
+            # the price, EURUSD's is a constant 1.0 USD).
+            tick_value = spec.point * spec.contract_size * self._rate(spec.currency_profit, currency)
+            return SymbolInfo(
+                custom=False, chart_mode=C.SYMBOL_CHART_MODE_BID, select=selected, visible=selected,
+                session_deals=0, session_buy_orders=0, session_sell_orders=0, volume=0, volumehigh=0,
+                volumelow=0, time=quote.time_msc // 1000, digits=spec.digits, spread=quote.spread,
+                spread_float=not quote.pinned, ticks_bookdepth=0, trade_calc_mode=spec.calc_mode,
+                trade_mode=quote.trade_mode, start_time=0, expiration_time=0,
+                trade_stops_level=spec.stops_level, trade_freeze_level=spec.freeze_level,
+                trade_exemode=C.SYMBOL_TRADE_EXECUTION_INSTANT, swap_mode=C.SYMBOL_SWAP_MODE_DISABLED,
+                swap_rollover3days=C.DAY_OF_WEEK_WEDNESDAY, margin_hedged_use_leg=False,
+                expiration_mode=15, filling_mode=3, order_mode=127, order_gtc_mode=C.SYMBOL_ORDERS_GTC,
+                option_mode=0, option_right=0, bid=bid, bidhigh=bid, bidlow=bid, ask=ask, askhigh=ask,
+                asklow=ask, last=0.0, lasthigh=0.0, lastlow=0.0, volume_real=0.0, volumehigh_real=0.0,
+                volumelow_real=0.0, option_strike=0.0, point=spec.point, trade_tick_value=tick_value,
+                trade_tick_value_profit=tick_value, trade_tick_value_loss=tick_value,
+                trade_tick_size=spec.point, trade_contract_size=spec.contract_size,
+                trade_accrued_interest=0.0, trade_face_value=0.0, trade_liquidity_rate=0.0,
+                volume_min=spec.volume_min, volume_max=spec.volume_max, volume_step=spec.volume_step,
+                volume_limit=0.0, swap_long=0.0, swap_short=0.0, margin_initial=0.0,
+                margin_maintenance=0.0, session_volume=0.0, session_turnover=0.0, session_interest=0.0,
+                session_buy_orders_volume=0.0, session_sell_orders_volume=0.0,
+                session_open=quote.session_open, session_close=quote.session_open, session_aw=0.0,
+                session_price_settlement=0.0, session_price_limit_min=0.0, session_price_limit_max=0.0,
+                margin_hedged=spec.contract_size / 2,
+                price_change=round((bid - quote.session_open) / quote.session_open * 100.0, 4),
+                price_volatility=0.0, price_theoretical=0.0, price_greeks_delta=0.0,
+                price_greeks_theta=0.0, price_greeks_gamma=0.0, price_greeks_vega=0.0,
+                price_greeks_rho=0.0, price_greeks_omega=0.0, price_sensitivity=0.0, basis="",
+                category="", currency_base=spec.currency_base, currency_profit=spec.currency_profit,
+                currency_margin=spec.currency_margin, bank="", description=spec.description, exchange="",
+                formula="", isin="", name=spec.name, page="", path=spec.path or spec.name,
+            )  # fmt: skip
+
+    def account_currency(self, login: int) -> str:
+        with self._lock:
+            return self._account(login).currency
+
+    def account_info(self, login: int) -> AccountInfo:
+        with self._lock:
+            self._refresh()
+            account = self._account(login)
+            figures = self._figures(account)
+            return AccountInfo(
+                login=account.login, trade_mode=C.ACCOUNT_TRADE_MODE_DEMO, leverage=account.leverage,
+                limit_orders=200, margin_so_mode=C.ACCOUNT_STOPOUT_MODE_PERCENT, trade_allowed=True,
+                trade_expert=True, margin_mode=C.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING, currency_digits=2,
+                fifo_close=False, balance=account.balance, credit=0.0, profit=figures.profit,
+                equity=figures.equity, margin=figures.margin, margin_free=figures.margin_free,
+                margin_level=figures.margin_level, margin_so_call=account.margin_so_call,
+                margin_so_so=account.margin_so_so, margin_initial=0.0, margin_maintenance=0.0, assets=0.0,
+                liabilities=0.0, commission_blocked=0.0, name=account.name, server=account.server,
+                currency=account.currency, company=COMPANY,
+            )  # fmt: skip
+
+    def positions(self, login: int) -> list[TradePosition]:
+        with self._lock:
+            self._refresh()
+            account = self._account(login)
+            result = []
+            for p in sorted(self._account_positions(login), key=lambda p: p.ticket):
+                current = self._close_price(p)
+                result.append(
+                    TradePosition(
+                        ticket=p.ticket, time=p.time_msc // 1000, time_msc=p.time_msc,
+                        time_update=p.time_update_msc // 1000, time_update_msc=p.time_update_msc,
+                        type=p.type, magic=p.magic, identifier=p.ticket, reason=p.reason, volume=p.volume,
+                        price_open=p.price_open, sl=p.sl, tp=p.tp, price_current=current, swap=0.0,
+                        profit=self._position_profit(account, p), symbol=p.symbol, comment=p.comment,
+                        external_id="",
+                    )
+                )  # fmt: skip
+            return result
+
+    def history_orders(self, login: int) -> list[TradeOrder]:
+        with self._lock:
+            self._refresh()
+            return [order for owner, order in self._orders if owner == login]
+
+    def history_deals(self, login: int) -> list[TradeDeal]:
+        with self._lock:
+            self._refresh()
+            return [deal for owner, deal in self._deals if owner == login]
+
+    # ----- trade requests ----------------------------------------------------------------------------
+
+    def _result(
+        self,
+        request: TradeRequest,
+        request_id: int,
+        retcode: int,
+        *,
+        deal: int = 0,
+        order: int = 0,
+        volume: float = 0.0,
+        price: float = 0.0,
+        comment: str | None = None,
+    ) -> OrderSendResult:
+        quote = self._quotes.get(request.symbol)
+        bid, ask = quote.prices() if quote else (0.0, 0.0)
+        return OrderSendResult(
+            retcode=retcode, deal=deal, order=order, volume=float(volume), price=float(price), bid=bid,
+            ask=ask, comment=comment if comment is not None else _RETCODE_COMMENTS.get(retcode, str(retcode)),
+            request_id=request_id, retcode_external=0, request=request,
+        )  # fmt: skip
+
+    def _volume_valid(self, spec: SymbolSpec, volume: float) -> bool:
+        if not (spec.volume_min - _EPSILON <= volume <= spec.volume_max + _EPSILON):
+            return False
+        steps = volume / spec.volume_step
+        return abs(steps - round(steps)) < 1e-6
+
+    def _stops_valid(
+        self, spec: SymbolSpec, order_type: int, sl: float, tp: float, bid: float, ask: float
+    ) -> bool:
+        """SL and TP on the right side of the price they close at, at least the stops level away."""
+        if sl < 0 or tp < 0:
+            return False
+        minimum = spec.stops_level * spec.point - _EPSILON
+        if order_type == C.ORDER_TYPE_BUY:  # closes at the bid
+            return (not sl or (bid - sl > 0 and bid - sl >= minimum)) and (
+                not tp or (tp - bid > 0 and tp - bid >= minimum)
+            )
+        return (not sl or (sl - ask > 0 and sl - ask >= minimum)) and (
+            not tp or (ask - tp > 0 and ask - tp >= minimum)
+        )
+
+    def _validate_deal(
+        self, account: _Account, request: TradeRequest, given: frozenset[str]
+    ) -> tuple[int, _Position | None]:
+        """The retcode refusing a TRADE_ACTION_DEAL request (0 when acceptable) and the position it
+        closes, if any. Shared by order_check and order_send."""
+        if not {"symbol", "volume", "type"} <= given:
+            return C.TRADE_RETCODE_INVALID, None
+        if request.type not in (C.ORDER_TYPE_BUY, C.ORDER_TYPE_SELL):  # pending types are not simulated
+            return C.TRADE_RETCODE_INVALID, None
+        quote = self._quotes.get(request.symbol)
+        if quote is None:
+            return C.TRADE_RETCODE_INVALID, None
+        spec = quote.spec
+        position = None
+        if request.position:
+            position = self._positions.get(request.position)
+            if position is None or position.login != account.login:
+                closed = request.position in self._closed_positions
+                return (C.TRADE_RETCODE_POSITION_CLOSED if closed else C.TRADE_RETCODE_INVALID), None
+            if position.symbol != request.symbol or request.type == position.type:
+                return C.TRADE_RETCODE_INVALID, position
+        if quote.trade_mode == C.SYMBOL_TRADE_MODE_DISABLED:
+            return C.TRADE_RETCODE_MARKET_CLOSED, position
+        if position is None:
+            if quote.trade_mode == C.SYMBOL_TRADE_MODE_CLOSEONLY:
+                return C.TRADE_RETCODE_CLOSE_ONLY, None
+            if quote.trade_mode == C.SYMBOL_TRADE_MODE_LONGONLY and request.type == C.ORDER_TYPE_SELL:
+                return C.TRADE_RETCODE_LONG_ONLY, None
+            if quote.trade_mode == C.SYMBOL_TRADE_MODE_SHORTONLY and request.type == C.ORDER_TYPE_BUY:
+                return C.TRADE_RETCODE_SHORT_ONLY, None
+        if not self._volume_valid(spec, request.volume):
+            return C.TRADE_RETCODE_INVALID_VOLUME, position
+        if position is not None and request.volume > position.volume + _EPSILON:
+            return C.TRADE_RETCODE_INVALID_CLOSE_VOLUME, position
+        if position is None:
+            bid, ask = quote.prices()
+            if not self._stops_valid(spec, request.type, request.sl, request.tp, bid, ask):
+                return C.TRADE_RETCODE_INVALID_STOPS, None
+        return 0, position
+
+    def check(self, login: int, request: TradeRequest, given: frozenset[str]) -> OrderCheckResult:
+        """order_check: would the request pass, and the account's figures after it. `margin` is what the
+        operation needs, `margin_free` and `margin_level` are the account's after it (as MT5 documents)."""
+        with self._lock:
+            self._refresh()
+            account = self._account(login)
+            figures = self._figures(account)
+
+            def result(retcode: int, margin: float = 0.0, after: _Figures = figures) -> OrderCheckResult:
+                return OrderCheckResult(
+                    retcode=retcode, balance=account.balance, equity=after.equity, profit=after.profit,
+                    margin=margin, margin_free=after.margin_free, margin_level=after.margin_level,
+                    comment=_RETCODE_COMMENTS.get(retcode, str(retcode)), request=request,
+                )  # fmt: skip
+
+            if request.action == C.TRADE_ACTION_SLTP:
+                retcode = self._validate_sltp(account, request, given)[0]
+                return result(retcode)
+            if request.action != C.TRADE_ACTION_DEAL:
+                return result(C.TRADE_RETCODE_INVALID)
+            retcode, position = self._validate_deal(account, request, given)
+            if retcode or position is not None:
+                return result(retcode)
+            margin = self._margin_for(account, request.symbol, request.volume)
+            after = self._figures(account, extra_margin=margin)
+            if after.margin_free < 0:
+                return result(C.TRADE_RETCODE_NO_MONEY, margin, after)
+            return result(0, margin, after)
+
+    def send(self, login: int, request: TradeRequest, given: frozenset[str]) -> tuple[OrderSendResult, bool]:
+        """order_send. Returns the result and whether the reply is lost on its way back (the caller then
+        sees None although the server processed the request)."""
+        with self._lock:
+            self._refresh()
+            account = self._account(login)
+            request_id = self._next_request_id
+            self._next_request_id += 1
+            if request.action == C.TRADE_ACTION_DEAL:
+                result = self._send_deal(account, request, given, request_id)
+            elif request.action == C.TRADE_ACTION_SLTP:
+                result = self._send_sltp(account, request, given, request_id)
+            else:
+                result = self._result(
+                    request,
+                    request_id,
+                    C.TRADE_RETCODE_INVALID,
+                    comment="Invalid request: only DEAL and SLTP are simulated",
+                )
+            lost = self._lost_replies > 0
+            if lost:
+                self._lost_replies -= 1
+            return result, lost
+
+    def _send_deal(
+        self, account: _Account, request: TradeRequest, given: frozenset[str], request_id: int
+    ) -> OrderSendResult:
+        retcode, position = self._validate_deal(account, request, given)
+        if retcode:
+            return self._result(request, request_id, retcode)
+        if self._reject is not None:
+            return self._result(request, request_id, self._reject)
+        quote = self._quotes[request.symbol]
+        spec = quote.spec
+        if self._requotes > 0 or (
+            self._requote_probability > 0 and self._fill_rng.random() < self._requote_probability
+        ):
+            self._requotes = max(0, self._requotes - 1)
+            return self._result(request, request_id, C.TRADE_RETCODE_REQUOTE)
+        bid, ask = quote.prices()
+        # Slippage is configured against the trader: a buy fills higher, a sell lower.
+        if request.type == C.ORDER_TYPE_BUY:
+            price = round(ask + self._slippage * spec.point, spec.digits)
+        else:
+            price = round(bid - self._slippage * spec.point, spec.digits)
+        if request.price and abs(price - request.price) > request.deviation * spec.point + _EPSILON:
+            # Instant execution: the price moved further than the trader accepts; quote the new one.
+            return self._result(request, request_id, C.TRADE_RETCODE_REQUOTE)
+        volume = request.volume
+        if self._partial_fraction is not None:
+            steps = math.floor(request.volume * self._partial_fraction / spec.volume_step + _EPSILON)
+            volume = _round_volume(max(spec.volume_min, steps * spec.volume_step))
+            volume = min(volume, request.volume)
+        retcode = (
+            C.TRADE_RETCODE_DONE if volume >= request.volume - _EPSILON else C.TRADE_RETCODE_DONE_PARTIAL
+        )
+        now = self.now()
+        reasons = _reasons(request.magic)
+        if position is not None:
+            order, deal = self._close(
+                position,
+                volume,
+                price,
+                reasons[0],
+                reasons[1],
+                request.magic,
+                request.comment,
+                now,
+                volume_requested=request.volume,
+                type_filling=request.type_filling,
+            )
+            return self._result(
+                request, request_id, retcode, deal=deal, order=order, volume=volume, price=price
+            )
+        margin = self._margin_for(account, request.symbol, volume)
+        if self._figures(account, extra_margin=margin).margin_free < 0:
+            return self._result(request, request_id, C.TRADE_RETCODE_NO_MONEY)
+        order, deal = self._open(
+            account,
+            request.symbol,
+            request.type,
+            request.volume,
+            volume,
+            price,
+            sl=request.sl,
+            tp=request.tp,
+            magic=request.magic,
+            comment=request.comment,
+            reasons=reasons,
+            now=now,
+            type_filling=request.type_filling,
+            type_time=request.type_time,
+        )
+        return self._result(request, request_id, retcode, deal=deal, order=order, volume=volume, price=price)
+
+    def _validate_sltp(
+        self, account: _Account, request: TradeRequest, given: frozenset[str]
+    ) -> tuple[int, _Position | None]:
+        if "position" not in given or not request.position:
+            return C.TRADE_RETCODE_INVALID, None
+        position = self._positions.get(request.position)
+        if position is None or position.login != account.login:
+            closed = request.position in self._closed_positions
+            return (C.TRADE_RETCODE_POSITION_CLOSED if closed else C.TRADE_RETCODE_INVALID), None
+        if request.symbol and request.symbol != position.symbol:
+            return C.TRADE_RETCODE_INVALID, position
+        if request.sl == position.sl and request.tp == position.tp:
+            return C.TRADE_RETCODE_NO_CHANGES, position
+        quote = self._quotes[position.symbol]
+        bid, ask = quote.prices()
+        if not self._stops_valid(quote.spec, position.type, request.sl, request.tp, bid, ask):
+            return C.TRADE_RETCODE_INVALID_STOPS, position
+        return 0, position
+
+    def _send_sltp(
+        self, account: _Account, request: TradeRequest, given: frozenset[str], request_id: int
+    ) -> OrderSendResult:
+        retcode, position = self._validate_sltp(account, request, given)
+        if retcode or position is None:
+            return self._result(request, request_id, retcode or C.TRADE_RETCODE_INVALID)
+        if self._reject is not None:
+            return self._result(request, request_id, self._reject)
+        # As in MT5, a missing or zero sl/tp removes that level.
+        position.sl, position.tp = float(request.sl), float(request.tp)
+        position.time_update_msc = int(self.now() * 1000)
+        return self._result(request._replace(symbol=position.symbol), request_id, C.TRADE_RETCODE_DONE)
+
+    # ----- control surface (SimTerminal.sim_* delegate here) -----------------------------------------
+
+    def set_quote(self, symbol: str, bid: float, ask: float) -> None:
+        with self._lock:
+            self._refresh()
+            quote = self._quote(symbol)
+            if ask < bid or bid <= 0:
+                raise SimError(f"need 0 < bid <= ask, got bid={bid} ask={ask}")
+            quote.bid = float(bid)
+            quote.spread = round((ask - bid) / quote.spec.point)
+            quote.pinned = True
+            quote.time_msc = int(self.now() * 1000)
+            self._refresh()
+
+    def release_quote(self, symbol: str) -> None:
+        with self._lock:
+            self._refresh()
+            quote = self._quote(symbol)
+            quote.pinned = False
+            quote.updated = self.now()  # the walk resumes from the pinned price, from now on
+
+    def gap(self, symbol: str, percent: float) -> None:
+        with self._lock:
+            self._refresh()
+            quote = self._quote(symbol)
+            quote.bid *= 1.0 + percent / 100.0
+            quote.time_msc = int(self.now() * 1000)
+            self._refresh()
+
+    def set_spread(self, symbol: str, points: int) -> None:
+        with self._lock:
+            self._refresh()
+            if points < 0:
+                raise SimError("spread must be >= 0 points")
+            quote = self._quote(symbol)
+            quote.spread = int(points)  # the bid stays, the ask moves
+            quote.time_msc = int(self.now() * 1000)
+            self._refresh()
+
+    def set_trade_mode(self, symbol: str, mode: int) -> None:
+        with self._lock:
+            self._quote(symbol).trade_mode = int(mode)
+
+    def open_manual(self, login: int, symbol: str, order_type: int, volume: float) -> int:
+        with self._lock:
+            self._refresh()
+            account = self._account(login)
+            quote = self._quote(symbol)
+            if order_type not in (C.ORDER_TYPE_BUY, C.ORDER_TYPE_SELL):
+                raise SimError("order_type must be ORDER_TYPE_BUY or ORDER_TYPE_SELL")
+            if not self._volume_valid(quote.spec, volume):
+                raise SimError(f"invalid volume {volume} for {symbol}")
+            if self._figures(account, extra_margin=self._margin_for(account, symbol, volume)).margin_free < 0:
+                raise SimError(f"not enough money on {login} for {volume} {symbol}")
+            bid, ask = quote.prices()
+            price = ask if order_type == C.ORDER_TYPE_BUY else bid
+            reasons = (C.ORDER_REASON_CLIENT, C.DEAL_REASON_CLIENT, C.POSITION_REASON_CLIENT)
+            ticket, _ = self._open(
+                account,
+                symbol,
+                order_type,
+                volume,
+                volume,
+                price,
+                sl=0.0,
+                tp=0.0,
+                magic=0,
+                comment="",
+                reasons=reasons,
+                now=self.now(),
+            )
+            return ticket
+
+    def close_manual(self, login: int, ticket: int) -> int:
+        with self._lock:
+            self._refresh()
+            position = self._positions.get(ticket)
+            if position is None or position.login != login:
+                raise SimError(f"no open position {ticket} on account {login}")
+            _, deal = self._close(
+                position,
+                position.volume,
+                self._close_price(position),
+                C.ORDER_REASON_CLIENT,
+                C.DEAL_REASON_CLIENT,
+                0,
+                "",
+                self.now(),
+            )
+            return deal
+
+    def set_latency(self, ms: float, login: int | None = None) -> None:
+        with self._lock:
+            self._latency_ms[login] = max(0.0, float(ms))
+
+    def latency_seconds(self, login: int | None) -> float:
+        with self._lock:
+            ms = max(self._latency_ms.get(None, 0.0), self._latency_ms.get(login, 0.0) if login else 0.0)
+            return ms / 1000.0
+
+    def disconnect(self, seconds: float, login: int | None = None) -> None:
+        with self._lock:
+            self._disconnected_until[login] = self.now() + float(seconds)
+
+    def is_disconnected(self, login: int | None) -> bool:
+        with self._lock:
+            now = self.now()
+            if now < self._disconnected_until.get(None, 0.0):
+                return True
+            return login is not None and now < self._disconnected_until.get(login, 0.0)
+
+    def set_slippage(self, points: int) -> None:
+        with self._lock:
+            self._slippage = int(points)
+
+    def set_requotes(self, count: int = 0, *, probability: float = 0.0) -> None:
+        with self._lock:
+            if count < 0 or not 0.0 <= probability <= 1.0:
+                raise SimError("count must be >= 0 and probability within [0, 1]")
+            self._requotes = int(count)
+            self._requote_probability = float(probability)
+
+    def set_partial_fill(self, fraction: float | None) -> None:
+        with self._lock:
+            if fraction is not None and not 0.0 < fraction <= 1.0:
+                raise SimError("fraction must be within (0, 1], or None")
+            self._partial_fraction = None if fraction is None or fraction >= 1.0 else float(fraction)
+
+    def set_reject(self, retcode: int | None) -> None:
+        with self._lock:
+            self._reject = retcode
+
+    def lose_next_reply(self, count: int = 1) -> None:
+        with self._lock:
+            self._lost_replies += int(count)
+
+
+def _unix_time(value: Any) -> int | None:
+    """A history bound as the official package takes it: a datetime (naive ones are read as UTC, as
+    MetaQuotes recommends) or unix seconds. None when it is neither."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return calendar.timegm(value.timetuple())
+        return int(value.timestamp())
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    return None
+
+
+class SimTerminal:
+    """One simulated terminal: the MetaTrader5 module's functions, bound to a `SimBroker`.
+
+    Not logged in until `initialize(login=...)` or `login(...)`. Calls before `initialize` fail as the
+    real package's do: None, and last_error() == (RES_E_INTERNAL_FAIL_CONNECT, "No IPC connection").
+    """
+
+    def __init__(self, broker: SimBroker | None = None) -> None:
+        self.broker = broker if broker is not None else default_broker()
+        self._initialized = False
+        self._login: int | None = None
+        self._error: tuple[int, str] = (C.RES_S_OK, _MESSAGES[C.RES_S_OK])
+        self._hidden: set[str] = set()  # symbols taken out of Market Watch with symbol_select(.., False)
+        self._algo_trading = True
+
+    # ----- plumbing -----------------------------------------------------------------------------------
+
+    def _fail(self, code: int, message: str | None = None) -> None:
+        self._error = (code, message or _MESSAGES.get(code, "Terminal: Call failed"))
+
+    def _ok(self) -> None:
+        self._error = (C.RES_S_OK, _MESSAGES[C.RES_S_OK])
+
+    def _enter(self, *, needs_login: bool = False) -> bool:
+        """What every call goes through: the configured latency, then the connection and login checks.
+        Sleeping happens outside the broker's lock, so a slow terminal does not slow the others."""
+        delay = self.broker.latency_seconds(self._login)
+        if delay > 0:
+            time.sleep(delay)
+        if not self._initialized:
+            self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
+            return False
+        if self.broker.is_disconnected(self._login):
+            self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
+            return False
+        if needs_login and self._login is None:
+            self._fail(C.RES_E_AUTH_FAILED, "Terminal: Authorization failed (not logged in)")
+            return False
+        return True
+
+    def _authenticate(self, login: Any, password: Any, server: Any) -> bool:
+        if not isinstance(login, int) or isinstance(login, bool):
+            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "login" argument')
+            return False
+        if password is not None and not isinstance(password, str):
+            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "password" argument')
+            return False
+        if server is not None and not isinstance(server, str):
+            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "server" argument')
+            return False
+        if self.broker.is_disconnected(login):
+            self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
+            return False
+        if not self.broker.authenticate(login, password, server):
+            self._login = None
+            self._fail(C.RES_E_AUTH_FAILED)
+            return False
+        self._login = login
+        return True
+
+    # ----- connection ---------------------------------------------------------------------------------
+
+    def initialize(
+        self,
+        path: str | None = None,
+        *,
+        login: int | None = None,
+        password: str | None = None,
+        server: str | None = None,
+        timeout: int | None = None,
+        portable: bool = False,
+    ) -> bool:
+        """Start the terminal, logging in when `login` is given. False plus last_error() on failure."""
+        delay = self.broker.latency_seconds(login)
+        if delay > 0:
+            time.sleep(delay)
+        if path is not None and not isinstance(path, str):
+            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "path" argument')
+            return False
+        if self.broker.is_disconnected(login):
+            self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
+            return False
+        if login is not None and not self._authenticate(login, password, server):
+            return False
+        self._initialized = True
+        self._ok()
+        return True
+
+    def login(
+        self, login: int, password: str | None = None, server: str | None = None, timeout: int | None = None
+    ) -> bool:
+        """Log in to another account. False plus last_error() (RES_E_AUTH_FAILED) on refusal."""
+        if not self._enter():
+            return False
+        if not self._authenticate(login, password, server):
+            return False
+        self._ok()
+        return True
+
+    def shutdown(self) -> None:
+        self._initialized = False
+        self._login = None
+        self._ok()
+
+    def last_error(self) -> tuple[int, str]:
+        return self._error
+
+    def version(self) -> tuple[int, int, str] | None:
+        if not self._enter():
+            return None
+        self._ok()
+        return (TERMINAL_VERSION, TERMINAL_BUILD, TERMINAL_BUILD_DATE)
+
+    def terminal_info(self) -> TerminalInfo | None:
+        if not self._enter():
+            return None
+        self._ok()
+        return TerminalInfo(
+            community_account=False, community_connection=False, connected=True, dlls_allowed=False,
+            trade_allowed=self._algo_trading, tradeapi_disabled=False, email_enabled=False,
+            ftp_enabled=False, notifications_enabled=False, mqid=False, build=TERMINAL_BUILD,
+            maxbars=100_000, codepage=0, ping_last=int(self.broker.latency_seconds(self._login) * 1e6),
+            community_balance=0.0, retransmission=0.0, company=COMPANY,
+            name="TradeGuard Simulated Terminal", language="English", path="sim://", data_path="sim://",
+            commondata_path="sim://",
+        )  # fmt: skip
+
+    def account_info(self) -> AccountInfo | None:
+        if not self._enter(needs_login=True):
+            return None
+        assert self._login is not None
+        self._ok()
+        return self.broker.account_info(self._login)
+
+    # ----- symbols ------------------------------------------------------------------------------------
+
+    def _currency(self) -> str:
+        if self._login is None:
+            return DEMO_CURRENCY
+        return self.broker.account_currency(self._login)
+
+    def symbols_total(self) -> int | None:
+        if not self._enter():
+            return None
+        self._ok()
+        return len(self.broker.symbol_names())
+
+    def symbols_get(self, group: str | None = None) -> tuple[SymbolInfo, ...] | None:
+        if not self._enter():
+            return None
+        if group is not None and not isinstance(group, str):
+            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "group" argument')
+            return None
+        currency = self._currency()
+        result = []
+        for name in self.broker.symbol_names():
+            if _group_matches(name, group):
+                info = self.broker.symbol_info(name, currency=currency, selected=name not in self._hidden)
+                if info is not None:
+                    result.append(info)
+        self._ok()
+        return tuple(result)
+
+    def symbol_info(self, symbol: str) -> SymbolInfo | None:
+        if not self._enter():
+            return None
+        info = self.broker.symbol_info(symbol, currency=self._currency(), selected=symbol not in self._hidden)
+        if info is None:
+            self._fail(C.RES_E_NOT_FOUND)
+            return None
+        self._ok()
+        return info
+
+    def symbol_info_tick(self, symbol: str) -> Tick | None:
+        if not self._enter():
+            return None
+        tick = self.broker.tick(symbol)
+        if tick is None:
+            self._fail(C.RES_E_NOT_FOUND)
+            return None
+        self._ok()
+        return tick
+
+    def symbol_select(self, symbol: str, enable: bool = True) -> bool:
+        if not self._enter():
+            return False
+        if not self.broker.has_symbol(symbol):
+            self._fail(C.RES_E_NOT_FOUND)
+            return False
+        if enable:
+            self._hidden.discard(symbol)
+        else:
+            self._hidden.add(symbol)
+        self._ok()
+        return True
+
+    # ----- positions and orders -----------------------------------------------------------------------
+
+    def positions_total(self) -> int | None:
+        if not self._enter(needs_login=True):
+            return None
+        assert self._login is not None
+        self._ok()
+        return len(self.broker.positions(self._login))
+
+    def positions_get(
+        self, *args: Any, symbol: str | None = None, group: str | None = None, ticket: int | None = None
+    ) -> tuple[TradePosition, ...] | None:
+        """Open positions, filtered by symbol, group or ticket (keyword arguments only, as officially)."""
+        if not self._enter(needs_login=True):
+            return None
+        assert self._login is not None
+        if args:
+            self._fail(C.RES_E_INVALID_PARAMS, "Unnamed arguments not allowed")
+            return None
+        positions = [
+            p
+            for p in self.broker.positions(self._login)
+            if (symbol is None or p.symbol == symbol)
+            and (ticket is None or p.ticket == ticket)
+            and _group_matches(p.symbol, group)
+        ]
+        self._ok()
+        return tuple(positions)
+
+    def orders_total(self) -> int | None:
+        """Pending orders are not simulated: always 0."""
+        if not self._enter(needs_login=True):
+            return None
+        self._ok()
+        return 0
+
+    def orders_get(
+        self, *args: Any, symbol: str | None = None, group: str | None = None, ticket: int | None = None
+    ) -> tuple[TradeOrder, ...] | None:
+        """Pending orders are not simulated: always an empty tuple."""
+        if not self._enter(needs_login=True):
+            return None
+        if args:
+            self._fail(C.RES_E_INVALID_PARAMS, "Unnamed arguments not allowed")
+            return None
+        self._ok()
+        return ()
+
+    def _history(
+        self,
+        records: Callable[[int], list[Any]],
+        date_from: Any,
+        date_to: Any,
+        group: str | None,
+        ticket: int | None,
+        position: int | None,
+    ) -> tuple[Any, ...] | None:
+        if not self._enter(needs_login=True):
+            return None
+        assert self._login is not None
+        if ticket is not None:
+            selected = [r for r in records(self._login) if r.ticket == ticket]
+        elif position is not None:
+            selected = [r for r in records(self._login) if r.position_id == position]
+        else:
+            start, end = _unix_time(date_from), _unix_time(date_to)
+            if start is None or end is None:
+                self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
+                return None
+            selected = [
+                r
+                for r in records(self._login)
+                if start <= (r.time if isinstance(r, TradeDeal) else r.time_setup) <= end
+                and _group_matches(r.symbol, group)
+            ]
+        self._ok()
+        return tuple(selected)
+
+    def history_orders_get(
+        self,
+        date_from: datetime | int | None = None,
+        date_to: datetime | int | None = None,
+        group: str | None = None,
+        *,
+        ticket: int | None = None,
+        position: int | None = None,
+    ) -> tuple[TradeOrder, ...] | None:
+        """History orders set up within [date_from, date_to] (optionally of a symbol group), or the one
+        with `ticket`, or those of the position `position`."""
+        return self._history(self.broker.history_orders, date_from, date_to, group, ticket, position)
+
+    def history_orders_total(self, date_from: datetime | int, date_to: datetime | int) -> int | None:
+        orders = self.history_orders_get(date_from, date_to)
+        return None if orders is None else len(orders)
+
+    def history_deals_get(
+        self,
+        date_from: datetime | int | None = None,
+        date_to: datetime | int | None = None,
+        group: str | None = None,
+        *,
+        ticket: int | None = None,
+        position: int | None = None,
+    ) -> tuple[TradeDeal, ...] | None:
+        """Deals done within [date_from, date_to] (optionally of a symbol group), or the one with
+        `ticket`, or those of the position `position`."""
+        return self._history(self.broker.history_deals, date_from, date_to, group, ticket, position)
+
+    def history_deals_total(self, date_from: datetime | int, date_to: datetime | int) -> int | None:
+        deals = self.history_deals_get(date_from, date_to)
+        return None if deals is None else len(deals)
+
+    # ----- trading ------------------------------------------------------------------------------------
+
+    def _parse_request(self, request: Any) -> tuple[TradeRequest, frozenset[str]] | None:
+        """The request dict as a TradeRequest, or None (and last_error) when the package would refuse it
+        before sending: not a dict, an unknown key, or a value of the wrong type."""
+        if not isinstance(request, Mapping):
+            self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
+            return None
+        values: dict[str, Any] = {}
+        for key, value in request.items():
+            kinds = _REQUEST_FIELDS.get(key)
+            # A flag rather than the isinstance() in the `if`, which would narrow `value` to object.
+            valid = kinds is not None and not isinstance(value, bool) and isinstance(value, kinds)
+            if not valid:
+                self._fail(C.RES_E_INVALID_PARAMS, f'Invalid "{key}" argument')
+                return None
+            values[key] = float(value) if key in _FLOAT_FIELDS else value
+        return TradeRequest(**values), frozenset(values)
+
+    def order_check(self, request: Mapping[str, Any]) -> OrderCheckResult | None:
+        if not self._enter(needs_login=True):
+            return None
+        assert self._login is not None
+        parsed = self._parse_request(request)
+        if parsed is None:
+            return None
+        self._ok()
+        return self.broker.check(self._login, *parsed)
+
+    def order_send(self, request: Mapping[str, Any]) -> OrderSendResult | None:
+        """Send a trade request. None plus last_error() when it did not reach the server, or (after
+        `sim_lose_next_reply`) when the server executed it but the answer was lost."""
+        if not self._enter(needs_login=True):
+            return None
+        assert self._login is not None
+        parsed = self._parse_request(request)
+        if parsed is None:
+            return None
+        if not self._algo_trading:
+            self._fail(C.RES_E_AUTO_TRADING_DISABLED)
+            return None
+        result, lost = self.broker.send(self._login, *parsed)
+        if lost:
+            self._fail(C.RES_E_INTERNAL_FAIL_TIMEOUT)
+            return None
+        self._ok()
+        return result
+
+    # ----- control surface ----------------------------------------------------------------------------
+
+    def sim_set_quote(self, symbol: str, bid: float, ask: float) -> None:
+        """Set the symbol's price and pin it there (the random walk stops for it) until
+        `sim_release_quote`. Stops and stop-outs are checked at the new price at once."""
+        self.broker.set_quote(symbol, bid, ask)
+
+    def sim_release_quote(self, symbol: str) -> None:
+        """Let the symbol's price walk again, starting from where it was pinned."""
+        self.broker.release_quote(symbol)
+
+    def sim_gap(self, symbol: str, percent: float) -> None:
+        """Jump the price by `percent` (e.g. -2.5), keeping the spread; fires stops and stop-outs at the
+        gapped price. A pinned price stays pinned at the new level."""
+        self.broker.gap(symbol, percent)
+
+    def sim_set_spread(self, symbol: str, points: int) -> None:
+        """Set the spread in points (a blow-out: the bid stays, the ask moves)."""
+        self.broker.set_spread(symbol, points)
+
+    def sim_set_trade_mode(self, symbol: str, mode: int) -> None:
+        """SYMBOL_TRADE_MODE_*: DISABLED makes order_send answer TRADE_RETCODE_MARKET_CLOSED."""
+        self.broker.set_trade_mode(symbol, mode)
+
+    def sim_open_manual(self, login: int, symbol: str, order_type: int, volume: float) -> int:
+        """Open a position on `login` as if by hand in the desktop terminal (magic 0, reason CLIENT, no
+        comment), at market; returns its ticket."""
+        return self.broker.open_manual(login, symbol, order_type, volume)
+
+    def sim_close_manual(self, login: int, ticket: int) -> int:
+        """Close a position of `login` by hand (reason CLIENT), at market; returns the closing deal."""
+        return self.broker.close_manual(login, ticket)
+
+    def sim_set_latency(self, ms: float, login: int | None = None) -> None:
+        """Every call of every terminal (or only of terminals logged in to `login`) sleeps `ms` first."""
+        self.broker.set_latency(ms, login)
+
+    def sim_disconnect(self, seconds: float, login: int | None = None) -> None:
+        """For `seconds` of broker clock, every call (of every terminal, or of those on `login`) fails:
+        None/False with last_error RES_E_INTERNAL_FAIL_CONNECT; order_send sends nothing. 0 reconnects."""
+        self.broker.disconnect(seconds, login)
+
+    def sim_set_slippage(self, points: int) -> None:
+        """Market orders fill `points` worse than the quote (negative: better)."""
+        self.broker.set_slippage(points)
+
+    def sim_set_requotes(self, count: int = 0, *, probability: float = 0.0) -> None:
+        """The next `count` market orders are requoted (TRADE_RETCODE_REQUOTE, nothing filled); after
+        those, each one is with `probability` (drawn from the broker's seeded generator)."""
+        self.broker.set_requotes(count, probability=probability)
+
+    def sim_set_partial_fill(self, fraction: float | None) -> None:
+        """Market orders fill only `fraction` of their volume (rounded down to the volume step, at least
+        the minimum) and answer TRADE_RETCODE_DONE_PARTIAL, until set to None."""
+        self.broker.set_partial_fill(fraction)
+
+    def sim_set_reject(self, retcode: int | None) -> None:
+        """Valid trade requests are answered with `retcode` (e.g. TRADE_RETCODE_REJECT) and nothing is
+        done, until set to None."""
+        self.broker.set_reject(retcode)
+
+    def sim_lose_next_reply(self, count: int = 1) -> None:
+        """The next `count` order_send calls (on any terminal) are processed by the server as usual, but
+        return None with last_error RES_E_INTERNAL_FAIL_TIMEOUT: the caller cannot know the outcome."""
+        self.broker.lose_next_reply(count)
+
+    def sim_set_algo_trading(self, enabled: bool) -> None:
+        """This terminal's "Algo Trading" switch: off, order_send returns None with last_error
+        RES_E_AUTO_TRADING_DISABLED and terminal_info().trade_allowed is False."""
+        self._algo_trading = bool(enabled)
+
+
+# ----- module-level access ------------------------------------------------------------------------------
+
+_API_FUNCTIONS = (
+    "initialize", "login", "shutdown", "last_error", "version", "terminal_info", "account_info",
+    "symbols_total", "symbols_get", "symbol_info", "symbol_info_tick", "symbol_select", "positions_total",
+    "positions_get", "orders_total", "orders_get", "history_orders_total", "history_orders_get",
+    "history_deals_total", "history_deals_get", "order_check", "order_send",
+)  # fmt: skip
+_CONTROL_FUNCTIONS = tuple(name for name in dir(SimTerminal) if name.startswith("sim_"))
+
+_default_broker: SimBroker | None = None
+_default_broker_lock = threading.Lock()
+
+
+def default_broker() -> SimBroker:
+    """The process-wide broker, seeded from TRADEGUARD_SIM_SEED (default DEFAULT_SEED)."""
+    global _default_broker
+    with _default_broker_lock:
+        if _default_broker is None:
+            raw = os.environ.get(SEED_ENV, "").strip()
+            try:
+                seed = int(raw) if raw else DEFAULT_SEED
+            except ValueError:
+                raise ValueError(f"{SEED_ENV} must be an integer, got {raw!r}") from None
+            _default_broker = SimBroker(seed=seed)
+        return _default_broker
+
+
+def install_as_metatrader5(broker: SimBroker | None = None) -> types.ModuleType:
+    """Put a module named MetaTrader5 into sys.modules that behaves like the official package, backed by
+    `broker` (default: `default_broker()`), and return it.
+
+    It carries the official constants and named tuples, and the official functions plus the sim_*
+    controls. Each calling thread gets its own `SimTerminal`, i.e. its own login and last_error: the RPyC
+    classic server serves each client connection in its own thread, and each client logs in to its own
+    account. Replaces whatever MetaTrader5 module was there.
+    """
+    broker = broker if broker is not None else default_broker()
+    module = types.ModuleType("MetaTrader5", "TradeGuard's simulated MetaTrader 5 terminal (shared.mt5.sim).")
+    for name in dir(C):
+        if name.isupper():
+            setattr(module, name, getattr(C, name))
+    for name in structs.__all__:
+        setattr(module, name, getattr(structs, name))
+    module.__dict__["__version__"] = C.OFFICIAL_PACKAGE_VERSION
+    module.__dict__["__author__"] = "TradeGuard (simulated terminal)"
+    local = threading.local()
+
+    def terminal() -> SimTerminal:
+        current: SimTerminal | None = getattr(local, "terminal", None)
+        if current is None:
+            current = local.terminal = SimTerminal(broker)
+        return current
+
+    def forward(name: str) -> Callable[..., Any]:
+        method = getattr(SimTerminal, name)
+
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return getattr(terminal(), name)(*args, **kwargs)
+
+        return call
+
+    for name in _API_FUNCTIONS + _CONTROL_FUNCTIONS:
+        setattr(module, name, forward(name))
+    module.__dict__["sim_broker"] = broker
+    module.__dict__["sim_terminal"] = terminal  # this thread's SimTerminal
+    sys.modules["MetaTrader5"] = module
+    return module

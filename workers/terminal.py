@@ -1,0 +1,98 @@
+"""The `terminal` process: TradeGuard's simulated MT5 terminal, served the way mt5linux serves the real one.
+
+    python -m workers.terminal [--host 127.0.0.1] [--port 18812]
+
+It installs the simulator as the `MetaTrader5` module of this process and runs an RPyC *classic* server,
+so an unmodified mt5linux-style client works against it:
+
+    conn = rpyc.classic.connect("127.0.0.1", 18812)
+    conn.execute("import MetaTrader5 as mt5")
+    conn.eval("mt5.initialize(login=1001, password='x', server='sim')")   # True
+
+Every connection is served on its own server thread, and the installed module gives each thread its own
+`SimTerminal` on the one default broker: so each connection logs in on its own, while all connections
+(and all worker processes) see the same accounts, positions and prices.
+
+TRADEGUARD_TERMINAL_HOST and TRADEGUARD_TERMINAL_PORT change the defaults; the options override both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from rpyc.core.service import ClassicService
+from rpyc.utils.server import ThreadedServer
+
+log = logging.getLogger("tradeguard.terminal")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 18812  # mt5linux's default port, so mt5linux clients need no configuration
+
+# RPyC classic: the client may evaluate anything here (that is how mt5linux reaches the module). A
+# generous request timeout: order_send under simulated latency must not be cut short by the server side.
+PROTOCOL_CONFIG = {
+    "allow_all_attrs": True,
+    "allow_public_attrs": True,
+    "allow_pickle": True,  # rpyc.classic.obtain() copies results by pickling them here
+    "sync_request_timeout": 60,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.terminal", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("TRADEGUARD_TERMINAL_HOST", DEFAULT_HOST),
+        help="interface to listen on (default: $TRADEGUARD_TERMINAL_HOST or 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("TRADEGUARD_TERMINAL_PORT", DEFAULT_PORT)),
+        help="TCP port (default: $TRADEGUARD_TERMINAL_PORT or 18812)",
+    )
+    return parser.parse_args(argv)
+
+
+def build_server(host: str, port: int) -> ThreadedServer:
+    """The RPyC classic server, with the simulator installed as this process's MetaTrader5 module."""
+    from shared.mt5.sim import install_as_metatrader5
+
+    install_as_metatrader5()
+    return ThreadedServer(
+        ClassicService,
+        hostname=host,
+        port=port,
+        reuse_addr=True,
+        protocol_config=PROTOCOL_CONFIG,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log.warning(
+        "the terminal server speaks RPyC's classic protocol: any client that can connect can run arbitrary "
+        "code in this process. Listen only on trusted interfaces (127.0.0.1 or a private network), never "
+        "on a public address. Listening on %s:%s.",
+        args.host,
+        args.port,
+    )
+    server = build_server(args.host, args.port)
+    log.info("simulated MT5 terminal ready on %s:%s", args.host, args.port)
+    try:
+        server.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
