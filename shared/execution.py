@@ -255,9 +255,7 @@ def execute_signal(
                     found = _find_sent_order(terminal, trade)
                 if found is not None:
                     _fill_from_found(trade, found)
-                    _record(
-                        session, trade, "trade.found_after_unknown_outcome", volume=str(trade.filled_volume)
-                    )
+                    _record(session, trade, "trade.found_after_lost_reply", volume=str(trade.filled_volume))
                     session.commit()
                     return trade
                 trade.state = TradeState.PENDING

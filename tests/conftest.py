@@ -137,9 +137,17 @@ def db_session(app: Any) -> Iterator[Any]:
         db.session.remove()
         factory_options = db.session.session_factory.kw
         factory_options["join_transaction_mode"] = "create_savepoint"
+        # Rows made here are rolled back: tasks the code under test enqueues (approvals send an
+        # execution task after commit) would reach no row, so they are recorded instead of sent.
+        import workers.tasks
+
+        enqueued: list[int] = []
+        original_enqueue = workers.tasks.enqueue_execution
+        workers.tasks.enqueue_execution = enqueued.append
         try:
             yield db.session
         finally:
+            workers.tasks.enqueue_execution = original_enqueue
             db.session.remove()
             del factory_options["join_transaction_mode"]
             engines[None] = engine

@@ -1,0 +1,240 @@
+"""Executing approved signals against the simulated terminal, on Postgres, through every retcode path.
+
+`orders_sent` counts what reached the terminal: the history orders carrying the trade's comment.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from shared import execution
+from shared.locks import exclusive
+from shared.models import AuditLog, Trade, TradeState
+from shared.mt5.errors import OrderOutcomeUnknown, TerminalUnavailable
+from shared.mt5.gateway import Gateway
+from shared.mt5.sim import SimBroker, SimTerminal
+
+BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = sa.create_engine(os.environ["DATABASE_URL"])
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def broker():
+    return SimBroker(seed=7)
+
+
+@pytest.fixture
+def terminal(broker):
+    """A control handle on the simulated terminal the trades go to."""
+    control = SimTerminal(broker)
+    assert control.initialize(login=1001, password="x", server="TradeGuard-Sim")
+    return control
+
+
+@pytest.fixture
+def run(db_session, engine, broker, tmp_path):
+    opened: list[int] = []
+
+    @contextmanager
+    def open_terminal(account):
+        opened.append(account.id)
+        with Gateway.from_module(
+            SimTerminal(broker), login=account.login, password="x", server=account.server, timeout=5
+        ) as gateway:
+            yield gateway
+
+    def run(signal_id, **settings):
+        options = {"unknown_outcome_grace_seconds": 0.0, "lock_dir": tmp_path, **settings}
+        return execution.execute_signal(
+            db_session,
+            signal_id,
+            engine=engine,
+            open_terminal=open_terminal,
+            settings=execution.ExecutionSettings(**options),
+            sleep=lambda _: None,
+        )
+
+    run.opened = opened
+    return run
+
+
+@pytest.fixture
+def approved(api):
+    """An approved signal on account login 1001; returns its id."""
+
+    def make(payload=None):
+        world = api.setup()
+        signal = api.send_signal(world["client"], {**BUY, **(payload or {})}).json
+        response = api.http.post(
+            "/api/v1/approvals",
+            json={"signal_id": signal["id"], "decision": "approve"},
+            headers=world["user"]["headers"],
+        )
+        assert response.status_code == 201
+        return signal["id"]
+
+    return make
+
+
+def orders_sent(terminal, trade) -> int:
+    orders = terminal.history_orders_get(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    return sum(1 for o in orders or () if o.comment == trade.comment)
+
+
+def actions(db_session, trade) -> list[str]:
+    return list(
+        db_session.scalars(
+            sa.select(AuditLog.action).where(AuditLog.target_type == "trade", AuditLog.target_id == trade.id)
+        )
+    )
+
+
+def test_an_approved_signal_is_filled_once_with_magic_and_comment(run, approved, terminal, db_session):
+    signal_id = approved()
+    trade = run(signal_id)
+    assert trade.state == TradeState.FILLED
+    assert trade.comment == f"TG-{trade.id}" and trade.magic == 770077
+    assert trade.filled_volume == Decimal("0.10") and trade.filled_price > 0
+    assert trade.order_ticket and trade.deal_ticket and trade.position_ticket == trade.order_ticket
+    (position,) = [p for p in terminal.positions_get() if p.comment == trade.comment]
+    assert (position.magic, position.volume, position.identifier) == (770077, 0.1, trade.position_ticket)
+    assert actions(db_session, trade) == ["trade.created", "trade.sent", "trade.filled"]
+
+    # Running it again (a duplicate message, a retry) does nothing.
+    again = run(signal_id)
+    assert again.id == trade.id and again.state == TradeState.FILLED
+    assert orders_sent(terminal, trade) == 1
+
+
+def test_requotes_retry_at_a_fresh_price_then_fill(run, approved, terminal, db_session):
+    terminal.sim_set_requotes(2)
+    trade = run(approved(), max_price_retries=3)
+    assert trade.state == TradeState.FILLED and trade.attempts == 3
+    assert actions(db_session, trade).count("trade.requoted") == 2
+    assert orders_sent(terminal, trade) == 1
+
+
+def test_too_many_requotes_reject_the_trade_and_nothing_is_open(run, approved, terminal):
+    terminal.sim_set_requotes(10)
+    trade = run(approved(), max_price_retries=2)
+    assert trade.state == TradeState.REJECTED and trade.attempts == 3
+    assert "price moved" in trade.failure_reason
+    assert not [p for p in terminal.positions_get() if p.comment == trade.comment]
+
+
+def test_a_partial_fill_records_the_filled_volume(run, approved, terminal):
+    terminal.sim_set_partial_fill(0.5)
+    trade = run(approved())
+    assert trade.state == TradeState.PARTIAL and trade.retcode == 10010
+    assert trade.filled_volume == Decimal("0.05") and trade.requested_volume == Decimal("0.10")
+
+
+@pytest.mark.parametrize("retcode", [10019, 10006, 10016])
+def test_a_broker_rejection_is_recorded_with_its_retcode(run, approved, terminal, retcode):
+    terminal.sim_set_reject(retcode)
+    trade = run(approved())
+    assert trade.state == TradeState.REJECTED and trade.retcode == retcode
+    assert str(retcode) in trade.failure_reason
+    assert not [p for p in terminal.positions_get() if p.comment == trade.comment]
+
+
+def test_pre_trade_checks_refuse_before_anything_is_sent(run, approved, terminal, db_session):
+    trade = run(approved({"volume": "0.015"}))
+    assert trade.state == TradeState.REJECTED and trade.attempts == 0
+    assert "step" in trade.failure_reason
+    assert orders_sent(terminal, trade) == 0
+    assert "trade.rejected_pre_trade" in actions(db_session, trade)
+
+
+def test_stops_inside_the_stops_level_are_refused(run, approved, terminal):
+    tick = terminal.symbol_info_tick("EURUSD")
+    trade = run(approved({"sl": f"{tick.bid - 0.00002:.5f}"}))
+    assert trade.state == TradeState.REJECTED and "sl" in trade.failure_reason
+    assert orders_sent(terminal, trade) == 0
+
+
+def test_a_lost_reply_is_found_on_the_terminal_not_sent_again(run, approved, terminal, db_session):
+    signal_id = approved()
+    terminal.sim_lose_next_reply()
+    with pytest.raises(OrderOutcomeUnknown):
+        run(signal_id)
+    trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    assert trade.state == TradeState.SENT  # committed before order_send
+    assert orders_sent(terminal, trade) == 1  # the broker did execute it
+
+    trade = run(signal_id)
+    assert trade.state == TradeState.FILLED and trade.filled_volume == Decimal("0.10")
+    assert trade.attempts == 1
+    assert orders_sent(terminal, trade) == 1
+    assert "trade.found_after_lost_reply" in actions(db_session, trade)
+
+
+def test_an_order_that_never_reached_the_terminal_is_sent_after_looking(run, approved, terminal, db_session):
+    signal_id = approved()
+    # The terminal drops the connection during order_send: nothing executed, outcome unknown to us.
+    original = SimTerminal.order_send
+
+    def fail_once(self, request):
+        SimTerminal.order_send = original
+        self.sim_disconnect(0.2)
+        return original(self, request)
+
+    SimTerminal.order_send = fail_once
+    try:
+        with pytest.raises(TerminalUnavailable):
+            run(signal_id)
+    finally:
+        SimTerminal.order_send = original
+    trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    assert trade.state == TradeState.SENT and orders_sent(terminal, trade) == 0
+
+    import time
+
+    time.sleep(0.3)  # the disconnect is over
+    trade = run(signal_id)
+    assert trade.state == TradeState.FILLED and trade.attempts == 2
+    assert orders_sent(terminal, trade) == 1
+    assert "trade.not_found_after_lost_reply" in actions(db_session, trade)
+
+
+def test_an_unreachable_terminal_leaves_the_trade_pending_and_sends_nothing(
+    run, approved, terminal, db_session
+):
+    signal_id = approved()
+    terminal.sim_disconnect(30)
+    with pytest.raises(TerminalUnavailable):
+        run(signal_id)
+    trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    assert trade.state == TradeState.PENDING and trade.attempts == 0
+
+
+def test_a_trade_locked_by_another_worker_is_left_alone(run, approved, engine, tmp_path, db_session):
+    signal_id = approved()
+    trade = execution._claim_trade(db_session, signal_id, execution.ExecutionSettings())
+    with (
+        exclusive(engine, f"trade:{trade.id}", lock_dir=tmp_path),
+        pytest.raises(execution.TerminalRetryLater),
+    ):
+        run(signal_id)
+    db_session.refresh(trade)
+    assert trade.state == TradeState.PENDING and trade.attempts == 0
+    assert run.opened == []  # the terminal was never even opened
+
+
+def test_signals_that_are_not_approved_are_not_executed(run, api, db_session):
+    world = api.setup()
+    signal_id = api.send_signal(world["client"], BUY).json["id"]
+    assert run(signal_id) is None
+    assert db_session.scalar(sa.select(sa.func.count()).select_from(Trade)) == 0
