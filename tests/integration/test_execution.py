@@ -238,3 +238,37 @@ def test_signals_that_are_not_approved_are_not_executed(run, api, db_session):
     signal_id = api.send_signal(world["client"], BUY).json["id"]
     assert run(signal_id) is None
     assert db_session.scalar(sa.select(sa.func.count()).select_from(Trade)) == 0
+
+
+def test_a_timeout_retcode_leaves_the_trade_sent_and_the_next_attempt_looks_first(
+    run, approved, terminal, db_session
+):
+    signal_id = approved()
+    terminal.sim_set_reject(10012)  # TRADE_RETCODE_TIMEOUT: the server may or may not have executed it
+    with pytest.raises(execution.TerminalRetryLater):
+        run(signal_id)
+    trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    assert trade.state == TradeState.SENT and trade.retcode == 10012
+    terminal.sim_set_reject(None)
+    trade = run(signal_id)
+    assert trade.state == TradeState.FILLED and trade.attempts == 2
+    assert "trade.not_found_after_lost_reply" in actions(db_session, trade)
+    assert orders_sent(terminal, trade) == 1
+
+
+def test_the_dispatch_sweep_re_enqueues_approved_signals_left_without_a_trade(
+    approved, db_session, monkeypatch
+):
+    from datetime import timedelta
+
+    import workers.tasks
+    from shared.db import utcnow
+    from shared.models import Signal
+
+    signal_id = approved()
+    db_session.get(Signal, signal_id).decided_at = utcnow() - timedelta(minutes=5)
+    db_session.commit()
+    sent: list[int] = []
+    monkeypatch.setattr(workers.tasks, "enqueue_execution", sent.append)
+    assert workers.tasks.dispatch_approved.run() == 1
+    assert sent == [signal_id]
