@@ -187,7 +187,7 @@ def _claim_trade(session: DbSession, signal_id: int, settings: ExecutionSettings
             side=signal.side,
             magic=settings.magic,
             requested_volume=signal.volume,
-            requested_price=signal.price,
+            requested_price=None,
             requested_sl=signal.sl,
             requested_tp=signal.tp,
         )
@@ -325,6 +325,9 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
         # Committed before sending: if this process dies during order_send, whoever comes next
         # sees `sent` and looks for the order instead of sending a second one.
         trade.state = TradeState.SENT
+        # The price asked of the broker on this attempt: what slippage is measured against. The
+        # strategy's own price, if it gave one, stays on the signal.
+        trade.requested_price = price
         trade.attempts += 1
         trade.sent_at = utcnow()
         _record(session, trade, "trade.sent", attempt=trade.attempts, price=str(price))

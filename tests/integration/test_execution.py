@@ -102,11 +102,14 @@ def actions(db_session, trade) -> list[str]:
 
 
 def test_an_approved_signal_is_filled_once_with_magic_and_comment(run, approved, terminal, db_session):
+    terminal.sim_set_quote("EURUSD", 1.08500, 1.08510)
     signal_id = approved()
     trade = run(signal_id)
     assert trade.state == TradeState.FILLED
     assert trade.comment == f"TG-{trade.id}" and trade.magic == 770077
-    assert trade.filled_volume == Decimal("0.10") and trade.filled_price > 0
+    assert trade.filled_volume == Decimal("0.10")
+    # A buy is asked at the ask; with the quote pinned and no slippage it fills there.
+    assert trade.requested_price == Decimal("1.08510") == trade.filled_price
     assert trade.order_ticket and trade.deal_ticket and trade.position_ticket == trade.order_ticket
     (position,) = [p for p in terminal.positions_get() if p.comment == trade.comment]
     assert (position.magic, position.volume, position.identifier) == (770077, 0.1, trade.position_ticket)
