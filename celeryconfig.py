@@ -75,6 +75,11 @@ beat_schedule = {
         # A sweep not started within one interval is pointless: the next tick does the same work.
         "options": {"expires": _settings.expiry_sweep_seconds},
     },
+    "reconcile-accounts": {
+        "task": "tradeguard.reconcile_tick",
+        "schedule": timedelta(seconds=_settings.reconcile_interval_seconds),
+        "options": {"expires": _settings.reconcile_interval_seconds},
+    },
     "dispatch-approved-signals": {
         "task": "tradeguard.dispatch_approved",
         "schedule": timedelta(seconds=15),

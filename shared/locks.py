@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+
+
+log = logging.getLogger(__name__)
 
 
 class Busy(Exception):
@@ -60,3 +65,23 @@ def exclusive(engine: sa.Engine, name: str, *, lock_dir: Path) -> Iterator[None]
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def redis_exclusive(client: Any, name: str, *, ttl_seconds: float) -> Iterator[None]:
+    """Hold a Redis lock called `name`, or raise Busy at once.
+
+    For work that must not hold a database connection while it waits on a terminal (reconciling
+    thousands of accounts). A holder that dies keeps the lock only until `ttl_seconds` pass, so the
+    TTL is set just above the longest the work may take (the task's time limit).
+    """
+    lock = client.lock(f"tradeguard:lock:{name}", timeout=ttl_seconds, blocking=False)
+    if not lock.acquire(blocking=False):
+        raise Busy(name)
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired meanwhile (the TTL passed): nothing left to release
+            log.warning("lock %s expired before it was released", name)

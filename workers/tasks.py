@@ -14,7 +14,7 @@ from celery import Task
 from shared import execution
 from shared.crypto import SecretBox
 from shared.db import db, utcnow
-from shared.models import Account, Signal, SignalStatus, Trade, TradeState
+from shared.models import Account, AccountSync, Signal, SignalStatus, Trade, TradeState
 from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
 from shared.signals import expire_due_signals
 from workers.celery_app import DatabaseTask, celery_app, flask_app
@@ -119,3 +119,112 @@ def dispatch_approved(older_than_seconds: float = 30.0) -> int:
     for signal_id in signal_ids:
         enqueue_execution(signal_id)
     return len(signal_ids)
+
+
+# --- reconciliation ---------------------------------------------------------------------------------
+
+RECONCILE_ACCOUNTS = "tradeguard.reconcile_accounts"
+
+# Symbol specifications change rarely; asking for them on every sync would double the terminal calls.
+_symbol_cache: dict[tuple[str, int, str], tuple[float, Any]] = {}
+_SYMBOL_CACHE_SECONDS = 600.0
+
+
+def symbol_specs(account: Account, terminal: Any, names: set[str]) -> dict[str, Any]:
+    import time
+
+    specs: dict[str, Any] = {}
+    now = time.monotonic()
+    for name in names:
+        key = (account.terminal_url, account.login, name)
+        cached = _symbol_cache.get(key)
+        if cached is None or now - cached[0] > _SYMBOL_CACHE_SECONDS:
+            cached = (now, terminal.symbol(name))
+            _symbol_cache[key] = cached
+        specs[name] = cached[1]
+    return specs
+
+
+def _account_lock(name: str) -> Any:
+    """Redis lock where Redis is the broker (many machines); an flock on the embedded setup."""
+    from shared.locks import exclusive, redis_exclusive
+
+    settings = flask_app().extensions["tradeguard.settings"]
+    if settings.redis_url:
+        return redis_exclusive(_redis(), name, ttl_seconds=settings.reconcile_lock_seconds)
+    return exclusive(db.engine, name, lock_dir=settings.instance_dir / "locks")
+
+
+_redis_client: Any = None
+
+
+def _redis() -> Any:
+    global _redis_client
+    if _redis_client is None:
+        import redis
+
+        _redis_client = redis.Redis.from_url(flask_app().extensions["tradeguard.settings"].redis_url)
+    return _redis_client
+
+
+def sync_one(account_id: int) -> str:
+    """Reconcile one account in its own app context and sessions (safe in a thread)."""
+    from shared.account_sync import BreakerSettings, sync_account
+    from shared.reconciliation import Tolerances
+
+    app = flask_app()
+    settings = app.extensions["tradeguard.settings"]
+    with app.app_context():
+        try:
+            outcome = sync_account(
+                lambda: db.session(),
+                account_id,
+                open_terminal=open_terminal,
+                lock=_account_lock,
+                symbol_specs=symbol_specs,
+                tolerances=Tolerances(),
+                breaker=BreakerSettings(failures_to_open=settings.breaker_failures),
+            )
+        except Exception:
+            # One account's bug must not stop the batch; it is logged with its traceback.
+            log.exception("account %s: reconciliation crashed", account_id)
+            return "crashed"
+        finally:
+            db.session.remove()
+    return outcome.status
+
+
+@celery_app.task(name=RECONCILE_ACCOUNTS)
+def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
+    """Reconcile a batch of accounts concurrently: the work is waiting on terminals, not CPU, so a
+    thread per account keeps one slow or failing account from delaying the others."""
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(account_ids)), thread_name_prefix="sync") as pool:
+        statuses = Counter(pool.map(sync_one, account_ids))
+    return dict(statuses)
+
+
+@celery_app.task(name="tradeguard.reconcile_tick", base=DatabaseTask)
+def reconcile_tick() -> int:
+    """Beat's clock: enqueue every account whose breaker is not open, in batches. Each message
+    expires at the next tick, so a backlog is dropped rather than piled up behind a slow account."""
+    settings = flask_app().extensions["tradeguard.settings"]
+    now = utcnow()
+    account_ids = list(
+        db.session.scalars(
+            sa.select(Account.id)
+            .outerjoin(AccountSync, AccountSync.account_id == Account.id)
+            .where(sa.or_(AccountSync.breaker_open_until.is_(None), AccountSync.breaker_open_until <= now))
+            .order_by(Account.id)
+        )
+    )
+    size = settings.reconcile_batch_size
+    for start in range(0, len(account_ids), size):
+        celery_app.send_task(
+            RECONCILE_ACCOUNTS,
+            args=[account_ids[start : start + size]],
+            expires=settings.reconcile_interval_seconds,
+        )
+    return len(account_ids)
