@@ -18,7 +18,6 @@ from shared.mt5 import constants as mt5c
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim import SimTerminal
 from shared.reconciliation import Tolerances
-from tests.integration.test_execution import approved, broker, engine, run, terminal  # noqa: F401 - fixtures
 
 
 @pytest.fixture

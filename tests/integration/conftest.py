@@ -1,0 +1,81 @@
+"""Fixtures shared by the execution and reconciliation tests: a simulated broker per test, and
+`run`/`approved` to make an approved signal and execute it against that broker."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import pytest
+import sqlalchemy as sa
+
+from shared import execution
+from shared.mt5.gateway import Gateway
+from shared.mt5.sim import SimBroker, SimTerminal
+
+BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = sa.create_engine(os.environ["DATABASE_URL"])
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def broker():
+    return SimBroker(seed=7)
+
+
+@pytest.fixture
+def terminal(broker):
+    """A control handle on the simulated terminal the trades go to."""
+    control = SimTerminal(broker)
+    assert control.initialize(login=1001, password="x", server="TradeGuard-Sim")
+    return control
+
+
+@pytest.fixture
+def run(db_session, engine, broker, tmp_path):
+    opened: list[int] = []
+
+    @contextmanager
+    def open_terminal(account):
+        opened.append(account.id)
+        with Gateway.from_module(
+            SimTerminal(broker), login=account.login, password="x", server=account.server, timeout=5
+        ) as gateway:
+            yield gateway
+
+    def run(signal_id, **settings):
+        options = {"unknown_outcome_grace_seconds": 0.0, "lock_dir": tmp_path, **settings}
+        return execution.execute_signal(
+            db_session,
+            signal_id,
+            engine=engine,
+            open_terminal=open_terminal,
+            settings=execution.ExecutionSettings(**options),
+            sleep=lambda _: None,
+        )
+
+    run.opened = opened
+    return run
+
+
+@pytest.fixture
+def approved(api):
+    """An approved signal on account login 1001; returns its id."""
+
+    def make(payload=None):
+        world = api.setup()
+        signal = api.send_signal(world["client"], {**BUY, **(payload or {})}).json
+        response = api.http.post(
+            "/api/v1/approvals",
+            json={"signal_id": signal["id"], "decision": "approve"},
+            headers=world["user"]["headers"],
+        )
+        assert response.status_code == 201
+        return signal["id"]
+
+    return make
