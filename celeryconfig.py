@@ -68,6 +68,14 @@ broker_connection_retry_on_startup = True
 worker_hijack_root_logger = False
 
 beat_schedule_filename = str(_settings.instance_dir / "celerybeat-schedule")
+if _settings.redis_url:
+    # RedBeat keeps the schedule in Redis behind a lock: a second beat process (a standby, or one
+    # started by mistake) waits for the lock instead of sending every tick twice.
+    beat_scheduler = "redbeat.RedBeatScheduler"
+    redbeat_redis_url = _settings.redis_url
+    redbeat_key_prefix = "tradeguard:redbeat"
+    # A beat that dies keeps the lock this long; the standby takes over after it.
+    redbeat_lock_timeout = 30
 beat_schedule = {
     "expire-pending-signals": {
         "task": "tradeguard.expire_signals",

@@ -142,7 +142,8 @@ def _sync_locked(
     # 3. Write it all in one transaction.
     session = session_factory()
     try:
-        events = _write(session, account, result, started, figures.currency)
+        took_ms = int((now() - started).total_seconds() * 1000)
+        events = _write(session, account, result, started, figures.currency, took_ms)
         session.commit()
     finally:
         session.close()
@@ -184,7 +185,12 @@ def _position_row(position: Any, **attribution: Any) -> dict[str, Any]:
 
 
 def _write(
-    session: DbSession, account: Account, result: ReconciliationResult, synced_at: datetime, currency: str
+    session: DbSession,
+    account: Account,
+    result: ReconciliationResult,
+    synced_at: datetime,
+    currency: str,
+    took_ms: int,
 ) -> int:
     base = {"account_id": account.id, "owner_id": account.owner_id, "created_at": synced_at}
     events: list[dict[str, Any]] = []
@@ -312,6 +318,7 @@ def _write(
     sync.breaker_open_until = None
     sync.peak_equity = figures.peak_equity
     sync.positions = shown
+    sync.last_sync_ms = took_ms
     session.add(sync)
     if was_open:
         audit.record(

@@ -92,10 +92,23 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             _configure_sqlite(app)
 
     api = TradeGuardApi(app)
-    from web.api import accounts, approvals, audit, auth, clients, health, signals, trades
+    from web.api import (
+        accounts,
+        approvals,
+        audit,
+        auth,
+        clients,
+        health,
+        metrics,
+        monitoring,
+        signals,
+        trades,
+    )
 
-    for module in (health, auth, accounts, clients, signals, approvals, trades, audit):
+    for module in (health, auth, accounts, clients, signals, approvals, trades, monitoring, audit):
         api.register_blueprint(module.blp)
+    # Prometheus' text format, not JSON: kept out of the OpenAPI document.
+    app.register_blueprint(metrics.blp)
     register_error_handlers(app)
 
     from web.cli import register_cli

@@ -323,3 +323,81 @@ class TradeQuerySchema(PageQuerySchema):
 
 
 TradePageSchema = page_of(TradeSchema)
+
+
+# --- reconciliation, positions, status ------------------------------------------------------------
+
+
+class PositionViewSchema(ma.Schema):
+    """An open position as the last sync saw it, with its attribution."""
+
+    account_id = fields.Integer()
+    ticket = fields.Integer()
+    identifier = fields.Integer()
+    symbol = fields.String()
+    side = fields.String()
+    volume = fields.String()
+    price_open = fields.String()
+    price_current = fields.String()
+    sl = fields.String(allow_none=True)
+    tp = fields.String(allow_none=True)
+    profit = fields.String()
+    magic = fields.Integer()
+    comment = fields.String()
+    opened_at = fields.String()
+    attribution = fields.String(metadata={"description": "tradeguard or outside"})
+    trade_id = fields.Integer(allow_none=True)
+    matched_by = fields.String(allow_none=True)
+    divergences = fields.List(fields.String())
+    opened_from = fields.String(allow_none=True, metadata={"description": "desktop, mobile, web or expert"})
+    synced_at = fields.DateTime(allow_none=True)
+
+
+class ReconciliationQuerySchema(PageQuerySchema):
+    event_type = fields.String(
+        load_default=None,
+        validate=validate.OneOf(["matched", "divergence", "closed_outside", "outside_position"]),
+    )
+    trade_id = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
+    since = fields.AwareDateTime(load_default=None, default_timezone=None)
+
+
+class ReconciliationEventSchema(ma.Schema):
+    id = fields.Integer()
+    account_id = fields.Integer()
+    trade_id = fields.Integer(allow_none=True)
+    event_type = fields.String()
+    position_ticket = fields.Integer()
+    symbol = fields.String()
+    side = fields.String(allow_none=True)
+    volume = ExactDecimal(max_places=4, max_value=Decimal("100000"), allow_none=True)
+    price_open = _price(allow_none=True)
+    sl = _price(allow_none=True)
+    tp = _price(allow_none=True)
+    opened_by = fields.String(allow_none=True)
+    close_reason = fields.String(allow_none=True)
+    close_price = _price(allow_none=True)
+    pnl = fields.Decimal(as_string=True, allow_none=True)
+    details = fields.Dict()
+    created_at = fields.DateTime()
+
+
+ReconciliationPageSchema = page_of(ReconciliationEventSchema)
+
+
+class AccountStatusSchema(ma.Schema):
+    account_id = fields.Integer()
+    currency = fields.String()
+    last_synced_at = fields.DateTime(allow_none=True)
+    sync_lag_seconds = fields.Float(allow_none=True)
+    last_sync_ms = fields.Integer(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    breaker = fields.String(metadata={"description": "closed, or open until breaker_open_until"})
+    breaker_open_until = fields.DateTime(allow_none=True)
+    consecutive_failures = fields.Integer()
+    equity = fields.Decimal(as_string=True, allow_none=True)
+    balance = fields.Decimal(as_string=True, allow_none=True)
+    peak_equity = fields.Decimal(as_string=True, allow_none=True)
+    drawdown_percent = fields.Decimal(as_string=True, allow_none=True)
+    margin_level = fields.Decimal(as_string=True, allow_none=True)
+    open_positions = fields.Integer(allow_none=True)

@@ -27,6 +27,7 @@ def upgrade():
     sa.Column('breaker_open_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('breaker_openings', sa.Integer(), nullable=False),
     sa.Column('peak_equity', sa.Numeric(precision=20, scale=4), nullable=True),
+    sa.Column('last_sync_ms', sa.Integer(), nullable=True),
     sa.Column('deals_synced_to', sa.DateTime(timezone=True), nullable=True),
     sa.Column('positions', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_account_sync_account_id_accounts')),

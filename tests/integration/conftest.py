@@ -10,8 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from shared import execution
+from shared.account_sync import BreakerSettings, sync_account
+from shared.db import db
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim import SimBroker, SimTerminal
+from shared.reconciliation import Tolerances
 
 BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
 
@@ -79,3 +82,40 @@ def approved(api):
         return signal["id"]
 
     return make
+
+
+@pytest.fixture
+def sync(db_session, broker):
+    unreachable: set[int] = set()
+
+    @contextmanager
+    def open_terminal(account):
+        if account.id in unreachable:
+            from shared.mt5.errors import TerminalUnavailable
+
+            raise TerminalUnavailable("connection refused", call="initialize")
+        with Gateway.from_module(
+            SimTerminal(broker), login=account.login, password="x", server=account.server, timeout=5
+        ) as gateway:
+            yield gateway
+
+    @contextmanager
+    def no_lock(name):
+        yield
+
+    def symbol_specs(account, terminal, names):
+        return {name: terminal.symbol(name) for name in names}
+
+    def sync(account_id, lock=no_lock):
+        return sync_account(
+            lambda: db.session(),
+            account_id,
+            open_terminal=open_terminal,
+            lock=lock,
+            symbol_specs=symbol_specs,
+            tolerances=Tolerances(),
+            breaker=BreakerSettings(failures_to_open=3, first_backoff_seconds=30),
+        )
+
+    sync.unreachable = unreachable
+    return sync

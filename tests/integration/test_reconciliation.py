@@ -3,58 +3,15 @@
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
 import redis
 import sqlalchemy as sa
 
-from shared.account_sync import BreakerSettings, sync_account
-from shared.db import db
 from shared.locks import redis_exclusive
 from shared.models import AccountSync, AuditLog, PositionSnapshot, ReconciliationLog, Trade, TradeState
 from shared.mt5 import constants as mt5c
-from shared.mt5.gateway import Gateway
-from shared.mt5.sim import SimTerminal
-from shared.reconciliation import Tolerances
-
-
-@pytest.fixture
-def sync(db_session, broker):
-    unreachable: set[int] = set()
-
-    @contextmanager
-    def open_terminal(account):
-        if account.id in unreachable:
-            from shared.mt5.errors import TerminalUnavailable
-
-            raise TerminalUnavailable("connection refused", call="initialize")
-        with Gateway.from_module(
-            SimTerminal(broker), login=account.login, password="x", server=account.server, timeout=5
-        ) as gateway:
-            yield gateway
-
-    @contextmanager
-    def no_lock(name):
-        yield
-
-    def symbol_specs(account, terminal, names):
-        return {name: terminal.symbol(name) for name in names}
-
-    def sync(account_id, lock=no_lock):
-        return sync_account(
-            lambda: db.session(),
-            account_id,
-            open_terminal=open_terminal,
-            lock=lock,
-            symbol_specs=symbol_specs,
-            tolerances=Tolerances(),
-            breaker=BreakerSettings(failures_to_open=3, first_backoff_seconds=30),
-        )
-
-    sync.unreachable = unreachable
-    return sync
 
 
 def events(db_session, account_id, kind=None):

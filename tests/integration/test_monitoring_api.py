@@ -1,0 +1,93 @@
+"""Positions, reconciliation events, account status and /metrics, as owners and operators see them."""
+
+from __future__ import annotations
+
+from shared.mt5 import constants as mt5c
+
+
+def test_positions_show_attribution_for_own_accounts_only(api, run, approved, sync, terminal, db_session):
+    from shared.models import Trade
+
+    signal_id = approved()
+    trade = db_session.get(Trade, run(signal_id).id)
+    manual = terminal.sim_open_manual(1001, "USDJPY", mt5c.ORDER_TYPE_BUY, 0.2)
+    assert sync(trade.account_id).status == "ok"
+
+    owner_headers = api.login(*_owner_of(db_session, trade.account_id))
+    listed = api.http.get("/api/v1/positions", headers=owner_headers).json
+    by_ticket = {p["identifier"]: p for p in listed}
+    assert by_ticket[trade.position_ticket]["attribution"] == "tradeguard"
+    assert by_ticket[trade.position_ticket]["trade_id"] == trade.id
+    assert by_ticket[manual]["attribution"] == "outside" and by_ticket[manual]["opened_from"] == "desktop"
+    assert all(p["account_id"] == trade.account_id for p in listed)
+
+    same = api.http.get(f"/api/v1/accounts/{trade.account_id}/positions", headers=owner_headers).json
+    assert same == listed
+    stranger = api.user()
+    assert api.http.get("/api/v1/positions", headers=stranger["headers"]).json == []
+    assert (
+        api.http.get(
+            f"/api/v1/accounts/{trade.account_id}/positions", headers=stranger["headers"]
+        ).status_code
+        == 404
+    )
+
+
+def test_reconciliation_events_filter_and_page(api, sync, terminal, db_session):
+    world = api.setup()
+    for symbol in ("EURUSD", "GBPUSD", "XAUUSD"):
+        terminal.sim_open_manual(1001, symbol, mt5c.ORDER_TYPE_BUY, 0.1)
+    sync(world["account"]["id"])
+    headers = world["user"]["headers"]
+    url = f"/api/v1/reconciliation/{world['account']['id']}"
+    page = api.http.get(f"{url}?event_type=outside_position&per_page=2", headers=headers).json
+    assert page["total"] == 3 and len(page["items"]) == 2
+    assert {e["event_type"] for e in page["items"]} == {"outside_position"}
+    assert api.http.get(f"{url}?event_type=matched", headers=headers).json["total"] == 0
+    assert api.http.get(f"{url}?since=2099-01-01T00:00:00Z", headers=headers).json["total"] == 0
+    bad = api.http.get(f"{url}?event_type=exploded", headers=headers)
+    assert bad.status_code == 422 and "event_type" in bad.json["error"]["fields"]
+    assert api.http.get(url, headers=api.user()["headers"]).status_code == 404
+
+
+def test_status_shows_figures_lag_and_the_breaker(api, sync, db_session):
+    healthy, failing = api.setup(), api.setup()
+    sync(healthy["account"]["id"])
+    status = api.http.get(
+        f"/api/v1/accounts/{healthy['account']['id']}/status", headers=healthy["user"]["headers"]
+    ).json
+    assert status["breaker"] == "closed" and status["consecutive_failures"] == 0
+    assert status["equity"] == "10000.0000" and status["peak_equity"] == "10000.0000"
+    assert status["drawdown_percent"] == "0.0000" and status["open_positions"] == 0
+    assert status["currency"] == "USD" and 0 <= status["sync_lag_seconds"] < 60
+
+    sync.unreachable.add(failing["account"]["id"])
+    for _ in range(3):
+        sync(failing["account"]["id"])
+    status = api.http.get(
+        f"/api/v1/accounts/{failing['account']['id']}/status", headers=failing["user"]["headers"]
+    ).json
+    assert status["breaker"] == "open" and status["breaker_open_until"] is not None
+    assert status["consecutive_failures"] == 3 and "TerminalUnavailable" in status["last_error"]
+    assert status["last_synced_at"] is None and status["equity"] is None
+
+
+def test_metrics_are_prometheus_text(api, sync, client):
+    world = api.setup()
+    sync(world["account"]["id"])
+    sync.unreachable.add(api.setup()["account"]["id"])
+    body = client.get("/metrics")
+    assert body.status_code == 200 and body.mimetype == "text/plain"
+    text = body.get_data(as_text=True)
+    assert "tradeguard_accounts 2" in text
+    assert "tradeguard_accounts_never_synced 1" in text
+    assert 'tradeguard_sync_lag_seconds_bucket{le="+Inf"} 1' in text
+    assert "tradeguard_breakers_open 0" in text
+
+
+def _owner_of(db_session, account_id):
+    from shared.models import Account, User
+
+    account = db_session.get(Account, account_id)
+    user = db_session.get(User, account.owner_id)
+    return user.email, "correct horse"

@@ -1,0 +1,81 @@
+"""Prometheus metrics, computed from the database at scrape time.
+
+Reading them from the rows the workers write (rather than from counters inside each worker process)
+keeps them right however many workers run on however many machines.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, Response
+
+from shared.db import utcnow
+from shared.models import Account, AccountSync, ReconciliationLog
+from web.extensions import db
+
+blp = Blueprint("metrics", __name__)
+
+_LAG_BUCKETS = (5, 10, 15, 30, 60, 120, 300, 600)
+_DURATION_BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def _histogram(name: str, help_text: str, values: list[float], buckets: tuple[float, ...]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    for bound in buckets:
+        lines.append(f'{name}_bucket{{le="{bound}"}} {sum(1 for v in values if v <= bound)}')
+    lines.append(f'{name}_bucket{{le="+Inf"}} {len(values)}')
+    lines.append(f"{name}_sum {sum(values)}")
+    lines.append(f"{name}_count {len(values)}")
+    return lines
+
+
+@blp.get("/metrics")
+def metrics() -> Response:
+    now = utcnow()
+    syncs = db.session.execute(
+        sa.select(
+            AccountSync.last_synced_at,
+            AccountSync.last_sync_ms,
+            AccountSync.breaker_open_until,
+            AccountSync.breaker_openings,
+        )
+    ).all()
+    accounts = db.session.scalar(sa.select(sa.func.count()).select_from(Account)) or 0
+    divergences = db.session.execute(
+        sa.select(ReconciliationLog.event_type, sa.func.count()).group_by(ReconciliationLog.event_type)
+    ).all()
+    lags = [(now - row.last_synced_at).total_seconds() for row in syncs if row.last_synced_at]
+    durations = [float(row.last_sync_ms) for row in syncs if row.last_sync_ms is not None]
+    open_breakers = sum(1 for row in syncs if row.breaker_open_until and row.breaker_open_until > now)
+    openings = sum(row.breaker_openings or 0 for row in syncs)
+
+    lines = [
+        "# HELP tradeguard_accounts Broker accounts known to TradeGuard.",
+        "# TYPE tradeguard_accounts gauge",
+        f"tradeguard_accounts {accounts}",
+        "# HELP tradeguard_accounts_never_synced Accounts without a successful reconciliation yet.",
+        "# TYPE tradeguard_accounts_never_synced gauge",
+        f"tradeguard_accounts_never_synced {accounts - len(lags)}",
+        "# HELP tradeguard_sync_lag_max_seconds Age of the stalest successful reconciliation.",
+        "# TYPE tradeguard_sync_lag_max_seconds gauge",
+        f"tradeguard_sync_lag_max_seconds {max(lags) if lags else 0}",
+        *_histogram(
+            "tradeguard_sync_lag_seconds", "Age of each account's last reconciliation.", lags, _LAG_BUCKETS
+        ),
+        *_histogram(
+            "tradeguard_sync_duration_milliseconds",
+            "How long each account's last reconciliation took.",
+            durations,
+            _DURATION_BUCKETS_MS,
+        ),
+        "# HELP tradeguard_reconciliation_events_total Reconciliation events recorded, by type.",
+        "# TYPE tradeguard_reconciliation_events_total counter",
+        *[f'tradeguard_reconciliation_events_total{{type="{kind}"}} {count}' for kind, count in divergences],
+        "# HELP tradeguard_breakers_open Accounts backed off by their circuit breaker right now.",
+        "# TYPE tradeguard_breakers_open gauge",
+        f"tradeguard_breakers_open {open_breakers}",
+        "# HELP tradeguard_breaker_openings_total Times any account's circuit breaker opened.",
+        "# TYPE tradeguard_breaker_openings_total counter",
+        f"tradeguard_breaker_openings_total {openings}",
+    ]
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
