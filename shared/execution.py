@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from shared import audit
 from shared.db import DbSession, utcnow
@@ -191,8 +192,13 @@ def _claim_trade(session: DbSession, signal_id: int, settings: ExecutionSettings
             requested_sl=signal.sl,
             requested_tp=signal.tp,
         )
-        session.add(trade)
-        session.flush()
+        try:
+            with session.begin_nested():
+                session.add(trade)
+                session.flush()
+        except IntegrityError:
+            # Another worker made the trade for this signal a moment ago (a duplicate message).
+            return session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
         trade.comment = trade_comment(trade.id)
         _record(session, trade, "trade.created")
         session.commit()

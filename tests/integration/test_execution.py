@@ -207,3 +207,42 @@ def test_the_dispatch_sweep_re_enqueues_approved_signals_left_without_a_trade(
     monkeypatch.setattr(workers.tasks, "enqueue_execution", sent.append)
     assert workers.tasks.dispatch_approved.run() == 1
     assert sent == [signal_id]
+
+
+def test_two_workers_claiming_one_signal_make_one_trade(app, committed_db, tmp_path, monkeypatch):
+    """Two deliveries of one message race to create the trade row: one row, one order."""
+    import threading
+
+    import workers.tasks
+    from shared.db import db
+    from tests.conftest import Api
+
+    monkeypatch.setattr(workers.tasks, "enqueue_execution", lambda signal_id: None)
+    api = Api(app.test_client())
+    world = api.setup()
+    signal_id = api.send_signal(world["client"], BUY).json["id"]
+    decided = api.http.post(
+        "/api/v1/approvals",
+        json={"signal_id": signal_id, "decision": "approve"},
+        headers=world["user"]["headers"],
+    )
+    assert decided.status_code == 201
+    claimed: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def claim():
+        with app.app_context():
+            barrier.wait()
+            trade = execution._claim_trade(
+                db.session, signal_id, execution.ExecutionSettings(lock_dir=tmp_path)
+            )
+            claimed.append(trade.id)
+            db.session.remove()
+
+    threads = [threading.Thread(target=claim) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(claimed) == 2 and claimed[0] == claimed[1]
+    assert committed_db.scalar(sa.select(sa.func.count()).select_from(Trade)) == 1
