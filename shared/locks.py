@@ -22,7 +22,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-
 log = logging.getLogger(__name__)
 
 

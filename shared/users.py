@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -12,8 +14,15 @@ from shared.errors import Conflict, NotAuthenticated
 from shared.models import Role, User
 
 _hasher = PasswordHasher()
-# Verified when the email is unknown, so that a wrong email takes as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("tradeguard-timing-equaliser")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the email is unknown, so that a wrong email takes as long as a wrong password.
+
+    Made on first use, not at import: argon2 takes 64 MiB to hash, and every worker process imports
+    this module without ever checking a password."""
+    return _hasher.hash("tradeguard-timing-equaliser")
 
 
 def normalise_email(email: str) -> str:
@@ -46,7 +55,7 @@ def register(session: DbSession, email: str, password: str, role: Role = Role.US
 def authenticate(session: DbSession, email: str, password: str) -> User:
     user = session.scalar(sa.select(User).where(User.email == normalise_email(email)))
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher.verify(user.password_hash if user else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         raise NotAuthenticated("wrong email or password") from None
     if user is None:

@@ -7,6 +7,7 @@ task in its app context and one database transaction, and remove the session aft
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Celery, Task
@@ -19,15 +20,22 @@ celery_app = Celery("tradeguard", include=["workers.tasks"])
 celery_app.config_from_object("celeryconfig")
 
 _flask_app: Flask | None = None
+_flask_app_lock = threading.Lock()
 
 
 def flask_app() -> Flask:
-    """This process's Flask app, created on first use (after any fork)."""
+    """This process's Flask app, created on first use (after any fork).
+
+    Locked: the reconciliation threads of a fresh pool process all ask at once, and each building its
+    own app would mean its own engine and connection pool (and, measured, running out of connections).
+    """
     global _flask_app
     if _flask_app is None:
-        from web import create_app
+        with _flask_app_lock:
+            if _flask_app is None:
+                from web import create_app
 
-        _flask_app = create_app()
+                _flask_app = create_app()
     return _flask_app
 
 
