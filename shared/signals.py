@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import scoped_session
 
 from shared import audit
 from shared.crypto import SecretBox
@@ -169,7 +170,7 @@ def authenticate_client(
 
 @dataclass(frozen=True)
 class IngestResult:
-    signal: Signal
+    signal: Signal | StoredSignal
     created: bool  # False when an idempotent retry returned the signal made the first time
 
 
@@ -197,32 +198,119 @@ def _existing_for(
     return None
 
 
-# Postgres: the signal, its audit row and the revocation check in one statement, so a new signal
-# costs one round trip besides BEGIN and COMMIT. ON CONFLICT DO NOTHING covers both unique
-# constraints: (client, idempotency key) and the signature.
-_PG_INGEST = sa.text(
-    """
+# Postgres: the signal, its audit row and the revocation check in one statement, so a new signal costs
+# one round trip. ON CONFLICT DO NOTHING covers both unique constraints: (client, idempotency key) and
+# the signature. It is a server-side prepared statement, parsed and planned once per connection, and
+# returns a fixed column list (not *) so that a column added by a later migration cannot invalidate
+# the prepared plan's result type.
+_SIGNAL_COLUMNS = (
+    "id",
+    "owner_id",
+    "account_id",
+    "client_id",
+    "instrument",
+    "side",
+    "volume",
+    "price",
+    "sl",
+    "tp",
+    "comment",
+    "status",
+    "ttl_seconds",
+    "expires_at",
+    "idempotency_key",
+    "signature",
+    "body_sha256",
+    "created_at",
+    "decided_at",
+)
+_PG_INGEST_NAME = "tradeguard_ingest_signal_v1"
+# (name, Postgres type) of each parameter, in order: $1, $2, ...
+_PG_INGEST_PARAMS = (
+    ("client_id", "integer"),
+    ("instrument", "varchar"),
+    ("side", "varchar"),
+    ("volume", "numeric"),
+    ("price", "numeric"),
+    ("sl", "numeric"),
+    ("tp", "numeric"),
+    ("comment", "varchar"),
+    ("status", "varchar"),
+    ("ttl_seconds", "integer"),
+    ("expires_at", "timestamptz"),
+    ("idempotency_key", "varchar"),
+    ("signature", "varchar"),
+    ("body_sha256", "varchar"),
+    ("created_at", "timestamptz"),
+    ("actor_type", "varchar"),
+    ("action", "varchar"),
+    ("meta", "jsonb"),
+)
+# Literal SQL, no values interpolated: the parameter types follow _PG_INGEST_PARAMS and the returned
+# columns _SIGNAL_COLUMNS (a test checks both).
+_PG_INGEST_PREPARE = """
+    PREPARE tradeguard_ingest_signal_v1 (integer, varchar, varchar, numeric, numeric, numeric, numeric,
+                                         varchar, varchar, integer, timestamptz, varchar, varchar,
+                                         varchar, timestamptz, varchar, varchar, jsonb) AS
     WITH new_signal AS (
         INSERT INTO signals (owner_id, account_id, client_id, instrument, side, volume, price, sl, tp,
                              comment, status, ttl_seconds, expires_at, idempotency_key, signature,
                              body_sha256, created_at)
-        SELECT c.owner_id, c.account_id, c.id, :instrument, :side, CAST(:volume AS numeric),
-               CAST(:price AS numeric), CAST(:sl AS numeric), CAST(:tp AS numeric), :comment, :status,
-               :ttl_seconds, CAST(:expires_at AS timestamptz), :idempotency_key, :signature,
-               :body_sha256, CAST(:created_at AS timestamptz)
+        SELECT c.owner_id, c.account_id, c.id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
         FROM strategy_clients AS c
-        WHERE c.id = :client_id AND NOT c.revoked
+        WHERE c.id = $1 AND NOT c.revoked
         ON CONFLICT DO NOTHING
-        RETURNING *
+        RETURNING id, owner_id, account_id, client_id, instrument, side, volume, price, sl, tp, comment,
+                  status, ttl_seconds, expires_at, idempotency_key, signature, body_sha256, created_at,
+                  decided_at
     ), received AS (
         INSERT INTO audit_log (actor_type, actor_id, action, target_type, target_id, meta, created_at)
-        SELECT :actor_type, client_id, :action, 'signal', id, CAST(:meta AS jsonb), created_at
+        SELECT $16, client_id, $17, 'signal', id, $18, created_at
         FROM new_signal
     )
-    SELECT * FROM new_signal
-    """
-)
-_pg_ingest_statement = sa.select(Signal).from_statement(_PG_INGEST.columns(*Signal.__table__.c))
+    SELECT id, owner_id, account_id, client_id, instrument, side, volume, price, sl, tp, comment, status,
+           ttl_seconds, expires_at, idempotency_key, signature, body_sha256, created_at, decided_at
+    FROM new_signal
+"""
+_PG_INGEST_EXECUTE = f"EXECUTE {_PG_INGEST_NAME} ({', '.join(['%s'] * len(_PG_INGEST_PARAMS))})"
+_PREPARED_KEY = "tradeguard.ingest_prepared"
+
+
+@dataclass(frozen=True)
+class StoredSignal:
+    """A signal as the ingest statement returned it: the attributes of `Signal` that readers use,
+    without an ORM object (and its identity-map bookkeeping) behind them."""
+
+    id: int
+    owner_id: int
+    account_id: int
+    client_id: int
+    instrument: str
+    side: Side
+    volume: Decimal
+    price: Decimal | None
+    sl: Decimal | None
+    tp: Decimal | None
+    comment: str | None
+    status: SignalStatus
+    ttl_seconds: int
+    expires_at: datetime
+    idempotency_key: str | None
+    signature: str
+    body_sha256: str
+    created_at: datetime
+    decided_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> StoredSignal:
+        values = dict(zip(_SIGNAL_COLUMNS, row, strict=True))
+        values["side"] = Side(values["side"])
+        values["status"] = SignalStatus(values["status"])
+        for name in ("expires_at", "created_at", "decided_at"):
+            if values[name] is not None:
+                values[name] = values[name].astimezone(UTC)
+        return cls(**values)
+
 
 _RECEIVED = "signal.received"
 
@@ -240,9 +328,21 @@ def _received_meta(
 
 
 def _insert_postgres(
-    session: DbSession, client: ClientIdentity, values: dict[str, Any], meta: dict[str, Any]
-) -> Signal | None:
-    params = {
+    session: DbSession,
+    bind: sa.Engine | sa.Connection,
+    client: ClientIdentity,
+    values: dict[str, Any],
+    meta: dict[str, Any],
+) -> StoredSignal | None:
+    """Run the prepared ingest statement; the stored signal, or None when nothing was inserted.
+
+    When the session has no transaction open (the usual case: the client's secret came from the cache),
+    the statement runs alone in autocommit on a pooled connection: one statement is one transaction,
+    so the signal and its audit row are committed together, durably, before this returns, and
+    BEGIN and COMMIT cost no round trips. Otherwise (the session already holds a transaction, or is
+    bound to a Connection as in the tests) it joins the session's transaction and the caller commits.
+    """
+    named = {
         **values,
         "side": values["side"].value,
         "status": values["status"].value,
@@ -251,7 +351,58 @@ def _insert_postgres(
         "action": _RECEIVED,
         "meta": json.dumps(meta),
     }
-    return session.scalars(_pg_ingest_statement, params).one_or_none()
+    params = tuple(named[name] for name, _ in _PG_INGEST_PARAMS)
+    plain_session = session() if isinstance(session, scoped_session) else session
+    if isinstance(bind, sa.Engine) and not plain_session.in_transaction():
+        row = _ingest_autocommit(bind, params)
+    else:
+        row = _ingest_in_transaction(session.connection(), params)
+    return None if row is None else StoredSignal.from_row(row)
+
+
+def _ingest_in_transaction(connection: sa.Connection, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    info = connection.connection.info
+    if not info.get(_PREPARED_KEY):
+        connection.exec_driver_sql(_PG_INGEST_PREPARE)
+        info[_PREPARED_KEY] = True
+    row = connection.exec_driver_sql(_PG_INGEST_EXECUTE, params).fetchone()
+    return None if row is None else tuple(row)
+
+
+def _ingest_autocommit(engine: sa.Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    import psycopg2.errors
+
+    pooled = engine.raw_connection()
+    dbapi_connection: Any = pooled.driver_connection
+    try:
+        dbapi_connection.autocommit = True
+        cursor = dbapi_connection.cursor()
+        try:
+            for attempt in (1, 2):
+                if not pooled.info.get(_PREPARED_KEY):
+                    cursor.execute(_PG_INGEST_PREPARE)
+                    pooled.info[_PREPARED_KEY] = True
+                try:
+                    cursor.execute(_PG_INGEST_EXECUTE, params)
+                except psycopg2.errors.InvalidSqlStatementName:
+                    # Deallocated behind our back (DISCARD ALL, say): prepare it again, once.
+                    pooled.info.pop(_PREPARED_KEY, None)
+                    if attempt == 2:
+                        raise
+                    continue
+                row: tuple[Any, ...] | None = cursor.fetchone()
+                return row
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            cursor.close()
+            if not dbapi_connection.closed:
+                dbapi_connection.autocommit = False
+    except Exception as exc:
+        if dbapi_connection.closed:  # the server went away: never hand this connection out again
+            pooled.invalidate(exc)
+        raise
+    finally:
+        pooled.close()
 
 
 def _insert_generic(
@@ -298,6 +449,9 @@ def ingest_signal(
     The insert comes first and lets the unique constraints decide, which is also what makes concurrent
     duplicates safe: Postgres makes the loser wait for the winner's commit, and the loser then reads
     what the winner stored. A client revoked since its secret was cached inserts nothing and gets 401.
+
+    On Postgres, when the session has no transaction open, a new signal and its audit row are committed
+    by the one insert statement itself (autocommit) before this returns; see `_insert_postgres`.
     """
     signature = signature.strip().lower()
     now = utcnow()
@@ -319,8 +473,12 @@ def ingest_signal(
         "created_at": now,
     }
     meta = _received_meta(client, data, idempotency_key)
-    insert = _insert_postgres if session.get_bind().dialect.name == "postgresql" else _insert_generic
-    signal = insert(session, client, values, meta)
+    signal: Signal | StoredSignal | None
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        signal = _insert_postgres(session, bind, client, values, meta)
+    else:
+        signal = _insert_generic(session, client, values, meta)
     if signal is not None:
         return IngestResult(signal, created=True)
 

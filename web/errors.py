@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from flask_smorest import Api
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import TradeGuardError
@@ -70,6 +71,24 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(TradeGuardError)
     def _domain_error(error: TradeGuardError) -> tuple[Response, int]:
         return error_response(error.http_status, error.message, error.code, error.fields)
+
+    @app.errorhandler(sa_exc.OperationalError)
+    @app.errorhandler(sa_exc.TimeoutError)
+    def _database_unavailable(error: Exception) -> tuple[Response, int]:
+        # The database is down, restarting or out of connections: nothing was stored, and the same
+        # request (with its Idempotency-Key) can safely be sent again.
+        log.warning("database unavailable: %s", error)
+        return error_response(
+            503, "the database is unavailable; nothing was stored, retry shortly", "unavailable"
+        )
+
+    try:
+        import psycopg2
+
+        # The ingest hot path talks to psycopg2 directly, so its errors arrive unwrapped.
+        app.register_error_handler(psycopg2.OperationalError, _database_unavailable)
+    except ImportError:  # pragma: no cover - psycopg2 is a requirement
+        pass
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Any:

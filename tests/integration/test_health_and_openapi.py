@@ -86,3 +86,13 @@ def test_unknown_paths_and_methods_get_the_json_envelope(client):
 def test_an_oversized_body_is_413_json(client):
     response = client.post("/api/v1/auth/register", data=b"x" * (70 * 1024), content_type="application/json")
     assert response.status_code == 413 and response.json["error"]["code"] == "payload_too_large"
+
+
+def test_a_database_outage_is_a_503_json_not_a_500(tmp_path):
+    settings = replace(load_settings(), database_url="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
+    down = create_app(settings, SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"connect_timeout": 2}})
+    response = down.test_client().post(
+        "/api/v1/auth/login", json={"email": "a@example.com", "password": "whatever1"}
+    )
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "unavailable" and "retry" in response.json["error"]["message"]
