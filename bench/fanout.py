@@ -1,7 +1,7 @@
 """Reconciliation fan-out benchmark: one beat tick, real Celery workers, the real `terminal` process.
 
     PYTHONPATH=. .venv/bin/python bench/fanout.py --accounts 1000 [--pool prefork] [--concurrency 2]
-        [--batch-size 25] [--workers 1] [--latency-ms 100] [--sim stock|indexed] [--terminals 1]
+        [--batch-size 25] [--workers 1] [--latency-ms 100] [--terminals 1]
         [--warm] [--profile 5]
 
 It creates a throw-away Postgres database (built with the migrations, dropped at the end, also on
@@ -18,8 +18,10 @@ until they are ready, sends ONE `tradeguard.reconcile_tick` and polls Postgres u
 `--warm` first runs one unmeasured tick (fills the workers' symbol cache, the accounts' sync rows and
 the recorded outside positions) and then measures a second one: the steady state of a running system.
 
-`--sim indexed` serves the terminal from bench/fanout_sim.py: the same server, with the simulator's
-positions indexed by login (the stock simulator costs O(accounts x positions) per call under one lock).
+The terminal is the stock one (`python -m workers.terminal`): the simulator indexes open positions by
+login and symbol and checks stops and stop-outs only where prices moved past them, so a call costs the
+calling account's positions, not the whole book's. `--sim stock|indexed` is still accepted for old
+command lines; both mean the stock terminal (the patched `bench/fanout_sim.py` is gone).
 
 The tick's messages expire after TRADEGUARD_RECONCILE_INTERVAL_SECONDS; the benchmark sets it to
 `--interval` (default 3600) so that a backlog is measured, not dropped, and reports separately how many
@@ -570,7 +572,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="separate worker processes (celery instances)")
     parser.add_argument("--batch-size", type=int, default=25, help="TRADEGUARD_RECONCILE_BATCH_SIZE")
-    parser.add_argument("--sim", default="stock", choices=("stock", "indexed"))
+    parser.add_argument(
+        "--sim", default="stock", choices=("stock", "indexed"), help="ignored: both are the stock terminal"
+    )
     parser.add_argument("--terminals", type=int, default=1, help="terminal processes (accounts spread)")
     parser.add_argument("--warm", action="store_true", help="measure a second tick after a warm-up tick")
     parser.add_argument(
@@ -631,7 +635,7 @@ def main() -> None:
 
         # Terminals.
         ports, terminal_pids = [], []
-        module = "workers.terminal" if args.sim == "stock" else "bench.fanout_sim"
+        module = "workers.terminal"
         for t in range(args.terminals):
             port = free_port()
             proc = group.start(
@@ -791,7 +795,7 @@ def main() -> None:
         results = {
             "accounts": n,
             "config": f"{args.workers}x {args.pool} -c {args.concurrency} batch {args.batch_size} "
-            f"sim {args.sim} x{args.terminals}{' warm' if args.warm else ''}",
+            f"x{args.terminals}{' warm' if args.warm else ''}",
             "reconciled": tick["synced"],
             "failed": tick["failed"],
             "wall_s": round(wall, 2),
@@ -819,7 +823,7 @@ def main() -> None:
         print(
             f"reconciliation fan-out: {os.cpu_count()} CPUs, {n} accounts x {args.positions} positions "
             f"({args.trades} booked trades each), terminal latency {args.latency_ms:g} ms/call, "
-            f"{args.terminals} terminal process(es), sim {args.sim}"
+            f"{args.terminals} terminal process(es)"
         )
         print(
             f"workers: {args.workers} x celery -P {args.pool} -c {args.concurrency}, "

@@ -32,6 +32,14 @@ Server-side checks run at the start of every broker operation (reads included), 
 - stop-out: while an account's margin level is below its `margin_so_so` (50 % by default), its most
   losing position is closed at market with reason DEAL_REASON_SO.
 
+These checks cost what changed, not the size of the book, so one broker can serve thousands of accounts:
+open positions are indexed by login and by symbol, each symbol keeps its SL and TP levels in heaps (a check
+looks at the nearest levels only), and each account with positions gets a price window per symbol its
+figures depend on, computed when its figures were last checked exactly, within which it provably stays
+above its stop-out level; only accounts whose window a price left (or whose positions, balance or a
+spread changed) are checked again. The results are those of checking every position and account at
+every call. `SimBroker.position_visits` counts the positions the broker examined (a diagnostic).
+
 Money is in the account currency, rounded to 2 digits per figure; cross rates come from the symbols' mid
 prices. Accounts are hedging accounts (several positions per symbol). Pending orders, TRADE_ACTION_MODIFY,
 REMOVE and CLOSE_BY are not simulated: order_send answers them TRADE_RETCODE_INVALID.
@@ -42,6 +50,7 @@ from __future__ import annotations
 import calendar
 import fnmatch
 import functools
+import heapq
 import math
 import os
 import random
@@ -93,6 +102,9 @@ DEMO_CURRENCY = "USD"
 DEMO_LEVERAGE = 100
 FIRST_TICKET = 1_000_000
 _EPSILON = 1e-9
+# A stop-out window uses this share of the price move its account can provably take (float headroom).
+_WINDOW_SAFETY = 0.5
+_MAX_WINDOW_LOG = 20.0
 
 # last_error() messages, as the official package words them.
 _MESSAGES: dict[int, str] = {
@@ -282,6 +294,13 @@ def _opposite(order_type: int) -> int:
     return C.ORDER_TYPE_SELL if order_type == C.ORDER_TYPE_BUY else C.ORDER_TYPE_BUY
 
 
+def _stop_sign(position_type: int, field: str) -> int:
+    """+1 or -1 such that the SL ("sl") or TP ("tp") of a position of this type triggers when
+    sign * market price >= sign * level (a buy closes at the bid: SL when bid <= sl, TP when bid >= tp)."""
+    buy = position_type == C.ORDER_TYPE_BUY
+    return (-1 if buy else 1) if field == "sl" else (1 if buy else -1)
+
+
 def _reasons(magic: int) -> tuple[int, int, int]:
     """(order, deal, position) reasons for a trade sent through the API: an Expert Advisor's when it
     carries a magic number, a desktop client's otherwise."""
@@ -343,7 +362,24 @@ class SimBroker:
         self._open_demo = accounts is None
         self._accounts: dict[int, _Account] = {}
         self._positions: dict[int, _Position] = {}
+        # The same open positions by login and by symbol, both in ticket order, kept in step by _open/_close.
+        self._by_login: dict[int, dict[int, _Position]] = {}
+        self._by_symbol: dict[str, dict[int, _Position]] = {}
         self._closed_positions: set[int] = set()
+        # SL/TP heaps: {symbol: {(position type, "sl" | "tp"): [(sign * level, ticket)]}}, where sign makes
+        # the level that triggers first the smallest key: a level triggers when sign * market >= key.
+        # Entries of closed positions and of changed levels are dropped when met (and by compaction).
+        self._stop_heaps: dict[str, dict[tuple[int, str], list[tuple[float, int]]]] = {}
+        # Stop-out windows (see _set_window): {(symbol, sign): [(sign * bid bound, login, version)]}, sign -1
+        # for the lower and +1 for the upper bound of each account's window; a bid leaves the window when
+        # key < sign * bid. Only entries with the login's current version (self._so_windows) count.
+        self._so_bounds: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
+        self._so_windows: dict[int, int] = {}  # login -> version of its current window
+        self._so_next_version = 0
+        self._so_dirty: set[int] = set()  # logins to check exactly at the next refresh
+        self._so_spreads: dict[str, int] = {}  # spreads the windows were computed with
+        self._rate_paths: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.position_visits = 0  # positions examined by the broker, a diagnostic (tests, benchmarks)
         self._orders: list[tuple[int, TradeOrder]] = []  # (login, order), in ticket order
         self._deals: list[tuple[int, TradeDeal]] = []
         self._next_ticket = FIRST_TICKET
@@ -469,6 +505,22 @@ class SimBroker:
             return self._rate(from_ccy, "USD") * self._rate("USD", to_ccy)
         raise SimError(f"no symbol converts {from_ccy} into {to_ccy}")
 
+    def _rate_symbols(self, from_ccy: str, to_ccy: str) -> tuple[str, ...]:
+        """The symbols whose prices `_rate(from_ccy, to_ccy)` reads (mirrors it; cached)."""
+        key = (from_ccy, to_ccy)
+        path = self._rate_paths.get(key)
+        if path is None:
+            path = ()
+            if from_ccy != to_ccy:
+                for name, quote in self._quotes.items():
+                    if {quote.spec.currency_base, quote.spec.currency_profit} == {from_ccy, to_ccy}:
+                        path = (name,)
+                        break
+                else:
+                    path = self._rate_symbols(from_ccy, "USD") + self._rate_symbols("USD", to_ccy)
+            self._rate_paths[key] = path
+        return path
+
     def _profit(
         self,
         symbol: str,
@@ -504,7 +556,9 @@ class SimBroker:
         )
 
     def _account_positions(self, login: int) -> list[_Position]:
-        return [p for p in self._positions.values() if p.login == login]
+        positions = list(self._by_login.get(login, {}).values())
+        self.position_visits += len(positions)
+        return positions
 
     def _figures(self, account: _Account, extra_margin: float = 0.0) -> _Figures:
         positions = self._account_positions(account.login)
@@ -518,8 +572,45 @@ class SimBroker:
 
     # ----- server-side events ------------------------------------------------------------------------
 
+    def _push_stops(self, position: _Position) -> None:
+        """Put the position's SL and TP levels into its symbol's heaps (after opening or a change)."""
+        books = self._stop_heaps.setdefault(position.symbol, {})
+        live = len(self._by_symbol.get(position.symbol, ()))
+        for field in ("sl", "tp"):
+            level = getattr(position, field)
+            if level <= 0:
+                continue
+            sign = _stop_sign(position.type, field)
+            heap = books.setdefault((position.type, field), [])
+            heapq.heappush(heap, (sign * level, position.ticket))
+            if len(heap) > 2 * live + 32:  # mostly stale entries: rebuild from the open positions
+                positions = self._by_symbol.get(position.symbol, {}).values()
+                self.position_visits += live
+                heap[:] = [
+                    (sign * getattr(p, field), p.ticket)
+                    for p in positions
+                    if p.type == position.type and getattr(p, field) > 0
+                ]
+                heapq.heapify(heap)
+
     def _run_stops(self, now: float) -> None:
-        for position in sorted(self._positions.values(), key=lambda p: p.ticket):
+        # Only the heap entries at or beyond the market are looked at; those of closed positions and changed
+        # levels are dropped on the way. Closing does not move prices, so the positions hit are those of one
+        # pass over the whole book, closed in ticket order as such a pass would.
+        hit: dict[int, _Position] = {}
+        for symbol, books in self._stop_heaps.items():
+            bid, ask = self._quotes[symbol].prices()
+            for (position_type, field), heap in books.items():
+                sign = _stop_sign(position_type, field)
+                bound = sign * (bid if position_type == C.ORDER_TYPE_BUY else ask)
+                while heap and heap[0][0] <= bound:
+                    key, ticket = heapq.heappop(heap)
+                    self.position_visits += 1
+                    position = self._positions.get(ticket)
+                    if position is not None and sign * getattr(position, field) == key:
+                        hit[ticket] = position
+        for ticket in sorted(hit):
+            position = hit[ticket]
             spec = self._quotes[position.symbol].spec
             market = self._close_price(position)
             if position.type == C.ORDER_TYPE_BUY:
@@ -553,28 +644,92 @@ class SimBroker:
                 )
 
     def _run_stop_outs(self, now: float) -> None:
-        logins = {p.login for p in self._positions.values()}
-        for login in sorted(logins):
-            account = self._accounts[login]
-            while True:
-                figures = self._figures(account)
-                if figures.margin <= 0 or figures.margin_level >= account.margin_so_so:
-                    break
-                worst = min(
-                    self._account_positions(login),
-                    key=lambda p: (self._position_profit(account, p), p.ticket),
-                )
-                comment = f"[so {figures.margin_level:.2f}%/{figures.equity:.2f}/{figures.margin:.2f}]"
-                self._close(
-                    worst,
-                    worst.volume,
-                    self._close_price(worst),
-                    C.ORDER_REASON_SO,
-                    C.DEAL_REASON_SO,
-                    worst.magic,
-                    comment,
-                    now,
-                )
+        # Exactly checked: the accounts whose positions or balance changed, and those whose window a price
+        # left. The others provably are above their stop-out level, so checking them would change nothing.
+        spreads_changed = False
+        for name, quote in self._quotes.items():
+            if self._so_spreads.get(name) != quote.spread:
+                self._so_spreads[name] = quote.spread
+                spreads_changed = True
+        if spreads_changed:  # a window assumes the spreads it was computed with: check them all again
+            self._so_dirty.update(self._so_windows)
+        for (symbol, sign), heap in self._so_bounds.items():
+            bound = sign * self._quotes[symbol].prices()[0]
+            while heap and heap[0][0] < bound:
+                _, login, version = heapq.heappop(heap)
+                if self._so_windows.get(login) == version:
+                    self._so_dirty.add(login)
+        for login in sorted(self._so_dirty):
+            self._check_stop_out(login, now)
+        self._so_dirty.clear()
+
+    def _check_stop_out(self, login: int, now: float) -> None:
+        account = self._accounts[login]
+        while True:
+            figures = self._figures(account)
+            if figures.margin <= 0 or figures.margin_level >= account.margin_so_so:
+                break
+            worst = min(
+                self._account_positions(login),
+                key=lambda p: (self._position_profit(account, p), p.ticket),
+            )
+            comment = f"[so {figures.margin_level:.2f}%/{figures.equity:.2f}/{figures.margin:.2f}]"
+            self._close(
+                worst,
+                worst.volume,
+                self._close_price(worst),
+                C.ORDER_REASON_SO,
+                C.DEAL_REASON_SO,
+                worst.magic,
+                comment,
+                now,
+            )
+        self._set_window(account, figures)
+
+    def _set_window(self, account: _Account, figures: _Figures) -> None:
+        """Give the account (just checked: `figures` are its current ones) a window of bids, one per
+        symbol its figures read, within which its margin level stays at or above its stop-out level.
+
+        With every such bid within a factor e^(+-w) of today's (spreads unchanged), a close price or mid
+        moves by at most that factor too and a conversion rate (one or two symbols) by e^(+-2w), so each
+        position's profit moves by at most volume * contract * rate * (close + open) * (e^3w - 1) and its
+        margin by volume * contract * mid * rate / leverage * (e^3w - 1), plus 0.01 of rounding each (and
+        0.01 per rounded sum). The level, round(equity / margin * 100, 2), stays >= margin_so_so while
+        equity - k * margin > 0 with k = (margin_so_so + 0.01) / 100, which gives the largest safe w; a
+        share of it is used. An account at the edge gets w = 0: any move of those bids checks it again.
+        """
+        login = account.login
+        self._so_windows.pop(login, None)
+        positions = self._account_positions(login)
+        if not positions:
+            return
+        k = (account.margin_so_so + 0.01) / 100.0
+        exposure = 0.0
+        symbols: set[str] = set()
+        for p in positions:
+            spec = self._quotes[p.symbol].spec
+            rate = abs(self._rate(spec.currency_profit, account.currency))
+            units = p.volume * spec.contract_size * rate
+            exposure += units * (abs(self._close_price(p)) + abs(p.price_open))
+            exposure += abs(k) * units * abs(self._mid(p.symbol)) / account.leverage
+            symbols.add(p.symbol)
+            symbols.update(self._rate_symbols(spec.currency_profit, account.currency))
+        rounding = (0.01 * len(positions) + 0.03) * (1.0 + abs(k))
+        headroom = figures.equity - k * figures.margin - rounding
+        width = 0.0
+        if headroom > 0 and exposure > 0:
+            width = min(_MAX_WINDOW_LOG, math.log1p(headroom / exposure) / 3.0 * _WINDOW_SAFETY)
+        version = self._so_next_version
+        self._so_next_version += 1
+        self._so_windows[login] = version
+        for symbol in sorted(symbols):
+            bid = self._quotes[symbol].prices()[0]
+            for sign, bound in ((-1, bid * math.exp(-width)), (1, bid * math.exp(width))):
+                heap = self._so_bounds.setdefault((symbol, sign), [])
+                heapq.heappush(heap, (sign * bound, login, version))
+                if len(heap) > 2 * len(self._so_windows) + 32:  # drop the entries of old windows
+                    heap[:] = [e for e in heap if self._so_windows.get(e[1]) == e[2]]
+                    heapq.heapify(heap)
 
     # ----- executing ---------------------------------------------------------------------------------
 
@@ -706,11 +861,16 @@ class SimBroker:
             now=now,
         )
         now_msc = int(now * 1000)
-        self._positions[ticket] = _Position(
+        position = _Position(
             ticket=ticket, login=account.login, symbol=symbol, type=order_type, volume=_round_volume(volume),
             price_open=price, sl=sl, tp=tp, magic=magic, comment=comment[:COMMENT_LIMIT],
             reason=position_reason, time_msc=now_msc, time_update_msc=now_msc,
         )  # fmt: skip
+        self._positions[ticket] = position
+        self._by_login.setdefault(account.login, {})[ticket] = position
+        self._by_symbol.setdefault(symbol, {})[ticket] = position
+        self._push_stops(position)
+        self._so_dirty.add(account.login)
         return ticket, deal
 
     def _close(
@@ -767,7 +927,14 @@ class SimBroker:
         position.time_update_msc = int(now * 1000)
         if position.volume <= _EPSILON:
             del self._positions[position.ticket]
+            del self._by_login[position.login][position.ticket]
+            if not self._by_login[position.login]:
+                del self._by_login[position.login]
+            del self._by_symbol[position.symbol][position.ticket]
+            if not self._by_symbol[position.symbol]:
+                del self._by_symbol[position.symbol]
             self._closed_positions.add(position.ticket)
+        self._so_dirty.add(position.login)
         return order, deal
 
     # ----- what terminals read -----------------------------------------------------------------------
@@ -1130,6 +1297,7 @@ class SimBroker:
         # As in MT5, a missing or zero sl/tp removes that level.
         position.sl, position.tp = float(request.sl), float(request.tp)
         position.time_update_msc = int(self.now() * 1000)
+        self._push_stops(position)
         return self._result(request._replace(symbol=position.symbol), request_id, C.TRADE_RETCODE_DONE)
 
     # ----- control surface (SimTerminal.sim_* delegate here) -----------------------------------------

@@ -682,6 +682,74 @@ def test_stop_out_of_everything_on_a_big_gap(mt5: SimTerminal) -> None:
     assert reasons == [C.DEAL_REASON_SO, C.DEAL_REASON_SO]
 
 
+def _book(accounts: int, per_account: int = 20) -> tuple[SimBroker, FakeClock, SimTerminal]:
+    """A walking (unpinned) broker with `accounts` demo accounts of `per_account` positions each, every
+    fifth one with a far SL and TP; the terminal is logged in to the first account."""
+    clock = FakeClock()
+    broker = SimBroker(seed=11, clock=clock)
+    terminal = SimTerminal(broker)
+    symbols = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+    for login in range(LOGIN, LOGIN + accounts):
+        assert terminal.initialize(login=login)
+        for i in range(per_account):
+            order_type = C.ORDER_TYPE_BUY if i % 2 == 0 else C.ORDER_TYPE_SELL
+            ticket = terminal.sim_open_manual(login, symbols[i % 4], order_type, 0.01)
+            if i % 5 == 0:
+                (position,) = terminal.positions_get(ticket=ticket) or ()
+                far = 0.2 * position.price_open * (1 if order_type == C.ORDER_TYPE_BUY else -1)
+                digits = 3 if position.symbol == "USDJPY" else 2 if position.symbol == "XAUUSD" else 5
+                request = {
+                    "action": C.TRADE_ACTION_SLTP,
+                    "position": ticket,
+                    "sl": round(position.price_open - far, digits),
+                    "tp": round(position.price_open + far, digits),
+                }
+                assert (terminal.order_send(request) or _no_answer()).retcode == C.TRADE_RETCODE_DONE
+    assert terminal.initialize(login=LOGIN)
+    return broker, clock, terminal
+
+
+def _no_answer() -> Any:
+    raise AssertionError("order_send returned None")
+
+
+def _visits_per_call(broker: SimBroker, clock: FakeClock, terminal: SimTerminal, calls: int = 200) -> int:
+    terminal.account_info()  # settles the checks the setup left pending
+    before = broker.position_visits
+    for _ in range(calls):
+        clock.advance(1.0)  # every call sees new prices: the walk moves every symbol
+        assert terminal.account_info() is not None
+        assert len(terminal.positions_get() or ()) == 20
+    return broker.position_visits - before
+
+
+def test_a_call_costs_the_callers_positions_not_the_whole_book() -> None:
+    small = _visits_per_call(*_book(5))
+    big_broker, big_clock, big_terminal = _book(500)
+    big = _visits_per_call(big_broker, big_clock, big_terminal)
+    # 200 x (account_info + positions_get) over 20 positions: ~8,000 visits however many accounts there
+    # are (before the indexes, each call scanned all 10,000 positions once per account with positions).
+    assert small <= 200 * 2 * 20 * 1.5
+    assert big <= 2 * small, (small, big)
+
+    # The server-side events still happen at once in the big book: a gap stops out the account that
+    # cannot carry it and hits the stop losses it passes, before anyone sees the gapped price.
+    edge = LOGIN + 250
+    big_terminal.sim_open_manual(edge, "EURUSD", C.ORDER_TYPE_BUY, 8.0)  # margin level ~110 %
+    assert big_terminal.login(edge)
+    assert (big_terminal.account_info() or _no_answer()).margin_level > 100
+    big_terminal.sim_gap("EURUSD", -25.0)  # through the far stop losses of the EURUSD buys (-20 %)
+    assert set(_closing_reasons(big_terminal)) == {C.DEAL_REASON_SL, C.DEAL_REASON_SO}
+    assert all(p.symbol != "EURUSD" or p.type != C.ORDER_TYPE_BUY for p in big_terminal.positions_get() or ())
+    assert big_terminal.login(LOGIN + 499)  # an account far from its stop-out only lost its SL'd buy
+    assert _closing_reasons(big_terminal) == [C.DEAL_REASON_SL]
+
+
+def _closing_reasons(terminal: SimTerminal) -> list[int]:
+    deals = terminal.history_deals_get(0, 2**31) or ()
+    return [d.reason for d in deals if d.entry == C.DEAL_ENTRY_OUT]
+
+
 def test_manual_positions_are_client_ones(mt5: SimTerminal, broker: SimBroker) -> None:
     ticket = mt5.sim_open_manual(LOGIN, "GBPUSD", C.ORDER_TYPE_SELL, 0.3)
     (position,) = mt5.positions_get(ticket=ticket) or ()
