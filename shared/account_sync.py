@@ -195,6 +195,13 @@ def _write(
     base = {"account_id": account.id, "owner_id": account.owner_id, "created_at": synced_at}
     events: list[dict[str, Any]] = []
     shown: list[dict[str, Any]] = []
+    sync = session.get(AccountSync, account.id) or AccountSync(account_id=account.id, positions=[])
+    # What the previous sync already saw: its events are recorded, so they are not sent again (the
+    # unique constraint would drop them anyway, but at the price of a row each per tick).
+    seen = {
+        (row.get("identifier"), row.get("attribution"), row.get("trade_id"), row.get("fingerprint", ""))
+        for row in (sync.positions or [])
+    }
 
     def event(kind: str, position: Any, *, trade_id: int | None, fingerprint: str = "", **extra: Any) -> None:
         events.append(
@@ -216,6 +223,19 @@ def _write(
         )
 
     for match in result.matches:
+        key = (match.position.identifier, "tradeguard", match.trade.id, match.fingerprint)
+        shown.append(
+            _position_row(
+                match.position,
+                attribution="tradeguard",
+                trade_id=match.trade.id,
+                matched_by=match.matched_by,
+                fingerprint=match.fingerprint,
+                divergences=[d.kind for d in match.divergences],
+            )
+        )
+        if key in seen:
+            continue
         event("matched", match.position, trade_id=match.trade.id, matched_by=match.matched_by)
         if match.divergences:
             event(
@@ -235,18 +255,10 @@ def _write(
                     for d in match.divergences
                 ],
             )
-        shown.append(
-            _position_row(
-                match.position,
-                attribution="tradeguard",
-                trade_id=match.trade.id,
-                matched_by=match.matched_by,
-                divergences=[d.kind for d in match.divergences],
-            )
-        )
     for outside in result.outside_positions:
-        event("outside_position", outside.position, trade_id=None, opened_by=outside.opened_from)
         shown.append(_position_row(outside.position, attribution="outside", opened_from=outside.opened_from))
+        if (outside.position.identifier, "outside", None, "") not in seen:
+            event("outside_position", outside.position, trade_id=None, opened_by=outside.opened_from)
 
     for closed in result.closed_trades:
         if closed.reason is None:
@@ -309,7 +321,6 @@ def _write(
             synced_at=synced_at,
         )
     )
-    sync = session.get(AccountSync, account.id) or AccountSync(account_id=account.id)
     was_open = sync.breaker_open_until is not None
     sync.last_synced_at = synced_at
     sync.last_attempt_at = synced_at
