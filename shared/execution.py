@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # MT5 trade server return codes (values as in the official MetaTrader5 package).
 RETCODE_REQUOTE = 10004
 RETCODE_REJECT = 10006
+RETCODE_PLACED = 10008  # accepted, executes later (exchange execution): the order exists
 RETCODE_DONE = 10009
 RETCODE_DONE_PARTIAL = 10010
 RETCODE_ERROR = 10011
@@ -64,7 +65,13 @@ def classify_retcode(retcode: int) -> Outcome:
         return Outcome.PARTIAL
     if retcode in (RETCODE_REQUOTE, RETCODE_PRICE_CHANGED, RETCODE_PRICE_OFF):
         return Outcome.NEW_PRICE
-    if retcode in (RETCODE_TIMEOUT, RETCODE_CONNECTION, RETCODE_ERROR, RETCODE_TOO_MANY_REQUESTS):
+    if retcode in (
+        RETCODE_PLACED,
+        RETCODE_TIMEOUT,
+        RETCODE_CONNECTION,
+        RETCODE_ERROR,
+        RETCODE_TOO_MANY_REQUESTS,
+    ):
         return Outcome.UNKNOWN
     return Outcome.REJECTED
 
@@ -152,6 +159,8 @@ class ExecutionSettings:
     max_price_retries: int = 3
     # After a lost reply, how long to keep looking for the order before concluding it was never made.
     unknown_outcome_grace_seconds: float = 3.0
+    # The longest an order_send may take; with the grace, how long after sending absence is not proof.
+    terminal_timeout_seconds: float = 10.0
     lock_dir: Path = Path("instance/locks")
 
 
@@ -205,16 +214,32 @@ def _claim_trade(session: DbSession, signal_id: int, settings: ExecutionSettings
     return trade
 
 
+# Trade servers keep their own clock (often UTC+2 or +3): search deal history this far either side.
+_SERVER_CLOCK_SLACK = timedelta(days=1)
+
+
 def _find_sent_order(terminal: TerminalPort, trade: Trade) -> Any | None:
-    """A position or an opening deal carrying this trade's magic and comment, if the order exists."""
+    """A position or a deal carrying this trade's magic and comment, if the order exists.
+
+    Any deal entry counts: on a netting account an order that reduces or reverses a position leaves
+    an OUT or INOUT deal, not an IN one."""
     for position in terminal.positions(trade.symbol):
         if position.magic == trade.magic and position.comment == trade.comment:
             return position
-    since = (trade.sent_at or trade.created_at) - timedelta(minutes=5)
-    for deal in terminal.deals(since, utcnow() + timedelta(minutes=5)):
-        if deal.magic == trade.magic and deal.comment == trade.comment and deal.entry == 0:
+    since = (trade.sent_at or trade.created_at) - _SERVER_CLOCK_SLACK
+    for deal in terminal.deals(since, utcnow() + _SERVER_CLOCK_SLACK):
+        if deal.magic == trade.magic and deal.comment == trade.comment:
             return deal
     return None
+
+
+def _still_in_flight(trade: Trade, settings: ExecutionSettings) -> bool:
+    """Whether an order sent at `sent_at` could still be on its way (an in-flight call outlives the
+    worker that made it: a remote terminal finishes order_send even if the caller died)."""
+    if trade.sent_at is None:
+        return False
+    lease = timedelta(seconds=settings.terminal_timeout_seconds + settings.unknown_outcome_grace_seconds)
+    return utcnow() < trade.sent_at + lease
 
 
 def _fill_from_found(trade: Trade, found: Any) -> None:
@@ -256,6 +281,9 @@ def execute_signal(
             if trade.state == TradeState.SENT:
                 # An earlier attempt died or lost its reply after sending: look before sending again.
                 found = _find_sent_order(terminal, trade)
+                if found is None and _still_in_flight(trade, settings):
+                    # Absence proves nothing yet: the first attempt's order may still be executing.
+                    raise TerminalRetryLater(f"trade {trade.id}: the last order may still be in flight")
                 if found is None and settings.unknown_outcome_grace_seconds > 0:
                     sleep(settings.unknown_outcome_grace_seconds)
                     found = _find_sent_order(terminal, trade)
@@ -384,14 +412,29 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
     session.commit()
 
 
-def give_up(session: DbSession, signal_id: int, reason: str) -> Trade | None:
-    """Mark the trade failed after the last retry, unless an order may exist (then leave it `sent`
-    for reconciliation to settle) — a failed trade must never hide a live position."""
+def give_up(
+    session: DbSession, signal_id: int, reason: str, *, engine: sa.Engine, settings: ExecutionSettings
+) -> Trade | None:
+    """Mark the trade failed after the last retry — only while it is `pending`, under its lock, and
+    with a conditional UPDATE: an attempt that is sending right now (or has sent) must never be
+    overwritten, since a failed trade must never hide a live position. A `sent` trade stays `sent`
+    for the next attempt or for reconciliation to settle."""
     trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
     if trade is None or trade.state != TradeState.PENDING:
         return trade
-    trade.state = TradeState.FAILED
-    trade.failure_reason = reason[:500]
-    _record(session, trade, "trade.failed", reason=reason)
-    session.commit()
+    try:
+        with exclusive(engine, f"trade:{trade.id}", lock_dir=settings.lock_dir):
+            changed = session.execute(
+                sa.update(Trade)
+                .where(Trade.id == trade.id, Trade.state == TradeState.PENDING)
+                .values(state=TradeState.FAILED, failure_reason=reason[:500], updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if changed:
+                session.refresh(trade)
+                _record(session, trade, "trade.failed", reason=reason)
+            session.commit()
+    except Busy:
+        pass  # another attempt is working on it: it decides
+    session.refresh(trade)
     return trade

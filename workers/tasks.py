@@ -59,6 +59,7 @@ def execution_settings() -> execution.ExecutionSettings:
         deviation_points=settings.deviation_points,
         max_price_retries=settings.max_price_retries,
         unknown_outcome_grace_seconds=settings.unknown_outcome_grace_seconds,
+        terminal_timeout_seconds=settings.terminal_timeout_seconds,
         lock_dir=settings.instance_dir / "locks",
     )
 
@@ -84,13 +85,25 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
     except PermanentTerminalError as exc:
         # Wrong credentials, unknown symbol, no MetaTrader5 package here: retrying cannot help.
         db.session.rollback()
-        trade = execution.give_up(db.session, signal_id, f"{type(exc).__name__}: {exc}")
+        trade = execution.give_up(
+            db.session,
+            signal_id,
+            f"{type(exc).__name__}: {exc}",
+            engine=db.engine,
+            settings=execution_settings(),
+        )
         return trade.state.value if trade else None
     except (RetryableTerminalError, execution.TerminalRetryLater) as exc:
         db.session.rollback()
         if self.request.retries >= max_retries:
             log.error("signal %s: giving up after %d retries: %s", signal_id, self.request.retries, exc)
-            trade = execution.give_up(db.session, signal_id, f"terminal unreachable: {exc}")
+            trade = execution.give_up(
+                db.session,
+                signal_id,
+                f"terminal unreachable: {exc}",
+                engine=db.engine,
+                settings=execution_settings(),
+            )
             return trade.state.value if trade else None
         raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
     return trade.state.value if trade else None

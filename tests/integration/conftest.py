@@ -52,7 +52,13 @@ def run(db_session, engine, broker, tmp_path):
             yield gateway
 
     def run(signal_id, **settings):
-        options = {"unknown_outcome_grace_seconds": 0.0, "lock_dir": tmp_path, **settings}
+        # No lease by default: these tests decide when an earlier attempt is over.
+        options = {
+            "unknown_outcome_grace_seconds": 0.0,
+            "terminal_timeout_seconds": 0.0,
+            "lock_dir": tmp_path,
+            **settings,
+        }
         return execution.execute_signal(
             db_session,
             signal_id,

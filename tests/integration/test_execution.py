@@ -246,3 +246,35 @@ def test_two_workers_claiming_one_signal_make_one_trade(app, committed_db, tmp_p
         t.join(timeout=30)
     assert len(claimed) == 2 and claimed[0] == claimed[1]
     assert committed_db.scalar(sa.select(sa.func.count()).select_from(Trade)) == 1
+
+
+def test_a_recent_lost_reply_is_not_concluded_absent_while_the_order_may_be_in_flight(
+    run, approved, terminal, db_session
+):
+    signal_id = approved()
+    terminal.sim_set_reject(10012)  # outcome unknown, and nothing is on the terminal
+    with pytest.raises(execution.TerminalRetryLater):
+        run(signal_id)
+    terminal.sim_set_reject(None)
+    # Within the lease (terminal timeout + grace after sent_at) absence proves nothing: no resend.
+    with pytest.raises(execution.TerminalRetryLater, match="in flight"):
+        run(signal_id, terminal_timeout_seconds=60.0)
+    trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    assert trade.state == TradeState.SENT and trade.attempts == 1
+    assert orders_sent(terminal, trade) == 0
+
+
+def test_placed_is_an_unknown_outcome_not_a_rejection():
+    assert execution.classify_retcode(10008) is execution.Outcome.UNKNOWN
+
+
+def test_giving_up_never_overwrites_a_trade_that_was_sent(
+    run, approved, terminal, db_session, engine, tmp_path
+):
+    signal_id = approved()
+    terminal.sim_set_reject(10012)
+    with pytest.raises(execution.TerminalRetryLater):
+        run(signal_id)
+    settings = execution.ExecutionSettings(lock_dir=tmp_path)
+    trade = execution.give_up(db_session, signal_id, "terminal unreachable", engine=engine, settings=settings)
+    assert trade.state == TradeState.SENT and trade.failure_reason is None

@@ -108,7 +108,7 @@ def test_a_worker_killed_while_its_order_is_in_flight_does_not_lead_to_a_second_
     executes the order. The message is redelivered; the next attempt finds the order by magic and
     comment instead of sending another."""
     api = Api(app.test_client())
-    env = {"TRADEGUARD_UNKNOWN_OUTCOME_GRACE_SECONDS": "4", "TRADEGUARD_TERMINAL_TIMEOUT_SECONDS": "20"}
+    env = {"TRADEGUARD_UNKNOWN_OUTCOME_GRACE_SECONDS": "2", "TRADEGUARD_TERMINAL_TIMEOUT_SECONDS": "5"}
     with terminal_server() as port, celery_worker(env=env) as worker:
         control = rpyc.classic.connect("127.0.0.1", port)
         control.execute("import MetaTrader5 as mt5")
