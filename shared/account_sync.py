@@ -45,9 +45,11 @@ def breaker_is_open(sync: AccountSync | None, now: datetime) -> bool:
     return bool(sync and sync.breaker_open_until and now < sync.breaker_open_until)
 
 
-def backoff_seconds(openings: int, settings: BreakerSettings) -> float:
-    """How long the breaker stays open the n-th time in a row it opens: doubling, capped."""
-    return float(min(settings.max_backoff_seconds, settings.first_backoff_seconds * 2**openings))
+def backoff_seconds(consecutive_failures: int, settings: BreakerSettings) -> float:
+    """How long the breaker stays open after this many failures in a row: the first backoff when it
+    trips, doubling with every failed retry after that, capped. A success resets the count."""
+    extra_failures = max(0, consecutive_failures - settings.failures_to_open)
+    return float(min(settings.max_backoff_seconds, settings.first_backoff_seconds * 2**extra_failures))
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,8 @@ def _write(
         )
 
     for match in result.matches:
+        if match.trade.state == TradeState.SENT.value and match.matched_by != "tolerance":
+            _settle_sent_trade(session, match, synced_at)
         key = (match.position.identifier, "tradeguard", match.trade.id, match.fingerprint)
         shown.append(
             _position_row(
@@ -344,6 +348,39 @@ def _write(
     return recorded
 
 
+def _settle_sent_trade(session: DbSession, match: Any, synced_at: datetime) -> None:
+    """A trade left `sent` (its reply lost, its worker gone) whose position the terminal holds by
+    identity: record the fill. Conditional on `sent`, so an execution attempt that settles it at the
+    same moment is never overwritten."""
+    position = match.position
+    filled = Decimal(position.volume)
+    state = TradeState.FILLED if filled >= match.trade.requested_volume else TradeState.PARTIAL
+    changed = session.execute(
+        sa.update(Trade)
+        .where(Trade.id == match.trade.id, Trade.state == TradeState.SENT)
+        .values(
+            state=state,
+            filled_volume=filled,
+            filled_price=position.price_open,
+            order_ticket=position.identifier,
+            position_ticket=position.identifier,
+            filled_at=synced_at,
+            updated_at=synced_at,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if changed:
+        audit.record(
+            session,
+            actor_type=audit.SYSTEM,
+            actor_id=None,
+            action="trade.filled_by_reconciliation",
+            target_type="trade",
+            target_id=match.trade.id,
+            meta={"state": state.value, "volume": str(filled), "position": position.identifier},
+        )
+
+
 def _record_failure(
     session_factory: Callable[[], DbSession],
     account: Account,
@@ -361,7 +398,7 @@ def _record_failure(
         sync.last_attempt_at = at
         sync.last_error = message
         if sync.consecutive_failures >= breaker.failures_to_open:
-            seconds = backoff_seconds(sync.breaker_openings or 0, breaker)
+            seconds = backoff_seconds(sync.consecutive_failures, breaker)
             sync.breaker_open_until = at + timedelta(seconds=seconds)
             sync.breaker_openings = (sync.breaker_openings or 0) + 1
             audit.record(

@@ -54,7 +54,7 @@ class Settings:
     # thread), how long an account lock may outlive a dead worker, failures before the breaker opens.
     reconcile_interval_seconds: float = 10.0
     reconcile_batch_size: int = 25
-    reconcile_lock_seconds: float = 60.0
+    reconcile_lock_seconds: float = 150.0
     breaker_failures: int = 3
     secrets_generated: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -187,7 +187,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         execution_max_retries=_int(env, "TRADEGUARD_EXECUTION_MAX_RETRIES", 5, minimum=0),
         reconcile_interval_seconds=_float(env, "TRADEGUARD_RECONCILE_INTERVAL_SECONDS", 10.0),
         reconcile_batch_size=_int(env, "TRADEGUARD_RECONCILE_BATCH_SIZE", 25),
-        reconcile_lock_seconds=_float(env, "TRADEGUARD_RECONCILE_LOCK_SECONDS", 60.0),
+        reconcile_lock_seconds=_float(env, "TRADEGUARD_RECONCILE_LOCK_SECONDS", 150.0),
         breaker_failures=_int(env, "TRADEGUARD_BREAKER_FAILURES", 3),
         secrets_generated=generated,
     )

@@ -241,7 +241,7 @@ class AccountSync(db.Model):  # type: ignore[name-defined]
     last_error: Mapped[str | None] = mapped_column(sa.String(500))
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     breaker_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    breaker_openings: Mapped[int] = mapped_column(default=0)
+    breaker_openings: Mapped[int] = mapped_column(default=0)  # ever, for /metrics
     peak_equity: Mapped[Decimal | None] = mapped_column(Money)
     # Deals are read from here on the next sync, so each closing deal is seen once.
     deals_synced_to: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -314,9 +314,10 @@ def match_positions(
     """Pair positions with trades one to one: (matches, unmatched positions, unmatched trades).
 
     Identity pairs are all taken before any tolerance pair, ticket before magic+comment, so a guess never
-    steals a position that provably belongs to another trade. Among tolerance candidates the closest open
-    price wins (then the closest volume). Ties fall to the lower ticket / id so that the outcome does not
-    depend on the order the terminal or the database listed things in.
+    steals a position that provably belongs to another trade; and only trades without a known ticket
+    (a lost reply, a broker that drops comments) are matched by tolerance at all. Among tolerance
+    candidates the closest open price wins (then the closest volume). Ties fall to the lower ticket / id
+    so that the outcome does not depend on the order the terminal or the database listed things in.
     """
     taken_positions: set[int] = set()
     taken_trades: set[int] = set()
@@ -344,7 +345,10 @@ def match_positions(
         if position.ticket in taken_positions:
             continue
         for trade in trades:
-            if trade.id in taken_trades:
+            # A trade whose ticket is known is identified by it or not at all: its position gone and a
+            # similar one opened by hand must not be taken for it (the trade would never be closed and
+            # the manual position would be treated as TradeGuard's).
+            if trade.id in taken_trades or trade.order_ticket or trade.position_ticket:
                 continue
             distances = _within_tolerance(trade, position, pips[position.symbol], tolerances)
             if distances is not None:

@@ -213,7 +213,10 @@ def sync_one(account_id: int) -> str:
     return outcome.status
 
 
-@celery_app.task(name=RECONCILE_ACCOUNTS)
+# A batch waits on terminals (each call bounded by the terminal timeout), so it finishes well within
+# these; the hard limit stays below the account lock's TTL (TRADEGUARD_RECONCILE_LOCK_SECONDS, 150 s)
+# so that no lock expires while its holder is still working.
+@celery_app.task(name=RECONCILE_ACCOUNTS, soft_time_limit=100, time_limit=120)
 def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
     """Reconcile a batch of accounts concurrently: the work is waiting on terminals, not CPU, so a
     thread per account keeps one slow or failing account from delaying the others."""

@@ -189,3 +189,32 @@ def test_two_workers_racing_on_one_account_one_wins_nothing_doubled(sync, api, a
     terminal.sim_set_latency(0)
     assert sorted(results) == ["busy", "ok"]
     assert len(events(db_session, world["account"]["id"], "outside_position")) == 1
+
+
+def test_a_trade_left_sent_is_settled_when_its_position_is_found_by_identity(
+    sync, run, approved, db_session, terminal
+):
+    from shared.mt5.errors import OrderOutcomeUnknown
+
+    signal_id = approved()
+    terminal.sim_lose_next_reply()
+    with pytest.raises(OrderOutcomeUnknown):
+        run(signal_id)
+    trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    assert trade.state == TradeState.SENT
+    assert sync(trade.account_id).status == "ok"
+    trade = db_session.get(Trade, trade.id)
+    assert trade.state == TradeState.FILLED and trade.filled_volume == Decimal("0.10")
+    assert trade.position_ticket is not None
+    actions = db_session.scalars(sa.select(AuditLog.action).where(AuditLog.target_id == trade.id)).all()
+    assert "trade.filled_by_reconciliation" in actions
+    # The execution task's next attempt finds it settled and sends nothing.
+    again = run(signal_id)
+    assert again.state == TradeState.FILLED and again.attempts == 1
+
+
+def test_the_breaker_backoff_doubles_with_failures_and_resets_after_a_success():
+    from shared.account_sync import BreakerSettings, backoff_seconds
+
+    settings = BreakerSettings(failures_to_open=3, first_backoff_seconds=30, max_backoff_seconds=600)
+    assert [backoff_seconds(n, settings) for n in (3, 4, 5, 9)] == [30, 60, 120, 600]

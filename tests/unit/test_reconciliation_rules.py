@@ -597,3 +597,15 @@ def test_booked_trade_from_a_trade_row():
     assert (booked.side, booked.state) == ("sell", "partial")
     assert (booked.expected_volume, booked.expected_price) == (D("0.60"), D("1.08500"))
     assert booked.requested_sl == D("1.09")
+
+
+def test_a_trade_with_a_known_ticket_is_never_matched_by_tolerance():
+    """Its position was closed by hand and a look-alike opened by hand: the trade is closed, the new
+    position is outside — the look-alike must not be taken for the trade."""
+    booked = trade(order_ticket=5001, position_ticket=5001)
+    look_alike = position(ticket=9002)
+    closing = {5001: [deal(1, 0, 3, "1.08500", "1.00"), deal(2, 1, 0, "1.08600", "1.00", profit="100")]}
+    result = run([look_alike], [booked], closing)
+    assert pairs(result) == set()
+    assert [o.position.ticket for o in result.outside_positions] == [9002]
+    assert [(c.trade.id, c.reason) for c in result.closed_trades] == [(1, "by_hand")]
