@@ -87,6 +87,7 @@ def register_error_handlers(app: Flask) -> None:
 
         # The ingest hot path talks to psycopg2 directly, so its errors arrive unwrapped.
         app.register_error_handler(psycopg2.OperationalError, _database_unavailable)
+        app.register_error_handler(psycopg2.InterfaceError, _database_unavailable)
     except ImportError:  # pragma: no cover - psycopg2 is a requirement
         pass
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -61,10 +62,23 @@ def _id_field(**kwargs: Any) -> fields.Integer:
 
 
 class StrictSchema(ma.Schema):
-    """Unknown fields are an error that names them, not silently dropped."""
+    """Unknown fields are an error that names them, not silently dropped; and no string may carry a
+    NUL character, which Postgres cannot store (it would otherwise surface as a server error)."""
 
     class Meta:
         unknown = ma.RAISE
+
+    @pre_load
+    def _refuse_nul_characters(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, Mapping):
+            bad = {
+                str(name): ["must not contain NUL characters"]
+                for name, value in data.items()
+                if isinstance(value, str) and "\x00" in value
+            }
+            if bad:
+                raise ma.ValidationError(bad)
+        return data
 
 
 # --- auth ---------------------------------------------------------------------------------------
@@ -353,13 +367,19 @@ class PositionViewSchema(ma.Schema):
     synced_at = fields.DateTime(allow_none=True)
 
 
+def _sane_year(value: Any) -> None:
+    # Checked on the year as given: converting year 1 or 9999 with an offset to UTC overflows.
+    if not 1970 <= value.year <= 9000:
+        raise ma.ValidationError("must be a date between 1970 and 9000")
+
+
 class ReconciliationQuerySchema(PageQuerySchema):
     event_type = fields.String(
         load_default=None,
         validate=validate.OneOf(["matched", "divergence", "closed_outside", "outside_position"]),
     )
     trade_id = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
-    since = fields.AwareDateTime(load_default=None, default_timezone=None)
+    since = fields.AwareDateTime(load_default=None, default_timezone=None, validate=_sane_year)
 
 
 class ReconciliationEventSchema(ma.Schema):

@@ -91,3 +91,18 @@ def _owner_of(db_session, account_id):
     account = db_session.get(Account, account_id)
     user = db_session.get(User, account.owner_id)
     return user.email, "correct horse"
+
+
+def test_out_of_range_since_is_422(api):
+    world = api.setup()
+    url = f"/api/v1/reconciliation/{world['account']['id']}"
+    for since in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        response = api.http.get(url, query_string={"since": since}, headers=world["user"]["headers"])
+        assert response.status_code == 422 and "since" in response.json["error"]["fields"]
+
+
+def test_nul_characters_in_names_are_422(api, db_session):
+    user = api.user()
+    body = {"name": "a\u0000b", "terminal_url": "sim://", "login": 1, "password": "p", "server": "s"}
+    response = api.http.post("/api/v1/accounts", json=body, headers=user["headers"])
+    assert response.status_code == 422 and "name" in response.json["error"]["fields"]

@@ -299,3 +299,17 @@ def test_the_direct_response_is_what_the_documented_schema_dumps(api, db_session
         assert signal_response(stored, 200).json == SignalSchema().dump(stored)
         row = tuple(getattr(stored, name) for name in StoredSignal.__dataclass_fields__)
         assert signal_response(StoredSignal.from_row(row), 201).json == SignalSchema().dump(stored)
+
+
+@pytest.mark.parametrize("field", ["comment", "instrument"])
+def test_nul_characters_are_422_not_a_server_error(api, db_session, field):
+    world = api.setup()
+    response = api.send_signal(world["client"], {**GOOD, field: "bad\u0000value"})
+    assert response.status_code == 422 and field in response.json["error"]["fields"]
+    assert signal_count(db_session) == 0
+
+
+def test_a_nul_in_the_idempotency_key_is_422(api, db_session):
+    world = api.setup()
+    response = api.send_signal(world["client"], GOOD, key="k\u0001")
+    assert response.status_code == 422 and "Idempotency-Key" in response.json["error"]["fields"]

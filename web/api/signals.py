@@ -55,10 +55,10 @@ def create_signal(body: dict[str, Any]) -> Any:
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         key = key.strip()
-        if not 1 <= len(key) <= 128:
+        if not 1 <= len(key) <= 128 or not key.isascii() or not key.isprintable():
             raise InvalidInput(
-                "Idempotency-Key must be 1 to 128 characters",
-                fields={"Idempotency-Key": ["1 to 128 characters"]},
+                "Idempotency-Key must be 1 to 128 printable ASCII characters",
+                fields={"Idempotency-Key": ["1 to 128 printable ASCII characters"]},
             )
     result = signals.ingest_signal(
         db.session,
