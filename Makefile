@@ -1,5 +1,6 @@
 # Shortcuts; bin/run and bin/test work without make.
-.PHONY: run test lint format bench-ingest
+SHELL := /bin/bash
+.PHONY: run test lint format bench-ingest bench-fanout
 
 run:
 	./bin/run
@@ -15,3 +16,6 @@ format:
 
 bench-ingest:
 	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/ingest.py
+
+bench-fanout:
+	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/fanout.py --accounts 1000 --batch-size 100 --warm
