@@ -153,7 +153,8 @@ def _sync_locked(
 
 
 def _insert_ignoring_duplicates(session: DbSession, rows: list[dict[str, Any]]) -> int:
-    """Insert events; one already recorded (same account, type, position, fingerprint) is skipped."""
+    """Insert events; a matched, outside or closed event already recorded for the position (the
+    partial unique index) is skipped. Divergences are deduplicated against the previous sync."""
     if not rows:
         return 0
     dialect = session.get_bind().dialect.name
@@ -200,10 +201,7 @@ def _write(
     sync = session.get(AccountSync, account.id) or AccountSync(account_id=account.id, positions=[])
     # What the previous sync already saw: its events are recorded, so they are not sent again (the
     # unique constraint would drop them anyway, but at the price of a row each per tick).
-    seen = {
-        (row.get("identifier"), row.get("attribution"), row.get("trade_id"), row.get("fingerprint", ""))
-        for row in (sync.positions or [])
-    }
+    previous = {row.get("identifier"): row for row in (sync.positions or [])}
 
     def event(kind: str, position: Any, *, trade_id: int | None, fingerprint: str = "", **extra: Any) -> None:
         events.append(
@@ -227,7 +225,6 @@ def _write(
     for match in result.matches:
         if match.trade.state == TradeState.SENT.value and match.matched_by != "tolerance":
             _settle_sent_trade(session, match, synced_at)
-        key = (match.position.identifier, "tradeguard", match.trade.id, match.fingerprint)
         shown.append(
             _position_row(
                 match.position,
@@ -238,9 +235,14 @@ def _write(
                 divergences=[d.kind for d in match.divergences],
             )
         )
-        if key in seen:
+        before = previous.get(match.position.identifier) or {}
+        known = before.get("trade_id") == match.trade.id
+        if not known:
+            event("matched", match.position, trade_id=match.trade.id, matched_by=match.matched_by)
+        # A divergence is recorded when it appears and again each time it changes, including when it
+        # clears; an unchanged one is not recorded again.
+        if known and before.get("fingerprint") == match.fingerprint:
             continue
-        event("matched", match.position, trade_id=match.trade.id, matched_by=match.matched_by)
         if match.divergences:
             event(
                 "divergence",
@@ -259,9 +261,18 @@ def _write(
                     for d in match.divergences
                 ],
             )
+        elif known and before.get("divergences"):
+            event(
+                "divergence",
+                match.position,
+                trade_id=match.trade.id,
+                fingerprint=match.fingerprint,
+                cleared=True,
+            )
     for outside in result.outside_positions:
         shown.append(_position_row(outside.position, attribution="outside", opened_from=outside.opened_from))
-        if (outside.position.identifier, "outside", None, "") not in seen:
+        before = previous.get(outside.position.identifier)
+        if before is None or before.get("attribution") != "outside":
             event("outside_position", outside.position, trade_id=None, opened_by=outside.opened_from)
 
     for closed in result.closed_trades:

@@ -271,11 +271,20 @@ class PositionSnapshot(db.Model):  # type: ignore[name-defined]
 
 class ReconciliationLog(db.Model):  # type: ignore[name-defined]
     """A reconciliation event: a position matched, a divergence, a trade closed outside TradeGuard, a
-    position opened outside it. Recorded once; a divergence again only when it changes (fingerprint)."""
+    position opened outside it. Recorded once; a divergence each time it changes, clearing included."""
 
     __tablename__ = "reconciliation_logs"
     __table_args__ = (
-        sa.UniqueConstraint("account_id", "event_type", "position_ticket", "fingerprint"),
+        # Matched, outside and closed events happen once per position; divergences recur as they change.
+        sa.Index(
+            "uq_reconciliation_logs_once",
+            "account_id",
+            "event_type",
+            "position_ticket",
+            unique=True,
+            postgresql_where=sa.text("event_type <> 'divergence'"),
+            sqlite_where=sa.text("event_type <> 'divergence'"),
+        ),
         sa.Index("ix_reconciliation_logs_account_created", "account_id", "created_at"),
     )
 

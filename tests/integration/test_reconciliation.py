@@ -96,6 +96,16 @@ def test_sl_moved_at_the_broker_is_recorded_once_and_again_when_it_changes(
     move_sl(1.07700)
     sync(trade.account_id)
     assert len(events(db_session, trade.account_id, "divergence")) == 2
+    # Put back as requested: the clearing is recorded; moved again as before: recorded again.
+    move_sl(1.08000)
+    sync(trade.account_id)
+    sync(trade.account_id)
+    move_sl(1.07850)
+    sync(trade.account_id)
+    history = events(db_session, trade.account_id, "divergence")
+    assert [e.details.get("cleared", False) for e in history] == [False, False, True, False]
+    assert history[-1].fingerprint == history[0].fingerprint
+    assert len(events(db_session, trade.account_id, "matched")) == 1
 
 
 def test_a_position_opened_by_hand_is_an_outside_position_recorded_once(sync, api, db_session, terminal):
