@@ -271,8 +271,7 @@ def _write(
             )
     for outside in result.outside_positions:
         shown.append(_position_row(outside.position, attribution="outside", opened_from=outside.opened_from))
-        before = previous.get(outside.position.identifier)
-        if before is None or before.get("attribution") != "outside":
+        if (previous.get(outside.position.identifier) or {}).get("attribution") != "outside":
             event("outside_position", outside.position, trade_id=None, opened_by=outside.opened_from)
 
     for closed in result.closed_trades:
