@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -203,83 +203,11 @@ def _existing_for(
 # the signature. It is a server-side prepared statement, parsed and planned once per connection, and
 # returns a fixed column list (not *) so that a column added by a later migration cannot invalidate
 # the prepared plan's result type.
-_SIGNAL_COLUMNS = (
-    "id",
-    "owner_id",
-    "account_id",
-    "client_id",
-    "instrument",
-    "side",
-    "volume",
-    "price",
-    "sl",
-    "tp",
-    "comment",
-    "status",
-    "ttl_seconds",
-    "expires_at",
-    "idempotency_key",
-    "signature",
-    "body_sha256",
-    "created_at",
-    "decided_at",
-)
-_PG_INGEST_NAME = "tradeguard_ingest_signal_v1"
-# (name, Postgres type) of each parameter, in order: $1, $2, ...
-_PG_INGEST_PARAMS = (
-    ("client_id", "integer"),
-    ("instrument", "varchar"),
-    ("side", "varchar"),
-    ("volume", "numeric"),
-    ("price", "numeric"),
-    ("sl", "numeric"),
-    ("tp", "numeric"),
-    ("comment", "varchar"),
-    ("status", "varchar"),
-    ("ttl_seconds", "integer"),
-    ("expires_at", "timestamptz"),
-    ("idempotency_key", "varchar"),
-    ("signature", "varchar"),
-    ("body_sha256", "varchar"),
-    ("created_at", "timestamptz"),
-    ("actor_type", "varchar"),
-    ("action", "varchar"),
-    ("meta", "jsonb"),
-)
-# Literal SQL, no values interpolated: the parameter types follow _PG_INGEST_PARAMS and the returned
-# columns _SIGNAL_COLUMNS (a test checks both).
-_PG_INGEST_PREPARE = """
-    PREPARE tradeguard_ingest_signal_v1 (integer, varchar, varchar, numeric, numeric, numeric, numeric,
-                                         varchar, varchar, integer, timestamptz, varchar, varchar,
-                                         varchar, timestamptz, varchar, varchar, jsonb) AS
-    WITH new_signal AS (
-        INSERT INTO signals (owner_id, account_id, client_id, instrument, side, volume, price, sl, tp,
-                             comment, status, ttl_seconds, expires_at, idempotency_key, signature,
-                             body_sha256, created_at)
-        SELECT c.owner_id, c.account_id, c.id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
-        FROM strategy_clients AS c
-        WHERE c.id = $1 AND NOT c.revoked
-        ON CONFLICT DO NOTHING
-        RETURNING id, owner_id, account_id, client_id, instrument, side, volume, price, sl, tp, comment,
-                  status, ttl_seconds, expires_at, idempotency_key, signature, body_sha256, created_at,
-                  decided_at
-    ), received AS (
-        INSERT INTO audit_log (actor_type, actor_id, action, target_type, target_id, meta, created_at)
-        SELECT $16, client_id, $17, 'signal', id, $18, created_at
-        FROM new_signal
-    )
-    SELECT id, owner_id, account_id, client_id, instrument, side, volume, price, sl, tp, comment, status,
-           ttl_seconds, expires_at, idempotency_key, signature, body_sha256, created_at, decided_at
-    FROM new_signal
-"""
-_PG_INGEST_EXECUTE = f"EXECUTE {_PG_INGEST_NAME} ({', '.join(['%s'] * len(_PG_INGEST_PARAMS))})"
-_PREPARED_KEY = "tradeguard.ingest_prepared"
-
-
 @dataclass(frozen=True)
 class StoredSignal:
     """A signal as the ingest statement returned it: the attributes of `Signal` that readers use,
-    without an ORM object (and its identity-map bookkeeping) behind them."""
+    without an ORM object (and its identity-map bookkeeping) behind them. Its fields are, in order, the
+    columns the statement returns."""
 
     id: int
     owner_id: int
@@ -310,6 +238,61 @@ class StoredSignal:
             if values[name] is not None:
                 values[name] = values[name].astimezone(UTC)
         return cls(**values)
+
+
+_SIGNAL_COLUMNS = tuple(field.name for field in fields(StoredSignal))
+
+# Postgres: the signal, its audit row and the revocation check in one statement, so a new signal costs
+# one round trip. ON CONFLICT DO NOTHING covers both unique constraints: (client, idempotency key) and
+# the signature. It is a server-side prepared statement, parsed and planned once per connection, and
+# returns a fixed column list (not *) so that a column added by a later migration cannot invalidate
+# the prepared plan's result type.
+_PG_INGEST_NAME = "tradeguard_ingest_signal_v1"
+# (name, Postgres type) of each parameter, in order: $1, $2, ... The first is the client; the next ones
+# are the signal's own columns, inserted in this order; the last three make the audit row.
+_PG_INGEST_PARAMS = (
+    ("client_id", "integer"),
+    ("instrument", "varchar"),
+    ("side", "varchar"),
+    ("volume", "numeric"),
+    ("price", "numeric"),
+    ("sl", "numeric"),
+    ("tp", "numeric"),
+    ("comment", "varchar"),
+    ("status", "varchar"),
+    ("ttl_seconds", "integer"),
+    ("expires_at", "timestamptz"),
+    ("idempotency_key", "varchar"),
+    ("signature", "varchar"),
+    ("body_sha256", "varchar"),
+    ("created_at", "timestamptz"),
+    ("actor_type", "varchar"),
+    ("action", "varchar"),
+    ("meta", "jsonb"),
+)
+_SIGNAL_PARAMS = [name for name, _ in _PG_INGEST_PARAMS[1:-3]]
+_PARAM_NUMBER = {name: f"${n}" for n, (name, _) in enumerate(_PG_INGEST_PARAMS, start=1)}
+
+# Built from the tuples above: fixed names only, no values (nothing here comes from a request).
+_PG_INGEST_PREPARE = f"""
+    PREPARE {_PG_INGEST_NAME} ({", ".join(t for _, t in _PG_INGEST_PARAMS)}) AS
+    WITH new_signal AS (
+        INSERT INTO signals (owner_id, account_id, client_id, {", ".join(_SIGNAL_PARAMS)})
+        SELECT c.owner_id, c.account_id, c.id, {", ".join(_PARAM_NUMBER[n] for n in _SIGNAL_PARAMS)}
+        FROM strategy_clients AS c
+        WHERE c.id = {_PARAM_NUMBER["client_id"]} AND NOT c.revoked
+        ON CONFLICT DO NOTHING
+        RETURNING {", ".join(_SIGNAL_COLUMNS)}
+    ), received AS (
+        INSERT INTO audit_log (actor_type, actor_id, action, target_type, target_id, meta, created_at)
+        SELECT {_PARAM_NUMBER["actor_type"]}, client_id, {_PARAM_NUMBER["action"]}, 'signal', id,
+               {_PARAM_NUMBER["meta"]}, created_at
+        FROM new_signal
+    )
+    SELECT {", ".join(_SIGNAL_COLUMNS)} FROM new_signal
+"""  # noqa: S608
+_PG_INGEST_EXECUTE = f"EXECUTE {_PG_INGEST_NAME} ({', '.join(['%s'] * len(_PG_INGEST_PARAMS))})"
+_PREPARED_KEY = "tradeguard.ingest_prepared"
 
 
 _RECEIVED = "signal.received"
@@ -405,13 +388,17 @@ def _ingest_autocommit(engine: sa.Engine, params: tuple[Any, ...]) -> tuple[Any,
         pooled.close()
 
 
+def _refuse_revoked(session: DbSession, client: ClientIdentity) -> None:
+    revoked = session.scalar(sa.select(StrategyClient.revoked).where(StrategyClient.id == client.id))
+    if revoked is not False:
+        raise NotAuthenticated("unknown or revoked client")
+
+
 def _insert_generic(
     session: DbSession, client: ClientIdentity, values: dict[str, Any], meta: dict[str, Any]
 ) -> Signal | None:
     """The same as `_PG_INGEST` in plain statements, for SQLite (the embedded setup)."""
-    revoked = session.scalar(sa.select(StrategyClient.revoked).where(StrategyClient.id == client.id))
-    if revoked is not False:
-        return None
+    _refuse_revoked(session, client)
     from sqlalchemy.dialects.sqlite import insert
 
     statement = insert(Signal).values(
@@ -482,9 +469,7 @@ def ingest_signal(
     if signal is not None:
         return IngestResult(signal, created=True)
 
-    revoked = session.scalar(sa.select(StrategyClient.revoked).where(StrategyClient.id == client.id))
-    if revoked is not False:
-        raise NotAuthenticated("unknown or revoked client")
+    _refuse_revoked(session, client)  # nothing inserted: revoked since it was cached, or a duplicate
     earlier = _existing_for(session, client, idempotency_key, signature, body_sha256)
     if earlier is None:  # pragma: no cover - a conflict always has a row behind it
         raise RuntimeError("insert conflicted but no conflicting signal was found")
