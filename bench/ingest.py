@@ -36,6 +36,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procfs import by_name, cpu_seconds, descendants  # noqa: E402
 from shared.signing import sign  # noqa: E402
 
 
@@ -83,9 +84,14 @@ def start_gunicorn(
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group; SIGKILL what is left after 20 s, so cleanup always runs."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
 
 
 # --- load generation --------------------------------------------------------------------------------
@@ -145,45 +151,6 @@ def _process_load(port, client_id, secret, per_thread, threads, tag, go, queue):
     queue.put((latencies, statuses))
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the given processes, from /proc (Linux)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    """The process and every descendant (gunicorn's master and its workers)."""
-    found = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            if ppid == pid:
-                found.extend(_children(int(entry.name)))
-    return found
-
-
-def _postgres_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip().startswith("postgres"):
-                    pids.append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    return pids
-
-
 def fire(
     port: int,
     client_id: int,
@@ -210,15 +177,15 @@ def fire(
     for p in procs:
         p.start()
     time.sleep(0.5)  # let every thread connect and wait at the start line
-    server_pids = _children(server_pid) if server_pid else []
-    postgres_pids = _postgres_pids()
-    server_cpu, postgres_cpu = _cpu_seconds(server_pids), _cpu_seconds(postgres_pids)
+    server_pids = descendants(server_pid) if server_pid else []
+    postgres_pids = by_name("postgres")
+    server_cpu, postgres_cpu = cpu_seconds(server_pids), cpu_seconds(postgres_pids)
     began = time.perf_counter()
     go.set()
     results = [queue.get() for _ in procs]
     elapsed = time.perf_counter() - began
-    server_cpu = _cpu_seconds(server_pids) - server_cpu
-    postgres_cpu = _cpu_seconds(_postgres_pids()) - postgres_cpu
+    server_cpu = cpu_seconds(server_pids) - server_cpu
+    postgres_cpu = cpu_seconds(by_name("postgres")) - postgres_cpu
     for p in procs:
         p.join()
     latencies = sorted(x for lat, _ in results for x in lat)

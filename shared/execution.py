@@ -32,6 +32,7 @@ from shared import audit
 from shared.db import DbSession, utcnow
 from shared.locks import Busy, exclusive
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
+from shared.mt5.gateway import SymbolSpec
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,6 @@ def trade_comment(trade_id: int) -> str:
     return f"TG-{trade_id}"
 
 
-@dataclass(frozen=True)
-class SymbolRules:
-    """What the pre-trade check needs to know about a symbol."""
-
-    name: str
-    trade_allowed: bool
-    volume_min: Decimal
-    volume_max: Decimal
-    volume_step: Decimal
-    point: Decimal
-    stops_level_points: int
-
-
 def pre_trade_problems(
     *,
     side: str,
@@ -102,7 +90,7 @@ def pre_trade_problems(
     tp: Decimal | None,
     bid: Decimal,
     ask: Decimal,
-    rules: SymbolRules,
+    rules: SymbolSpec,
     expires_at: datetime,
     now: datetime,
 ) -> list[str]:
@@ -301,15 +289,12 @@ def execute_signal(
 
 @contextmanager
 def _trade_lock(engine: sa.Engine, name: str, settings: ExecutionSettings) -> Iterator[None]:
-    lock = exclusive(engine, name, lock_dir=settings.lock_dir)
+    """The trade's lock, or TerminalRetryLater (the task retries) when another worker holds it."""
     try:
-        lock.__enter__()
-    except Busy as exc:
+        with exclusive(engine, name, lock_dir=settings.lock_dir):
+            yield
+    except Busy as exc:  # raised on entry only: nothing under the lock raises Busy
         raise TerminalRetryLater(f"{name} is being executed by another worker") from exc
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: ExecutionSettings) -> None:
@@ -326,15 +311,7 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
             tp=trade.requested_tp,
             bid=quote.bid,
             ask=quote.ask,
-            rules=SymbolRules(
-                name=spec.name,
-                trade_allowed=spec.trade_allowed,
-                volume_min=spec.volume_min,
-                volume_max=spec.volume_max,
-                volume_step=spec.volume_step,
-                point=spec.point,
-                stops_level_points=spec.stops_level_points,
-            ),
+            rules=spec,
             expires_at=signal.expires_at,
             now=utcnow(),
         )

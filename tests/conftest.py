@@ -226,6 +226,14 @@ class Api:
         strategy = self.strategy_client(user, account["id"])
         return {"user": user, "account": account, "client": strategy}
 
+    def decide(self, user: dict[str, Any], signal_id: int, decision: str = "approve") -> dict[str, Any]:
+        """The owner's decision on a signal; the approval as the API returns it (201 asserted)."""
+        response = self.http.post(
+            "/api/v1/approvals", json={"signal_id": signal_id, "decision": decision}, headers=user["headers"]
+        )
+        assert response.status_code == 201, response.json
+        return dict(response.json)
+
     @staticmethod
     def signed_headers(
         strategy: dict[str, Any], body: bytes, *, timestamp: int | None = None, key: str | None = None

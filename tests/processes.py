@@ -8,11 +8,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.2) -> bool:
+    """Poll `predicate` until it is truthy or `timeout` seconds pass; whether it became truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
 
 
 class CeleryProcess:
@@ -32,14 +42,13 @@ class CeleryProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
+        def seen() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"celery exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"{text!r} not seen in {timeout} s:\n{self.log()}")
+            return text in self.log()
+
+        if not wait_for(seen, timeout=timeout, interval=0.1):
+            raise TimeoutError(f"{text!r} not seen in {timeout} s:\n{self.log()}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import (
+    ORDER_CALLS,
     InvalidTerminalUrl,
     OrderOutcomeUnknown,
     PermanentTerminalError,
@@ -288,20 +289,25 @@ def order_result_from(d: Mapping[str, Any]) -> OrderResult:
 # --- backends: how a call reaches the module --------------------------------------------------------
 
 
-def to_plain(value: Any) -> Any:
-    """Named tuples -> dicts, tuples -> lists, numpy scalars -> Python numbers, recursively.
-
-    The same conversion runs remotely (see _REMOTE_HELPER), so both backends hand `_call` plain data.
-    """
+# The one definition of "plain data": named tuples -> dicts, tuples -> lists, numpy scalars -> Python
+# numbers, recursively. It runs in two places, so it lives as source: exec'd below to define `to_plain`
+# here (for _LocalBackend), and sent ahead of _REMOTE_HELPER so the remote Python converts there too.
+# Kept to Python 3.8 syntax: the remote Python is whatever runs under Wine.
+_PLAIN_SOURCE = """
+def _tradeguard_plain(value):
     if hasattr(value, "_asdict"):
-        return {k: to_plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, tuple | list):
-        return [to_plain(v) for v in value]
+        return dict((k, _tradeguard_plain(v)) for k, v in value._asdict().items())
+    if isinstance(value, (tuple, list)):
+        return [_tradeguard_plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: to_plain(v) for k, v in value.items()}
+        return dict((k, _tradeguard_plain(v)) for k, v in value.items())
     if hasattr(value, "item") and type(value).__module__ == "numpy":
         return value.item()
     return value
+"""
+_plain_namespace: dict[str, Any] = {}
+exec(_PLAIN_SOURCE, _plain_namespace)  # noqa: S102 - our own constant source, see above
+to_plain: Callable[[Any], Any] = _plain_namespace["_tradeguard_plain"]
 
 
 class _Backend(Protocol):
@@ -335,27 +341,19 @@ class _LocalBackend:
 # real package under Wine: its named tuples are classes of the MetaTrader5 module, which cannot be
 # unpickled on a Linux worker, and its numbers may be numpy scalars. Arguments arrive pickled (bytes
 # travel by value over RPyC) so that the terminal receives a real dict of plain floats and ints, never an
-# RPyC proxy of one. Kept to Python 3.8 syntax: the remote Python is whatever runs under Wine.
-_REMOTE_HELPER = """
+# RPyC proxy of one. Kept to Python 3.8 syntax, like _PLAIN_SOURCE.
+_REMOTE_HELPER = (
+    _PLAIN_SOURCE
+    + """
 def _tradeguard_call(name, payload):
     import pickle as _pickle
-
-    def plain(value):
-        if hasattr(value, "_asdict"):
-            return dict((k, plain(v)) for k, v in value._asdict().items())
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return dict((k, plain(v)) for k, v in value.items())
-        if hasattr(value, "item") and type(value).__module__ == "numpy":
-            return value.item()
-        return value
 
     args, kwargs = _pickle.loads(payload)
     result = getattr(mt5, name)(*args, **kwargs)
     error = tuple(mt5.last_error()) if result is None or result is False else None
-    return plain(result), error
+    return _tradeguard_plain(result), error
 """
+)
 
 
 class _RpycBackend:
@@ -380,16 +378,14 @@ class _RpycBackend:
             self.conn.execute(_REMOTE_HELPER)
             self.module = self.conn.eval("mt5")
             self._helper = self.conn.namespace["_tradeguard_call"]
+            self._obtain = rpyc.classic.obtain
         except BaseException:
             self.conn.close()
             raise
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        import rpyc
-
         payload = pickle.dumps((args, kwargs), protocol=4)  # protocol 4: any Python >= 3.4 reads it
-        result, error = rpyc.classic.obtain(self._helper(name, payload))
-        return result, error
+        return self._obtain(self._helper(name, payload))
 
     def close(self) -> None:
         self.conn.close()
@@ -435,20 +431,32 @@ class Gateway:
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
-        gateway = cls(backend, timeout=timeout, executor=executor)
-        try:
-            gateway._initialize(login=login, password=password, server=server)
-        except BaseException:
-            gateway.close(shutdown=False)
-            raise
-        return gateway
+        return cls._logged_in(
+            backend, executor, login=login, password=password, server=server, timeout=timeout
+        )
 
     @classmethod
     def from_module(
         cls, module: Any, *, login: int, password: str, server: str, timeout: float = 10.0
     ) -> Gateway:
         """A gateway over a module-like object already in this process (e.g. a `SimTerminal`)."""
-        gateway = cls(_LocalBackend(module), timeout=timeout, executor=_executor())
+        return cls._logged_in(
+            _LocalBackend(module), _executor(), login=login, password=password, server=server, timeout=timeout
+        )
+
+    @classmethod
+    def _logged_in(
+        cls,
+        backend: _Backend,
+        executor: ThreadPoolExecutor,
+        *,
+        login: int,
+        password: str,
+        server: str,
+        timeout: float,
+    ) -> Gateway:
+        """A gateway over `backend`, logged in; closed again (without shutdown) if logging in fails."""
+        gateway = cls(backend, timeout=timeout, executor=executor)
         try:
             gateway._initialize(login=login, password=password, server=server)
         except BaseException:
@@ -616,8 +624,12 @@ class Gateway:
 def _timed(executor: ThreadPoolExecutor, timeout: float, name: str, fn: Callable[[], T]) -> T:
     """Run `fn` on the executor's thread and wait at most `timeout` seconds, mapping what can go wrong
     on the way to the terminal onto TerminalTimeout / TerminalUnavailable (OrderOutcomeUnknown for
-    order_send, where a lost answer may hide a placed order)."""
-    outcome_unknown = name == "order_send"
+    order calls, where a lost answer may hide a placed order)."""
+
+    def fail(error: type[TerminalError], message: str) -> TerminalError:
+        # After an order call, any failure to get an answer may hide an order that was in fact placed.
+        return (OrderOutcomeUnknown if name in ORDER_CALLS else error)(message, call=name)
+
     try:
         future = executor.submit(fn)
     except RuntimeError as exc:  # the executor was shut down: the gateway is closed
@@ -628,24 +640,15 @@ def _timed(executor: ThreadPoolExecutor, timeout: float, name: str, fn: Callable
         # Our wait or RPyC's sync_request_timeout (both are the builtin TimeoutError). A call still
         # running keeps the worker thread busy; the calls queued behind it time out too, as they should.
         future.cancel()
-        message = f"{name}: no answer from the terminal within {timeout:g} s"
-        if outcome_unknown:
-            raise OrderOutcomeUnknown(message, call=name) from exc
-        raise TerminalTimeout(message, call=name) from exc
+        raise fail(TerminalTimeout, f"{name}: no answer from the terminal within {timeout:g} s") from exc
     except (EOFError, OSError) as exc:
         # EOFError: RPyC's "connection closed"; OSError covers ConnectionError and socket errors.
-        message = f"{name}: connection to the terminal failed: {exc!r}"
-        if outcome_unknown:
-            raise OrderOutcomeUnknown(message, call=name) from exc
-        raise TerminalUnavailable(message, call=name) from exc
+        raise fail(TerminalUnavailable, f"{name}: connection to the terminal failed: {exc!r}") from exc
     except TerminalError:
         raise
     except Exception as exc:
         # The module raised instead of returning None (a bug in the terminal bridge, a refused argument).
-        message = f"{name} raised {exc!r}"
-        if outcome_unknown:
-            raise OrderOutcomeUnknown(message, call=name) from exc
-        raise TerminalError(message, call=name) from exc
+        raise fail(TerminalError, f"{name} raised {exc!r}") from exc
 
 
 def _executor() -> ThreadPoolExecutor:

@@ -377,11 +377,12 @@ class SimBroker:
         self._so_windows: dict[int, int] = {}  # login -> version of its current window
         self._so_next_version = 0
         self._so_dirty: set[int] = set()  # logins to check exactly at the next refresh
-        self._so_spreads: dict[str, int] = {}  # spreads the windows were computed with
-        self._rate_paths: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._rate_paths: dict[tuple[str, str], tuple[tuple[str, bool], ...]] = {}
         self.position_visits = 0  # positions examined by the broker, a diagnostic (tests, benchmarks)
-        self._orders: list[tuple[int, TradeOrder]] = []  # (login, order), in ticket order
-        self._deals: list[tuple[int, TradeDeal]] = []
+        # History by login, each list in ticket order.
+        self._orders: dict[int, list[TradeOrder]] = {}
+        self._deals: dict[int, list[TradeDeal]] = {}
+        self.record_visits = 0  # history records examined by the broker, a diagnostic (tests, benchmarks)
         self._next_ticket = FIRST_TICKET
         self._next_request_id = 1
         # Fill behaviour and faults (see the sim_* methods of SimTerminal).
@@ -421,19 +422,17 @@ class SimBroker:
         for quote in self._quotes.values():  # refuse a currency the symbols cannot be converted into
             self._rate(quote.spec.currency_profit, account.currency)
         self._accounts[login] = account
+        self._orders.setdefault(login, [])
+        deals = self._deals.setdefault(login, [])
         if account.balance:
             # Real accounts start with a balance deal in their history; reconciliation must cope with it.
             now_msc = int(self.now() * 1000)
-            self._deals.append(
-                (
-                    login,
-                    TradeDeal(
-                        ticket=self._ticket(), order=0, time=now_msc // 1000, time_msc=now_msc,
-                        type=C.DEAL_TYPE_BALANCE, entry=C.DEAL_ENTRY_IN, magic=0, position_id=0,
-                        reason=C.DEAL_REASON_CLIENT, volume=0.0, price=0.0, commission=0.0, swap=0.0,
-                        profit=account.balance, fee=0.0, symbol="", comment="Initial deposit",
-                        external_id="",
-                    ),
+            deals.append(
+                TradeDeal(
+                    ticket=self._ticket(), order=0, time=now_msc // 1000, time_msc=now_msc,
+                    type=C.DEAL_TYPE_BALANCE, entry=C.DEAL_ENTRY_IN, magic=0, position_id=0,
+                    reason=C.DEAL_REASON_CLIENT, volume=0.0, price=0.0, commission=0.0, swap=0.0,
+                    profit=account.balance, fee=0.0, symbol="", comment="Initial deposit", external_id="",
                 )
             )  # fmt: skip
         return account
@@ -492,34 +491,35 @@ class SimBroker:
         bid, ask = self._quotes[symbol].prices()
         return (bid + ask) / 2
 
-    def _rate(self, from_ccy: str, to_ccy: str) -> float:
-        """How many `to_ccy` one `from_ccy` is worth, from the symbols' mid prices (via USD if needed)."""
-        if from_ccy == to_ccy:
-            return 1.0
-        for name, quote in self._quotes.items():
-            if quote.spec.currency_base == from_ccy and quote.spec.currency_profit == to_ccy:
-                return self._mid(name)
-            if quote.spec.currency_base == to_ccy and quote.spec.currency_profit == from_ccy:
-                return 1.0 / self._mid(name)
-        if "USD" not in (from_ccy, to_ccy):
-            return self._rate(from_ccy, "USD") * self._rate("USD", to_ccy)
-        raise SimError(f"no symbol converts {from_ccy} into {to_ccy}")
-
-    def _rate_symbols(self, from_ccy: str, to_ccy: str) -> tuple[str, ...]:
-        """The symbols whose prices `_rate(from_ccy, to_ccy)` reads (mirrors it; cached)."""
+    def _rate_path(self, from_ccy: str, to_ccy: str) -> tuple[tuple[str, bool], ...]:
+        """The symbols converting `from_ccy` into `to_ccy` (directly, else via USD), each with whether
+        its price is inverted; cached. SimError when no symbols convert them."""
         key = (from_ccy, to_ccy)
         path = self._rate_paths.get(key)
         if path is None:
-            path = ()
-            if from_ccy != to_ccy:
+            if from_ccy == to_ccy:
+                path = ()
+            else:
                 for name, quote in self._quotes.items():
-                    if {quote.spec.currency_base, quote.spec.currency_profit} == {from_ccy, to_ccy}:
-                        path = (name,)
+                    if quote.spec.currency_base == from_ccy and quote.spec.currency_profit == to_ccy:
+                        path = ((name, False),)
+                        break
+                    if quote.spec.currency_base == to_ccy and quote.spec.currency_profit == from_ccy:
+                        path = ((name, True),)
                         break
                 else:
-                    path = self._rate_symbols(from_ccy, "USD") + self._rate_symbols("USD", to_ccy)
+                    if "USD" in (from_ccy, to_ccy):
+                        raise SimError(f"no symbol converts {from_ccy} into {to_ccy}")
+                    path = self._rate_path(from_ccy, "USD") + self._rate_path("USD", to_ccy)
             self._rate_paths[key] = path
         return path
+
+    def _rate(self, from_ccy: str, to_ccy: str) -> float:
+        """How many `to_ccy` one `from_ccy` is worth, from the symbols' mid prices (via USD if needed)."""
+        rate = 1.0
+        for name, inverted in self._rate_path(from_ccy, to_ccy):
+            rate *= 1.0 / self._mid(name) if inverted else self._mid(name)
+        return rate
 
     def _profit(
         self,
@@ -646,13 +646,6 @@ class SimBroker:
     def _run_stop_outs(self, now: float) -> None:
         # Exactly checked: the accounts whose positions or balance changed, and those whose window a price
         # left. The others provably are above their stop-out level, so checking them would change nothing.
-        spreads_changed = False
-        for name, quote in self._quotes.items():
-            if self._so_spreads.get(name) != quote.spread:
-                self._so_spreads[name] = quote.spread
-                spreads_changed = True
-        if spreads_changed:  # a window assumes the spreads it was computed with: check them all again
-            self._so_dirty.update(self._so_windows)
         for (symbol, sign), heap in self._so_bounds.items():
             bound = sign * self._quotes[symbol].prices()[0]
             while heap and heap[0][0] < bound:
@@ -713,7 +706,7 @@ class SimBroker:
             exposure += units * (abs(self._close_price(p)) + abs(p.price_open))
             exposure += abs(k) * units * abs(self._mid(p.symbol)) / account.leverage
             symbols.add(p.symbol)
-            symbols.update(self._rate_symbols(spec.currency_profit, account.currency))
+            symbols.update(name for name, _ in self._rate_path(spec.currency_profit, account.currency))
         rounding = (0.01 * len(positions) + 0.03) * (1.0 + abs(k))
         headroom = figures.equity - k * figures.margin - rounding
         width = 0.0
@@ -756,19 +749,16 @@ class SimBroker:
         ticket = self._ticket() if ticket is None else ticket
         now_msc = int(now * 1000)
         remaining = _round_volume(volume_initial - volume_filled)
-        self._orders.append(
-            (
-                login,
-                TradeOrder(
-                    ticket=ticket, time_setup=now_msc // 1000, time_setup_msc=now_msc,
-                    time_done=now_msc // 1000, time_done_msc=now_msc, time_expiration=0, type=order_type,
-                    type_time=type_time, type_filling=type_filling,
-                    state=C.ORDER_STATE_PARTIAL if remaining > 0 else C.ORDER_STATE_FILLED,
-                    magic=magic, position_id=position_id, position_by_id=0, reason=reason,
-                    volume_initial=float(volume_initial), volume_current=float(remaining), price_open=price,
-                    sl=sl, tp=tp, price_current=price, price_stoplimit=0.0, symbol=symbol,
-                    comment=comment[:COMMENT_LIMIT], external_id="",
-                ),
+        self._orders.setdefault(login, []).append(
+            TradeOrder(
+                ticket=ticket, time_setup=now_msc // 1000, time_setup_msc=now_msc,
+                time_done=now_msc // 1000, time_done_msc=now_msc, time_expiration=0, type=order_type,
+                type_time=type_time, type_filling=type_filling,
+                state=C.ORDER_STATE_PARTIAL if remaining > 0 else C.ORDER_STATE_FILLED,
+                magic=magic, position_id=position_id, position_by_id=0, reason=reason,
+                volume_initial=float(volume_initial), volume_current=float(remaining), price_open=price,
+                sl=sl, tp=tp, price_current=price, price_stoplimit=0.0, symbol=symbol,
+                comment=comment[:COMMENT_LIMIT], external_id="",
             )
         )  # fmt: skip
         return ticket
@@ -792,15 +782,12 @@ class SimBroker:
     ) -> int:
         ticket = self._ticket()
         now_msc = int(now * 1000)
-        self._deals.append(
-            (
-                login,
-                TradeDeal(
-                    ticket=ticket, order=order, time=now_msc // 1000, time_msc=now_msc, type=deal_type,
-                    entry=entry, magic=magic, position_id=position_id, reason=reason, volume=float(volume),
-                    price=price, commission=0.0, swap=0.0, profit=profit, fee=0.0, symbol=symbol,
-                    comment=comment[:COMMENT_LIMIT], external_id="",
-                ),
+        self._deals.setdefault(login, []).append(
+            TradeDeal(
+                ticket=ticket, order=order, time=now_msc // 1000, time_msc=now_msc, type=deal_type,
+                entry=entry, magic=magic, position_id=position_id, reason=reason, volume=float(volume),
+                price=price, commission=0.0, swap=0.0, profit=profit, fee=0.0, symbol=symbol,
+                comment=comment[:COMMENT_LIMIT], external_id="",
             )
         )  # fmt: skip
         return ticket
@@ -1053,12 +1040,16 @@ class SimBroker:
     def history_orders(self, login: int) -> list[TradeOrder]:
         with self._lock:
             self._refresh()
-            return [order for owner, order in self._orders if owner == login]
+            orders = self._orders.get(login, [])
+            self.record_visits += len(orders)
+            return list(orders)
 
     def history_deals(self, login: int) -> list[TradeDeal]:
         with self._lock:
             self._refresh()
-            return [deal for owner, deal in self._deals if owner == login]
+            deals = self._deals.get(login, [])
+            self.record_visits += len(deals)
+            return list(deals)
 
     # ----- trade requests ----------------------------------------------------------------------------
 
@@ -1103,6 +1094,15 @@ class SimBroker:
             not tp or (ask - tp > 0 and ask - tp >= minimum)
         )
 
+    def _own_position(self, login: int, ticket: int) -> tuple[int, _Position | None]:
+        """The account's open position `ticket`, or the retcode refusing it: POSITION_CLOSED once it is
+        closed, INVALID when unknown or another account's."""
+        position = self._positions.get(ticket)
+        if position is None or position.login != login:
+            closed = ticket in self._closed_positions
+            return (C.TRADE_RETCODE_POSITION_CLOSED if closed else C.TRADE_RETCODE_INVALID), None
+        return 0, position
+
     def _validate_deal(
         self, account: _Account, request: TradeRequest, given: frozenset[str]
     ) -> tuple[int, _Position | None]:
@@ -1118,10 +1118,9 @@ class SimBroker:
         spec = quote.spec
         position = None
         if request.position:
-            position = self._positions.get(request.position)
-            if position is None or position.login != account.login:
-                closed = request.position in self._closed_positions
-                return (C.TRADE_RETCODE_POSITION_CLOSED if closed else C.TRADE_RETCODE_INVALID), None
+            retcode, position = self._own_position(account.login, request.position)
+            if position is None:
+                return retcode, None
             if position.symbol != request.symbol or request.type == position.type:
                 return C.TRADE_RETCODE_INVALID, position
         if quote.trade_mode == C.SYMBOL_TRADE_MODE_DISABLED:
@@ -1272,10 +1271,9 @@ class SimBroker:
     ) -> tuple[int, _Position | None]:
         if "position" not in given or not request.position:
             return C.TRADE_RETCODE_INVALID, None
-        position = self._positions.get(request.position)
-        if position is None or position.login != account.login:
-            closed = request.position in self._closed_positions
-            return (C.TRADE_RETCODE_POSITION_CLOSED if closed else C.TRADE_RETCODE_INVALID), None
+        retcode, position = self._own_position(account.login, request.position)
+        if position is None:
+            return retcode, None
         if request.symbol and request.symbol != position.symbol:
             return C.TRADE_RETCODE_INVALID, position
         if request.sl == position.sl and request.tp == position.tp:
@@ -1302,6 +1300,17 @@ class SimBroker:
 
     # ----- control surface (SimTerminal.sim_* delegate here) -----------------------------------------
 
+    def _set_quote_spread(self, quote: _Quote, spread: int) -> None:
+        """Change a symbol's spread. A stop-out window assumes the spreads it was computed with, so the
+        accounts whose window reads this symbol are checked again at the next refresh."""
+        if spread == quote.spread:
+            return
+        quote.spread = spread
+        for sign in (-1, 1):
+            for _, login, version in self._so_bounds.get((quote.spec.name, sign), ()):
+                if self._so_windows.get(login) == version:
+                    self._so_dirty.add(login)
+
     def set_quote(self, symbol: str, bid: float, ask: float) -> None:
         with self._lock:
             self._refresh()
@@ -1309,7 +1318,7 @@ class SimBroker:
             if ask < bid or bid <= 0:
                 raise SimError(f"need 0 < bid <= ask, got bid={bid} ask={ask}")
             quote.bid = float(bid)
-            quote.spread = round((ask - bid) / quote.spec.point)
+            self._set_quote_spread(quote, round((ask - bid) / quote.spec.point))
             quote.pinned = True
             quote.time_msc = int(self.now() * 1000)
             self._refresh()
@@ -1335,7 +1344,7 @@ class SimBroker:
             if points < 0:
                 raise SimError("spread must be >= 0 points")
             quote = self._quote(symbol)
-            quote.spread = int(points)  # the bid stays, the ask moves
+            self._set_quote_spread(quote, int(points))  # the bid stays, the ask moves
             quote.time_msc = int(self.now() * 1000)
             self._refresh()
 
@@ -1356,7 +1365,7 @@ class SimBroker:
                 raise SimError(f"not enough money on {login} for {volume} {symbol}")
             bid, ask = quote.prices()
             price = ask if order_type == C.ORDER_TYPE_BUY else bid
-            reasons = (C.ORDER_REASON_CLIENT, C.DEAL_REASON_CLIENT, C.POSITION_REASON_CLIENT)
+            reasons = _reasons(0)
             ticket, _ = self._open(
                 account,
                 symbol,
@@ -1376,8 +1385,8 @@ class SimBroker:
     def close_manual(self, login: int, ticket: int) -> int:
         with self._lock:
             self._refresh()
-            position = self._positions.get(ticket)
-            if position is None or position.login != login:
+            position = self._own_position(login, ticket)[1]
+            if position is None:
                 raise SimError(f"no open position {ticket} on account {login}")
             _, deal = self._close(
                 position,

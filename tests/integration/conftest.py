@@ -79,12 +79,7 @@ def approved(api):
     def make(payload=None):
         world = api.setup()
         signal = api.send_signal(world["client"], {**BUY, **(payload or {})}).json
-        response = api.http.post(
-            "/api/v1/approvals",
-            json={"signal_id": signal["id"], "decision": "approve"},
-            headers=world["user"]["headers"],
-        )
-        assert response.status_code == 201
+        api.decide(world["user"], signal["id"])
         return signal["id"]
 
     return make

@@ -221,12 +221,7 @@ def test_two_workers_claiming_one_signal_make_one_trade(app, committed_db, tmp_p
     api = Api(app.test_client())
     world = api.setup()
     signal_id = api.send_signal(world["client"], BUY).json["id"]
-    decided = api.http.post(
-        "/api/v1/approvals",
-        json={"signal_id": signal_id, "decision": "approve"},
-        headers=world["user"]["headers"],
-    )
-    assert decided.status_code == 201
+    api.decide(world["user"], signal_id)
     claimed: list[int] = []
     barrier = threading.Barrier(2)
 
@@ -262,10 +257,6 @@ def test_a_recent_lost_reply_is_not_concluded_absent_while_the_order_may_be_in_f
     trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
     assert trade.state == TradeState.SENT and trade.attempts == 1
     assert orders_sent(terminal, trade) == 0
-
-
-def test_placed_is_an_unknown_outcome_not_a_rejection():
-    assert execution.classify_retcode(10008) is execution.Outcome.UNKNOWN
 
 
 def test_giving_up_never_overwrites_a_trade_that_was_sent(

@@ -37,11 +37,7 @@ def backdate(session, ids, seconds=1):
 def test_only_due_pending_signals_expire_each_with_one_audit_row(api, db_session):
     world, ids = make_signals(api, 4)
     due, fresh, approved_due = ids[:2], ids[2], ids[3]
-    api.http.post(
-        "/api/v1/approvals",
-        json={"signal_id": approved_due, "decision": "approve"},
-        headers=world["user"]["headers"],
-    )
+    api.decide(world["user"], approved_due)
     backdate(db_session, [*due, approved_due])
 
     assert sorted(expire_due_signals(db_session)) == sorted(due)

@@ -28,7 +28,7 @@ def test_healthz_and_readyz_with_database_and_broker_up(client):
     assert ready.json == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
 
 
-def test_readyz_is_503_naming_the_database_when_it_is_unreachable(tmp_path):
+def test_readyz_is_503_naming_the_database_when_it_is_unreachable():
     settings = replace(
         load_settings(),
         database_url="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere",
@@ -88,7 +88,7 @@ def test_an_oversized_body_is_413_json(client):
     assert response.status_code == 413 and response.json["error"]["code"] == "payload_too_large"
 
 
-def test_a_database_outage_is_a_503_json_not_a_500(tmp_path):
+def test_a_database_outage_is_a_503_json_not_a_500():
     settings = replace(load_settings(), database_url="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
     down = create_app(settings, SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"connect_timeout": 2}})
     response = down.test_client().post(

@@ -73,16 +73,19 @@ def test_status_shows_figures_lag_and_the_breaker(api, sync, db_session):
 
 
 def test_metrics_are_prometheus_text(api, sync, client):
-    world = api.setup()
+    world, down = api.setup(), api.setup()
     sync(world["account"]["id"])
-    sync.unreachable.add(api.setup()["account"]["id"])
+    sync.unreachable.add(down["account"]["id"])
+    for _ in range(3):
+        sync(down["account"]["id"])
     body = client.get("/metrics")
     assert body.status_code == 200 and body.mimetype == "text/plain"
     text = body.get_data(as_text=True)
     assert "tradeguard_accounts 2" in text
     assert "tradeguard_accounts_never_synced 1" in text
     assert 'tradeguard_sync_lag_seconds_bucket{le="+Inf"} 1' in text
-    assert "tradeguard_breakers_open 0" in text
+    assert "tradeguard_breakers_open 1" in text
+    assert "tradeguard_breaker_openings_total 1" in text
 
 
 def _owner_of(db_session, account_id):

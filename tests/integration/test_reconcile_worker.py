@@ -12,8 +12,7 @@ import sqlalchemy as sa
 from shared.models import AccountSync, ReconciliationLog
 from shared.mt5 import constants as mt5c
 from tests.conftest import Api
-from tests.integration.test_worker_expiry import wait_for
-from tests.processes import celery_beat, celery_worker, terminal_server
+from tests.processes import celery_beat, celery_worker, terminal_server, wait_for
 
 
 def test_beat_fans_out_and_workers_reconcile_every_account_once_per_tick(app, committed_db):

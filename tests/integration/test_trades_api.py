@@ -20,11 +20,7 @@ GOOD = {
 def world(api, db_session):
     world = api.setup()
     signal_id = api.send_signal(world["client"], GOOD).json["id"]
-    approval = api.http.post(
-        "/api/v1/approvals",
-        json={"signal_id": signal_id, "decision": "approve"},
-        headers=world["user"]["headers"],
-    ).json
+    approval = api.decide(world["user"], signal_id)
     signal = db_session.get(Signal, signal_id)
     trade = Trade(
         signal_id=signal.id,
@@ -68,7 +64,8 @@ def test_trades_filter_by_state_and_account(api, world):
     headers = world["user"]["headers"]
     assert api.http.get("/api/v1/trades?state=filled", headers=headers).json["total"] == 0
     assert api.http.get("/api/v1/trades?state=rejected", headers=headers).json["total"] == 1
-    other_account = world["account"]["id"] + 1000
+    own_account, other_account = world["account"]["id"], world["account"]["id"] + 1000
+    assert api.http.get(f"/api/v1/trades?account_id={own_account}", headers=headers).json["total"] == 1
     assert api.http.get(f"/api/v1/trades?account_id={other_account}", headers=headers).json["total"] == 0
     bad = api.http.get("/api/v1/trades?state=lost", headers=headers)
     assert bad.status_code == 422 and "state" in bad.json["error"]["fields"]
@@ -81,7 +78,7 @@ def test_other_users_trades_are_404(api, world):
     assert api.http.get("/api/v1/trades", headers=stranger["headers"]).json["total"] == 0
 
 
-def test_approving_sends_the_execution_task_only_after_commit(api, db_session, monkeypatch):
+def test_only_an_approval_sends_the_execution_task(api, db_session, monkeypatch):
     sent: list[int] = []
     import workers.tasks
 
@@ -90,8 +87,8 @@ def test_approving_sends_the_execution_task_only_after_commit(api, db_session, m
     first = api.send_signal(world["client"], {**GOOD, "comment": "a"}).json["id"]
     second = api.send_signal(world["client"], {**GOOD, "comment": "b"}).json["id"]
     headers = world["user"]["headers"]
-    api.http.post("/api/v1/approvals", json={"signal_id": first, "decision": "approve"}, headers=headers)
-    api.http.post("/api/v1/approvals", json={"signal_id": second, "decision": "reject"}, headers=headers)
+    api.decide(world["user"], first)
+    api.decide(world["user"], second, "reject")
     refused = api.http.post(
         "/api/v1/approvals", json={"signal_id": first, "decision": "approve"}, headers=headers
     )

@@ -1,21 +1,10 @@
 """End to end: a real Celery worker and beat, over Redis, expire a pending signal in Postgres."""
 
-import time
-
 import sqlalchemy as sa
 
 from shared.models import AuditLog, Signal, SignalStatus
 from tests.conftest import Api
-from tests.processes import celery_beat, celery_worker
-
-
-def wait_for(predicate, timeout=20.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+from tests.processes import celery_beat, celery_worker, wait_for
 
 
 def test_beat_and_a_worker_expire_signals_past_their_ttl(app, committed_db):

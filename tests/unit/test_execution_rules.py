@@ -1,12 +1,17 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 
 import pytest
 
-from shared.execution import Outcome, SymbolRules, classify_retcode, pre_trade_problems, trade_comment
+from shared.execution import Outcome, classify_retcode, pre_trade_problems, trade_comment
+from shared.mt5.gateway import SymbolSpec
 
-EURUSD = SymbolRules(
+EURUSD = SymbolSpec(
     name="EURUSD",
+    digits=5,
+    contract_size=D("100000"),
+    tick_value=D("1"),
     trade_allowed=True,
     volume_min=D("0.01"),
     volume_max=D("100"),
@@ -43,6 +48,7 @@ def problems(**changes):
         (10021, Outcome.NEW_PRICE),
         (10012, Outcome.UNKNOWN),
         (10031, Outcome.UNKNOWN),
+        (10008, Outcome.UNKNOWN),
         (10006, Outcome.REJECTED),
         (10019, Outcome.REJECTED),
         (10016, Outcome.REJECTED),
@@ -73,7 +79,7 @@ def test_a_sound_order_has_no_problems():
         ({"sl": D("1.09995")}, "sl"),  # within 10 points of the bid
         ({"tp": D("1.10005")}, "tp"),
         ({"side": "sell", "sl": D("1.0950"), "tp": D("1.1100")}, "sl"),
-        ({"rules": SymbolRules(**{**EURUSD.__dict__, "trade_allowed": False})}, "not tradeable"),
+        ({"rules": replace(EURUSD, trade_allowed=False)}, "not tradeable"),
         ({"expires_at": NOW - timedelta(seconds=1)}, "expired"),
     ],
 )

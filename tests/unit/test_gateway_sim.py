@@ -33,7 +33,7 @@ from shared.mt5.errors import (
     classify,
 )
 from shared.mt5.gateway import Gateway, OrderResult, Position
-from shared.mt5.sim import SimBroker, SimTerminal, install_as_metatrader5
+from shared.mt5.sim import DEFAULT_SYMBOLS, SimBroker, SimTerminal, install_as_metatrader5
 
 LOGIN = 1001
 MAGIC = 770001
@@ -85,7 +85,9 @@ def test_account_snapshot_uses_decimals_and_no_margin_level_without_margin(gw: G
     assert account.server == SERVER
     assert account.currency == "USD"
     assert account.balance == Decimal("10000") and isinstance(account.balance, Decimal)
-    assert isinstance(account.equity, Decimal) and isinstance(account.margin_free, Decimal)
+    # A fresh demo account: no positions, so equity is the balance.
+    assert account.equity == Decimal("10000") and isinstance(account.equity, Decimal)
+    assert isinstance(account.margin_free, Decimal)
     assert account.leverage == 100
     # MT5 reports margin level 0 with no margin in use; 0 % would look like a margin call.
     assert account.margin == 0 and account.margin_level is None
@@ -98,7 +100,8 @@ def test_symbol_spec_and_pip_sizes(gw: Gateway) -> None:
     assert eurusd.contract_size == Decimal("100000")
     assert eurusd.volume_min == Decimal("0.01") and eurusd.volume_step == Decimal("0.01")
     assert eurusd.trade_allowed is True
-    assert isinstance(eurusd.stops_level_points, int)
+    eurusd_sim = next(spec for spec in DEFAULT_SYMBOLS if spec.name == "EURUSD")
+    assert eurusd.stops_level_points == eurusd_sim.stops_level and isinstance(eurusd.stops_level_points, int)
     # 3-digit yen quote: a pip is 10 points.
     assert gw.symbol("USDJPY").pip == Decimal("0.01")
     # Gold is quoted with 2 digits in the simulator: a pip is one point, 0.01.
@@ -159,7 +162,9 @@ def test_position_and_deals_conversion(gw: Gateway, terminal: SimTerminal) -> No
     assert first.symbol == "EURUSD" and first.side == "buy"
     assert first.volume == Decimal("0.1") and first.price_open == Decimal("1.0851")
     assert first.sl == Decimal("1.08") and first.tp == Decimal("1.095")
-    assert isinstance(first.profit, Decimal) and isinstance(first.price_current, Decimal)
+    # Pinned at 1.08500/1.08510: a buy is valued at the bid, 0.1 lot x 100000 x -0.0001 = -1 USD.
+    assert first.price_current == Decimal("1.085") and isinstance(first.price_current, Decimal)
+    assert first.profit == Decimal("-1") and isinstance(first.profit, Decimal)
     assert first.magic == MAGIC and first.comment == "tg-trade-1"
     assert first.reason == C.POSITION_REASON_EXPERT
     assert first.opened_at.tzinfo is UTC
@@ -171,7 +176,10 @@ def test_position_and_deals_conversion(gw: Gateway, terminal: SimTerminal) -> No
     assert gw.positions("USDJPY") == []
 
     account = gw.account()
-    assert account.margin > 0 and isinstance(account.margin_level, Decimal)
+    terminal_account = terminal.account_info()
+    assert terminal_account is not None
+    assert account.margin > 0 and account.margin == Decimal(str(terminal_account.margin))
+    assert isinstance(account.margin_level, Decimal)
 
     deals = gw.deals_for_position(first.ticket)
     assert len(deals) == 1

@@ -669,6 +669,15 @@ def test_stop_out_closes_the_most_losing_position_first(mt5: SimTerminal) -> Non
     assert info.balance == pytest.approx(10000.0 + closing.profit)
 
 
+def test_a_wider_spread_alone_stops_out(mt5: SimTerminal) -> None:
+    ticket = sell(mt5, 8.0).order  # closes at the ask
+    assert account(mt5).margin_level > 100
+    mt5.sim_set_spread("EURUSD", 1000)  # the bid stays at 1.10000, the ask moves to 1.11000
+    assert positions(mt5) == ()
+    closing = deals_of(mt5, ticket)[-1]
+    assert (closing.reason, closing.price) == (C.DEAL_REASON_SO, 1.11)
+
+
 def test_stop_out_of_everything_on_a_big_gap(mt5: SimTerminal) -> None:
     buy(mt5, 8.0)
     buy(mt5, 0.5, symbol="XAUUSD")
@@ -713,24 +722,33 @@ def _no_answer() -> Any:
     raise AssertionError("order_send returned None")
 
 
-def _visits_per_call(broker: SimBroker, clock: FakeClock, terminal: SimTerminal, calls: int = 200) -> int:
+def _visits_per_call(
+    broker: SimBroker, clock: FakeClock, terminal: SimTerminal, calls: int = 200
+) -> tuple[int, int]:
+    """(positions, history records) the broker examined over `calls` x (account_info, positions_get,
+    history_deals_get of one position)."""
     terminal.account_info()  # settles the checks the setup left pending
-    before = broker.position_visits
+    first = (terminal.positions_get() or _no_answer())[0].ticket
+    before = broker.position_visits, broker.record_visits
     for _ in range(calls):
         clock.advance(1.0)  # every call sees new prices: the walk moves every symbol
         assert terminal.account_info() is not None
         assert len(terminal.positions_get() or ()) == 20
-    return broker.position_visits - before
+        assert [d.position_id for d in terminal.history_deals_get(position=first) or ()] == [first]
+    return broker.position_visits - before[0], broker.record_visits - before[1]
 
 
 def test_a_call_costs_the_callers_positions_not_the_whole_book() -> None:
-    small = _visits_per_call(*_book(5))
+    small, small_records = _visits_per_call(*_book(5))
     big_broker, big_clock, big_terminal = _book(500)
-    big = _visits_per_call(big_broker, big_clock, big_terminal)
+    big, big_records = _visits_per_call(big_broker, big_clock, big_terminal)
     # 200 x (account_info + positions_get) over 20 positions: ~8,000 visits however many accounts there
     # are (before the indexes, each call scanned all 10,000 positions once per account with positions).
     assert small <= 200 * 2 * 20 * 1.5
     assert big <= 2 * small, (small, big)
+    # A history read examines the caller's 21 deals (the deposit and 20 openings), not every account's.
+    assert small_records <= 200 * 21 * 1.5
+    assert big_records <= 2 * small_records, (small_records, big_records)
 
     # The server-side events still happen at once in the big book: a gap stops out the account that
     # cannot carry it and hits the stop losses it passes, before anyone sees the gapped price.
@@ -743,6 +761,19 @@ def test_a_call_costs_the_callers_positions_not_the_whole_book() -> None:
     assert all(p.symbol != "EURUSD" or p.type != C.ORDER_TYPE_BUY for p in big_terminal.positions_get() or ())
     assert big_terminal.login(LOGIN + 499)  # an account far from its stop-out only lost its SL'd buy
     assert _closing_reasons(big_terminal) == [C.DEAL_REASON_SL]
+
+
+def test_an_unconvertible_currency_is_refused(clock: FakeClock, broker: SimBroker) -> None:
+    with pytest.raises(sim.SimError, match="no symbol converts"):
+        SimBroker(clock=clock, accounts={2001: {"currency": "CHF"}})
+    for pair in (("CHF", "USD"), ("USD", "CHF"), ("CHF", "EUR"), ("EUR", "CHF")):
+        with pytest.raises(sim.SimError, match="no symbol converts"):
+            broker._rate(*pair)
+        with pytest.raises(sim.SimError, match="no symbol converts"):
+            broker._rate_path(*pair)  # the symbols a stop-out window watches come from the same search
+    assert broker._rate("EUR", "EUR") == 1.0
+    assert [name for name, _ in broker._rate_path("EUR", "JPY")] == ["EURUSD", "USDJPY"]
+    assert broker._rate("EUR", "JPY") == broker._rate("EUR", "USD") * broker._rate("USD", "JPY")
 
 
 def _closing_reasons(terminal: SimTerminal) -> list[int]:

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask_smorest import Blueprint
 
-from shared.accounts import get_own_account, list_own_accounts
+from shared.accounts import get_own_account
 from shared.db import utcnow
 from shared.models import Account, AccountSync, PositionSnapshot, ReconciliationLog
 from web.auth import current_user, login_required
@@ -22,11 +22,19 @@ from web.schemas import (
 blp = Blueprint("monitoring", __name__, url_prefix="/api/v1", description="Positions, reconciliation, status")
 
 
-def _positions_of(account: Account) -> list[dict[str, Any]]:
-    sync = db.session.get(AccountSync, account.id)
-    if sync is None:
-        return []
-    return [{**row, "account_id": account.id, "synced_at": sync.last_synced_at} for row in sync.positions]
+def _positions(*where: Any) -> list[dict[str, Any]]:
+    """Open positions as of each account's last sync, for the accounts `where` selects (one query)."""
+    syncs = db.session.scalars(
+        sa.select(AccountSync)
+        .join(Account, Account.id == AccountSync.account_id)
+        .where(*where)
+        .order_by(Account.id)
+    )
+    return [
+        {**row, "account_id": sync.account_id, "synced_at": sync.last_synced_at}
+        for sync in syncs
+        for row in sync.positions
+    ]
 
 
 @blp.get("/positions")
@@ -34,16 +42,15 @@ def _positions_of(account: Account) -> list[dict[str, Any]]:
 @blp.response(200, PositionViewSchema(many=True))
 def all_positions() -> Any:
     """Open positions of every own account, as of each account's last sync."""
-    return [
-        row for account in list_own_accounts(db.session, current_user()) for row in _positions_of(account)
-    ]
+    return _positions(Account.owner_id == current_user().id)
 
 
 @blp.get("/accounts/<id:account_id>/positions")
 @login_required
 @blp.response(200, PositionViewSchema(many=True))
 def account_positions(account_id: int) -> Any:
-    return _positions_of(get_own_account(db.session, current_user(), account_id))
+    account = get_own_account(db.session, current_user(), account_id)
+    return _positions(Account.id == account.id)
 
 
 @blp.get("/reconciliation/<id:account_id>")
