@@ -1,7 +1,7 @@
 """Reconciliation fan-out benchmark: one beat tick, real Celery workers, the real `terminal` process.
 
     PYTHONPATH=. .venv/bin/python bench/fanout.py --accounts 1000 [--pool prefork] [--concurrency 2]
-        [--batch-size 25] [--workers 1] [--latency-ms 100] [--terminals 1]
+        [--batch-size 100] [--threads 100] [--workers 1] [--latency-ms 100] [--terminals 1]
         [--warm] [--profile 5]
 
 It creates a throw-away Postgres database (built with the migrations, dropped at the end, also on
@@ -441,7 +441,10 @@ def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
             "--format",
             "raw",
             "--rate",
-            "50",
+            "200",
+            # Only the thread holding the GIL: hundreds of threads sleeping in the simulated latency or
+            # waiting on sockets would otherwise drown what costs CPU.
+            "--gil",
             "--output",
             str(out),
             "--nonblocking",
@@ -513,10 +516,18 @@ def main() -> None:
         "--trades", type=int, default=0, help="TradeGuard trades per account matching positions"
     )
     parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--latency-mode",
+        choices=("call", "reply"),
+        default="reply",
+        help="how the terminal simulates the latency (python -m workers.terminal --latency-mode): the "
+        "client waits latency-ms per call either way",
+    )
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="separate worker processes (celery instances)")
-    parser.add_argument("--batch-size", type=int, default=25, help="TRADEGUARD_RECONCILE_BATCH_SIZE")
+    parser.add_argument("--batch-size", type=int, default=100, help="TRADEGUARD_RECONCILE_BATCH_SIZE")
+    parser.add_argument("--threads", type=int, default=100, help="TRADEGUARD_RECONCILE_THREADS")
     parser.add_argument(
         "--sim", default="stock", choices=("stock", "indexed"), help="ignored: both are the stock terminal"
     )
@@ -565,6 +576,7 @@ def main() -> None:
         "TRADEGUARD_JWT_SECRET": "fanout-bench-jwt-secret-long-enough-for-hs256",
         "TRADEGUARD_ENCRYPTION_KEY": encryption_key,
         "TRADEGUARD_RECONCILE_BATCH_SIZE": str(args.batch_size),
+        "TRADEGUARD_RECONCILE_THREADS": str(args.threads),
         "TRADEGUARD_RECONCILE_INTERVAL_SECONDS": str(args.interval),
         "LOG_LEVEL": "WARNING",
     }
@@ -583,9 +595,10 @@ def main() -> None:
         module = "workers.terminal"
         for t in range(args.terminals):
             port = free_port()
+            listen = ["--host", "127.0.0.1", "--port", str(port)]
             proc = group.start(
                 f"terminal{t}",
-                [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)],
+                [sys.executable, "-m", module, *listen, "--latency-mode", args.latency_mode],
                 env,
             )
             wait_for_port(port, proc, log_dir / f"terminal{t}.log")
@@ -740,7 +753,7 @@ def main() -> None:
         results = {
             "accounts": n,
             "config": f"{args.workers}x {args.pool} -c {args.concurrency} batch {args.batch_size} "
-            f"x{args.terminals}{' warm' if args.warm else ''}",
+            f"threads {args.threads} x{args.terminals}{' warm' if args.warm else ''}",
             "reconciled": tick["synced"],
             "failed": tick["failed"],
             "wall_s": round(wall, 2),
@@ -767,12 +780,14 @@ def main() -> None:
         print()
         print(
             f"reconciliation fan-out: {os.cpu_count()} CPUs, {n} accounts x {args.positions} positions "
-            f"({args.trades} booked trades each), terminal latency {args.latency_ms:g} ms/call, "
+            f"({args.trades} booked trades each), terminal latency {args.latency_ms:g} ms/call "
+            f"(slept per {args.latency_mode}), "
             f"{args.terminals} terminal process(es)"
         )
         print(
             f"workers: {args.workers} x celery -P {args.pool} -c {args.concurrency}, "
-            f"TRADEGUARD_RECONCILE_BATCH_SIZE={args.batch_size}{', warm (2nd tick)' if args.warm else ''}"
+            f"TRADEGUARD_RECONCILE_BATCH_SIZE={args.batch_size}, THREADS={args.threads}"
+            f"{', warm (2nd tick)' if args.warm else ''}"
         )
         print(f"  accounts reconciled     {tick['synced']} / {n}   (failed: {tick['failed']})")
         print(f"  wall time               {wall:.2f} s   (reconciled within 10 s of the tick: {within_10s})")

@@ -1,30 +1,46 @@
-"""Reconciling one account: the I/O edge around the pure rules of `shared.reconciliation`.
+"""Reconciling accounts: the I/O edge around the pure rules of `shared.reconciliation`.
 
-One sync reads the account's open trades, asks the terminal for the account figures and open
-positions (and, for trades whose position vanished, that position's deals), lets `reconcile` decide,
-and writes everything in one transaction: a snapshot, each new event, closed trades, the sync state.
+A batch of accounts is synced in three steps, so that thousands of accounts can wait on slow terminals
+at once without holding a database connection each:
 
-It holds no database connection while it waits on the terminal, so thousands of syncs can wait on
-slow terminals at once; and it runs under a per-account lock, so no account is synced by two workers
-at once. An account whose terminal keeps failing is backed off (circuit breaker).
+1. **Load** (one short transaction for the batch): the accounts, their sync state and their open trades.
+2. **Read and decide** (concurrently, one account per thread, no database): ask each terminal for the
+   account figures, open positions and the deals since the last sync in one round trip, let `reconcile`
+   decide, and plan every row to write (`_plan`, pure).
+3. **Write** (one transaction for the batch): events, snapshots, closed trades and the sync state. Each
+   account's rows are all-or-nothing: if the batch's transaction fails, it is rolled back and every
+   account is written again in its own transaction, so one bad account never loses the others' results.
+
+The batch runs under per-account locks (an account held by another worker is reported `busy` and left
+alone), and an account whose terminal keeps failing is backed off (circuit breaker).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from shared import audit
 from shared.db import DbSession, utcnow
 from shared.locks import Busy
-from shared.models import Account, AccountSync, PositionSnapshot, ReconciliationLog, Trade, TradeState
+from shared.models import (
+    Account,
+    AccountSync,
+    AuditLog,
+    PositionSnapshot,
+    ReconciliationLog,
+    Trade,
+    TradeState,
+)
+from shared.mt5.constants import DEAL_ENTRY_IN
 from shared.mt5.errors import TerminalError
 from shared.reconciliation import BookedTrade, ReconciliationResult, Tolerances, reconcile
 
@@ -32,6 +48,17 @@ log = logging.getLogger(__name__)
 
 # Trades that may hold a position on the terminal.
 _MAY_HOLD_POSITION = (TradeState.SENT, TradeState.FILLED, TradeState.PARTIAL)
+
+# The deal history is read from the second after the newest deal already seen (MT5 deal times are whole
+# seconds). A deal reported late, older than one already seen, is missed by that window; that costs
+# nothing, because a vanished position's full history is always read on its own (see _read_and_plan).
+# Without any deal seen yet, the window opens FIRST_DEALS_WINDOW back. MT5 reports deal times in the
+# trade server's clock, which may run hours ahead of UTC, hence also the generous end of the window.
+FIRST_DEALS_WINDOW = timedelta(days=1)
+DEALS_WINDOW_AHEAD = timedelta(days=1)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -41,8 +68,8 @@ class BreakerSettings:
     max_backoff_seconds: float = 600.0
 
 
-def breaker_is_open(sync: AccountSync | None, now: datetime) -> bool:
-    return bool(sync and sync.breaker_open_until and now < sync.breaker_open_until)
+def breaker_is_open(open_until: datetime | None, now: datetime) -> bool:
+    return bool(open_until and now < open_until)
 
 
 def backoff_seconds(consecutive_failures: int, settings: BreakerSettings) -> float:
@@ -55,18 +82,114 @@ def backoff_seconds(consecutive_failures: int, settings: BreakerSettings) -> flo
 @dataclass(frozen=True)
 class SyncOutcome:
     account_id: int
-    status: str  # ok | busy | breaker_open | failed | gone
+    status: str  # ok | busy | breaker_open | failed | gone | crashed
     events: int = 0
     error: str | None = None
 
 
-OpenTerminal = Callable[[Account], AbstractContextManager[Any]]
+@dataclass(frozen=True)
+class AccountToSync:
+    """What a sync needs of an `accounts` row: enough to open its terminal, detached from any session."""
+
+    id: int
+    owner_id: int
+    terminal_url: str
+    login: int
+    server: str
+    credentials_encrypted: bytes
+
+
+OpenTerminal = Callable[[AccountToSync], AbstractContextManager[Any]]
 Lock = Callable[[str], AbstractContextManager[None]]
-SymbolSpecs = Callable[[Account, Any, set[str]], Mapping[str, Any]]
+# Locks for many names at once: yields the names it holds; the others are held elsewhere (busy).
+Locks = Callable[[list[str]], AbstractContextManager[set[str]]]
+SymbolSpecs = Callable[[AccountToSync, Any, set[str]], Mapping[str, Any]]
+Run = Callable[[Callable[[T], R], Iterable[T]], Iterable[R]]
 
 
-def _booked(trades: list[Trade]) -> list[BookedTrade]:
-    return [BookedTrade.from_row(t) for t in trades]
+def each(lock: Lock) -> Locks:
+    """`Locks` from a one-name lock: takes them one by one, skipping the busy ones."""
+
+    @contextmanager
+    def locks(names: list[str]) -> Iterator[set[str]]:
+        held: set[str] = set()
+        with ExitStack() as stack:
+            for name in names:
+                try:
+                    stack.enter_context(lock(name))
+                except Busy:
+                    continue
+                held.add(name)
+            yield held
+
+    return locks
+
+
+def lock_name(account_id: int) -> str:
+    return f"account:{account_id}"
+
+
+# --- the batch --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Loaded:
+    """One account's inputs, read under its lock."""
+
+    account: AccountToSync
+    sync: Mapping[str, Any] | None  # its account_sync row as it was, None before the first sync
+    booked: list[BookedTrade]
+
+
+@dataclass
+class _Plan:
+    """Everything one account's sync writes (decided without the database)."""
+
+    account_id: int
+    status: str  # ok | failed
+    error: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    snapshot: dict[str, Any] | None = None
+    sync: dict[str, Any] = field(default_factory=dict)  # the account_sync row's new values
+    settle: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (trade id, fill values)
+    close: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (trade id, close values)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sync_accounts(
+    session_factory: Callable[[], DbSession],
+    account_ids: Sequence[int],
+    *,
+    open_terminal: OpenTerminal,
+    locks: Locks,
+    symbol_specs: SymbolSpecs,
+    tolerances: Tolerances,
+    breaker: BreakerSettings,
+    run: Run[Any, Any] = map,
+    now: Callable[[], datetime] = utcnow,
+) -> list[SyncOutcome]:
+    """Reconcile a batch of accounts; one outcome per id. Safe to run twice, and concurrently: accounts
+    whose lock another run holds come back `busy`, untouched. `run` maps the per-account terminal work
+    (e.g. a thread pool's `map`); the default runs it one account after the other."""
+    names = {account_id: lock_name(account_id) for account_id in account_ids}
+    with locks(list(names.values())) as held:
+        outcomes = {i: SyncOutcome(i, "busy") for i in account_ids if names[i] not in held}
+        mine = [i for i in account_ids if names[i] in held]
+        loaded, skipped = _load(session_factory, mine, now())
+        outcomes.update({o.account_id: o for o in skipped})
+
+        def read(work: _Loaded) -> _Plan:
+            try:
+                return _read_and_plan(work, open_terminal, symbol_specs, tolerances, breaker, now)
+            except Exception as exc:
+                # One account's bug must not stop the batch; it is logged with its traceback and counts
+                # as a failed sync, so a persistent crash opens the breaker instead of looping for ever.
+                log.exception("account %s: reconciliation crashed", work.account.id)
+                return _failure_plan(work, f"crashed: {type(exc).__name__}: {exc}", breaker, now())
+
+        plans = list(run(read, loaded))
+        outcomes.update({o.account_id: o for o in _write(session_factory, plans)})
+    return [outcomes[i] for i in account_ids]
 
 
 def sync_account(
@@ -80,92 +203,159 @@ def sync_account(
     breaker: BreakerSettings,
     now: Callable[[], datetime] = utcnow,
 ) -> SyncOutcome:
-    """Reconcile one account. Safe to run twice, and concurrently: a second run finds the lock taken."""
+    """Reconcile one account (a batch of one)."""
+    (outcome,) = sync_accounts(
+        session_factory,
+        [account_id],
+        open_terminal=open_terminal,
+        locks=each(lock),
+        symbol_specs=symbol_specs,
+        tolerances=tolerances,
+        breaker=breaker,
+        now=now,
+    )
+    return outcome
+
+
+# --- 1. load ----------------------------------------------------------------------------------------
+
+
+_SYNC_COLUMNS = [c for c in AccountSync.__table__.columns]
+_TRADE_COLUMNS = [
+    Trade.id,
+    Trade.account_id,
+    Trade.symbol,
+    Trade.side,
+    Trade.state,
+    Trade.magic,
+    Trade.comment,
+    Trade.requested_volume,
+    Trade.requested_price,
+    Trade.requested_sl,
+    Trade.requested_tp,
+    Trade.filled_volume,
+    Trade.filled_price,
+    Trade.order_ticket,
+    Trade.position_ticket,
+]
+
+
+def _load(
+    session_factory: Callable[[], DbSession], account_ids: list[int], at: datetime
+) -> tuple[list[_Loaded], list[SyncOutcome]]:
+    """The batch's accounts, sync states and open trades in three queries; accounts gone or backed off
+    come back as outcomes instead. The session is closed before any terminal is asked."""
+    if not account_ids:
+        return [], []
+    session = session_factory()
     try:
-        with lock(f"account:{account_id}"):
-            return _sync_locked(
-                session_factory, account_id, open_terminal, symbol_specs, tolerances, breaker, now
-            )
-    except Busy:
-        return SyncOutcome(account_id, "busy")
+        accounts = session.execute(
+            sa.select(
+                Account.id,
+                Account.owner_id,
+                Account.terminal_url,
+                Account.login,
+                Account.server,
+                Account.credentials_encrypted,
+            ).where(Account.id.in_(account_ids))
+        ).all()
+        syncs: dict[int, Mapping[str, Any]] = {
+            row.account_id: dict(row._mapping)
+            for row in session.execute(
+                sa.select(*_SYNC_COLUMNS).where(AccountSync.account_id.in_(account_ids))
+            ).all()
+        }
+        trades: dict[int, list[BookedTrade]] = defaultdict(list)
+        for row in session.execute(
+            sa.select(*_TRADE_COLUMNS)
+            .where(Trade.account_id.in_(account_ids), Trade.state.in_(_MAY_HOLD_POSITION))
+            .order_by(Trade.id)
+        ):
+            trades[row.account_id].append(BookedTrade.from_row(row))
+    finally:
+        session.close()
+
+    found = {row.id: row for row in accounts}
+    loaded, skipped = [], []
+    for account_id in account_ids:
+        account_row = found.get(account_id)
+        if account_row is None:
+            skipped.append(SyncOutcome(account_id, "gone"))
+            continue
+        sync = syncs.get(account_id)
+        if breaker_is_open(sync["breaker_open_until"] if sync else None, at):
+            skipped.append(SyncOutcome(account_id, "breaker_open"))
+            continue
+        account = AccountToSync(
+            id=account_row.id,
+            owner_id=account_row.owner_id,
+            terminal_url=account_row.terminal_url,
+            login=account_row.login,
+            server=account_row.server,
+            credentials_encrypted=bytes(account_row.credentials_encrypted),
+        )
+        loaded.append(_Loaded(account, sync, trades.get(account_id, [])))
+    return loaded, skipped
 
 
-def _sync_locked(
-    session_factory: Callable[[], DbSession],
-    account_id: int,
+# --- 2. read the terminal and decide ------------------------------------------------------------------
+
+
+def _read_and_plan(
+    work: _Loaded,
     open_terminal: OpenTerminal,
     symbol_specs: SymbolSpecs,
     tolerances: Tolerances,
     breaker: BreakerSettings,
     now: Callable[[], datetime],
-) -> SyncOutcome:
-    # 1. Read what we believe, then let the connection go before talking to the terminal.
-    session = session_factory()
-    try:
-        account = session.get(Account, account_id)
-        if account is None:
-            return SyncOutcome(account_id, "gone")
-        sync = session.get(AccountSync, account_id)
-        if breaker_is_open(sync, now()):
-            return SyncOutcome(account_id, "breaker_open")
-        trades = list(
-            session.scalars(
-                sa.select(Trade).where(Trade.account_id == account_id, Trade.state.in_(_MAY_HOLD_POSITION))
-            )
-        )
-        booked = _booked(trades)
-        previous_peak = sync.peak_equity if sync else None
-        session.expunge(account)
-    finally:
-        session.close()
-
-    # 2. Ask the terminal.
+) -> _Plan:
+    previous = work.sync or {}
     started = now()
+    cursor: datetime | None = previous.get("deals_synced_to")
+    deals_from = cursor + timedelta(seconds=1) if cursor else started - FIRST_DEALS_WINDOW
     try:
-        with open_terminal(account) as terminal:
-            figures = terminal.account()
-            positions = terminal.positions()
-            vanished = {t.position_ticket or t.order_ticket for t in booked} - {
-                p.identifier for p in positions
-            }
-            deals = {
-                position_id: terminal.deals_for_position(position_id)
-                for position_id in vanished
-                if position_id
-            }
+        with open_terminal(work.account) as terminal:
+            state = terminal.read_account(deals_from, started + DEALS_WINDOW_AHEAD)
+            deals = _deals_by_position(state.deals)
+            # A position of ours that vanished needs its whole history (the opening deal's commission,
+            # the closing deals), which the window since the last sync rarely holds entirely.
+            open_ids = {p.identifier for p in state.positions}
+            vanished = {t.position_ticket or t.order_ticket for t in work.booked} - open_ids - {None, 0}
+            incomplete = [
+                position_id
+                for position_id in sorted(i for i in vanished if i is not None)
+                if not any(d.entry == DEAL_ENTRY_IN for d in deals.get(position_id, ()))
+            ]
+            deals.update(terminal.deals_for_positions(incomplete))
             symbols = symbol_specs(
-                account, terminal, {p.symbol for p in positions} | {t.symbol for t in booked}
+                work.account, terminal, {p.symbol for p in state.positions} | {t.symbol for t in work.booked}
             )
     except TerminalError as exc:
-        return _record_failure(session_factory, account, exc, breaker, now())
+        log.warning("account %s: sync failed (%s: %s)", work.account.id, type(exc).__name__, exc)
+        return _failure_plan(work, f"{type(exc).__name__}: {exc}", breaker, now())
 
-    result = reconcile(positions, booked, deals, previous_peak, figures, tolerances, symbols=symbols)
-
-    # 3. Write it all in one transaction.
-    session = session_factory()
-    try:
-        took_ms = int((now() - started).total_seconds() * 1000)
-        events = _write(session, account, result, started, figures.currency, took_ms)
-        session.commit()
-    finally:
-        session.close()
-    return SyncOutcome(account_id, "ok", events=events)
-
-
-def _insert_ignoring_duplicates(session: DbSession, rows: list[dict[str, Any]]) -> int:
-    """Insert events; a matched, outside or closed event already recorded for the position (the
-    partial unique index) is skipped. Divergences are deduplicated against the previous sync."""
-    if not rows:
-        return 0
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    statement = (
-        insert(ReconciliationLog).values(rows).on_conflict_do_nothing().returning(ReconciliationLog.id)
+    result = reconcile(
+        state.positions,
+        work.booked,
+        deals,
+        previous.get("peak_equity"),
+        state.account,
+        tolerances,
+        symbols=symbols,
     )
-    return len(list(session.scalars(statement)))
+    newest_deal = max((d.time for d in state.deals), default=None)
+    plan = _success_plan(work, result, started, state.account.currency)
+    plan.sync["last_sync_ms"] = int((now() - started).total_seconds() * 1000)
+    plan.sync["deals_synced_to"] = max(filter(None, (cursor, newest_deal)), default=None)
+    return plan
+
+
+def _deals_by_position(deals: Iterable[Any]) -> dict[int, list[Any]]:
+    grouped: dict[int, list[Any]] = defaultdict(list)
+    for deal in deals:
+        if deal.position_id:
+            grouped[deal.position_id].append(deal)
+    return dict(grouped)
 
 
 def _position_row(position: Any, **attribution: Any) -> dict[str, Any]:
@@ -187,24 +377,29 @@ def _position_row(position: Any, **attribution: Any) -> dict[str, Any]:
     }
 
 
-def _write(
-    session: DbSession,
-    account: Account,
-    result: ReconciliationResult,
-    synced_at: datetime,
-    currency: str,
-    took_ms: int,
-) -> int:
+def _audit(action: str, target_type: str, target_id: int, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "actor_type": audit.SYSTEM,
+        "actor_id": None,
+        "action": action,
+        "target_type": target_type,
+        "target_id": target_id,
+        "meta": meta,
+    }
+
+
+def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: datetime, currency: str) -> _Plan:
+    """The rows one successful sync writes. Pure: decided from the loaded state and the result."""
+    account = work.account
+    plan = _Plan(account.id, "ok")
     base = {"account_id": account.id, "owner_id": account.owner_id, "created_at": synced_at}
-    events: list[dict[str, Any]] = []
     shown: list[dict[str, Any]] = []
-    sync = session.get(AccountSync, account.id) or AccountSync(account_id=account.id, positions=[])
     # What the previous sync already saw: its events are recorded, so they are not sent again (the
     # unique constraint would drop them anyway, but at the price of a row each per tick).
-    previous = {row.get("identifier"): row for row in (sync.positions or [])}
+    previous = {row.get("identifier"): row for row in ((work.sync or {}).get("positions") or [])}
 
     def event(kind: str, position: Any, *, trade_id: int | None, fingerprint: str = "", **extra: Any) -> None:
-        events.append(
+        plan.events.append(
             {
                 **base,
                 "event_type": kind,
@@ -224,7 +419,7 @@ def _write(
 
     for match in result.matches:
         if match.trade.state == TradeState.SENT.value and match.matched_by != "tolerance":
-            _settle_sent_trade(session, match, synced_at)
+            plan.settle.append((match.trade.id, _settled_values(match, synced_at)))
         shown.append(
             _position_row(
                 match.position,
@@ -277,15 +472,21 @@ def _write(
     for closed in result.closed_trades:
         if closed.reason is None:
             continue  # the terminal's history has no closing deal yet: look again next time
-        trade = session.get(Trade, closed.trade.id)
-        if trade is None or trade.state == TradeState.CLOSED:
-            continue
-        trade.state = TradeState.CLOSED
-        trade.closed_at = closed.closed_at or synced_at
-        trade.close_reason = closed.reason
-        trade.close_price = closed.close_price
-        trade.pnl = closed.profit
-        events.append(
+        trade = closed.trade
+        plan.close.append(
+            (
+                trade.id,
+                {
+                    "state": TradeState.CLOSED,
+                    "closed_at": closed.closed_at or synced_at,
+                    "close_reason": closed.reason,
+                    "close_price": closed.close_price,
+                    "pnl": closed.profit,
+                    "updated_at": synced_at,
+                },
+            )
+        )
+        plan.events.append(
             {
                 **base,
                 "event_type": "closed_outside",
@@ -293,7 +494,7 @@ def _write(
                 "position_ticket": closed.position_id or 0,
                 "fingerprint": "",
                 "symbol": trade.symbol,
-                "side": trade.side.value,
+                "side": trade.side,
                 "volume": closed.closed_volume,
                 "price_open": trade.filled_price,
                 "sl": None,
@@ -305,124 +506,225 @@ def _write(
                 "details": {"summary": closed.summary},
             }
         )
-        audit.record(
-            session,
-            actor_type=audit.SYSTEM,
-            actor_id=None,
-            action="trade.closed_outside",
-            target_type="trade",
-            target_id=trade.id,
-            meta={"reason": closed.reason, "close_price": str(closed.close_price), "pnl": str(closed.profit)},
-        )
-
-    # Event rows all carry the same keys, as a multi-row INSERT requires.
-    keys = {key for row in events for key in row}
-    events = [{key: row.get(key) for key in keys} for row in events]
-    recorded = _insert_ignoring_duplicates(session, events)
 
     figures = result.snapshot
-    session.add(
-        PositionSnapshot(
-            account_id=account.id,
-            currency=currency,
-            equity=figures.equity,
-            balance=figures.balance,
-            peak_equity=figures.peak_equity,
-            drawdown_percent=figures.drawdown_percent.quantize(Decimal("0.0001")),
-            margin_level=figures.margin_level,
-            open_positions=figures.open_positions,
-            total_lots=figures.total_lots,
-            synced_at=synced_at,
+    plan.snapshot = {
+        "account_id": account.id,
+        "currency": currency,
+        "equity": figures.equity,
+        "balance": figures.balance,
+        "peak_equity": figures.peak_equity,
+        "drawdown_percent": figures.drawdown_percent.quantize(Decimal("0.0001")),
+        "margin_level": figures.margin_level,
+        "open_positions": figures.open_positions,
+        "total_lots": figures.total_lots,
+        "synced_at": synced_at,
+    }
+    plan.sync = {
+        "account_id": account.id,
+        "last_synced_at": synced_at,
+        "last_attempt_at": synced_at,
+        "last_error": None,
+        "consecutive_failures": 0,
+        "breaker_open_until": None,
+        "peak_equity": figures.peak_equity,
+        "positions": shown,
+    }
+    if (work.sync or {}).get("breaker_open_until") is not None:
+        plan.audit.append(_audit("account.breaker_closed", "account", account.id, {}))
+    return plan
+
+
+def _settled_values(match: Any, synced_at: datetime) -> dict[str, Any]:
+    """A trade left `sent` (its reply lost, its worker gone) whose position the terminal holds by
+    identity: the fill it evidently got."""
+    position = match.position
+    filled = Decimal(position.volume)
+    return {
+        "state": TradeState.FILLED if filled >= match.trade.requested_volume else TradeState.PARTIAL,
+        "filled_volume": filled,
+        "filled_price": position.price_open,
+        "order_ticket": position.identifier,
+        "position_ticket": position.identifier,
+        "filled_at": synced_at,
+        "updated_at": synced_at,
+    }
+
+
+def _failure_plan(work: _Loaded, message: str, breaker: BreakerSettings, at: datetime) -> _Plan:
+    """A failed sync: count it, and open the breaker when there have been enough in a row."""
+    message = message[:500]
+    previous = work.sync or {}
+    failures = (previous.get("consecutive_failures") or 0) + 1
+    plan = _Plan(work.account.id, "failed", error=message)
+    plan.sync = {
+        "account_id": work.account.id,
+        "consecutive_failures": failures,
+        "last_attempt_at": at,
+        "last_error": message,
+        "breaker_open_until": previous.get("breaker_open_until"),
+        "breaker_openings": previous.get("breaker_openings") or 0,
+    }
+    if failures >= breaker.failures_to_open:
+        seconds = backoff_seconds(failures, breaker)
+        plan.sync["breaker_open_until"] = at + timedelta(seconds=seconds)
+        plan.sync["breaker_openings"] += 1
+        plan.audit.append(
+            _audit(
+                "account.breaker_opened",
+                "account",
+                work.account.id,
+                {"failures": failures, "seconds": seconds, "error": message},
+            )
         )
-    )
-    was_open = sync.breaker_open_until is not None
-    sync.last_synced_at = synced_at
-    sync.last_attempt_at = synced_at
-    sync.last_error = None
-    sync.consecutive_failures = 0
-    sync.breaker_open_until = None
-    sync.peak_equity = figures.peak_equity
-    sync.positions = shown
-    sync.last_sync_ms = took_ms
-    session.add(sync)
-    if was_open:
-        audit.record(
-            session,
-            actor_type=audit.SYSTEM,
-            actor_id=None,
-            action="account.breaker_closed",
-            target_type="account",
-            target_id=account.id,
-            meta={},
+    return plan
+
+
+# --- 3. write -----------------------------------------------------------------------------------------
+
+
+def _write(session_factory: Callable[[], DbSession], plans: list[_Plan]) -> list[SyncOutcome]:
+    """Write every plan in one transaction; if that fails, each in its own (see the module docstring)."""
+    if not plans:
+        return []
+    session = session_factory()
+    try:
+        try:
+            recorded = _write_plans(session, plans)
+            session.commit()
+            return [_outcome(plan, recorded) for plan in plans]
+        except sa.exc.SQLAlchemyError:
+            session.rollback()
+            if len(plans) == 1:
+                raise
+            log.exception("writing a batch of %d syncs failed; writing them one by one", len(plans))
+        outcomes = []
+        for plan in plans:
+            try:
+                recorded = _write_plans(session, [plan])
+                session.commit()
+                outcomes.append(_outcome(plan, recorded))
+            except sa.exc.SQLAlchemyError as exc:
+                session.rollback()
+                log.exception("account %s: writing its sync failed", plan.account_id)
+                outcomes.append(SyncOutcome(plan.account_id, "crashed", error=f"{type(exc).__name__}"))
+        return outcomes
+    finally:
+        session.close()
+
+
+def _outcome(plan: _Plan, recorded: Counter[int]) -> SyncOutcome:
+    return SyncOutcome(plan.account_id, plan.status, events=recorded[plan.account_id], error=plan.error)
+
+
+def _dialect_insert(session: DbSession) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
+# Core tables, not ORM entities: an ORM bulk insert inspects every row again on the way.
+_EVENTS = ReconciliationLog.__table__
+_SNAPSHOTS = PositionSnapshot.__table__
+_SYNC = AccountSync.__table__
+_AUDIT = AuditLog.__table__
+
+
+def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
+    """The plans' rows, in a handful of statements for the whole batch; returns events recorded per
+    account. Trade updates are conditional (a sent trade settled elsewhere meanwhile, a trade closed
+    already), and their events and audit rows are written only when the update took."""
+    insert = _dialect_insert(session)
+    audit_rows: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for plan in plans:
+        audit_rows.extend(plan.audit)
+        for trade_id, values in plan.settle:
+            if _update_trade(session, trade_id, values, only_state=TradeState.SENT):
+                audit_rows.append(
+                    _audit(
+                        "trade.filled_by_reconciliation",
+                        "trade",
+                        trade_id,
+                        {
+                            "state": values["state"].value,
+                            "volume": str(values["filled_volume"]),
+                            "position": values["position_ticket"],
+                        },
+                    )
+                )
+        closed_now = set()
+        for trade_id, values in plan.close:
+            if _update_trade(session, trade_id, values, not_state=TradeState.CLOSED):
+                closed_now.add(trade_id)
+                audit_rows.append(
+                    _audit(
+                        "trade.closed_outside",
+                        "trade",
+                        trade_id,
+                        {
+                            "reason": values["close_reason"],
+                            "close_price": str(values["close_price"]),
+                            "pnl": str(values["pnl"]),
+                        },
+                    )
+                )
+        events.extend(
+            e for e in plan.events if e["event_type"] != "closed_outside" or e["trade_id"] in closed_now
         )
+
+    # Each statement below is compiled once per process and sent as an executemany (SQLAlchemy batches
+    # the rows into multi-row INSERTs itself): building a fresh multi-row statement per batch cost more
+    # CPU than everything else in the write.
+    recorded: Counter[int] = Counter()
+    if events:
+        # Event rows all carry the same keys, as a batched INSERT requires.
+        keys = sorted({key for row in events for key in row})
+        events = [{key: row.get(key) for key in keys} for row in events]
+        # A matched, outside or closed event already recorded for the position (the partial unique
+        # index) is skipped; divergences were deduplicated against the previous sync.
+        statement = insert(_EVENTS).on_conflict_do_nothing().returning(_EVENTS.c.account_id)
+        recorded.update(session.scalars(statement, events))
+
+    snapshots = [plan.snapshot for plan in plans if plan.snapshot is not None]
+    if snapshots:
+        session.execute(sa.insert(_SNAPSHOTS), snapshots)
+
+    # Successes and failures set different columns of account_sync; each kind is one upsert.
+    for kind in ("ok", "failed"):
+        rows = [plan.sync for plan in plans if plan.status == kind]
+        if not rows:
+            continue
+        keys = sorted({key for row in rows for key in row})
+        rows = [{key: row.get(key) for key in keys} for row in rows]
+        statement = insert(_SYNC)
+        statement = statement.on_conflict_do_update(
+            index_elements=[_SYNC.c.account_id],
+            set_={key: statement.excluded[key] for key in keys if key != "account_id"},
+        )
+        session.execute(statement, rows)
+
+    if audit_rows:
+        session.execute(sa.insert(_AUDIT), audit_rows)
     return recorded
 
 
-def _settle_sent_trade(session: DbSession, match: Any, synced_at: datetime) -> None:
-    """A trade left `sent` (its reply lost, its worker gone) whose position the terminal holds by
-    identity: record the fill. Conditional on `sent`, so an execution attempt that settles it at the
-    same moment is never overwritten."""
-    position = match.position
-    filled = Decimal(position.volume)
-    state = TradeState.FILLED if filled >= match.trade.requested_volume else TradeState.PARTIAL
-    changed = session.execute(
-        sa.update(Trade)
-        .where(Trade.id == match.trade.id, Trade.state == TradeState.SENT)
-        .values(
-            state=state,
-            filled_volume=filled,
-            filled_price=position.price_open,
-            order_ticket=position.identifier,
-            position_ticket=position.identifier,
-            filled_at=synced_at,
-            updated_at=synced_at,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if changed:
-        audit.record(
-            session,
-            actor_type=audit.SYSTEM,
-            actor_id=None,
-            action="trade.filled_by_reconciliation",
-            target_type="trade",
-            target_id=match.trade.id,
-            meta={"state": state.value, "volume": str(filled), "position": position.identifier},
-        )
-
-
-def _record_failure(
-    session_factory: Callable[[], DbSession],
-    account: Account,
-    error: TerminalError,
-    breaker: BreakerSettings,
-    at: datetime,
-) -> SyncOutcome:
-    message = f"{type(error).__name__}: {error}"[:500]
-    session = session_factory()
-    try:
-        sync = session.get(AccountSync, account.id, with_for_update=True) or AccountSync(
-            account_id=account.id
-        )
-        sync.consecutive_failures = (sync.consecutive_failures or 0) + 1
-        sync.last_attempt_at = at
-        sync.last_error = message
-        if sync.consecutive_failures >= breaker.failures_to_open:
-            seconds = backoff_seconds(sync.consecutive_failures, breaker)
-            sync.breaker_open_until = at + timedelta(seconds=seconds)
-            sync.breaker_openings = (sync.breaker_openings or 0) + 1
-            audit.record(
-                session,
-                actor_type=audit.SYSTEM,
-                actor_id=None,
-                action="account.breaker_opened",
-                target_type="account",
-                target_id=account.id,
-                meta={"failures": sync.consecutive_failures, "seconds": seconds, "error": message},
-            )
-        session.add(sync)
-        session.commit()
-    finally:
-        session.close()
-    log.warning("account %s: sync failed (%s)", account.id, message)
-    return SyncOutcome(account.id, "failed", error=message)
+def _update_trade(
+    session: DbSession,
+    trade_id: int,
+    values: dict[str, Any],
+    *,
+    only_state: TradeState | None = None,
+    not_state: TradeState | None = None,
+) -> bool:
+    statement = sa.update(Trade).where(Trade.id == trade_id).values(**values)
+    if only_state is not None:
+        statement = statement.where(Trade.state == only_state)
+    if not_state is not None:
+        statement = statement.where(Trade.state != not_state)
+    changed: int = session.execute(statement.execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+    return changed > 0

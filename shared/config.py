@@ -50,10 +50,12 @@ class Settings:
     terminal_timeout_seconds: float = 10.0
     unknown_outcome_grace_seconds: float = 3.0
     execution_max_retries: int = 5
-    # Reconciliation: how often beat fans out, how many accounts one task takes (each on its own
-    # thread), how long an account lock may outlive a dead worker, failures before the breaker opens.
+    # Reconciliation: how often beat fans out, how many accounts one task takes (loaded and written
+    # together), how many terminals one worker process waits on at once, how long an account lock may
+    # outlive a dead worker, failures before the breaker opens.
     reconcile_interval_seconds: float = 10.0
-    reconcile_batch_size: int = 25
+    reconcile_batch_size: int = 100
+    reconcile_threads: int = 100
     reconcile_lock_seconds: float = 150.0
     breaker_failures: int = 3
     secrets_generated: bool = False
@@ -186,7 +188,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         unknown_outcome_grace_seconds=_float(env, "TRADEGUARD_UNKNOWN_OUTCOME_GRACE_SECONDS", 3.0),
         execution_max_retries=_int(env, "TRADEGUARD_EXECUTION_MAX_RETRIES", 5, minimum=0),
         reconcile_interval_seconds=_float(env, "TRADEGUARD_RECONCILE_INTERVAL_SECONDS", 10.0),
-        reconcile_batch_size=_int(env, "TRADEGUARD_RECONCILE_BATCH_SIZE", 25),
+        reconcile_batch_size=_int(env, "TRADEGUARD_RECONCILE_BATCH_SIZE", 100),
+        reconcile_threads=_int(env, "TRADEGUARD_RECONCILE_THREADS", 100),
         reconcile_lock_seconds=_float(env, "TRADEGUARD_RECONCILE_LOCK_SECONDS", 150.0),
         breaker_failures=_int(env, "TRADEGUARD_BREAKER_FAILURES", 3),
         secrets_generated=generated,

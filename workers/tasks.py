@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -144,9 +148,7 @@ _symbol_cache: dict[tuple[str, str, str], tuple[float, Any]] = {}
 _SYMBOL_CACHE_SECONDS = 600.0
 
 
-def symbol_specs(account: Account, terminal: Any, names: set[str]) -> dict[str, Any]:
-    import time
-
+def symbol_specs(account: Any, terminal: Any, names: set[str]) -> dict[str, Any]:
     specs: dict[str, Any] = {}
     now = time.monotonic()
     for name in names:
@@ -161,14 +163,71 @@ def symbol_specs(account: Account, terminal: Any, names: set[str]) -> dict[str, 
     return specs
 
 
-def _account_lock(name: str) -> Any:
-    """Redis lock where Redis is the broker (many machines); an flock on the embedded setup."""
-    from shared.locks import exclusive, redis_exclusive
+# This process's idle terminal connections, reused from sync to sync (see ConnectionPool).
+_terminal_pool: Any = None
+# This process's threads for syncs: created once, not per batch (see reconcile_accounts).
+_sync_threads: ThreadPoolExecutor | None = None
+_pools_lock = threading.Lock()
+
+
+def terminal_pool() -> Any:
+    global _terminal_pool
+    with _pools_lock:
+        if _terminal_pool is None:
+            from shared.mt5.gateway import ConnectionPool
+
+            _terminal_pool = ConnectionPool()
+        return _terminal_pool
+
+
+def sync_threads() -> ThreadPoolExecutor:
+    global _sync_threads
+    with _pools_lock:
+        if _sync_threads is None:
+            settings = flask_app().extensions["tradeguard.settings"]
+            _sync_threads = ThreadPoolExecutor(
+                max_workers=settings.reconcile_threads, thread_name_prefix="sync"
+            )
+        return _sync_threads
+
+
+@contextmanager
+def open_pooled_terminal(account: Any) -> Iterator[Any]:
+    """The account's terminal for a sync: a pooled connection of this process (RPyC terminals), logged
+    in to the account with the first calls."""
+    from shared.mt5.gateway import Gateway
+
+    settings = flask_app().extensions["tradeguard.settings"]
+    with Gateway.open(
+        account.terminal_url,
+        login=account.login,
+        password=_password(account.credentials_encrypted),
+        server=account.server,
+        timeout=settings.terminal_timeout_seconds,
+        pool=terminal_pool(),
+    ) as gateway:
+        yield gateway
+
+
+@functools.lru_cache(maxsize=20_000)
+def _password(credentials_encrypted: bytes) -> str:
+    """The account password, decrypted once per process rather than on every sync (a Fernet decryption
+    is a tenth of a millisecond; a worker syncs thousands of accounts every few seconds). Keyed by the
+    ciphertext, so a changed password is decrypted afresh."""
+    box: SecretBox = flask_app().extensions["tradeguard.secret_box"]
+    return box.decrypt(credentials_encrypted)
+
+
+def _account_locks(names: list[str]) -> Any:
+    """Redis locks where Redis is the broker (many machines); flocks on the embedded setup."""
+    from shared.account_sync import each
+    from shared.locks import exclusive, redis_exclusive_many
 
     settings = flask_app().extensions["tradeguard.settings"]
     if settings.redis_url:
-        return redis_exclusive(_redis(), name, ttl_seconds=settings.reconcile_lock_seconds)
-    return exclusive(db.engine, name, lock_dir=settings.instance_dir / "locks")
+        return redis_exclusive_many(_redis(), names, ttl_seconds=settings.reconcile_lock_seconds)
+    lock_dir = settings.instance_dir / "locks"
+    return each(lambda name: exclusive(db.engine, name, lock_dir=lock_dir))(names)
 
 
 _redis_client: Any = None
@@ -186,46 +245,35 @@ def _redis() -> Any:
     return _redis_client
 
 
-def sync_one(account_id: int) -> str:
-    """Reconcile one account in its own app context and sessions (safe in a thread)."""
-    from shared.account_sync import BreakerSettings, sync_account
+# A batch waits on terminals (each call bounded by the terminal timeout), so it finishes well within
+# these; the hard limit stays below the account lock's TTL (TRADEGUARD_RECONCILE_LOCK_SECONDS, 150 s)
+# so that no lock expires while its holder is still working.
+@celery_app.task(name=RECONCILE_ACCOUNTS, soft_time_limit=100, time_limit=120)
+def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
+    """Reconcile a batch of accounts: loaded and written in one transaction each, the terminals asked
+    concurrently (the work is waiting on terminals, not CPU), so one slow or failing account does not
+    delay the others. Returns how many accounts ended in each status."""
+    from shared.account_sync import BreakerSettings, sync_accounts
     from shared.reconciliation import Tolerances
 
     app = flask_app()
     settings = app.extensions["tradeguard.settings"]
     with app.app_context():
         try:
-            outcome = sync_account(
+            outcomes = sync_accounts(
                 lambda: db.session(),
-                account_id,
-                open_terminal=open_terminal,
-                lock=_account_lock,
+                account_ids,
+                open_terminal=open_pooled_terminal,
+                locks=_account_locks,
                 symbol_specs=symbol_specs,
                 tolerances=Tolerances(),
                 breaker=BreakerSettings(failures_to_open=settings.breaker_failures),
+                # The threads only talk to terminals: loading and writing stay on this one.
+                run=sync_threads().map,
             )
-        except Exception:
-            # One account's bug must not stop the batch; it is logged with its traceback.
-            log.exception("account %s: reconciliation crashed", account_id)
-            return "crashed"
         finally:
             db.session.remove()
-    return outcome.status
-
-
-# A batch waits on terminals (each call bounded by the terminal timeout), so it finishes well within
-# these; the hard limit stays below the account lock's TTL (TRADEGUARD_RECONCILE_LOCK_SECONDS, 150 s)
-# so that no lock expires while its holder is still working.
-@celery_app.task(name=RECONCILE_ACCOUNTS, soft_time_limit=100, time_limit=120)
-def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
-    """Reconcile a batch of accounts concurrently: the work is waiting on terminals, not CPU, so a
-    thread per account keeps one slow or failing account from delaying the others."""
-    from collections import Counter
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=max(1, len(account_ids)), thread_name_prefix="sync") as pool:
-        statuses = Counter(pool.map(sync_one, account_ids))
-    return dict(statuses)
+    return dict(Counter(outcome.status for outcome in outcomes))
 
 
 @celery_app.task(name="tradeguard.reconcile_tick", base=DatabaseTask)

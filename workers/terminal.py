@@ -22,7 +22,10 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
+from rpyc.core import consts
+from rpyc.core.protocol import Connection
 from rpyc.core.service import ClassicService
 from rpyc.utils.server import ThreadedServer
 
@@ -54,16 +57,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(os.environ.get("TRADEGUARD_TERMINAL_PORT", DEFAULT_PORT)),
         help="TCP port (default: $TRADEGUARD_TERMINAL_PORT or 18812)",
     )
+    parser.add_argument(
+        "--latency-mode",
+        choices=("call", "reply"),
+        default=os.environ.get("TRADEGUARD_TERMINAL_LATENCY_MODE", "call"),
+        help="with sim_set_latency: sleep before every call (call, the default), or once per RPyC "
+        "request for the sum of its calls' latencies, just before replying (reply: the client waits as "
+        "long, the terminal process wakes once per request instead of once per call)",
+    )
     return parser.parse_args(argv)
 
 
-def build_server(host: str, port: int) -> ThreadedServer:
+class _PayingConnection(Connection):
+    """Sleeps the latency the request's simulated calls owe before sending the reply (latency mode
+    "reply", see SimBroker.latency_mode)."""
+
+    def _send(self, msg: int, seq: int, args: Any) -> None:
+        if msg in (consts.MSG_REPLY, consts.MSG_EXCEPTION):
+            from shared.mt5.sim import pay_latency
+
+            pay_latency()
+        super()._send(msg, seq, args)
+
+
+class _Service(ClassicService):
+    _protocol = _PayingConnection
+
+
+def build_server(host: str, port: int, latency_mode: str = "call") -> ThreadedServer:
     """The RPyC classic server, with the simulator installed as this process's MetaTrader5 module."""
+    from rpyc.core.channel import Channel
+
     from shared.mt5.sim import install_as_metatrader5
 
-    install_as_metatrader5()
+    module = install_as_metatrader5()
+    module.sim_broker.latency_mode = latency_mode
+    # RPyC zlib-compresses every message over 3,000 bytes (an account's positions are ~5,000). On the
+    # loopback or a LAN that only burns CPU on both ends; the receiver decompresses by a flag in the
+    # message, so clients need no setting for this.
+    Channel.COMPRESSION_THRESHOLD = 1 << 62
     return ThreadedServer(
-        ClassicService,
+        _Service,
         hostname=host,
         port=port,
         reuse_addr=True,
@@ -84,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         args.host,
         args.port,
     )
-    server = build_server(args.host, args.port)
+    server = build_server(args.host, args.port, args.latency_mode)
     log.info("simulated MT5 terminal ready on %s:%s", args.host, args.port)
     try:
         server.start()

@@ -21,8 +21,10 @@ server runs on UTC; others are off by their server's fixed offset, consistently 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+import os
 import pickle
 import threading
 from collections.abc import Callable, Mapping
@@ -41,6 +43,7 @@ from shared.mt5.errors import (
     OrderOutcomeUnknown,
     PermanentTerminalError,
     TerminalError,
+    TerminalLoginFailed,
     TerminalNotSupported,
     TerminalTimeout,
     TerminalUnavailable,
@@ -143,6 +146,15 @@ class Deal:
 
 
 @dataclass(frozen=True)
+class AccountState:
+    """One read of an account: its figures, open positions, and recent deals (`Gateway.read_account`)."""
+
+    account: AccountSnapshot
+    positions: list[Position]
+    deals: list[Deal]
+
+
+@dataclass(frozen=True)
 class OrderResult:
     retcode: int
     deal: int
@@ -171,10 +183,17 @@ _DEAL_SIDES = {
 }
 
 
-def _dec(value: Any) -> Decimal:
+@functools.lru_cache(maxsize=65536, typed=True)
+def _decimal_of(value: float | int | str) -> Decimal:
     # str() of a float is its shortest round-trip form, so 1.085 becomes Decimal("1.085") rather than
     # 1.08499999999999996447286321199499070644378662109375.
-    return Decimal(str(value)) if value is not None else Decimal(0)
+    return Decimal(str(value))
+
+
+def _dec(value: Any) -> Decimal:
+    # Cached: a sync converts ~150 numbers, most of them repeats (volumes, zero SL/TP and swap, one
+    # current price per symbol), and a Decimal is immutable, so sharing one is safe.
+    return _decimal_of(value) if value is not None else Decimal(0)
 
 
 def _price_or_none(value: Any) -> Decimal | None:
@@ -294,9 +313,18 @@ def order_result_from(d: Mapping[str, Any]) -> OrderResult:
 # here (for _LocalBackend), and sent ahead of _REMOTE_HELPER so the remote Python converts there too.
 # Kept to Python 3.8 syntax: the remote Python is whatever runs under Wine.
 _PLAIN_SOURCE = """
+_TRADEGUARD_SCALARS = frozenset([int, float, str, bool, bytes, type(None)])
+
+
 def _tradeguard_plain(value):
-    if hasattr(value, "_asdict"):
-        return dict((k, _tradeguard_plain(v)) for k, v in value._asdict().items())
+    if type(value) in _TRADEGUARD_SCALARS:
+        return value
+    if hasattr(value, "_fields"):
+        # The common case, a struct of numbers and strings, without a call per field.
+        return dict(
+            (k, v if type(v) in _TRADEGUARD_SCALARS else _tradeguard_plain(v))
+            for k, v in zip(value._fields, value)
+        )
     if isinstance(value, (tuple, list)):
         return [_tradeguard_plain(v) for v in value]
     if isinstance(value, dict):
@@ -310,9 +338,15 @@ exec(_PLAIN_SOURCE, _plain_namespace)  # noqa: S102 - our own constant source, s
 to_plain: Callable[[Any], Any] = _plain_namespace["_tradeguard_plain"]
 
 
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]  # (function name, args, kwargs)
+
+
 class _Backend(Protocol):
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
         """(plain result, last_error() when the result is None or False, else None)."""
+
+    def call_many(self, calls: list[Call]) -> list[tuple[Any, Any]]:
+        """The answers of `calls` made in order, up to and including the first that failed."""
 
     def close(self) -> None: ...
 
@@ -332,28 +366,48 @@ class _LocalBackend:
         error = tuple(self.module.last_error()) if result is None or result is False else None
         return to_plain(result), error
 
+    def call_many(self, calls: list[Call]) -> list[tuple[Any, Any]]:
+        answers = []
+        for name, args, kwargs in calls:
+            answers.append(self.call(name, args, kwargs))
+            if _stops_run(answers[-1][1]):
+                break
+        return answers
+
     def close(self) -> None:
         pass
 
 
-# Defined in the remote Python's namespace once per connection, so that each terminal call is one
-# round trip which also converts the result to plain data *there*. Converting remotely matters for the
-# real package under Wine: its named tuples are classes of the MetaTrader5 module, which cannot be
-# unpickled on a Linux worker, and its numbers may be numpy scalars. Arguments arrive pickled (bytes
-# travel by value over RPyC) so that the terminal receives a real dict of plain floats and ints, never an
-# RPyC proxy of one. Kept to Python 3.8 syntax, like _PLAIN_SOURCE.
+# Defined in the remote Python's namespace once per connection, so that a run of terminal calls is one
+# round trip which also converts the results to plain data *there* and sends them back pickled. Converting
+# remotely matters for the real package under Wine: its named tuples are classes of the MetaTrader5
+# module, which cannot be unpickled on a Linux worker, and its numbers may be numpy scalars. Pickled bytes
+# travel by value over RPyC, in both directions: the terminal receives real dicts of plain floats and ints,
+# never RPyC proxies, and the answer needs no second round trip to copy it (as rpyc.classic.obtain would).
+# The run stops at the first call that fails (None/False with an error code other than "success"), so a
+# failed login is never followed by calls on whatever account the terminal was on. Kept to Python 3.8
+# syntax, like _PLAIN_SOURCE.
 _REMOTE_HELPER = (
     _PLAIN_SOURCE
     + """
-def _tradeguard_call(name, payload):
+def _tradeguard_calls(payload):
     import pickle as _pickle
 
-    args, kwargs = _pickle.loads(payload)
-    result = getattr(mt5, name)(*args, **kwargs)
-    error = tuple(mt5.last_error()) if result is None or result is False else None
-    return _tradeguard_plain(result), error
+    answers = []
+    for name, args, kwargs in _pickle.loads(payload):
+        result = getattr(mt5, name)(*args, **kwargs)
+        error = tuple(mt5.last_error()) if result is None or result is False else None
+        answers.append((_tradeguard_plain(result), error))
+        if error is not None and error[0] != 1:
+            break
+    return _pickle.dumps(answers, 4)
 """
 )
+
+
+def _stops_run(error: Any) -> bool:
+    """Whether a call's answer ends a run of calls (the rule of _tradeguard_calls above)."""
+    return error is not None and error[0] != mt5c.RES_S_OK
 
 
 class _RpycBackend:
@@ -362,6 +416,11 @@ class _RpycBackend:
     def __init__(self, host: str, port: int, timeout: float):
         import rpyc
 
+        self.key = (host, port)
+        # What the terminal session behind this connection is logged in to, for a pooled connection's
+        # next user: it logs in again only when it needs another account.
+        self.initialized = False
+        self.logged_in_as: int | None = None
         self.conn = rpyc.classic.connect(host, port)
         try:
             # Bound every request's wait on this connection, not just ours: an RPyC request that never
@@ -377,18 +436,77 @@ class _RpycBackend:
                 ) from exc
             self.conn.execute(_REMOTE_HELPER)
             self.module = self.conn.eval("mt5")
-            self._helper = self.conn.namespace["_tradeguard_call"]
-            self._obtain = rpyc.classic.obtain
+            self._helper = self.conn.namespace["_tradeguard_calls"]
         except BaseException:
             self.conn.close()
             raise
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        payload = pickle.dumps((args, kwargs), protocol=4)  # protocol 4: any Python >= 3.4 reads it
-        return self._obtain(self._helper(name, payload))
+        return self.call_many([(name, args, kwargs)])[0]
+
+    def call_many(self, calls: list[Call]) -> list[tuple[Any, Any]]:
+        payload = pickle.dumps(calls, protocol=4)  # protocol 4: any Python >= 3.4 reads it
+        answers: list[tuple[Any, Any]] = pickle.loads(self._helper(payload))  # noqa: S301 - our terminal
+        return answers
 
     def close(self) -> None:
         self.conn.close()
+
+
+class ConnectionPool:
+    """Idle RPyC terminal connections of this process, per (host, port), for reuse.
+
+    Connecting costs a TCP handshake, an RPyC handshake and defining the helper remotely: several round
+    trips and, on a busy worker, most of a sync's CPU. A pooled connection keeps its terminal session;
+    its next user logs in again only when it needs another account (`Gateway.open(pool=...)`).
+
+    A pool belongs to one process. After a fork the child starts empty and never touches the parent's
+    connections: not even to close them, which would send RPyC's close message down a shared socket.
+    """
+
+    def __init__(self, max_idle_per_terminal: int = 256):
+        self.max_idle_per_terminal = max_idle_per_terminal
+        self._idle: dict[tuple[str, int], list[_RpycBackend]] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._inherited: list[_RpycBackend] = []  # the parent's, kept referenced so they are never closed
+
+    def _own(self) -> None:
+        if self._pid != os.getpid():
+            self._inherited.extend(c for idle in self._idle.values() for c in idle)
+            self._idle = {}
+            self._pid = os.getpid()
+
+    def take(self, key: tuple[str, int]) -> _RpycBackend | None:
+        with self._lock:
+            self._own()
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def give(self, backend: _RpycBackend) -> None:
+        with self._lock:
+            self._own()
+            idle = self._idle.setdefault(backend.key, [])
+            if len(idle) < self.max_idle_per_terminal:
+                idle.append(backend)
+                return
+        backend.close()
+
+    def idle(self) -> int:
+        with self._lock:
+            self._own()
+            return sum(len(idle) for idle in self._idle.values())
+
+    def clear(self) -> None:
+        """Close every idle connection (shutting a worker down, or in tests)."""
+        with self._lock:
+            self._own()
+            idle, self._idle = self._idle, {}
+        for backend in (c for connections in idle.values() for c in connections):
+            try:
+                backend.close()
+            except Exception as exc:  # closing a dead connection may fail; it is gone either way
+                log.debug("closing a pooled terminal connection failed: %s", exc)
 
 
 # --- the gateway ---------------------------------------------------------------------------------
@@ -406,28 +524,65 @@ class Gateway:
     manager, which closes the session (and the RPyC connection) at the end.
     """
 
-    def __init__(self, backend: _Backend, *, timeout: float, executor: ThreadPoolExecutor):
+    def __init__(
+        self,
+        backend: _Backend,
+        *,
+        timeout: float,
+        executor: ThreadPoolExecutor | None,
+        login: int | None = None,
+        pool: ConnectionPool | None = None,
+    ):
         self._backend = backend
         self.timeout = timeout
         self._executor = executor
         self._closed = False
         self._lock = threading.Lock()
+        self._login = login
+        self._pool = pool
+        self._pending_login: Call | None = None  # sent ahead of the next calls (pooled sessions)
+        self._broken = False  # the connection failed or timed out: never give it back to the pool
 
     # -- opening and closing
 
     @classmethod
     def open(
-        cls, terminal_url: str, *, login: int, password: str, server: str, timeout: float = 10.0
+        cls,
+        terminal_url: str,
+        *,
+        login: int,
+        password: str,
+        server: str,
+        timeout: float = 10.0,
+        pool: ConnectionPool | None = None,
     ) -> Gateway:
         """Connect to the terminal named by `terminal_url` and log into the account.
+
+        With a `pool` (RPyC terminals only), an idle connection of this process is reused and given back
+        on close, without shutting its terminal session down; the login travels with the first calls in
+        one round trip, and is skipped when the session is already logged in to this account. Reading
+        code then checks that the terminal reports this login (`read_account`).
 
         Raises InvalidTerminalUrl, TerminalNotSupported, TerminalLoginFailed (permanent) or
         TerminalUnavailable / TerminalTimeout (retry later).
         """
-        connect = _connector(terminal_url, timeout)
+        key, connect = _connector(terminal_url, timeout)
+        if pool is not None and key is not None:
+            backend = pool.take(key) or _guarded("connect", connect, None, timeout)
+            assert isinstance(backend, _RpycBackend)
+            # No thread of our own: RPyC's sync_request_timeout bounds each wait on this connection.
+            backend.conn._config["sync_request_timeout"] = timeout
+            gateway = cls(backend, timeout=timeout, executor=None, login=int(login), pool=pool)
+            if backend.logged_in_as != int(login):
+                # A started terminal switches accounts with login(); a new connection's session starts
+                # with initialize(). Both take their timeout in milliseconds.
+                how = "login" if backend.initialized else "initialize"
+                credentials = {"login": int(login), "password": str(password), "server": str(server)}
+                gateway._pending_login = (how, (), {**credentials, "timeout": int(timeout * 1000)})
+            return gateway
         executor = _executor()
         try:
-            backend = _timed(executor, timeout, "connect", connect)
+            backend = _guarded("connect", connect, executor, timeout)
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
@@ -456,7 +611,7 @@ class Gateway:
         timeout: float,
     ) -> Gateway:
         """A gateway over `backend`, logged in; closed again (without shutdown) if logging in fails."""
-        gateway = cls(backend, timeout=timeout, executor=executor)
+        gateway = cls(backend, timeout=timeout, executor=executor, login=int(login))
         try:
             gateway._initialize(login=login, password=password, server=server)
         except BaseException:
@@ -481,23 +636,28 @@ class Gateway:
         return self._backend.module
 
     def close(self, *, shutdown: bool = True) -> None:
-        """Shut the terminal session down and close the connection. Safe to call twice."""
+        """Shut the terminal session down and close the connection (a pooled connection goes back to its
+        pool, its session kept). Safe to call twice."""
         with self._lock:
             if self._closed:
                 return
-            if shutdown:
+            if shutdown and self._pool is None:
                 try:
                     self._call("shutdown")
                 except TerminalError as exc:
                     # The session is being abandoned anyway; a dead terminal has nothing to shut down.
                     log.info("terminal shutdown failed while closing: %s", exc)
             self._closed = True
+        if self._pool is not None and not self._broken and isinstance(self._backend, _RpycBackend):
+            self._pool.give(self._backend)
+            return
         try:
             self._backend.close()
         except Exception as exc:
             log.info("closing the terminal connection failed: %s", exc)
-        # Do not wait for a call that is still hung in the terminal: it has already timed out.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            # Do not wait for a call that is still hung in the terminal: it has already timed out.
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Gateway:
         return self
@@ -546,6 +706,43 @@ class Gateway:
     def deals_for_position(self, position_id: int) -> list[Deal]:
         rows = self._call("history_deals_get", position=int(position_id))
         return [deal_from(r) for r in rows]
+
+    def deals_for_positions(self, position_ids: list[int]) -> dict[int, list[Deal]]:
+        """Each position's deals, in one round trip."""
+        ids = [int(i) for i in position_ids]
+        if not ids:
+            return {}
+        answers = self._call_many([("history_deals_get", (), {"position": i}) for i in ids])
+        return {i: [deal_from(r) for r in rows] for i, rows in zip(ids, answers, strict=True)}
+
+    def read_account(self, deals_from: datetime, deals_to: datetime) -> AccountState:
+        """The account's figures, its open positions and its deals done within [deals_from, deals_to],
+        in one round trip (with the login, for a pooled session that needs one).
+
+        Raises TerminalLoginFailed when the terminal answers for another account than the gateway's: a
+        session logged in elsewhere behind our back must not have its figures booked to this account.
+        """
+        account, positions, deals = self._call_many(
+            [
+                ("account_info", (), {}),
+                ("positions_get", (), {}),
+                ("history_deals_get", (_utc(deals_from), _utc(deals_to)), {}),
+            ]
+        )
+        figures = account_from(account)
+        if self._login is not None and figures.login != self._login:
+            self._broken = True
+            if isinstance(self._backend, _RpycBackend):
+                self._backend.logged_in_as = None
+            raise TerminalLoginFailed(
+                f"the terminal is logged in to account {figures.login}, not {self._login}",
+                call="account_info",
+            )
+        return AccountState(
+            account=figures,
+            positions=[position_from(r) for r in positions],
+            deals=[deal_from(r) for r in deals],
+        )
 
     # -- trading
 
@@ -606,40 +803,77 @@ class Gateway:
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call `name` on the module with the per-call timeout; return plain data or raise."""
+        return self._call_many([(name, args, kwargs)])[0]
+
+    def _call_many(self, calls: list[Call]) -> list[Any]:
+        """Make `calls` in order, in one round trip to an RPyC terminal; return their plain results, or
+        raise for the first that failed (nothing after it was called)."""
         if self._closed:
-            raise TerminalUnavailable(f"{name}: the gateway is closed", call=name)
+            raise TerminalUnavailable(f"{calls[0][0]}: the gateway is closed", call=calls[0][0])
+        login = self._pending_login
+        if login is not None:
+            calls = [login, *calls]
+        names = [name for name, _, _ in calls]
+        # After an order call, any failure to get an answer may hide an order that was in fact placed.
+        name = next((n for n in names if n in ORDER_CALLS), names[-1])
         backend = self._backend
-        result, error = _timed(self._executor, self.timeout, name, lambda: backend.call(name, args, kwargs))
-        if result is None and name in _VOID_CALLS:
-            return None
-        if result is None or result is False:
-            code, message = (error or (None, None))[:2]
-            if code == mt5c.RES_S_OK and name in _LIST_CALLS:
-                # Some builds answer "nothing found" with None and last_error (1, "Success").
-                return []
-            raise classify(name, code, message)
-        return result
+        try:
+            answers = _guarded(name, lambda: backend.call_many(calls), self._executor, self.timeout)
+        except (TerminalTimeout, TerminalUnavailable, OrderOutcomeUnknown):
+            self._broken = True
+            raise
+        results = []
+        for (call_name, _, _), (result, error) in zip(calls, answers, strict=False):
+            results.append(_checked(call_name, result, error))
+        if len(answers) < len(calls):  # the terminal stopped early without saying why: a bridge bug
+            self._broken = True
+            raise TerminalError(f"{names[len(answers)]}: the terminal skipped this call", call=name)
+        if login is not None:
+            self._pending_login = None
+            results.pop(0)
+            if isinstance(backend, _RpycBackend):
+                backend.initialized = True
+                backend.logged_in_as = self._login
+        return results
 
 
-def _timed(executor: ThreadPoolExecutor, timeout: float, name: str, fn: Callable[[], T]) -> T:
-    """Run `fn` on the executor's thread and wait at most `timeout` seconds, mapping what can go wrong
-    on the way to the terminal onto TerminalTimeout / TerminalUnavailable (OrderOutcomeUnknown for
-    order calls, where a lost answer may hide a placed order)."""
+def _checked(name: str, result: Any, error: Any) -> Any:
+    """One call's plain result, or the exception its None/False + last_error() stands for."""
+    if result is None and name in _VOID_CALLS:
+        return None
+    if result is None or result is False:
+        code, message = (error or (None, None))[:2]
+        if code == mt5c.RES_S_OK and name in _LIST_CALLS:
+            # Some builds answer "nothing found" with None and last_error (1, "Success").
+            return []
+        raise classify(name, code, message)
+    return result
+
+
+def _guarded(name: str, fn: Callable[[], T], executor: ThreadPoolExecutor | None, timeout: float) -> T:
+    """Run `fn`, waiting at most `timeout` seconds: on the executor's thread when there is one (the
+    package's blocking C calls), else right here (RPyC bounds its own waits). Maps what can go wrong on
+    the way to the terminal onto TerminalTimeout / TerminalUnavailable (OrderOutcomeUnknown for order
+    calls, where a lost answer may hide a placed order)."""
 
     def fail(error: type[TerminalError], message: str) -> TerminalError:
-        # After an order call, any failure to get an answer may hide an order that was in fact placed.
         return (OrderOutcomeUnknown if name in ORDER_CALLS else error)(message, call=name)
 
     try:
-        future = executor.submit(fn)
-    except RuntimeError as exc:  # the executor was shut down: the gateway is closed
-        raise TerminalUnavailable(f"{name}: the gateway is closed", call=name) from exc
-    try:
-        return future.result(timeout=timeout)
+        if executor is None:
+            return fn()
+        try:
+            future = executor.submit(fn)
+        except RuntimeError as exc:  # the executor was shut down: the gateway is closed
+            raise TerminalUnavailable(f"{name}: the gateway is closed", call=name) from exc
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            # A call still running keeps the worker thread busy; the calls queued behind it time out too.
+            future.cancel()
+            raise
     except TimeoutError as exc:
-        # Our wait or RPyC's sync_request_timeout (both are the builtin TimeoutError). A call still
-        # running keeps the worker thread busy; the calls queued behind it time out too, as they should.
-        future.cancel()
+        # Our wait or RPyC's sync_request_timeout (both are the builtin TimeoutError).
         raise fail(TerminalTimeout, f"{name}: no answer from the terminal within {timeout:g} s") from exc
     except (EOFError, OSError) as exc:
         # EOFError: RPyC's "connection closed"; OSError covers ConnectionError and socket errors.
@@ -657,8 +891,9 @@ def _executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt5-gateway")
 
 
-def _connector(terminal_url: str, timeout: float) -> Callable[[], _Backend]:
-    """What connecting to `terminal_url` means, as a function to run under the connect timeout."""
+def _connector(terminal_url: str, timeout: float) -> tuple[tuple[str, int] | None, Callable[[], _Backend]]:
+    """What connecting to `terminal_url` means, as a function to run under the connect timeout, and the
+    (host, port) that a pool keys the connection by (None: an in-process terminal, nothing to pool)."""
     try:
         parts = urlsplit(terminal_url)
         host, port = parts.hostname, parts.port
@@ -676,7 +911,7 @@ def _connector(terminal_url: str, timeout: float) -> Callable[[], _Backend]:
                 "use an mt5linux://host:port bridge instead",
                 call="import MetaTrader5",
             ) from exc
-        return lambda: _LocalBackend(module)
+        return None, lambda: _LocalBackend(module)
 
     if parts.scheme == "sim" and not host:
 
@@ -685,13 +920,13 @@ def _connector(terminal_url: str, timeout: float) -> Callable[[], _Backend]:
 
             return _LocalBackend(SimTerminal(default_broker()))
 
-        return in_process
+        return None, in_process
 
     if parts.scheme in ("mt5linux", "sim") and host:
         if parts.scheme == "mt5linux" and port is None:
             raise InvalidTerminalUrl("mt5linux:// needs a port, e.g. mt5linux://127.0.0.1:18812")
         rpyc_port = port or DEFAULT_RPYC_PORT
-        return lambda: _RpycBackend(host, rpyc_port, timeout)
+        return (host, rpyc_port), lambda: _RpycBackend(host, rpyc_port, timeout)
 
     raise InvalidTerminalUrl(
         f"unusable terminal URL {terminal_url!r}: use mt5://, mt5linux://host:port, sim:// or sim://host:port"
@@ -722,6 +957,8 @@ def _plain_request(request: Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "AccountSnapshot",
+    "AccountState",
+    "ConnectionPool",
     "Deal",
     "Gateway",
     "OrderResult",

@@ -393,6 +393,11 @@ class SimBroker:
         self._reject: int | None = None
         self._lost_replies = 0
         self._latency_ms: dict[int | None, float] = {}
+        # "call": every call sleeps its latency before it runs. "reply": calls run at once and their
+        # latencies add up, to be slept once by whoever sends the reply (`pay_latency`, the terminal
+        # server). Either way a client waits the same; "reply" spares the terminal process a thread
+        # wake-up per call, which on a loaded box costs more CPU than the call itself.
+        self.latency_mode = "call"
         self._disconnected_until: dict[int | None, float] = {}
         for login, settings in (accounts or {}).items():
             self._add_account(int(login), settings, server=server)
@@ -1409,6 +1414,15 @@ class SimBroker:
             ms = max(self._latency_ms.get(None, 0.0), self._latency_ms.get(login, 0.0) if login else 0.0)
             return ms / 1000.0
 
+    def wait(self, seconds: float) -> None:
+        """A call's latency: slept now, or owed until the reply (see `latency_mode`)."""
+        if seconds <= 0:
+            return
+        if self.latency_mode == "reply":
+            _owed.seconds = getattr(_owed, "seconds", 0.0) + seconds
+        else:
+            time.sleep(seconds)
+
     def disconnect(self, seconds: float, login: int | None = None) -> None:
         with self._lock:
             self._disconnected_until[login] = self.now() + float(seconds)
@@ -1458,6 +1472,18 @@ def _unix_time(value: Any) -> int | None:
     return None
 
 
+_owed = threading.local()  # latency this thread's calls owe their reply (latency_mode "reply")
+
+
+def pay_latency() -> None:
+    """Sleep the latency this thread's calls owe (latency_mode "reply"); the terminal server calls it
+    before sending each reply."""
+    seconds = getattr(_owed, "seconds", 0.0)
+    if seconds:
+        _owed.seconds = 0.0
+        time.sleep(seconds)
+
+
 class SimTerminal:
     """One simulated terminal: the MetaTrader5 module's functions, bound to a `SimBroker`.
 
@@ -1484,9 +1510,7 @@ class SimTerminal:
     def _enter(self, *, needs_login: bool = False) -> bool:
         """What every call goes through: the configured latency, then the connection and login checks.
         Sleeping happens outside the broker's lock, so a slow terminal does not slow the others."""
-        delay = self.broker.latency_seconds(self._login)
-        if delay > 0:
-            time.sleep(delay)
+        self.broker.wait(self.broker.latency_seconds(self._login))
         if not self._initialized:
             self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
             return False
@@ -1531,9 +1555,7 @@ class SimTerminal:
         portable: bool = False,
     ) -> bool:
         """Start the terminal, logging in when `login` is given. False plus last_error() on failure."""
-        delay = self.broker.latency_seconds(login)
-        if delay > 0:
-            time.sleep(delay)
+        self.broker.wait(self.broker.latency_seconds(login))
         if path is not None and not isinstance(path, str):
             self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "path" argument')
             return False
