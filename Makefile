@@ -18,4 +18,4 @@ bench-ingest:
 	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/ingest.py
 
 bench-fanout:
-	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/fanout.py --accounts 1000 --batch-size 100 --warm
+	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/fanout.py --accounts 5000 --concurrency 6 --warm

@@ -31,6 +31,13 @@ else:
         "visibility_timeout": 3600,
     }
 
+# Two queues: orders (and the small periodic jobs) on the default queue, reconciliation batches on their
+# own, so that an approved order never waits behind a batch of slow terminals. The Procfile runs one
+# worker per queue; a worker started without -Q (tests, benchmarks) consumes both.
+task_default_queue = "celery"
+task_queues = {"celery": {}, "reconcile": {}}
+task_routes = {"tradeguard.reconcile_accounts": {"queue": "reconcile"}}
+
 # Results are ignored unless a task opts in: beat and the API never read them, and storing them
 # would only fill Redis.
 task_ignore_result = True

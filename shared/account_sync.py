@@ -312,7 +312,7 @@ def _read_and_plan(
     previous = work.sync or {}
     started = now()
     cursor: datetime | None = previous.get("deals_synced_to")
-    deals_from = cursor + timedelta(seconds=1) if cursor else started - FIRST_DEALS_WINDOW
+    deals_from = _after(cursor) if cursor else started - FIRST_DEALS_WINDOW
     try:
         with open_terminal(work.account) as terminal:
             state = terminal.read_account(deals_from, started + DEALS_WINDOW_AHEAD)
@@ -348,6 +348,12 @@ def _read_and_plan(
     plan.sync["last_sync_ms"] = int((now() - started).total_seconds() * 1000)
     plan.sync["deals_synced_to"] = max(filter(None, (cursor, newest_deal)), default=None)
     return plan
+
+
+def _after(cursor: datetime) -> datetime:
+    """The start of the second after `cursor` (deal times may carry milliseconds; the terminal's history
+    is asked in whole seconds)."""
+    return cursor.replace(microsecond=0) + timedelta(seconds=1)
 
 
 def _deals_by_position(deals: Iterable[Any]) -> dict[int, list[Any]]:

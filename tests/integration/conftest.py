@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared import execution
-from shared.account_sync import BreakerSettings, sync_account
+from shared.account_sync import BreakerSettings, each, sync_account, sync_accounts
 from shared.db import db
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim import SimBroker, SimTerminal
@@ -87,7 +87,11 @@ def approved(api):
 
 @pytest.fixture
 def sync(db_session, broker):
+    """Reconcile one account (`sync(id)`) or a batch (`sync.many(ids)`) against the test's broker.
+    `sync.unreachable` holds account ids whose terminal refuses connections; `sync.reads` records the
+    (account id, deals_from, deals_to) of every `read_account`."""
     unreachable: set[int] = set()
+    reads: list[tuple[int, object, object]] = []
 
     @contextmanager
     def open_terminal(account):
@@ -98,6 +102,13 @@ def sync(db_session, broker):
         with Gateway.from_module(
             SimTerminal(broker), login=account.login, password="x", server=account.server, timeout=5
         ) as gateway:
+            read_account = gateway.read_account
+
+            def recorded_read(deals_from, deals_to):
+                reads.append((account.id, deals_from, deals_to))
+                return read_account(deals_from, deals_to)
+
+            gateway.read_account = recorded_read
             yield gateway
 
     @contextmanager
@@ -118,5 +129,19 @@ def sync(db_session, broker):
             breaker=BreakerSettings(failures_to_open=3, first_backoff_seconds=30),
         )
 
+    def many(account_ids, lock=no_lock, **options):
+        return sync_accounts(
+            lambda: db.session(),
+            account_ids,
+            open_terminal=open_terminal,
+            locks=each(lock),
+            symbol_specs=options.pop("symbol_specs", symbol_specs),
+            tolerances=Tolerances(),
+            breaker=BreakerSettings(failures_to_open=3, first_backoff_seconds=30),
+            **options,
+        )
+
     sync.unreachable = unreachable
+    sync.reads = reads
+    sync.many = many
     return sync

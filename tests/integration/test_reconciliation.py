@@ -223,3 +223,116 @@ def test_a_trade_left_sent_is_settled_when_its_position_is_found_by_identity(
     # The execution task's next attempt finds it settled and sends nothing.
     again = run(signal_id)
     assert again.state == TradeState.FILLED and again.attempts == 1
+
+
+# --- batches ------------------------------------------------------------------------------------------
+
+
+def test_a_batch_reconciles_every_account_once_and_reports_each_outcome(sync, api, db_session, terminal):
+    worlds = [api.setup() for _ in range(3)]
+    ids = [w["account"]["id"] for w in worlds]
+    terminal.sim_open_manual(1001, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
+    sync.unreachable.add(ids[1])
+
+    outcomes = sync.many([*ids, 999_999])
+
+    assert [(o.account_id, o.status) for o in outcomes] == [
+        (ids[0], "ok"),
+        (ids[1], "failed"),
+        (ids[2], "ok"),
+        (999_999, "gone"),
+    ]
+    assert [o.events for o in outcomes] == [1, 0, 1, 0]  # one outside position on each account that synced
+    for account_id, snapshots in ((ids[0], 1), (ids[1], 0), (ids[2], 1)):
+        stored = db_session.scalars(
+            sa.select(PositionSnapshot).where(PositionSnapshot.account_id == account_id)
+        ).all()
+        assert len(stored) == snapshots
+    failed = db_session.get(AccountSync, ids[1])
+    assert failed.consecutive_failures == 1 and "connection refused" in failed.last_error
+    assert failed.last_synced_at is None
+
+
+def test_accounts_whose_lock_is_held_elsewhere_are_busy_and_untouched(sync, api, db_session):
+    from contextlib import contextmanager
+
+    from shared.locks import Busy
+
+    held, free = api.setup()["account"]["id"], api.setup()["account"]["id"]
+
+    @contextmanager
+    def lock(name):
+        if name == f"account:{held}":
+            raise Busy(name)
+        yield
+
+    outcomes = sync.many([held, free], lock=lock)
+    assert [o.status for o in outcomes] == ["busy", "ok"]
+    assert db_session.get(AccountSync, held) is None
+    assert db_session.get(AccountSync, free).last_synced_at is not None
+
+
+def test_one_account_whose_rows_cannot_be_written_does_not_lose_the_others(
+    sync, api, db_session, monkeypatch
+):
+    import shared.account_sync as account_sync
+
+    good, bad, other = (api.setup()["account"]["id"] for _ in range(3))
+    write_plans = account_sync._write_plans
+    batches: list[list[int]] = []
+
+    def failing_for_bad(session, plans):
+        batches.append([plan.account_id for plan in plans])
+        if any(plan.account_id == bad for plan in plans):
+            raise sa.exc.IntegrityError("INSERT ...", {}, Exception("simulated constraint violation"))
+        return write_plans(session, plans)
+
+    monkeypatch.setattr(account_sync, "_write_plans", failing_for_bad)
+    outcomes = sync.many([good, bad, other])
+
+    # The batch's transaction failed as a whole, then each account was written on its own.
+    assert batches == [[good, bad, other], [good], [bad], [other]]
+    assert [o.status for o in outcomes] == ["ok", "crashed", "ok"]
+    assert db_session.get(AccountSync, good).last_synced_at is not None
+    assert db_session.get(AccountSync, other).last_synced_at is not None
+    assert db_session.get(AccountSync, bad) is None
+
+
+def test_a_crash_while_deciding_one_account_is_a_failed_sync_and_spares_the_batch(sync, api, db_session):
+    first, second = api.setup()["account"]["id"], api.setup()["account"]["id"]
+
+    def specs(account, terminal, names):
+        if account.id == first:
+            raise RuntimeError("a bug in the rules")
+        return {name: terminal.symbol(name) for name in names}
+
+    outcomes = sync.many([first, second], symbol_specs=specs)
+    assert [o.status for o in outcomes] == ["failed", "ok"]
+    state = db_session.get(AccountSync, first)
+    assert state.consecutive_failures == 1 and "a bug in the rules" in state.last_error
+
+
+def test_deals_are_read_from_just_after_the_newest_deal_already_seen(sync, api, db_session, terminal):
+    from datetime import timedelta
+
+    account_id = api.setup()["account"]["id"]
+    assert sync(account_id).status == "ok"
+    (first,) = sync.reads
+    assert first[2] - first[1] > timedelta(days=1)  # no deal seen yet: a wide window
+    # The window held the account's deposit: the cursor is the newest deal's time.
+    deposit = max(d.time for d in terminal.history_deals_get(0, 2**31))
+    cursor = db_session.get(AccountSync, account_id).deals_synced_to
+    assert int(cursor.timestamp()) == deposit
+
+    terminal.sim_open_manual(1001, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
+    assert sync(account_id).status == "ok"
+    second = sync.reads[-1]
+    assert second[1] == cursor.replace(microsecond=0) + timedelta(seconds=1)
+    opening = max(d.time for d in terminal.history_deals_get(0, 2**31))
+    moved = db_session.get(AccountSync, account_id).deals_synced_to
+    assert opening >= deposit and int(moved.timestamp()) == opening
+
+    # Nothing new: the window starts after the newest deal, and the cursor stays where it was.
+    assert sync(account_id).status == "ok"
+    assert sync.reads[-1][1] == moved.replace(microsecond=0) + timedelta(seconds=1)
+    assert db_session.get(AccountSync, account_id).deals_synced_to == moved

@@ -1,0 +1,32 @@
+"""Which queue each task goes to: orders must never wait behind reconciliation batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.celery_app import celery_app
+
+
+def queue_of(task_name: str) -> str:
+    return str(celery_app.amqp.router.route({}, task_name)["queue"].name)
+
+
+def test_reconciliation_batches_have_their_own_queue():
+    assert queue_of("tradeguard.reconcile_accounts") == "reconcile"
+
+
+@pytest.mark.parametrize(
+    "task_name",
+    [
+        "tradeguard.execute_signal",
+        "tradeguard.expire_signals",
+        "tradeguard.dispatch_approved",
+        "tradeguard.reconcile_tick",
+    ],
+)
+def test_orders_and_periodic_jobs_stay_on_the_default_queue(task_name):
+    assert queue_of(task_name) == "celery"
+
+
+def test_a_worker_started_without_a_queue_list_consumes_both():
+    assert set(celery_app.amqp.queues) == {"celery", "reconcile"}
