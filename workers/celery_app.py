@@ -1,17 +1,19 @@
 """The Celery app and the task base class.
 
 Workers build the Flask app inside the worker process (one per process, after the fork), run every
-task in its app context and one database transaction, and remove the session afterwards.
+task in its app context and one database transaction, and remove the session afterwards. Every task's
+duration is recorded in the database for /metrics (see `shared.task_metrics`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
 from flask import Flask
 
 log = logging.getLogger(__name__)
@@ -69,3 +71,36 @@ class DatabaseTask(Task):
                 raise
             finally:
                 db.session.remove()
+
+
+# Start times by task id (a list: an eager retry runs again under the same id inside the first run).
+# Entries of a process killed mid-task die with it.
+_started: dict[str, list[float]] = {}
+_OUTCOMES = {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry"}
+
+
+@task_prerun.connect
+def _start_clock(task_id: str, **_: Any) -> None:
+    _started.setdefault(task_id, []).append(time.perf_counter())
+
+
+@task_postrun.connect
+def _record_duration(task_id: str, task: Task, state: str | None = None, **_: Any) -> None:
+    """One observation per run, in its own transaction on its own connection. Never raises: a task's
+    outcome must not depend on its metrics (a database down, the table not migrated yet)."""
+    try:
+        starts = _started.get(task_id)
+        if not starts:
+            return
+        seconds = time.perf_counter() - starts.pop()
+        if not starts:
+            _started.pop(task_id, None)
+        outcome = _OUTCOMES.get(state or "", (state or "unknown").lower()[:16])
+
+        from shared import task_metrics
+        from shared.db import db
+
+        with flask_app().app_context():
+            task_metrics.record(db.engine, task.name, seconds, outcome)
+    except Exception:
+        log.warning("task %s[%s]: recording its duration failed", task.name, task_id, exc_info=True)

@@ -88,6 +88,39 @@ def test_metrics_are_prometheus_text(api, sync, client):
     assert "tradeguard_breaker_openings_total 1" in text
 
 
+def test_metrics_show_task_durations_recorded_by_the_workers(client, db_session):
+    from shared import task_metrics
+    from shared.db import db
+
+    # Inside db_session the engine is the test's connection: these rows are rolled back afterwards.
+    for seconds, outcome in ((0.5, "success"), (3.0, "success"), (0.25, "retry"), (200.0, "failure")):
+        task_metrics.record(db.engine, "tradeguard.example", seconds, outcome)
+    task_metrics.record(db.engine, 'odd"name\\x', 0.01, "success")
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    example = [line for line in text.splitlines() if 'task="tradeguard.example"' in line]
+    name = "tradeguard_task_duration_seconds"
+    assert example == [
+        *[f'{name}_bucket{{task="tradeguard.example",le="{le}"}} 0' for le in ("0.05", "0.1")],
+        f'{name}_bucket{{task="tradeguard.example",le="0.25"}} 1',
+        *[f'{name}_bucket{{task="tradeguard.example",le="{le}"}} 2' for le in ("0.5", "1", "2.5")],
+        *[f'{name}_bucket{{task="tradeguard.example",le="{le}"}} 3' for le in ("5", "10", "30", "60", "120")],
+        f'{name}_bucket{{task="tradeguard.example",le="+Inf"}} 4',
+        f'{name}_sum{{task="tradeguard.example"}} 203.75',
+        f'{name}_count{{task="tradeguard.example"}} 4',
+        'tradeguard_tasks_total{task="tradeguard.example",outcome="failure"} 1',
+        'tradeguard_tasks_total{task="tradeguard.example",outcome="retry"} 1',
+        'tradeguard_tasks_total{task="tradeguard.example",outcome="success"} 2',
+    ]
+    assert f"# TYPE {name} histogram" in text and "# TYPE tradeguard_tasks_total counter" in text
+    # Label values are escaped: a double quote and a backslash in a task name.
+    assert f'{name}_count{{task="odd\\"name\\\\x"}} 1' in text
+    # The existing metrics are still there.
+    assert "tradeguard_accounts 0" in text and "tradeguard_breakers_open 0" in text
+
+
 def _owner_of(db_session, account_id):
     from shared.models import Account, User
 

@@ -57,3 +57,17 @@ def test_beat_fans_out_and_workers_reconcile_every_account_once_per_tick(app, co
         # The manual position on login 7001 is recorded once, however many ticks saw it.
         assert [(e.account_id, e.position_ticket) for e in outside] == [(accounts[0], ticket)]
         control.close()
+
+        # The workers timed every task they ran, and /metrics shows it.
+        text = api.http.get("/metrics").get_data(as_text=True)
+        samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+        for task in ("tradeguard.reconcile_tick", "tradeguard.reconcile_accounts"):
+            runs = int(samples[f'tradeguard_task_duration_seconds_count{{task="{task}"}}'])
+            assert runs >= 1, text
+            assert int(samples[f'tradeguard_task_duration_seconds_bucket{{task="{task}",le="+Inf"}}']) == runs
+            outcomes = {
+                outcome: int(samples.get(f'tradeguard_tasks_total{{task="{task}",outcome="{outcome}"}}', 0))
+                for outcome in ("success", "failure", "retry")
+            }
+            assert outcomes["success"] >= 1 and sum(outcomes.values()) == runs, outcomes
+            assert 0 < float(samples[f'tradeguard_task_duration_seconds_sum{{task="{task}"}}']) < 120 * runs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, Response
 
+from shared import task_metrics
 from shared.db import utcnow
 from shared.models import Account, AccountSync, ReconciliationLog
 from web.extensions import db
@@ -17,6 +18,34 @@ blp = Blueprint("metrics", __name__)
 
 _LAG_BUCKETS = (5, 10, 15, 30, 60, 120, 300, 600)
 _DURATION_BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def _label(value: str) -> str:
+    """A label value escaped for the text format: backslash, double quote and line feed."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _task_durations(tasks: list[task_metrics.TaskDurations]) -> list[str]:
+    name = "tradeguard_task_duration_seconds"
+    lines = [
+        f"# HELP {name} How long Celery tasks took, measured in the workers.",
+        f"# TYPE {name} histogram",
+    ]
+    for task in tasks:
+        label = _label(task.task)
+        lines.extend(f'{name}_bucket{{task="{label}",le="{le}"}} {count}' for le, count in task.buckets)
+        lines.append(f'{name}_sum{{task="{label}"}} {task.sum_seconds}')
+        lines.append(f'{name}_count{{task="{label}"}} {task.count}')
+    lines += [
+        "# HELP tradeguard_tasks_total Celery task runs, by task and outcome (success, failure, retry).",
+        "# TYPE tradeguard_tasks_total counter",
+    ]
+    for task in tasks:
+        lines.extend(
+            f'tradeguard_tasks_total{{task="{_label(task.task)}",outcome="{_label(outcome)}"}} {count}'
+            for outcome, count in task.outcomes.items()
+        )
+    return lines
 
 
 def _histogram(name: str, help_text: str, values: list[float], buckets: tuple[float, ...]) -> list[str]:
@@ -70,12 +99,16 @@ def metrics() -> Response:
         ),
         "# HELP tradeguard_reconciliation_events_total Reconciliation events recorded, by type.",
         "# TYPE tradeguard_reconciliation_events_total counter",
-        *[f'tradeguard_reconciliation_events_total{{type="{kind}"}} {count}' for kind, count in divergences],
+        *[
+            f'tradeguard_reconciliation_events_total{{type="{_label(kind)}"}} {count}'
+            for kind, count in divergences
+        ],
         "# HELP tradeguard_breakers_open Accounts backed off by their circuit breaker right now.",
         "# TYPE tradeguard_breakers_open gauge",
         f"tradeguard_breakers_open {open_breakers}",
         "# HELP tradeguard_breaker_openings_total Times any account's circuit breaker opened.",
         "# TYPE tradeguard_breaker_openings_total counter",
         f"tradeguard_breaker_openings_total {openings}",
+        *_task_durations(task_metrics.read(db.session)),
     ]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
