@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,15 +114,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def terminal_server(port: int | None = None, env: dict[str, str] | None = None) -> Iterator[int]:
-    """A real `terminal` process (the simulated MT5 terminal over RPyC) on a free port; yields the port."""
+def terminal_server(
+    port: int | None = None, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Iterator[int]:
+    """A real `terminal` process (the simulated MT5 terminal over RPyC) on a free port; yields the port.
+    `args` are further command-line options (e.g. `["--latency-mode", "reply"]`)."""
     import socket
 
     port = port or free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="tg-terminal-"))
     log = open(log_dir / "terminal.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.terminal", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "workers.terminal", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=ROOT,
         env=_env(env),
         stdout=log,
