@@ -492,6 +492,17 @@ class ConnectionPool:
                 return
         backend.close()
 
+    def discard(self, key: tuple[str, int]) -> None:
+        """Close the idle connections to one terminal (it was found dead)."""
+        with self._lock:
+            self._own()
+            idle = self._idle.pop(key, [])
+        for backend in idle:
+            try:
+                backend.close()
+            except Exception as exc:  # closing a dead connection may fail; it is gone either way
+                log.debug("closing a pooled terminal connection failed: %s", exc)
+
     def idle(self) -> int:
         with self._lock:
             self._own()
@@ -821,10 +832,21 @@ class Gateway:
             answers = _guarded(name, lambda: backend.call_many(calls), self._executor, self.timeout)
         except (TerminalTimeout, TerminalUnavailable, OrderOutcomeUnknown):
             self._broken = True
+            if self._pool is not None and isinstance(backend, _RpycBackend):
+                # The terminal went away or hangs: its other idle connections are most likely dead too,
+                # and each would cost one failed sync to find out.
+                self._pool.discard(backend.key)
             raise
         results = []
-        for (call_name, _, _), (result, error) in zip(calls, answers, strict=False):
-            results.append(_checked(call_name, result, error))
+        try:
+            for (call_name, _, _), (result, error) in zip(calls, answers, strict=False):
+                results.append(_checked(call_name, result, error))
+        except TerminalError:
+            if login is not None and len(results) == 0 and isinstance(backend, _RpycBackend):
+                # A refused login leaves the session logged out (or on no known account): the next user
+                # of this connection must log in, whoever it is.
+                backend.logged_in_as = None
+            raise
         if len(answers) < len(calls):  # the terminal stopped early without saying why: a bridge bug
             self._broken = True
             raise TerminalError(f"{names[len(answers)]}: the terminal skipped this call", call=name)

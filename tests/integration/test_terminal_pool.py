@@ -288,28 +288,33 @@ def kill_terminal(port: int) -> None:
     assert wait_for(refused, timeout=10, interval=0.05)
 
 
-def test_a_connection_to_a_dead_terminal_is_unavailable_and_not_given_back(pool):
+def test_a_connection_to_a_dead_terminal_is_unavailable_and_not_given_back(pool, port):
     with terminal_server() as own:
-        gateway = open_pooled(own, 8501, pool)
-        backend = gateway._backend
-        assert gateway.read_account(*window()).account.login == 8501
-        gateway.close()
-        assert pool.idle() == 1
+        first, second = open_pooled(own, 8501, pool), open_pooled(own, 8502, pool)
+        elsewhere = open_pooled(port, 8503, pool)  # another terminal, alive
+        for gateway in (first, second, elsewhere):
+            assert gateway.read_account(*window()).account.login in (8501, 8502, 8503)
+        backend = second._backend
+        second.close()
+        first.close()
+        elsewhere.close()
+        assert pool.idle() == 3
 
         kill_terminal(own)
-        # The pool hands out its idle connection (opening sends nothing); the first read finds it dead.
+        # The pool hands out an idle connection (opening sends nothing); the first read finds it dead,
+        # and the pool drops the dead terminal's other idle connection with it, not the live one's.
         dead = open_pooled(own, 8501, pool, timeout=3)
-        assert dead._backend is backend and pool.idle() == 0
+        assert dead._backend is not backend and pool.idle() == 2
         with pytest.raises(TerminalUnavailable) as raised:
             dead.read_account(*window())
         assert raised.value.retryable
         dead.close()
-        assert pool.idle() == 0
+        assert pool.idle() == 1  # the live terminal's
 
         # Nothing dead is left to hand out: the next open connects afresh, and fails at once.
         with pytest.raises(TerminalUnavailable):
             open_pooled(own, 8501, pool, timeout=3)
-        assert pool.idle() == 0
+        assert pool.idle() == 1
 
 
 def test_a_forked_child_sees_an_empty_pool_and_leaves_the_parents_connection_alone(port, pool):
