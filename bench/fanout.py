@@ -344,6 +344,8 @@ def _seed_trades(
                         "expires_at": now,
                         "idempotency_key": f"{run}-{login}-{j}",
                         "comment": f"{run}-{login}-{j}",
+                        # Signatures are unique (replay protection): one per seeded signal.
+                        "signature": f"{run}-{login}-{j}",
                     },
                 )
             )
