@@ -251,6 +251,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy record (--gil, with subprocesses) TradeGuard's gunicorn during its measured run, "
+        "into this file as collapsed stacks (speedscope, flamegraph.pl); needs py-spy in the venv",
+    )
+    parser.add_argument(
         "--admin-url",
         default=os.environ.get(
             "TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -290,9 +296,22 @@ def main() -> None:
         bare = fire(
             bare_port, client_id, secret, args.requests, args.concurrency, args.load_processes, servers[1].pid
         )
+        profiler = None
+        if args.profile:
+            py_spy = str(Path(sys.executable).parent / "py-spy")
+            options = ["--subprocesses", "--gil", "--rate", "500", "--format", "raw"]
+            profiler = subprocess.Popen(
+                [py_spy, "record", "--pid", str(servers[0].pid), *options, "--output", str(args.profile)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)  # py-spy attaches
         tradeguard = fire(
             tg_port, client_id, secret, args.requests, args.concurrency, args.load_processes, servers[0].pid
         )
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
+            profiler.wait(timeout=60)
 
         engine = sa.create_engine(database_url)
         with engine.connect() as conn:

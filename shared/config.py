@@ -13,6 +13,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -58,6 +59,15 @@ class Settings:
     reconcile_threads: int = 100
     reconcile_lock_seconds: float = 150.0
     breaker_failures: int = 3
+    breaker_first_backoff_seconds: float = 30.0
+    breaker_max_backoff_seconds: float = 600.0
+    # Reconciliation tolerances (see shared.reconciliation.Tolerances): matching by tolerance, and when
+    # a matched position diverges from what was requested.
+    match_volume_percent: Decimal = Decimal(5)
+    match_price_pips: Decimal = Decimal(2)
+    slippage_pips: Decimal = Decimal(5)
+    volume_divergence_percent: Decimal = Decimal(10)
+    stop_divergence_pips: Decimal = Decimal(10)
     secrets_generated: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -97,6 +107,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from exc
     if value <= 0:
         raise ConfigurationError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _decimal(env: Mapping[str, str], name: str, default: Decimal) -> Decimal:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = Decimal(str(raw).strip())
+    except InvalidOperation as exc:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from exc
+    if not value.is_finite() or value < 0:
+        raise ConfigurationError(f"{name} must be a number of at least 0, got {raw!r}")
     return value
 
 
@@ -192,6 +215,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reconcile_threads=_int(env, "TRADEGUARD_RECONCILE_THREADS", 100),
         reconcile_lock_seconds=_float(env, "TRADEGUARD_RECONCILE_LOCK_SECONDS", 150.0),
         breaker_failures=_int(env, "TRADEGUARD_BREAKER_FAILURES", 3),
+        breaker_first_backoff_seconds=_float(env, "TRADEGUARD_BREAKER_FIRST_BACKOFF_SECONDS", 30.0),
+        breaker_max_backoff_seconds=_float(env, "TRADEGUARD_BREAKER_MAX_BACKOFF_SECONDS", 600.0),
+        match_volume_percent=_decimal(env, "TRADEGUARD_MATCH_VOLUME_PERCENT", Decimal(5)),
+        match_price_pips=_decimal(env, "TRADEGUARD_MATCH_PRICE_PIPS", Decimal(2)),
+        slippage_pips=_decimal(env, "TRADEGUARD_SLIPPAGE_PIPS", Decimal(5)),
+        volume_divergence_percent=_decimal(env, "TRADEGUARD_VOLUME_DIVERGENCE_PERCENT", Decimal(10)),
+        stop_divergence_pips=_decimal(env, "TRADEGUARD_STOP_DIVERGENCE_PIPS", Decimal(10)),
         secrets_generated=generated,
     )
 

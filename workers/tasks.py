@@ -245,6 +245,19 @@ def _redis() -> Any:
     return _redis_client
 
 
+def reconcile_tolerances(settings: Any) -> Any:
+    """The reconciliation tolerances from the settings (TRADEGUARD_MATCH_*, *_DIVERGENCE_*, ...)."""
+    from shared.reconciliation import Tolerances
+
+    return Tolerances(
+        match_volume_percent=settings.match_volume_percent,
+        match_price_pips=settings.match_price_pips,
+        slippage_pips=settings.slippage_pips,
+        volume_percent=settings.volume_divergence_percent,
+        stop_pips=settings.stop_divergence_pips,
+    )
+
+
 # A batch waits on terminals (each call bounded by the terminal timeout), so it finishes well within
 # these; the hard limit stays below the account lock's TTL (TRADEGUARD_RECONCILE_LOCK_SECONDS, 150 s)
 # so that no lock expires while its holder is still working.
@@ -254,7 +267,6 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
     concurrently (the work is waiting on terminals, not CPU), so one slow or failing account does not
     delay the others. Returns how many accounts ended in each status."""
     from shared.account_sync import BreakerSettings, sync_accounts
-    from shared.reconciliation import Tolerances
 
     app = flask_app()
     settings = app.extensions["tradeguard.settings"]
@@ -266,8 +278,12 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
                 open_terminal=open_pooled_terminal,
                 locks=_account_locks,
                 symbol_specs=symbol_specs,
-                tolerances=Tolerances(),
-                breaker=BreakerSettings(failures_to_open=settings.breaker_failures),
+                tolerances=reconcile_tolerances(settings),
+                breaker=BreakerSettings(
+                    failures_to_open=settings.breaker_failures,
+                    first_backoff_seconds=settings.breaker_first_backoff_seconds,
+                    max_backoff_seconds=settings.breaker_max_backoff_seconds,
+                ),
                 # The threads only talk to terminals: loading and writing stay on this one.
                 run=sync_threads().map,
             )

@@ -65,3 +65,40 @@ def test_malformed_settings_are_refused_with_the_variable_named(tmp_path):
         load_settings({**base, "TRADEGUARD_SIGNAL_TTL_SECONDS": "soon"})
     with pytest.raises(ConfigurationError, match="TRADEGUARD_EXPIRY_SWEEP_SECONDS"):
         load_settings({**base, "TRADEGUARD_EXPIRY_SWEEP_SECONDS": "0"})
+
+
+def test_reconciliation_tolerances_and_breaker_come_from_the_environment(tmp_path):
+    from decimal import Decimal
+
+    from workers.tasks import reconcile_tolerances
+
+    settings = load_settings(
+        {
+            "TRADEGUARD_INSTANCE_DIR": str(tmp_path),
+            "TRADEGUARD_MATCH_VOLUME_PERCENT": "7.5",
+            "TRADEGUARD_MATCH_PRICE_PIPS": "3",
+            "TRADEGUARD_SLIPPAGE_PIPS": "0.5",
+            "TRADEGUARD_VOLUME_DIVERGENCE_PERCENT": "12",
+            "TRADEGUARD_STOP_DIVERGENCE_PIPS": "0",
+            "TRADEGUARD_BREAKER_FIRST_BACKOFF_SECONDS": "5",
+            "TRADEGUARD_BREAKER_MAX_BACKOFF_SECONDS": "60",
+        }
+    )
+    tolerances = reconcile_tolerances(settings)
+    assert (
+        tolerances.match_volume_percent,
+        tolerances.match_price_pips,
+        tolerances.slippage_pips,
+        tolerances.volume_percent,
+        tolerances.stop_pips,
+    ) == (Decimal("7.5"), Decimal(3), Decimal("0.5"), Decimal(12), Decimal(0))
+    assert (settings.breaker_first_backoff_seconds, settings.breaker_max_backoff_seconds) == (5.0, 60.0)
+
+    defaults = reconcile_tolerances(load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path)}))
+    assert (defaults.match_volume_percent, defaults.slippage_pips, defaults.stop_pips) == (5, 5, 10)
+
+
+@pytest.mark.parametrize("raw", ["lots", "-1", "NaN", "Infinity"])
+def test_a_tolerance_that_is_not_a_non_negative_number_is_refused_with_its_name(tmp_path, raw):
+    with pytest.raises(ConfigurationError, match="TRADEGUARD_SLIPPAGE_PIPS"):
+        load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path), "TRADEGUARD_SLIPPAGE_PIPS": raw})
