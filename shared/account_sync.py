@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, wait
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -57,7 +58,6 @@ _MAY_HOLD_POSITION = (TradeState.SENT, TradeState.FILLED, TradeState.PARTIAL)
 FIRST_DEALS_WINDOW = timedelta(days=1)
 DEALS_WINDOW_AHEAD = timedelta(days=1)
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 
@@ -104,7 +104,6 @@ Lock = Callable[[str], AbstractContextManager[None]]
 # Locks for many names at once: yields the names it holds; the others are held elsewhere (busy).
 Locks = Callable[[list[str]], AbstractContextManager[set[str]]]
 SymbolSpecs = Callable[[AccountToSync, Any, set[str]], Mapping[str, Any]]
-Run = Callable[[Callable[[T], R], Iterable[T]], Iterable[R]]
 
 
 def each(lock: Lock) -> Locks:
@@ -165,12 +164,17 @@ def sync_accounts(
     symbol_specs: SymbolSpecs,
     tolerances: Tolerances,
     breaker: BreakerSettings,
-    run: Run[Any, Any] = map,
+    executor: Executor | None = None,
+    write_after_seconds: float = 2.0,
     now: Callable[[], datetime] = utcnow,
 ) -> list[SyncOutcome]:
     """Reconcile a batch of accounts; one outcome per id. Safe to run twice, and concurrently: accounts
-    whose lock another run holds come back `busy`, untouched. `run` maps the per-account terminal work
-    (e.g. a thread pool's `map`); the default runs it one account after the other."""
+    whose lock another run holds come back `busy`, untouched.
+
+    The terminal work of each account runs on `executor` (a thread pool in the workers; by default one
+    account after the other, here). What has finished after `write_after_seconds` is written then, the
+    rest when it finishes: a terminal that hangs until its timeout must not hold back the figures of the
+    accounts whose terminals answered."""
     names = {account_id: lock_name(account_id) for account_id in account_ids}
     with locks(list(names.values())) as held:
         outcomes = {i: SyncOutcome(i, "busy") for i in account_ids if names[i] not in held}
@@ -187,9 +191,28 @@ def sync_accounts(
                 log.exception("account %s: reconciliation crashed", work.account.id)
                 return _failure_plan(work, f"crashed: {type(exc).__name__}: {exc}", breaker, now())
 
-        plans = list(run(read, loaded))
-        outcomes.update({o.account_id: o for o in _write(session_factory, plans)})
+        runner = executor or _Inline()
+        order = {work.account.id: index for index, work in enumerate(loaded)}
+        pending: set[Future[_Plan]] = {runner.submit(read, work) for work in loaded}
+        timeout: float | None = write_after_seconds
+        while pending:
+            done, pending = wait(pending, timeout=timeout)
+            timeout = None  # the second wave waits for everything left
+            plans = sorted((future.result() for future in done), key=lambda plan: order[plan.account_id])
+            outcomes.update({o.account_id: o for o in _write(session_factory, plans)})
     return [outcomes[i] for i in account_ids]
+
+
+class _Inline(Executor):
+    """Runs each submitted call at once, on the calling thread (tests, one-account syncs)."""
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        future: Future[R] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
 
 
 def sync_account(

@@ -285,7 +285,7 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
                     max_backoff_seconds=settings.breaker_max_backoff_seconds,
                 ),
                 # The threads only talk to terminals: loading and writing stay on this one.
-                run=sync_threads().map,
+                executor=sync_threads(),
             )
         finally:
             db.session.remove()

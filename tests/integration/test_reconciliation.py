@@ -336,3 +336,42 @@ def test_deals_are_read_from_just_after_the_newest_deal_already_seen(sync, api, 
     assert sync(account_id).status == "ok"
     assert sync.reads[-1][1] == moved.replace(microsecond=0) + timedelta(seconds=1)
     assert db_session.get(AccountSync, account_id).deals_synced_to == moved
+
+
+def test_a_hung_terminal_does_not_hold_back_the_figures_of_the_accounts_that_answered(
+    sync, api, db_session, monkeypatch
+):
+    """The answered accounts are written after `write_after_seconds`, while the hung one still waits;
+    the hung one is written when it finally answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import shared.account_sync as account_sync
+
+    fast, hung, other = (api.setup()["account"]["id"] for _ in range(3))
+    first_write = threading.Event()
+    written: list[list[int]] = []
+    write_plans = account_sync._write_plans
+
+    def recording(session, plans):
+        written.append([plan.account_id for plan in plans])
+        result = write_plans(session, plans)
+        first_write.set()
+        return result
+
+    monkeypatch.setattr(account_sync, "_write_plans", recording)
+
+    def specs(account, terminal, names):
+        if account.id == hung:
+            # Answers only once the others are written; gives up (and fails the test) after 10 s.
+            assert first_write.wait(timeout=10), "the answered accounts waited for the hung one"
+        return {name: terminal.symbol(name) for name in names}
+
+    with ThreadPoolExecutor(max_workers=3) as threads:
+        outcomes = sync.many(
+            [fast, hung, other], symbol_specs=specs, executor=threads, write_after_seconds=0.5
+        )
+
+    assert [o.status for o in outcomes] == ["ok", "ok", "ok"]
+    assert written == [[fast, other], [hung]]
+    for account_id in (fast, hung, other):
+        assert db_session.get(AccountSync, account_id).last_synced_at is not None
