@@ -18,6 +18,7 @@ alone), and an account whose terminal keeps failing is backed off (circuit break
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
@@ -166,6 +167,7 @@ def sync_accounts(
     breaker: BreakerSettings,
     executor: Executor | None = None,
     write_after_seconds: float = 2.0,
+    give_up_after_seconds: float | None = None,
     now: Callable[[], datetime] = utcnow,
 ) -> list[SyncOutcome]:
     """Reconcile a batch of accounts; one outcome per id. Safe to run twice, and concurrently: accounts
@@ -174,7 +176,11 @@ def sync_accounts(
     The terminal work of each account runs on `executor` (a thread pool in the workers; by default one
     account after the other, here). What has finished after `write_after_seconds` is written then, the
     rest when it finishes: a terminal that hangs until its timeout must not hold back the figures of the
-    accounts whose terminals answered."""
+    accounts whose terminals answered. An account still not done `give_up_after_seconds` after the start
+    is recorded as a failed sync (it counts towards its breaker) rather than left to the task's time
+    limit, which would lose every result not yet written."""
+    started = time.monotonic()
+    account_ids = list(dict.fromkeys(account_ids))  # each account once, whatever the caller sent
     names = {account_id: lock_name(account_id) for account_id in account_ids}
     with locks(list(names.values())) as held:
         outcomes = {i: SyncOutcome(i, "busy") for i in account_ids if names[i] not in held}
@@ -193,12 +199,28 @@ def sync_accounts(
 
         runner = executor or _Inline()
         order = {work.account.id: index for index, work in enumerate(loaded)}
-        pending: set[Future[_Plan]] = {runner.submit(read, work) for work in loaded}
-        timeout: float | None = write_after_seconds
+        futures = {runner.submit(read, work): work for work in loaded}
+        pending: set[Future[_Plan]] = set(futures)
+        first_wave = True
         while pending:
+            if first_wave:
+                timeout: float | None = write_after_seconds
+            elif give_up_after_seconds is not None:
+                timeout = max(0.0, started + give_up_after_seconds - time.monotonic())
+            else:
+                timeout = None
             done, pending = wait(pending, timeout=timeout)
-            timeout = None  # the second wave waits for everything left
-            plans = sorted((future.result() for future in done), key=lambda plan: order[plan.account_id])
+            plans = [future.result() for future in done]
+            if not first_wave and pending:  # the deadline passed: give up on the rest
+                plans += [
+                    _failure_plan(futures[f], "no answer before the batch's deadline", breaker, now())
+                    for f in pending
+                ]
+                for future in pending:
+                    future.cancel()
+                pending = set()
+            first_wave = False
+            plans.sort(key=lambda plan: order[plan.account_id])
             outcomes.update({o.account_id: o for o in _write(session_factory, plans)})
     return [outcomes[i] for i in account_ids]
 
@@ -622,10 +644,11 @@ def _write(session_factory: Callable[[], DbSession], plans: list[_Plan]) -> list
             recorded = _write_plans(session, plans)
             session.commit()
             return [_outcome(plan, recorded) for plan in plans]
-        except sa.exc.SQLAlchemyError:
+        except sa.exc.SQLAlchemyError as exc:
             session.rollback()
             if len(plans) == 1:
-                raise
+                log.exception("account %s: writing its sync failed", plans[0].account_id)
+                return [SyncOutcome(plans[0].account_id, "crashed", error=type(exc).__name__)]
             log.exception("writing a batch of %d syncs failed; writing them one by one", len(plans))
         outcomes = []
         for plan in plans:

@@ -43,6 +43,7 @@ POSITION_REASON_EXPERT = 3
 
 DEAL_ENTRY_OUT = 1
 DEAL_ENTRY_OUT_BY = 3
+DEAL_ENTRY_INOUT = 2
 DEAL_ENTRY_IN = 0
 
 DEAL_REASON_CLIENT = 0
@@ -492,13 +493,20 @@ def closed_trade(trade: BookedTrade, position_id: int | None, deals: Sequence[De
 
     The reason is that of the last closing deal (the one that took the position to zero, after any
     partial closes); the price is volume-weighted over all closing deals; P&L covers every deal of the
-    position, opening commission included. Without a closing deal, nothing is guessed.
+    position, opening commission included. Without a closing deal, or with closing deals for less than
+    the opened volume (the rest not reported yet), nothing is guessed.
     """
     own = [d for d in deals if position_id is not None and d.position_id == position_id]
     closing = sorted((d for d in own if d.entry in _CLOSING_ENTRIES), key=lambda d: (d.time, d.ticket))
     if not closing:
         return ClosedTrade(trade, position_id, None, None, None, None, None)
     closed_volume = sum((d.volume for d in closing), Decimal(0))
+    opened_volume = sum((d.volume for d in own if d.entry == DEAL_ENTRY_IN), Decimal(0))
+    reversed_ = any(d.entry == DEAL_ENTRY_INOUT for d in own)  # a reversal muddles the volumes: skip
+    if opened_volume > 0 and not reversed_ and closed_volume < opened_volume:
+        # Only part of the close is in the history so far (the final deal not reported yet): decide
+        # next time rather than close the trade at a partial price and P&L.
+        return ClosedTrade(trade, position_id, None, None, None, None, None)
     if closed_volume > 0:
         close_price = sum((d.price * d.volume for d in closing), Decimal(0)) / closed_volume
     else:

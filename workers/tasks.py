@@ -219,15 +219,14 @@ def _password(credentials_encrypted: bytes) -> str:
 
 
 def _account_locks(names: list[str]) -> Any:
-    """Redis locks where Redis is the broker (many machines); flocks on the embedded setup."""
-    from shared.account_sync import each
-    from shared.locks import exclusive, redis_exclusive_many
+    """Redis locks where Redis is the broker (many machines); else Postgres advisory locks, or flocks on
+    the embedded setup."""
+    from shared.locks import exclusive_many, redis_exclusive_many
 
     settings = flask_app().extensions["tradeguard.settings"]
     if settings.redis_url:
         return redis_exclusive_many(_redis(), names, ttl_seconds=settings.reconcile_lock_seconds)
-    lock_dir = settings.instance_dir / "locks"
-    return each(lambda name: exclusive(db.engine, name, lock_dir=lock_dir))(names)
+    return exclusive_many(db.engine, names, lock_dir=settings.instance_dir / "locks")
 
 
 _redis_client: Any = None
@@ -286,6 +285,9 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
                 ),
                 # The threads only talk to terminals: loading and writing stay on this one.
                 executor=sync_threads(),
+                # Well inside the soft time limit (100 s), so that stragglers are recorded as failed
+                # syncs instead of the limit throwing away every result not yet written.
+                give_up_after_seconds=80.0,
             )
         finally:
             db.session.remove()

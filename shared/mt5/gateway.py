@@ -22,11 +22,13 @@ server runs on UTC; others are off by their server's fixed offset, consistently 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import logging
 import os
 import pickle
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -368,14 +370,29 @@ class _LocalBackend:
 
     def call_many(self, calls: list[Call]) -> list[tuple[Any, Any]]:
         answers = []
-        for name, args, kwargs in calls:
-            answers.append(self.call(name, args, kwargs))
-            if _stops_run(answers[-1][1]):
-                break
+        with _module_lock(self.module):  # as _tradeguard_calls does remotely
+            for name, args, kwargs in calls:
+                answers.append(self.call(name, args, kwargs))
+                if _stops_run(answers[-1][1]):
+                    break
         return answers
 
     def close(self) -> None:
         pass
+
+
+_module_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_module_locks_guard = threading.Lock()
+
+
+def _module_lock(module: Any) -> threading.Lock:
+    """One lock per module-like object: the MetaTrader5 package (one session per process) gets one lock
+    for the process; each in-process SimTerminal, whose session is its own, gets its own."""
+    with _module_locks_guard:
+        lock = _module_locks.get(module)
+        if lock is None:
+            lock = _module_locks[module] = threading.Lock()
+        return lock
 
 
 # Defined in the remote Python's namespace once per connection, so that a run of terminal calls is one
@@ -385,21 +402,27 @@ class _LocalBackend:
 # travel by value over RPyC, in both directions: the terminal receives real dicts of plain floats and ints,
 # never RPyC proxies, and the answer needs no second round trip to copy it (as rpyc.classic.obtain would).
 # The run stops at the first call that fails (None/False with an error code other than "success"), so a
-# failed login is never followed by calls on whatever account the terminal was on. Kept to Python 3.8
-# syntax, like _PLAIN_SOURCE.
+# failed login is never followed by calls on whatever account the terminal was on; and it runs under a
+# lock of the terminal process, so a login and the calls after it are never split by another client's
+# login. Kept to Python 3.8 syntax, like _PLAIN_SOURCE.
 _REMOTE_HELPER = (
     _PLAIN_SOURCE
     + """
 def _tradeguard_calls(payload):
     import pickle as _pickle
+    import threading as _threading
 
+    # One run at a time per terminal process: the real package has one session per process, so another
+    # connection's login between our login and our calls would switch the account under us.
+    lock = mt5.__dict__.setdefault("_tradeguard_lock", _threading.Lock())
     answers = []
-    for name, args, kwargs in _pickle.loads(payload):
-        result = getattr(mt5, name)(*args, **kwargs)
-        error = tuple(mt5.last_error()) if result is None or result is False else None
-        answers.append((_tradeguard_plain(result), error))
-        if error is not None and error[0] != 1:
-            break
+    with lock:
+        for name, args, kwargs in _pickle.loads(payload):
+            result = getattr(mt5, name)(*args, **kwargs)
+            error = tuple(mt5.last_error()) if result is None or result is False else None
+            answers.append((_tradeguard_plain(result), error))
+            if error is not None and error[0] != 1:
+                break
     return _pickle.dumps(answers, 4)
 """
 )
@@ -420,7 +443,7 @@ class _RpycBackend:
         # What the terminal session behind this connection is logged in to, for a pooled connection's
         # next user: it logs in again only when it needs another account.
         self.initialized = False
-        self.logged_in_as: int | None = None
+        self.logged_in_as: SessionKey | None = None
         self.conn = rpyc.classic.connect(host, port)
         try:
             # Bound every request's wait on this connection, not just ours: an RPyC request that never
@@ -453,6 +476,12 @@ class _RpycBackend:
         self.conn.close()
 
 
+def _pool_after_fork(pool_ref: weakref.ref[ConnectionPool]) -> None:
+    pool = pool_ref()
+    if pool is not None:
+        pool._after_fork()
+
+
 class ConnectionPool:
     """Idle RPyC terminal connections of this process, per (host, port), for reuse.
 
@@ -470,6 +499,12 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._inherited: list[_RpycBackend] = []  # the parent's, kept referenced so they are never closed
+        # A fork while another thread holds the lock would leave the child's copy locked for ever.
+        os.register_at_fork(after_in_child=functools.partial(_pool_after_fork, weakref.ref(self)))
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._own()
 
     def _own(self) -> None:
         if self._pid != os.getpid():
@@ -543,6 +578,7 @@ class Gateway:
         executor: ThreadPoolExecutor | None,
         login: int | None = None,
         pool: ConnectionPool | None = None,
+        shared_session: bool = False,
     ):
         self._backend = backend
         self.timeout = timeout
@@ -551,7 +587,12 @@ class Gateway:
         self._lock = threading.Lock()
         self._login = login
         self._pool = pool
-        self._pending_login: Call | None = None  # sent ahead of the next calls (pooled sessions)
+        # The real MetaTrader5 package has one session per process, shared by every connection to its
+        # terminal: our login must travel with each run of calls (see _call_many).
+        self._shared_session = shared_session
+        self._pending_login: Call | None = None  # sent ahead of the next calls only
+        self._relogin: Call | None = None  # sent ahead of every run of calls (shared sessions)
+        self._session_key: SessionKey | None = None
         self._broken = False  # the connection failed or timed out: never give it back to the pool
 
     # -- opening and closing
@@ -577,19 +618,23 @@ class Gateway:
         Raises InvalidTerminalUrl, TerminalNotSupported, TerminalLoginFailed (permanent) or
         TerminalUnavailable / TerminalTimeout (retry later).
         """
-        key, connect = _connector(terminal_url, timeout)
+        key, connect, shared = _connector(terminal_url, timeout)
+        credentials = {"login": int(login), "password": str(password), "server": str(server)}
+        credentials["timeout"] = int(timeout * 1000)  # initialize() and login() take milliseconds
         if pool is not None and key is not None:
-            backend = pool.take(key) or _guarded("connect", connect, None, timeout)
+            backend = pool.take(key) or _connect_within(connect, timeout)
             assert isinstance(backend, _RpycBackend)
-            # No thread of our own: RPyC's sync_request_timeout bounds each wait on this connection.
-            backend.conn._config["sync_request_timeout"] = timeout
-            gateway = cls(backend, timeout=timeout, executor=None, login=int(login), pool=pool)
-            if backend.logged_in_as != int(login):
-                # A started terminal switches accounts with login(); a new connection's session starts
-                # with initialize(). Both take their timeout in milliseconds.
-                how = "login" if backend.initialized else "initialize"
-                credentials = {"login": int(login), "password": str(password), "server": str(server)}
-                gateway._pending_login = (how, (), {**credentials, "timeout": int(timeout * 1000)})
+            gateway = cls(
+                backend, timeout=timeout, executor=None, login=int(login), pool=pool, shared_session=shared
+            )
+            gateway._session_key = session_key(login, server, password)
+            if not backend.initialized:
+                # A new connection's session (or one that failed) starts with initialize().
+                gateway._pending_login = ("initialize", (), credentials)
+            elif shared or backend.logged_in_as != gateway._session_key:
+                gateway._pending_login = ("login", (), credentials)
+            if shared:
+                gateway._relogin = ("login", (), credentials)
             return gateway
         executor = _executor()
         try:
@@ -597,18 +642,45 @@ class Gateway:
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
-        return cls._logged_in(
-            backend, executor, login=login, password=password, server=server, timeout=timeout
+        gateway = cls._logged_in(
+            backend,
+            executor,
+            login=login,
+            password=password,
+            server=server,
+            timeout=timeout,
+            shared_session=shared,
         )
+        if shared:
+            gateway._relogin = ("login", (), credentials)
+        return gateway
 
     @classmethod
     def from_module(
-        cls, module: Any, *, login: int, password: str, server: str, timeout: float = 10.0
+        cls,
+        module: Any,
+        *,
+        login: int,
+        password: str,
+        server: str,
+        timeout: float = 10.0,
+        shared_session: bool = False,
     ) -> Gateway:
-        """A gateway over a module-like object already in this process (e.g. a `SimTerminal`)."""
-        return cls._logged_in(
-            _LocalBackend(module), _executor(), login=login, password=password, server=server, timeout=timeout
+        """A gateway over a module-like object already in this process (e.g. a `SimTerminal`; with
+        `shared_session`, one whose session is the whole process's, as the real package's is)."""
+        gateway = cls._logged_in(
+            _LocalBackend(module),
+            _executor(),
+            login=login,
+            password=password,
+            server=server,
+            timeout=timeout,
+            shared_session=shared_session,
         )
+        if shared_session:
+            credentials = {"login": int(login), "password": str(password), "server": str(server)}
+            gateway._relogin = ("login", (), {**credentials, "timeout": int(timeout * 1000)})
+        return gateway
 
     @classmethod
     def _logged_in(
@@ -620,9 +692,12 @@ class Gateway:
         password: str,
         server: str,
         timeout: float,
+        shared_session: bool = False,
     ) -> Gateway:
         """A gateway over `backend`, logged in; closed again (without shutdown) if logging in fails."""
-        gateway = cls(backend, timeout=timeout, executor=executor, login=int(login))
+        gateway = cls(
+            backend, timeout=timeout, executor=executor, login=int(login), shared_session=shared_session
+        )
         try:
             gateway._initialize(login=login, password=password, server=server)
         except BaseException:
@@ -652,7 +727,9 @@ class Gateway:
         with self._lock:
             if self._closed:
                 return
-            if shutdown and self._pool is None:
+            # A pooled session is kept for the connection's next user; a shared one (the real
+            # package's, one per process) belongs to every connection to the terminal.
+            if shutdown and self._pool is None and not self._shared_session:
                 try:
                     self._call("shutdown")
                 except TerminalError as exc:
@@ -744,6 +821,7 @@ class Gateway:
         if self._login is not None and figures.login != self._login:
             self._broken = True
             if isinstance(self._backend, _RpycBackend):
+                self._backend.initialized = False
                 self._backend.logged_in_as = None
             raise TerminalLoginFailed(
                 f"the terminal is logged in to account {figures.login}, not {self._login}",
@@ -821,41 +899,46 @@ class Gateway:
         raise for the first that failed (nothing after it was called)."""
         if self._closed:
             raise TerminalUnavailable(f"{calls[0][0]}: the gateway is closed", call=calls[0][0])
-        login = self._pending_login
+        login = self._pending_login or self._relogin
         if login is not None:
             calls = [login, *calls]
         names = [name for name, _, _ in calls]
         # After an order call, any failure to get an answer may hide an order that was in fact placed.
         name = next((n for n in names if n in ORDER_CALLS), names[-1])
         backend = self._backend
+        # The timeout is per call: a run of n calls may take n times as long.
+        timeout = self.timeout * len(calls)
+        if isinstance(backend, _RpycBackend):
+            backend.conn._config["sync_request_timeout"] = timeout
         try:
-            answers = _guarded(name, lambda: backend.call_many(calls), self._executor, self.timeout)
-        except (TerminalTimeout, TerminalUnavailable, OrderOutcomeUnknown):
-            self._broken = True
-            if self._pool is not None and isinstance(backend, _RpycBackend):
-                # The terminal went away or hangs: its other idle connections are most likely dead too,
-                # and each would cost one failed sync to find out.
+            answers = _guarded(name, lambda: backend.call_many(calls), self._executor, timeout)
+            results = [
+                _checked(call_name, result, error)
+                for (call_name, _, _), (result, error) in zip(calls, answers, strict=False)
+            ]
+            if len(answers) < len(calls):  # the terminal stopped early without saying why: a bridge bug
+                self._broken = True
+                raise TerminalError(f"{names[len(answers)]}: the terminal skipped this call", call=name)
+        except TerminalError as exc:
+            if isinstance(backend, _RpycBackend):
+                # Whatever failed (the connection, the login, the terminal's own session), the next
+                # user of this connection starts its session afresh with initialize().
+                backend.initialized = False
+                backend.logged_in_as = None
+            if isinstance(exc, TerminalTimeout | TerminalUnavailable | OrderOutcomeUnknown):
+                self._broken = True
+            if isinstance(exc, TerminalUnavailable) and self._pool is not None:
+                # The terminal went away: its other idle connections are most likely dead too, and each
+                # would cost one failed sync to find out.
+                assert isinstance(backend, _RpycBackend)
                 self._pool.discard(backend.key)
             raise
-        results = []
-        try:
-            for (call_name, _, _), (result, error) in zip(calls, answers, strict=False):
-                results.append(_checked(call_name, result, error))
-        except TerminalError:
-            if login is not None and len(results) == 0 and isinstance(backend, _RpycBackend):
-                # A refused login leaves the session logged out (or on no known account): the next user
-                # of this connection must log in, whoever it is.
-                backend.logged_in_as = None
-            raise
-        if len(answers) < len(calls):  # the terminal stopped early without saying why: a bridge bug
-            self._broken = True
-            raise TerminalError(f"{names[len(answers)]}: the terminal skipped this call", call=name)
         if login is not None:
             self._pending_login = None
             results.pop(0)
             if isinstance(backend, _RpycBackend):
                 backend.initialized = True
-                backend.logged_in_as = self._login
+                backend.logged_in_as = self._session_key
         return results
 
 
@@ -907,15 +990,39 @@ def _guarded(name: str, fn: Callable[[], T], executor: ThreadPoolExecutor | None
         raise fail(TerminalError, f"{name} raised {exc!r}") from exc
 
 
+SessionKey = tuple[int, str, str]  # (login, server, digest of the password)
+
+
+def session_key(login: int, server: str, password: str) -> SessionKey:
+    """What a pooled session is logged in to: the same login on another server, or with a changed
+    password, is another session."""
+    digest = hashlib.blake2b(str(password).encode(), digest_size=16).hexdigest()
+    return (int(login), str(server), digest)
+
+
+def _connect_within(connect: Callable[[], _Backend], timeout: float) -> _Backend:
+    """Connect on a thread of its own, waiting at most `timeout`: RPyC's handshake runs under its own
+    30-second default before a connection can be given a shorter one."""
+    executor = _executor()
+    try:
+        return _guarded("connect", connect, executor, timeout)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
 def _executor() -> ThreadPoolExecutor:
     # One thread: the MetaTrader5 package is not thread-safe, and the simulator's MetaTrader5 stand-in
     # keeps one terminal per thread, so a session must always be driven from the same thread.
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt5-gateway")
 
 
-def _connector(terminal_url: str, timeout: float) -> tuple[tuple[str, int] | None, Callable[[], _Backend]]:
-    """What connecting to `terminal_url` means, as a function to run under the connect timeout, and the
-    (host, port) that a pool keys the connection by (None: an in-process terminal, nothing to pool)."""
+def _connector(
+    terminal_url: str, timeout: float
+) -> tuple[tuple[str, int] | None, Callable[[], _Backend], bool]:
+    """What connecting to `terminal_url` means, as a function to run under the connect timeout; the
+    (host, port) that a pool keys the connection by (None: an in-process terminal, nothing to pool); and
+    whether the terminal's session is shared by all its connections (the real package: one per
+    process) rather than one per connection (TradeGuard's simulated terminal)."""
     try:
         parts = urlsplit(terminal_url)
         host, port = parts.hostname, parts.port
@@ -933,7 +1040,7 @@ def _connector(terminal_url: str, timeout: float) -> tuple[tuple[str, int] | Non
                 "use an mt5linux://host:port bridge instead",
                 call="import MetaTrader5",
             ) from exc
-        return None, lambda: _LocalBackend(module)
+        return None, lambda: _LocalBackend(module), True
 
     if parts.scheme == "sim" and not host:
 
@@ -942,13 +1049,14 @@ def _connector(terminal_url: str, timeout: float) -> tuple[tuple[str, int] | Non
 
             return _LocalBackend(SimTerminal(default_broker()))
 
-        return None, in_process
+        return None, in_process, False
 
     if parts.scheme in ("mt5linux", "sim") and host:
         if parts.scheme == "mt5linux" and port is None:
             raise InvalidTerminalUrl("mt5linux:// needs a port, e.g. mt5linux://127.0.0.1:18812")
         rpyc_port = port or DEFAULT_RPYC_PORT
-        return (host, rpyc_port), lambda: _RpycBackend(host, rpyc_port, timeout)
+        shared = parts.scheme == "mt5linux"
+        return (host, rpyc_port), lambda: _RpycBackend(host, rpyc_port, timeout), shared
 
     raise InvalidTerminalUrl(
         f"unusable terminal URL {terminal_url!r}: use mt5://, mt5linux://host:port, sim:// or sim://host:port"

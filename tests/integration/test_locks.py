@@ -108,3 +108,65 @@ def test_a_lock_that_expired_and_was_taken_again_is_not_deleted_on_release(clien
     # The other worker's release found its own token there (no "expired" warning from it).
     assert not client.exists(key(a))
     assert "lock " + a + " expired" not in caplog.text
+
+
+# --- exclusive_many: Postgres advisory locks (no Redis), flocks on SQLite -------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_engine():
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(os.environ["DATABASE_URL"])
+    yield engine
+    engine.dispose()
+
+
+def advisory_holders(engine: Any) -> set[int]:
+    """The backend pids holding advisory locks, seen from a connection of its own."""
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        return set(conn.scalars(sa.text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")))
+
+
+def test_exclusive_many_takes_the_free_advisory_locks_on_one_connection_and_skips_held_ones(
+    pg_engine, tmp_path
+):
+    from shared.locks import exclusive, exclusive_many
+
+    run = uuid.uuid4().hex[:10]
+    names = [f"test-pg:{run}:{i}" for i in range(100)]
+    before = advisory_holders(pg_engine)
+    with (
+        exclusive(pg_engine, names[3], lock_dir=tmp_path),
+        exclusive_many(pg_engine, names, lock_dir=tmp_path) as held,
+    ):
+        assert held == set(names) - {names[3]}
+        # A hundred locks, one connection for them (and one for the single lock held above).
+        assert len(advisory_holders(pg_engine) - before) == 2
+        with pytest.raises(Busy), exclusive(pg_engine, names[50], lock_dir=tmp_path):
+            pass
+        with exclusive_many(pg_engine, names[:5], lock_dir=tmp_path) as second:
+            assert second == set()  # a concurrent batch gets none of them
+    # All released: every name can be taken again.
+    with exclusive_many(pg_engine, names, lock_dir=tmp_path) as again:
+        assert again == set(names)
+    assert advisory_holders(pg_engine) == before
+
+
+def test_exclusive_many_uses_flocks_on_sqlite(tmp_path):
+    import sqlalchemy as sa
+
+    from shared.locks import exclusive, exclusive_many
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    names = ["account:1", "account:2", "account:3"]
+    with (
+        exclusive(engine, "account:2", lock_dir=tmp_path),
+        exclusive_many(engine, names, lock_dir=tmp_path) as held,
+    ):
+        assert held == {"account:1", "account:3"}
+    with exclusive_many(engine, names, lock_dir=tmp_path) as again:
+        assert again == set(names)
+    engine.dispose()

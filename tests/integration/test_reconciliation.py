@@ -375,3 +375,36 @@ def test_a_hung_terminal_does_not_hold_back_the_figures_of_the_accounts_that_ans
     assert written == [[fast, other], [hung]]
     for account_id in (fast, hung, other):
         assert db_session.get(AccountSync, account_id).last_synced_at is not None
+
+
+def test_an_account_still_not_done_at_the_batch_deadline_is_recorded_as_a_failed_sync(sync, api, db_session):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fast, hung = api.setup()["account"]["id"], api.setup()["account"]["id"]
+    release = threading.Event()
+
+    def specs(account, terminal, names):
+        if account.id == hung:
+            release.wait(timeout=10)  # a terminal that does not answer within the batch's deadline
+        return {name: terminal.symbol(name) for name in names}
+
+    try:
+        with ThreadPoolExecutor(max_workers=2) as threads:
+            outcomes = sync.many(
+                [fast, hung, fast],  # a duplicate id is synced once
+                symbol_specs=specs,
+                executor=threads,
+                write_after_seconds=0.2,
+                give_up_after_seconds=1.0,
+            )
+            release.set()
+    finally:
+        release.set()
+    assert [(o.account_id, o.status) for o in outcomes] == [(fast, "ok"), (hung, "failed")]
+    state = db_session.get(AccountSync, hung)
+    assert state.consecutive_failures == 1 and "deadline" in state.last_error
+    assert state.last_synced_at is None
+    assert (
+        len(db_session.scalars(sa.select(PositionSnapshot).where(PositionSnapshot.account_id == fast)).all())
+        == 1
+    )

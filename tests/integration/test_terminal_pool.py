@@ -25,7 +25,7 @@ import rpyc
 from rpyc.core import consts
 
 from shared.mt5 import constants as C
-from shared.mt5.errors import TerminalLoginFailed, TerminalUnavailable
+from shared.mt5.errors import TerminalError, TerminalLoginFailed, TerminalTimeout, TerminalUnavailable
 from shared.mt5.gateway import ConnectionPool, Gateway
 from tests.processes import terminal_server, wait_for
 
@@ -135,7 +135,7 @@ def test_the_same_login_sends_no_login_and_another_login_logs_in_on_the_same_con
     backend = first._backend
     assert first._pending_login is not None and first._pending_login[0] == "initialize"  # a new session
     assert [p.ticket for p in first.read_account(*window()).positions] == [ticket]
-    assert first._pending_login is None and backend.logged_in_as == 8201
+    assert first._pending_login is None and backend.logged_in_as[:2] == (8201, SERVER)
     first.close()
 
     same = open_pooled(port, 8201, pool)
@@ -155,7 +155,7 @@ def test_the_same_login_sends_no_login_and_another_login_logs_in_on_the_same_con
     # The other account's own figures: its login, and none of 8201's positions.
     assert state.account.login == 8202 and state.positions == []
     assert [d.side for d in state.deals] == ["balance"]
-    assert other._pending_login is None and backend.logged_in_as == 8202
+    assert other._pending_login is None and backend.logged_in_as[:2] == (8202, SERVER)
     other.close()
     assert pool.idle() == 1
 
@@ -216,7 +216,7 @@ def test_a_wrong_password_fails_the_first_read_and_leaves_the_connection_not_log
         wrong.read_account(*window())
     assert sent == [consts.HANDLE_CALL]  # the reads after the refused login were not made
     wrong.close()
-    assert backend.logged_in_as != 8401
+    assert backend.logged_in_as is None and not backend.initialized
     # The terminal agrees: its session is not on 8401.
     account, _ = backend.call("account_info", (), {})
     assert account is None or account["login"] != 8401
@@ -381,3 +381,66 @@ def test_a_pooled_read_waits_out_every_calls_latency_in_either_mode(pool, args, 
             gateway.close()
         finally:
             control.close()
+
+
+def test_a_session_the_terminal_lost_is_started_afresh_by_the_next_user(port, pool):
+    """The terminal's own session can end behind the pool's back (terminal64.exe restarted under its
+    mt5linux server, or another client's shutdown() on the real package's one session per process):
+    the sync that finds out fails once, and the connection's next user starts the session again with
+    initialize() instead of failing for ever."""
+    first = open_pooled(port, 8801, pool)
+    assert first.read_account(*window()).account.login == 8801
+    backend = first._backend
+    first.close()
+    backend.call("shutdown", (), {})  # the terminal session ends; the connection lives on
+
+    unlucky = open_pooled(port, 8801, pool)
+    assert unlucky._backend is backend and unlucky._pending_login is None  # believed logged in
+    with pytest.raises(TerminalError):
+        unlucky.read_account(*window())
+    assert not backend.initialized and backend.logged_in_as is None
+    unlucky.close()
+
+    again = open_pooled(port, 8801, pool)
+    assert again._pending_login is not None and again._pending_login[0] == "initialize"
+    assert again.read_account(*window()).account.login == 8801
+    again.close()
+
+
+def test_the_same_login_on_another_server_or_with_another_password_logs_in_again(port, pool):
+    first = open_pooled(port, 8901, pool)
+    first.read_account(*window())
+    first.close()
+    elsewhere = Gateway.open(
+        f"sim://127.0.0.1:{port}", login=8901, password="demo", server="Other-Server", timeout=5, pool=pool
+    )
+    assert elsewhere._pending_login is not None and elsewhere._pending_login[2]["server"] == "Other-Server"
+    elsewhere.read_account(*window())
+    elsewhere.close()
+    changed = open_pooled(port, 8901, pool, password="changed")
+    assert changed._pending_login is not None and changed._pending_login[2]["password"] == "changed"
+    changed.close()
+
+
+def test_a_pooled_connect_to_a_terminal_that_never_answers_gives_up_within_the_timeout(pool):
+    """RPyC's handshake has its own 30-s default; the pooled path must still honour the terminal timeout."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections (the kernel does) and never says a word
+    try:
+        started = time.monotonic()
+        with pytest.raises(TerminalTimeout):
+            Gateway.open(
+                f"sim://127.0.0.1:{listener.getsockname()[1]}",
+                login=1,
+                password="x",
+                server=SERVER,
+                timeout=1.0,
+                pool=pool,
+            )
+        assert time.monotonic() - started < 3.0
+    finally:
+        listener.close()

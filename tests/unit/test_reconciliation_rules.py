@@ -609,3 +609,18 @@ def test_a_trade_with_a_known_ticket_is_never_matched_by_tolerance():
     assert pairs(result) == set()
     assert [o.position.ticket for o in result.outside_positions] == [9002]
     assert [(c.trade.id, c.reason) for c in result.closed_trades] == [(1, "by_hand")]
+
+
+def test_a_close_whose_final_deal_is_not_in_the_history_yet_is_decided_later():
+    # The position is gone, but only the partial close by hand has been reported so far: closing the
+    # trade now would book 0.40 of 1.00 lots' price and P&L as the whole.
+    history = [
+        deal(1, 0, 3, "1.08500", "1.00"),
+        deal(2, 1, 0, "1.08600", "0.40", profit="40.00", minutes=5),
+    ]
+    [closed] = run([], [trade(order_ticket=5001)], {5001: history}).closed_trades
+    assert closed.reason is None and closed.close_price is None
+    # Once the final deal is in, it is closed with everything.
+    history.append(deal(3, 1, 4, "1.08000", "0.60", profit="-300.00", minutes=9))
+    [closed] = run([], [trade(order_ticket=5001)], {5001: history}).closed_trades
+    assert (closed.reason, closed.closed_volume, closed.profit) == ("sl", D("1.00"), D("-260.00"))

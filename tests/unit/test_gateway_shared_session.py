@@ -1,0 +1,126 @@
+"""The real MetaTrader5 package has one terminal session per process, shared by every caller (every
+thread, every mt5linux connection). A gateway on such a terminal must not find its calls made on the
+account another caller logged in to in the meantime: above all, not its orders."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from shared.mt5.gateway import Gateway, _connector
+
+
+class OneSessionTerminal:
+    """Just enough of the package, with its one-session-per-process behaviour: a login by anyone
+    switches the account for everyone. Records which account each order went to."""
+
+    def __init__(self) -> None:
+        self.account: int | None = None
+        self.initialized = False
+        self.orders: list[tuple[int | None, str]] = []
+
+    def initialize(self, login: int | None = None, **_: Any) -> bool:
+        self.initialized, self.account = True, login
+        return True
+
+    def login(self, login: int, **_: Any) -> bool:
+        self.account = login
+        return True
+
+    def shutdown(self) -> None:
+        self.initialized, self.account = False, None
+
+    def last_error(self) -> tuple[int, str]:
+        return (1, "Success")
+
+    def slow_call(self) -> bool:
+        time.sleep(0.3)  # long enough for another thread to try to log in meanwhile
+        return True
+
+    def order_send(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.orders.append((self.account, request["comment"]))
+        return {
+            "retcode": 10009,
+            "deal": 1,
+            "order": 1,
+            "volume": request["volume"],
+            "price": request["price"],
+            "bid": request["price"],
+            "ask": request["price"],
+            "comment": "Request executed",
+            "request_id": 1,
+        }
+
+
+def order(comment: str) -> dict[str, Any]:
+    return Gateway.market_order_request(
+        symbol="EURUSD",
+        side="buy",
+        volume="0.1",
+        price="1.1",
+        sl=None,
+        tp=None,
+        deviation_points=10,
+        magic=7,
+        comment=comment,
+    )
+
+
+def open_on(terminal: OneSessionTerminal, login: int) -> Gateway:
+    return Gateway.from_module(
+        terminal, login=login, password="x", server="S", timeout=5, shared_session=True
+    )
+
+
+def test_an_order_goes_to_the_gateways_account_even_after_another_login_on_the_terminal():
+    terminal = OneSessionTerminal()
+    first, second = open_on(terminal, 1001), open_on(terminal, 1002)
+    assert terminal.account == 1002  # the second gateway's login switched the one session
+
+    first.send_order(order("first"))
+    second.send_order(order("second"))
+    assert terminal.orders == [(1001, "first"), (1002, "second")]
+
+
+def test_a_login_from_another_thread_waits_until_a_run_of_calls_is_over():
+    terminal = OneSessionTerminal()
+    first, second = open_on(terminal, 1001), open_on(terminal, 1002)
+    started = threading.Event()
+
+    def switch_accounts() -> None:
+        started.wait(timeout=5)
+        second._call("slow_call")  # logs in to 1002 first, if it can get in
+
+    other = threading.Thread(target=switch_accounts)
+    other.start()
+    original = terminal.slow_call
+
+    def slow_and_signal() -> bool:
+        started.set()
+        return original()
+
+    terminal.slow_call = slow_and_signal  # type: ignore[method-assign]
+    first._call_many([("slow_call", (), {}), ("order_send", (order("first"),), {})])
+    other.join(timeout=5)
+    assert terminal.orders == [(1001, "first")]
+
+
+def test_closing_a_gateway_leaves_the_shared_session_running_for_the_other_callers():
+    terminal = OneSessionTerminal()
+    first, second = open_on(terminal, 1001), open_on(terminal, 1002)
+    first.close()
+    assert terminal.initialized
+    second.send_order(order("second"))
+    assert terminal.orders == [(1002, "second")]
+
+
+def test_which_terminals_share_one_session_per_process(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "MetaTrader5", types.ModuleType("MetaTrader5"))  # Windows only
+    assert _connector("mt5linux://10.0.0.5:18812", 5)[2] is True
+    assert _connector("mt5://", 5)[2] is True
+    assert _connector("sim://127.0.0.1:18812", 5)[2] is False  # one session per connection
+    assert _connector("sim://", 5)[2] is False
