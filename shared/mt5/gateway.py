@@ -413,8 +413,14 @@ def _tradeguard_calls(payload):
     import threading as _threading
 
     # One run at a time per terminal process: the real package has one session per process, so another
-    # connection's login between our login and our calls would switch the account under us.
-    lock = mt5.__dict__.setdefault("_tradeguard_lock", _threading.Lock())
+    # connection's login between our login and our calls would switch the account under us. A terminal
+    # whose sessions are per thread (TradeGuard's simulated one says so) needs no such lock.
+    if mt5.__dict__.get("SESSION_PER_THREAD"):
+        import contextlib as _contextlib
+
+        lock = _contextlib.nullcontext()
+    else:
+        lock = mt5.__dict__.setdefault("_tradeguard_lock", _threading.Lock())
     answers = []
     with lock:
         for name, args, kwargs in _pickle.loads(payload):

@@ -1974,6 +1974,9 @@ def install_as_metatrader5(broker: SimBroker | None = None) -> types.ModuleType:
     for name in _API_FUNCTIONS + _CONTROL_FUNCTIONS:
         setattr(module, name, forward(name))
     module.__dict__["sim_broker"] = broker
+    # Each thread (each RPyC connection) has its own session: callers need not serialise their runs of
+    # calls (see the gateway's _tradeguard_calls), as they must on the real package's one session.
+    module.__dict__["SESSION_PER_THREAD"] = True
     module.__dict__["sim_terminal"] = terminal  # this thread's SimTerminal
     sys.modules["MetaTrader5"] = module
     return module

@@ -124,3 +124,47 @@ def test_which_terminals_share_one_session_per_process(monkeypatch):
     assert _connector("mt5://", 5)[2] is True
     assert _connector("sim://127.0.0.1:18812", 5)[2] is False  # one session per connection
     assert _connector("sim://", 5)[2] is False
+
+
+def test_the_remote_helper_runs_one_run_at_a_time_on_a_one_session_terminal():
+    """What `_tradeguard_calls` does in the terminal's Python (here exec'd locally, as the RPyC classic
+    server would): on the real package, a run is not split by another connection's login."""
+    import pickle
+
+    from shared.mt5.gateway import _REMOTE_HELPER
+
+    terminal = OneSessionTerminal()
+    terminal.initialize(login=1001)
+    namespace: dict[str, Any] = {"mt5": terminal}
+    exec(_REMOTE_HELPER, namespace)  # noqa: S102 - the helper's own source
+    calls = namespace["_tradeguard_calls"]
+    in_slow_call = threading.Event()
+    original = terminal.slow_call
+
+    def slow_and_signal() -> bool:
+        in_slow_call.set()
+        return original()
+
+    terminal.slow_call = slow_and_signal  # type: ignore[method-assign]
+    run = [("login", (1001,), {}), ("slow_call", (), {}), ("order_send", (order("first"),), {})]
+    first = threading.Thread(target=calls, args=(pickle.dumps(run),))
+    first.start()
+    assert in_slow_call.wait(timeout=5)
+    login = pickle.dumps([("login", (1002,), {})])  # another connection's login, during the run
+    answers = pickle.loads(calls(login))  # noqa: S301 - our own bytes
+    first.join(timeout=5)
+    assert answers == [(True, None)]
+    assert terminal.orders == [(1001, "first")] and terminal.account == 1002
+
+
+def test_the_remote_helper_takes_no_lock_on_a_terminal_with_a_session_per_thread():
+    import pickle
+
+    from shared.mt5.gateway import _REMOTE_HELPER
+
+    terminal = OneSessionTerminal()
+    terminal.SESSION_PER_THREAD = True  # type: ignore[attr-defined]
+    namespace: dict[str, Any] = {"mt5": terminal}
+    exec(_REMOTE_HELPER, namespace)  # noqa: S102 - the helper's own source
+    pickle.loads(namespace["_tradeguard_calls"](pickle.dumps([("login", (1,), {})])))  # noqa: S301
+    assert "_tradeguard_lock" not in terminal.__dict__
