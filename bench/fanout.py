@@ -521,7 +521,7 @@ def main() -> None:
     parser.add_argument(
         "--latency-mode",
         choices=("call", "reply"),
-        default="reply",
+        default="call",
         help="how the terminal simulates the latency (python -m workers.terminal --latency-mode): the "
         "client waits latency-ms per call either way",
     )
