@@ -200,28 +200,27 @@ def sync_accounts(
         runner = executor or _Inline()
         order = {work.account.id: index for index, work in enumerate(loaded)}
         futures = {runner.submit(read, work): work for work in loaded}
-        pending: set[Future[_Plan]] = set(futures)
-        first_wave = True
-        while pending:
-            if first_wave:
-                timeout: float | None = write_after_seconds
-            elif give_up_after_seconds is not None:
-                timeout = max(0.0, started + give_up_after_seconds - time.monotonic())
-            else:
-                timeout = None
-            done, pending = wait(pending, timeout=timeout)
-            plans = [future.result() for future in done]
-            if not first_wave and pending:  # the deadline passed: give up on the rest
-                plans += [
-                    _failure_plan(futures[f], "no answer before the batch's deadline", breaker, now())
-                    for f in pending
-                ]
-                for future in pending:
-                    future.cancel()
-                pending = set()
-            first_wave = False
+
+        def write(plans: list[_Plan]) -> None:
             plans.sort(key=lambda plan: order[plan.account_id])
             outcomes.update({o.account_id: o for o in _write(session_factory, plans)})
+
+        # First wave: whatever has answered after `write_after_seconds`.
+        done, pending = wait(futures, timeout=write_after_seconds)
+        write([future.result() for future in done])
+        if pending:
+            # Second wave: the stragglers, until the deadline; those still out are failed syncs.
+            deadline = None
+            if give_up_after_seconds is not None:
+                deadline = max(0.0, started + give_up_after_seconds - time.monotonic())
+            done, late = wait(pending, timeout=deadline)
+            for future in late:
+                future.cancel()  # not started yet: never will be; running: its result is ignored
+            given_up = [
+                _failure_plan(futures[f], "no answer before the batch's deadline", breaker, now())
+                for f in late
+            ]
+            write([future.result() for future in done] + given_up)
     return [outcomes[i] for i in account_ids]
 
 

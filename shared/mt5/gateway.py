@@ -335,9 +335,22 @@ def _tradeguard_plain(value):
         return value.item()
     return value
 """
+# A login only when the session is on another account (or none): on a terminal whose one session all its
+# clients share, each run of calls starts with this, under the terminal's lock, so the run is made on
+# its gateway's account without logging in again every time. Kept to Python 3.8 syntax, like the above.
+_ENSURE_LOGIN_SOURCE = """
+def _tradeguard_ensure_login(mt5, credentials):
+    info = mt5.account_info()
+    if info is not None and info.login == credentials["login"] and info.server == credentials["server"]:
+        return True
+    return mt5.login(**credentials)
+"""
+ENSURE_LOGIN = "_tradeguard_ensure_login"
+
 _plain_namespace: dict[str, Any] = {}
-exec(_PLAIN_SOURCE, _plain_namespace)  # noqa: S102 - our own constant source, see above
+exec(_PLAIN_SOURCE + _ENSURE_LOGIN_SOURCE, _plain_namespace)  # noqa: S102 - our own constant source
 to_plain: Callable[[Any], Any] = _plain_namespace["_tradeguard_plain"]
+_ensure_login: Callable[[Any, dict[str, Any]], Any] = _plain_namespace["_tradeguard_ensure_login"]
 
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]  # (function name, args, kwargs)
@@ -363,7 +376,10 @@ class _LocalBackend:
         self.module = module
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        result = getattr(self.module, name)(*args, **kwargs)
+        if name == ENSURE_LOGIN:
+            result = _ensure_login(self.module, kwargs)
+        else:
+            result = getattr(self.module, name)(*args, **kwargs)
         # last_error() is asked right away, on the same thread, before anything else can overwrite it.
         error = tuple(self.module.last_error()) if result is None or result is False else None
         return to_plain(result), error
@@ -407,6 +423,7 @@ def _module_lock(module: Any) -> threading.Lock:
 # login. Kept to Python 3.8 syntax, like _PLAIN_SOURCE.
 _REMOTE_HELPER = (
     _PLAIN_SOURCE
+    + _ENSURE_LOGIN_SOURCE
     + """
 def _tradeguard_calls(payload):
     import pickle as _pickle
@@ -424,7 +441,10 @@ def _tradeguard_calls(payload):
     answers = []
     with lock:
         for name, args, kwargs in _pickle.loads(payload):
-            result = getattr(mt5, name)(*args, **kwargs)
+            if name == "_tradeguard_ensure_login":
+                result = _tradeguard_ensure_login(mt5, kwargs)
+            else:
+                result = getattr(mt5, name)(*args, **kwargs)
             error = tuple(mt5.last_error()) if result is None or result is False else None
             answers.append((_tradeguard_plain(result), error))
             if error is not None and error[0] != 1:
@@ -594,7 +614,7 @@ class Gateway:
         self._login = login
         self._pool = pool
         # The real MetaTrader5 package has one session per process, shared by every connection to its
-        # terminal: our login must travel with each run of calls (see _call_many).
+        # terminal: each run of calls starts by making sure it is on our account (ENSURE_LOGIN).
         self._shared_session = shared_session
         self._pending_login: Call | None = None  # sent ahead of the next calls only
         self._relogin: Call | None = None  # sent ahead of every run of calls (shared sessions)
@@ -637,10 +657,10 @@ class Gateway:
             if not backend.initialized:
                 # A new connection's session (or one that failed) starts with initialize().
                 gateway._pending_login = ("initialize", (), credentials)
-            elif shared or backend.logged_in_as != gateway._session_key:
+            elif not shared and backend.logged_in_as != gateway._session_key:
                 gateway._pending_login = ("login", (), credentials)
             if shared:
-                gateway._relogin = ("login", (), credentials)
+                gateway._relogin = (ENSURE_LOGIN, (), credentials)
             return gateway
         executor = _executor()
         try:
@@ -658,7 +678,7 @@ class Gateway:
             shared_session=shared,
         )
         if shared:
-            gateway._relogin = ("login", (), credentials)
+            gateway._relogin = (ENSURE_LOGIN, (), credentials)
         return gateway
 
     @classmethod
@@ -685,7 +705,7 @@ class Gateway:
         )
         if shared_session:
             credentials = {"login": int(login), "password": str(password), "server": str(server)}
-            gateway._relogin = ("login", (), {**credentials, "timeout": int(timeout * 1000)})
+            gateway._relogin = (ENSURE_LOGIN, (), {**credentials, "timeout": int(timeout * 1000)})
         return gateway
 
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from shared.mt5.gateway import Gateway, _connector
@@ -19,12 +20,19 @@ class OneSessionTerminal:
         self.account: int | None = None
         self.initialized = False
         self.orders: list[tuple[int | None, str]] = []
+        self.logins = 0
+
+    def account_info(self) -> Any:
+        if not self.initialized or self.account is None:
+            return None
+        return SimpleNamespace(login=self.account, server="S")
 
     def initialize(self, login: int | None = None, **_: Any) -> bool:
         self.initialized, self.account = True, login
         return True
 
     def login(self, login: int, **_: Any) -> bool:
+        self.logins += 1
         self.account = login
         return True
 
@@ -81,6 +89,20 @@ def test_an_order_goes_to_the_gateways_account_even_after_another_login_on_the_t
     first.send_order(order("first"))
     second.send_order(order("second"))
     assert terminal.orders == [(1001, "first"), (1002, "second")]
+
+
+def test_a_gateway_logs_in_again_only_when_the_session_is_on_another_account():
+    terminal = OneSessionTerminal()
+    first = open_on(terminal, 1001)
+    first.send_order(order("a"))
+    first.send_order(order("b"))
+    assert terminal.logins == 0  # initialize() logged in; the session stayed on 1001
+    second = open_on(terminal, 1002)
+    first.send_order(order("c"))
+    assert terminal.logins == 1  # back to 1001, once
+    second.send_order(order("d"))
+    assert terminal.logins == 2
+    assert terminal.orders == [(1001, "a"), (1001, "b"), (1001, "c"), (1002, "d")]
 
 
 def test_a_login_from_another_thread_waits_until_a_run_of_calls_is_over():
@@ -168,3 +190,24 @@ def test_the_remote_helper_takes_no_lock_on_a_terminal_with_a_session_per_thread
     exec(_REMOTE_HELPER, namespace)  # noqa: S102 - the helper's own source
     pickle.loads(namespace["_tradeguard_calls"](pickle.dumps([("login", (1,), {})])))  # noqa: S301
     assert "_tradeguard_lock" not in terminal.__dict__
+
+
+def test_the_remote_helper_logs_in_only_when_the_session_is_on_another_account():
+    import pickle
+
+    from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN
+
+    terminal = OneSessionTerminal()
+    terminal.initialize(login=1001)
+    namespace: dict[str, Any] = {"mt5": terminal}
+    exec(_REMOTE_HELPER, namespace)  # noqa: S102 - the helper's own source
+
+    def run(login: int) -> Any:
+        ensure = (ENSURE_LOGIN, (), {"login": login, "password": "x", "server": "S", "timeout": 1000})
+        payload = pickle.dumps([ensure, ("order_send", (order(str(login)),), {})])
+        return pickle.loads(namespace["_tradeguard_calls"](payload))  # noqa: S301 - our own bytes
+
+    assert [answer[0] for answer in run(1001)][0] is True and terminal.logins == 0
+    run(1002)
+    assert terminal.logins == 1
+    assert terminal.orders == [(1001, "1001"), (1002, "1002")]
