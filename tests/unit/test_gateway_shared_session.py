@@ -207,7 +207,8 @@ def test_the_remote_helper_logs_in_only_when_the_session_is_on_another_account()
         payload = pickle.dumps([ensure, ("order_send", (order(str(login)),), {})])
         return pickle.loads(namespace["_tradeguard_calls"](payload))  # noqa: S301 - our own bytes
 
-    assert [answer[0] for answer in run(1001)][0] is True and terminal.logins == 0
+    ensured, sent = run(1001)
+    assert ensured == (True, None) and sent[1] is None and terminal.logins == 0
     run(1002)
     assert terminal.logins == 1
     assert terminal.orders == [(1001, "1001"), (1002, "1002")]
