@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from shared import audit
-from shared.db import DbSession, utcnow
-from shared.locks import Busy
+from shared.db import DbSession, dialect_insert, utcnow
+from shared.locks import Lock, Locks, each
 from shared.models import (
     Account,
     AccountSync,
@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 
 # Trades that may hold a position on the terminal.
 _MAY_HOLD_POSITION = (TradeState.SENT, TradeState.FILLED, TradeState.PARTIAL)
+
+# Core tables, not ORM entities: an ORM bulk insert inspects every row again on the way.
+_EVENTS = ReconciliationLog.__table__
+_SNAPSHOTS = PositionSnapshot.__table__
+_SYNC = AccountSync.__table__
+_AUDIT = AuditLog.__table__
 
 # The deal history is read from the second after the newest deal already seen (MT5 deal times are whole
 # seconds). A deal reported late, older than one already seen, is missed by that window; that costs
@@ -101,28 +107,7 @@ class AccountToSync:
 
 
 OpenTerminal = Callable[[AccountToSync], AbstractContextManager[Any]]
-Lock = Callable[[str], AbstractContextManager[None]]
-# Locks for many names at once: yields the names it holds; the others are held elsewhere (busy).
-Locks = Callable[[list[str]], AbstractContextManager[set[str]]]
 SymbolSpecs = Callable[[AccountToSync, Any, set[str]], Mapping[str, Any]]
-
-
-def each(lock: Lock) -> Locks:
-    """`Locks` from a one-name lock: takes them one by one, skipping the busy ones."""
-
-    @contextmanager
-    def locks(names: list[str]) -> Iterator[set[str]]:
-        held: set[str] = set()
-        with ExitStack() as stack:
-            for name in names:
-                try:
-                    stack.enter_context(lock(name))
-                except Busy:
-                    continue
-                held.add(name)
-            yield held
-
-    return locks
 
 
 def lock_name(account_id: int) -> str:
@@ -264,24 +249,8 @@ def sync_account(
 # --- 1. load ----------------------------------------------------------------------------------------
 
 
-_SYNC_COLUMNS = [c for c in AccountSync.__table__.columns]
-_TRADE_COLUMNS = [
-    Trade.id,
-    Trade.account_id,
-    Trade.symbol,
-    Trade.side,
-    Trade.state,
-    Trade.magic,
-    Trade.comment,
-    Trade.requested_volume,
-    Trade.requested_price,
-    Trade.requested_sl,
-    Trade.requested_tp,
-    Trade.filled_volume,
-    Trade.filled_price,
-    Trade.order_ticket,
-    Trade.position_ticket,
-]
+# What reconciliation reads of a trade: the fields of BookedTrade, and the account to group them by.
+_TRADE_COLUMNS = [Trade.account_id, *(Trade.__table__.c[f.name] for f in fields(BookedTrade))]
 
 
 def _load(
@@ -305,9 +274,7 @@ def _load(
         ).all()
         syncs: dict[int, Mapping[str, Any]] = {
             row.account_id: dict(row._mapping)
-            for row in session.execute(
-                sa.select(*_SYNC_COLUMNS).where(AccountSync.account_id.in_(account_ids))
-            ).all()
+            for row in session.execute(sa.select(_SYNC).where(_SYNC.c.account_id.in_(account_ids))).all()
         }
         trades: dict[int, list[BookedTrade]] = defaultdict(list)
         for row in session.execute(
@@ -364,10 +331,11 @@ def _read_and_plan(
             # A position of ours that vanished needs its whole history (the opening deal's commission,
             # the closing deals), which the window since the last sync rarely holds entirely.
             open_ids = {p.identifier for p in state.positions}
-            vanished = {t.position_ticket or t.order_ticket for t in work.booked} - open_ids - {None, 0}
+            booked_ids = {t.position_ticket or t.order_ticket for t in work.booked}
+            vanished = {i for i in booked_ids if i} - open_ids
             incomplete = [
                 position_id
-                for position_id in sorted(i for i in vanished if i is not None)
+                for position_id in sorted(vanished)
                 if not any(d.entry == DEAL_ENTRY_IN for d in deals.get(position_id, ()))
             ]
             deals.update(terminal.deals_for_positions(incomplete))
@@ -668,28 +636,11 @@ def _outcome(plan: _Plan, recorded: Counter[int]) -> SyncOutcome:
     return SyncOutcome(plan.account_id, plan.status, events=recorded[plan.account_id], error=plan.error)
 
 
-def _dialect_insert(session: DbSession) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-
-        return insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert
-
-
-# Core tables, not ORM entities: an ORM bulk insert inspects every row again on the way.
-_EVENTS = ReconciliationLog.__table__
-_SNAPSHOTS = PositionSnapshot.__table__
-_SYNC = AccountSync.__table__
-_AUDIT = AuditLog.__table__
-
-
 def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
     """The plans' rows, in a handful of statements for the whole batch; returns events recorded per
     account. Trade updates are conditional (a sent trade settled elsewhere meanwhile, a trade closed
     already), and their events and audit rows are written only when the update took."""
-    insert = _dialect_insert(session)
+    insert = dialect_insert(session.get_bind())
     audit_rows: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for plan in plans:

@@ -96,3 +96,13 @@ def _run_after_commit(session: Session) -> None:
 def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
     if previous_transaction.parent is None:  # only when the outermost transaction rolls back
         session.info.pop(_AFTER_COMMIT_KEY, None)
+
+
+def dialect_insert(bind: sa.Engine | sa.Connection) -> Any:
+    """The `insert` construct of the bind's dialect, for ON CONFLICT (upserts, skipped duplicates):
+    Postgres in production, SQLite on the embedded setup; both spell it the same way."""
+    if bind.dialect.name == "postgresql":
+        return postgresql.insert
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert

@@ -16,8 +16,8 @@ import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +67,36 @@ def exclusive(engine: sa.Engine, name: str, *, lock_dir: Path) -> Iterator[None]
         os.close(fd)
 
 
+Lock = Callable[[str], AbstractContextManager[None]]
+# Locks for many names at once: yields the names it holds; the others are held elsewhere (busy).
+Locks = Callable[[list[str]], AbstractContextManager[set[str]]]
+
+
+def each(lock: Lock) -> Locks:
+    """`Locks` from a one-name lock: takes them one by one, skipping the busy ones."""
+
+    @contextmanager
+    def locks(names: list[str]) -> Iterator[set[str]]:
+        held: set[str] = set()
+        with contextlib.ExitStack() as stack:
+            for name in names:
+                try:
+                    stack.enter_context(lock(name))
+                except Busy:
+                    continue
+                held.add(name)
+            yield held
+
+    return locks
+
+
 @contextmanager
 def exclusive_many(engine: sa.Engine, names: list[str], *, lock_dir: Path) -> Iterator[set[str]]:
     """Take as many of the locks `names` (the same locks as `exclusive`) as are free; yield the names
     held. On Postgres all of them on one connection, in one statement: a connection per lock would
     drain the pool for a batch of a hundred accounts."""
     if engine.dialect.name != "postgresql":
-        with contextlib.ExitStack() as stack:
-            held = set()
-            for name in names:
-                try:
-                    stack.enter_context(exclusive(engine, name, lock_dir=lock_dir))
-                except Busy:
-                    continue
-                held.add(name)
+        with each(lambda name: exclusive(engine, name, lock_dir=lock_dir))(names) as held:
             yield held
         return
     keys = {lock_key(name): name for name in names}

@@ -13,11 +13,10 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
-from shared.db import DbSession
+from shared.db import DbSession, dialect_insert
 from shared.models import TaskDurationBucket, TaskDurationTotal
 
 # Histogram bucket upper bounds, seconds; the last is +Inf, which every observation counts toward.
@@ -44,16 +43,6 @@ _TOTALS = TaskDurationTotal.__table__
 _BUCKETS = TaskDurationBucket.__table__
 
 
-def _dialect_insert(bind: sa.Engine | sa.Connection) -> Any:
-    if bind.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-
-        return insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert
-
-
 @contextmanager
 def _own_transaction(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
     """A transaction of its own: on an engine a fresh connection; on a connection already in a
@@ -70,7 +59,7 @@ def record(bind: sa.Engine | sa.Connection, task: str, seconds: float, outcome: 
     """Add one observation of `task` taking `seconds` and ending in `outcome`, committed at once."""
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"not a duration: {seconds!r}")
-    insert = _dialect_insert(bind)
+    insert = dialect_insert(bind)
     totals = insert(_TOTALS).values(task=task, outcome=outcome, count=1, sum_seconds=seconds)
     totals = totals.on_conflict_do_update(
         index_elements=[_TOTALS.c.task, _TOTALS.c.outcome],

@@ -177,6 +177,17 @@ def client(app: Any, db_session: Any) -> Any:
 # --- helpers for API tests -----------------------------------------------------------------------
 
 
+# A valid buy signal with every optional price: the body most tests send.
+GOOD_SIGNAL = {
+    "instrument": "EURUSD",
+    "side": "buy",
+    "volume": "0.10",
+    "price": "1.1000",
+    "sl": "1.0950",
+    "tp": "1.1100",
+}
+
+
 class Api:
     """A small driver for the API: users, tokens, accounts, clients and signed signals."""
 
@@ -259,14 +270,7 @@ class Api:
         key: str | None = None,
         **kw: Any,
     ) -> Any:
-        payload = payload or {
-            "instrument": "EURUSD",
-            "side": "buy",
-            "volume": "0.10",
-            "price": "1.1000",
-            "sl": "1.0950",
-            "tp": "1.1100",
-        }
+        payload = payload or GOOD_SIGNAL
         body = json.dumps(payload).encode()
         return self.http.post(
             "/api/v1/signals", data=body, headers=self.signed_headers(strategy, body, key=key, **kw)

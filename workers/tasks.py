@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -39,21 +39,25 @@ def expire_signals() -> int:
 
 
 @contextmanager
-def open_terminal(account: Account) -> Iterator[Any]:
-    """The account's terminal, logged in, for the duration of the block."""
+def open_terminal(account: Any, *, pooled: bool = False) -> Iterator[Any]:
+    """The account's terminal, logged in, for the duration of the block. `pooled` (reconciliation): a
+    connection of this process's pool (RPyC terminals), logged in with the first calls if need be."""
     from shared.mt5.gateway import Gateway
 
-    app = flask_app()
-    settings = app.extensions["tradeguard.settings"]
-    box: SecretBox = app.extensions["tradeguard.secret_box"]
+    settings = flask_app().extensions["tradeguard.settings"]
     with Gateway.open(
         account.terminal_url,
         login=account.login,
-        password=box.decrypt(account.credentials_encrypted),
+        password=_password(bytes(account.credentials_encrypted)),
         server=account.server,
         timeout=settings.terminal_timeout_seconds,
+        pool=terminal_pool() if pooled else None,
     ) as gateway:
         yield gateway
+
+
+def open_pooled_terminal(account: Any) -> AbstractContextManager[Any]:
+    return open_terminal(account, pooled=True)
 
 
 def execution_settings() -> execution.ExecutionSettings:
@@ -89,28 +93,19 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
     except PermanentTerminalError as exc:
         # Wrong credentials, unknown symbol, no MetaTrader5 package here: retrying cannot help.
         db.session.rollback()
-        trade = execution.give_up(
-            db.session,
-            signal_id,
-            f"{type(exc).__name__}: {exc}",
-            engine=db.engine,
-            settings=execution_settings(),
-        )
-        return trade.state.value if trade else None
+        trade = give_up(signal_id, f"{type(exc).__name__}: {exc}")
     except (RetryableTerminalError, execution.TerminalRetryLater) as exc:
         db.session.rollback()
-        if self.request.retries >= max_retries:
-            log.error("signal %s: giving up after %d retries: %s", signal_id, self.request.retries, exc)
-            trade = execution.give_up(
-                db.session,
-                signal_id,
-                f"terminal unreachable: {exc}",
-                engine=db.engine,
-                settings=execution_settings(),
-            )
-            return trade.state.value if trade else None
-        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+        if self.request.retries < max_retries:
+            raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+        log.error("signal %s: giving up after %d retries: %s", signal_id, self.request.retries, exc)
+        trade = give_up(signal_id, f"terminal unreachable: {exc}")
     return trade.state.value if trade else None
+
+
+def give_up(signal_id: int, reason: str) -> Trade | None:
+    """Mark the signal's trade failed, unless it may have been sent (see `execution.give_up`)."""
+    return execution.give_up(db.session, signal_id, reason, engine=db.engine, settings=execution_settings())
 
 
 def enqueue_execution(signal_id: int) -> None:
@@ -189,24 +184,6 @@ def sync_threads() -> ThreadPoolExecutor:
                 max_workers=settings.reconcile_threads, thread_name_prefix="sync"
             )
         return _sync_threads
-
-
-@contextmanager
-def open_pooled_terminal(account: Any) -> Iterator[Any]:
-    """The account's terminal for a sync: a pooled connection of this process (RPyC terminals), logged
-    in to the account with the first calls."""
-    from shared.mt5.gateway import Gateway
-
-    settings = flask_app().extensions["tradeguard.settings"]
-    with Gateway.open(
-        account.terminal_url,
-        login=account.login,
-        password=_password(account.credentials_encrypted),
-        server=account.server,
-        timeout=settings.terminal_timeout_seconds,
-        pool=terminal_pool(),
-    ) as gateway:
-        yield gateway
 
 
 @functools.lru_cache(maxsize=20_000)

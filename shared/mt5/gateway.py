@@ -645,9 +645,8 @@ class Gateway:
         TerminalUnavailable / TerminalTimeout (retry later).
         """
         key, connect, shared = _connector(terminal_url, timeout)
-        credentials = {"login": int(login), "password": str(password), "server": str(server)}
-        credentials["timeout"] = int(timeout * 1000)  # initialize() and login() take milliseconds
         if pool is not None and key is not None:
+            credentials = _credentials(login, password, server, timeout)
             backend = pool.take(key) or _connect_within(connect, timeout)
             assert isinstance(backend, _RpycBackend)
             gateway = cls(
@@ -668,7 +667,7 @@ class Gateway:
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
-        gateway = cls._logged_in(
+        return cls._logged_in(
             backend,
             executor,
             login=login,
@@ -677,9 +676,6 @@ class Gateway:
             timeout=timeout,
             shared_session=shared,
         )
-        if shared:
-            gateway._relogin = (ENSURE_LOGIN, (), credentials)
-        return gateway
 
     @classmethod
     def from_module(
@@ -694,7 +690,7 @@ class Gateway:
     ) -> Gateway:
         """A gateway over a module-like object already in this process (e.g. a `SimTerminal`; with
         `shared_session`, one whose session is the whole process's, as the real package's is)."""
-        gateway = cls._logged_in(
+        return cls._logged_in(
             _LocalBackend(module),
             _executor(),
             login=login,
@@ -703,10 +699,6 @@ class Gateway:
             timeout=timeout,
             shared_session=shared_session,
         )
-        if shared_session:
-            credentials = {"login": int(login), "password": str(password), "server": str(server)}
-            gateway._relogin = (ENSURE_LOGIN, (), {**credentials, "timeout": int(timeout * 1000)})
-        return gateway
 
     @classmethod
     def _logged_in(
@@ -724,22 +716,16 @@ class Gateway:
         gateway = cls(
             backend, timeout=timeout, executor=executor, login=int(login), shared_session=shared_session
         )
+        credentials = _credentials(login, password, server, timeout)
         try:
-            gateway._initialize(login=login, password=password, server=server)
+            # initialize() with credentials connects *and* logs in.
+            gateway._call("initialize", **credentials)
         except BaseException:
             gateway.close(shutdown=False)
             raise
+        if shared_session:
+            gateway._relogin = (ENSURE_LOGIN, (), credentials)
         return gateway
-
-    def _initialize(self, *, login: int, password: str, server: str) -> None:
-        # initialize() with credentials connects *and* logs in; its own timeout is in milliseconds.
-        self._call(
-            "initialize",
-            login=int(login),
-            password=str(password),
-            server=str(server),
-            timeout=int(self.timeout * 1000),
-        )
 
     @property
     def module(self) -> Any:
@@ -846,9 +832,7 @@ class Gateway:
         figures = account_from(account)
         if self._login is not None and figures.login != self._login:
             self._broken = True
-            if isinstance(self._backend, _RpycBackend):
-                self._backend.initialized = False
-                self._backend.logged_in_as = None
+            self._forget_session()
             raise TerminalLoginFailed(
                 f"the terminal is logged in to account {figures.login}, not {self._login}",
                 call="account_info",
@@ -916,6 +900,11 @@ class Gateway:
 
     # -- the one way to the terminal
 
+    def _forget_session(self) -> None:
+        if isinstance(self._backend, _RpycBackend):
+            self._backend.initialized = False
+            self._backend.logged_in_as = None
+
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call `name` on the module with the per-call timeout; return plain data or raise."""
         return self._call_many([(name, args, kwargs)])[0]
@@ -946,11 +935,9 @@ class Gateway:
                 self._broken = True
                 raise TerminalError(f"{names[len(answers)]}: the terminal skipped this call", call=name)
         except TerminalError as exc:
-            if isinstance(backend, _RpycBackend):
-                # Whatever failed (the connection, the login, the terminal's own session), the next
-                # user of this connection starts its session afresh with initialize().
-                backend.initialized = False
-                backend.logged_in_as = None
+            # Whatever failed (the connection, the login, the terminal's own session), the next user of
+            # this connection starts its session afresh with initialize().
+            self._forget_session()
             if isinstance(exc, TerminalTimeout | TerminalUnavailable | OrderOutcomeUnknown):
                 self._broken = True
             if isinstance(exc, TerminalUnavailable) and self._pool is not None:
@@ -1014,6 +1001,16 @@ def _guarded(name: str, fn: Callable[[], T], executor: ThreadPoolExecutor | None
     except Exception as exc:
         # The module raised instead of returning None (a bug in the terminal bridge, a refused argument).
         raise fail(TerminalError, f"{name} raised {exc!r}") from exc
+
+
+def _credentials(login: int, password: str, server: str, timeout: float) -> dict[str, Any]:
+    """The keyword arguments of initialize() and login(), whose timeout is in milliseconds."""
+    return {
+        "login": int(login),
+        "password": str(password),
+        "server": str(server),
+        "timeout": int(timeout * 1000),
+    }
 
 
 SessionKey = tuple[int, str, str]  # (login, server, digest of the password)

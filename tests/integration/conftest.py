@@ -10,8 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from shared import execution
-from shared.account_sync import BreakerSettings, each, sync_account, sync_accounts
+from shared.account_sync import BreakerSettings, sync_account, sync_accounts
 from shared.db import db
+from shared.locks import each
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim import SimBroker, SimTerminal
 from shared.reconciliation import Tolerances

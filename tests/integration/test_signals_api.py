@@ -7,15 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 from shared.models import AuditLog, Signal
+from tests.conftest import GOOD_SIGNAL
 
-GOOD = {
-    "instrument": "EURUSD",
-    "side": "buy",
-    "volume": "0.10",
-    "price": "1.1000",
-    "sl": "1.0950",
-    "tp": "1.1100",
-}
+GOOD = GOOD_SIGNAL  # read only: tests spread it into new dicts
 
 
 def signal_count(db_session) -> int:

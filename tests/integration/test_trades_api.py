@@ -5,15 +5,9 @@ from decimal import Decimal
 import pytest
 
 from shared.models import Side, Signal, Trade, TradeState
+from tests.conftest import GOOD_SIGNAL
 
-GOOD = {
-    "instrument": "EURUSD",
-    "side": "buy",
-    "volume": "0.10",
-    "price": "1.1000",
-    "sl": "1.0950",
-    "tp": "1.1100",
-}
+GOOD = GOOD_SIGNAL  # read only: tests spread it into new dicts
 
 
 @pytest.fixture
