@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -106,3 +107,58 @@ def dialect_insert(bind: sa.Engine | sa.Connection) -> Any:
     from sqlalchemy.dialects import sqlite
 
     return sqlite.insert
+
+
+def server_closed(dbapi_connection: Any) -> bool:
+    """Whether the server has ended this idle client connection, asked of the socket without a round
+    trip.
+
+    A connection resting in the pool has nothing to read: the server sends nothing unasked, except
+    when it ends the session (a restart, `pg_terminate_backend`, an idle timeout), when it sends a
+    FATAL message and closes the socket. So a readable socket means the connection is dead.
+    """
+    if getattr(dbapi_connection, "closed", False):
+        return True
+    fileno = dbapi_connection.fileno()
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fileno, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fileno], [], [], 0)  # Windows: no poll(); sockets work here
+    return bool(readable)
+
+
+def check_connections_on_checkout(engine: sa.Engine) -> None:
+    """Replace connections the server has closed as the pool hands them out.
+
+    This stands in for `pool_pre_ping`, which costs a `SELECT 1` round trip on every checkout: on the
+    signal ingest path that was a tenth of the web process's CPU and a sixth of Postgres's per request
+    (bench/ingest.py). The socket check sees every way a server ends a connection; what it cannot see
+    is a peer gone silently (a network cut), where the statement fails instead and the pool drops that
+    connection.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if server_closed(dbapi_connection):
+            # The pool discards this connection and hands out another (it tries three times).
+            raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+
+# The ingest path asks these of Flask-SQLAlchemy's scoped session on every signal; when the request has
+# not used the session yet, the answers are known without building a Session object (and closing it at
+# teardown), which is a few percent of that request's CPU.
+
+
+def in_transaction(session: DbSession) -> bool:
+    """Whether `session` holds an open transaction."""
+    if isinstance(session, scoped_session):
+        return session.registry.has() and session().in_transaction()
+    return session.in_transaction()
+
+
+def bind_of(session: DbSession) -> sa.Engine | sa.Connection:
+    """`session.get_bind()`: the app's engine (or the connection a test put in its place)."""
+    if session is db.session and not session.registry.has():
+        return db.engine
+    return session.get_bind()

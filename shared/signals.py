@@ -4,18 +4,21 @@ protection, listing, and the expiry sweep."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import scoped_session
 
 from shared import audit
+from shared.coalesce import Coalescer
 from shared.crypto import SecretBox
-from shared.db import DbSession, utcnow
+from shared.db import DbSession, bind_of, in_transaction, utcnow
 from shared.errors import Conflict, NotAuthenticated, NotFound
 from shared.models import Side, Signal, SignalStatus, StrategyClient, User
 from shared.signing import parse_timestamp, signature_matches, timestamp_is_fresh
@@ -198,11 +201,6 @@ def _existing_for(
     return None
 
 
-# Postgres: the signal, its audit row and the revocation check in one statement, so a new signal costs
-# one round trip. ON CONFLICT DO NOTHING covers both unique constraints: (client, idempotency key) and
-# the signature. It is a server-side prepared statement, parsed and planned once per connection, and
-# returns a fixed column list (not *) so that a column added by a later migration cannot invalidate
-# the prepared plan's result type.
 @dataclass(frozen=True)
 class StoredSignal:
     """A signal as the ingest statement returned it: the attributes of `Signal` that readers use,
@@ -242,15 +240,22 @@ class StoredSignal:
 
 _SIGNAL_COLUMNS = tuple(field.name for field in fields(StoredSignal))
 
-# Postgres: the signal, its audit row and the revocation check in one statement, so a new signal costs
-# one round trip. ON CONFLICT DO NOTHING covers both unique constraints: (client, idempotency key) and
-# the signature. It is a server-side prepared statement, parsed and planned once per connection, and
-# returns a fixed column list (not *) so that a column added by a later migration cannot invalidate
-# the prepared plan's result type.
-_PG_INGEST_NAME = "tradeguard_ingest_signal_v1"
-# (name, Postgres type) of each parameter, in order: $1, $2, ... The first is the client; the next ones
-# are the signal's own columns, inserted in this order; the last three make the audit row.
-_PG_INGEST_PARAMS = (
+# Postgres: a batch of signals, their audit rows and the revocation check in one statement, so the
+# signals that concurrent requests of one web process send together cost one round trip and one
+# commit (see `_ingest_batch`). The batch is a JSON array of objects, one per signal, read with
+# jsonb_to_recordset. It is a server-side prepared statement, parsed and planned once per connection.
+#
+# - ON CONFLICT DO NOTHING covers both unique constraints, (client, idempotency key) and the
+#   signature: a signal that conflicts is simply not returned, and its request is answered by
+#   `ingest_signal` as any duplicate is.
+# - DISTINCT ON (signature): the same signed request twice in one batch is inserted once.
+# - Rows go in in signature order, so two batches wait on each other's rows in one order only.
+# - The result is a fixed column list (not *): a column added by a later migration cannot change
+#   the prepared plan's result type.
+_PG_INGEST_NAME = "tradeguard_ingest_signals_v2"
+# The fields of one signal in the batch, with their Postgres types. The first is the client; the next
+# ones are the signal's own columns, inserted in this order; `meta` goes to its audit row.
+_BATCH_FIELDS = (
     ("client_id", "integer"),
     ("instrument", "varchar"),
     ("side", "varchar"),
@@ -266,32 +271,32 @@ _PG_INGEST_PARAMS = (
     ("signature", "varchar"),
     ("body_sha256", "varchar"),
     ("created_at", "timestamptz"),
-    ("actor_type", "varchar"),
-    ("action", "varchar"),
     ("meta", "jsonb"),
 )
-_SIGNAL_PARAMS = [name for name, _ in _PG_INGEST_PARAMS[1:-3]]
-_PARAM_NUMBER = {name: f"${n}" for n, (name, _) in enumerate(_PG_INGEST_PARAMS, start=1)}
+_SIGNAL_FIELDS = [name for name, _ in _BATCH_FIELDS[1:-1]]
 
 # Built from the tuples above: fixed names only, no values (nothing here comes from a request).
 _PG_INGEST_PREPARE = f"""
-    PREPARE {_PG_INGEST_NAME} ({", ".join(t for _, t in _PG_INGEST_PARAMS)}) AS
-    WITH new_signal AS (
-        INSERT INTO signals (owner_id, account_id, client_id, {", ".join(_SIGNAL_PARAMS)})
-        SELECT c.owner_id, c.account_id, c.id, {", ".join(_PARAM_NUMBER[n] for n in _SIGNAL_PARAMS)}
-        FROM strategy_clients AS c
-        WHERE c.id = {_PARAM_NUMBER["client_id"]} AND NOT c.revoked
+    PREPARE {_PG_INGEST_NAME} (jsonb, varchar, varchar) AS
+    WITH incoming AS (
+        SELECT DISTINCT ON (i.signature) i.*
+        FROM jsonb_to_recordset($1) AS i({", ".join(f"{n} {t}" for n, t in _BATCH_FIELDS)})
+        ORDER BY i.signature
+    ), new_signal AS (
+        INSERT INTO signals (owner_id, account_id, client_id, {", ".join(_SIGNAL_FIELDS)})
+        SELECT c.owner_id, c.account_id, c.id, {", ".join(f"i.{n}" for n in _SIGNAL_FIELDS)}
+        FROM incoming AS i JOIN strategy_clients AS c ON c.id = i.client_id AND NOT c.revoked
+        ORDER BY i.signature
         ON CONFLICT DO NOTHING
         RETURNING {", ".join(_SIGNAL_COLUMNS)}
     ), received AS (
         INSERT INTO audit_log (actor_type, actor_id, action, target_type, target_id, meta, created_at)
-        SELECT {_PARAM_NUMBER["actor_type"]}, client_id, {_PARAM_NUMBER["action"]}, 'signal', id,
-               {_PARAM_NUMBER["meta"]}, created_at
-        FROM new_signal
+        SELECT $2, n.client_id, $3, 'signal', n.id, i.meta, n.created_at
+        FROM new_signal AS n JOIN incoming AS i ON i.signature = n.signature
     )
     SELECT {", ".join(_SIGNAL_COLUMNS)} FROM new_signal
 """  # noqa: S608
-_PG_INGEST_EXECUTE = f"EXECUTE {_PG_INGEST_NAME} ({', '.join(['%s'] * len(_PG_INGEST_PARAMS))})"
+_PG_INGEST_EXECUTE = f"EXECUTE {_PG_INGEST_NAME} (%s, %s, %s)"
 _PREPARED_KEY = "tradeguard.ingest_prepared"
 
 
@@ -310,6 +315,60 @@ def _received_meta(
     }
 
 
+@dataclass(frozen=True)
+class _BatchItem:
+    """One signal of a batch: its JSON object, and what tells its row apart from the others'."""
+
+    json: str
+    client_id: int
+    signature: str
+    idempotency_key: str | None
+
+
+def _batch_item(client: ClientIdentity, values: dict[str, Any], meta: dict[str, Any]) -> _BatchItem:
+    named = {**values, "client_id": client.id, "meta": meta}
+    row = {}
+    for name, _ in _BATCH_FIELDS:
+        value = named[name]
+        if isinstance(value, Decimal):
+            value = str(value)  # exact: Postgres reads the digits, no float in between
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Side | SignalStatus):
+            value = value.value
+        row[name] = value
+    return _BatchItem(json.dumps(row), client.id, values["signature"], values["idempotency_key"])
+
+
+def _ingest_batch(cursor: Any, items: Sequence[_BatchItem]) -> list[StoredSignal | None]:
+    """Run the prepared statement on `items`: for each, in order, its stored signal, or None when it
+    was not inserted (a duplicate, or a revoked client)."""
+    batch = "[" + ",".join(item.json for item in items) + "]"
+    cursor.execute(_PG_INGEST_EXECUTE, (batch, audit.CLIENT, _RECEIVED))
+    inserted = {row[_SIGNATURE_AT]: row for row in cursor.fetchall()}
+    results: list[StoredSignal | None] = []
+    for item in items:
+        row = inserted.get(item.signature)
+        # A signature twice in a batch is inserted once: the row belongs to the item it was made from.
+        if row is not None and (row[_CLIENT_AT], row[_KEY_AT]) == (item.client_id, item.idempotency_key):
+            del inserted[item.signature]
+            results.append(StoredSignal.from_row(row))
+        else:
+            results.append(None)
+    return results
+
+
+_SIGNATURE_AT = _SIGNAL_COLUMNS.index("signature")
+_CLIENT_AT = _SIGNAL_COLUMNS.index("client_id")
+_KEY_AT = _SIGNAL_COLUMNS.index("idempotency_key")
+
+
+def _prepare_once(cursor: Any, info: dict[str, Any]) -> None:
+    if not info.get(_PREPARED_KEY):
+        cursor.execute(_PG_INGEST_PREPARE)
+        info[_PREPARED_KEY] = True
+
+
 def _insert_postgres(
     session: DbSession,
     bind: sa.Engine | sa.Connection,
@@ -317,42 +376,43 @@ def _insert_postgres(
     values: dict[str, Any],
     meta: dict[str, Any],
 ) -> StoredSignal | None:
-    """Run the prepared ingest statement; the stored signal, or None when nothing was inserted.
+    """Insert one signal with its audit row; the stored signal, or None when nothing was inserted.
 
     When the session has no transaction open (the usual case: the client's secret came from the cache),
-    the statement runs alone in autocommit on a pooled connection: one statement is one transaction,
-    so the signal and its audit row are committed together, durably, before this returns, and
-    BEGIN and COMMIT cost no round trips. Otherwise (the session already holds a transaction, or is
-    bound to a Connection as in the tests) it joins the session's transaction and the caller commits.
+    the signal joins this process's current batch (`_batches`), which runs in autocommit on a pooled
+    connection: one statement is one transaction, so the batch's signals and audit rows are committed
+    together, durably, before this returns. Otherwise (the session already holds a transaction, or is
+    bound to a Connection as in the tests) it is inserted alone in the session's transaction, and the
+    caller commits.
     """
-    named = {
-        **values,
-        "side": values["side"].value,
-        "status": values["status"].value,
-        "client_id": client.id,
-        "actor_type": audit.CLIENT,
-        "action": _RECEIVED,
-        "meta": json.dumps(meta),
-    }
-    params = tuple(named[name] for name, _ in _PG_INGEST_PARAMS)
-    plain_session = session() if isinstance(session, scoped_session) else session
-    if isinstance(bind, sa.Engine) and not plain_session.in_transaction():
-        row = _ingest_autocommit(bind, params)
-    else:
-        row = _ingest_in_transaction(session.connection(), params)
-    return None if row is None else StoredSignal.from_row(row)
+    item = _batch_item(client, values, meta)
+    if isinstance(bind, sa.Engine) and not in_transaction(session):
+        return _batches(bind).submit(item)
+    connection = session.connection().connection
+    cursor = connection.cursor()
+    try:
+        _prepare_once(cursor, connection.info)
+        return _ingest_batch(cursor, [item])[0]
+    finally:
+        cursor.close()
 
 
-def _ingest_in_transaction(connection: sa.Connection, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    info = connection.connection.info
-    if not info.get(_PREPARED_KEY):
-        connection.exec_driver_sql(_PG_INGEST_PREPARE)
-        info[_PREPARED_KEY] = True
-    row = connection.exec_driver_sql(_PG_INGEST_EXECUTE, params).fetchone()
-    return None if row is None else tuple(row)
+_coalescers: weakref.WeakKeyDictionary[sa.Engine, Coalescer[_BatchItem, StoredSignal | None]] = (
+    weakref.WeakKeyDictionary()
+)
+_coalescers_lock = threading.Lock()
 
 
-def _ingest_autocommit(engine: sa.Engine, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+def _batches(engine: sa.Engine) -> Coalescer[_BatchItem, StoredSignal | None]:
+    """The engine's group commit for signals, in this process."""
+    with _coalescers_lock:
+        coalescer = _coalescers.get(engine)
+        if coalescer is None:
+            coalescer = _coalescers[engine] = Coalescer(lambda items: _ingest_autocommit(engine, items))
+        return coalescer
+
+
+def _ingest_autocommit(engine: sa.Engine, items: Sequence[_BatchItem]) -> list[StoredSignal | None]:
     import psycopg2.errors
 
     pooled = engine.raw_connection()
@@ -362,19 +422,19 @@ def _ingest_autocommit(engine: sa.Engine, params: tuple[Any, ...]) -> tuple[Any,
         cursor = dbapi_connection.cursor()
         try:
             for attempt in (1, 2):
-                if not pooled.info.get(_PREPARED_KEY):
-                    cursor.execute(_PG_INGEST_PREPARE)
-                    pooled.info[_PREPARED_KEY] = True
+                _prepare_once(cursor, pooled.info)
                 try:
-                    cursor.execute(_PG_INGEST_EXECUTE, params)
+                    return _ingest_batch(cursor, items)
                 except psycopg2.errors.InvalidSqlStatementName:
                     # Deallocated behind our back (DISCARD ALL, say): prepare it again, once.
                     pooled.info.pop(_PREPARED_KEY, None)
                     if attempt == 2:
                         raise
-                    continue
-                row: tuple[Any, ...] | None = cursor.fetchone()
-                return row
+                except psycopg2.errors.DeadlockDetected:
+                    # Two batches each waiting for a row of the other (retries of one idempotency key
+                    # sent to two processes at once): Postgres undid this one whole; run it once more.
+                    if attempt == 2:
+                        raise
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             cursor.close()
@@ -461,7 +521,7 @@ def ingest_signal(
     }
     meta = _received_meta(client, data, idempotency_key)
     signal: Signal | StoredSignal | None
-    bind = session.get_bind()
+    bind = bind_of(session)
     if bind.dialect.name == "postgresql":
         signal = _insert_postgres(session, bind, client, values, meta)
     else:

@@ -8,12 +8,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask
+from flask.sessions import SessionInterface
 from flask_migrate import Migrate
 from werkzeug.routing import IntegerConverter
 
 from shared.config import Settings, describe, load_settings
 from shared.crypto import SecretBox
-from shared.db import db
+from shared.db import check_connections_on_checkout, db
 from shared.signals import ClientKeyCache
 from web.errors import TradeGuardApi, register_error_handlers
 
@@ -33,7 +34,8 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
     if settings.uses_embedded_database:
         # Several processes share the SQLite file: wait for a lock rather than fail at once.
         return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+    # No pool_pre_ping: `check_connections_on_checkout` asks the socket instead of the server.
+    return {"pool_size": 5, "max_overflow": 10}
 
 
 def _configure_sqlite(app: Flask) -> None:
@@ -44,6 +46,20 @@ def _configure_sqlite(app: Flask) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+
+class NoCookieSessions(SessionInterface):
+    """The API signs nothing into cookies: users send a bearer token, strategy clients a signature.
+
+    Flask's default would still build a signing serializer on every request to look for a session
+    cookie; this one leaves `flask.session` a NullSession, which refuses writes with a clear error.
+    """
+
+    def open_session(self, app: Flask, request: Any) -> None:
+        return None  # Flask then uses make_null_session()
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        return None
 
 
 def configure_logging() -> None:
@@ -87,9 +103,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)
-    if settings.uses_embedded_database:
-        with app.app_context():
+    with app.app_context():
+        if settings.uses_embedded_database:
             _configure_sqlite(app)
+        else:
+            check_connections_on_checkout(db.engine)
+    app.session_interface = NoCookieSessions()
 
     api = TradeGuardApi(app)
     from web.api import (

@@ -2,6 +2,8 @@
 
 import json
 import threading
+import time
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -125,13 +127,110 @@ def test_a_lost_prepared_statement_or_connection_is_recovered(app, committed_db)
     pooled.commit()
     pooled.close()
     assert api.send_signal(world["client"], {**SIGNAL, "comment": "two"}).status_code == 201
-    # The server ends every connection (a restart, say): pre-ping replaces them and it prepares anew.
-    with sa.create_engine(committed_db.get_bind().url).connect() as admin:
-        admin.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
+    # The server ends every connection (a restart, say): the pool sees the closed sockets, replaces
+    # those connections, and the statement is prepared anew.
+    terminate_other_connections(committed_db.get_bind().url)
     assert api.send_signal(world["client"], {**SIGNAL, "comment": "three"}).status_code == 201
     assert _stored(committed_db) == (3, 3)
+
+
+def test_signals_arriving_during_a_commit_are_inserted_together_each_answered_with_its_own(app, committed_db):
+    """Group commit: while one batch waits for its commit, concurrent signals queue and then go in
+    one statement and one transaction; every request still gets its own signal, and duplicates in
+    the batch are answered as duplicates."""
+    from shared.db import db
+    from shared.signals import _batches
+
+    api = Api(app.test_client())
+    world = api.setup()
+    committed_db.commit()
+    url = committed_db.get_bind().url
+    with app.app_context():
+        batches = _batches(db.engine)
+
+    def body_and_headers(comment: str, key: str | None = None) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps({**SIGNAL, "comment": comment}).encode()
+        return body, api.signed_headers(world["client"], body, key=key)
+
+    requests = {f"s{i}": body_and_headers(f"s{i}") for i in range(12)}
+    requests["keyed"] = body_and_headers("keyed", key="k-1")
+    requests["keyed again"] = requests["keyed"]  # the same request resent with its key: 200
+    requests["replay"] = requests["s0"]  # the same signed request without a key: 409
+    responses: dict[str, Any] = {}
+
+    def send(name: str) -> None:
+        body, headers = requests[name]
+        response = app.test_client().post("/api/v1/signals", data=body, headers=headers)
+        responses[name] = (response.status_code, response.json)
+
+    # A first signal puts the client's secret in the cache, so that no request below needs a session.
+    assert api.send_signal(world["client"], {**SIGNAL, "comment": "warm"}).status_code == 201
+    # Hold the next batch at its INSERT, so that the others have to queue behind it.
+    blocker = sa.create_engine(url).connect()
+    try:
+        blocker.execute(sa.text("LOCK TABLE signals IN EXCLUSIVE MODE"))
+        first = threading.Thread(target=send, args=("s11",), daemon=True)
+        first.start()
+        deadline = time.monotonic() + 10
+        while not blocker.scalar(
+            sa.text("SELECT count(*) FROM pg_locks WHERE relation = 'signals'::regclass AND NOT granted")
+        ):
+            assert time.monotonic() < deadline, "the first batch never reached the locked table"
+            time.sleep(0.01)
+        others = [
+            threading.Thread(target=send, args=(name,), daemon=True) for name in requests if name != "s11"
+        ]
+        for t in others:
+            t.start()
+        while len(batches._queue) < len(others):
+            assert time.monotonic() < deadline, f"only {len(batches._queue)} of {len(others)} queued"
+            time.sleep(0.01)
+    finally:
+        blocker.commit()
+        blocker.close()
+    for t in [first, *others]:
+        t.join(timeout=30)
+
+    for i in range(12):
+        code, signal = responses[f"s{i}"]
+        assert (code, signal["comment"], signal["status"]) == (201, f"s{i}", "pending")
+    assert responses["keyed"][0] in (200, 201) and responses["keyed again"][0] in (200, 201)
+    assert {responses["keyed"][0], responses["keyed again"][0]} == {200, 201}
+    assert responses["keyed"][1]["id"] == responses["keyed again"][1]["id"]
+    assert responses["replay"][0] == 409 and "X-Signature" in responses["replay"][1]["error"]["fields"]
+    assert responses["s0"][1]["id"] != responses["s1"][1]["id"]
+    assert _stored(committed_db) == (14, 14)
+    # Three transactions made the 14 rows: the warm-up, the held batch, and one for everything that
+    # queued behind it.
+    transactions = committed_db.scalar(sa.text("SELECT count(DISTINCT xmin::text) FROM signals"))
+    assert transactions == 3
+    audited = committed_db.execute(
+        sa.text(
+            "SELECT s.comment, a.meta->>'idempotency_key' FROM audit_log a JOIN signals s "
+            "ON s.id = a.target_id WHERE a.action = 'signal.received'"
+        )
+    ).all()
+    assert sorted(comment for comment, _ in audited) == sorted(
+        [*(f"s{i}" for i in range(12)), "keyed", "warm"]
+    )
+    assert dict(audited)["keyed"] == "k-1"
+
+
+def terminate_other_connections(url: sa.URL) -> None:
+    """End every other session on the database, and wait until their processes have closed their
+    sockets (pg_terminate_backend only signals them), as after a server restart."""
+    # Autocommit: inside one transaction pg_stat_activity would keep showing its first snapshot.
+    with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as admin:
+        ended = admin.scalars(
+            sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ).all()
+        admin.execute(sa.text("SELECT pg_terminate_backend(pid) FROM unnest(:pids) AS pid"), {"pids": ended})
+        deadline = time.monotonic() + 10
+        while admin.scalar(
+            sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"), {"pids": ended}
+        ):
+            assert time.monotonic() < deadline, "terminated sessions still there after 10 s"
+            time.sleep(0.01)

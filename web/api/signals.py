@@ -6,6 +6,7 @@ from flask import request
 from flask_smorest import Blueprint
 
 from shared import signals
+from shared.db import in_transaction
 from shared.errors import InvalidInput
 from shared.models import SignalStatus
 from shared.signing import canonical_body_hash
@@ -69,7 +70,7 @@ def create_signal(body: dict[str, Any]) -> Any:
     )
     # On Postgres a new signal is already committed (see `ingest_signal`); the session holds a
     # transaction only when it read or wrote something that still needs committing.
-    if db.session().in_transaction():
+    if in_transaction(db.session):
         db.session.commit()
     return result.signal, (201 if result.created else 200)
 

@@ -1,0 +1,137 @@
+"""The Postgres group-commit ingest, with a stand-in cursor: which row answers which request, and
+which failures are run again."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg2.errors
+import pytest
+
+from shared import signals
+from shared.models import Side, SignalStatus
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def _item(signature: str, key: str | None = None, client_id: int = 7) -> signals._BatchItem:
+    client = signals.ClientIdentity(id=client_id, owner_id=1, account_id=2)
+    values = {
+        "instrument": "EURUSD",
+        "side": Side.BUY,
+        "volume": Decimal("0.10"),
+        "price": Decimal("1.1000"),
+        "sl": None,
+        "tp": None,
+        "comment": signature,
+        "status": SignalStatus.PENDING,
+        "ttl_seconds": 120,
+        "expires_at": NOW,
+        "idempotency_key": key,
+        "signature": signature,
+        "body_sha256": "b" * 64,
+        "created_at": NOW,
+    }
+    return signals._batch_item(client, values, {"idempotency_key": key})
+
+
+def _row(item: signals._BatchItem, signal_id: int) -> tuple[Any, ...]:
+    values = {name: None for name in signals._SIGNAL_COLUMNS}
+    values.update(
+        id=signal_id,
+        owner_id=1,
+        account_id=2,
+        client_id=item.client_id,
+        side="buy",
+        status="pending",
+        signature=item.signature,
+        idempotency_key=item.idempotency_key,
+        expires_at=NOW,
+        created_at=NOW,
+    )
+    return tuple(values[name] for name in signals._SIGNAL_COLUMNS)
+
+
+class Cursor:
+    """Answers EXECUTE with the rows given, or raises the errors given first."""
+
+    def __init__(self, rows: list[tuple[Any, ...]], errors: list[Exception] | None = None):
+        self.rows, self.errors, self.executed = rows, list(errors or []), []
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.executed.append(sql.split()[0])
+        if sql.startswith("EXECUTE") and self.errors:
+            raise self.errors.pop(0)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.rows
+
+    def close(self) -> None:
+        pass
+
+
+def test_each_item_gets_the_row_made_from_it_and_duplicates_get_none():
+    a, b, c = _item("sig-a"), _item("sig-b", key="k"), _item("sig-c")
+    replay_of_a = _item("sig-a")  # the same signed request again, in the same batch
+    other_key_for_b = _item("sig-b", key="other")  # b's signature resent under another key
+    # The statement returns inserted rows in its own order, and c was not inserted (revoked, say).
+    cursor = Cursor([_row(b, 11), _row(a, 10)])
+    results = signals._ingest_batch(cursor, [a, other_key_for_b, b, replay_of_a, c])
+    assert [r.id if r else None for r in results] == [10, None, 11, None, None]
+    assert results[0].side is Side.BUY and results[2].idempotency_key == "k"
+
+
+def test_the_batch_json_keeps_decimals_exact_and_timestamps_aware():
+    item = _item("sig")
+    assert '"volume": "0.10"' in item.json and '"price": "1.1000"' in item.json
+    assert '"created_at": "2026-11-21T12:00:00+00:00"' in item.json
+    assert '"side": "buy"' in item.json and '"status": "pending"' in item.json
+
+
+class Pooled:
+    def __init__(self, cursor: Cursor):
+        self.info: dict[str, Any] = {}
+        self.driver_connection = self
+        self.autocommit = False
+        self.closed = 0
+        self._cursor = cursor
+        self.returned = False
+
+    def cursor(self) -> Cursor:
+        return self._cursor
+
+    def close(self) -> None:
+        self.returned = True
+
+
+class Engine:
+    def __init__(self, pooled: Pooled):
+        self.pooled = pooled
+
+    def raw_connection(self) -> Pooled:
+        return self.pooled
+
+
+@pytest.mark.parametrize(
+    "error",
+    [psycopg2.errors.DeadlockDetected("deadlock detected"), psycopg2.errors.InvalidSqlStatementName("gone")],
+)
+def test_a_deadlock_or_a_lost_prepared_statement_is_run_once_more_then_given_up(error):
+    item = _item("sig")
+    once = Cursor([_row(item, 5)], errors=[error])
+    pooled = Pooled(once)
+    assert signals._ingest_autocommit(Engine(pooled), [item])[0].id == 5  # type: ignore[arg-type]
+    assert once.executed.count("EXECUTE") == 2 and pooled.returned and pooled.autocommit is False
+
+    twice = Cursor([_row(item, 5)], errors=[error, error])
+    with pytest.raises(type(error)):
+        signals._ingest_autocommit(Engine(Pooled(twice)), [item])  # type: ignore[arg-type]
+    assert twice.executed.count("EXECUTE") == 2
+
+
+def test_other_database_errors_are_not_run_again():
+    item = _item("sig")
+    cursor = Cursor([], errors=[psycopg2.errors.UniqueViolation("no")])
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        signals._ingest_autocommit(Engine(Pooled(cursor)), [item])  # type: ignore[arg-type]
+    assert cursor.executed.count("EXECUTE") == 1
