@@ -162,6 +162,7 @@ class Run:
     seconds: float
     server_cpu: float
     postgres_cpu: float
+    load_cpu: float  # the load generator's own processes
 
 
 def fire(
@@ -192,13 +193,16 @@ def fire(
     time.sleep(0.5)  # let every thread connect and wait at the start line
     server_pids = descendants(server_pid) if server_pid else []
     postgres_pids = by_name("postgres")
+    load_pids = [p.pid for p in procs if p.pid is not None]
     server_cpu, postgres_cpu = cpu_seconds(server_pids), cpu_seconds(postgres_pids)
+    load_cpu = cpu_seconds(load_pids)
     began = time.perf_counter()
     go.set()
     results = [queue.get() for _ in procs]
     elapsed = time.perf_counter() - began
     server_cpu = cpu_seconds(server_pids) - server_cpu
     postgres_cpu = cpu_seconds(by_name("postgres")) - postgres_cpu
+    load_cpu = cpu_seconds(load_pids) - load_cpu
     for p in procs:
         p.join()
     return Run(
@@ -207,6 +211,7 @@ def fire(
         seconds=elapsed,
         server_cpu=server_cpu,
         postgres_cpu=postgres_cpu,
+        load_cpu=load_cpu,
     )
 
 
@@ -228,6 +233,7 @@ def summarize(runs: list[Run]) -> dict[str, float]:
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "server_cpu_ms": sum(run.server_cpu for run in runs) / max(1, sent) * 1000,
         "postgres_cpu_ms": sum(run.postgres_cpu for run in runs) / max(1, sent) * 1000,
+        "load_cpu_ms": sum(run.load_cpu for run in runs) / max(1, sent) * 1000,
     }
 
 
@@ -386,12 +392,13 @@ def main() -> None:
     )
     print(
         f"{'endpoint':<20}{'accepted/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'accepted':>9}{'refused':>8}"
-        f"{'web CPU ms/req':>16}{'pg CPU ms/req':>15}"
+        f"{'web CPU ms/req':>16}{'pg CPU ms/req':>15}{'load gen CPU ms/req':>21}"
     )
     for name, r in (("bare Flask", bare), ("TradeGuard signals", tradeguard)):
         print(
             f"{name:<20}{r['per_second']:>11.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['accepted']:>9}"
             f"{r['rejected']:>8}{r['server_cpu_ms']:>16.3f}{r['postgres_cpu_ms']:>15.3f}"
+            f"{r['load_cpu_ms']:>21.3f}"
         )
     ratio = tradeguard["per_second"] / bare["per_second"]
     round_ratios = [

@@ -408,8 +408,17 @@ def _batches(engine: sa.Engine) -> Coalescer[_BatchItem, StoredSignal | None]:
     with _coalescers_lock:
         coalescer = _coalescers.get(engine)
         if coalescer is None:
-            coalescer = _coalescers[engine] = Coalescer(lambda items: _ingest_autocommit(engine, items))
+            # A weak reference: the value must not keep its own key (the engine) alive.
+            engine_ref = weakref.ref(engine)
+            coalescer = Coalescer(lambda items: _ingest_autocommit(_alive(engine_ref()), items))
+            _coalescers[engine] = coalescer
         return coalescer
+
+
+def _alive(engine: sa.Engine | None) -> sa.Engine:
+    if engine is None:  # pragma: no cover - a batch is only run by a caller holding the engine
+        raise RuntimeError("the engine of this batch was disposed of")
+    return engine
 
 
 def _ingest_autocommit(engine: sa.Engine, items: Sequence[_BatchItem]) -> list[StoredSignal | None]:

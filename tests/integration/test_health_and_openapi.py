@@ -96,3 +96,19 @@ def test_a_database_outage_is_a_503_json_not_a_500():
     )
     assert response.status_code == 503
     assert response.json["error"]["code"] == "unavailable" and "retry" in response.json["error"]["message"]
+
+
+def test_the_api_keeps_no_cookie_session(app, client):
+    """Bearer tokens and signatures only: no session cookie is read or set, and code that tried to
+    write one would fail loudly instead of signing data into a cookie."""
+    import flask
+    import pytest
+    from flask.sessions import NullSession
+
+    with app.test_request_context("/healthz", headers={"Cookie": "session=forged"}):
+        session = flask.session._get_current_object()  # type: ignore[attr-defined]
+        assert isinstance(session, NullSession) and dict(session) == {}
+        with pytest.raises(RuntimeError, match="session is unavailable"):
+            session["user_id"] = 1
+    response = client.get("/healthz")
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers

@@ -135,3 +135,17 @@ def test_other_database_errors_are_not_run_again():
     with pytest.raises(psycopg2.errors.UniqueViolation):
         signals._ingest_autocommit(Engine(Pooled(cursor)), [item])  # type: ignore[arg-type]
     assert cursor.executed.count("EXECUTE") == 1
+
+
+def test_an_engine_let_go_takes_its_group_commit_with_it():
+    import gc
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine("sqlite://")
+    before = len(signals._coalescers)
+    assert signals._batches(engine) is signals._batches(engine)  # one per engine
+    assert len(signals._coalescers) == before + 1
+    del engine
+    gc.collect()
+    assert len(signals._coalescers) == before
