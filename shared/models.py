@@ -126,7 +126,8 @@ class Signal(db.Model):  # type: ignore[name-defined]
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
-    client_id: Mapped[int] = mapped_column(sa.ForeignKey("strategy_clients.id"), index=True)
+    # No index of its own: the unique (client_id, idempotency_key) index serves lookups by client.
+    client_id: Mapped[int] = mapped_column(sa.ForeignKey("strategy_clients.id"))
     instrument: Mapped[str] = mapped_column(sa.String(32))
     side: Mapped[Side] = mapped_column(_string_enum(Side, "signal_side"))
     volume: Mapped[Decimal] = mapped_column(Volume)
