@@ -134,15 +134,23 @@ def check_connections_on_checkout(engine: sa.Engine) -> None:
     This stands in for `pool_pre_ping`, which costs a `SELECT 1` round trip on every checkout: on the
     signal ingest path that was a tenth of the web process's CPU and a sixth of Postgres's per request
     (bench/ingest.py). The socket check sees every way a server ends a connection; what it cannot see
-    is a peer gone silently (a network cut), where the statement fails instead and the pool drops that
-    connection.
+    is a peer gone silently (a network cut): TCP keepalives (`TCP_KEEPALIVES`) find those within a
+    minute or so, and until then a statement on such a connection fails (503), and the pool drops it.
     """
 
     @event.listens_for(engine, "checkout")
     def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        if server_closed(dbapi_connection):
-            # The pool discards this connection and hands out another (it tries three times).
+        try:
+            closed = server_closed(dbapi_connection)
+        except (OSError, ValueError):  # no usable socket left to ask: as good as closed
+            closed = True
+        if closed:
+            # The pool drops this connection and connects its slot anew before handing it out.
             raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+
+# libpq connection options: probe an idle connection after 30 s, every 10 s, give up after 3 misses.
+TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 # The ingest path asks these of Flask-SQLAlchemy's scoped session on every signal; when the request has

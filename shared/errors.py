@@ -55,3 +55,12 @@ class Conflict(TradeGuardError):
 
     code = "conflict"
     http_status = 409
+
+
+class Unavailable(TradeGuardError):
+    """The request could not be handled now (the database is stuck or down); nothing was stored.
+
+    Send it again shortly, with the same Idempotency-Key, so that it cannot be stored twice."""
+
+    code = "unavailable"
+    http_status = 503

@@ -16,10 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from shared import audit
-from shared.coalesce import Coalescer
+from shared.coalesce import Coalescer, Stalled
 from shared.crypto import SecretBox
 from shared.db import DbSession, bind_of, in_transaction, utcnow
-from shared.errors import Conflict, NotAuthenticated, NotFound
+from shared.errors import Conflict, NotAuthenticated, NotFound, Unavailable
 from shared.models import Side, Signal, SignalStatus, StrategyClient, User
 from shared.signing import parse_timestamp, signature_matches, timestamp_is_fresh
 
@@ -246,9 +246,12 @@ _SIGNAL_COLUMNS = tuple(field.name for field in fields(StoredSignal))
 # jsonb_to_recordset. It is a server-side prepared statement, parsed and planned once per connection.
 #
 # - ON CONFLICT DO NOTHING covers both unique constraints, (client, idempotency key) and the
-#   signature: a signal that conflicts is simply not returned, and its request is answered by
-#   `ingest_signal` as any duplicate is.
-# - DISTINCT ON (signature): the same signed request twice in one batch is inserted once.
+#   signature, also between signals of one batch: a signal that conflicts is simply not returned,
+#   and its request is answered by `ingest_signal` as any duplicate is.
+# - A signal's row is told from its batch-mates' by (signature, client, idempotency key), which is
+#   what `_ingest_batch` matches on. Requests equal in all three are the same request sent twice
+#   (the signature covers the body): DISTINCT ON keeps one of them, so its audit row is written once.
+#   Anything less alike is left to ON CONFLICT, so that no signal waits on a batch-mate's fate.
 # - Rows go in in signature order, so two batches wait on each other's rows in one order only.
 # - The result is a fixed column list (not *): a column added by a later migration cannot change
 #   the prepared plan's result type.
@@ -279,9 +282,9 @@ _SIGNAL_FIELDS = [name for name, _ in _BATCH_FIELDS[1:-1]]
 _PG_INGEST_PREPARE = f"""
     PREPARE {_PG_INGEST_NAME} (jsonb, varchar, varchar) AS
     WITH incoming AS (
-        SELECT DISTINCT ON (i.signature) i.*
+        SELECT DISTINCT ON (i.signature, i.client_id, i.idempotency_key) i.*
         FROM jsonb_to_recordset($1) AS i({", ".join(f"{n} {t}" for n, t in _BATCH_FIELDS)})
-        ORDER BY i.signature
+        ORDER BY i.signature, i.client_id, i.idempotency_key
     ), new_signal AS (
         INSERT INTO signals (owner_id, account_id, client_id, {", ".join(_SIGNAL_FIELDS)})
         SELECT c.owner_id, c.account_id, c.id, {", ".join(f"i.{n}" for n in _SIGNAL_FIELDS)}
@@ -292,7 +295,9 @@ _PG_INGEST_PREPARE = f"""
     ), received AS (
         INSERT INTO audit_log (actor_type, actor_id, action, target_type, target_id, meta, created_at)
         SELECT $2, n.client_id, $3, 'signal', n.id, i.meta, n.created_at
-        FROM new_signal AS n JOIN incoming AS i ON i.signature = n.signature
+        FROM new_signal AS n JOIN incoming AS i
+            ON i.signature = n.signature AND i.client_id = n.client_id
+            AND i.idempotency_key IS NOT DISTINCT FROM n.idempotency_key
     )
     SELECT {", ".join(_SIGNAL_COLUMNS)} FROM new_signal
 """  # noqa: S608
@@ -345,16 +350,13 @@ def _ingest_batch(cursor: Any, items: Sequence[_BatchItem]) -> list[StoredSignal
     was not inserted (a duplicate, or a revoked client)."""
     batch = "[" + ",".join(item.json for item in items) + "]"
     cursor.execute(_PG_INGEST_EXECUTE, (batch, audit.CLIENT, _RECEIVED))
-    inserted = {row[_SIGNATURE_AT]: row for row in cursor.fetchall()}
+    inserted = {(row[_SIGNATURE_AT], row[_CLIENT_AT], row[_KEY_AT]): row for row in cursor.fetchall()}
     results: list[StoredSignal | None] = []
     for item in items:
-        row = inserted.get(item.signature)
-        # A signature twice in a batch is inserted once: the row belongs to the item it was made from.
-        if row is not None and (row[_CLIENT_AT], row[_KEY_AT]) == (item.client_id, item.idempotency_key):
-            del inserted[item.signature]
-            results.append(StoredSignal.from_row(row))
-        else:
-            results.append(None)
+        # pop: of the same request sent twice in one batch, the first gets the row, and the other
+        # is answered as the duplicate it is.
+        row = inserted.pop((item.signature, item.client_id, item.idempotency_key), None)
+        results.append(None if row is None else StoredSignal.from_row(row))
     return results
 
 
@@ -385,14 +387,25 @@ def _insert_postgres(
     bound to a Connection as in the tests) it is inserted alone in the session's transaction, and the
     caller commits.
     """
+    import psycopg2.errors
+
     item = _batch_item(client, values, meta)
     if isinstance(bind, sa.Engine) and not in_transaction(session):
-        return _batches(bind).submit(item)
+        try:
+            return _batches(bind).submit(item)
+        except Stalled:
+            raise Unavailable(
+                "signals cannot be stored right now; nothing was stored, retry shortly with the same "
+                "Idempotency-Key"
+            ) from None
     connection = session.connection().connection
     cursor = connection.cursor()
     try:
         _prepare_once(cursor, connection.info)
         return _ingest_batch(cursor, [item])[0]
+    except psycopg2.errors.InvalidSqlStatementName:
+        connection.info.pop(_PREPARED_KEY, None)  # deallocated: the next signal prepares it again
+        raise
     finally:
         cursor.close()
 
@@ -401,6 +414,9 @@ _coalescers: weakref.WeakKeyDictionary[sa.Engine, Coalescer[_BatchItem, StoredSi
     weakref.WeakKeyDictionary()
 )
 _coalescers_lock = threading.Lock()
+# A signal queued behind a batch stuck for this long (a lock, a dead connection) gets 503 rather than
+# wait with it: its request can be resent with its key. Under load a batch takes milliseconds.
+_QUEUE_TIMEOUT_SECONDS = 10.0
 
 
 def _batches(engine: sa.Engine) -> Coalescer[_BatchItem, StoredSignal | None]:
@@ -410,7 +426,10 @@ def _batches(engine: sa.Engine) -> Coalescer[_BatchItem, StoredSignal | None]:
         if coalescer is None:
             # A weak reference: the value must not keep its own key (the engine) alive.
             engine_ref = weakref.ref(engine)
-            coalescer = Coalescer(lambda items: _ingest_autocommit(_alive(engine_ref()), items))
+            coalescer = Coalescer(
+                lambda items: _ingest_isolating_failures(_alive(engine_ref()), items),
+                queue_timeout=_QUEUE_TIMEOUT_SECONDS,
+            )
             _coalescers[engine] = coalescer
         return coalescer
 
@@ -421,11 +440,36 @@ def _alive(engine: sa.Engine | None) -> sa.Engine:
     return engine
 
 
+def _ingest_isolating_failures(
+    engine: sa.Engine, items: Sequence[_BatchItem]
+) -> list[StoredSignal | Exception | None]:
+    """`_ingest_autocommit`, but a signal whose data the database refuses fails only its own request.
+
+    The statement is all or nothing: one bad signal would fail its whole batch, other clients' signals
+    with it. Then nothing of the batch was stored, and each signal is run again alone.
+    """
+    import psycopg2
+
+    try:
+        return list(_ingest_autocommit(engine, items))
+    except (psycopg2.DataError, psycopg2.IntegrityError):
+        if len(items) == 1:
+            raise
+    outcomes: list[StoredSignal | Exception | None] = []
+    for item in items:
+        try:
+            outcomes.extend(_ingest_autocommit(engine, [item]))
+        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
 def _ingest_autocommit(engine: sa.Engine, items: Sequence[_BatchItem]) -> list[StoredSignal | None]:
     import psycopg2.errors
 
     pooled = engine.raw_connection()
     dbapi_connection: Any = pooled.driver_connection
+    autocommit_before = dbapi_connection.autocommit
     try:
         dbapi_connection.autocommit = True
         cursor = dbapi_connection.cursor()
@@ -448,7 +492,7 @@ def _ingest_autocommit(engine: sa.Engine, items: Sequence[_BatchItem]) -> list[S
         finally:
             cursor.close()
             if not dbapi_connection.closed:
-                dbapi_connection.autocommit = False
+                dbapi_connection.autocommit = autocommit_before
     except Exception as exc:
         if dbapi_connection.closed:  # the server went away: never hand this connection out again
             pooled.invalidate(exc)
@@ -466,7 +510,8 @@ def _refuse_revoked(session: DbSession, client: ClientIdentity) -> None:
 def _insert_generic(
     session: DbSession, client: ClientIdentity, values: dict[str, Any], meta: dict[str, Any]
 ) -> Signal | None:
-    """The same as `_PG_INGEST` in plain statements, for SQLite (the embedded setup)."""
+    """The same as `_PG_INGEST_PREPARE` for one signal, in plain statements, for SQLite (the embedded
+    setup)."""
     _refuse_revoked(session, client)
     from sqlalchemy.dialects.sqlite import insert
 

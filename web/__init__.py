@@ -14,7 +14,7 @@ from werkzeug.routing import IntegerConverter
 
 from shared.config import Settings, describe, load_settings
 from shared.crypto import SecretBox
-from shared.db import check_connections_on_checkout, db
+from shared.db import TCP_KEEPALIVES, check_connections_on_checkout, db
 from shared.signals import ClientKeyCache
 from web.errors import TradeGuardApi, register_error_handlers
 
@@ -35,7 +35,7 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
         # Several processes share the SQLite file: wait for a lock rather than fail at once.
         return {"connect_args": {"timeout": 30}}
     # No pool_pre_ping: `check_connections_on_checkout` asks the socket instead of the server.
-    return {"pool_size": 5, "max_overflow": 10}
+    return {"pool_size": 5, "max_overflow": 10, "connect_args": dict(TCP_KEEPALIVES)}
 
 
 def _configure_sqlite(app: Flask) -> None:

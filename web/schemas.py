@@ -61,20 +61,33 @@ def _id_field(**kwargs: Any) -> fields.Integer:
     return StrictInteger(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
 
 
+def _text_problem(value: str) -> str | None:
+    """Why Postgres could not store this string, if it could not."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800", which JSON can spell
+            return "must be valid Unicode text"
+    return None
+
+
 class StrictSchema(ma.Schema):
-    """Unknown fields are an error that names them, not silently dropped; and no string may carry a
-    NUL character, which Postgres cannot store (it would otherwise surface as a server error)."""
+    """Unknown fields are an error that names them, not silently dropped; and no string may be one
+    Postgres cannot store (a NUL character, a lone surrogate), which would otherwise surface as a
+    server error."""
 
     class Meta:
         unknown = ma.RAISE
 
     @pre_load
-    def _refuse_nul_characters(self, data: Any, **_: Any) -> Any:
+    def _refuse_unstorable_text(self, data: Any, **_: Any) -> Any:
         if isinstance(data, Mapping):
             bad = {
-                str(name): ["must not contain NUL characters"]
+                str(name): [problem]
                 for name, value in data.items()
-                if isinstance(value, str) and "\x00" in value
+                if isinstance(value, str) and (problem := _text_problem(value))
             }
             if bad:
                 raise ma.ValidationError(bad)

@@ -3,8 +3,11 @@
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from shared.models import Signal
@@ -147,15 +150,25 @@ def test_signals_arriving_during_a_commit_are_inserted_together_each_answered_wi
     url = committed_db.get_bind().url
     with app.app_context():
         batches = _batches(db.engine)
+    timestamp = int(time.time())
 
     def body_and_headers(comment: str, key: str | None = None) -> tuple[bytes, dict[str, str]]:
         body = json.dumps({**SIGNAL, "comment": comment}).encode()
-        return body, api.signed_headers(world["client"], body, key=key)
+        return body, api.signed_headers(world["client"], body, key=key, timestamp=timestamp)
+
+    # A first signal puts the client's secret in the cache, so that no request below needs a
+    # session; its key is then reused below with another body.
+    used = api.send_signal(world["client"], {**SIGNAL, "comment": "warm"}, key="used")
+    assert used.status_code == 201
 
     requests = {f"s{i}": body_and_headers(f"s{i}") for i in range(12)}
     requests["keyed"] = body_and_headers("keyed", key="k-1")
     requests["keyed again"] = requests["keyed"]  # the same request resent with its key: 200
     requests["replay"] = requests["s0"]  # the same signed request without a key: 409
+    # One signed request under two keys: the one already used for another body is refused (409);
+    # that must not stop the other copy, which is a new signal.
+    requests["reused key"] = body_and_headers("two keys", key="used")
+    requests["fresh key"] = body_and_headers("two keys", key="fresh")
     responses: dict[str, Any] = {}
 
     def send(name: str) -> None:
@@ -163,8 +176,6 @@ def test_signals_arriving_during_a_commit_are_inserted_together_each_answered_wi
         response = app.test_client().post("/api/v1/signals", data=body, headers=headers)
         responses[name] = (response.status_code, response.json)
 
-    # A first signal puts the client's secret in the cache, so that no request below needs a session.
-    assert api.send_signal(world["client"], {**SIGNAL, "comment": "warm"}).status_code == 201
     # Hold the next batch at its INSERT, so that the others have to queue behind it.
     blocker = sa.create_engine(url).connect()
     try:
@@ -191,16 +202,22 @@ def test_signals_arriving_during_a_commit_are_inserted_together_each_answered_wi
     for t in [first, *others]:
         t.join(timeout=30)
 
-    for i in range(12):
+    for i in range(1, 12):
         code, signal = responses[f"s{i}"]
         assert (code, signal["comment"], signal["status"]) == (201, f"s{i}", "pending")
-    assert responses["keyed"][0] in (200, 201) and responses["keyed again"][0] in (200, 201)
-    assert {responses["keyed"][0], responses["keyed again"][0]} == {200, 201}
+    # s0 and its replay are one request: whichever queued first is stored, the other refused.
+    codes = sorted([responses["s0"][0], responses["replay"][0]])
+    assert codes == [201, 409]
+    stored_s0 = next(body for code, body in (responses["s0"], responses["replay"]) if code == 201)
+    refused_s0 = next(body for code, body in (responses["s0"], responses["replay"]) if code == 409)
+    assert stored_s0["comment"] == "s0" and "X-Signature" in refused_s0["error"]["fields"]
+    assert sorted([responses["keyed"][0], responses["keyed again"][0]]) == [200, 201]
     assert responses["keyed"][1]["id"] == responses["keyed again"][1]["id"]
-    assert responses["replay"][0] == 409 and "X-Signature" in responses["replay"][1]["error"]["fields"]
-    assert responses["s0"][1]["id"] != responses["s1"][1]["id"]
-    assert _stored(committed_db) == (14, 14)
-    # Three transactions made the 14 rows: the warm-up, the held batch, and one for everything that
+    assert responses["reused key"][0] == 409
+    assert "Idempotency-Key" in responses["reused key"][1]["error"]["fields"]
+    assert responses["fresh key"][0] == 201 and responses["fresh key"][1]["idempotency_key"] == "fresh"
+    assert _stored(committed_db) == (15, 15)
+    # Three transactions made the 15 rows: the warm-up, the held batch, and one for everything that
     # queued behind it.
     transactions = committed_db.scalar(sa.text("SELECT count(DISTINCT xmin::text) FROM signals"))
     assert transactions == 3
@@ -210,10 +227,43 @@ def test_signals_arriving_during_a_commit_are_inserted_together_each_answered_wi
             "ON s.id = a.target_id WHERE a.action = 'signal.received'"
         )
     ).all()
-    assert sorted(comment for comment, _ in audited) == sorted(
-        [*(f"s{i}" for i in range(12)), "keyed", "warm"]
-    )
-    assert dict(audited)["keyed"] == "k-1"
+    expected = [*(f"s{i}" for i in range(12)), "keyed", "two keys", "warm"]
+    assert sorted(comment for comment, _ in audited) == sorted(expected)
+    assert dict(audited)["keyed"] == "k-1" and dict(audited)["two keys"] == "fresh"
+
+
+@pytest.mark.parametrize("reused_first", [True, False])
+def test_in_one_batch_a_copy_under_a_used_key_does_not_stop_the_copy_under_a_fresh_key(
+    app, committed_db, reused_first
+):
+    """The batch statement itself, both ways round: one signed request sent under two keys, one of
+    them already used for another signal. Only the fresh copy is stored, with its own audit row."""
+    from shared import signals
+    from shared.db import db
+    from shared.models import Side, SignalStatus
+
+    api = Api(app.test_client())
+    world = api.setup()
+    assert api.send_signal(world["client"], {**SIGNAL, "comment": "earlier"}, key="used").status_code == 201
+    client = signals.ClientIdentity(id=world["client"]["id"], owner_id=0, account_id=0)
+    now = datetime.now(UTC)
+
+    def copy(key: str) -> signals._BatchItem:
+        values = {
+            "instrument": "EURUSD", "side": Side.BUY, "volume": Decimal("0.1"), "price": None,
+            "sl": None, "tp": None, "comment": "two keys", "status": SignalStatus.PENDING,
+            "ttl_seconds": 120, "expires_at": now + timedelta(seconds=120), "idempotency_key": key,
+            "signature": "f" * 64, "body_sha256": "b" * 64, "created_at": now,
+        }  # fmt: skip
+        return signals._batch_item(client, values, {"idempotency_key": key})
+
+    batch = [copy("used"), copy("fresh")] if reused_first else [copy("fresh"), copy("used")]
+    with app.app_context():
+        outcomes = signals._ingest_autocommit(db.engine, batch)
+    stored = {item.idempotency_key: outcome for item, outcome in zip(batch, outcomes, strict=True)}
+    assert stored["used"] is None
+    assert stored["fresh"] is not None and stored["fresh"].idempotency_key == "fresh"
+    assert _stored(committed_db) == (2, 2)
 
 
 def terminate_other_connections(url: sa.URL) -> None:

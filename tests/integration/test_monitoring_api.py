@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shared.mt5 import constants as mt5c
 
 
@@ -137,8 +139,9 @@ def test_out_of_range_since_is_422(api):
         assert response.status_code == 422 and "since" in response.json["error"]["fields"]
 
 
-def test_nul_characters_in_names_are_422(api, db_session):
+@pytest.mark.parametrize("name", ["a\u0000b", "a\udc00b"])
+def test_nul_characters_or_lone_surrogates_in_names_are_422(api, db_session, name):
     user = api.user()
-    body = {"name": "a\u0000b", "terminal_url": "sim://", "login": 1, "password": "p", "server": "s"}
+    body = {"name": name, "terminal_url": "sim://", "login": 1, "password": "p", "server": "s"}
     response = api.http.post("/api/v1/accounts", json=body, headers=user["headers"])
     assert response.status_code == 422 and "name" in response.json["error"]["fields"]

@@ -288,10 +288,14 @@ def test_the_ingest_response_is_the_signal_as_the_api_reads_it_back(api, db_sess
 
 
 @pytest.mark.parametrize("field", ["comment", "instrument"])
-def test_nul_characters_are_422_not_a_server_error(api, db_session, field):
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("bad\u0000value", "NUL"), ("bad\ud800value", "Unicode")],  # JSON can spell a lone surrogate
+)
+def test_text_postgres_cannot_store_is_422_not_a_server_error(api, db_session, field, text, problem):
     world = api.setup()
-    response = api.send_signal(world["client"], {**GOOD, field: "bad\u0000value"})
-    assert response.status_code == 422 and field in response.json["error"]["fields"]
+    response = api.send_signal(world["client"], {**GOOD, field: text})
+    assert response.status_code == 422 and problem in response.json["error"]["fields"][field][0]
     assert signal_count(db_session) == 0
 
 

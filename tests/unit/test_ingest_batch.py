@@ -1,6 +1,7 @@
 """The Postgres group-commit ingest, with a stand-in cursor: which row answers which request, and
 which failures are run again."""
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -81,6 +82,13 @@ def test_each_item_gets_the_row_made_from_it_and_duplicates_get_none():
     assert results[0].side is Side.BUY and results[2].idempotency_key == "k"
 
 
+def test_a_signature_sent_under_two_keys_gets_the_row_for_the_key_that_was_inserted():
+    # The first copy's key was already used for another body, so only the second was inserted.
+    reused_key, fresh_key = _item("sig-x", key="used"), _item("sig-x", key="fresh")
+    results = signals._ingest_batch(Cursor([_row(fresh_key, 12)]), [reused_key, fresh_key])
+    assert [r.id if r else None for r in results] == [None, 12]
+
+
 def test_the_batch_json_keeps_decimals_exact_and_timestamps_aware():
     item = _item("sig")
     assert '"volume": "0.10"' in item.json and '"price": "1.1000"' in item.json
@@ -121,7 +129,11 @@ def test_a_deadlock_or_a_lost_prepared_statement_is_run_once_more_then_given_up(
     once = Cursor([_row(item, 5)], errors=[error])
     pooled = Pooled(once)
     assert signals._ingest_autocommit(Engine(pooled), [item])[0].id == 5  # type: ignore[arg-type]
-    assert once.executed.count("EXECUTE") == 2 and pooled.returned and pooled.autocommit is False
+    assert pooled.returned and pooled.autocommit is False  # as it was handed out
+    if isinstance(error, psycopg2.errors.InvalidSqlStatementName):
+        assert once.executed == ["PREPARE", "EXECUTE", "PREPARE", "EXECUTE"]  # prepared anew
+    else:
+        assert once.executed == ["PREPARE", "EXECUTE", "EXECUTE"]
 
     twice = Cursor([_row(item, 5)], errors=[error, error])
     with pytest.raises(type(error)):
@@ -149,3 +161,41 @@ def test_an_engine_let_go_takes_its_group_commit_with_it():
     del engine
     gc.collect()
     assert len(signals._coalescers) == before
+
+
+class StatementCursor(Cursor):
+    """Stands in for Postgres running the batch statement: every signal of the batch is inserted,
+    unless one has the comment "refused", which fails the whole statement as a DataError would."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.batches: list[list[str]] = []
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        super().execute(sql, params)
+        if sql.startswith("EXECUTE"):
+            batch = json.loads(params[0])
+            self.batches.append([signal["comment"] for signal in batch])
+            if any(signal["comment"] == "refused" for signal in batch):
+                raise psycopg2.errors.NumericValueOutOfRange("numeric field overflow")
+            self.rows = [
+                _row(_item(signal["signature"], key=signal["idempotency_key"]), 100 + n)
+                for n, signal in enumerate(batch)
+            ]
+
+
+def test_a_signal_the_database_refuses_fails_only_its_own_request_not_its_batch_mates():
+    cursor = StatementCursor()
+    items = [_item("good-1"), _item("refused"), _item("good-2")]
+    outcomes = signals._ingest_isolating_failures(Engine(Pooled(cursor)), items)  # type: ignore[arg-type]
+    # The whole batch failed once (nothing stored), then each signal ran alone.
+    assert cursor.batches == [["good-1", "refused", "good-2"], ["good-1"], ["refused"], ["good-2"]]
+    assert isinstance(outcomes[1], psycopg2.errors.NumericValueOutOfRange)
+    assert [o.signature for o in (outcomes[0], outcomes[2])] == ["good-1", "good-2"]  # type: ignore[union-attr]
+
+
+def test_a_lone_signal_the_database_refuses_raises_without_a_second_try():
+    cursor = StatementCursor()
+    with pytest.raises(psycopg2.errors.NumericValueOutOfRange):
+        signals._ingest_isolating_failures(Engine(Pooled(cursor)), [_item("refused")])  # type: ignore[arg-type]
+    assert cursor.batches == [["refused"]]
