@@ -27,10 +27,7 @@ def basic_auth() -> str:
     return path.read_text().strip()
 
 
-def main(argv: list[str]) -> None:
-    if "--print-auth" in argv:
-        print(basic_auth())
-        return
+def flower_command() -> list[str]:
     command = [
         sys.executable,
         "-m",
@@ -42,6 +39,18 @@ def main(argv: list[str]) -> None:
         f"--address={os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}",
         f"--basic-auth={basic_auth()}",
     ]
+    if not load_settings().redis_url:
+        # On the filesystem broker a worker reads its control messages about once a second, so
+        # Flower's default one-second wait for their replies missed some workers now and then.
+        command.append("--inspect_timeout=3000")
+    return command
+
+
+def main(argv: list[str]) -> None:
+    if "--print-auth" in argv:
+        print(basic_auth())
+        return
+    command = flower_command()
     os.execv(sys.executable, command)  # noqa: S606 - replaces this process with Flower, no shell involved
 
 
