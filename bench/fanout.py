@@ -194,7 +194,7 @@ def seed_database(
 ) -> None:
     """Bulk-insert users, accounts (and optionally matching signals/approvals/trades) with Core."""
     from shared.crypto import SecretBox
-    from shared.models import Account, Approval, Signal, StrategyClient, Trade, User
+    from shared.models import Account, User
 
     box = SecretBox([encryption_key])
     now = datetime.now(UTC)
@@ -248,10 +248,6 @@ def seed_database(
                     tickets,
                     trades_per_account,
                     magic,
-                    Signal,
-                    Approval,
-                    StrategyClient,
-                    Trade,
                 )
     finally:
         engine.dispose()
@@ -268,13 +264,10 @@ def _seed_trades(
     tickets,
     k,
     magic,
-    Signal,
-    Approval,
-    StrategyClient,
-    Trade,
 ):
     """K filled TradeGuard trades per account, matched to the terminal's positions by ticket. Columns
     are filled from the tables themselves: any NOT NULL column without a default gets a plausible value."""
+    from shared.models import Approval, Signal, StrategyClient, Trade
 
     def fill(table: sa.Table, row: dict[str, Any]) -> dict[str, Any]:
         for column in table.columns:

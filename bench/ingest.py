@@ -287,7 +287,7 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="py-spy record (--gil, with subprocesses) TradeGuard's gunicorn during its measured run, "
+        help="py-spy record (--gil, with subprocesses) TradeGuard's gunicorn over the measured rounds, "
         "into this file as collapsed stacks (speedscope, flamegraph.pl); needs py-spy in the venv",
     )
     parser.add_argument(

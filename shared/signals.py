@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
 import sqlalchemy as sa
 
 from shared import audit
@@ -365,10 +367,20 @@ _CLIENT_AT = _SIGNAL_COLUMNS.index("client_id")
 _KEY_AT = _SIGNAL_COLUMNS.index("idempotency_key")
 
 
-def _prepare_once(cursor: Any, info: dict[str, Any]) -> None:
+def _ingest_prepared(
+    cursor: Any, info: dict[str, Any], items: Sequence[_BatchItem]
+) -> list[StoredSignal | None]:
+    """`_ingest_batch` on the connection whose `info` this is, preparing the statement first if this
+    connection has not. If the statement was deallocated behind our back (DISCARD ALL, say), the
+    connection forgets it had one, so that the next run prepares it again."""
     if not info.get(_PREPARED_KEY):
         cursor.execute(_PG_INGEST_PREPARE)
         info[_PREPARED_KEY] = True
+    try:
+        return _ingest_batch(cursor, items)
+    except psycopg2.errors.InvalidSqlStatementName:
+        info.pop(_PREPARED_KEY, None)
+        raise
 
 
 def _insert_postgres(
@@ -387,8 +399,6 @@ def _insert_postgres(
     bound to a Connection as in the tests) it is inserted alone in the session's transaction, and the
     caller commits.
     """
-    import psycopg2.errors
-
     item = _batch_item(client, values, meta)
     if isinstance(bind, sa.Engine) and not in_transaction(session):
         try:
@@ -401,11 +411,7 @@ def _insert_postgres(
     connection = session.connection().connection
     cursor = connection.cursor()
     try:
-        _prepare_once(cursor, connection.info)
-        return _ingest_batch(cursor, [item])[0]
-    except psycopg2.errors.InvalidSqlStatementName:
-        connection.info.pop(_PREPARED_KEY, None)  # deallocated: the next signal prepares it again
-        raise
+        return _ingest_prepared(cursor, connection.info, [item])[0]
     finally:
         cursor.close()
 
@@ -426,32 +432,26 @@ def _batches(engine: sa.Engine) -> Coalescer[_BatchItem, StoredSignal | None]:
         if coalescer is None:
             # A weak reference: the value must not keep its own key (the engine) alive.
             engine_ref = weakref.ref(engine)
-            coalescer = Coalescer(
-                lambda items: _ingest_isolating_failures(_alive(engine_ref()), items),
-                queue_timeout=_QUEUE_TIMEOUT_SECONDS,
-            )
-            _coalescers[engine] = coalescer
+
+            def run_batch(items: Sequence[_BatchItem]) -> Sequence[StoredSignal | Exception | None]:
+                live_engine = engine_ref()
+                assert live_engine is not None  # a batch runs only for a caller holding the engine
+                return _ingest_isolating_failures(live_engine, items)
+
+            coalescer = _coalescers[engine] = Coalescer(run_batch, queue_timeout=_QUEUE_TIMEOUT_SECONDS)
         return coalescer
-
-
-def _alive(engine: sa.Engine | None) -> sa.Engine:
-    if engine is None:  # pragma: no cover - a batch is only run by a caller holding the engine
-        raise RuntimeError("the engine of this batch was disposed of")
-    return engine
 
 
 def _ingest_isolating_failures(
     engine: sa.Engine, items: Sequence[_BatchItem]
-) -> list[StoredSignal | Exception | None]:
+) -> Sequence[StoredSignal | Exception | None]:
     """`_ingest_autocommit`, but a signal whose data the database refuses fails only its own request.
 
     The statement is all or nothing: one bad signal would fail its whole batch, other clients' signals
     with it. Then nothing of the batch was stored, and each signal is run again alone.
     """
-    import psycopg2
-
     try:
-        return list(_ingest_autocommit(engine, items))
+        return _ingest_autocommit(engine, items)
     except (psycopg2.DataError, psycopg2.IntegrityError):
         if len(items) == 1:
             raise
@@ -465,8 +465,6 @@ def _ingest_isolating_failures(
 
 
 def _ingest_autocommit(engine: sa.Engine, items: Sequence[_BatchItem]) -> list[StoredSignal | None]:
-    import psycopg2.errors
-
     pooled = engine.raw_connection()
     dbapi_connection: Any = pooled.driver_connection
     autocommit_before = dbapi_connection.autocommit
@@ -475,12 +473,10 @@ def _ingest_autocommit(engine: sa.Engine, items: Sequence[_BatchItem]) -> list[S
         cursor = dbapi_connection.cursor()
         try:
             for attempt in (1, 2):
-                _prepare_once(cursor, pooled.info)
                 try:
-                    return _ingest_batch(cursor, items)
+                    return _ingest_prepared(cursor, pooled.info, items)
                 except psycopg2.errors.InvalidSqlStatementName:
-                    # Deallocated behind our back (DISCARD ALL, say): prepare it again, once.
-                    pooled.info.pop(_PREPARED_KEY, None)
+                    # Deallocated behind our back: `_ingest_prepared` prepares it again, once.
                     if attempt == 2:
                         raise
                 except psycopg2.errors.DeadlockDetected:
@@ -552,7 +548,7 @@ def ingest_signal(
     what the winner stored. A client revoked since its secret was cached inserts nothing and gets 401.
 
     On Postgres, when the session has no transaction open, a new signal and its audit row are committed
-    by the one insert statement itself (autocommit) before this returns; see `_insert_postgres`.
+    before this returns, by the statement of the batch it joined (autocommit); see `_insert_postgres`.
     """
     signature = signature.strip().lower()
     now = utcnow()

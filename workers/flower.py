@@ -50,8 +50,7 @@ def main(argv: list[str]) -> None:
     if "--print-auth" in argv:
         print(basic_auth())
         return
-    command = flower_command()
-    os.execv(sys.executable, command)  # noqa: S606 - replaces this process with Flower, no shell involved
+    os.execv(sys.executable, flower_command())  # noqa: S606 - replaces this process with Flower, no shell involved
 
 
 if __name__ == "__main__":
