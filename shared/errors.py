@@ -20,6 +20,20 @@ class TradeGuardError(Exception):
         self.fields = dict(fields) if fields else None
 
 
+class BadRequest(TradeGuardError):
+    """The request body cannot be read at all (not JSON, or not UTF-8). Send a JSON object."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class UnsupportedMediaType(TradeGuardError):
+    """The body is not sent as JSON. Send it with `Content-Type: application/json`."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 class InvalidInput(TradeGuardError):
     """The request is well-formed but breaks a rule; `fields` names each offending field. Fix and resend."""
 

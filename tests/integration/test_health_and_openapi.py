@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+import pytest
+
 from shared.config import load_settings
 from web import create_app
 
@@ -88,6 +90,22 @@ def test_an_oversized_body_is_413_json(client):
     assert response.status_code == 413 and response.json["error"]["code"] == "payload_too_large"
 
 
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status", "field"),
+    [
+        (b"[" * 50_000, "application/json", 400, "body"),  # was a 500: webargs let RecursionError out
+        (b"{not json", "application/json", 400, "body"),
+        (b'{"email": "a@example.com", "password": "long enough"}', "text/plain", 415, "Content-Type"),
+    ],
+)
+def test_unreadable_bodies_on_every_endpoint_are_4xx_naming_the_problem(
+    client, raw, content_type, status, field
+):
+    response = client.post("/api/v1/auth/register", data=raw, content_type=content_type)
+    assert response.status_code == status
+    assert field in response.json["error"]["fields"]
+
+
 def test_a_database_outage_is_a_503_json_not_a_500():
     settings = replace(load_settings(), database_url="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
     down = create_app(settings, SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"connect_timeout": 2}})
@@ -102,7 +120,6 @@ def test_the_api_keeps_no_cookie_session(app, client):
     """Bearer tokens and signatures only: no session cookie is read or set, and code that tried to
     write one would fail loudly instead of signing data into a cookie."""
     import flask
-    import pytest
     from flask.sessions import NullSession
 
     with app.test_request_context("/healthz", headers={"Cookie": "session=forged"}):

@@ -195,13 +195,33 @@ def test_invalid_bodies_are_422_naming_the_field_and_store_nothing(api, db_sessi
 
 
 @pytest.mark.parametrize(
-    ("raw", "status"), [(b"{not json", 400), (b"[1, 2]", 422), (b'"a string"', 422), (b"", 422)]
+    ("raw", "status", "field"),
+    [
+        (b"{not json", 400, "body"),
+        (b"\xff\xfe{}", 400, "body"),  # not UTF-8
+        (b"[" * 50_000, 400, "body"),  # too deep for the JSON parser: was a 500 (RecursionError)
+        (b"[1, 2]", 422, "body"),
+        (b'"a string"', 422, "body"),
+        (b"null", 422, "body"),
+        (b"", 422, "instrument"),  # no body: the required fields are named
+    ],
 )
-def test_bodies_that_are_not_a_json_object_are_4xx_json(api, db_session, raw, status):
+def test_bodies_that_are_not_a_json_object_are_4xx_json(api, db_session, raw, status, field):
     world = api.setup()
     response = api.http.post("/api/v1/signals", data=raw, headers=api.signed_headers(world["client"], raw))
     assert response.status_code == status
-    assert response.json["error"]["fields"]
+    assert field in response.json["error"]["fields"]
+    assert signal_count(db_session) == 0
+
+
+def test_a_body_not_sent_as_json_is_415_naming_the_content_type(api, db_session):
+    world = api.setup()
+    body = json.dumps(GOOD).encode()
+    headers = {**api.signed_headers(world["client"], body), "Content-Type": "text/plain"}
+    response = api.http.post("/api/v1/signals", data=body, headers=headers)
+    assert response.status_code == 415
+    assert response.json["error"]["code"] == "unsupported_media_type"
+    assert "Content-Type" in response.json["error"]["fields"]
     assert signal_count(db_session) == 0
 
 

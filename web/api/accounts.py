@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from shared import accounts
+from web.api import Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db, secret_box
 from web.schemas import AccountCreateSchema, AccountSchema

@@ -3,11 +3,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from shared import approvals
 from shared.db import after_commit
 from shared.models import Decision
+from web.api import Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db
 from web.schemas import ApprovalCreateSchema, ApprovalPageSchema, ApprovalSchema, PageQuerySchema

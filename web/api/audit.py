@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask_smorest import Blueprint
 
 from shared.models import AuditLog
+from web.api import Blueprint
 from web.auth import admin_required
 from web.extensions import db
 from web.schemas import AuditPageSchema, AuditQuerySchema

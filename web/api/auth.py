@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from shared import users
+from web.api import Blueprint
 from web.auth import issue_token
 from web.extensions import db
 from web.schemas import LoginSchema, RegisterSchema, TokenSchema, UserSchema

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from shared import clients
+from web.api import Blueprint
 from web.auth import current_user, login_required
 from web.extensions import client_keys, db, secret_box
 from web.schemas import ClientCreatedSchema, ClientCreateSchema, ClientSchema

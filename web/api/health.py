@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
-from flask_smorest import Blueprint
 
+from web.api import Blueprint
 from web.extensions import db
 from web.schemas import HealthSchema
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask_smorest import Blueprint
 
 from shared.accounts import get_own_account
 from shared.db import utcnow
 from shared.models import Account, AccountSync, PositionSnapshot, ReconciliationLog
+from web.api import Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db
 from web.schemas import (

@@ -3,10 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask_smorest import Blueprint
 
 from shared.errors import NotFound
 from shared.models import Trade, TradeState
+from web.api import Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db
 from web.schemas import TradePageSchema, TradeQuerySchema, TradeSchema
