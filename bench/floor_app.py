@@ -76,4 +76,5 @@ def accept() -> Any:
     # A cache miss opened a transaction for the lookup, and then the signal was inserted in it rather
     # than batched (see `ingest_signal`): commit, as TradeGuard's view does.
     session.commit()
-    return jsonify({"id": result.signal.id, "status": result.signal.status.value}), 201
+    status = 201 if result.created else 200
+    return jsonify({"id": result.signal.id, "status": result.signal.status.value}), status
