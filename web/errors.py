@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -40,7 +40,7 @@ def error_response(
     return jsonify({"error": body}), status
 
 
-def _flatten_locations(messages: Mapping[str, Any]) -> dict[str, Any]:
+def flatten_locations(messages: Mapping[str, Any]) -> dict[str, Any]:
     """webargs keys errors by location ({"json": {"volume": [...]}}); clients want the field names."""
     fields: dict[str, Any] = {}
     for location, errors in messages.items():
@@ -52,6 +52,10 @@ def _flatten_locations(messages: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def invalid_request_message(fields: Iterable[str]) -> str:
+    return "invalid request: " + ", ".join(sorted(fields))
+
+
 class TradeGuardApi(Api):
     """flask-smorest's Api with TradeGuard's error envelope instead of its own."""
 
@@ -60,9 +64,8 @@ class TradeGuardApi(Api):
         data = getattr(error, "data", None) or {}
         messages = data.get("messages") or data.get("errors")
         if messages:
-            fields = _flatten_locations(messages)
-            message = "invalid request: " + ", ".join(sorted(fields))
-            return error_response(status, message, fields=fields)
+            fields = flatten_locations(messages)
+            return error_response(status, invalid_request_message(fields), fields=fields)
         message = data.get("message") or error.description or error.name
         return error_response(status, message)
 

@@ -12,22 +12,12 @@ from typing import Any
 
 import marshmallow as ma
 from flask import Request
-from webargs import core
-from webargs.flaskparser import FlaskParser, abort, is_json_request
+from webargs.flaskparser import FlaskParser, is_json_request
 
 from shared.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from web.errors import flatten_locations, invalid_request_message
 
 _NOT_JSON = "Content-Type must be application/json"
-_INVALID_JSON = "Invalid JSON body."
-
-
-def decode_json(raw: bytes) -> Any:
-    """The JSON document in `raw` (UTF-8). ValueError when it is not one, including nesting too deep
-    for the parser, which Python reports as a RecursionError, not as bad JSON."""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
 
 
 def json_body(request: Request) -> Any:
@@ -39,37 +29,28 @@ def json_body(request: Request) -> Any:
     if not is_json_request(request):
         raise UnsupportedMediaType(_NOT_JSON, fields={"Content-Type": [_NOT_JSON]})
     try:
-        return decode_json(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise BadRequest("invalid request: body", fields={"body": [_INVALID_JSON]}) from None
+        return json.loads(raw.decode("utf-8"))
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; nesting too deep for the parser is a
+    # RecursionError, which would otherwise be a 500.
+    except (ValueError, RecursionError):
+        raise BadRequest(invalid_request_message(["body"]), fields={"body": ["Invalid JSON body."]}) from None
 
 
 def load(schema: ma.Schema, payload: Any) -> dict[str, Any]:
     """`schema.load(payload)`, with validation errors as InvalidInput naming each field ("body" for the
-    body as a whole, such as a JSON array where an object belongs)."""
+    body as a whole, such as a JSON array where an object belongs), as for every other endpoint."""
     try:
         loaded: dict[str, Any] = schema.load(payload)
     except ma.ValidationError as error:
-        messages = error.normalized_messages()
-        fields = {("body" if name == "_schema" else name): problems for name, problems in messages.items()}
-        raise InvalidInput("invalid request: " + ", ".join(sorted(fields)), fields=fields) from None
+        fields = flatten_locations({"json": error.normalized_messages()})
+        raise InvalidInput(invalid_request_message(fields), fields=fields) from None
     return loaded
 
 
 class JsonBodyParser(FlaskParser):
-    """webargs' Flask parser, reading JSON bodies with `decode_json`: a body nested too deeply is a
-    400 like any other invalid JSON (webargs' own parser let the RecursionError through, a 500), and a
-    body sent with another Content-Type is a 415 rather than read as no body at all."""
+    """webargs' Flask parser, reading JSON bodies with `json_body`. webargs' own reading let a body
+    nested too deeply through as a RecursionError (a 500), and read a body sent with another
+    Content-Type as no body at all."""
 
     def _raw_load_json(self, req: Request) -> Any:
-        raw = req.get_data(cache=True)
-        if not is_json_request(req):
-            if raw:
-                abort(415, messages={"Content-Type": [_NOT_JSON]})
-            return core.missing
-        if not raw:
-            return core.missing
-        try:
-            return decode_json(raw)
-        except ValueError:
-            abort(400, messages={"body": [_INVALID_JSON]})
+        return json_body(req)

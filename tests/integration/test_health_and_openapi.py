@@ -91,18 +91,27 @@ def test_an_oversized_body_is_413_json(client):
 
 
 @pytest.mark.parametrize(
-    ("raw", "content_type", "status", "field"),
+    ("raw", "content_type", "status", "code", "field"),
     [
-        (b"[" * 50_000, "application/json", 400, "body"),  # was a 500: webargs let RecursionError out
-        (b"{not json", "application/json", 400, "body"),
-        (b'{"email": "a@example.com", "password": "long enough"}', "text/plain", 415, "Content-Type"),
+        # was a 500: webargs let the parser's RecursionError out
+        (b"[" * 50_000, "application/json", 400, "bad_request", "body"),
+        (b"{not json", "application/json", 400, "bad_request", "body"),
+        (
+            b'{"email": "a@example.com", "password": "long enough"}',
+            "text/plain",
+            415,
+            "unsupported_media_type",
+            "Content-Type",
+        ),
     ],
 )
-def test_unreadable_bodies_on_every_endpoint_are_4xx_naming_the_problem(
-    client, raw, content_type, status, field
+@pytest.mark.parametrize("path", ["/api/v1/auth/register", "/api/v1/auth/login"])
+def test_unreadable_bodies_on_webargs_endpoints_are_4xx_naming_the_problem(
+    client, path, raw, content_type, status, code, field
 ):
-    response = client.post("/api/v1/auth/register", data=raw, content_type=content_type)
+    response = client.post(path, data=raw, content_type=content_type)
     assert response.status_code == status
+    assert response.json["error"]["code"] == code
     assert field in response.json["error"]["fields"]
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import redis
 import sqlalchemy as sa
 
+from shared.db import utcnow
 from shared.locks import redis_exclusive
 from shared.models import AccountSync, AuditLog, PositionSnapshot, ReconciliationLog, Trade, TradeState
 from shared.mt5 import constants as mt5c
@@ -174,6 +176,35 @@ def test_a_terminal_that_is_down_opens_the_breaker_and_others_are_unaffected(syn
     assert "TerminalUnavailable" in state.last_error
     opened = db_session.scalars(sa.select(AuditLog).where(AuditLog.action == "account.breaker_opened")).all()
     assert [a.target_id for a in opened] == [down["account"]["id"]]
+
+
+def test_a_success_closes_the_breaker_and_a_new_outage_starts_at_the_first_backoff(sync, api, db_session):
+    world = api.setup()
+    account_id = world["account"]["id"]
+
+    def state():
+        query = sa.select(AccountSync).where(AccountSync.account_id == account_id)
+        return db_session.scalars(query.execution_options(populate_existing=True)).one()
+
+    sync.unreachable.add(account_id)
+    for _ in range(4):  # trips at the third failure; the fourth attempt finds it open
+        sync(account_id)
+    db_session.execute(  # the backoff has run out
+        sa.update(AccountSync)
+        .where(AccountSync.account_id == account_id)
+        .values(breaker_open_until=utcnow() - timedelta(seconds=1))
+    )
+
+    sync.unreachable.discard(account_id)
+    assert sync(account_id).status == "ok"
+    assert (state().consecutive_failures, state().breaker_open_until) == (0, None)
+
+    sync.unreachable.add(account_id)
+    assert [sync(account_id).status for _ in range(3)] == ["failed", "failed", "failed"]
+    # Counted from this outage's failures alone: 30 s again, not the doubled backoff of the last one.
+    reopened = state()
+    assert reopened.consecutive_failures == 3
+    assert abs((reopened.breaker_open_until - utcnow()).total_seconds() - 30) < 5
 
 
 def test_two_workers_racing_on_one_account_one_wins_nothing_doubled(sync, api, app, db_session, terminal):

@@ -4,5 +4,3 @@ from shared.account_sync import BreakerSettings, backoff_seconds
 def test_the_breaker_backoff_doubles_with_each_failure_past_the_threshold_up_to_the_cap():
     settings = BreakerSettings(failures_to_open=3, first_backoff_seconds=30, max_backoff_seconds=600)
     assert [backoff_seconds(n, settings) for n in (3, 4, 5, 9)] == [30, 60, 120, 600]
-    # Counted from the consecutive failures, which a success resets: a new outage starts at 30 s.
-    assert backoff_seconds(settings.failures_to_open, settings) == 30
