@@ -75,17 +75,11 @@ def upgrade():
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], name=op.f('fk_reconciliation_logs_owner_id_users')),
     sa.ForeignKeyConstraint(['trade_id'], ['trades.id'], name=op.f('fk_reconciliation_logs_trade_id_trades')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_reconciliation_logs')),
+    sa.UniqueConstraint('account_id', 'event_type', 'position_ticket', 'fingerprint', name=op.f('uq_reconciliation_logs_account_id_event_type_position_ticket_fingerprint'))
     )
     with op.batch_alter_table('reconciliation_logs', schema=None) as batch_op:
         batch_op.create_index('ix_reconciliation_logs_account_created', ['account_id', 'created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_reconciliation_logs_trade_id'), ['trade_id'], unique=False)
-        batch_op.create_index(
-            'uq_reconciliation_logs_once',
-            ['account_id', 'event_type', 'position_ticket'],
-            unique=True,
-            postgresql_where=sa.text("event_type <> 'divergence'"),
-            sqlite_where=sa.text("event_type <> 'divergence'"),
-        )
 
     with op.batch_alter_table('trades', schema=None) as batch_op:
         batch_op.add_column(sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True))
@@ -105,7 +99,6 @@ def downgrade():
         batch_op.drop_column('closed_at')
 
     with op.batch_alter_table('reconciliation_logs', schema=None) as batch_op:
-        batch_op.drop_index('uq_reconciliation_logs_once')
         batch_op.drop_index(batch_op.f('ix_reconciliation_logs_trade_id'))
         batch_op.drop_index('ix_reconciliation_logs_account_created')
 
