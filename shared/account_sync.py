@@ -6,7 +6,7 @@ at once without holding a database connection each:
 1. **Load** (one short transaction for the batch): the accounts, their sync state and their open trades.
 2. **Read and decide** (concurrently, one account per thread, no database): ask each terminal for the
    account figures, open positions and the deals since the last sync in one round trip, let `reconcile`
-   decide, and plan every row to write (`_plan`, pure).
+   decide, and plan every row to write (`_success_plan` or `_failure_plan`, pure).
 3. **Write** (one transaction for the batch): events, snapshots, closed trades and the sync state. Each
    account's rows are all-or-nothing: if the batch's transaction fails, it is rolled back and every
    account is written again in its own transaction, so one bad account never loses the others' results.

@@ -589,8 +589,9 @@ _VOID_CALLS = frozenset({"shutdown"})  # returns None when it worked
 
 
 class Gateway:
-    """One logged-in session with one terminal account. Not shared between threads: every call is
-    serialised onto the gateway's own worker thread, as the MetaTrader5 package requires.
+    """One logged-in session with one terminal account. Not shared between threads. With an executor,
+    every call is serialised onto the gateway's own worker thread, as the MetaTrader5 package requires;
+    pooled gateways (built with executor=None) run calls on the caller's thread.
 
     Open with `Gateway.open(terminal_url, login=..., password=..., server=...)`, preferably as a context
     manager, which closes the session (and the RPyC connection) at the end.
