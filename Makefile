@@ -1,6 +1,6 @@
 # Shortcuts; bin/run and bin/test work without make.
 SHELL := /bin/bash
-.PHONY: run test lint format bench-ingest bench-fanout
+.PHONY: run test lint format bench-ingest bench-fanout bench-login-flood
 
 run:
 	./bin/run
@@ -19,3 +19,6 @@ bench-ingest:
 
 bench-fanout:
 	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/fanout.py --accounts 5000 --concurrency 6 --warm
+
+bench-login-flood:
+	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/login_flood.py

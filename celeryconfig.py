@@ -81,8 +81,21 @@ if _settings.redis_url:
     beat_scheduler = "redbeat.RedBeatScheduler"
     redbeat_redis_url = _settings.redis_url
     redbeat_key_prefix = "tradeguard:redbeat"
-    # A beat that dies keeps the lock this long; the standby takes over after it.
-    redbeat_lock_timeout = 30
+    # Fail-over timing; RedBeat's lock is a redis-py Lock with a TTL:
+    # - the holder renews the TTL to redbeat_lock_timeout at the start of every tick, and beat ticks at
+    #   least every beat_max_loop_interval seconds (sooner when an entry falls due);
+    # - a standby blocks in Lock.acquire, retrying every beat_max_loop_interval seconds (celery's default,
+    #   300 s, is what left nothing scheduled for 5 minutes), and ticks, sending whatever is due, as soon as
+    #   it has the lock;
+    # - a graceful stop (SIGTERM/SIGINT) releases the lock (RedBeatScheduler.close), a SIGKILL leaves it to
+    #   expire.
+    # So a killed holder is replaced within lock timeout + loop interval = 23 s, a stopped one within 3 s.
+    # The holder, renewing at least every 3 s, keeps its lock through a stall of up to 17 s (a slow publish,
+    # a Redis hiccup); one stalled longer loses it, and its next renewal raises LockNotOwnedError, which
+    # ends that beat process instead of letting it tick beside the new holder (at most the rest of the tick
+    # it was in overlaps). A wake-up every 3 s costs one Redis round trip; the 5-s sweep wakes it anyway.
+    redbeat_lock_timeout = 20  # whole seconds: RedBeat renews with int(lock_timeout)
+    beat_max_loop_interval = 3
 beat_schedule = {
     "expire-pending-signals": {
         "task": "tradeguard.expire_signals",

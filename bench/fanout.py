@@ -600,6 +600,8 @@ def main() -> None:
             ports.append(port)
             terminal_pids.append(proc.pid)
 
+        # The workers may reach only declared terminals: these, started just now.
+        env["TRADEGUARD_TERMINALS"] = ",".join(f"sim://127.0.0.1:{port}" for port in ports)
         logins = [FIRST_LOGIN + i for i in range(n)]
         accounts = [(i, login, f"sim://127.0.0.1:{ports[i % len(ports)]}") for i, login in enumerate(logins)]
         began = time.monotonic()

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,38 @@ sys.path.insert(0, str(ROOT))
 
 from bench.procfs import by_name, cpu_seconds, descendants  # noqa: E402
 from shared.signing import sign  # noqa: E402
+
+
+class ThrowawayDatabase:
+    """A database of its own on the admin URL's server, for one benchmark run; `drop()` at the end."""
+
+    def __init__(self, admin_url: str):
+        self.name = f"tradeguard_bench_{uuid.uuid4().hex[:8]}"
+        self._admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+        self.url = sa.make_url(admin_url).set(database=self.name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self._admin.dispose()
+
+
+def server_env(base: Mapping[str, str], database_url: str) -> dict[str, str]:
+    """What the benchmarked servers run with: `base`, on `database_url`, with secrets of their own."""
+    from cryptography.fernet import Fernet
+
+    return {
+        **base,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": database_url,
+        "TRADEGUARD_INSTANCE_DIR": tempfile.mkdtemp(prefix="tradeguard-bench-"),
+        "TRADEGUARD_SECRET_KEY": "bench",
+        "TRADEGUARD_JWT_SECRET": "bench-jwt-secret-long-enough-for-hs256",
+        "TRADEGUARD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "LOG_LEVEL": "WARNING",
+    }
 
 
 def free_port() -> int:
@@ -68,6 +101,9 @@ def start_gunicorn(
         sys.executable,
         "-m",
         "gunicorn",
+        # The web process's own settings (the Procfile's), for every app compared.
+        "-c",
+        "python:web.gunicorn_conf",
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
@@ -101,28 +137,35 @@ def stop(proc: subprocess.Popen) -> None:
 # --- load generation --------------------------------------------------------------------------------
 
 
+def signed_signal(client_id: int, secret: str, comment: str) -> tuple[bytes, dict[str, str]]:
+    """A new signal's body (made unique by `comment`) and the headers that sign it, as a strategy
+    client sends them."""
+    body = json.dumps(
+        {
+            "instrument": "EURUSD",
+            "side": "buy",
+            "volume": "0.10",
+            "price": "1.1000",
+            "sl": "1.0950",
+            "tp": "1.1100",
+            "comment": comment,
+        }
+    ).encode()
+    ts = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Client-Id": str(client_id),
+        "X-Timestamp": ts,
+        "X-Signature": sign(secret, ts, body),
+    }
+    return body, headers
+
+
 def _thread_load(port, client_id, secret, count, tag, latencies, statuses, start_event):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     start_event.wait()
     for i in range(count):
-        body = json.dumps(
-            {
-                "instrument": "EURUSD",
-                "side": "buy",
-                "volume": "0.10",
-                "price": "1.1000",
-                "sl": "1.0950",
-                "tp": "1.1100",
-                "comment": f"{tag}-{i}",
-            }
-        ).encode()
-        ts = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "X-Client-Id": str(client_id),
-            "X-Timestamp": ts,
-            "X-Signature": sign(secret, ts, body),
-        }
+        body, headers = signed_signal(client_id, secret, f"{tag}-{i}")
         began = time.perf_counter()
         conn.request("POST", "/api/v1/signals", body=body, headers=headers)
         response = conn.getresponse()
@@ -260,6 +303,7 @@ def seed(env: dict[str, str]) -> tuple[int, str]:
             db.session,
             app.extensions["tradeguard.secret_box"],
             user,
+            declared_terminals=app.extensions["tradeguard.terminals"],
             name="bench",
             terminal_url="sim://",
             login=1001,
@@ -306,24 +350,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    database = f"tradeguard_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
-    database_url = sa.make_url(args.admin_url).set(database=database).render_as_string(hide_password=False)
-
-    from cryptography.fernet import Fernet
-
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "DATABASE_URL": database_url,
-        "TRADEGUARD_INSTANCE_DIR": tempfile.mkdtemp(prefix="tradeguard-bench-"),
-        "TRADEGUARD_SECRET_KEY": "bench",
-        "TRADEGUARD_JWT_SECRET": "bench-jwt-secret-long-enough-for-hs256",
-        "TRADEGUARD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "LOG_LEVEL": "WARNING",
-    }
+    database = ThrowawayDatabase(args.admin_url)
+    env = server_env(os.environ, database.url)
     servers: list[subprocess.Popen] = []
     try:
         client_id, secret = seed(env)
@@ -379,7 +407,7 @@ def main() -> None:
             profiler.wait(timeout=60)
         figures = {name: summarize(runs[name]) for name in names}
 
-        engine = sa.create_engine(database_url)
+        engine = sa.create_engine(database.url)
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT count(*) FROM signals")).scalar_one()
             audited = conn.execute(
@@ -389,9 +417,7 @@ def main() -> None:
     finally:
         for server in servers:
             stop(server)
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
+        database.drop()
 
     print(
         f"ingest benchmark: {os.cpu_count()} CPUs, gunicorn {args.workers} x {args.worker_class} "

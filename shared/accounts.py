@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import sqlalchemy as sa
 
 from shared import audit
 from shared.crypto import SecretBox
 from shared.db import DbSession
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Account, User
+from shared.mt5.terminals import canonical_terminal_url, terminal_url_problem
 
-TERMINAL_SCHEMES = ("mt5", "mt5linux", "sim")
-
-
-def terminal_url_problem(url: str) -> str | None:
-    """Why `url` is not a usable terminal URL, or None when it is.
-
-    `mt5://` is the MetaTrader5 package on this machine; `mt5linux://host:port` the package in a
-    remote Python over RPyC; `sim://` the simulated terminal (in-process, or `sim://host:port` for the
-    `terminal` process).
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "not a valid URL"
-    if parts.scheme not in TERMINAL_SCHEMES:
-        return "scheme must be one of " + ", ".join(f"{s}://" for s in TERMINAL_SCHEMES)
-    if parts.scheme == "mt5linux" and (not parts.hostname or port is None):
-        return "mt5linux:// needs a host and a port, e.g. mt5linux://127.0.0.1:18812"
-    if parts.scheme == "mt5" and parts.hostname:
-        return "mt5:// takes no host: it uses the MetaTrader5 package on the worker's own machine"
-    return None
+__all__ = ["create_account", "get_own_account", "list_own_accounts", "terminal_url_problem"]
 
 
 def create_account(
@@ -41,6 +19,7 @@ def create_account(
     box: SecretBox,
     owner: User,
     *,
+    declared_terminals: frozenset[str],
     name: str,
     terminal_url: str,
     login: int,
@@ -48,6 +27,12 @@ def create_account(
     server: str,
     currency: str = "USD",
 ) -> Account:
+    """A new broker account of `owner`. Its terminal must be one the operator declared
+    (`declared_terminals`, canonical URLs); it is stored in its canonical spelling."""
+    problem = terminal_url_problem(terminal_url, declared_terminals)
+    if problem:
+        raise InvalidInput(f"invalid request: terminal_url: {problem}", fields={"terminal_url": [problem]})
+    terminal_url = canonical_terminal_url(terminal_url)
     exists = session.scalar(sa.select(Account.id).where(Account.owner_id == owner.id, Account.name == name))
     if exists is not None:
         raise Conflict("you already have an account with that name", fields={"name": ["already used"]})

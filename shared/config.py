@@ -33,7 +33,8 @@ class Settings:
     database_url: str
     redis_url: str | None
     secret_key: str
-    jwt_secret: str
+    # HS256 secrets: the first signs tokens, all verify them, so the secret can be rotated.
+    jwt_secrets: tuple[str, ...]
     # Fernet keys: the first encrypts, all decrypt, so a key can be rotated without downtime.
     encryption_keys: tuple[str, ...]
     jwt_ttl_seconds: int = 3600
@@ -42,6 +43,14 @@ class Settings:
     signature_max_skew_seconds: int = 300
     expiry_sweep_seconds: float = 5.0
     client_key_cache_seconds: float = 30.0
+    # Sign-in throttling (web/throttle.py), in the `limits` syntax ("10 per 15 minutes", several joined
+    # by ";"): failed logins per email and per client address, and registrations per client address.
+    # trusted_proxies is how many reverse proxies stand in front of gunicorn (X-Forwarded-For hops
+    # believed): 0 means the client address is the socket's peer.
+    login_limit_per_email: str = "10 per 15 minutes"
+    login_limit_per_address: str = "50 per 15 minutes"
+    register_limit_per_address: str = "20 per hour"
+    trusted_proxies: int = 0
     # Execution: TradeGuard's magic number on every order, the price deviation allowed, how many
     # fresh-price retries after a requote, how long a terminal call may take, how long to keep looking
     # for an order whose reply was lost, and how many times a task retries an unreachable terminal.
@@ -68,8 +77,16 @@ class Settings:
     slippage_pips: Decimal = Decimal(5)
     volume_divergence_percent: Decimal = Decimal(10)
     stop_divergence_pips: Decimal = Decimal(10)
+    # The terminals TradeGuard may connect to (TRADEGUARD_TERMINALS), as given; an account's terminal_url
+    # must be one of them (see shared.mt5.terminals, which reads them).
+    terminal_urls: tuple[str, ...] = ("sim://",)
     secrets_generated: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def jwt_secret(self) -> str:
+        """The secret new tokens are signed with."""
+        return self.jwt_secrets[0]
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -123,6 +140,25 @@ def _decimal(env: Mapping[str, str], name: str, default: Decimal) -> Decimal:
     return value
 
 
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
+    """A rate limit in the `limits` syntax, checked now so that a typo stops the process at start
+    instead of turning every sign-in into an error."""
+    from limits import parse_many
+
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        items = parse_many(raw)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name} must be a rate limit such as '10 per 15 minutes' (several joined by ';'), got {raw!r}"
+        ) from exc
+    if any(item.amount < 1 for item in items):
+        raise ConfigurationError(f"{name} must allow at least 1 per window, got {raw!r}")
+    return raw
+
+
 def _normalise_database_url(url: str) -> str:
     # Heroku-style URLs say postgres://, which SQLAlchemy no longer accepts; and SQLAlchemy 2.1
     # defaults postgresql:// to psycopg 3, while TradeGuard ships psycopg2.
@@ -164,6 +200,19 @@ def _load_or_generate_secrets(instance_dir: Path) -> dict[str, str]:
     return loaded
 
 
+def _terminal_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """TRADEGUARD_TERMINALS, or, when it is unset, the embedded simulator: in-process (`sim://`) and the
+    Procfile's `terminal` process where TRADEGUARD_TERMINAL_HOST/PORT put it."""
+    raw = env.get("TRADEGUARD_TERMINALS", "")
+    if raw.strip():
+        return tuple(url.strip() for url in raw.split(",") if url.strip())
+    host = env.get("TRADEGUARD_TERMINAL_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):  # listening on every interface: reached on the loopback  # noqa: S104
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    return ("sim://", f"sim://{shown}:{env.get('TRADEGUARD_TERMINAL_PORT') or 18812}")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     instance_dir = Path(env.get("TRADEGUARD_INSTANCE_DIR") or PROJECT_ROOT / "instance").resolve()
@@ -174,14 +223,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     redis_url = env.get("REDIS_URL") or None
 
     wanted = ("SECRET_KEY", "JWT_SECRET", "ENCRYPTION_KEY")
-    given = {name: env.get(f"TRADEGUARD_{name}", "") for name in wanted}
+    given = {name: env.get(f"TRADEGUARD_{name}", "").strip() for name in wanted}
     generated = False
     if not all(given.values()):
+        missing = ", ".join(f"TRADEGUARD_{name}" for name in wanted if not given[name])
+        if not database_url.startswith("sqlite"):
+            # Generated keys are for one machine's embedded setup. Next to a shared database they would
+            # differ per machine (and vanish with the instance folder), making the stored passwords and
+            # client secrets unreadable: refuse rather than start with keys nobody else has.
+            raise ConfigurationError(
+                f"{missing} must be set when DATABASE_URL names a server database: every web and worker "
+                "machine must share the same secrets (see .env.example for how to generate them)"
+            )
         stored = _load_or_generate_secrets(instance_dir)
         given = {name: given[name] or stored[name] for name in wanted}
         generated = True
 
+    # Lists, for rotation: the first key encrypts (the first secret signs), all of them decrypt (verify).
+    jwt_secrets = tuple(k.strip() for k in given["JWT_SECRET"].split(",") if k.strip())
     encryption_keys = tuple(k.strip() for k in given["ENCRYPTION_KEY"].split(",") if k.strip())
+    if not jwt_secrets or not encryption_keys:
+        raise ConfigurationError(
+            "TRADEGUARD_JWT_SECRET and TRADEGUARD_ENCRYPTION_KEY must not be empty lists"
+        )
     for key in encryption_keys:
         try:
             Fernet(key.encode())
@@ -196,7 +260,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         secret_key=given["SECRET_KEY"],
-        jwt_secret=given["JWT_SECRET"],
+        jwt_secrets=jwt_secrets,
         encryption_keys=encryption_keys,
         jwt_ttl_seconds=_int(env, "TRADEGUARD_JWT_TTL_SECONDS", 3600),
         signal_default_ttl_seconds=_int(env, "TRADEGUARD_SIGNAL_TTL_SECONDS", 120),
@@ -204,6 +268,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         signature_max_skew_seconds=_int(env, "TRADEGUARD_SIGNATURE_MAX_SKEW_SECONDS", 300),
         expiry_sweep_seconds=_float(env, "TRADEGUARD_EXPIRY_SWEEP_SECONDS", 5.0),
         client_key_cache_seconds=_float(env, "TRADEGUARD_CLIENT_KEY_CACHE_SECONDS", 30.0),
+        login_limit_per_email=_rate_limit(env, "TRADEGUARD_LOGIN_LIMIT_PER_EMAIL", "10 per 15 minutes"),
+        login_limit_per_address=_rate_limit(env, "TRADEGUARD_LOGIN_LIMIT_PER_ADDRESS", "50 per 15 minutes"),
+        register_limit_per_address=_rate_limit(env, "TRADEGUARD_REGISTER_LIMIT_PER_ADDRESS", "20 per hour"),
+        trusted_proxies=_int(env, "TRADEGUARD_TRUSTED_PROXIES", 0, minimum=0),
         magic=_int(env, "TRADEGUARD_MAGIC", 770077),
         deviation_points=_int(env, "TRADEGUARD_DEVIATION_POINTS", 20, minimum=0),
         max_price_retries=_int(env, "TRADEGUARD_MAX_PRICE_RETRIES", 3, minimum=0),
@@ -222,6 +290,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         slippage_pips=_decimal(env, "TRADEGUARD_SLIPPAGE_PIPS", Decimal(5)),
         volume_divergence_percent=_decimal(env, "TRADEGUARD_VOLUME_DIVERGENCE_PERCENT", Decimal(10)),
         stop_divergence_pips=_decimal(env, "TRADEGUARD_STOP_DIVERGENCE_PIPS", Decimal(10)),
+        terminal_urls=_terminal_urls(env),
         secrets_generated=generated,
     )
 

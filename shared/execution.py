@@ -415,3 +415,39 @@ def give_up(
         pass  # another attempt is working on it: it decides
     session.refresh(trade)
     return trade
+
+
+def count_failed_attempt(
+    session: DbSession,
+    signal_id: int,
+    error: str,
+    *,
+    started_at: datetime,
+    engine: sa.Engine,
+    settings: ExecutionSettings,
+) -> Trade | None:
+    """Count an attempt that ended in an error nobody classified (a terminal reply of the wrong shape,
+    a bug) in the trade's `attempts`, and audit it. The count lives on the row because it must outlive
+    the task message: the safety net's fresh message starts Celery's own retry count at 0 again, so a
+    failure counted only there would be retried for ever. The caller compares `attempts` with its limit
+    and calls `give_up` once it is reached.
+
+    `attempts` also counts every order sent (`_send`): an attempt that got as far as sending (`sent_at`
+    at or after `started_at`, when the attempt began) was counted then and is not counted twice. Only an
+    unfinished trade is counted, under its lock; a trade another worker holds right now is left to that
+    worker. None when the signal has no trade (the error came before it was made)."""
+    trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    if trade is None or trade.state not in (TradeState.PENDING, TradeState.SENT):
+        return trade
+    try:
+        with exclusive(engine, f"trade:{trade.id}", lock_dir=settings.lock_dir):
+            session.refresh(trade)
+            if trade.state in (TradeState.PENDING, TradeState.SENT):
+                if trade.sent_at is None or trade.sent_at < started_at:
+                    trade.attempts += 1
+                _record(session, trade, "trade.attempt_failed", attempt=trade.attempts, error=error[:500])
+            session.commit()
+    except Busy:
+        pass
+    session.refresh(trade)
+    return trade

@@ -96,6 +96,18 @@ class Account(db.Model):  # type: ignore[name-defined]
     owner: Mapped[User] = relationship()
 
 
+class KeyCheck(db.Model):  # type: ignore[name-defined]
+    """A value encrypted, or a fingerprint taken, with the deployment's keys (see shared.key_check): a
+    process whose keys cannot read it refuses to start instead of running with the wrong keys."""
+
+    __tablename__ = "key_checks"
+
+    name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)  # "encryption" | "jwt"
+    token: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class StrategyClient(db.Model):  # type: ignore[name-defined]
     """A program allowed to send signals for one account, authenticated by an HMAC secret."""
 
@@ -212,6 +224,8 @@ class Trade(db.Model):  # type: ignore[name-defined]
     order_ticket: Mapped[int | None] = mapped_column(sa.BigInteger)
     deal_ticket: Mapped[int | None] = mapped_column(sa.BigInteger)
     position_ticket: Mapped[int | None] = mapped_column(sa.BigInteger, index=True)
+    # Orders sent, plus attempts that failed with an error nobody classified (execution.count_failed_attempt):
+    # what the execution task's attempt limit counts.
     attempts: Mapped[int] = mapped_column(default=0)
     retcode: Mapped[int | None] = mapped_column(sa.Integer)
     failure_reason: Mapped[str | None] = mapped_column(sa.String(500))

@@ -4,6 +4,7 @@ protection, listing, and the expiry sweep."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import weakref
@@ -19,11 +20,13 @@ import sqlalchemy as sa
 
 from shared import audit
 from shared.coalesce import Coalescer, Stalled
-from shared.crypto import SecretBox
+from shared.crypto import SecretBox, SecretUnreadable
 from shared.db import DbSession, bind_of, in_transaction, utcnow
 from shared.errors import Conflict, NotAuthenticated, NotFound, Unavailable
 from shared.models import Side, Signal, SignalStatus, StrategyClient, User
 from shared.signing import parse_timestamp, signature_matches, timestamp_is_fresh
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Pure rules
@@ -93,6 +96,14 @@ class _ClientKey:
     fetched_at: float
 
 
+class ClientSecretUnreadable(NotAuthenticated):
+    """A strategy client's stored secret cannot be decrypted, so its signatures cannot be checked. The
+    client's requests are refused (401). The owner creates a new client, or the operator puts the key
+    that encrypted it back into TRADEGUARD_ENCRYPTION_KEY."""
+
+    code = "client_secret_unreadable"
+
+
 class ClientKeyCache:
     """Decrypted client secrets, kept per process for a few seconds.
 
@@ -160,7 +171,19 @@ def authenticate_client(
         raise NotAuthenticated("X-Timestamp must be unix seconds")
     if not timestamp_is_fresh(timestamp, time.time() if now is None else now, max_skew_seconds):
         raise NotAuthenticated(f"X-Timestamp is more than {max_skew_seconds} s from server time")
-    key = keys.lookup(session, box, client_id) if 0 < client_id < 2**31 else None
+    try:
+        key = keys.lookup(session, box, client_id) if 0 < client_id < 2**31 else None
+    except SecretUnreadable:
+        # The key that encrypted this client's secret is gone from TRADEGUARD_ENCRYPTION_KEY (the key
+        # check keeps a whole process from running with the wrong keys; this is one row). The client
+        # cannot be authenticated: say so, and tell the operator which row.
+        log.error(
+            "strategy client %s: its stored secret cannot be decrypted with the configured keys", client_id
+        )
+        raise ClientSecretUnreadable(
+            "this client's secret cannot be read by the server: the account owner must create a new client "
+            "(the operator has the details in the log)"
+        ) from None
     if key is None:
         raise NotAuthenticated("unknown or revoked client")
     if not signature_matches(key.secret, timestamp, request.body, request.signature):

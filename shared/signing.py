@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from decimal import Decimal
 from typing import Any
 
 
@@ -40,7 +41,19 @@ def timestamp_is_fresh(timestamp: int, now: float, max_skew_seconds: int) -> boo
     return abs(now - timestamp) <= max_skew_seconds
 
 
+def _canonical_number(value: Any) -> Any:
+    """A Decimal (the API reads JSON fractions as Decimal, not float) for the canonical JSON: the float
+    it was read as before, when that float is exactly this number, so that hashes stored then still
+    match; otherwise its digits, so two prices that differ only past a float's 17 digits differ."""
+    if isinstance(value, Decimal):
+        as_float = float(value)
+        return as_float if Decimal(repr(as_float)) == value else str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def canonical_body_hash(payload: Any) -> str:
     """SHA-256 of the JSON payload with sorted keys: equal for the same signal however it was spaced."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    canonical = json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_canonical_number
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()

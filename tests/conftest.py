@@ -62,6 +62,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TRADEGUARD_JWT_SECRET"] = "test-jwt-secret-that-is-long-enough-for-hs256"
     os.environ["TRADEGUARD_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # The suite registers hundreds of users from 127.0.0.1 within minutes, far past the production
+    # default; the throttle's own tests build apps with the limits they test.
+    os.environ.setdefault("TRADEGUARD_REGISTER_LIMIT_PER_ADDRESS", "1000000 per hour")
+    _declare_test_terminals()
 
     problem = _services_problem()
     if problem:
@@ -80,6 +84,24 @@ def pytest_configure(config: pytest.Config) -> None:
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def _declare_test_terminals() -> None:
+    """Terminals are operator-declared (TRADEGUARD_TERMINALS), read by every process at start-up. The
+    tests' terminal processes listen on ports chosen here, once, and declared for the whole run, so the
+    app, eager tasks and every worker process the tests start see the same list. Port 1 (nothing
+    listens there) is declared too: the tests of unreachable terminals use it."""
+    from tests.processes import free_port
+
+    ports: list[int] = []
+    while len(ports) < 12:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    os.environ["TRADEGUARD_TEST_TERMINAL_PORTS"] = ",".join(map(str, ports))
+    urls = ["sim://", "sim://127.0.0.1:1"]
+    urls += [f"{scheme}://127.0.0.1:{port}" for port in ports for scheme in ("sim", "mt5linux")]
+    os.environ["TRADEGUARD_TERMINALS"] = ",".join(urls)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

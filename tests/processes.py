@@ -50,6 +50,12 @@ class CeleryProcess:
         if not wait_for(seen, timeout=timeout, interval=0.1):
             raise TimeoutError(f"{text!r} not seen in {timeout} s:\n{self.log()}")
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, with no chance to clean up (release locks)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -113,15 +119,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def declared_terminal_port() -> int:
+    """A free port among those declared as terminals for this test run (tests/conftest.py declares them
+    in TRADEGUARD_TERMINALS): a terminal started there is one every TradeGuard process will reach."""
+    import socket
+
+    for port in map(int, os.environ["TRADEGUARD_TEST_TERMINAL_PORTS"].split(",")):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the terminal server binds
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("every declared test terminal port is in use")
+
+
 @contextmanager
 def terminal_server(
     port: int | None = None, env: dict[str, str] | None = None, args: Sequence[str] = ()
 ) -> Iterator[int]:
-    """A real `terminal` process (the simulated MT5 terminal over RPyC) on a free port; yields the port.
-    `args` are further command-line options (e.g. `["--latency-mode", "reply"]`)."""
+    """A real `terminal` process (the simulated MT5 terminal over RPyC) on a free declared port; yields
+    the port. `args` are further command-line options (e.g. `["--latency-mode", "reply"]`)."""
     import socket
 
-    port = port or free_port()
+    port = port or declared_terminal_port()
     log_dir = Path(tempfile.mkdtemp(prefix="tg-terminal-"))
     log = open(log_dir / "terminal.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(

@@ -12,7 +12,7 @@ from flask.sessions import SessionInterface
 from flask_migrate import Migrate
 from werkzeug.routing import IntegerConverter
 
-from shared.config import Settings, describe, load_settings
+from shared.config import ConfigurationError, Settings, describe, load_settings
 from shared.crypto import SecretBox
 from shared.db import TCP_KEEPALIVES, check_connections_on_checkout, db
 from shared.signals import ClientKeyCache
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.extensions["tradeguard.settings"] = settings
     app.extensions["tradeguard.secret_box"] = SecretBox(settings.encryption_keys)
     app.extensions["tradeguard.client_keys"] = ClientKeyCache(settings.client_key_cache_seconds)
+    app.extensions["tradeguard.terminals"] = _declared_terminals(settings)
     app.url_map.converters["id"] = IdConverter
 
     import shared.models  # noqa: F401 - registers every table on the metadata, for Alembic too
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             _configure_sqlite(app)
         else:
             check_connections_on_checkout(db.engine)
+        _check_keys(app, settings)
     app.session_interface = NoCookieSessions()
 
     api = TradeGuardApi(app)
@@ -129,6 +131,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.
     app.register_blueprint(metrics.blp)
     register_error_handlers(app)
+    from web import throttle
+
+    # Wraps the login and registration views registered above: 429 before any argon2 work.
+    throttle.install(app, settings)
 
     from web.cli import register_cli
 
@@ -140,6 +146,34 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             "using secrets generated under %s; set TRADEGUARD_* secrets in production", settings.instance_dir
         )
     return app
+
+
+def _check_keys(app: Flask, settings: Settings) -> None:
+    """Refuse to start (KeysDoNotMatch) with other keys than the stored data was written with; see
+    shared.key_check. Skipped, with a warning, before the migrations have made the table (the
+    `flask db upgrade` that makes it runs through here too) and while the database cannot be reached:
+    there is nothing to compare with then, and the check runs at the next start."""
+    from shared import key_check
+
+    try:
+        if not sa.inspect(db.engine).has_table("key_checks"):
+            log.warning("key check skipped: the database is not migrated yet (flask db upgrade)")
+            return
+        key_check.verify(db.session, app.extensions["tradeguard.secret_box"], settings.jwt_secrets)
+    except sa.exc.OperationalError as exc:
+        log.warning("key check skipped: the database is unreachable (%s)", str(exc).splitlines()[0])
+    finally:
+        db.session.remove()
+
+
+def _declared_terminals(settings: Settings) -> frozenset[str]:
+    from shared.mt5.errors import InvalidTerminalUrl
+    from shared.mt5.terminals import declared_terminals
+
+    try:
+        return declared_terminals(settings.terminal_urls)
+    except InvalidTerminalUrl as exc:
+        raise ConfigurationError(f"TRADEGUARD_TERMINALS: {exc}") from None
 
 
 def _migrations_dir() -> Any:

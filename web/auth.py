@@ -27,20 +27,31 @@ def issue_token(user: User) -> tuple[str, int]:
     return jwt.encode(claims, settings().jwt_secret, algorithm=_ALGORITHM), ttl
 
 
+def _verified_claims(token: str, secrets: tuple[str, ...]) -> dict[str, Any]:
+    """The token's claims when one of `secrets` verifies it (all of them are tried, so that tokens
+    signed before a rotation stay valid until they expire); NotAuthenticated otherwise."""
+    for secret in secrets:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, secret, algorithms=[_ALGORITHM], options={"require": ["exp", "sub"]}
+            )
+            return claims
+        except jwt.InvalidSignatureError:
+            continue  # signed with another of the configured secrets, perhaps
+        except jwt.PyJWTError:
+            break
+    raise NotAuthenticated("the bearer token is invalid or has expired")
+
+
 def _user_from_bearer() -> User:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthenticated("an Authorization: Bearer token is required")
+    claims = _verified_claims(token.strip(), settings().jwt_secrets)
     try:
-        claims = jwt.decode(
-            token.strip(),
-            settings().jwt_secret,
-            algorithms=[_ALGORITHM],
-            options={"require": ["exp", "sub"]},
-        )
         user_id = int(claims["sub"])
-    except (jwt.PyJWTError, ValueError):
+    except ValueError:
         raise NotAuthenticated("the bearer token is invalid or has expired") from None
     user = db.session.get(User, user_id) if 0 < user_id < 2**31 else None
     if user is None:

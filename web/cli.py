@@ -20,3 +20,23 @@ def register_cli(app: Flask) -> None:
         user = users.create_or_promote_admin(db.session, email, password)
         db.session.commit()
         click.echo(f"admin {user.email} (id {user.id})")
+
+    @app.cli.command("rotate-keys")
+    def rotate_keys() -> None:
+        """Re-encrypt every stored secret with the first TRADEGUARD_ENCRYPTION_KEY (and point the key check
+        at the first key and the first TRADEGUARD_JWT_SECRET), so that the other keys can be removed."""
+        from shared import key_check
+        from shared.crypto import SecretUnreadable
+
+        settings = app.extensions["tradeguard.settings"]
+        try:
+            report = key_check.rotate(
+                db.session, app.extensions["tradeguard.secret_box"], settings.jwt_secrets
+            )
+        except SecretUnreadable as exc:
+            raise click.ClickException(f"nothing changed: {exc}") from None
+        click.echo(
+            f"re-encrypted {report.accounts} account password(s) and {report.clients} client secret(s) "
+            "with the first encryption key. Once every process runs with the new first key (and JWT secret), "
+            "remove the old ones from TRADEGUARD_ENCRYPTION_KEY and TRADEGUARD_JWT_SECRET."
+        )

@@ -11,7 +11,7 @@ from shared.crypto import SecretBox
 from shared.db import db
 from shared.signals import ClientKeyCache
 
-__all__ = ["client_keys", "db", "secret_box", "settings"]
+__all__ = ["client_keys", "db", "declared_terminals", "secret_box", "settings"]
 
 
 def settings() -> Settings:
@@ -24,3 +24,8 @@ def secret_box() -> SecretBox:
 
 def client_keys() -> ClientKeyCache:
     return cast(ClientKeyCache, current_app.extensions["tradeguard.client_keys"])
+
+
+def declared_terminals() -> frozenset[str]:
+    """The canonical URLs of the terminals the operator declared (TRADEGUARD_TERMINALS)."""
+    return cast(frozenset[str], current_app.extensions["tradeguard.terminals"])

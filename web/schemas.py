@@ -2,24 +2,77 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, pre_load, validate, validates, validates_schema
 
 from shared.accounts import terminal_url_problem
-from shared.models import Decision, Side, SignalStatus, TradeState
+from shared.models import Decision, Role, Side, SignalStatus, TradeState
+from shared.mt5.terminals import SCHEMES as TERMINAL_SCHEMES
 from shared.signals import price_level_errors
+from web.extensions import declared_terminals
 
 MAX_ID = 2**31 - 1
 MAX_LOGIN = 2**63 - 1
 
+# A decimal as text, the only spelling the API accepts in a string and the one it always sends: digits,
+# an optional sign and fraction. Python's Decimal() would also take "1_000", "0.1e1", " 0.1", "NaN" and
+# non-ASCII digits; a client that sends one of those has a bug we should tell it about, not guess at.
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+# The decimals a client may send are all greater than 0: the same spelling, with no sign and some digit
+# other than 0 (for the document; ExactDecimal checks the value itself).
+POSITIVE_DECIMAL_PATTERN = r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)$"
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# terminal_url's schemes, in any letter case as canonical_terminal_url reads them (for the document).
+TERMINAL_URL_PATTERN = "^(" + "|".join(_any_case(scheme) for scheme in TERMINAL_SCHEMES) + ")://"
+
+
+def decimal_places(number: Decimal) -> int:
+    """How many decimal places `number` needs, trailing zeros aside ("0.10" needs 1), counted without
+    rounding: normalize() would round to the context's 28 digits first and hide a 29th."""
+    _, digits, exponent = number.as_tuple()
+    if not isinstance(exponent, int) or not any(digits):  # NaN and Infinity; zero needs none
+        return 0
+    trailing_zeros = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    return max(0, -(exponent + trailing_zeros))
+
+
+def decimal_text(value: Any, *, normalize: bool = True) -> str:
+    """A decimal as DECIMAL_PATTERN spells it, never with an exponent (str() writes 1E+1 and 1E-7):
+    without trailing zeros, or with the ones it has when `normalize` is false ("10000.0000")."""
+    number = Decimal(value)
+    return format(number.normalize() if normalize else number, "f")
+
+
+class DecimalText(fields.Decimal):
+    """A decimal the API sends, always as a string matching DECIMAL_PATTERN, so no precision is lost.
+
+    `normalize=False` keeps the digits the value has (the column's scale), as the account figures,
+    P&L and position fields have always been sent; the others drop trailing zeros ("0.1")."""
+
+    def __init__(self, *, normalize: bool = True, **kwargs: Any):
+        super().__init__(as_string=True, **kwargs)
+        self.normalize = normalize
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else decimal_text(value, normalize=self.normalize)
+
 
 class ExactDecimal(fields.Decimal):
-    """A decimal given as a JSON number or string, returned as a string so no precision is lost.
+    """A decimal the API accepts: a JSON number (read exactly: the body is parsed with Decimal for
+    fractions, so 0.1 is 0.1, and 1e1 is 10) or a string matching DECIMAL_PATTERN. Greater than 0.
 
     Refuses more decimal places than the column keeps rather than rounding silently.
     """
@@ -30,13 +83,30 @@ class ExactDecimal(fields.Decimal):
         self.max_value = max_value
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
-        if isinstance(value, bool):
+        # Converted here, not by fields.Decimal: the pattern has checked the text already, and its str()
+        # round trip would cost every signal's prices once more (bench/ingest.py).
+        if isinstance(value, str):
+            if not _DECIMAL_TEXT.fullmatch(value):
+                raise ma.ValidationError(
+                    'a number, or a string of digits with an optional sign and fraction such as "0.1" '
+                    "(no exponent, spaces or underscores)"
+                )
+            number = Decimal(value)
+        elif isinstance(value, int | Decimal) and not isinstance(value, bool):
+            number = Decimal(value)
+        elif isinstance(value, float):  # from Python callers only: the JSON reader makes Decimals
+            number = Decimal(repr(value))
+        else:
             raise self.make_error("invalid")
-        number: Decimal = super()._deserialize(value, attr, data, **kwargs)
         if not number.is_finite():
             raise self.make_error("special")
-        exponent = number.normalize().as_tuple().exponent
-        if isinstance(exponent, int) and -exponent > self.max_places:
+        exponent = number.as_tuple().exponent
+        # decimal_places() only when the exponent alone says too many: "0.10000" still fits 4 places.
+        if (
+            isinstance(exponent, int)
+            and -exponent > self.max_places
+            and decimal_places(number) > self.max_places
+        ):
             raise ma.ValidationError(f"at most {self.max_places} decimal places")
         if number <= 0:
             raise ma.ValidationError("must be greater than 0")
@@ -45,10 +115,31 @@ class ExactDecimal(fields.Decimal):
         return number
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
-        if value is None:
-            return None
-        # normalize() drops the column's trailing zeros; format 'f' avoids exponent notation (1E+2).
-        return format(Decimal(value).normalize(), "f")
+        return None if value is None else decimal_text(value)
+
+
+def decimal_properties(converter: Any, field: fields.Field, ret: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """How the OpenAPI document describes decimals (an apispec attribute function, added by
+    TradeGuardApi): apispec knows only `type: number`, which is neither what the API sends nor all it
+    accepts."""
+    text = {"type": "string", "format": "decimal", "pattern": DECIMAL_PATTERN}
+    if isinstance(field, ExactDecimal):
+        # Accepted as either; "type: number" would rule the string out (ExactDecimal is mapped to no type).
+        maximum = int(field.max_value) if field.max_value == int(field.max_value) else float(field.max_value)
+        number = {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": maximum}
+        return {
+            "oneOf": [number, {**text, "pattern": POSITIVE_DECIMAL_PATTERN}],
+            "description": f"a number (1e1 is 10) or a decimal string; greater than 0, at most "
+            f"{field.max_value}, with at most {field.max_places} decimal places",
+        }
+    if isinstance(field, fields.Decimal):
+        return text
+    return {}
+
+
+def _named(enum: type[Enum], **kwargs: Any) -> fields.Enum:
+    """An enum member sent as its value (a string), documented as one of them."""
+    return fields.Enum(enum, by_value=True, metadata={"type": "string"}, **kwargs)
 
 
 class StrictInteger(fields.Integer):
@@ -117,7 +208,7 @@ class LoginSchema(StrictSchema):
 class UserSchema(ma.Schema):
     id = fields.Integer()
     email = fields.String()
-    role = fields.Function(lambda u: u.role.value)
+    role = _named(Role)
     created_at = fields.DateTime()
 
 
@@ -132,7 +223,12 @@ class TokenSchema(ma.Schema):
 
 class AccountCreateSchema(StrictSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
-    terminal_url = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    terminal_url = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=255),
+        # Documents the schemes only: which terminals are allowed is the operator's list, checked below.
+        metadata={"pattern": TERMINAL_URL_PATTERN},
+    )
     login = StrictInteger(strict=True, required=True, validate=validate.Range(min=1, max=MAX_LOGIN))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
     server = fields.String(required=True, validate=validate.Length(min=1, max=100))
@@ -142,7 +238,8 @@ class AccountCreateSchema(StrictSchema):
 
     @validates("terminal_url")
     def _check_terminal_url(self, value: str, **_: Any) -> None:
-        problem = terminal_url_problem(value)
+        # Only terminals the operator declared: a terminal is a process the workers send work to.
+        problem = terminal_url_problem(value, declared_terminals())
         if problem:
             raise ma.ValidationError(problem)
 
@@ -223,15 +320,15 @@ class SignalCreateSchema(StrictSchema):
 
 class SignalSchema(ma.Schema):
     id = fields.Integer()
-    status = fields.Function(lambda s: s.status.value)
+    status = _named(SignalStatus)
     account_id = fields.Integer()
     client_id = fields.Integer()
     instrument = fields.String()
-    side = fields.Function(lambda s: s.side.value)
-    volume = ExactDecimal(max_places=4, max_value=Decimal("100000"))
-    price = _price(allow_none=True)
-    sl = _price(allow_none=True)
-    tp = _price(allow_none=True)
+    side = _named(Side)
+    volume = DecimalText()
+    price = DecimalText(allow_none=True)
+    sl = DecimalText(allow_none=True)
+    tp = DecimalText(allow_none=True)
     comment = fields.String(allow_none=True)
     ttl_seconds = fields.Integer()
     expires_at = fields.DateTime()
@@ -241,7 +338,7 @@ class SignalSchema(ma.Schema):
 
 
 def _decimal_text(value: Decimal | None) -> str | None:
-    return None if value is None else format(Decimal(value).normalize(), "f")  # as ExactDecimal
+    return None if value is None else decimal_text(value)  # as DecimalText
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -313,9 +410,9 @@ class ApprovalSchema(ma.Schema):
     id = fields.Integer()
     signal_id = fields.Integer()
     user_id = fields.Integer()
-    decision = fields.Function(lambda a: a.decision.value)
+    decision = _named(Decision)
     reason = fields.String(allow_none=True)
-    signal_status = fields.Function(lambda a: a.signal.status.value)
+    signal_status = _named(SignalStatus, attribute="signal.status")
     created_at = fields.DateTime()
 
 
@@ -359,14 +456,14 @@ class TradeSchema(ma.Schema):
     approval_id = fields.Integer()
     account_id = fields.Integer()
     symbol = fields.String()
-    side = fields.Function(lambda t: t.side.value)
-    state = fields.Function(lambda t: t.state.value)
-    requested_volume = ExactDecimal(max_places=4, max_value=Decimal("100000"))
-    requested_price = _price(allow_none=True)
-    requested_sl = _price(allow_none=True)
-    requested_tp = _price(allow_none=True)
-    filled_volume = ExactDecimal(max_places=4, max_value=Decimal("100000"), allow_none=True)
-    filled_price = _price(allow_none=True)
+    side = _named(Side)
+    state = _named(TradeState)
+    requested_volume = DecimalText()
+    requested_price = DecimalText(allow_none=True)
+    requested_sl = DecimalText(allow_none=True)
+    requested_tp = DecimalText(allow_none=True)
+    filled_volume = DecimalText(allow_none=True)
+    filled_price = DecimalText(allow_none=True)
     magic = fields.Integer()
     comment = fields.String(allow_none=True)
     order_ticket = fields.Integer(allow_none=True)
@@ -399,12 +496,13 @@ class PositionViewSchema(ma.Schema):
     identifier = fields.Integer()
     symbol = fields.String()
     side = fields.String()
-    volume = fields.String()
-    price_open = fields.String()
-    price_current = fields.String()
-    sl = fields.String(allow_none=True)
-    tp = fields.String(allow_none=True)
-    profit = fields.String()
+    # Stored as str(Decimal) by the sync, which may read "1E+1": sent without the exponent.
+    volume = DecimalText(normalize=False)
+    price_open = DecimalText(normalize=False)
+    price_current = DecimalText(normalize=False)
+    sl = DecimalText(normalize=False, allow_none=True)
+    tp = DecimalText(normalize=False, allow_none=True)
+    profit = DecimalText(normalize=False)
     magic = fields.Integer()
     comment = fields.String()
     opened_at = fields.String()
@@ -428,7 +526,12 @@ class ReconciliationQuerySchema(PageQuerySchema):
         validate=validate.OneOf(["matched", "divergence", "closed_outside", "outside_position"]),
     )
     trade_id = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
-    since = fields.AwareDateTime(load_default=None, default_timezone=None, validate=_sane_year)
+    since = fields.AwareDateTime(
+        load_default=None,
+        default_timezone=None,
+        validate=_sane_year,
+        metadata={"description": "a date-time with its UTC offset, in the years 1970 to 9000"},
+    )
 
 
 class ReconciliationEventSchema(ma.Schema):
@@ -439,14 +542,14 @@ class ReconciliationEventSchema(ma.Schema):
     position_ticket = fields.Integer()
     symbol = fields.String()
     side = fields.String(allow_none=True)
-    volume = ExactDecimal(max_places=4, max_value=Decimal("100000"), allow_none=True)
-    price_open = _price(allow_none=True)
-    sl = _price(allow_none=True)
-    tp = _price(allow_none=True)
+    volume = DecimalText(allow_none=True)
+    price_open = DecimalText(allow_none=True)
+    sl = DecimalText(allow_none=True)
+    tp = DecimalText(allow_none=True)
     opened_by = fields.String(allow_none=True)
     close_reason = fields.String(allow_none=True)
-    close_price = _price(allow_none=True)
-    pnl = fields.Decimal(as_string=True, allow_none=True)
+    close_price = DecimalText(allow_none=True)
+    pnl = DecimalText(normalize=False, allow_none=True)
     details = fields.Dict()
     created_at = fields.DateTime()
 
@@ -464,9 +567,9 @@ class AccountStatusSchema(ma.Schema):
     breaker = fields.String(metadata={"description": "closed, or open until breaker_open_until"})
     breaker_open_until = fields.DateTime(allow_none=True)
     consecutive_failures = fields.Integer()
-    equity = fields.Decimal(as_string=True, allow_none=True)
-    balance = fields.Decimal(as_string=True, allow_none=True)
-    peak_equity = fields.Decimal(as_string=True, allow_none=True)
-    drawdown_percent = fields.Decimal(as_string=True, allow_none=True)
-    margin_level = fields.Decimal(as_string=True, allow_none=True)
+    equity = DecimalText(normalize=False, allow_none=True)
+    balance = DecimalText(normalize=False, allow_none=True)
+    peak_equity = DecimalText(normalize=False, allow_none=True)
+    drawdown_percent = DecimalText(normalize=False, allow_none=True)
+    margin_level = DecimalText(normalize=False, allow_none=True)
     open_positions = fields.Integer(allow_none=True)

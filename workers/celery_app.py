@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import task_postrun, task_prerun, worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
 from flask import Flask
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,21 @@ def flask_app() -> Flask:
 
                 _flask_app = create_app()
     return _flask_app
+
+
+@worker_init.connect
+def _refuse_to_start_with_the_wrong_keys(**_: Any) -> None:
+    """Build the app in the main process, before any task: its start-up runs the key check
+    (shared.key_check), so a worker configured with other keys than the stored secrets were written with
+    stops here, saying why, instead of failing every task that needs a secret. (Celery logs and ignores
+    an Exception from a signal handler; SystemExit stops the worker.)"""
+    from shared.config import ConfigurationError
+
+    try:
+        flask_app()
+    except ConfigurationError as exc:
+        log.critical("refusing to start: %s", exc)
+        raise SystemExit(f"TradeGuard worker refuses to start: {exc}") from None
 
 
 # A reconciliation batch keeps a hundred threads waiting on terminals, each waking briefly when its reply

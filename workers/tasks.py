@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from celery import Task
 
 from shared import execution
-from shared.crypto import SecretBox
+from shared.crypto import SecretBox, SecretUnreadable
 from shared.db import db, utcnow
 from shared.models import Account, AccountSync, Signal, SignalStatus, Trade, TradeState
-from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
+from shared.mt5.errors import CredentialsUnreadable, PermanentTerminalError, RetryableTerminalError
 from shared.signals import expire_due_signals
 from workers.celery_app import DatabaseTask, celery_app, flask_app
 
@@ -44,11 +44,13 @@ def open_terminal(account: Any, *, pooled: bool = False) -> Iterator[Any]:
     connection of this process's pool (RPyC terminals), logged in with the first calls if need be."""
     from shared.mt5.gateway import Gateway
 
-    settings = flask_app().extensions["tradeguard.settings"]
+    app = flask_app()
+    settings = app.extensions["tradeguard.settings"]
     with Gateway.open(
         account.terminal_url,
+        declared=app.extensions["tradeguard.terminals"],
         login=account.login,
-        password=_password(bytes(account.credentials_encrypted)),
+        password=_account_password(account),
         server=account.server,
         timeout=settings.terminal_timeout_seconds,
         pool=terminal_pool() if pooled else None,
@@ -80,8 +82,10 @@ def retry_countdown(retries: int) -> float:
 @celery_app.task(name=EXECUTE_SIGNAL, base=DatabaseTask, bind=True, max_retries=None)
 def execute_signal(self: Task, signal_id: int) -> str | None:
     """Send the approved signal's order, at most once. Retries only what is retryable (terminal
-    unreachable, timed out, outcome unknown, trade busy in another worker)."""
+    unreachable, timed out, outcome unknown, trade busy in another worker) and, a bounded number of
+    times counted on the trade, errors nobody classified."""
     max_retries = flask_app().extensions["tradeguard.settings"].execution_max_retries
+    started_at = utcnow()
     try:
         trade = execution.execute_signal(
             db.session,
@@ -91,7 +95,8 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
             settings=execution_settings(),
         )
     except PermanentTerminalError as exc:
-        # Wrong credentials, unknown symbol, no MetaTrader5 package here: retrying cannot help.
+        # Wrong or unreadable credentials, unknown symbol, no MetaTrader5 package here: retrying cannot
+        # help.
         db.session.rollback()
         trade = give_up(signal_id, f"{type(exc).__name__}: {exc}")
     except (RetryableTerminalError, execution.TerminalRetryLater) as exc:
@@ -100,7 +105,44 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
             raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
         log.error("signal %s: giving up after %d retries: %s", signal_id, self.request.retries, exc)
         trade = give_up(signal_id, f"terminal unreachable: {exc}")
+    except Exception as exc:
+        # Unclassified (a terminal reply of the wrong shape, a bug): left to escape, it would leave the
+        # trade pending with no reason, and the safety net would run it again every 15 s for ever.
+        db.session.rollback()
+        log.exception("signal %s: execution failed with an unclassified error", signal_id)
+        error = f"{type(exc).__name__}: {exc}"
+        trade = execution.count_failed_attempt(
+            db.session,
+            signal_id,
+            error,
+            started_at=started_at,
+            engine=db.engine,
+            settings=execution_settings(),
+        )
+        if trade is None:
+            raise  # no trade to count on: the error came before it was made
+        if trade.state not in UNFINISHED:
+            return trade.state.value
+        if trade.attempts < attempt_limit():
+            raise self.retry(exc=exc, countdown=retry_countdown(max(0, trade.attempts - 1))) from exc
+        trade = give_up(signal_id, f"gave up after {trade.attempts} attempts: {error}")
+        if trade is not None and trade.state == TradeState.SENT:
+            log.error(
+                "trade %s: gave up after %d attempts, but its order may have been sent: it stays `sent` "
+                "for reconciliation to settle (compare the broker's history with the trade)",
+                trade.id,
+                trade.attempts,
+            )
     return trade.state.value if trade else None
+
+
+UNFINISHED = (TradeState.PENDING, TradeState.SENT)
+
+
+def attempt_limit() -> int:
+    """How many attempts a trade gets: the first and TRADEGUARD_EXECUTION_MAX_RETRIES more, as an
+    unreachable terminal gets. Orders sent count (see `execution.count_failed_attempt`)."""
+    return int(flask_app().extensions["tradeguard.settings"].execution_max_retries) + 1
 
 
 def give_up(signal_id: int, reason: str) -> Trade | None:
@@ -116,7 +158,13 @@ def enqueue_execution(signal_id: int) -> None:
 def dispatch_approved(older_than_seconds: float = 30.0) -> int:
     """Beat's safety net: an approved signal whose execution message was lost (broker down at the
     moment of approval, a purged queue) is enqueued again. Harmless when the first message is still
-    on its way: execution is idempotent."""
+    on its way: execution is idempotent.
+
+    A `sent` trade that has used up its attempts is not enqueued again: its order may exist, so no run
+    may mark it failed (`execution.give_up`), and each run would only fail again, every tick, for ever.
+    It stays `sent` for reconciliation to settle. A `pending` one is enqueued (it is pending at its limit
+    only when giving up lost a race): a run either executes it or, failing, gives it up (`failed`), so it
+    does not come back."""
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     without_trade = sa.select(Signal.id).where(
         Signal.status == SignalStatus.APPROVED,
@@ -124,7 +172,11 @@ def dispatch_approved(older_than_seconds: float = 30.0) -> int:
         ~sa.exists().where(Trade.signal_id == Signal.id),
     )
     unfinished = sa.select(Trade.signal_id).where(
-        Trade.state.in_([TradeState.PENDING, TradeState.SENT]), Trade.updated_at < cutoff
+        Trade.updated_at < cutoff,
+        sa.or_(
+            Trade.state == TradeState.PENDING,
+            sa.and_(Trade.state == TradeState.SENT, Trade.attempts < attempt_limit()),
+        ),
     )
     signal_ids = list(db.session.scalars(without_trade.limit(500))) + list(
         db.session.scalars(unfinished.limit(500))
@@ -184,6 +236,21 @@ def sync_threads() -> ThreadPoolExecutor:
                 max_workers=settings.reconcile_threads, thread_name_prefix="sync"
             )
         return _sync_threads
+
+
+def _account_password(account: Any) -> str:
+    """The account's terminal password, or CredentialsUnreadable (permanent): a password no configured
+    key decrypts must fail the trade and the sync with what to do, not escape as a ValueError that leaves
+    the trade pending and retried for ever."""
+    try:
+        return _password(bytes(account.credentials_encrypted))
+    except SecretUnreadable as exc:
+        raise CredentialsUnreadable(
+            f"account {account.id}: its stored password cannot be decrypted with the keys in "
+            "TRADEGUARD_ENCRYPTION_KEY: put the key that encrypted it back in TRADEGUARD_ENCRYPTION_KEY; "
+            "if that key is lost, the owner must re-enter the account's password (add the account again)",
+            call="initialize",
+        ) from exc
 
 
 @functools.lru_cache(maxsize=20_000)

@@ -26,7 +26,7 @@ from typing import Any
 
 from rpyc.core import consts
 from rpyc.core.protocol import Connection
-from rpyc.core.service import ClassicService
+from rpyc.core.service import SlaveService
 from rpyc.utils.server import ThreadedServer
 
 log = logging.getLogger("tradeguard.terminal")
@@ -80,7 +80,10 @@ class _PayingConnection(Connection):
         super()._send(msg, seq, args)
 
 
-class _Service(ClassicService):
+class _Service(SlaveService):
+    """RPyC's classic server side, as mt5linux's server runs it: clients evaluate code here; this side
+    never asks anything of its clients (ClassicService would, and TradeGuard's workers refuse it)."""
+
     _protocol = _PayingConnection
 
 

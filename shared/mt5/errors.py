@@ -135,6 +135,24 @@ class InvalidTerminalUrl(PermanentTerminalError):
     code = "invalid_terminal_url"
 
 
+class TerminalNotDeclared(PermanentTerminalError):
+    """The account's terminal is not one the operator declared in TRADEGUARD_TERMINALS, so TradeGuard
+    will not connect to it. An operator adds the terminal to TRADEGUARD_TERMINALS (on every web and worker
+    machine) if it is theirs and trusted; otherwise the owner changes the account to a declared one."""
+
+    code = "terminal_not_declared"
+
+
+class TerminalProtocolError(TerminalError):
+    """The terminal answered with something that is not a well-formed reply: not plain data, the wrong
+    shape, or an error raised by its Python. A misbehaving or hostile terminal server (or a bridge bug)
+    is behind the declared URL: check what actually listens there. Nothing it sent was executed here.
+    Counted as a failure (the breaker backs the account off); after an order call it is treated as
+    OrderOutcomeUnknown instead, since the order may have been placed."""
+
+    code = "terminal_protocol_error"
+
+
 class InvalidTerminalRequest(PermanentTerminalError):
     """The terminal rejected the call's parameters before doing anything (RES_E_INVALID_PARAMS). This is
     a TradeGuard bug, not a market condition: report it with the logged request."""
@@ -147,6 +165,16 @@ class AutoTradingDisabled(PermanentTerminalError):
     terminal (toolbar button, and Tools > Options > Expert Advisors) and retry."""
 
     code = "auto_trading_disabled"
+
+
+class CredentialsUnreadable(PermanentTerminalError):
+    """The account's stored terminal password cannot be decrypted with the keys in
+    TRADEGUARD_ENCRYPTION_KEY (the key that encrypted it was dropped from the list), so its terminal
+    cannot be logged in to. Put that key back in TRADEGUARD_ENCRYPTION_KEY (anywhere in the list, on every
+    worker), or have the owner enter the account's password again. Until then the account's trades fail at
+    once and its syncs fail (its breaker opens); nothing is retried."""
+
+    code = "credentials_unreadable"
 
 
 _TRANSPORT_CODES = frozenset(

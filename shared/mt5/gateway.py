@@ -24,13 +24,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import json
 import logging
 import os
-import pickle
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,23 +39,27 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from rpyc.core import consts as rpyc_consts
+from rpyc.core.protocol import Connection as RpycConnection
+from rpyc.core.service import VoidService
+
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import (
     ORDER_CALLS,
-    InvalidTerminalUrl,
     OrderOutcomeUnknown,
     PermanentTerminalError,
     TerminalError,
     TerminalLoginFailed,
     TerminalNotSupported,
+    TerminalProtocolError,
     TerminalTimeout,
     TerminalUnavailable,
     classify,
 )
+from shared.mt5.terminals import canonical_terminal_url, require_declared
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RPYC_PORT = 18812  # mt5linux's and the `terminal` process's default
 MAX_COMMENT_LENGTH = 31  # MT5 silently truncates longer comments, which would break matching by comment
 
 T = TypeVar("T")
@@ -365,9 +370,6 @@ class _Backend(Protocol):
 
     def close(self) -> None: ...
 
-    @property
-    def module(self) -> Any: ...
-
 
 class _LocalBackend:
     """A module-like object in this process: the MetaTrader5 package, or a SimTerminal."""
@@ -412,22 +414,33 @@ def _module_lock(module: Any) -> threading.Lock:
 
 
 # Defined in the remote Python's namespace once per connection, so that a run of terminal calls is one
-# round trip which also converts the results to plain data *there* and sends them back pickled. Converting
-# remotely matters for the real package under Wine: its named tuples are classes of the MetaTrader5
-# module, which cannot be unpickled on a Linux worker, and its numbers may be numpy scalars. Pickled bytes
-# travel by value over RPyC, in both directions: the terminal receives real dicts of plain floats and ints,
-# never RPyC proxies, and the answer needs no second round trip to copy it (as rpyc.classic.obtain would).
+# round trip which also converts the results to plain data *there* and sends them back as JSON text.
+# Converting remotely matters for the real package under Wine: its named tuples are classes of the
+# MetaTrader5 module, which do not exist on a Linux worker, and its numbers may be numpy scalars.
+#
+# JSON, in both directions, and never pickle: the terminal is another process, possibly another machine,
+# and what it sends is data to check, not code to run. Unpickling its answer would let whoever runs
+# (or impersonates) the terminal execute anything in the worker, which holds every account's broker
+# password. A string travels by value over RPyC, so the answer needs no second round trip either.
+#
 # The run stops at the first call that fails (None/False with an error code other than "success"), so a
 # failed login is never followed by calls on whatever account the terminal was on; and it runs under a
 # lock of the terminal process, so a login and the calls after it are never split by another client's
 # login. Kept to Python 3.8 syntax, like _PLAIN_SOURCE.
+_DATETIME_KEY = "$tradeguard_datetime"  # a datetime argument, as seconds since the epoch (UTC)
 _REMOTE_HELPER = (
     _PLAIN_SOURCE
     + _ENSURE_LOGIN_SOURCE
     + """
 def _tradeguard_calls(payload):
-    import pickle as _pickle
+    import datetime as _datetime
+    import json as _json
     import threading as _threading
+
+    def decode(obj):
+        if len(obj) == 1 and "$tradeguard_datetime" in obj:
+            return _datetime.datetime.fromtimestamp(obj["$tradeguard_datetime"], _datetime.timezone.utc)
+        return obj
 
     # One run at a time per terminal process: the real package has one session per process, so another
     # connection's login between our login and our calls would switch the account under us. A terminal
@@ -440,7 +453,7 @@ def _tradeguard_calls(payload):
         lock = mt5.__dict__.setdefault("_tradeguard_lock", _threading.Lock())
     answers = []
     with lock:
-        for name, args, kwargs in _pickle.loads(payload):
+        for name, args, kwargs in _json.loads(payload, object_hook=decode):
             if name == "_tradeguard_ensure_login":
                 result = _tradeguard_ensure_login(mt5, kwargs)
             else:
@@ -449,9 +462,12 @@ def _tradeguard_calls(payload):
             answers.append((_tradeguard_plain(result), error))
             if error is not None and error[0] != 1:
                 break
-    return _pickle.dumps(answers, 4)
+    return _json.dumps(answers)
 """
 )
+# The longest reply text a run of calls may bring (a year of deals is a few MB); a longer one is refused
+# rather than parsed, so a terminal cannot make a worker build an arbitrarily large object.
+MAX_REPLY_CHARACTERS = 64 * 1024 * 1024
 
 
 def _stops_run(error: Any) -> bool:
@@ -459,8 +475,128 @@ def _stops_run(error: Any) -> bool:
     return error is not None and error[0] != mt5c.RES_S_OK
 
 
+def _json_argument(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {_DATETIME_KEY: _utc(value).timestamp()}
+    raise TypeError(f"a terminal call argument of type {type(value).__name__} cannot be sent")
+
+
+def encode_calls(calls: list[Call]) -> str:
+    """A run of calls as the JSON text `_tradeguard_calls` reads."""
+    return json.dumps([[name, list(args), kwargs] for name, args, kwargs in calls], default=_json_argument)
+
+
+def decode_answers(reply: Any, calls: int) -> list[tuple[Any, Any]]:
+    """The answers of a run of `calls` calls, from the terminal's reply: JSON text holding, per call made,
+    `[result, error]` where error is null or `[code, message]`. Anything else raises
+    TerminalProtocolError. Only str is accepted (`type(...) is`, not isinstance: an RPyC proxy of a
+    remote object would pass isinstance checks and run remote code when used)."""
+    if type(reply) is not str:
+        raise TerminalProtocolError(
+            f"the terminal answered with a {type(reply).__name__[:60]} instead of JSON text"
+        )
+    if len(reply) > MAX_REPLY_CHARACTERS:
+        raise TerminalProtocolError(f"the terminal's answer is longer than {MAX_REPLY_CHARACTERS} characters")
+    try:
+        answers = json.loads(reply)
+    except (ValueError, RecursionError) as exc:
+        raise TerminalProtocolError(f"the terminal's answer is not JSON: {str(exc)[:200]}") from None
+    if type(answers) is not list or len(answers) > calls:
+        raise TerminalProtocolError("the terminal's answer is not a list of one answer per call")
+    decoded: list[tuple[Any, Any]] = []
+    for answer in answers:
+        if type(answer) is not list or len(answer) != 2:
+            raise TerminalProtocolError("an answer of the terminal is not a [result, error] pair")
+        result, error = answer
+        if error is not None:
+            if (
+                type(error) is not list
+                or len(error) < 2
+                or type(error[0]) is not int
+                or type(error[1]) is not str
+            ):
+                raise TerminalProtocolError("an error of the terminal is not a [code, message] pair")
+            error = (error[0], error[1])
+        decoded.append((result, error))
+    return decoded
+
+
+class RemoteError(Exception):
+    """An exception raised in the terminal's Python, reduced to text.
+
+    RPyC would rebuild a remote exception as an instance of whatever class the remote names, with the
+    remote's attributes set on it; here it is only ever this class, holding the remote type's name and
+    message as strings."""
+
+    def __init__(self, remote_type: str, message: str):
+        super().__init__(f"{remote_type}: {message}" if message else remote_type)
+        self.remote_type = remote_type
+
+    @classmethod
+    def from_rpyc(cls, raw: Any) -> RemoteError:
+        try:
+            (module, name), args, _attributes, _traceback = raw
+            remote_type = f"{module}.{name}" if type(module) is str and type(name) is str else "?"
+            message = " ".join(str(a) for a in args if type(a) in (str, int, float))
+        except (TypeError, ValueError):
+            return cls("?", "an exception the terminal could not describe")
+        return cls(remote_type[:200], message[:500])
+
+
+_IMPORT_ERRORS = frozenset({"builtins.ImportError", "builtins.ModuleNotFoundError"})
+
+
+class _ServesNothing(RpycConnection):
+    """Our end of an RPyC connection to a terminal.
+
+    The terminal's side evaluates our fixed calls (it is an RPyC classic server, as mt5linux's is); our
+    side answers none of its requests but ping and close. RPyC is symmetric: with the classic service on
+    our side too (what `rpyc.classic.connect` does), the terminal could import modules, read attributes
+    and call functions in the worker during any of our calls. Here every other request is refused before
+    its arguments are even decoded, and exceptions the terminal sends are reduced to text
+    (`RemoteError`) instead of being rebuilt as the classes it names."""
+
+    _ALLOWED_REQUESTS = frozenset({rpyc_consts.HANDLE_PING, rpyc_consts.HANDLE_CLOSE})
+
+    def _dispatch_request(self, seq: int, raw_args: Any) -> None:
+        handler = raw_args[0] if type(raw_args) is tuple and raw_args else None
+        if handler not in self._ALLOWED_REQUESTS:
+            refusal = PermissionError("this TradeGuard worker serves no requests over a terminal connection")
+            self._send(rpyc_consts.MSG_EXCEPTION, seq, self._box_exc(PermissionError, refusal, None))
+            return
+        super()._dispatch_request(seq, raw_args)
+
+    def _unbox_exc(self, raw: Any) -> RemoteError:
+        return RemoteError.from_rpyc(raw)
+
+
+class _NoService(VoidService):
+    """Exposes nothing (and `_ServesNothing` would refuse to look anyway)."""
+
+    _protocol = _ServesNothing
+
+
+# Our side's settings: nothing of ours is reachable, pickled or rebuilt from the remote's names.
+_CLIENT_CONFIG = {
+    "allow_safe_attrs": False,
+    "allow_exposed_attrs": False,
+    "allow_public_attrs": False,
+    "allow_all_attrs": False,
+    "allow_getattr": False,
+    "allow_setattr": False,
+    "allow_delattr": False,
+    "allow_pickle": False,
+    "import_custom_exceptions": False,
+    "instantiate_custom_exceptions": False,
+    "instantiate_oldstyle_exceptions": False,
+    "include_local_traceback": False,
+    "include_local_version": False,
+}
+
+
 class _RpycBackend:
-    """The module in another Python, over RPyC classic, exactly as mt5linux reaches it."""
+    """The module in another Python, reached over RPyC: an RPyC classic server runs our fixed calls
+    there (exactly as mt5linux reaches the package under Wine), and nothing can run here."""
 
     def __init__(self, host: str, port: int, timeout: float):
         import rpyc
@@ -470,22 +606,25 @@ class _RpycBackend:
         # next user: it logs in again only when it needs another account.
         self.initialized = False
         self.logged_in_as: SessionKey | None = None
-        self.conn = rpyc.classic.connect(host, port)
+        # sync_request_timeout bounds every request's wait on this connection, not just ours: an RPyC
+        # request that never gets an answer then frees the worker thread too.
+        self.conn = rpyc.connect(
+            host, port, service=_NoService, config={**_CLIENT_CONFIG, "sync_request_timeout": timeout}
+        )
         try:
-            # Bound every request's wait on this connection, not just ours: an RPyC request that never
-            # gets an answer then frees the worker thread too.
-            self.conn._config["sync_request_timeout"] = timeout
+            slave = self.conn.root
             try:
-                self.conn.execute("import MetaTrader5 as mt5")
-            except ImportError as exc:  # RPyC re-raises the remote ImportError as itself
+                slave.execute("import MetaTrader5 as mt5")
+            except RemoteError as exc:
+                if exc.remote_type not in _IMPORT_ERRORS:
+                    raise
                 raise TerminalNotSupported(
                     f"the Python at {host}:{port} has no MetaTrader5 package: install it there "
                     "(the mt5linux server must run the Windows Python that has it)",
                     call="import MetaTrader5",
                 ) from exc
-            self.conn.execute(_REMOTE_HELPER)
-            self.module = self.conn.eval("mt5")
-            self._helper = self.conn.namespace["_tradeguard_calls"]
+            slave.execute(_REMOTE_HELPER)
+            self._helper = slave.eval("_tradeguard_calls")
         except BaseException:
             self.conn.close()
             raise
@@ -494,9 +633,7 @@ class _RpycBackend:
         return self.call_many([(name, args, kwargs)])[0]
 
     def call_many(self, calls: list[Call]) -> list[tuple[Any, Any]]:
-        payload = pickle.dumps(calls, protocol=4)  # protocol 4: any Python >= 3.4 reads it
-        answers: list[tuple[Any, Any]] = pickle.loads(self._helper(payload))  # noqa: S301 - our terminal
-        return answers
+        return decode_answers(self._helper(encode_calls(calls)), len(calls))
 
     def close(self) -> None:
         self.conn.close()
@@ -629,23 +766,27 @@ class Gateway:
         cls,
         terminal_url: str,
         *,
+        declared: frozenset[str],
         login: int,
         password: str,
         server: str,
         timeout: float = 10.0,
         pool: ConnectionPool | None = None,
     ) -> Gateway:
-        """Connect to the terminal named by `terminal_url` and log into the account.
+        """Connect to the terminal named by `terminal_url` and log into the account. `declared` holds
+        the canonical URLs of the terminals the operator declared (`terminals.declared_terminals`):
+        any other is refused with TerminalNotDeclared before anything is sent, whatever the account row
+        says.
 
         With a `pool` (RPyC terminals only), an idle connection of this process is reused and given back
         on close, without shutting its terminal session down; the login travels with the first calls in
         one round trip, and is skipped when the session is already logged in to this account. Reading
         code then checks that the terminal reports this login (`read_account`).
 
-        Raises InvalidTerminalUrl, TerminalNotSupported, TerminalLoginFailed (permanent) or
-        TerminalUnavailable / TerminalTimeout (retry later).
+        Raises InvalidTerminalUrl, TerminalNotDeclared, TerminalNotSupported, TerminalLoginFailed
+        (permanent) or TerminalUnavailable / TerminalTimeout (retry later).
         """
-        key, connect, shared = _connector(terminal_url, timeout)
+        key, connect, shared = _connector(require_declared(terminal_url, declared), timeout)
         if pool is not None and key is not None:
             credentials = _credentials(login, password, server, timeout)
             backend = pool.take(key) or _connect_within(connect, timeout)
@@ -730,9 +871,23 @@ class Gateway:
 
     @property
     def module(self) -> Any:
-        """The module-like object itself (a local module, a SimTerminal, or an RPyC proxy of the remote
-        module). For the simulator's sim_* controls and diagnostics; trading code uses the methods."""
+        """The module-like object in this process (the MetaTrader5 package, a SimTerminal), for the
+        simulator's sim_* controls and diagnostics; trading code uses the methods. An RPyC terminal's
+        module is not reachable from here (its objects never come over): use `control`."""
+        if not isinstance(self._backend, _LocalBackend):
+            raise AttributeError("an RPyC terminal's module stays on the terminal: use Gateway.control()")
         return self._backend.module
+
+    def control(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call `name` on the terminal's module outside the trading API (the simulator's sim_* controls,
+        diagnostics), on this gateway's session, and return its plain result as it is: None and False
+        are returned, not raised."""
+        if self._closed:
+            raise TerminalUnavailable(f"{name}: the gateway is closed", call=name)
+        call: Call = (name, args, kwargs)
+        backend = self._backend
+        answers = _guarded(name, lambda: backend.call_many([call]), self._executor, self.timeout)
+        return answers[0][0]
 
     def close(self, *, shutdown: bool = True) -> None:
         """Shut the terminal session down and close the connection (a pooled connection goes back to its
@@ -771,16 +926,21 @@ class Gateway:
     # -- reading
 
     def account(self) -> AccountSnapshot:
-        return account_from(self._call("account_info"))
+        reply = self._call("account_info")
+        with self._reply_of("account_info"):
+            return account_from(reply)
 
     def symbol(self, name: str) -> SymbolSpec:
         info = self._call("symbol_info", name)
-        if not info.get("visible", True):
+        with self._reply_of("symbol_info"):
+            visible = info.get("visible", True)
+        if not visible:
             # A symbol hidden from Market Watch gets no fresh ticks; showing it makes the terminal
             # subscribe to its quotes.
             self._call("symbol_select", name, True)
             info = self._call("symbol_info", name)
-        return symbol_from(info)
+        with self._reply_of("symbol_info"):
+            return symbol_from(info)
 
     def quote(self, name: str) -> Quote:
         try:
@@ -790,23 +950,28 @@ class Gateway:
             # (symbol_select raises SymbolNotFound when the broker has no such symbol).
             self._call("symbol_select", name, True)
             tick = self._call("symbol_info_tick", name)
-        return quote_from(name, tick)
+        with self._reply_of("symbol_info_tick"):
+            return quote_from(name, tick)
 
     def positions(self, symbol: str | None = None) -> list[Position]:
         rows = self._call("positions_get", symbol=symbol) if symbol else self._call("positions_get")
-        return [position_from(r) for r in rows]
+        with self._reply_of("positions_get"):
+            return [position_from(r) for r in rows]
 
     def position(self, ticket: int) -> Position | None:
         rows = self._call("positions_get", ticket=int(ticket))
-        return position_from(rows[0]) if rows else None
+        with self._reply_of("positions_get"):
+            return position_from(rows[0]) if rows else None
 
     def deals(self, date_from: datetime, date_to: datetime) -> list[Deal]:
         rows = self._call("history_deals_get", _utc(date_from), _utc(date_to))
-        return [deal_from(r) for r in rows]
+        with self._reply_of("history_deals_get"):
+            return [deal_from(r) for r in rows]
 
     def deals_for_position(self, position_id: int) -> list[Deal]:
         rows = self._call("history_deals_get", position=int(position_id))
-        return [deal_from(r) for r in rows]
+        with self._reply_of("history_deals_get"):
+            return [deal_from(r) for r in rows]
 
     def deals_for_positions(self, position_ids: list[int]) -> dict[int, list[Deal]]:
         """Each position's deals, in one round trip."""
@@ -814,7 +979,8 @@ class Gateway:
         if not ids:
             return {}
         answers = self._call_many([("history_deals_get", (), {"position": i}) for i in ids])
-        return {i: [deal_from(r) for r in rows] for i, rows in zip(ids, answers, strict=True)}
+        with self._reply_of("history_deals_get"):
+            return {i: [deal_from(r) for r in rows] for i, rows in zip(ids, answers, strict=True)}
 
     def read_account(self, deals_from: datetime, deals_to: datetime) -> AccountState:
         """The account's figures, its open positions and its deals done within [deals_from, deals_to],
@@ -830,7 +996,8 @@ class Gateway:
                 ("history_deals_get", (_utc(deals_from), _utc(deals_to)), {}),
             ]
         )
-        figures = account_from(account)
+        with self._reply_of("account_info"):
+            figures = account_from(account)
         if self._login is not None and figures.login != self._login:
             self._broken = True
             self._forget_session()
@@ -838,23 +1005,26 @@ class Gateway:
                 f"the terminal is logged in to account {figures.login}, not {self._login}",
                 call="account_info",
             )
-        return AccountState(
-            account=figures,
-            positions=[position_from(r) for r in positions],
-            deals=[deal_from(r) for r in deals],
-        )
+        with self._reply_of("positions_get"):
+            open_positions = [position_from(r) for r in positions]
+        with self._reply_of("history_deals_get"):
+            recent_deals = [deal_from(r) for r in deals]
+        return AccountState(account=figures, positions=open_positions, deals=recent_deals)
 
     # -- trading
 
     def check_order(self, request: Mapping[str, Any]) -> tuple[int, str]:
         """order_check: (retcode, comment). retcode 0 means the check passed (unlike order_send)."""
         result = self._call("order_check", _plain_request(request))
-        return int(result["retcode"]), str(result["comment"])
+        with self._reply_of("order_check"):
+            return int(result["retcode"]), str(result["comment"])
 
     def send_order(self, request: Mapping[str, Any]) -> OrderResult:
         """order_send. Every retcode is returned (requote, reject, ...: the caller decides). Raises
         OrderOutcomeUnknown when there was no answer: look for the order before sending it again."""
-        return order_result_from(self._call("order_send", _plain_request(request)))
+        reply = self._call("order_send", _plain_request(request))
+        with self._reply_of("order_send"):
+            return order_result_from(reply)
 
     @staticmethod
     def market_order_request(
@@ -901,6 +1071,22 @@ class Gateway:
 
     # -- the one way to the terminal
 
+    @contextmanager
+    def _reply_of(self, call: str) -> Iterator[None]:
+        """Turn what converting `call`'s reply can raise (a field missing, of the wrong type, a number or
+        time out of range) into TerminalProtocolError, or OrderOutcomeUnknown for an order call: a reply
+        to order_send that cannot be read may still stand for a placed order. Either way the connection
+        is not trusted again (never given back to a pool)."""
+        try:
+            yield
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError, OSError) as exc:
+            self._broken = True
+            self._forget_session()
+            message = f"{call}: the terminal's reply is malformed ({type(exc).__name__}: {str(exc)[:200]})"
+            if call in ORDER_CALLS:
+                raise OrderOutcomeUnknown(message, call=call) from exc
+            raise TerminalProtocolError(message, call=call) from exc
+
     def _forget_session(self) -> None:
         if isinstance(self._backend, _RpycBackend):
             self._backend.initialized = False
@@ -939,7 +1125,10 @@ class Gateway:
             # Whatever failed (the connection, the login, the terminal's own session), the next user of
             # this connection starts its session afresh with initialize().
             self._forget_session()
-            if isinstance(exc, TerminalTimeout | TerminalUnavailable | OrderOutcomeUnknown):
+            if isinstance(
+                exc, TerminalTimeout | TerminalUnavailable | OrderOutcomeUnknown | TerminalProtocolError
+            ):
+                # Nobody may trust what this connection's session is in: never give it back to the pool.
                 self._broken = True
             if isinstance(exc, TerminalUnavailable) and self._pool is not None:
                 # The terminal went away: its other idle connections are most likely dead too, and each
@@ -997,8 +1186,16 @@ def _guarded(name: str, fn: Callable[[], T], executor: ThreadPoolExecutor | None
     except (EOFError, OSError) as exc:
         # EOFError: RPyC's "connection closed"; OSError covers ConnectionError and socket errors.
         raise fail(TerminalUnavailable, f"{name}: connection to the terminal failed: {exc!r}") from exc
+    except TerminalProtocolError as exc:
+        # A malformed answer to an order call is no answer: the order may still have been placed.
+        if name in ORDER_CALLS:
+            raise OrderOutcomeUnknown(f"{name}: {exc}", call=name) from exc
+        exc.call = exc.call or name
+        raise
     except TerminalError:
         raise
+    except RemoteError as exc:
+        raise fail(TerminalProtocolError, f"{name}: the terminal's Python raised {exc}") from exc
     except Exception as exc:
         # The module raised instead of returning None (a bug in the terminal bridge, a refused argument).
         raise fail(TerminalError, f"{name} raised {exc!r}") from exc
@@ -1047,15 +1244,10 @@ def _connector(
     (host, port) that a pool keys the connection by (None: an in-process terminal, nothing to pool); and
     whether the terminal's session is shared by all its connections (the real package: one per
     process) rather than one per connection (TradeGuard's simulated terminal)."""
-    try:
-        parts = urlsplit(terminal_url)
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise InvalidTerminalUrl(f"invalid terminal URL {terminal_url!r}: {exc}") from exc
+    parts = urlsplit(canonical_terminal_url(terminal_url))
+    scheme, host, port = parts.scheme, parts.hostname, parts.port
 
-    if parts.scheme == "mt5":
-        if host:
-            raise InvalidTerminalUrl("mt5:// takes no host: it is the MetaTrader5 package on this machine")
+    if scheme == "mt5":
         try:
             module = importlib.import_module("MetaTrader5")
         except ImportError as exc:
@@ -1066,7 +1258,7 @@ def _connector(
             ) from exc
         return None, lambda: _LocalBackend(module), True
 
-    if parts.scheme == "sim" and not host:
+    if scheme == "sim" and not host:
 
         def in_process() -> _Backend:
             from shared.mt5.sim import SimTerminal, default_broker
@@ -1075,16 +1267,9 @@ def _connector(
 
         return None, in_process, False
 
-    if parts.scheme in ("mt5linux", "sim") and host:
-        if parts.scheme == "mt5linux" and port is None:
-            raise InvalidTerminalUrl("mt5linux:// needs a port, e.g. mt5linux://127.0.0.1:18812")
-        rpyc_port = port or DEFAULT_RPYC_PORT
-        shared = parts.scheme == "mt5linux"
-        return (host, rpyc_port), lambda: _RpycBackend(host, rpyc_port, timeout), shared
-
-    raise InvalidTerminalUrl(
-        f"unusable terminal URL {terminal_url!r}: use mt5://, mt5linux://host:port, sim:// or sim://host:port"
-    )
+    # mt5linux://host:port or sim://host:port (the canonical form always has both).
+    assert host is not None and port is not None
+    return (host, port), lambda: _RpycBackend(host, port, timeout), scheme == "mt5linux"
 
 
 def _utc(moment: datetime) -> datetime:

@@ -1,5 +1,6 @@
 """Users, tokens, accounts (credentials never returned) and strategy clients (secret shown once)."""
 
+import os
 import time
 
 import jwt
@@ -104,13 +105,20 @@ def test_create_admin_command_makes_an_admin_who_can_read_the_audit_log(app, api
 # --- accounts ------------------------------------------------------------------------------------
 
 
+def declared_port() -> int:
+    """A port the test run declared as a terminal (tests/conftest.py)."""
+    return int(os.environ["TRADEGUARD_TEST_TERMINAL_PORTS"].split(",")[0])
+
+
 def test_an_account_is_created_with_its_password_encrypted_and_never_returned(api, app, db_session):
     user = api.user()
+    port = declared_port()
     response = api.http.post(
         "/api/v1/accounts",
         json={
             "name": "Main",
-            "terminal_url": "mt5linux://127.0.0.1:18812",
+            # Spelt differently from the declared mt5linux://127.0.0.1:<port>: stored canonically.
+            "terminal_url": f"MT5LINUX://127.0.0.1:{port}/",
             "login": 5001234,
             "password": "broker-secret",
             "server": "Broker-Live",
@@ -122,7 +130,7 @@ def test_an_account_is_created_with_its_password_encrypted_and_never_returned(ap
     body = response.json
     assert {k: body[k] for k in ("name", "terminal_url", "login", "server", "currency")} == {
         "name": "Main",
-        "terminal_url": "mt5linux://127.0.0.1:18812",
+        "terminal_url": f"mt5linux://127.0.0.1:{port}",
         "login": 5001234,
         "server": "Broker-Live",
         "currency": "GBP",
@@ -144,6 +152,7 @@ def test_an_account_is_created_with_its_password_encrypted_and_never_returned(ap
     [
         ({"terminal_url": "http://broker.example"}, "terminal_url"),
         ({"terminal_url": "mt5linux://nohostport"}, "terminal_url"),
+        ({"terminal_url": "sim://日本語テキスト:19012"}, "terminal_url"),
         ({"login": "1001"}, "login"),
         ({"login": 0}, "login"),
         ({"login": 2**64}, "login"),
@@ -157,6 +166,26 @@ def test_bad_accounts_are_422_naming_the_field(api, db_session, change, field):
     body = {"name": "x", "terminal_url": "sim://", "login": 1, "password": "p", "server": "s", **change}
     response = api.http.post("/api/v1/accounts", json=body, headers=user["headers"])
     assert response.status_code == 422 and field in response.json["error"]["fields"]
+    assert db_session.scalar(sa.select(sa.func.count()).select_from(Account)) == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mt5linux://127.0.0.1:19013",  # the reproduction: a terminal of the user's choosing
+        "sim://127.0.0.1:19013",
+        "mt5linux://10.0.0.5:18812",
+        "mt5://",  # not declared on this deployment either
+    ],
+)
+def test_an_account_may_only_use_a_terminal_the_operator_declared(api, db_session, url):
+    user = api.user()
+    body = {"name": "evil", "terminal_url": url, "login": 666, "password": "x", "server": "x"}
+    response = api.http.post("/api/v1/accounts", json=body, headers=user["headers"])
+    assert response.status_code == 422
+    problems = response.json["error"]["fields"]["terminal_url"]
+    assert "not one of the terminals the operator declared (TRADEGUARD_TERMINALS)" in problems[0]
+    assert set(response.json["error"]["fields"]) == {"terminal_url"}
     assert db_session.scalar(sa.select(sa.func.count()).select_from(Account)) == 0
 
 

@@ -323,3 +323,102 @@ def test_a_nul_in_the_idempotency_key_is_422(api, db_session):
     world = api.setup()
     response = api.send_signal(world["client"], GOOD, key="k\u0001")
     assert response.status_code == 422 and "Idempotency-Key" in response.json["error"]["fields"]
+
+
+# --- strict input (issue 10, item 6) ---------------------------------------------------------------
+
+
+def post_raw(api, strategy, raw: bytes):
+    """POST `raw` exactly as given (json.dumps could not write a duplicate key or a NaN token), signed."""
+    return api.http.post("/api/v1/signals", data=raw, headers=api.signed_headers(strategy, raw))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1_000",  # Python's Decimal reads it as 1000
+        "0.1e1",  # and this as 1.0
+        "1E+2",
+        " 0.1",
+        "0.1 ",
+        "0.1\n",  # `$` in a regex would let the newline through
+        "NaN",
+        "Infinity",
+        "+0.1",
+        ".5",
+        "5.",
+        "0x1",
+        "\u0661",  # ARABIC-INDIC DIGIT ONE: a digit to \d and to Decimal, not to the API
+        "",
+    ],
+)
+@pytest.mark.parametrize("field", ["volume", "price"])
+def test_decimal_strings_are_plain_digits_only_or_422_naming_the_field(api, db_session, field, text):
+    world = api.setup()
+    response = api.send_signal(world["client"], {**GOOD, field: text})
+    assert response.status_code == 422, response.json
+    assert list(response.json["error"]["fields"]) == [field]
+    assert signal_count(db_session) == 0
+
+
+def test_a_key_given_twice_is_400_naming_it_and_stores_nothing(api, db_session):
+    world = api.setup()
+    raw = b'{"instrument": "EURUSD", "side": "buy", "volume": "0.1", "volume": "1000"}'
+    response = post_raw(api, world["client"], raw)
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "bad_request"
+    assert response.json["error"]["fields"] == {"volume": ["given twice"]}
+    assert signal_count(db_session) == 0
+
+
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_tokens_are_not_json_400(api, db_session, token):
+    world = api.setup()
+    raw = b'{"instrument": "EURUSD", "side": "buy", "volume": "0.1", "price": ' + token + b"}"
+    response = post_raw(api, world["client"], raw)
+    assert response.status_code == 400
+    assert response.json["error"]["fields"] == {"body": [f"{token.decode()} is not JSON"]}
+    assert signal_count(db_session) == 0
+
+
+def test_a_json_number_is_read_exactly_not_as_a_float(api, db_session):
+    """A float holds about 17 digits: 123456789.0123456789 would be stored as 123456789.0123456700."""
+    world = api.setup()
+    raw = b'{"instrument": "EURUSD", "side": "sell", "volume": 0.1, "price": 123456789.0123456789}'
+    response = post_raw(api, world["client"], raw)
+    assert response.status_code == 201, response.json
+    assert (response.json["volume"], response.json["price"]) == ("0.1", "123456789.0123456789")
+    stored = db_session.get(Signal, response.json["id"])
+    assert str(stored.price) == "123456789.0123456789" and str(stored.volume) == "0.1000"
+
+
+def test_a_number_with_an_exponent_is_its_value_1e1_is_ten_lots(api, db_session):
+    """A JSON number may be written with an exponent; it is the number it spells (only a decimal
+    *string* must be plain digits)."""
+    world = api.setup()
+    response = post_raw(api, world["client"], b'{"instrument": "EURUSD", "side": "buy", "volume": 1e1}')
+    assert response.status_code == 201, response.json
+    assert response.json["volume"] == "10"
+    assert str(db_session.get(Signal, response.json["id"]).volume) == "10.0000"
+
+
+def test_more_places_than_the_column_keeps_are_422_even_past_28_digits(api, db_session):
+    """Counted exactly: normalize() rounds to 28 significant digits first, and this would have been
+    stored as 1.0000, silently."""
+    world = api.setup()
+    response = api.send_signal(world["client"], {**GOOD, "volume": "1.00000000000000000000000000001"})
+    assert response.status_code == 422
+    assert response.json["error"]["fields"] == {"volume": ["at most 4 decimal places"]}
+    assert signal_count(db_session) == 0
+
+
+def test_a_re_signed_retry_of_a_body_with_json_numbers_is_the_same_signal(api, db_session):
+    """The idempotency check compares canonical hashes of the bodies: it must hash the Decimals the
+    body is now read into, equal for equal bodies."""
+    world = api.setup()
+    body = {**GOOD, "volume": 0.1, "price": 1.1, "sl": 1.0950, "tp": 1.11}
+    first = api.send_signal(world["client"], body, key="numbers", timestamp=int(time.time()) - 1)
+    again = api.send_signal(world["client"], body, key="numbers")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json["id"] == first.json["id"]
+    assert signal_count(db_session) == 1

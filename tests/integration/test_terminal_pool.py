@@ -27,6 +27,7 @@ from rpyc.core import consts
 from shared.mt5 import constants as C
 from shared.mt5.errors import TerminalError, TerminalLoginFailed, TerminalTimeout, TerminalUnavailable
 from shared.mt5.gateway import ConnectionPool, Gateway
+from shared.mt5.terminals import declared_terminals
 from tests.processes import terminal_server, wait_for
 
 SERVER = "TradeGuard-Sim"
@@ -60,8 +61,15 @@ def control(port: int) -> Iterator[Any]:
 
 
 def open_pooled(port: int, login: int, pool: ConnectionPool, *, password: str = "demo", timeout: float = 5.0):
+    url = f"sim://127.0.0.1:{port}"
     return Gateway.open(
-        f"sim://127.0.0.1:{port}", login=login, password=password, server=SERVER, timeout=timeout, pool=pool
+        url,
+        declared=declared_terminals([url]),
+        login=login,
+        password=password,
+        server=SERVER,
+        timeout=timeout,
+        pool=pool,
     )
 
 
@@ -258,7 +266,7 @@ def test_read_account_refuses_figures_of_another_login_than_the_gateways(port, p
     assert gateway.read_account(*window()).account.login == 8701
     # Behind the gateway's back, its own terminal session (the server thread of this connection) moves
     # to another account.
-    assert gateway.module.login(8702, password="x", server=SERVER) is True
+    assert gateway.control("login", 8702, password="x", server=SERVER) is True
 
     with pytest.raises(TerminalLoginFailed, match="logged in to account 8702, not 8701"):
         gateway.read_account(*window())
@@ -434,8 +442,15 @@ def test_the_same_login_on_another_server_or_with_another_password_logs_in_again
     first = open_pooled(port, 8901, pool)
     first.read_account(*window())
     first.close()
+    url = f"sim://127.0.0.1:{port}"
     elsewhere = Gateway.open(
-        f"sim://127.0.0.1:{port}", login=8901, password="demo", server="Other-Server", timeout=5, pool=pool
+        url,
+        declared=declared_terminals([url]),
+        login=8901,
+        password="demo",
+        server="Other-Server",
+        timeout=5,
+        pool=pool,
     )
     assert elsewhere._pending_login is not None and elsewhere._pending_login[2]["server"] == "Other-Server"
     elsewhere.read_account(*window())
@@ -456,8 +471,10 @@ def test_a_pooled_connect_to_a_terminal_that_never_answers_gives_up_within_the_t
     try:
         started = time.monotonic()
         with pytest.raises(TerminalTimeout):
+            url = f"sim://127.0.0.1:{listener.getsockname()[1]}"
             Gateway.open(
-                f"sim://127.0.0.1:{listener.getsockname()[1]}",
+                url,
+                declared=declared_terminals([url]),
                 login=1,
                 password="x",
                 server=SERVER,

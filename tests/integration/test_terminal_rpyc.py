@@ -33,6 +33,7 @@ from shared.mt5.errors import (
     TerminalUnavailable,
 )
 from shared.mt5.gateway import Gateway
+from shared.mt5.terminals import declared_terminals
 
 ROOT = Path(__file__).resolve().parents[2]
 MAGIC = 880001
@@ -64,10 +65,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# A bare RPyC classic server, as mt5linux runs one, but in a Python without the MetaTrader5 package.
+# A bare RPyC classic server, as mt5linux runs one (rpyc_classic.py's SlaveService), but in a Python
+# without the MetaTrader5 package.
 BARE_CLASSIC_SERVER = (
-    "import sys; from rpyc.core.service import ClassicService; from rpyc.utils.server import ThreadedServer; "
-    "ThreadedServer(ClassicService, hostname='127.0.0.1', port=int(sys.argv[1])).start()"
+    "import sys; from rpyc.core.service import SlaveService; from rpyc.utils.server import ThreadedServer; "
+    "ThreadedServer(SlaveService, hostname='127.0.0.1', port=int(sys.argv[1])).start()"
 )
 
 
@@ -114,7 +116,9 @@ def open_gateway(
     terminal: TerminalProcess, login: int, *, scheme: str = "sim", timeout: float = 5.0
 ) -> Gateway:
     url = f"{scheme}://127.0.0.1:{terminal.port}"
-    return Gateway.open(url, login=login, password="demo", server=SERVER, timeout=timeout)
+    return Gateway.open(
+        url, declared=declared_terminals([url]), login=login, password="demo", server=SERVER, timeout=timeout
+    )
 
 
 def market_buy(comment: str, volume: str = "0.10") -> dict[str, Any]:
@@ -261,7 +265,7 @@ def test_latency_over_rpyc_times_out_and_the_connection_recovers(terminal: Termi
 def test_lost_reply_over_rpyc_is_outcome_unknown(terminal: TerminalProcess) -> None:
     pin_prices(terminal)
     with open_gateway(terminal, 6001) as gw:
-        gw.module.sim_lose_next_reply()
+        gw.control("sim_lose_next_reply")
         with pytest.raises(OrderOutcomeUnknown):
             gw.send_order(market_buy("tg-lost-1"))
         found = [p for p in gw.positions() if (p.magic, p.comment) == (MAGIC, "tg-lost-1")]
@@ -289,6 +293,7 @@ def test_mt5linux_server_without_the_package_is_not_supported() -> None:
     bare = start_terminal(["-c", BARE_CLASSIC_SERVER])
     try:
         with pytest.raises(TerminalNotSupported, match="no MetaTrader5 package"):
-            Gateway.open(f"mt5linux://127.0.0.1:{bare.port}", login=1, password="x", server=SERVER)
+            url = f"mt5linux://127.0.0.1:{bare.port}"
+            Gateway.open(url, declared=declared_terminals([url]), login=1, password="x", server=SERVER)
     finally:
         bare.stop()

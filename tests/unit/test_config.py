@@ -26,6 +26,10 @@ def test_database_and_redis_urls_switch_to_postgres_and_redis(tmp_path):
             "TRADEGUARD_INSTANCE_DIR": str(tmp_path),
             "DATABASE_URL": "postgres://tg:hunter2@db.internal:5432/tradeguard",
             "REDIS_URL": "redis://:pw@cache:6379/0",
+            # A server database needs the secrets set (tests/unit/test_key_check.py).
+            "TRADEGUARD_SECRET_KEY": "a",
+            "TRADEGUARD_JWT_SECRET": "b",
+            "TRADEGUARD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         }
     )
     assert settings.database_url == "postgresql+psycopg2://tg:hunter2@db.internal:5432/tradeguard"

@@ -151,9 +151,7 @@ def test_which_terminals_share_one_session_per_process(monkeypatch):
 def test_the_remote_helper_runs_one_run_at_a_time_on_a_one_session_terminal():
     """What `_tradeguard_calls` does in the terminal's Python (here exec'd locally, as the RPyC classic
     server would): on the real package, a run is not split by another connection's login."""
-    import pickle
-
-    from shared.mt5.gateway import _REMOTE_HELPER
+    from shared.mt5.gateway import _REMOTE_HELPER, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
     terminal.initialize(login=1001)
@@ -169,33 +167,29 @@ def test_the_remote_helper_runs_one_run_at_a_time_on_a_one_session_terminal():
 
     terminal.slow_call = slow_and_signal  # type: ignore[method-assign]
     run = [("login", (1001,), {}), ("slow_call", (), {}), ("order_send", (order("first"),), {})]
-    first = threading.Thread(target=calls, args=(pickle.dumps(run),))
+    first = threading.Thread(target=calls, args=(encode_calls(run),))
     first.start()
     assert in_slow_call.wait(timeout=5)
-    login = pickle.dumps([("login", (1002,), {})])  # another connection's login, during the run
-    answers = pickle.loads(calls(login))  # noqa: S301 - our own bytes
+    login = encode_calls([("login", (1002,), {})])  # another connection's login, during the run
+    answers = decode_answers(calls(login), 1)
     first.join(timeout=5)
     assert answers == [(True, None)]
     assert terminal.orders == [(1001, "first")] and terminal.account == 1002
 
 
 def test_the_remote_helper_takes_no_lock_on_a_terminal_with_a_session_per_thread():
-    import pickle
-
-    from shared.mt5.gateway import _REMOTE_HELPER
+    from shared.mt5.gateway import _REMOTE_HELPER, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
     terminal.SESSION_PER_THREAD = True  # type: ignore[attr-defined]
     namespace: dict[str, Any] = {"mt5": terminal}
     exec(_REMOTE_HELPER, namespace)  # noqa: S102 - the helper's own source
-    pickle.loads(namespace["_tradeguard_calls"](pickle.dumps([("login", (1,), {})])))  # noqa: S301
+    decode_answers(namespace["_tradeguard_calls"](encode_calls([("login", (1,), {})])), 1)
     assert "_tradeguard_lock" not in terminal.__dict__
 
 
 def test_the_remote_helper_logs_in_only_when_the_session_is_on_another_account():
-    import pickle
-
-    from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN
+    from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
     terminal.initialize(login=1001)
@@ -204,8 +198,8 @@ def test_the_remote_helper_logs_in_only_when_the_session_is_on_another_account()
 
     def run(login: int) -> Any:
         ensure = (ENSURE_LOGIN, (), {"login": login, "password": "x", "server": "S", "timeout": 1000})
-        payload = pickle.dumps([ensure, ("order_send", (order(str(login)),), {})])
-        return pickle.loads(namespace["_tradeguard_calls"](payload))  # noqa: S301 - our own bytes
+        payload = encode_calls([ensure, ("order_send", (order(str(login)),), {})])
+        return decode_answers(namespace["_tradeguard_calls"](payload), 2)
 
     ensured, sent = run(1001)
     assert ensured == (True, None) and sent[1] is None and terminal.logins == 0

@@ -34,8 +34,10 @@ from shared.mt5.errors import (
 )
 from shared.mt5.gateway import Gateway, OrderResult, Position
 from shared.mt5.sim import DEFAULT_SYMBOLS, SimBroker, SimTerminal, install_as_metatrader5
+from shared.mt5.terminals import declared_terminals
 
 LOGIN = 1001
+MT5_HERE = declared_terminals(["mt5://"])  # what an operator of a Windows worker declares
 MAGIC = 770001
 SERVER = "TradeGuard-Sim"
 
@@ -389,7 +391,9 @@ def test_closed_gateway_refuses_calls(terminal: SimTerminal) -> None:
 
 
 def test_open_sim_in_process() -> None:
-    with Gateway.open("sim://", login=4242, password="x", server=SERVER) as gw:
+    with Gateway.open(
+        "sim://", declared=declared_terminals(["sim://"]), login=4242, password="x", server=SERVER
+    ) as gw:
         assert gw.account().login == 4242
         assert isinstance(gw.module, SimTerminal)
 
@@ -397,13 +401,13 @@ def test_open_sim_in_process() -> None:
 def test_open_mt5_without_the_package_is_not_supported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "MetaTrader5", None)  # makes `import MetaTrader5` fail
     with pytest.raises(TerminalNotSupported):
-        Gateway.open("mt5://", login=LOGIN, password="x", server=SERVER)
+        Gateway.open("mt5://", declared=MT5_HERE, login=LOGIN, password="x", server=SERVER)
 
 
 def test_open_mt5_uses_whatever_module_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "MetaTrader5", raising=False)  # restored after the test
     install_as_metatrader5(SimBroker(seed=3))
-    with Gateway.open("mt5://", login=LOGIN, password="x", server=SERVER) as gw:
+    with Gateway.open("mt5://", declared=MT5_HERE, login=LOGIN, password="x", server=SERVER) as gw:
         assert gw.account().login == LOGIN
         assert gw.symbol("EURUSD").pip == Decimal("0.0001")
 
@@ -411,12 +415,19 @@ def test_open_mt5_uses_whatever_module_is_installed(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("url", ["ftp://host", "mt5://somehost", "mt5linux://host", "nonsense"])
 def test_invalid_terminal_urls(url: str) -> None:
     with pytest.raises(InvalidTerminalUrl):
-        Gateway.open(url, login=LOGIN, password="x", server=SERVER)
+        Gateway.open(url, declared=MT5_HERE, login=LOGIN, password="x", server=SERVER)
 
 
 def test_unreachable_rpyc_server_is_unavailable() -> None:
     with pytest.raises(TerminalUnavailable):
-        Gateway.open("sim://127.0.0.1:1", login=LOGIN, password="x", server=SERVER, timeout=2)
+        Gateway.open(
+            "sim://127.0.0.1:1",
+            declared=declared_terminals(["sim://127.0.0.1:1"]),
+            login=LOGIN,
+            password="x",
+            server=SERVER,
+            timeout=2,
+        )
 
 
 # --- the error classes -----------------------------------------------------------------------------

@@ -24,7 +24,15 @@ def sqlite_app(tmp_path):
         user = users.register(db.session, "owner@example.com", "password one")
         box = app.extensions["tradeguard.secret_box"]
         account = accounts.create_account(
-            db.session, box, user, name="a", terminal_url="sim://", login=1, password="p", server="s"
+            db.session,
+            box,
+            user,
+            declared_terminals=app.extensions["tradeguard.terminals"],
+            name="a",
+            terminal_url="sim://",
+            login=1,
+            password="p",
+            server="s",
         )
         client, secret = clients.create_client(db.session, box, user, name="c", account_id=account.id)
         db.session.commit()

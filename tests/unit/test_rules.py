@@ -2,7 +2,6 @@ from decimal import Decimal as D
 
 import pytest
 
-from shared.accounts import terminal_url_problem
 from shared.signals import price_level_errors
 
 
@@ -49,27 +48,3 @@ def test_level_equal_to_price_is_refused():
 def test_without_price_sl_and_tp_are_compared_with_each_other():
     assert price_level_errors("buy", None, D("1.2"), D("1.1")) == {"sl": ["for a buy, sl must be below tp"]}
     assert price_level_errors("sell", None, D("1.1"), D("1.2")) == {"sl": ["for a sell, sl must be above tp"]}
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["mt5://", "mt5linux://127.0.0.1:18812", "mt5linux://wine-box:8001", "sim://", "sim://127.0.0.1:18812"],
-)
-def test_terminal_urls_accepted(url):
-    assert terminal_url_problem(url) is None
-
-
-@pytest.mark.parametrize(
-    ("url", "words"),
-    [
-        ("http://example.com", "scheme must be one of"),
-        ("mt5linux://127.0.0.1", "needs a host and a port"),
-        ("mt5linux://:18812", "needs a host and a port"),
-        ("mt5://somehost", "takes no host"),
-        ("mt5linux://host:99999", "not a valid URL"),
-        ("", "scheme must be one of"),
-    ],
-)
-def test_bad_terminal_urls_say_why(url, words):
-    problem = terminal_url_problem(url)
-    assert problem is not None and words in problem

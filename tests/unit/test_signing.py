@@ -1,5 +1,7 @@
 import hashlib
 import hmac
+import json
+from decimal import Decimal
 
 from shared.signing import canonical_body_hash, parse_timestamp, sign, signature_matches, timestamp_is_fresh
 
@@ -44,3 +46,18 @@ def test_timestamp_freshness_is_symmetric_and_inclusive():
 def test_canonical_hash_ignores_key_order_and_spacing_but_not_values():
     assert canonical_body_hash({"a": 1, "b": [1, 2]}) == canonical_body_hash({"b": [1, 2], "a": 1})
     assert canonical_body_hash({"a": 1}) != canonical_body_hash({"a": 2})
+
+
+def test_canonical_hash_of_decimals_matches_the_hash_of_the_floats_bodies_were_read_as_before():
+    """Bodies are now read with parse_float=Decimal. A retry of a signal stored before that (same
+    Idempotency-Key) must hash as it did then, when json.loads made 0.1 a float."""
+
+    before = canonical_body_hash(json.loads('{"volume": 0.10, "price": 1.1, "lots": 1e1}'))
+    now = canonical_body_hash({"volume": Decimal("0.10"), "price": Decimal("1.1"), "lots": Decimal("1E+1")})
+    assert now == before
+
+
+def test_canonical_hash_tells_apart_decimals_a_float_cannot():
+    assert canonical_body_hash({"price": Decimal("123456789.0123456789")}) != canonical_body_hash(
+        {"price": Decimal("123456789.0123456788")}
+    )

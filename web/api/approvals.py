@@ -6,7 +6,7 @@ from typing import Any
 from shared import approvals
 from shared.db import after_commit
 from shared.models import Decision
-from web.api import Blueprint
+from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db
 from web.schemas import ApprovalCreateSchema, ApprovalPageSchema, ApprovalSchema, PageQuerySchema
@@ -22,6 +22,13 @@ blp = Blueprint(
 @login_required
 @blp.arguments(ApprovalCreateSchema)
 @blp.response(201, ApprovalSchema)
+@blp.errors(
+    *BODY_ERRORS,
+    401,
+    (404, "no such signal of yours"),
+    (409, "the signal is already decided or expired"),
+    503,
+)
 def create_approval(body: dict[str, Any]) -> Any:
     approval = approvals.decide(
         db.session,
@@ -52,6 +59,7 @@ def _enqueue_execution(signal_id: int) -> None:
 @login_required
 @blp.arguments(PageQuerySchema, location="query")
 @blp.response(200, ApprovalPageSchema)
+@blp.errors(401, 503)
 def list_approvals(query: dict[str, Any]) -> Any:
     items, total = approvals.list_own_approvals(
         db.session, current_user(), page=query["page"], per_page=query["per_page"]
@@ -62,5 +70,6 @@ def list_approvals(query: dict[str, Any]) -> Any:
 @blp.get("/<id:approval_id>")
 @login_required
 @blp.response(200, ApprovalSchema)
+@blp.errors(401, 404, 503)
 def get_approval(approval_id: int) -> Any:
     return approvals.get_own_approval(db.session, current_user(), approval_id)

@@ -17,6 +17,7 @@ blp = Blueprint("audit", __name__, url_prefix="/api/v1/audit", description="The 
 @admin_required
 @blp.arguments(AuditQuerySchema, location="query")
 @blp.response(200, AuditPageSchema)
+@blp.errors(401, 403, 503)
 def list_audit(query: dict[str, Any]) -> Any:
     where = [
         column == query[name]

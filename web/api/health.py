@@ -17,6 +17,7 @@ blp = Blueprint("health", __name__, url_prefix="", description="Probes")
 
 
 @blp.get("/healthz")
+@blp.doc(security=[])
 @blp.response(200, HealthSchema)
 def healthz() -> Any:
     """The process is up. Touches nothing else, so a slow database never restarts the web server."""
@@ -24,6 +25,7 @@ def healthz() -> Any:
 
 
 @blp.get("/readyz")
+@blp.doc(security=[])
 @blp.response(200, HealthSchema)
 @blp.alt_response(503, schema=HealthSchema, description="database or broker unreachable")
 def readyz() -> Any:

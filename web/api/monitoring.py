@@ -40,6 +40,7 @@ def _positions(*where: Any) -> list[dict[str, Any]]:
 @blp.get("/positions")
 @login_required
 @blp.response(200, PositionViewSchema(many=True))
+@blp.errors(401, 503)
 def all_positions() -> Any:
     """Open positions of every own account, as of each account's last sync."""
     return _positions(Account.owner_id == current_user().id)
@@ -48,6 +49,7 @@ def all_positions() -> Any:
 @blp.get("/accounts/<id:account_id>/positions")
 @login_required
 @blp.response(200, PositionViewSchema(many=True))
+@blp.errors(401, 404, 503)
 def account_positions(account_id: int) -> Any:
     account = get_own_account(db.session, current_user(), account_id)
     return _positions(Account.id == account.id)
@@ -57,6 +59,7 @@ def account_positions(account_id: int) -> Any:
 @login_required
 @blp.arguments(ReconciliationQuerySchema, location="query")
 @blp.response(200, ReconciliationPageSchema)
+@blp.errors(401, 404, 503)
 def reconciliation_events(query: dict[str, Any], account_id: int) -> Any:
     account = get_own_account(db.session, current_user(), account_id)
     where = [ReconciliationLog.account_id == account.id]
@@ -80,6 +83,7 @@ def reconciliation_events(query: dict[str, Any], account_id: int) -> Any:
 @blp.get("/accounts/<id:account_id>/status")
 @login_required
 @blp.response(200, AccountStatusSchema)
+@blp.errors(401, 404, 503)
 def account_status(account_id: int) -> Any:
     account = get_own_account(db.session, current_user(), account_id)
     sync = db.session.get(AccountSync, account.id)

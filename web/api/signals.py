@@ -9,7 +9,7 @@ from shared.db import in_transaction
 from shared.errors import InvalidInput
 from shared.models import SignalStatus
 from shared.signing import canonical_body_hash
-from web.api import Blueprint
+from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_client, current_user, login_required, signature_required
 from web.extensions import db, settings
 from web.json_body import json_body, load
@@ -23,8 +23,15 @@ from web.schemas import (
 
 blp = Blueprint("signals", __name__, url_prefix="/api/v1/signals", description="Trading signals")
 
+# Header parameters rather than a security scheme: the signature is computed per request, over its body.
 _SIGNED_HEADERS = [
-    {"in": "header", "name": "X-Client-Id", "required": True, "schema": {"type": "integer"}},
+    {
+        "in": "header",
+        "name": "X-Client-Id",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        "description": "the strategy client's id",
+    },
     {
         "in": "header",
         "name": "X-Timestamp",
@@ -36,15 +43,17 @@ _SIGNED_HEADERS = [
         "in": "header",
         "name": "X-Signature",
         "required": True,
-        "schema": {"type": "string"},
-        "description": 'hex HMAC-SHA256(secret, "{timestamp}.{raw body}")',
+        "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+        "description": 'hex HMAC-SHA256 of "{X-Timestamp}.{raw body}" with the client\'s secret; '
+        "each signature is accepted once",
     },
     {
         "in": "header",
         "name": "Idempotency-Key",
         "required": False,
-        "schema": {"type": "string", "maxLength": 128},
-        "description": "a resent signal with the same key returns the first one (200), not a new one",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$"},
+        "description": "1 to 128 printable ASCII characters; a resent signal with the same key returns "
+        "the first one (200), not a new one",
     },
 ]
 
@@ -62,6 +71,13 @@ _CREATE_BODY = {"required": True, "content": {"application/json": {"schema": Sig
     200, schema=SignalSchema, description="an idempotent retry: the signal stored the first time"
 )
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+@blp.errors(
+    *BODY_ERRORS,
+    (401, "the signature headers are missing, stale or wrong, or the client is unknown or revoked"),
+    (409, "a replayed signature, or an Idempotency-Key already used for another signal"),
+    503,
+)
+# No bearer token: a strategy client signs each request (the headers above) instead.
 @blp.doc(parameters=_SIGNED_HEADERS, security=[])
 def create_signal() -> Any:
     # Parsed here rather than by @blp.arguments: the signature check already read these bytes, the
@@ -97,6 +113,7 @@ def create_signal() -> Any:
 @login_required
 @blp.arguments(SignalQuerySchema, location="query")
 @blp.response(200, SignalPageSchema)
+@blp.errors(401, 503)
 def list_signals(query: dict[str, Any]) -> Any:
     status = SignalStatus(query["status"]) if query["status"] else None
     items, total = signals.list_own_signals(
@@ -108,5 +125,6 @@ def list_signals(query: dict[str, Any]) -> Any:
 @blp.get("/<id:signal_id>")
 @login_required
 @blp.response(200, SignalSchema)
+@blp.errors(401, 404, 503)
 def get_signal(signal_id: int) -> Any:
     return signals.get_own_signal(db.session, current_user(), signal_id)

@@ -20,6 +20,7 @@ blp = Blueprint(
 @login_required
 @blp.arguments(TradeQuerySchema, location="query")
 @blp.response(200, TradePageSchema)
+@blp.errors(401, 503)
 def list_trades(query: dict[str, Any]) -> Any:
     where = [Trade.owner_id == current_user().id]
     if query["state"]:
@@ -40,6 +41,7 @@ def list_trades(query: dict[str, Any]) -> Any:
 @blp.get("/<id:trade_id>")
 @login_required
 @blp.response(200, TradeSchema)
+@blp.errors(401, 404, 503)
 def get_trade(trade_id: int) -> Any:
     trade = db.session.get(Trade, trade_id)
     if trade is None or trade.owner_id != current_user().id:
