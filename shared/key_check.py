@@ -50,11 +50,16 @@ def jwt_fingerprint(secret: str) -> bytes:
 @dataclass(frozen=True)
 class CheckOutcome:
     created: bool  # this process wrote the check (a new database)
+    verified: bool = True  # False: there is no check to read yet (and `write` was off)
 
 
-def verify(session: DbSession, box: SecretBox, jwt_secrets: Sequence[str]) -> CheckOutcome:
+def verify(
+    session: DbSession, box: SecretBox, jwt_secrets: Sequence[str], *, write: bool = True
+) -> CheckOutcome:
     """Raise KeysDoNotMatch unless this process's keys read the stored check; write the check when there
-    is none yet (committing it). The caller makes sure the key_checks table exists."""
+    is none yet (committing it), unless `write` is off (a check made in the middle of other work, which
+    must not take the database's write lock: SQLite's is one for the whole file). The caller makes sure
+    the key_checks table exists."""
     stored = {row.name: row.token for row in session.scalars(sa.select(KeyCheck))}
     if ENCRYPTION in stored:
         try:
@@ -78,6 +83,8 @@ def verify(session: DbSession, box: SecretBox, jwt_secrets: Sequence[str]) -> Ch
         )
     if ENCRYPTION in stored and JWT in stored:
         return CheckOutcome(created=False)
+    if not write:
+        return CheckOutcome(created=False, verified=False)
     _refuse_if_existing_secrets_are_unreadable(session, box)
     try:
         if ENCRYPTION not in stored:

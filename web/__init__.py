@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -95,7 +96,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     app.config.update(overrides)
     app.extensions["tradeguard.settings"] = settings
-    app.extensions["tradeguard.secret_box"] = SecretBox(settings.encryption_keys)
+    app.extensions["tradeguard.secret_box"] = SecretBox(
+        settings.encryption_keys, check=functools.partial(_keys_match, app, settings, write=False)
+    )
     app.extensions["tradeguard.client_keys"] = ClientKeyCache(settings.client_key_cache_seconds)
     app.extensions["tradeguard.terminals"] = _declared_terminals(settings)
     app.url_map.converters["id"] = IdConverter
@@ -109,7 +112,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             _configure_sqlite(app)
         else:
             check_connections_on_checkout(db.engine)
-        _check_keys(app, settings)
+        app.extensions["tradeguard.engine"] = db.engine
+    # Refuses to start with keys other than the stored data was written with (KeysDoNotMatch). If the
+    # database cannot say yet, the first use of a secret checks instead (SecretBox).
+    box = app.extensions["tradeguard.secret_box"]
+    if _keys_match(app, settings, box.unchecked(), write=True):
+        box.mark_checked()
     app.session_interface = NoCookieSessions()
 
     api = TradeGuardApi(app)
@@ -148,22 +156,25 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     return app
 
 
-def _check_keys(app: Flask, settings: Settings) -> None:
-    """Refuse to start (KeysDoNotMatch) with other keys than the stored data was written with; see
-    shared.key_check. Skipped, with a warning, before the migrations have made the table (the
-    `flask db upgrade` that makes it runs through here too) and while the database cannot be reached:
-    there is nothing to compare with then, and the check runs at the next start."""
+def _keys_match(app: Flask, settings: Settings, box: SecretBox, *, write: bool) -> bool:
+    """The key check (shared.key_check), on a connection of its own: True when this process's keys read
+    the stored check (or, with `write`, wrote the first one), KeysDoNotMatch when they do not, False
+    when it cannot be done yet: before the migrations have made the table (`flask db upgrade` itself
+    runs through here), while the database cannot be reached, or (without `write`: in the middle of a
+    request's work) while there is no check yet. Then the process starts, and its next use of a secret
+    checks again (SecretBox)."""
     from shared import key_check
 
+    engine = app.extensions["tradeguard.engine"]
     try:
-        if not sa.inspect(db.engine).has_table("key_checks"):
-            log.warning("key check skipped: the database is not migrated yet (flask db upgrade)")
-            return
-        key_check.verify(db.session, app.extensions["tradeguard.secret_box"], settings.jwt_secrets)
+        if not sa.inspect(engine).has_table("key_checks"):
+            log.warning("key check deferred: the database is not migrated yet (flask db upgrade)")
+            return False
+        with sa.orm.Session(engine) as session:
+            return key_check.verify(session, box, settings.jwt_secrets, write=write).verified
     except sa.exc.OperationalError as exc:
-        log.warning("key check skipped: the database is unreachable (%s)", str(exc).splitlines()[0])
-    finally:
-        db.session.remove()
+        log.warning("key check deferred: the database is unreachable (%s)", str(exc).splitlines()[0])
+        return False
 
 
 def _declared_terminals(settings: Settings) -> frozenset[str]:

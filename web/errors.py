@@ -149,6 +149,20 @@ def register_error_handlers(app: Flask) -> None:
             503, "the database is unavailable; nothing was stored, retry shortly", "unavailable"
         )
 
+    from shared.key_check import KeysDoNotMatch
+
+    @app.errorhandler(KeysDoNotMatch)
+    def _wrong_keys(error: KeysDoNotMatch) -> tuple[Response, int]:
+        # This process started while the database could not be asked (shared.key_check), and its keys
+        # turned out not to be the data's: nothing was stored; another web process may answer.
+        log.critical("refusing to use secrets: %s", error)
+        return error_response(
+            503,
+            "this server's keys do not match the stored data's; nothing was stored. The operator must fix "
+            "its TRADEGUARD_ENCRYPTION_KEY / TRADEGUARD_JWT_SECRET",
+            "keys_do_not_match",
+        )
+
     try:
         import psycopg2
 

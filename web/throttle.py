@@ -8,7 +8,8 @@ Why it is built this way:
   went from 5 ms to 693 ms p50). So a limit is *tested* before the view runs and a request over it is
   refused 429 without reaching argon2; a request is *counted* afterwards, only when its answer shows
   argon2 ran for nothing: a login answered 401 (wrong password or unknown email, which cost the same),
-  a registration answered 201 (a 409 or 422 is refused before hashing). Flask-Limiter's
+  a registration answered 201, or 409 (an email already taken: no argon2, but it tells the client an
+  account exists, so probing emails is bounded too; a 422 is refused before anything). Flask-Limiter's
   `deduct_when` does exactly this test-then-count.
 - Successful logins are never counted: a user who signs in many times a day (or the test suite,
   from 127.0.0.1) never gets near a limit, and only failures can lock an email or an address.
@@ -36,7 +37,7 @@ Why it is built this way:
 - The lock-out is audited once per window, by the first refused request: it claims a marker that
   expires with the window, and only the request that created it writes the row. A flood of refused
   requests therefore writes one row, not one per request.
-- Client address: `request.remote_addr`, gunicorn's peer. Behind reverse proxies set
+- Client address: `request.remote_addr`, gunicorn's peer (for IPv6, its /64). Behind reverse proxies set
   TRADEGUARD_TRUSTED_PROXIES to their number, and X-Forwarded-For is believed for that many hops
   (werkzeug's ProxyFix); left at 0 when nothing stands in front, or a client could pick any address
   it likes by sending that header.
@@ -44,6 +45,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import threading
@@ -124,14 +126,24 @@ def failed_login(response: Response) -> bool:
 
 
 def registered(response: Response) -> bool:
-    return response.status_code == 201
+    """A new user (argon2 ran), or an email found already taken: that costs no argon2, but each one tells
+    the client that an account exists, so asking email after email is bounded by the same limit."""
+    return response.status_code in (201, 409)
 
 
 # --- request edges -------------------------------------------------------------------------------
 
 
 def client_address() -> str:
-    return request.remote_addr or "unknown"
+    """The client's address, or for IPv6 its /64 network: one subscriber usually holds a whole /64 and
+    could otherwise take a fresh address for every few failures."""
+    address = request.remote_addr or "unknown"
+    if ":" in address:
+        try:
+            return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+        except ValueError:
+            return address
+    return address
 
 
 def request_email() -> str:

@@ -28,7 +28,9 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,8 +42,11 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from rpyc.core import consts as rpyc_consts
+from rpyc.core.channel import Channel
 from rpyc.core.protocol import Connection as RpycConnection
 from rpyc.core.service import VoidService
+from rpyc.core.stream import SocketStream
+from rpyc.utils.factory import connect_channel
 
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import (
@@ -190,18 +195,39 @@ _DEAL_SIDES = {
 }
 
 
+# Longer number text than any price, volume or amount has is not a number of the terminal's: refused
+# before it is parsed or cached (the cache would keep it for the life of the worker).
+_MAX_NUMBER_TEXT = 40
+
+
 @functools.lru_cache(maxsize=65536, typed=True)
 def _decimal_of(value: float | int | str) -> Decimal:
     # str() of a float is its shortest round-trip form, so 1.085 becomes Decimal("1.085") rather than
     # 1.08499999999999996447286321199499070644378662109375.
-    return Decimal(str(value))
+    number = Decimal(str(value))
+    if not number.is_finite():
+        # NaN or infinity is no price, volume or amount: a terminal bug, never something to book.
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
 
 
 def _dec(value: Any) -> Decimal:
     # Cached: a sync converts ~150 numbers, most of them repeats (volumes, zero SL/TP and swap, one
     # current price per symbol), and a Decimal is immutable, so sharing one is safe. `value` is a float
     # (a terminal in this process) or the text of one (an RPyC terminal's JSON: see decode_answers).
-    return _decimal_of(value) if value is not None else Decimal(0)
+    # ValueError / TypeError for anything else (Gateway._reply_of makes it a TerminalProtocolError).
+    if value is None:
+        return Decimal(0)
+    kind = type(value)
+    if kind is str:
+        if len(value) > _MAX_NUMBER_TEXT:
+            raise ValueError(f"a number of {len(value)} characters")
+    elif kind is int:
+        if not -(10**_MAX_NUMBER_TEXT) < value < 10**_MAX_NUMBER_TEXT:
+            raise ValueError("an integer out of range")
+    elif kind is not float:
+        raise TypeError(f"a {kind.__name__} where a number belongs")
+    return _decimal_of(value)
 
 
 def _price_or_none(value: Any) -> Decimal | None:
@@ -342,22 +368,64 @@ def _tradeguard_plain(value):
         return value.item()
     return value
 """
-# A login only when the session is on another account (or none): on a terminal whose one session all its
-# clients share, each run of calls starts with this, under the terminal's lock, so the run is made on
-# its gateway's account without logging in again every time. Kept to Python 3.8 syntax, like the above.
-_ENSURE_LOGIN_SOURCE = """
+# One call with the session's bookkeeping, run here (_LocalBackend) and in the terminal's Python
+# (_REMOTE_HELPER) alike. On a terminal whose one session all its clients share, each run of calls starts
+# with _tradeguard_ensure_login, under the terminal's lock, so the run is made on its gateway's account,
+# logging in again only when the session was opened with other credentials. Kept to Python 3.8 syntax,
+# like the above.
+_SESSION_SOURCE = """
+_TRADEGUARD_LOGIN_CALLS = ("initialize", "login", "_tradeguard_ensure_login")
+
+
+def _tradeguard_session_key(credentials):
+    import hashlib
+
+    text = repr((credentials.get("login"), credentials.get("server"), credentials.get("password")))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _tradeguard_ensure_login(mt5, credentials):
+    # Log in unless the session is on this account already, logged in with these very credentials. The
+    # login and server alone are not enough: another account row naming the same login (with any
+    # password) must never ride on a session its owner opened.
     info = mt5.account_info()
-    if info is not None and info.login == credentials["login"] and info.server == credentials["server"]:
+    if (
+        info is not None
+        and info.login == credentials["login"]
+        and info.server == credentials["server"]
+        and getattr(mt5, "_tradeguard_session", None) == _tradeguard_session_key(credentials)
+    ):
         return True
     return mt5.login(**credentials)
+
+
+def _tradeguard_call(mt5, name, args, kwargs):
+    if name == "_tradeguard_ensure_login":
+        result = _tradeguard_ensure_login(mt5, kwargs)
+    else:
+        result = getattr(mt5, name)(*args, **kwargs)
+    # last_error() is asked right away, before anything else can overwrite it.
+    error = tuple(mt5.last_error()) if result is None or result is False else None
+    if name in _TRADEGUARD_LOGIN_CALLS and kwargs:
+        # What the session is now logged in with: nothing known after a failed login.
+        mt5._tradeguard_session = _tradeguard_session_key(kwargs) if error is None else None
+    return result, error
+
+
+def _tradeguard_stops(name, error):
+    # A run ends at the first call that failed: with an error code other than "success", and a login
+    # whatever its code, so that no call of the run is ever made on whatever account the session is on.
+    return error is not None and (error[0] != 1 or name in _TRADEGUARD_LOGIN_CALLS)
 """
 ENSURE_LOGIN = "_tradeguard_ensure_login"
 
 _plain_namespace: dict[str, Any] = {}
-exec(_PLAIN_SOURCE + _ENSURE_LOGIN_SOURCE, _plain_namespace)  # noqa: S102 - our own constant source
+exec(_PLAIN_SOURCE + _SESSION_SOURCE, _plain_namespace)  # noqa: S102 - our own constant source
 to_plain: Callable[[Any], Any] = _plain_namespace["_tradeguard_plain"]
-_ensure_login: Callable[[Any, dict[str, Any]], Any] = _plain_namespace["_tradeguard_ensure_login"]
+_session_call: Callable[[Any, str, tuple[Any, ...], dict[str, Any]], tuple[Any, Any]] = _plain_namespace[
+    "_tradeguard_call"
+]
+_stops_run: Callable[[str, Any], bool] = _plain_namespace["_tradeguard_stops"]
 
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]  # (function name, args, kwargs)
@@ -380,12 +448,7 @@ class _LocalBackend:
         self.module = module
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        if name == ENSURE_LOGIN:
-            result = _ensure_login(self.module, kwargs)
-        else:
-            result = getattr(self.module, name)(*args, **kwargs)
-        # last_error() is asked right away, on the same thread, before anything else can overwrite it.
-        error = tuple(self.module.last_error()) if result is None or result is False else None
+        result, error = _session_call(self.module, name, args, kwargs)
         return to_plain(result), error
 
     def call_many(self, calls: list[Call]) -> list[tuple[Any, Any]]:
@@ -393,7 +456,7 @@ class _LocalBackend:
         with _module_lock(self.module):  # as _tradeguard_calls does remotely
             for name, args, kwargs in calls:
                 answers.append(self.call(name, args, kwargs))
-                if _stops_run(answers[-1][1]):
+                if _stops_run(name, answers[-1][1]):
                     break
         return answers
 
@@ -425,14 +488,14 @@ def _module_lock(module: Any) -> threading.Lock:
 # (or impersonates) the terminal execute anything in the worker, which holds every account's broker
 # password. A string travels by value over RPyC, so the answer needs no second round trip either.
 #
-# The run stops at the first call that fails (None/False with an error code other than "success"), so a
-# failed login is never followed by calls on whatever account the terminal was on; and it runs under a
-# lock of the terminal process, so a login and the calls after it are never split by another client's
-# login. Kept to Python 3.8 syntax, like _PLAIN_SOURCE.
+# The run stops at the first call that fails (_tradeguard_stops: any failed login), so a failed login is
+# never followed by calls on whatever account the terminal was on; and it runs under a lock of the
+# terminal process, so a login and the calls after it are never split by another client's login. Kept
+# to Python 3.8 syntax, like _PLAIN_SOURCE.
 _DATETIME_KEY = "$tradeguard_datetime"  # a datetime argument, as seconds since the epoch (UTC)
 _REMOTE_HELPER = (
     _PLAIN_SOURCE
-    + _ENSURE_LOGIN_SOURCE
+    + _SESSION_SOURCE
     + """
 def _tradeguard_compact(value):
     # A list of structs (positions, deals) as its field names once and a row of values per struct:
@@ -466,25 +529,13 @@ def _tradeguard_calls(payload):
     answers = []
     with lock:
         for name, args, kwargs in _json.loads(payload, object_hook=decode):
-            if name == "_tradeguard_ensure_login":
-                result = _tradeguard_ensure_login(mt5, kwargs)
-            else:
-                result = getattr(mt5, name)(*args, **kwargs)
-            error = tuple(mt5.last_error()) if result is None or result is False else None
+            result, error = _tradeguard_call(mt5, name, args, kwargs)
             answers.append((_tradeguard_compact(result), error))
-            if error is not None and error[0] != 1:
+            if _tradeguard_stops(name, error):
                 break
     return _json.dumps(answers)
 """
 )
-# The longest reply text a run of calls may bring (a year of deals is a few MB); a longer one is refused
-# rather than parsed, so a terminal cannot make a worker build an arbitrarily large object.
-MAX_REPLY_CHARACTERS = 64 * 1024 * 1024
-
-
-def _stops_run(error: Any) -> bool:
-    """Whether a call's answer ends a run of calls (the rule of _tradeguard_calls above)."""
-    return error is not None and error[0] != mt5c.RES_S_OK
 
 
 def _json_argument(value: Any) -> Any:
@@ -501,7 +552,9 @@ def encode_calls(calls: list[Call]) -> str:
 # Fractions are kept as their text: every one becomes a Decimal of that text (`_dec`), which is what
 # Decimal(str(float)) made of it before, without parsing it into a float first (a third of the decoding
 # time of an account's positions and deals, measured).
-_ANSWER_DECODER = json.JSONDecoder(parse_float=str)
+# NaN and Infinity (which Python's json writes) are kept as text too, and refused by _dec where a number
+# is needed: other fields may carry them harmlessly.
+_ANSWER_DECODER = json.JSONDecoder(parse_float=str, parse_constant=str)
 
 
 def decode_answers(reply: Any, calls: int) -> list[tuple[Any, Any]]:
@@ -514,8 +567,6 @@ def decode_answers(reply: Any, calls: int) -> list[tuple[Any, Any]]:
         raise TerminalProtocolError(
             f"the terminal answered with a {type(reply).__name__[:60]} instead of JSON text"
         )
-    if len(reply) > MAX_REPLY_CHARACTERS:
-        raise TerminalProtocolError(f"the terminal's answer is longer than {MAX_REPLY_CHARACTERS} characters")
     try:
         answers = _ANSWER_DECODER.decode(reply)
     except (ValueError, RecursionError) as exc:
@@ -614,8 +665,66 @@ class _NoService(VoidService):
     _protocol = _ServesNothing
 
 
-# Our side's settings: nothing of ours is reachable, pickled or rebuilt from the remote's names.
+# The most one message from a terminal may be, compressed or not: a year of an account's deals is a few
+# MB. Anything longer is refused before it is read, so a terminal cannot make a worker allocate
+# gigabytes (RPyC's own framing takes up to 4 GiB, and decompresses without a limit).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class _BoundedChannel(Channel):
+    """RPyC's framing, with what one message may cost bounded: its length (MAX_MESSAGE_BYTES, also once
+    decompressed) and the time to receive it once it has begun (`read_seconds`). RPyC's socket read
+    retries a timed-out recv for ever, so a terminal that sent a frame header and then stopped, or
+    trickled a byte now and then, would hold the reading thread (a sync thread, an order task) for good.
+    Either way the connection is closed (EOFError: the terminal is unavailable)."""
+
+    __slots__ = ["read_seconds"]
+
+    def __init__(self, stream: SocketStream, read_seconds: float):
+        # Nothing we send is big enough to be worth compressing.
+        super().__init__(stream, compress=False)
+        self.read_seconds = read_seconds
+
+    def recv(self) -> bytes:
+        deadline = time.monotonic() + self.read_seconds
+        length, compressed = self.FRAME_HEADER.unpack(self._read(self.FRAME_HEADER.size, deadline))
+        if length > MAX_MESSAGE_BYTES:
+            self.stream.close()
+            raise EOFError(f"the terminal announced {length} bytes, more than a message may be")
+        data = self._read(length + len(self.FLUSHER), deadline)[: -len(self.FLUSHER)]
+        if compressed:
+            inflate = zlib.decompressobj()
+            data = inflate.decompress(data, MAX_MESSAGE_BYTES)
+            if inflate.unconsumed_tail:
+                self.stream.close()
+                raise EOFError(f"the terminal's message expands past {MAX_MESSAGE_BYTES} bytes")
+        return data
+
+    def _read(self, count: int, deadline: float) -> bytes:
+        stream = self.stream
+        chunks = []
+        while count > 0:
+            left = deadline - time.monotonic()
+            if left <= 0 or not stream.poll(left):
+                stream.close()
+                raise EOFError(f"the terminal did not finish its message within {self.read_seconds:g} s")
+            try:
+                chunk = stream.sock.recv(min(stream.MAX_IO_CHUNK, count))
+            except OSError as exc:
+                stream.close()
+                raise EOFError(exc) from exc
+            if not chunk:
+                stream.close()
+                raise EOFError("connection closed by the terminal")
+            chunks.append(chunk)
+            count -= len(chunk)
+        return b"".join(chunks)
+
+
+# Our side's settings: nothing of ours is reachable, pickled or rebuilt from the remote's names; and a
+# close the terminal answers with an error still closes (it must never raise out of Gateway.close).
 _CLIENT_CONFIG = {
+    "close_catchall": True,
     "allow_safe_attrs": False,
     "allow_exposed_attrs": False,
     "allow_public_attrs": False,
@@ -637,17 +746,19 @@ class _RpycBackend:
     there (exactly as mt5linux reaches the package under Wine), and nothing can run here."""
 
     def __init__(self, host: str, port: int, timeout: float):
-        import rpyc
-
         self.key = (host, port)
         # What the terminal session behind this connection is logged in to, for a pooled connection's
         # next user: it logs in again only when it needs another account.
         self.initialized = False
         self.logged_in_as: SessionKey | None = None
-        # sync_request_timeout bounds every request's wait on this connection, not just ours: an RPyC
-        # request that never gets an answer then frees the worker thread too.
-        self.conn = rpyc.connect(
-            host, port, service=_NoService, config={**_CLIENT_CONFIG, "sync_request_timeout": timeout}
+        # sync_request_timeout bounds every request's wait for an answer to begin, on this connection,
+        # not just ours: an RPyC request that never gets an answer then frees the worker thread too. The
+        # channel bounds the rest (see _BoundedChannel).
+        stream = SocketStream.connect(host, port, ipv6=":" in host, timeout=timeout)
+        self.conn = connect_channel(
+            _BoundedChannel(stream, read_seconds=timeout),
+            service=_NoService,
+            config={**_CLIENT_CONFIG, "sync_request_timeout": timeout},
         )
         try:
             slave = self.conn.root
@@ -918,14 +1029,11 @@ class Gateway:
 
     def control(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call `name` on the terminal's module outside the trading API (the simulator's sim_* controls,
-        diagnostics), on this gateway's session, and return its plain result as it is: None and False
-        are returned, not raised."""
-        if self._closed:
-            raise TerminalUnavailable(f"{name}: the gateway is closed", call=name)
-        call: Call = (name, args, kwargs)
-        backend = self._backend
-        answers = _guarded(name, lambda: backend.call_many([call]), self._executor, self.timeout)
-        return answers[0][0]
+        diagnostics), on this gateway's session like any other call, and return its plain result as it
+        is: None and False are returned, not raised. Never an order: those go through `send_order`."""
+        if name in ORDER_CALLS:
+            raise ValueError(f"{name} is sent with Gateway.send_order, which knows a lost answer")
+        return self._call_many([(name, args, kwargs)], checked=False)[0]
 
     def close(self, *, shutdown: bool = True) -> None:
         """Shut the terminal session down and close the connection (a pooled connection goes back to its
@@ -1134,9 +1242,10 @@ class Gateway:
         """Call `name` on the module with the per-call timeout; return plain data or raise."""
         return self._call_many([(name, args, kwargs)])[0]
 
-    def _call_many(self, calls: list[Call]) -> list[Any]:
+    def _call_many(self, calls: list[Call], *, checked: bool = True) -> list[Any]:
         """Make `calls` in order, in one round trip to an RPyC terminal; return their plain results, or
-        raise for the first that failed (nothing after it was called)."""
+        raise for the first that failed (nothing after it was called). Unchecked (`control`), results
+        are returned as they are, None and False included."""
         if self._closed:
             raise TerminalUnavailable(f"{calls[0][0]}: the gateway is closed", call=calls[0][0])
         login = self._pending_login or self._relogin
@@ -1150,23 +1259,20 @@ class Gateway:
         timeout = self.timeout * len(calls)
         if isinstance(backend, _RpycBackend):
             backend.conn._config["sync_request_timeout"] = timeout
+        answered = False
         try:
             answers = _guarded(name, lambda: backend.call_many(calls), self._executor, timeout)
-            results = [
-                _checked(call_name, result, error)
-                for (call_name, _, _), (result, error) in zip(calls, answers, strict=False)
-            ]
-            if len(answers) < len(calls):  # the terminal stopped early without saying why: a bridge bug
-                self._broken = True
-                raise TerminalError(f"{names[len(answers)]}: the terminal skipped this call", call=name)
+            answered = True
+            results = _checked_run(calls, answers) if checked else _unchecked_run(calls, answers)
         except TerminalError as exc:
             # Whatever failed (the connection, the login, the terminal's own session), the next user of
             # this connection starts its session afresh with initialize().
             self._forget_session()
-            if isinstance(
+            if not answered or isinstance(
                 exc, TerminalTimeout | TerminalUnavailable | OrderOutcomeUnknown | TerminalProtocolError
             ):
-                # Nobody may trust what this connection's session is in: never give it back to the pool.
+                # No well-formed answer: nobody may trust what this connection (or its session) is in,
+                # so it is never given back to the pool.
                 self._broken = True
             if isinstance(exc, TerminalUnavailable) and self._pool is not None:
                 # The terminal went away: its other idle connections are most likely dead too, and each
@@ -1181,6 +1287,46 @@ class Gateway:
                 backend.initialized = True
                 backend.logged_in_as = self._session_key
         return results
+
+
+def _skipped(calls: list[Call], answers: list[tuple[Any, Any]]) -> TerminalError | None:
+    """The error for a run the terminal answered short without a failed call to explain it (a bridge bug,
+    or a terminal not to be trusted): OrderOutcomeUnknown if an order call is among the skipped calls,
+    since it may have run all the same."""
+    if len(answers) >= len(calls):
+        return None
+    skipped = [name for name, _, _ in calls[len(answers) :]]
+    order = next((n for n in skipped if n in ORDER_CALLS), None)
+    error = OrderOutcomeUnknown if order else TerminalProtocolError
+    return error(f"{skipped[0]}: the terminal skipped this call", call=order or skipped[0])
+
+
+def _checked_run(calls: list[Call], answers: list[tuple[Any, Any]]) -> list[Any]:
+    """Each call's plain result, or the exception of the first that failed. Should an order call have
+    run after a call that failed (the terminal's side of the run stops at a failure; one that does not
+    is misbehaving), the order's fate is OrderOutcomeUnknown, whatever the first failure was."""
+    results = []
+    for index, ((call_name, _, _), (result, error)) in enumerate(zip(calls, answers, strict=False)):
+        try:
+            results.append(_checked(call_name, result, error))
+        except TerminalError as exc:
+            ran = [n for n, _, _ in calls[index + 1 : len(answers)] if n in ORDER_CALLS]
+            if ran:
+                raise OrderOutcomeUnknown(
+                    f"{ran[0]} ran after {call_name} failed ({exc}): look for the order", call=ran[0]
+                ) from exc
+            raise
+    skipped = _skipped(calls, answers)
+    if skipped is not None:
+        raise skipped
+    return results
+
+
+def _unchecked_run(calls: list[Call], answers: list[tuple[Any, Any]]) -> list[Any]:
+    skipped = _skipped(calls, answers)
+    if skipped is not None:
+        raise skipped
+    return [result for result, _ in answers]
 
 
 def _checked(name: str, result: Any, error: Any) -> Any:

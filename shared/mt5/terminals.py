@@ -30,18 +30,21 @@ MAX_URL_LENGTH = 255
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-def _host_problem(host: str) -> str | None:
+def _canonical_host(host: str) -> str:
+    """`host` in its one spelling: an IP address compressed (`[0:0::1]` is `::1`), a name lower-case.
+    Raises InvalidTerminalUrl for anything else: a name whose last label starts with a digit (`0x7f000001`,
+    `10.1` read by the resolver as addresses), an IPv6 zone (`%eth0`), non-LDH characters."""
     if len(host) > 253:
-        return "host name longer than 253 characters"
-    try:
-        ipaddress.ip_address(host)
-        return None
-    except ValueError:
-        pass
+        raise InvalidTerminalUrl("host name longer than 253 characters")
+    if "%" not in host:
+        try:
+            return ipaddress.ip_address(host).compressed
+        except ValueError:
+            pass
     labels = host.split(".")
-    if all(_LABEL.match(label) for label in labels) and not labels[-1].isdigit():
-        return None
-    return f"{host!r} is not a valid host name or IP address"
+    if all(_LABEL.match(label) for label in labels) and not labels[-1][:1].isdigit():
+        return host
+    raise InvalidTerminalUrl(f"{host!r} is not a valid host name or IP address")
 
 
 # Cached: every terminal connection asks (the allow-list check, then the connector), a reconciling worker
@@ -72,7 +75,7 @@ def canonical_terminal_url(url: str) -> str:
         raise InvalidTerminalUrl("the scheme must be one of " + ", ".join(f"{s}://" for s in SCHEMES))
     if parts.username is not None or parts.password is not None:
         raise InvalidTerminalUrl("a terminal URL carries no user name or password")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    if parts.path not in ("", "/") or "?" in url or "#" in url:
         raise InvalidTerminalUrl("a terminal URL has no path, query or fragment: scheme://host:port")
     host = (parts.hostname or "").lower()
     if not parts.netloc:
@@ -83,9 +86,7 @@ def canonical_terminal_url(url: str) -> str:
         raise InvalidTerminalUrl("mt5:// takes no host: it is the MetaTrader5 package on the worker itself")
     if not host:
         raise InvalidTerminalUrl("the terminal URL has a port but no host")
-    problem = _host_problem(host)
-    if problem:
-        raise InvalidTerminalUrl(problem)
+    host = _canonical_host(host)
     if port is None:
         if scheme == "mt5linux":
             raise InvalidTerminalUrl("mt5linux:// needs a port, e.g. mt5linux://127.0.0.1:18812")

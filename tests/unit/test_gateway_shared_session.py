@@ -9,6 +9,9 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from shared.mt5.errors import TerminalError
 from shared.mt5.gateway import Gateway, _connector
 
 
@@ -27,12 +30,19 @@ class OneSessionTerminal:
             return None
         return SimpleNamespace(login=self.account, server="S")
 
-    def initialize(self, login: int | None = None, **_: Any) -> bool:
-        self.initialized, self.account = True, login
+    def initialize(self, login: int | None = None, password: str = "x", **_: Any) -> bool:
+        self.initialized = True
+        if password != "x":
+            return False
+        self.account = login
         return True
 
-    def login(self, login: int, **_: Any) -> bool:
+    def login(self, login: int, password: str = "x", **_: Any) -> bool:
         self.logins += 1
+        if password != "x":
+            # A refused login leaves the session where it was and, on some builds, last_error() says
+            # "Success" all the same.
+            return False
         self.account = login
         return True
 
@@ -192,17 +202,74 @@ def test_the_remote_helper_logs_in_only_when_the_session_is_on_another_account()
     from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
-    terminal.initialize(login=1001)
     namespace: dict[str, Any] = {"mt5": terminal}
     exec(_REMOTE_HELPER, namespace)  # noqa: S102 - the helper's own source
 
-    def run(login: int) -> Any:
-        ensure = (ENSURE_LOGIN, (), {"login": login, "password": "x", "server": "S", "timeout": 1000})
-        payload = encode_calls([ensure, ("order_send", (order(str(login)),), {})])
+    def run(login: int, password: str = "x", first: str = ENSURE_LOGIN) -> Any:
+        credentials = {"login": login, "password": password, "server": "S", "timeout": 1000}
+        payload = encode_calls([(first, (), credentials), ("order_send", (order(str(login)),), {})])
         return decode_answers(namespace["_tradeguard_calls"](payload), 2)
 
+    run(1001, first="initialize")  # a gateway's first run opens the session
     ensured, sent = run(1001)
     assert ensured == (True, None) and sent[1] is None and terminal.logins == 0
     run(1002)
     assert terminal.logins == 1
-    assert terminal.orders == [(1001, "1001"), (1002, "1002")]
+    assert terminal.orders == [(1001, "1001"), (1001, "1001"), (1002, "1002")]
+
+
+def test_a_session_opened_by_someone_else_is_logged_in_to_again():
+    """The session is on 1001, but not through a login of ours with these credentials (another
+    program, or another account row naming 1001): a login is made before anything else."""
+    from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN, decode_answers, encode_calls
+
+    terminal = OneSessionTerminal()
+    terminal.initialize(login=1001)
+    namespace: dict[str, Any] = {"mt5": terminal}
+    exec(_REMOTE_HELPER, namespace)  # noqa: S102 - the helper's own source
+    ensure = (ENSURE_LOGIN, (), {"login": 1001, "password": "x", "server": "S", "timeout": 1000})
+    decode_answers(namespace["_tradeguard_calls"](encode_calls([ensure])), 1)
+    assert terminal.logins == 1
+
+
+def test_another_row_naming_the_same_login_with_a_wrong_password_never_rides_on_the_session():
+    """Owner A's gateway opened the shared session on 1001. Owner B's account names login 1001 with a
+    wrong password, and B's pooled run starts with ensure-login: B must neither read A's account nor
+    trade on it. The refused login ends the run although last_error says "Success" (the terminal's side
+    of the run used to go on, on A's account)."""
+    from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN, _checked_run, decode_answers, encode_calls
+
+    terminal = OneSessionTerminal()
+    namespace: dict[str, Any] = {"mt5": terminal}
+    exec(_REMOTE_HELPER, namespace)  # noqa: S102 - the helper's own source
+
+    def run(first: tuple[str, tuple[Any, ...], dict[str, Any]], comment: str) -> Any:
+        calls = [first, ("order_send", (order(comment),), {})]
+        return calls, decode_answers(namespace["_tradeguard_calls"](encode_calls(calls)), 2)
+
+    owner_a = {"login": 1001, "password": "x", "server": "S", "timeout": 1000}
+    owner_b = {**owner_a, "password": "a guess"}
+    run(("initialize", (), owner_a), "from A")
+    calls, answers = run((ENSURE_LOGIN, (), owner_b), "from B")
+    assert answers == [(False, (1, "Success"))]  # stopped at the refused login
+    with pytest.raises(TerminalError) as raised:
+        _checked_run(calls, answers)
+    assert raised.value.call == ENSURE_LOGIN
+    assert terminal.orders == [(1001, "from A")]
+    # A's next run logs in again (B's attempt left nothing known about the session) and goes on.
+    calls, answers = run((ENSURE_LOGIN, (), owner_a), "A again")
+    assert [error for _, error in answers] == [None, None] and terminal.logins == 2
+    assert terminal.orders == [(1001, "from A"), (1001, "A again")]
+
+
+def test_an_order_that_ran_after_a_failed_call_is_outcome_unknown():
+    """A terminal whose side of the run went on past a failure (not ours: ours stops) may have placed
+    the order: the gateway must look for it, not call it failed."""
+    from shared.mt5.errors import OrderOutcomeUnknown
+    from shared.mt5.gateway import _checked_run
+
+    calls = [("login", (), {}), ("order_send", ({},), {})]
+    with pytest.raises(OrderOutcomeUnknown, match="order_send ran after login failed"):
+        _checked_run(calls, [(False, (1, "Success")), ({"retcode": 10009}, None)])
+    with pytest.raises(OrderOutcomeUnknown, match="skipped"):
+        _checked_run(calls, [(True, None)])  # answered short, without a failure to explain it

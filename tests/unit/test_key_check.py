@@ -23,6 +23,8 @@ from shared.key_check import KeysDoNotMatch
 from shared.models import Account, KeyCheck, StrategyClient, User
 from web import create_app
 
+LOGIN = "/api/v1/auth/login"
+
 
 def new_key() -> str:
     return Fernet.generate_key().decode()
@@ -34,6 +36,18 @@ def start(instance: Path, **secrets: str):
     env = {"TRADEGUARD_INSTANCE_DIR": str(instance)}
     env.update({f"TRADEGUARD_{name.upper()}": value for name, value in secrets.items()})
     return create_app(load_settings(env))
+
+
+def start_while_the_database_is_unreachable(instance: Path, monkeypatch: pytest.MonkeyPatch, **secrets: str):
+    """`start`, with the database unreachable during the start-up (and back right after)."""
+    import sqlalchemy
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlalchemy, "inspect", unreachable)
+        return start(instance, **secrets)
 
 
 @pytest.fixture
@@ -192,3 +206,32 @@ def test_a_server_database_refuses_generated_secrets(tmp_path: Path) -> None:
         "TRADEGUARD_ENCRYPTION_KEY": new_key(),
     }
     assert load_settings({**env, **given}).jwt_secrets == ("b",)
+
+
+def test_a_process_that_could_not_check_at_start_checks_before_its_first_secret(
+    instance: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database was unreachable while a web process with the wrong keys started: it started (and
+    answers /readyz 503 meanwhile), but the first request that needs a secret is refused, 503 JSON, and
+    nothing is written with the wrong key."""
+    app = start_while_the_database_is_unreachable(instance, monkeypatch, encryption_key=new_key())
+
+    http = app.test_client()
+    token = http.post(LOGIN, json={"email": "owner@example.com", "password": "a long password"})
+    headers = {"Authorization": f"Bearer {token.json['access_token']}"}
+    body = {"name": "second", "terminal_url": "sim://", "login": 1002, "password": "p", "server": "S"}
+    refused = http.post("/api/v1/accounts", json=body, headers=headers)
+    assert refused.status_code == 503 and refused.json["error"]["code"] == "keys_do_not_match"
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(Account)) == 1
+    with pytest.raises(KeysDoNotMatch):
+        app.extensions["tradeguard.secret_box"].decrypt(b"anything")
+
+
+def test_the_right_keys_started_without_a_check_check_at_first_use_and_go_on(
+    instance: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = start_while_the_database_is_unreachable(instance, monkeypatch)
+    box = app.extensions["tradeguard.secret_box"]
+    assert box.decrypt(box.encrypt("still readable")) == "still readable"
+    assert box.check_now()  # passed at first use: no further checks

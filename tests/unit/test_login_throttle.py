@@ -188,8 +188,7 @@ def test_registrations_are_throttled_per_address_and_only_created_users_count(ma
     def register(email: str, password: str = "long enough") -> Any:
         return client.post(REGISTER, json={"email": email, "password": password})
 
-    assert register("not-an-email").status_code == 422
-    assert register(OWNER).status_code == 409  # refused before hashing: does not count
+    assert register("not-an-email").status_code == 422  # refused before anything: does not count
     assert [register(f"new{i}@example.com").status_code for i in range(2)] == [201, 201]
     refused = register("third@example.com")
     assert refused.status_code == 429
@@ -301,3 +300,22 @@ def test_known_lock_outs_end_with_their_window_and_stay_bounded():
         True,
         True,
     ]
+
+
+def test_probing_which_emails_have_accounts_counts_toward_the_registration_limit(make_app, hasher):
+    app = make_app(TRADEGUARD_REGISTER_LIMIT_PER_ADDRESS="2 per minute")
+    client = app.test_client()
+    probe = {"email": OWNER, "password": "long enough"}
+    assert [client.post(REGISTER, json=probe).status_code for _ in range(3)] == [409, 409, 429]
+
+
+def test_ipv6_clients_are_counted_per_64_network(make_app, hasher):
+    app = make_app(
+        TRADEGUARD_LOGIN_LIMIT_PER_ADDRESS="2 per minute", TRADEGUARD_LOGIN_LIMIT_PER_EMAIL="99 per minute"
+    )
+    hopping = [f"2001:db8:1:2::{i:x}" for i in range(1, 4)]  # one subscriber's /64, a new address each time
+    statuses = [
+        login(app, f"g{i}@example.com", "x", address).status_code for i, address in enumerate(hopping)
+    ]
+    assert statuses == [401, 401, 429]
+    assert login(app, OWNER, PASSWORD, "2001:db8:1:3::1").status_code == 200  # the next /64 is another client

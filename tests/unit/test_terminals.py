@@ -23,6 +23,8 @@ from shared.mt5.terminals import (
         ("sim://LocalHost:18812/", "sim://localhost:18812"),
         ("mt5linux://[::1]:18812", "mt5linux://[::1]:18812"),
         ("mt5linux://10.0.0.5:18812", "mt5linux://10.0.0.5:18812"),
+        ("mt5linux://[0:0:0:0:0:0:0:1]:18812", "mt5linux://[::1]:18812"),  # one address, one spelling
+        ("mt5linux://[::FFFF:7F00:1]:18812", "mt5linux://[::ffff:7f00:1]:18812"),
     ],
 )
 def test_each_terminal_has_one_canonical_spelling(url, canonical):
@@ -44,6 +46,11 @@ def test_each_terminal_has_one_canonical_spelling(url, canonical):
         ("sim://under_score.example:1", "not a valid host name"),
         ("sim://-leading.example:1", "not a valid host name"),
         ("sim://host.123:1", "not a valid host name"),
+        ("sim://0x7f000001:1", "not a valid host name"),  # the resolver reads it as 127.0.0.1
+        ("sim://10.1:1", "not a valid host name"),  # and this as 10.0.0.1
+        ("mt5linux://[fe80::1%eth0]:1", "not a valid host name"),
+        ("sim://h:1?", "no path, query or fragment"),
+        ("sim://h:1#", "no path, query or fragment"),
         ("sim://" + "a" * 64 + ":1", "not a valid host name"),
         ("mt5linux://user:pw@host:1", "no user name or password"),
         ("mt5linux://host:1/path", "no path, query or fragment"),
