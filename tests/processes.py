@@ -111,6 +111,17 @@ def celery_beat(*, env: dict[str, str] | None = None) -> Iterator[CeleryProcess]
         beat.stop()
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     import socket
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.processes import ROOT, _env, celery_worker, free_port, wait_for
+from tests.processes import ROOT, _env, celery_worker, free_port, listening, wait_for
 
 
 def _get(port: int, path: str, auth: str | None = None) -> tuple[int, bytes]:
@@ -27,14 +26,6 @@ def _get(port: int, path: str, auth: str | None = None) -> tuple[int, bytes]:
         connection.close()
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def test_flower_needs_its_basic_auth_and_lists_the_running_worker():
     port = free_port()
     env = _env({"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": "ops:flower-test-password"})
@@ -44,7 +35,7 @@ def test_flower_needs_its_basic_auth_and_lists_the_running_worker():
             [sys.executable, "-m", "workers.flower"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            assert wait_for(lambda: _listening(port), timeout=30), log_path.read_text()
+            assert wait_for(lambda: listening(port), timeout=30), log_path.read_text()
             assert _get(port, "/api/workers")[0] == 401
             assert _get(port, "/api/workers", auth="ops:wrong")[0] == 401
 

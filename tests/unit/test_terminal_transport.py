@@ -48,6 +48,13 @@ def opened(terminal: RawTerminal, timeout: float = 1.0) -> Gateway:
     )
 
 
+def an_order(comment: str) -> dict[str, object]:
+    return Gateway.market_order_request(
+        symbol="EURUSD", side="buy", volume="0.1", price="1.1", sl=None, tp=None, deviation_points=20,
+        magic=1, comment=comment,
+    )  # fmt: skip
+
+
 def window() -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     return now - timedelta(hours=1), now
@@ -107,23 +114,15 @@ def test_a_reply_naming_an_object_of_ours_is_a_failure_and_the_connection_is_dro
 @pytest.mark.parametrize("raw", [{"mode": "nan"}], indirect=True)
 def test_an_order_filled_at_nan_is_not_booked_but_outcome_unknown(raw: RawTerminal) -> None:
     gateway = opened(raw)
-    request = Gateway.market_order_request(
-        symbol="EURUSD", side="buy", volume="0.1", price="1.1", sl=None, tp=None, deviation_points=20,
-        magic=1, comment="tg-nan",
-    )  # fmt: skip
     with pytest.raises(OrderOutcomeUnknown, match="malformed"):
-        gateway.send_order(request)
+        gateway.send_order(an_order("tg-nan"))
 
 
 @pytest.mark.parametrize("raw", [{"mode": "short"}], indirect=True)
 def test_an_order_the_terminal_did_not_answer_is_outcome_unknown(raw: RawTerminal) -> None:
     gateway = opened(raw)
-    request = Gateway.market_order_request(
-        symbol="EURUSD", side="buy", volume="0.1", price="1.1", sl=None, tp=None, deviation_points=20,
-        magic=1, comment="tg-short",
-    )  # fmt: skip
     with pytest.raises(OrderOutcomeUnknown, match="skipped"):
-        gateway.send_order(request)
+        gateway.send_order(an_order("tg-short"))
     with pytest.raises(TerminalProtocolError, match="skipped"):
         opened(raw).account()
 
