@@ -9,9 +9,8 @@ from shared.crypto import SecretBox
 from shared.db import DbSession
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Account, User
-from shared.mt5.terminals import canonical_terminal_url, terminal_url_problem
-
-__all__ = ["create_account", "get_own_account", "list_own_accounts", "terminal_url_problem"]
+from shared.mt5.errors import InvalidTerminalUrl, TerminalNotDeclared
+from shared.mt5.terminals import require_declared
 
 
 def create_account(
@@ -29,10 +28,13 @@ def create_account(
 ) -> Account:
     """A new broker account of `owner`. Its terminal must be one the operator declared
     (`declared_terminals`, canonical URLs); it is stored in its canonical spelling."""
-    problem = terminal_url_problem(terminal_url, declared_terminals)
-    if problem:
-        raise InvalidInput(f"invalid request: terminal_url: {problem}", fields={"terminal_url": [problem]})
-    terminal_url = canonical_terminal_url(terminal_url)
+    try:
+        terminal_url = require_declared(terminal_url, declared_terminals)
+    except (InvalidTerminalUrl, TerminalNotDeclared) as exc:
+        problem = str(exc)
+        raise InvalidInput(
+            f"invalid request: terminal_url: {problem}", fields={"terminal_url": [problem]}
+        ) from None
     exists = session.scalar(sa.select(Account.id).where(Account.owner_id == owner.id, Account.name == name))
     if exists is not None:
         raise Conflict("you already have an account with that name", fields={"name": ["already used"]})

@@ -20,6 +20,7 @@ import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -119,6 +120,20 @@ def _refuse_if_existing_secrets_are_unreadable(session: DbSession, box: SecretBo
             ) from None
 
 
+def _rotate_column(session: DbSession, box: SecretBox, model: Any, column: str, what: str) -> int:
+    """Re-encrypt `column` of every `model` row with the first key; how many. SecretUnreadable naming the
+    first row no key decrypts (`what`, formatted with its id), with the session rolled back."""
+    count = 0
+    for row in session.scalars(sa.select(model).order_by(model.id)):
+        try:
+            setattr(row, column, box.rotate(bytes(getattr(row, column))))
+        except SecretUnreadable:
+            session.rollback()
+            raise SecretUnreadable(f"{what.format(row.id)}: no configured key decrypts it") from None
+        count += 1
+    return count
+
+
 @dataclass(frozen=True)
 class RotationReport:
     accounts: int
@@ -132,23 +147,10 @@ def rotate(session: DbSession, box: SecretBox, jwt_secrets: Sequence[str]) -> Ro
     configured keys cannot read the current check, and SecretUnreadable naming the row none of them
     decrypts (nothing is changed then)."""
     verify(session, box, jwt_secrets)
-    accounts = clients = 0
-    for account in session.scalars(sa.select(Account).order_by(Account.id)):
-        try:
-            account.credentials_encrypted = box.rotate(bytes(account.credentials_encrypted))
-        except SecretUnreadable:
-            session.rollback()
-            raise SecretUnreadable(f"account {account.id}: no configured key decrypts its password") from None
-        accounts += 1
-    for client in session.scalars(sa.select(StrategyClient).order_by(StrategyClient.id)):
-        try:
-            client.secret_encrypted = box.rotate(bytes(client.secret_encrypted))
-        except SecretUnreadable:
-            session.rollback()
-            raise SecretUnreadable(
-                f"strategy client {client.id}: no configured key decrypts its secret"
-            ) from None
-        clients += 1
+    accounts = _rotate_column(session, box, Account, "credentials_encrypted", "account {} (its password)")
+    clients = _rotate_column(
+        session, box, StrategyClient, "secret_encrypted", "strategy client {} (its secret)"
+    )
     checks = {row.name: row for row in session.scalars(sa.select(KeyCheck))}
     checks[ENCRYPTION].token = box.encrypt(_PLAINTEXT)
     checks[JWT].token = jwt_fingerprint(jwt_secrets[0])

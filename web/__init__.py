@@ -112,7 +112,6 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             _configure_sqlite(app)
         else:
             check_connections_on_checkout(db.engine)
-        app.extensions["tradeguard.engine"] = db.engine
     # Refuses to start with keys other than the stored data was written with (KeysDoNotMatch). If the
     # database cannot say yet, the first use of a secret checks instead (SecretBox).
     box = app.extensions["tradeguard.secret_box"]
@@ -165,7 +164,8 @@ def _keys_match(app: Flask, settings: Settings, box: SecretBox, *, write: bool) 
     checks again (SecretBox)."""
     from shared import key_check
 
-    engine = app.extensions["tradeguard.engine"]
+    with app.app_context():  # the first use of a secret may be on a thread of a worker's own
+        engine = db.engine
     try:
         if not sa.inspect(engine).has_table("key_checks"):
             log.warning("key check deferred: the database is not migrated yet (flask db upgrade)")

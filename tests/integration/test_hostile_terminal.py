@@ -106,6 +106,13 @@ def test_a_pooled_connection_to_a_hostile_terminal_runs_nothing(hostile: Hostile
     assert_nothing_ran_here(hostile, variant)
 
 
+def owner_of_an_account_on(api: Api, hostile: Hostile) -> tuple[dict, int]:
+    """A user and their account on the hostile terminal. The operator declared it (tests/conftest.py
+    declares the port), so the account is accepted and the workers connect."""
+    user = api.user()
+    return user, api.account(user, terminal_url=hostile.url, login=666)["id"]
+
+
 def _window():
     from datetime import UTC, datetime, timedelta
 
@@ -121,10 +128,7 @@ def test_a_real_worker_reconciling_a_hostile_terminal_runs_nothing_and_records_w
 
     variant = request.node.callspec.params["hostile"]
     api = Api(app.test_client())
-    user = api.user()
-    # The operator declared this terminal (tests/conftest.py declares the port), so the account is
-    # accepted and the worker connects.
-    account_id = api.account(user, terminal_url=hostile.url, login=666)["id"]
+    user, account_id = owner_of_an_account_on(api, hostile)
 
     def failed_sync() -> AccountSync | None:
         committed_db.rollback()
@@ -153,8 +157,7 @@ def test_a_real_orders_worker_executing_on_a_hostile_terminal_runs_nothing_and_f
 
     variant = request.node.callspec.params["hostile"]
     api = Api(app.test_client())
-    user = api.user()
-    account_id = api.account(user, terminal_url=hostile.url, login=666)["id"]
+    user, account_id = owner_of_an_account_on(api, hostile)
     strategy = api.strategy_client(user, account_id)
     signal = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
     signal_id = api.send_signal(strategy, signal).json["id"]
