@@ -111,6 +111,15 @@ def celery_beat(*, env: dict[str, str] | None = None) -> Iterator[CeleryProcess]
         beat.stop()
 
 
+def procfile_command(name: str) -> str:
+    """The command of the Procfile's `name` process, as honcho would run it (through /bin/sh)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        process, _, command = line.partition(":")
+        if process.strip() == name:
+            return command.strip()
+    raise LookupError(f"no {name} process in the Procfile")
+
+
 def listening(port: int) -> bool:
     """Whether something accepts connections on 127.0.0.1:`port`."""
     import socket

@@ -46,15 +46,15 @@ def flask_app() -> Flask:
 def _refuse_to_start_with_the_wrong_keys(**_: Any) -> None:
     """Build the app in the main process, before any task: its start-up runs the key check
     (shared.key_check), so a worker configured with other keys than the stored secrets were written with
-    stops here, saying why, instead of failing every task that needs a secret. (Celery logs and ignores
-    an Exception from a signal handler; SystemExit stops the worker.)"""
-    from shared.config import ConfigurationError
-
+    stops here, saying why, instead of failing every task that needs a secret; so does one that cannot
+    build its app at all. (Celery logs and ignores an Exception from a signal handler; SystemExit stops
+    the worker.)"""
     try:
         flask_app()
-    except ConfigurationError as exc:
+    except Exception as exc:
+        # Wrong keys (KeysDoNotMatch), a bad setting, or code it cannot import: every task would fail.
         log.critical("refusing to start: %s", exc)
-        raise SystemExit(f"TradeGuard worker refuses to start: {exc}") from None
+        raise SystemExit(f"TradeGuard worker refuses to start: {type(exc).__name__}: {exc}") from None
 
 
 # A reconciliation batch keeps a hundred threads waiting on terminals, each waking briefly when its reply

@@ -16,15 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import ROOT, _env, free_port, wait_for
-
-
-def procfile_command(name: str) -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        process, _, command = line.partition(":")
-        if process.strip() == name:
-            return command.strip()
-    raise LookupError(f"no {name} process in the Procfile")
+from tests.processes import ROOT, _env, free_port, procfile_command, wait_for
 
 
 def _healthy(port: int) -> bool:
