@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shared.config import load_settings
+from shared.core.config import load_settings
 
 _settings = load_settings()
 

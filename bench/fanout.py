@@ -131,8 +131,8 @@ def migrate(env: dict[str, str]) -> None:
     os.environ.update(env)
     from flask_migrate import upgrade
 
-    from shared.config import load_settings
-    from shared.db import db
+    from shared.core.config import load_settings
+    from shared.core.db import db
     from web import create_app
 
     app = create_app(load_settings())
@@ -193,7 +193,7 @@ def seed_database(
     magic: int,
 ) -> None:
     """Bulk-insert users, accounts (and optionally matching signals/approvals/trades) with Core."""
-    from shared.crypto import SecretBox
+    from shared.core.crypto import SecretBox
     from shared.models import Account, User
 
     box = SecretBox([encryption_key])

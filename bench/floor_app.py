@@ -8,7 +8,7 @@ SQLAlchemy's pool, psycopg2, Postgres)? That work is:
   HMAC signature and timestamp;
 - parse the JSON body;
 - store the signal and its audit row durably, through the same group-committed statement
-  (`shared.signals.ingest_signal`), before answering.
+  (`shared.signals.ingest.ingest_signal`), before answering.
 
 Everything else TradeGuard does is left out: the marshmallow validation and sanity rules (the body
 is trusted), the canonical body hash (the raw body's hash stands in), Flask-SQLAlchemy, flask-smorest
@@ -26,10 +26,10 @@ import sqlalchemy as sa
 from flask import Flask, jsonify, request
 from sqlalchemy.orm import Session, scoped_session
 
-from shared import signals
-from shared.config import load_settings
-from shared.crypto import SecretBox
-from shared.db import TCP_KEEPALIVES, check_connections_on_checkout
+from shared.core.config import load_settings
+from shared.core.crypto import SecretBox
+from shared.core.db import TCP_KEEPALIVES, check_connections_on_checkout
+from shared.signals import auth, ingest
 
 settings = load_settings()
 engine = sa.create_engine(
@@ -39,7 +39,7 @@ check_connections_on_checkout(engine)
 # A session is only used on a cache miss (the secret lookup) or a conflict; one per thread.
 sessions = scoped_session(lambda: Session(engine))
 box = SecretBox(settings.encryption_keys)
-keys = signals.ClientKeyCache(settings.client_key_cache_seconds)
+keys = auth.ClientKeyCache(settings.client_key_cache_seconds)
 
 app = Flask(__name__)
 
@@ -48,10 +48,10 @@ app = Flask(__name__)
 def accept() -> Any:
     body = request.get_data()
     session = sessions()
-    client = signals.authenticate_client(
+    client = auth.authenticate_client(
         session,
         box,
-        signals.SignedRequest(
+        auth.SignedRequest(
             client_id=request.headers.get("X-Client-Id"),
             timestamp=request.headers.get("X-Timestamp"),
             signature=request.headers.get("X-Signature"),
@@ -64,7 +64,7 @@ def accept() -> Any:
     for name in ("volume", "price", "sl", "tp"):
         if data.get(name) is not None:
             data[name] = Decimal(data[name])
-    result = signals.ingest_signal(
+    result = ingest.ingest_signal(
         session,
         client,
         data,

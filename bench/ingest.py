@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.procfs import by_name, cpu_seconds, descendants  # noqa: E402
-from shared.signing import sign  # noqa: E402
+from shared.core.signing import sign  # noqa: E402
 
 
 class ThrowawayDatabase:
@@ -290,9 +290,9 @@ def seed(env: dict[str, str]) -> tuple[int, str]:
     os.environ.update(env)
     from flask_migrate import upgrade
 
-    from shared import accounts, clients, users
-    from shared.config import load_settings
-    from shared.db import db
+    from shared.core.config import load_settings
+    from shared.core.db import db
+    from shared.identity import accounts, clients, users
     from web import create_app
 
     app = create_app(load_settings())

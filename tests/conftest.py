@@ -130,7 +130,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def app() -> Iterator[Any]:
     from flask_migrate import upgrade
 
-    from shared.config import load_settings
+    from shared.core.config import load_settings
     from web import create_app
 
     application = create_app(load_settings(), TESTING=True)
@@ -146,7 +146,7 @@ def db_session(app: Any) -> Iterator[Any]:
     Commits made by the code under test only release a savepoint. Flask-SQLAlchemy picks its engine
     per query, so the engine entry is pointed at the test's connection for the test's duration.
     """
-    from shared.db import db
+    from shared.core.db import db
 
     # Ids restart after committed_db truncates: a cached secret must not outlive its row.
     app.extensions["tradeguard.client_keys"].clear()
@@ -180,7 +180,7 @@ def db_session(app: Any) -> Iterator[Any]:
 @pytest.fixture
 def committed_db(app: Any) -> Iterator[Any]:
     """Real commits, visible to other processes; every table is emptied afterwards."""
-    from shared.db import db
+    from shared.core.db import db
 
     app.extensions["tradeguard.client_keys"].clear()
     with app.app_context():
@@ -271,7 +271,7 @@ class Api:
     def signed_headers(
         strategy: dict[str, Any], body: bytes, *, timestamp: int | None = None, key: str | None = None
     ) -> dict[str, str]:
-        from shared.signing import sign
+        from shared.core.signing import sign
 
         ts = str(int(time.time()) if timestamp is None else timestamp)
         headers = {

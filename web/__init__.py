@@ -13,10 +13,10 @@ from flask.sessions import SessionInterface
 from flask_migrate import Migrate
 from werkzeug.routing import IntegerConverter
 
-from shared.config import ConfigurationError, Settings, describe, load_settings
-from shared.crypto import SecretBox
-from shared.db import TCP_KEEPALIVES, check_connections_on_checkout, db
-from shared.signals import ClientKeyCache
+from shared.core.config import ConfigurationError, Settings, describe, load_settings
+from shared.core.crypto import SecretBox
+from shared.core.db import TCP_KEEPALIVES, check_connections_on_checkout, db
+from shared.signals.auth import ClientKeyCache
 from web.errors import TradeGuardApi, register_error_handlers
 
 log = logging.getLogger("tradeguard")
@@ -156,13 +156,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
 
 def _keys_match(app: Flask, settings: Settings, box: SecretBox, *, write: bool) -> bool:
-    """The key check (shared.key_check), on a connection of its own: True when this process's keys read
-    the stored check (or, with `write`, wrote the first one), KeysDoNotMatch when they do not, False
+    """The key check (shared.identity.key_check), on a connection of its own: True when this process's
+    keys read the stored check (or, with `write`, wrote the first one), KeysDoNotMatch when they do not, False
     when it cannot be done yet: before the migrations have made the table (`flask db upgrade` itself
     runs through here), while the database cannot be reached, or (without `write`: in the middle of a
     request's work) while there is no check yet. Then the process starts, and its next use of a secret
     checks again (SecretBox)."""
-    from shared import key_check
+    from shared.identity import key_check
 
     with app.app_context():  # the first use of a secret may be on a thread of a worker's own
         engine = db.engine
@@ -188,6 +188,6 @@ def _declared_terminals(settings: Settings) -> frozenset[str]:
 
 
 def _migrations_dir() -> Any:
-    from shared.config import PROJECT_ROOT
+    from shared.core.config import PROJECT_ROOT
 
     return PROJECT_ROOT / "migrations"

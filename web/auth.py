@@ -10,9 +10,9 @@ from typing import Any, TypeVar, cast
 import jwt
 from flask import g, request
 
-from shared.errors import Forbidden, NotAuthenticated
+from shared.core.errors import Forbidden, NotAuthenticated
 from shared.models import User
-from shared.signals import ClientIdentity, SignedRequest, authenticate_client
+from shared.signals.auth import ClientIdentity, SignedRequest, authenticate_client
 from web.extensions import client_keys, db, secret_box, settings
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from flask import Flask
 
-from shared import users
-from shared.db import db
+from shared.core.db import db
+from shared.identity import users
 
 
 def register_cli(app: Flask) -> None:
@@ -25,8 +25,8 @@ def register_cli(app: Flask) -> None:
     def rotate_keys() -> None:
         """Re-encrypt every stored secret with the first TRADEGUARD_ENCRYPTION_KEY (and point the key check
         at the first key and the first TRADEGUARD_JWT_SECRET), so that the other keys can be removed."""
-        from shared import key_check
-        from shared.crypto import SecretUnreadable
+        from shared.core.crypto import SecretUnreadable
+        from shared.identity import key_check
 
         settings = app.extensions["tradeguard.settings"]
         try:

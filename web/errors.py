@@ -12,7 +12,7 @@ from flask_smorest import Api
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import TradeGuardError
+from shared.core.errors import TradeGuardError
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,11 @@ def register_error_handlers(app: Flask) -> None:
             503, "the database is unavailable; nothing was stored, retry shortly", "unavailable"
         )
 
-    from shared.key_check import KeysDoNotMatch
+    from shared.identity.key_check import KeysDoNotMatch
 
     @app.errorhandler(KeysDoNotMatch)
     def _wrong_keys(error: KeysDoNotMatch) -> tuple[Response, int]:
-        # This process started while the database could not be asked (shared.key_check), and its keys
+        # This process started while the database could not be asked (shared.identity.key_check), and its keys
         # turned out not to be the data's: nothing was stored; another web process may answer.
         log.critical("refusing to use secrets: %s", error)
         return error_response(

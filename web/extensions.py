@@ -6,10 +6,10 @@ from typing import cast
 
 from flask import current_app
 
-from shared.config import Settings
-from shared.crypto import SecretBox
-from shared.db import db
-from shared.signals import ClientKeyCache
+from shared.core.config import Settings
+from shared.core.crypto import SecretBox
+from shared.core.db import db
+from shared.signals.auth import ClientKeyCache
 
 __all__ = ["client_keys", "db", "declared_terminals", "secret_box", "settings"]
 

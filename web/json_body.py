@@ -15,7 +15,7 @@ import marshmallow as ma
 from flask import Request
 from webargs.flaskparser import FlaskParser, is_json_request
 
-from shared.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from shared.core.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from web.errors import flatten_locations, invalid_request_message
 
 _NOT_JSON = "Content-Type must be application/json"

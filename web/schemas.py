@@ -15,7 +15,7 @@ from marshmallow import fields, pre_load, validate, validates, validates_schema
 from shared.models import Decision, Role, Side, SignalStatus, TradeState
 from shared.mt5.terminals import SCHEMES as TERMINAL_SCHEMES
 from shared.mt5.terminals import terminal_url_problem
-from shared.signals import price_level_errors
+from shared.signals.rules import price_level_errors
 from web.extensions import declared_terminals
 
 MAX_ID = 2**31 - 1

@@ -60,12 +60,12 @@ from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from shared import audit
-from shared.config import Settings
-from shared.db import db
-from shared.errors import TradeGuardError
+from shared.audit import trail
+from shared.core.config import Settings
+from shared.core.db import db
+from shared.core.errors import TradeGuardError
+from shared.identity.users import normalise_email
 from shared.models import User
-from shared.users import normalise_email
 from web.errors import error_response
 from web.json_body import json_body
 
@@ -212,9 +212,9 @@ def _lock_out(lock: Lock, known: KnownLockOuts, breached: RequestLimit) -> None:
         target_id = (
             db.session.scalar(sa.select(User.id).where(User.email == email)) if lock is EMAIL else None
         )
-        audit.record(
+        trail.record(
             db.session,
-            actor_type=audit.SYSTEM,
+            actor_type=trail.SYSTEM,
             actor_id=None,
             action=lock.action,
             target_type="user" if lock is EMAIL else "address",

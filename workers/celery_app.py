@@ -2,7 +2,7 @@
 
 Workers build the Flask app inside the worker process (one per process, after the fork), run every
 task in its app context and one database transaction, and remove the session afterwards. Every task's
-duration is recorded in the database for /metrics (see `shared.task_metrics`).
+duration is recorded in the database for /metrics (see `shared.metrics.task_durations`).
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def flask_app() -> Flask:
 @worker_init.connect
 def _refuse_to_start_with_the_wrong_keys(**_: Any) -> None:
     """Build the app in the main process, before any task: its start-up runs the key check
-    (shared.key_check), so a worker configured with other keys than the stored secrets were written with
-    stops here, saying why, instead of failing every task that needs a secret; so does one that cannot
-    build its app at all. (Celery logs and ignores an Exception from a signal handler; SystemExit stops
-    the worker.)"""
+    (shared.identity.key_check), so a worker configured with other keys than the stored secrets were
+    written with stops here, saying why, instead of failing every task that needs a secret; so does one
+    that cannot build its app at all. (Celery logs and ignores an Exception from a signal handler;
+    SystemExit stops the worker.)"""
     try:
         flask_app()
     except Exception as exc:
@@ -73,7 +73,7 @@ def _dispose_inherited_engine(**_: Any) -> None:
     # A forked child must not reuse the parent's database connections: two processes writing to one
     # socket corrupts both. Dispose the inherited pool (without closing the parent's sockets).
     if _flask_app is not None:
-        from shared.db import db
+        from shared.core.db import db
 
         with _flask_app.app_context():
             db.engine.dispose(close=False)
@@ -81,12 +81,12 @@ def _dispose_inherited_engine(**_: Any) -> None:
 
 class DatabaseTask(Task):
     """Runs the task in the Flask app context and one transaction: commit on success, roll back on
-    error. Follow-up tasks registered with `shared.db.after_commit` are sent only after the commit."""
+    error. Follow-up tasks registered with `shared.core.db.after_commit` are sent only after the commit."""
 
     abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from shared.db import db
+        from shared.core.db import db
 
         with flask_app().app_context():
             try:
@@ -124,10 +124,10 @@ def _record_duration(task_id: str, task: Task, state: str | None = None, **_: An
             _started.pop(task_id, None)
         outcome = _OUTCOMES.get(state or "", (state or "unknown").lower()[:16])
 
-        from shared import task_metrics
-        from shared.db import db
+        from shared.core.db import db
+        from shared.metrics import task_durations
 
         with flask_app().app_context():
-            task_metrics.record(db.engine, task.name, seconds, outcome)
+            task_durations.record(db.engine, task.name, seconds, outcome)
     except Exception:
         log.warning("task %s[%s]: recording its duration failed", task.name, task_id, exc_info=True)

@@ -10,7 +10,7 @@ import os
 import secrets
 import sys
 
-from shared.config import load_settings
+from shared.core.config import load_settings
 
 
 def basic_auth() -> str:

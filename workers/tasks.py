@@ -16,12 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Task
 
-from shared import execution
-from shared.crypto import SecretBox, SecretUnreadable
-from shared.db import db, utcnow
+from shared.core.crypto import SecretBox, SecretUnreadable
+from shared.core.db import db, utcnow
+from shared.execution import service as execution
 from shared.models import Account, AccountSync, Signal, SignalStatus, Trade, TradeState
 from shared.mt5.errors import CredentialsUnreadable, PermanentTerminalError, RetryableTerminalError
-from shared.signals import expire_due_signals
+from shared.signals.expiry import expire_due_signals
 from workers.celery_app import DatabaseTask, celery_app, flask_app
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def terminal_pool() -> Any:
     global _terminal_pool
     with _pools_lock:
         if _terminal_pool is None:
-            from shared.mt5.gateway import ConnectionPool
+            from shared.mt5.pool import ConnectionPool
 
             _terminal_pool = ConnectionPool()
         return _terminal_pool
@@ -265,7 +265,7 @@ def _password(credentials_encrypted: bytes) -> str:
 def _account_locks(names: list[str]) -> Any:
     """Redis locks where Redis is the broker (many machines); else Postgres advisory locks, or flocks on
     the embedded setup."""
-    from shared.locks import exclusive_many, redis_exclusive_many
+    from shared.core.locks import exclusive_many, redis_exclusive_many
 
     settings = flask_app().extensions["tradeguard.settings"]
     if settings.redis_url:
@@ -290,7 +290,7 @@ def _redis() -> Any:
 
 def reconcile_tolerances(settings: Any) -> Any:
     """The reconciliation tolerances from the settings (TRADEGUARD_MATCH_*, *_DIVERGENCE_*, ...)."""
-    from shared.reconciliation import Tolerances
+    from shared.reconciliation.rules import Tolerances
 
     return Tolerances(
         match_volume_percent=settings.match_volume_percent,
@@ -309,7 +309,7 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
     """Reconcile a batch of accounts: loaded and written in one transaction each, the terminals asked
     concurrently (the work is waiting on terminals, not CPU), so one slow or failing account does not
     delay the others. Returns how many accounts ended in each status."""
-    from shared.account_sync import BreakerSettings, sync_accounts
+    from shared.reconciliation.sync import BreakerSettings, sync_accounts
 
     app = flask_app()
     settings = app.extensions["tradeguard.settings"]

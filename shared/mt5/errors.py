@@ -14,7 +14,7 @@ it has for every `TradeGuardError`: a stable string name, which the web layer pu
 
 from __future__ import annotations
 
-from shared.errors import TradeGuardError
+from shared.core.errors import TradeGuardError
 from shared.mt5.constants import (
     RES_E_AUTH_FAILED,
     RES_E_AUTO_TRADING_DISABLED,

@@ -9,13 +9,13 @@ from contextlib import contextmanager
 import pytest
 import sqlalchemy as sa
 
-from shared import execution
-from shared.account_sync import BreakerSettings, sync_account, sync_accounts
-from shared.db import db
-from shared.locks import each
+from shared.core.db import db
+from shared.core.locks import each
+from shared.execution import service as execution
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim import SimBroker, SimTerminal
-from shared.reconciliation import Tolerances
+from shared.reconciliation.rules import Tolerances
+from shared.reconciliation.sync import BreakerSettings, sync_account, sync_accounts
 
 BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
 

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from shared.db import utcnow
+from shared.core.db import utcnow
 from shared.models import Approval, AuditLog, Signal
 
 GOOD = {
@@ -69,7 +69,7 @@ def test_a_second_decision_is_409_and_changes_nothing(api, world, db_session, fi
 
 
 def test_deciding_an_expired_signal_is_409(api, world, db_session):
-    from shared.signals import expire_due_signals
+    from shared.signals.expiry import expire_due_signals
 
     db_session.get(Signal, world["signal"]["id"]).expires_at = utcnow() - timedelta(seconds=1)
     db_session.flush()

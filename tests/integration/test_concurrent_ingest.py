@@ -114,7 +114,7 @@ def test_a_revoked_client_with_a_cached_secret_stores_nothing(app, committed_db)
 
 
 def test_a_lost_prepared_statement_or_connection_is_recovered(app, committed_db):
-    from shared.db import db
+    from shared.core.db import db
 
     api = Api(app.test_client())
     world = api.setup()
@@ -141,8 +141,8 @@ def test_signals_arriving_during_a_commit_are_inserted_together_each_answered_wi
     """Group commit: while one batch waits for its commit, concurrent signals queue and then go in
     one statement and one transaction; every request still gets its own signal, and duplicates in
     the batch are answered as duplicates."""
-    from shared.db import db
-    from shared.signals import _batches
+    from shared.core.db import db
+    from shared.signals.batching import _batches
 
     api = Api(app.test_client())
     world = api.setup()
@@ -238,28 +238,28 @@ def test_in_one_batch_a_copy_under_a_used_key_does_not_stop_the_copy_under_a_fre
 ):
     """The batch statement itself, both ways round: one signed request sent under two keys, one of
     them already used for another signal. Only the fresh copy is stored, with its own audit row."""
-    from shared import signals
-    from shared.db import db
+    from shared.core.db import db
     from shared.models import Side, SignalStatus
+    from shared.signals import auth, batching
 
     api = Api(app.test_client())
     world = api.setup()
     assert api.send_signal(world["client"], {**SIGNAL, "comment": "earlier"}, key="used").status_code == 201
-    client = signals.ClientIdentity(id=world["client"]["id"], owner_id=0, account_id=0)
+    client = auth.ClientIdentity(id=world["client"]["id"], owner_id=0, account_id=0)
     now = datetime.now(UTC)
 
-    def copy(key: str) -> signals._BatchItem:
+    def copy(key: str) -> batching._BatchItem:
         values = {
             "instrument": "EURUSD", "side": Side.BUY, "volume": Decimal("0.1"), "price": None,
             "sl": None, "tp": None, "comment": "two keys", "status": SignalStatus.PENDING,
             "ttl_seconds": 120, "expires_at": now + timedelta(seconds=120), "idempotency_key": key,
             "signature": "f" * 64, "body_sha256": "b" * 64, "created_at": now,
         }  # fmt: skip
-        return signals._batch_item(client, values, {"idempotency_key": key})
+        return batching._batch_item(client, values, {"idempotency_key": key})
 
     batch = [copy("used"), copy("fresh")] if reused_first else [copy("fresh"), copy("used")]
     with app.app_context():
-        outcomes = signals._ingest_autocommit(db.engine, batch)
+        outcomes = batching._ingest_autocommit(db.engine, batch)
     stored = {item.idempotency_key: outcome for item, outcome in zip(batch, outcomes, strict=True)}
     assert stored["used"] is None
     assert stored["fresh"] is not None and stored["fresh"].idempotency_key == "fresh"

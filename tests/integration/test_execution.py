@@ -11,8 +11,8 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from shared import execution
-from shared.locks import exclusive
+from shared.core.locks import exclusive
+from shared.execution import service as execution
 from shared.models import AuditLog, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown, TerminalUnavailable
 from shared.mt5.sim import SimTerminal
@@ -197,7 +197,7 @@ def test_the_dispatch_sweep_re_enqueues_approved_signals_left_without_a_trade(
     from datetime import timedelta
 
     import workers.tasks
-    from shared.db import utcnow
+    from shared.core.db import utcnow
     from shared.models import Signal
 
     signal_id = approved()
@@ -214,7 +214,7 @@ def test_two_workers_claiming_one_signal_make_one_trade(app, committed_db, tmp_p
     import threading
 
     import workers.tasks
-    from shared.db import db
+    from shared.core.db import db
     from tests.conftest import Api
 
     monkeypatch.setattr(workers.tasks, "enqueue_execution", lambda signal_id: None)

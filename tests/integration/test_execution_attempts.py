@@ -17,9 +17,9 @@ import rpyc
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from shared import execution
-from shared.crypto import SecretBox
-from shared.db import utcnow
+from shared.core.crypto import SecretBox
+from shared.core.db import utcnow
+from shared.execution import service as execution
 from shared.models import Account, AccountSync, AuditLog, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown
 from shared.mt5.gateway import Gateway

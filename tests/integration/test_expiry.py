@@ -6,9 +6,9 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db import utcnow
+from shared.core.db import utcnow
 from shared.models import AuditLog, Signal, SignalStatus
-from shared.signals import expire_due_signals
+from shared.signals.expiry import expire_due_signals
 
 GOOD = {
     "instrument": "USDJPY",
@@ -71,7 +71,7 @@ def test_racing_sweeps_expire_each_signal_exactly_once(app, committed_db):
     _, ids = make_signals(api, 40)
     backdate(committed_db, ids)
 
-    from shared.db import db
+    from shared.core.db import db
 
     engine = db.engine
     results: list[list[int]] = []

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from shared.config import load_settings
+from shared.core.config import load_settings
 from web import create_app
 
 CONTRACT_PATHS = {

@@ -25,7 +25,8 @@ import sqlalchemy as sa
 
 from shared.models import AccountSync
 from shared.mt5.errors import TerminalProtocolError
-from shared.mt5.gateway import ConnectionPool, Gateway
+from shared.mt5.gateway import Gateway
+from shared.mt5.pool import ConnectionPool
 from shared.mt5.terminals import declared_terminals
 from tests.conftest import Api
 from tests.processes import ROOT, celery_worker, declared_terminal_port, listening, wait_for

@@ -9,8 +9,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from shared import key_check
-from shared.crypto import SecretBox
+from shared.core.crypto import SecretBox
+from shared.identity import key_check
 from shared.models import KeyCheck, StrategyClient
 from tests.processes import CeleryProcess, _env, wait_for
 

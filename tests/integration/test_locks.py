@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from shared.locks import Busy, redis_exclusive, redis_exclusive_many
+from shared.core.locks import Busy, redis_exclusive, redis_exclusive_many
 from tests.processes import wait_for
 
 TTL = 30.0
@@ -60,7 +60,7 @@ def test_no_names_takes_nothing(client):
 
 def test_names_held_by_redis_exclusive_are_skipped_and_left_held(client, names, caplog):
     a, b = names[:2]
-    with caplog.at_level(logging.WARNING, logger="shared.locks"):
+    with caplog.at_level(logging.WARNING, logger="shared.core.locks"):
         with redis_exclusive(client, a, ttl_seconds=TTL):
             token = client.get(key(a))
             with redis_exclusive_many(client, [a, b], ttl_seconds=TTL) as held:
@@ -93,7 +93,7 @@ def test_two_batches_split_their_names_between_them(client, names):
 
 def test_a_lock_that_expired_and_was_taken_again_is_not_deleted_on_release(client, names, caplog):
     a, b = names[:2]
-    with caplog.at_level(logging.WARNING, logger="shared.locks"), ExitStack() as other_holder:
+    with caplog.at_level(logging.WARNING, logger="shared.core.locks"), ExitStack() as other_holder:
         with redis_exclusive_many(client, [a, b], ttl_seconds=0.3) as held:
             assert held == {a, b}
             # The batch outlives its TTL (a worker stuck past its time limit) ...
@@ -133,7 +133,7 @@ def advisory_holders(engine: Any) -> set[int]:
 def test_exclusive_many_takes_the_free_advisory_locks_on_one_connection_and_skips_held_ones(
     pg_engine, tmp_path
 ):
-    from shared.locks import exclusive, exclusive_many
+    from shared.core.locks import exclusive, exclusive_many
 
     run = uuid.uuid4().hex[:10]
     names = [f"test-pg:{run}:{i}" for i in range(100)]
@@ -158,7 +158,7 @@ def test_exclusive_many_takes_the_free_advisory_locks_on_one_connection_and_skip
 def test_exclusive_many_uses_flocks_on_sqlite(tmp_path):
     import sqlalchemy as sa
 
-    from shared.locks import exclusive, exclusive_many
+    from shared.core.locks import exclusive, exclusive_many
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     names = ["account:1", "account:2", "account:3"]

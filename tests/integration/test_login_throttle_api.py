@@ -13,8 +13,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from shared.config import load_settings
-from shared.db import db
+from shared.core.config import load_settings
+from shared.core.db import db
 from shared.models import AuditLog
 from tests.conftest import REDIS_URL
 from web import create_app

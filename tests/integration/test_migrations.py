@@ -5,8 +5,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask_migrate import upgrade
 
-from shared.config import PROJECT_ROOT, load_settings
-from shared.db import db
+from shared.core.config import PROJECT_ROOT, load_settings
+from shared.core.db import db
 from web import create_app
 
 

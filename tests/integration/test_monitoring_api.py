@@ -91,13 +91,13 @@ def test_metrics_are_prometheus_text(api, sync, client):
 
 
 def test_metrics_show_task_durations_recorded_by_the_workers(client, db_session):
-    from shared import task_metrics
-    from shared.db import db
+    from shared.core.db import db
+    from shared.metrics import task_durations
 
     # Inside db_session the engine is the test's connection: these rows are rolled back afterwards.
     for seconds, outcome in ((0.5, "success"), (3.0, "success"), (0.25, "retry"), (200.0, "failure")):
-        task_metrics.record(db.engine, "tradeguard.example", seconds, outcome)
-    task_metrics.record(db.engine, 'odd"name\\x', 0.01, "success")
+        task_durations.record(db.engine, "tradeguard.example", seconds, outcome)
+    task_durations.record(db.engine, 'odd"name\\x', 0.01, "success")
 
     response = client.get("/metrics")
     assert response.status_code == 200

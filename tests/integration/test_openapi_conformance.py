@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.transport.serialization import Binary
 
+from shared.core.signing import sign
 from shared.models import Role, User
-from shared.signing import sign
 
 MAX_EXAMPLES = 40
 

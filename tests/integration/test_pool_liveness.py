@@ -3,7 +3,7 @@
 import psycopg2
 import sqlalchemy as sa
 
-from shared.db import check_connections_on_checkout, server_closed
+from shared.core.db import check_connections_on_checkout, server_closed
 from tests.integration.test_concurrent_ingest import terminate_other_connections
 
 

@@ -11,8 +11,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from shared.db import utcnow
-from shared.locks import redis_exclusive
+from shared.core.db import utcnow
+from shared.core.locks import redis_exclusive
 from shared.models import AccountSync, AuditLog, PositionSnapshot, ReconciliationLog, Trade, TradeState
 from shared.mt5 import constants as mt5c
 
@@ -287,7 +287,7 @@ def test_a_batch_reconciles_every_account_once_and_reports_each_outcome(sync, ap
 def test_accounts_whose_lock_is_held_elsewhere_are_busy_and_untouched(sync, api, db_session):
     from contextlib import contextmanager
 
-    from shared.locks import Busy
+    from shared.core.locks import Busy
 
     held, free = api.setup()["account"]["id"], api.setup()["account"]["id"]
 
@@ -306,7 +306,7 @@ def test_accounts_whose_lock_is_held_elsewhere_are_busy_and_untouched(sync, api,
 def test_one_account_whose_rows_cannot_be_written_does_not_lose_the_others(
     sync, api, db_session, monkeypatch
 ):
-    import shared.account_sync as account_sync
+    from shared.reconciliation import sync as account_sync
 
     good, bad, other = (api.setup()["account"]["id"] for _ in range(3))
     write_plans = account_sync._write_plans
@@ -376,7 +376,7 @@ def test_a_hung_terminal_does_not_hold_back_the_figures_of_the_accounts_that_ans
     the hung one is written when it finally answers."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import shared.account_sync as account_sync
+    from shared.reconciliation import sync as account_sync
 
     fast, hung, other = (api.setup()["account"]["id"] for _ in range(3))
     first_write = threading.Event()

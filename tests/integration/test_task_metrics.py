@@ -7,8 +7,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from shared import task_metrics
-from shared.db import db
+from shared.core.db import db
+from shared.metrics import task_durations
 
 THREADS = 8
 EACH = 25
@@ -26,7 +26,7 @@ def test_concurrent_records_from_many_threads_count_and_sum_exactly(committed_db
             start.wait()
             for i in range(EACH):
                 seconds = DURATIONS[(n + i) % len(DURATIONS)]
-                task_metrics.record(engine, "tests.busy", seconds, "failure" if i % 5 == 0 else "success")
+                task_durations.record(engine, "tests.busy", seconds, "failure" if i % 5 == 0 else "success")
         except BaseException as exc:  # reported below; a thread's exception would otherwise vanish
             errors.append(exc)
 
@@ -38,7 +38,7 @@ def test_concurrent_records_from_many_threads_count_and_sum_exactly(committed_db
     assert errors == []
 
     observed = [DURATIONS[(n + i) % len(DURATIONS)] for n in range(THREADS) for i in range(EACH)]
-    (busy,) = task_metrics.read(committed_db)
+    (busy,) = task_durations.read(committed_db)
     assert busy.task == "tests.busy"
     assert busy.count == THREADS * EACH == len(observed)
     assert busy.sum_seconds == sum(observed)
@@ -51,9 +51,9 @@ def test_concurrent_records_from_many_threads_count_and_sum_exactly(committed_db
 
 
 def test_recording_twice_adds_up(committed_db):
-    task_metrics.record(db.engine, "tests.twice", 0.2, "success")
-    task_metrics.record(db.engine, "tests.twice", 0.3, "success")
-    (twice,) = task_metrics.read(committed_db)
+    task_durations.record(db.engine, "tests.twice", 0.2, "success")
+    task_durations.record(db.engine, "tests.twice", 0.3, "success")
+    (twice,) = task_durations.read(committed_db)
     assert (twice.count, twice.sum_seconds, twice.outcomes) == (2, 0.5, {"success": 2})
     assert dict(twice.buckets)["0.1"] == 0 and dict(twice.buckets)["0.25"] == 1
     assert dict(twice.buckets)["0.5"] == 2
@@ -66,7 +66,7 @@ def test_a_failed_record_leaves_the_callers_transaction_usable(db_session):
     connection.execute(sa.text("CREATE TEMPORARY TABLE caller_work (n int)"))
     connection.execute(sa.text("INSERT INTO caller_work VALUES (1)"))
     with pytest.raises(sa.exc.DataError):
-        task_metrics.record(connection, "tests.broken", 0.1, "x" * 17)
-    task_metrics.record(connection, "tests.fine", 0.1, "success")
+        task_durations.record(connection, "tests.broken", 0.1, "x" * 17)
+    task_durations.record(connection, "tests.fine", 0.1, "success")
     assert connection.scalar(sa.text("SELECT count(*) FROM caller_work")) == 1
-    assert [t.task for t in task_metrics.read(connection)] == ["tests.fine"]
+    assert [t.task for t in task_durations.read(connection)] == ["tests.fine"]

@@ -26,7 +26,8 @@ from rpyc.core import consts
 
 from shared.mt5 import constants as C
 from shared.mt5.errors import TerminalError, TerminalLoginFailed, TerminalTimeout, TerminalUnavailable
-from shared.mt5.gateway import ConnectionPool, Gateway
+from shared.mt5.gateway import Gateway
+from shared.mt5.pool import ConnectionPool
 from shared.mt5.terminals import declared_terminals
 from tests.processes import terminal_server, wait_for
 

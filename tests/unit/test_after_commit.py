@@ -3,7 +3,7 @@
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db import after_commit
+from shared.core.db import after_commit
 
 
 def test_callbacks_run_after_commit_and_are_dropped_on_rollback():

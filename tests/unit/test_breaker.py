@@ -1,4 +1,4 @@
-from shared.account_sync import BreakerSettings, backoff_seconds
+from shared.reconciliation.sync import BreakerSettings, backoff_seconds
 
 
 def test_the_breaker_backoff_doubles_with_each_failure_past_the_threshold_up_to_the_cap():

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.coalesce import Coalescer, Stalled
+from shared.core.coalesce import Coalescer, Stalled
 
 
 def _wait_until(condition: Callable[[], bool], what: str) -> None:

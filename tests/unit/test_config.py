@@ -4,7 +4,7 @@ import stat
 import pytest
 from cryptography.fernet import Fernet
 
-from shared.config import ConfigurationError, describe, load_settings
+from shared.core.config import ConfigurationError, describe, load_settings
 
 
 def test_embedded_defaults_use_sqlite_filesystem_broker_and_generated_secrets(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 from cryptography.fernet import Fernet
 
-from shared.crypto import SecretBox
+from shared.core.crypto import SecretBox
 
 
 def test_round_trip_and_ciphertext_hides_the_plaintext():

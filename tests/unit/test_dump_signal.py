@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from shared.models import Side, Signal, SignalStatus
-from shared.signals import StoredSignal
+from shared.signals.batching import StoredSignal
 from web.schemas import SignalSchema, dump_signal
 
 CREATED = datetime(2026, 11, 21, 9, 30, 15, 123456, tzinfo=UTC)

@@ -4,8 +4,8 @@ from decimal import Decimal as D
 
 import pytest
 
-from shared.execution import Outcome, classify_retcode, pre_trade_problems, trade_comment
-from shared.mt5.gateway import SymbolSpec
+from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
+from shared.mt5.types import SymbolSpec
 
 EURUSD = SymbolSpec(
     name="EURUSD",

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from shared.mt5.backends import _connector
 from shared.mt5.errors import TerminalError
-from shared.mt5.gateway import Gateway, _connector
+from shared.mt5.gateway import Gateway
 
 
 class OneSessionTerminal:
@@ -161,7 +162,7 @@ def test_which_terminals_share_one_session_per_process(monkeypatch):
 def test_the_remote_helper_runs_one_run_at_a_time_on_a_one_session_terminal():
     """What `_tradeguard_calls` does in the terminal's Python (here exec'd locally, as the RPyC classic
     server would): on the real package, a run is not split by another connection's login."""
-    from shared.mt5.gateway import _REMOTE_HELPER, decode_answers, encode_calls
+    from shared.mt5.wire import _REMOTE_HELPER, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
     terminal.initialize(login=1001)
@@ -188,7 +189,7 @@ def test_the_remote_helper_runs_one_run_at_a_time_on_a_one_session_terminal():
 
 
 def test_the_remote_helper_takes_no_lock_on_a_terminal_with_a_session_per_thread():
-    from shared.mt5.gateway import _REMOTE_HELPER, decode_answers, encode_calls
+    from shared.mt5.wire import _REMOTE_HELPER, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
     terminal.SESSION_PER_THREAD = True  # type: ignore[attr-defined]
@@ -199,7 +200,7 @@ def test_the_remote_helper_takes_no_lock_on_a_terminal_with_a_session_per_thread
 
 
 def test_the_remote_helper_logs_in_only_when_the_session_is_on_another_account():
-    from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN, decode_answers, encode_calls
+    from shared.mt5.wire import _REMOTE_HELPER, ENSURE_LOGIN, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
     namespace: dict[str, Any] = {"mt5": terminal}
@@ -221,7 +222,7 @@ def test_the_remote_helper_logs_in_only_when_the_session_is_on_another_account()
 def test_a_session_opened_by_someone_else_is_logged_in_to_again():
     """The session is on 1001, but not through a login of ours with these credentials (another
     program, or another account row naming 1001): a login is made before anything else."""
-    from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN, decode_answers, encode_calls
+    from shared.mt5.wire import _REMOTE_HELPER, ENSURE_LOGIN, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
     terminal.initialize(login=1001)
@@ -237,7 +238,8 @@ def test_another_row_naming_the_same_login_with_a_wrong_password_never_rides_on_
     wrong password, and B's pooled run starts with ensure-login: B must neither read A's account nor
     trade on it. The refused login ends the run although last_error says "Success" (the terminal's side
     of the run used to go on, on A's account)."""
-    from shared.mt5.gateway import _REMOTE_HELPER, ENSURE_LOGIN, _checked_run, decode_answers, encode_calls
+    from shared.mt5.gateway import _checked_run
+    from shared.mt5.wire import _REMOTE_HELPER, ENSURE_LOGIN, decode_answers, encode_calls
 
     terminal = OneSessionTerminal()
     namespace: dict[str, Any] = {"mt5": terminal}

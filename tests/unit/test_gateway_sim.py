@@ -32,9 +32,10 @@ from shared.mt5.errors import (
     TerminalUnavailable,
     classify,
 )
-from shared.mt5.gateway import Gateway, OrderResult, Position
+from shared.mt5.gateway import Gateway
 from shared.mt5.sim import DEFAULT_SYMBOLS, SimBroker, SimTerminal, install_as_metatrader5
 from shared.mt5.terminals import declared_terminals
+from shared.mt5.types import OrderResult, Position
 
 LOGIN = 1001
 MT5_HERE = declared_terminals(["mt5://"])  # what an operator of a Windows worker declares
@@ -446,7 +447,7 @@ def test_every_error_class_tells_the_operator_what_to_do() -> None:
     assert issubclass(OrderOutcomeUnknown, RetryableTerminalError)
     for cls in (TerminalLoginFailed, SymbolNotFound, TerminalNotSupported, InvalidTerminalUrl):
         assert issubclass(cls, PermanentTerminalError)
-    from shared.errors import TradeGuardError
+    from shared.core.errors import TradeGuardError
 
     assert issubclass(TerminalError, TradeGuardError)
 

@@ -9,14 +9,14 @@ from typing import Any
 import psycopg2.errors
 import pytest
 
-from shared import signals
 from shared.models import Side, SignalStatus
+from shared.signals import auth, batching
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
-def _item(signature: str, key: str | None = None, client_id: int = 7) -> signals._BatchItem:
-    client = signals.ClientIdentity(id=client_id, owner_id=1, account_id=2)
+def _item(signature: str, key: str | None = None, client_id: int = 7) -> batching._BatchItem:
+    client = auth.ClientIdentity(id=client_id, owner_id=1, account_id=2)
     values = {
         "instrument": "EURUSD",
         "side": Side.BUY,
@@ -33,11 +33,11 @@ def _item(signature: str, key: str | None = None, client_id: int = 7) -> signals
         "body_sha256": "b" * 64,
         "created_at": NOW,
     }
-    return signals._batch_item(client, values, {"idempotency_key": key})
+    return batching._batch_item(client, values, {"idempotency_key": key})
 
 
-def _row(item: signals._BatchItem, signal_id: int) -> tuple[Any, ...]:
-    values = {name: None for name in signals._SIGNAL_COLUMNS}
+def _row(item: batching._BatchItem, signal_id: int) -> tuple[Any, ...]:
+    values = {name: None for name in batching._SIGNAL_COLUMNS}
     values.update(
         id=signal_id,
         owner_id=1,
@@ -50,7 +50,7 @@ def _row(item: signals._BatchItem, signal_id: int) -> tuple[Any, ...]:
         expires_at=NOW,
         created_at=NOW,
     )
-    return tuple(values[name] for name in signals._SIGNAL_COLUMNS)
+    return tuple(values[name] for name in batching._SIGNAL_COLUMNS)
 
 
 class Cursor:
@@ -77,7 +77,7 @@ def test_each_item_gets_the_row_made_from_it_and_duplicates_get_none():
     other_key_for_b = _item("sig-b", key="other")  # b's signature resent under another key
     # The statement returns inserted rows in its own order, and c was not inserted (revoked, say).
     cursor = Cursor([_row(b, 11), _row(a, 10)])
-    results = signals._ingest_batch(cursor, [a, other_key_for_b, b, replay_of_a, c])
+    results = batching._ingest_batch(cursor, [a, other_key_for_b, b, replay_of_a, c])
     assert [r.id if r else None for r in results] == [10, None, 11, None, None]
     assert results[0].side is Side.BUY and results[2].idempotency_key == "k"
 
@@ -85,7 +85,7 @@ def test_each_item_gets_the_row_made_from_it_and_duplicates_get_none():
 def test_a_signature_sent_under_two_keys_gets_the_row_for_the_key_that_was_inserted():
     # The first copy's key was already used for another body, so only the second was inserted.
     reused_key, fresh_key = _item("sig-x", key="used"), _item("sig-x", key="fresh")
-    results = signals._ingest_batch(Cursor([_row(fresh_key, 12)]), [reused_key, fresh_key])
+    results = batching._ingest_batch(Cursor([_row(fresh_key, 12)]), [reused_key, fresh_key])
     assert [r.id if r else None for r in results] == [None, 12]
 
 
@@ -128,7 +128,7 @@ def test_a_deadlock_or_a_lost_prepared_statement_is_run_once_more_then_given_up(
     item = _item("sig")
     once = Cursor([_row(item, 5)], errors=[error])
     pooled = Pooled(once)
-    assert signals._ingest_autocommit(Engine(pooled), [item])[0].id == 5  # type: ignore[arg-type]
+    assert batching._ingest_autocommit(Engine(pooled), [item])[0].id == 5  # type: ignore[arg-type]
     assert pooled.returned and pooled.autocommit is False  # as it was handed out
     if isinstance(error, psycopg2.errors.InvalidSqlStatementName):
         assert once.executed == ["PREPARE", "EXECUTE", "PREPARE", "EXECUTE"]  # prepared anew
@@ -137,7 +137,7 @@ def test_a_deadlock_or_a_lost_prepared_statement_is_run_once_more_then_given_up(
 
     twice = Cursor([_row(item, 5)], errors=[error, error])
     with pytest.raises(type(error)):
-        signals._ingest_autocommit(Engine(Pooled(twice)), [item])  # type: ignore[arg-type]
+        batching._ingest_autocommit(Engine(Pooled(twice)), [item])  # type: ignore[arg-type]
     assert twice.executed.count("EXECUTE") == 2
 
 
@@ -145,7 +145,7 @@ def test_other_database_errors_are_not_run_again():
     item = _item("sig")
     cursor = Cursor([], errors=[psycopg2.errors.UniqueViolation("no")])
     with pytest.raises(psycopg2.errors.UniqueViolation):
-        signals._ingest_autocommit(Engine(Pooled(cursor)), [item])  # type: ignore[arg-type]
+        batching._ingest_autocommit(Engine(Pooled(cursor)), [item])  # type: ignore[arg-type]
     assert cursor.executed.count("EXECUTE") == 1
 
 
@@ -155,12 +155,12 @@ def test_an_engine_let_go_takes_its_group_commit_with_it():
     import sqlalchemy as sa
 
     engine = sa.create_engine("sqlite://")
-    before = len(signals._coalescers)
-    assert signals._batches(engine) is signals._batches(engine)  # one per engine
-    assert len(signals._coalescers) == before + 1
+    before = len(batching._coalescers)
+    assert batching._batches(engine) is batching._batches(engine)  # one per engine
+    assert len(batching._coalescers) == before + 1
     del engine
     gc.collect()
-    assert len(signals._coalescers) == before
+    assert len(batching._coalescers) == before
 
 
 class StatementCursor(Cursor):
@@ -187,7 +187,7 @@ class StatementCursor(Cursor):
 def test_a_signal_the_database_refuses_fails_only_its_own_request_not_its_batch_mates():
     cursor = StatementCursor()
     items = [_item("good-1"), _item("refused"), _item("good-2")]
-    outcomes = signals._ingest_isolating_failures(Engine(Pooled(cursor)), items)  # type: ignore[arg-type]
+    outcomes = batching._ingest_isolating_failures(Engine(Pooled(cursor)), items)  # type: ignore[arg-type]
     # The whole batch failed once (nothing stored), then each signal ran alone.
     assert cursor.batches == [["good-1", "refused", "good-2"], ["good-1"], ["refused"], ["good-2"]]
     assert isinstance(outcomes[1], psycopg2.errors.NumericValueOutOfRange)
@@ -197,5 +197,5 @@ def test_a_signal_the_database_refuses_fails_only_its_own_request_not_its_batch_
 def test_a_lone_signal_the_database_refuses_raises_without_a_second_try():
     cursor = StatementCursor()
     with pytest.raises(psycopg2.errors.NumericValueOutOfRange):
-        signals._ingest_isolating_failures(Engine(Pooled(cursor)), [_item("refused")])  # type: ignore[arg-type]
+        batching._ingest_isolating_failures(Engine(Pooled(cursor)), [_item("refused")])  # type: ignore[arg-type]
     assert cursor.batches == [["refused"]]

@@ -7,11 +7,11 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
-from shared import accounts, clients, users
-from shared.config import load_settings
-from shared.db import db
+from shared.core.config import load_settings
+from shared.core.db import db
+from shared.core.signing import sign
+from shared.identity import accounts, clients, users
 from shared.models import AuditLog, Signal
-from shared.signing import sign
 from web import create_app
 
 
@@ -81,9 +81,9 @@ def test_sqlite_ingest_idempotency_replay_and_revocation(sqlite_app):
 def test_the_prepared_postgres_statement_returns_every_column_of_signals():
     """A column added to `signals` must be added to StoredSignal too, or the ingest response and the
     prepared statement would silently leave it out."""
-    from shared import signals
+    from shared.signals import batching
 
-    assert set(signals._SIGNAL_COLUMNS) == {c.name for c in Signal.__table__.c}
+    assert set(batching._SIGNAL_COLUMNS) == {c.name for c in Signal.__table__.c}
     # ...and every column the batch does not bring is filled in by the statement or the database.
-    brought = {name for name, _ in signals._BATCH_FIELDS} - {"meta"}
+    brought = {name for name, _ in batching._BATCH_FIELDS} - {"meta"}
     assert {c.name for c in Signal.__table__.c} - brought == {"id", "owner_id", "account_id", "decided_at"}

@@ -15,11 +15,11 @@ import pytest
 from cryptography.fernet import Fernet
 from flask_migrate import upgrade
 
-from shared import accounts, clients, key_check, users
-from shared.config import ConfigurationError, load_settings
-from shared.crypto import SecretBox, SecretUnreadable
-from shared.db import db
-from shared.key_check import KeysDoNotMatch
+from shared.core.config import ConfigurationError, load_settings
+from shared.core.crypto import SecretBox, SecretUnreadable
+from shared.core.db import db
+from shared.identity import accounts, clients, key_check, users
+from shared.identity.key_check import KeysDoNotMatch
 from shared.models import Account, KeyCheck, StrategyClient, User
 from web import create_app
 

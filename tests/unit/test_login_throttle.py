@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
-from shared import users
-from shared.config import ConfigurationError, load_settings
-from shared.db import db
+from shared.core.config import ConfigurationError, load_settings
+from shared.core.db import db
+from shared.identity import users
 from shared.models import AuditLog, User
 from web import create_app
 from web.throttle import email_key, retry_after_seconds

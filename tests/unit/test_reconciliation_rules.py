@@ -7,8 +7,8 @@ from decimal import Decimal as D
 import pytest
 
 from shared.models import Side, Trade, TradeState
-from shared.mt5.gateway import AccountSnapshot, Deal, Position, SymbolSpec
-from shared.reconciliation import (
+from shared.mt5.types import AccountSnapshot, Deal, Position, SymbolSpec
+from shared.reconciliation.rules import (
     BookedTrade,
     Divergence,
     Tolerances,

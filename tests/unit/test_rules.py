@@ -2,7 +2,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from shared.signals import price_level_errors
+from shared.signals.rules import price_level_errors
 
 
 @pytest.mark.parametrize(

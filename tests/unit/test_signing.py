@@ -3,7 +3,13 @@ import hmac
 import json
 from decimal import Decimal
 
-from shared.signing import canonical_body_hash, parse_timestamp, sign, signature_matches, timestamp_is_fresh
+from shared.core.signing import (
+    canonical_body_hash,
+    parse_timestamp,
+    sign,
+    signature_matches,
+    timestamp_is_fresh,
+)
 
 SECRET = "s3cret"
 BODY = b'{"instrument":"EURUSD","side":"buy","volume":0.1}'

@@ -7,16 +7,16 @@ from types import SimpleNamespace
 import pytest
 from flask_migrate import upgrade
 
-from shared import task_metrics
-from shared.config import load_settings
-from shared.db import db
-from shared.task_metrics import LABELS, buckets_for
+from shared.core.config import load_settings
+from shared.core.db import db
+from shared.metrics import task_durations
+from shared.metrics.task_durations import LABELS, buckets_for
 from web import create_app
 
 
 def test_a_duration_counts_toward_every_bound_at_or_above_it():
-    assert buckets_for(0) == task_metrics.BUCKETS
-    assert buckets_for(0.05) == task_metrics.BUCKETS  # le is inclusive
+    assert buckets_for(0) == task_durations.BUCKETS
+    assert buckets_for(0.05) == task_durations.BUCKETS  # le is inclusive
     assert buckets_for(0.0501) == (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, math.inf)
     assert buckets_for(3) == (5, 10, 30, 60, 120, math.inf)
     assert buckets_for(120) == (120, math.inf)
@@ -46,17 +46,17 @@ def _migrated(app):
 
 def _read(app):
     with app.app_context():
-        return {t.task: t for t in task_metrics.read(db.session)}
+        return {t.task: t for t in task_durations.read(db.session)}
 
 
 def test_record_upserts_counts_and_sums_on_sqlite(sqlite_app):
     app = _migrated(sqlite_app)
     with app.app_context():
-        task_metrics.record(db.engine, "t", 0.5, "success")
-        task_metrics.record(db.engine, "t", 3.0, "success")
-        task_metrics.record(db.engine, "t", 0.25, "failure")
+        task_durations.record(db.engine, "t", 0.5, "success")
+        task_durations.record(db.engine, "t", 3.0, "success")
+        task_durations.record(db.engine, "t", 0.25, "failure")
         with pytest.raises(ValueError):
-            task_metrics.record(db.engine, "t", -1.0, "success")
+            task_durations.record(db.engine, "t", -1.0, "success")
     t = _read(app)["t"]
     assert (t.count, t.sum_seconds, t.outcomes) == (3, 3.75, {"failure": 1, "success": 2})
     assert dict(t.buckets) == {

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.mt5.errors import TerminalProtocolError
-from shared.mt5.gateway import _REMOTE_HELPER, decode_answers, encode_calls
+from shared.mt5.wire import _REMOTE_HELPER, decode_answers, encode_calls
 
 Position = namedtuple("Position", "ticket symbol volume sl")
 

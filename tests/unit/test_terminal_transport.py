@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.mt5 import gateway as gateway_module
+from shared.mt5 import convert
 from shared.mt5.errors import OrderOutcomeUnknown, TerminalError, TerminalProtocolError, TerminalUnavailable
-from shared.mt5.gateway import ConnectionPool, Gateway
+from shared.mt5.gateway import Gateway
+from shared.mt5.pool import ConnectionPool
 from shared.mt5.terminals import declared_terminals
 from tests.raw_terminal import RawTerminal
 
@@ -117,14 +118,14 @@ def test_an_order_the_terminal_did_not_answer_is_outcome_unknown(raw: RawTermina
 
 def test_number_text_and_non_finite_numbers_are_refused_before_they_are_cached() -> None:
     with pytest.raises(ValueError, match="not a finite number"):
-        gateway_module._dec("NaN")
+        convert._dec("NaN")
     with pytest.raises(ValueError, match="a number of 41 characters"):
-        gateway_module._dec("1" * 41)
+        convert._dec("1" * 41)
     with pytest.raises(ValueError, match="out of range"):
-        gateway_module._dec(10**41)
+        convert._dec(10**41)
     with pytest.raises(TypeError, match="a list where a number belongs"):
-        gateway_module._dec([1])
-    assert gateway_module._dec("1.085") == gateway_module._dec(1.085)
+        convert._dec([1])
+    assert convert._dec("1.085") == convert._dec(1.085)
 
 
 def test_control_never_sends_an_order() -> None:

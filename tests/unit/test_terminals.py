@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.config import load_settings
+from shared.core.config import load_settings
 from shared.mt5.errors import InvalidTerminalUrl, TerminalNotDeclared
 from shared.mt5.gateway import Gateway
 from shared.mt5.terminals import (
@@ -93,12 +93,12 @@ def test_the_embedded_simulator_is_declared_when_the_operator_declares_nothing(t
 
 
 def test_the_gateway_refuses_an_undeclared_terminal_before_connecting(monkeypatch):
-    import shared.mt5.gateway as gateway
+    import shared.mt5.backends as backends
 
     def must_not_connect(*args, **kwargs):
         raise AssertionError("connected to an undeclared terminal")
 
-    monkeypatch.setattr(gateway, "_RpycBackend", must_not_connect)
+    monkeypatch.setattr(backends, "_RpycBackend", must_not_connect)
     with pytest.raises(TerminalNotDeclared) as raised:
         Gateway.open(
             "mt5linux://127.0.0.1:19013",

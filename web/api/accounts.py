@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import accounts
+from shared.identity import accounts
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db, declared_terminals, secret_box

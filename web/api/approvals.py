@@ -3,9 +3,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared import approvals
-from shared.db import after_commit
+from shared.core.db import after_commit
 from shared.models import Decision
+from shared.signals import approvals
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import users
+from shared.identity import users
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import issue_token
 from web.extensions import db

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import clients
+from shared.identity import clients
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_user, login_required
 from web.extensions import client_keys, db, secret_box

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, Response
 
-from shared import task_metrics
-from shared.db import utcnow
+from shared.core.db import utcnow
+from shared.metrics import task_durations
 from shared.models import Account, AccountSync, ReconciliationLog
 from web.extensions import db
 
@@ -25,7 +25,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _task_durations(tasks: list[task_metrics.TaskDurations]) -> list[str]:
+def _task_durations(tasks: list[task_durations.TaskDurations]) -> list[str]:
     name = "tradeguard_task_duration_seconds"
     lines = [
         f"# HELP {name} How long Celery tasks took, measured in the workers.",
@@ -109,6 +109,6 @@ def metrics() -> Response:
         "# HELP tradeguard_breaker_openings_total Times any account's circuit breaker opened.",
         "# TYPE tradeguard_breaker_openings_total counter",
         f"tradeguard_breaker_openings_total {openings}",
-        *_task_durations(task_metrics.read(db.session)),
+        *_task_durations(task_durations.read(db.session)),
     ]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -6,8 +6,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.accounts import get_own_account
-from shared.db import utcnow
+from shared.core.db import utcnow
+from shared.identity.accounts import get_own_account
 from shared.models import Account, AccountSync, PositionSnapshot, ReconciliationLog
 from web.api import Blueprint
 from web.auth import current_user, login_required

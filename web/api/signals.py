@@ -4,11 +4,11 @@ from typing import Any
 
 from flask import jsonify, request
 
-from shared import signals
-from shared.db import in_transaction
-from shared.errors import InvalidInput
+from shared.core.db import in_transaction
+from shared.core.errors import InvalidInput
+from shared.core.signing import canonical_body_hash
 from shared.models import SignalStatus
-from shared.signing import canonical_body_hash
+from shared.signals import ingest, queries
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_client, current_user, login_required, signature_required
 from web.extensions import db, settings
@@ -93,7 +93,7 @@ def create_signal() -> Any:
                 "Idempotency-Key must be 1 to 128 printable ASCII characters",
                 fields={"Idempotency-Key": ["1 to 128 printable ASCII characters"]},
             )
-    result = signals.ingest_signal(
+    result = ingest.ingest_signal(
         db.session,
         current_client(),
         body,
@@ -116,7 +116,7 @@ def create_signal() -> Any:
 @blp.errors(401, 503)
 def list_signals(query: dict[str, Any]) -> Any:
     status = SignalStatus(query["status"]) if query["status"] else None
-    items, total = signals.list_own_signals(
+    items, total = queries.list_own_signals(
         db.session, current_user(), status=status, page=query["page"], per_page=query["per_page"]
     )
     return {"items": items, "total": total, "page": query["page"], "per_page": query["per_page"]}
@@ -127,4 +127,4 @@ def list_signals(query: dict[str, Any]) -> Any:
 @blp.response(200, SignalSchema)
 @blp.errors(401, 404, 503)
 def get_signal(signal_id: int) -> Any:
-    return signals.get_own_signal(db.session, current_user(), signal_id)
+    return queries.get_own_signal(db.session, current_user(), signal_id)

@@ -4,7 +4,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.errors import NotFound
+from shared.core.errors import NotFound
 from shared.models import Trade, TradeState
 from web.api import Blueprint
 from web.auth import current_user, login_required

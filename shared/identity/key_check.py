@@ -24,9 +24,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.config import ConfigurationError
-from shared.crypto import SecretBox, SecretUnreadable
-from shared.db import DbSession, utcnow
+from shared.core.config import ConfigurationError
+from shared.core.crypto import SecretBox, SecretUnreadable
+from shared.core.db import DbSession, utcnow
 from shared.models import Account, KeyCheck, StrategyClient
 
 log = logging.getLogger(__name__)

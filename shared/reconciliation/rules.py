@@ -33,7 +33,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from shared.mt5.gateway import AccountSnapshot, Deal, Position, SymbolSpec
+from shared.mt5.types import AccountSnapshot, Deal, Position, SymbolSpec
 
 # MT5 constants (values as in the official MetaTrader5 package; see shared/mt5/constants.py).
 POSITION_REASON_CLIENT = 0

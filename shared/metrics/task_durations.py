@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from shared.db import DbSession, dialect_insert
+from shared.core.db import DbSession, dialect_insert
 from shared.models import TaskDurationBucket, TaskDurationTotal
 
 # Histogram bucket upper bounds, seconds; the last is +Inf, which every observation counts toward.

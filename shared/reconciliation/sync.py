@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from shared import audit
-from shared.db import DbSession, dialect_insert, utcnow
-from shared.locks import Lock, Locks, each
+from shared.audit import trail
+from shared.core.db import DbSession, dialect_insert, utcnow
+from shared.core.locks import Lock, Locks, each
 from shared.models import (
     Account,
     AccountSync,
@@ -44,7 +44,7 @@ from shared.models import (
 )
 from shared.mt5.constants import DEAL_ENTRY_IN
 from shared.mt5.errors import TerminalError
-from shared.reconciliation import BookedTrade, ReconciliationResult, Tolerances, reconcile
+from shared.reconciliation.rules import BookedTrade, ReconciliationResult, Tolerances, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ def _position_row(position: Any, **attribution: Any) -> dict[str, Any]:
 
 def _audit(action: str, target_type: str, target_id: int, meta: dict[str, Any]) -> dict[str, Any]:
     return {
-        "actor_type": audit.SYSTEM,
+        "actor_type": trail.SYSTEM,
         "actor_id": None,
         "action": action,
         "target_type": target_type,

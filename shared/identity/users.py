@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from shared import audit
-from shared.db import DbSession
-from shared.errors import Conflict, NotAuthenticated
+from shared.audit import trail
+from shared.core.db import DbSession
+from shared.core.errors import Conflict, NotAuthenticated
 from shared.models import Role, User
 
 _hasher = PasswordHasher()
@@ -40,9 +40,9 @@ def register(session: DbSession, email: str, password: str, role: Role = Role.US
     user = User(email=email, password_hash=hash_password(password), role=role)
     session.add(user)
     session.flush()
-    audit.record(
+    trail.record(
         session,
-        actor_type=audit.USER,
+        actor_type=trail.USER,
         actor_id=user.id,
         action="user.registered",
         target_type="user",
@@ -73,9 +73,9 @@ def create_or_promote_admin(session: DbSession, email: str, password: str) -> Us
         return register(session, email, password, role=Role.ADMIN)
     user.role = Role.ADMIN
     user.password_hash = hash_password(password)
-    audit.record(
+    trail.record(
         session,
-        actor_type=audit.SYSTEM,
+        actor_type=trail.SYSTEM,
         actor_id=None,
         action="user.promoted_admin",
         target_type="user",

@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # shared/core/config.py -> the project
 
 
 class ConfigurationError(RuntimeError):

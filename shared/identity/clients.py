@@ -6,11 +6,11 @@ import secrets
 
 import sqlalchemy as sa
 
-from shared import audit
-from shared.accounts import get_own_account
-from shared.crypto import SecretBox
-from shared.db import DbSession, utcnow
-from shared.errors import NotFound
+from shared.audit import trail
+from shared.core.crypto import SecretBox
+from shared.core.db import DbSession, utcnow
+from shared.core.errors import NotFound
+from shared.identity.accounts import get_own_account
 from shared.models import StrategyClient, User
 
 
@@ -25,9 +25,9 @@ def create_client(
     )
     session.add(client)
     session.flush()
-    audit.record(
+    trail.record(
         session,
-        actor_type=audit.USER,
+        actor_type=trail.USER,
         actor_id=owner.id,
         action="client.created",
         target_type="strategy_client",
@@ -58,9 +58,9 @@ def revoke_client(session: DbSession, owner: User, client_id: int) -> StrategyCl
     if not client.revoked:
         client.revoked = True
         client.revoked_at = utcnow()
-        audit.record(
+        trail.record(
             session,
-            actor_type=audit.USER,
+            actor_type=trail.USER,
             actor_id=owner.id,
             action="client.revoked",
             target_type="strategy_client",

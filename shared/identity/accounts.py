@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from shared import audit
-from shared.crypto import SecretBox
-from shared.db import DbSession
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.audit import trail
+from shared.core.crypto import SecretBox
+from shared.core.db import DbSession
+from shared.core.errors import Conflict, InvalidInput, NotFound
 from shared.models import Account, User
 from shared.mt5.errors import InvalidTerminalUrl, TerminalNotDeclared
 from shared.mt5.terminals import require_declared
@@ -49,9 +49,9 @@ def create_account(
     )
     session.add(account)
     session.flush()
-    audit.record(
+    trail.record(
         session,
-        actor_type=audit.USER,
+        actor_type=trail.USER,
         actor_id=owner.id,
         action="account.created",
         target_type="account",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from shared import audit
-from shared.db import DbSession, utcnow
-from shared.errors import Conflict, NotFound
+from shared.audit import trail
+from shared.core.db import DbSession, utcnow
+from shared.core.errors import Conflict, NotFound
 from shared.models import Approval, Decision, Signal, SignalStatus, User
-from shared.signals import get_own_signal, is_expired
+from shared.signals.queries import get_own_signal
+from shared.signals.rules import is_expired
 
 
 def _refusal(signal: Signal) -> Conflict:
@@ -53,9 +54,9 @@ def decide(
             session.flush()
     except IntegrityError:
         raise _refusal(signal) from None
-    audit.record(
+    trail.record(
         session,
-        actor_type=audit.USER,
+        actor_type=trail.USER,
         actor_id=user.id,
         action=f"signal.{new_status.value}",
         target_type="signal",

@@ -14,9 +14,9 @@ class SecretUnreadable(ValueError):
     the list), or have the owner enter the secret again (a new password, a new strategy client)."""
 
 
-# Checks that the keys are the ones the stored data was written with (shared.key_check): given the box
-# without a check of its own, True once that is established, False while it cannot be yet (the database
-# unreachable, not migrated), KeysDoNotMatch when they are not.
+# Checks that the keys are the ones the stored data was written with (shared.identity.key_check):
+# given the box without a check of its own, True once that is established, False while it cannot be
+# yet (the database unreachable, not migrated), KeysDoNotMatch when they are not.
 KeyCheck = Callable[["SecretBox"], bool]
 
 

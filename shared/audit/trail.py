@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.db import DbSession
+from shared.core.db import DbSession
 from shared.models import AuditLog
 
 SYSTEM = "system"

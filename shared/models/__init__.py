@@ -1,0 +1,34 @@
+"""The tables, one module per feature group. Importing this package registers every table on the
+metadata (the app and Alembic rely on that), and its names are the one place code imports models from.
+
+Money, prices and volumes are `Numeric`; timestamps are UTC-aware.
+"""
+
+from shared.models.audit import AuditLog
+from shared.models.enums import Decision, Role, Side, SignalStatus, TradeState
+from shared.models.identity import Account, KeyCheck, StrategyClient, User
+from shared.models.metrics import TaskDurationBucket, TaskDurationTotal
+from shared.models.monitoring import AccountSync, PositionSnapshot, ReconciliationLog
+from shared.models.signals import Approval, Signal
+from shared.models.trades import Trade
+
+__all__ = [
+    "Account",
+    "AccountSync",
+    "Approval",
+    "AuditLog",
+    "Decision",
+    "KeyCheck",
+    "PositionSnapshot",
+    "ReconciliationLog",
+    "Role",
+    "Side",
+    "Signal",
+    "SignalStatus",
+    "StrategyClient",
+    "TaskDurationBucket",
+    "TaskDurationTotal",
+    "Trade",
+    "TradeState",
+    "User",
+]

@@ -1,0 +1,94 @@
+"""What reconciliation saw and decided: per-account sync state, position snapshots, and its event log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.core.db import JSONType, Money, Price, UTCDateTime, Volume, db, utcnow
+
+
+class AccountSync(db.Model):  # type: ignore[name-defined]
+    """Where reconciliation stands for one account: last sync, peak equity, and the circuit breaker.
+
+    Kept apart from `accounts` so that the workers' frequent writes never touch the owner's row.
+    """
+
+    __tablename__ = "account_sync"
+
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), primary_key=True)
+    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    breaker_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    breaker_openings: Mapped[int] = mapped_column(default=0)  # ever, for /metrics
+    peak_equity: Mapped[Decimal | None] = mapped_column(Money)
+    # Deals are read from here on the next sync, so each closing deal is seen once.
+    deals_synced_to: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_sync_ms: Mapped[int | None] = mapped_column(sa.Integer)  # how long the last sync took
+    # The last sync's open positions with their attribution, for the positions API.
+    positions: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+
+
+class PositionSnapshot(db.Model):  # type: ignore[name-defined]
+    """One account's figures at one sync: the time series behind charts and the drawdown guard."""
+
+    __tablename__ = "position_snapshots"
+    __table_args__ = (sa.Index("ix_position_snapshots_account_synced", "account_id", "synced_at"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"))
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    equity: Mapped[Decimal] = mapped_column(Money)
+    balance: Mapped[Decimal] = mapped_column(Money)
+    peak_equity: Mapped[Decimal] = mapped_column(Money)
+    drawdown_percent: Mapped[Decimal] = mapped_column(sa.Numeric(9, 4))
+    margin_level: Mapped[Decimal | None] = mapped_column(sa.Numeric(14, 4))
+    open_positions: Mapped[int] = mapped_column(sa.Integer)
+    total_lots: Mapped[Decimal] = mapped_column(Volume)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ReconciliationLog(db.Model):  # type: ignore[name-defined]
+    """A reconciliation event: a position matched, a divergence, a trade closed outside TradeGuard, a
+    position opened outside it. Recorded once; a divergence each time it changes, clearing included."""
+
+    __tablename__ = "reconciliation_logs"
+    __table_args__ = (
+        # Matched, outside and closed events happen once per position; divergences recur as they change.
+        sa.Index(
+            "uq_reconciliation_logs_once",
+            "account_id",
+            "event_type",
+            "position_ticket",
+            unique=True,
+            postgresql_where=sa.text("event_type <> 'divergence'"),
+            sqlite_where=sa.text("event_type <> 'divergence'"),
+        ),
+        sa.Index("ix_reconciliation_logs_account_created", "account_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"))
+    owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    trade_id: Mapped[int | None] = mapped_column(sa.ForeignKey("trades.id"), index=True)
+    event_type: Mapped[str] = mapped_column(sa.String(24))
+    position_ticket: Mapped[int] = mapped_column(sa.BigInteger)
+    fingerprint: Mapped[str] = mapped_column(sa.String(64), default="")
+    symbol: Mapped[str] = mapped_column(sa.String(32))
+    side: Mapped[str | None] = mapped_column(sa.String(4))
+    volume: Mapped[Decimal | None] = mapped_column(Volume)
+    price_open: Mapped[Decimal | None] = mapped_column(Price)
+    sl: Mapped[Decimal | None] = mapped_column(Price)
+    tp: Mapped[Decimal | None] = mapped_column(Price)
+    opened_by: Mapped[str | None] = mapped_column(sa.String(16))
+    close_reason: Mapped[str | None] = mapped_column(sa.String(16))
+    close_price: Mapped[Decimal | None] = mapped_column(Price)
+    pnl: Mapped[Decimal | None] = mapped_column(Money)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
