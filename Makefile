@@ -9,7 +9,7 @@ test:
 	./bin/test
 
 lint:
-	. bin/_venv.sh requirements-dev.txt && ruff check . && ruff format --check . && mypy
+	./bin/lint
 
 format:
 	. bin/_venv.sh requirements-dev.txt && ruff check --fix . && ruff format .

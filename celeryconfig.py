@@ -9,6 +9,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from shared.core.config import load_settings
+from shared.core.queue import (
+    DEFAULT_QUEUE,
+    DISPATCH_APPROVED,
+    EXPIRE_SIGNALS,
+    RECONCILE_ACCOUNTS,
+    RECONCILE_QUEUE,
+    RECONCILE_TICK,
+)
 
 _settings = load_settings()
 
@@ -34,9 +42,9 @@ else:
 # Two queues: orders (and the small periodic jobs) on the default queue, reconciliation batches on their
 # own, so that an approved order never waits behind a batch of slow terminals. The Procfile runs one
 # worker per queue; a worker started without -Q (tests, benchmarks) consumes both.
-task_default_queue = "celery"
-task_queues = {"celery": {}, "reconcile": {}}
-task_routes = {"tradeguard.reconcile_accounts": {"queue": "reconcile"}}
+task_default_queue = DEFAULT_QUEUE
+task_queues = {DEFAULT_QUEUE: {}, RECONCILE_QUEUE: {}}
+task_routes = {RECONCILE_ACCOUNTS: {"queue": RECONCILE_QUEUE}}
 
 # Results are ignored unless a task opts in: beat and the API never read them, and storing them
 # would only fill Redis.
@@ -98,18 +106,18 @@ if _settings.redis_url:
     beat_max_loop_interval = 3
 beat_schedule = {
     "expire-pending-signals": {
-        "task": "tradeguard.expire_signals",
+        "task": EXPIRE_SIGNALS,
         "schedule": timedelta(seconds=_settings.expiry_sweep_seconds),
         # A sweep not started within one interval is pointless: the next tick does the same work.
         "options": {"expires": _settings.expiry_sweep_seconds},
     },
     "reconcile-accounts": {
-        "task": "tradeguard.reconcile_tick",
+        "task": RECONCILE_TICK,
         "schedule": timedelta(seconds=_settings.reconcile_interval_seconds),
         "options": {"expires": _settings.reconcile_interval_seconds},
     },
     "dispatch-approved-signals": {
-        "task": "tradeguard.dispatch_approved",
+        "task": DISPATCH_APPROVED,
         "schedule": timedelta(seconds=15),
         "options": {"expires": 15},
     },

@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -126,6 +127,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- the app on Postgres -------------------------------------------------------------------------
 
 
+class RecordingQueue:
+    """Stands in for the app's task queue (`shared.core.queue.TaskQueue`): keeps what would have been
+    sent, sends nothing. The broker check (readiness) is still the real queue's."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.sent: list[tuple[str, list[Any]]] = []
+
+    def send(self, task_name: str, args: Any, **options: Any) -> None:
+        self.sent.append((task_name, list(args)))
+
+    def check_broker(self, timeout_seconds: float) -> None:
+        self.real.check_broker(timeout_seconds)
+
+    def executions(self) -> list[int]:
+        """The signal ids execution tasks were sent for, in order."""
+        from shared.core.queue import EXECUTE_SIGNAL
+
+        return [args[0] for name, args in self.sent if name == EXECUTE_SIGNAL]
+
+
+@contextmanager
+def recording_tasks(app: Any) -> Iterator[RecordingQueue]:
+    """The app's task queue replaced by a `RecordingQueue` for the duration of the block."""
+    from shared.core.extensions import TASK_QUEUE
+
+    original = app.extensions[TASK_QUEUE]
+    if isinstance(original, RecordingQueue):  # already recording (db_session and sent_tasks together)
+        yield original
+        return
+    queue = RecordingQueue(original)
+    app.extensions[TASK_QUEUE] = queue
+    try:
+        yield queue
+    finally:
+        app.extensions[TASK_QUEUE] = original
+
+
+@pytest.fixture
+def sent_tasks(app: Any) -> Iterator[RecordingQueue]:
+    """What the code under test enqueued, instead of sending it to the broker."""
+    with recording_tasks(app) as queue:
+        yield queue
+
+
 @pytest.fixture(scope="session")
 def app() -> Iterator[Any]:
     from flask_migrate import upgrade
@@ -161,15 +207,10 @@ def db_session(app: Any) -> Iterator[Any]:
         factory_options["join_transaction_mode"] = "create_savepoint"
         # Rows made here are rolled back: tasks the code under test enqueues (approvals send an
         # execution task after commit) would reach no row, so they are recorded instead of sent.
-        import workers.tasks
-
-        enqueued: list[int] = []
-        original_enqueue = workers.tasks.enqueue_execution
-        workers.tasks.enqueue_execution = enqueued.append
         try:
-            yield db.session
+            with recording_tasks(app):
+                yield db.session
         finally:
-            workers.tasks.enqueue_execution = original_enqueue
             db.session.remove()
             del factory_options["join_transaction_mode"]
             engines[None] = engine

@@ -16,8 +16,11 @@ from werkzeug.routing import IntegerConverter
 from shared.core.config import ConfigurationError, Settings, describe, load_settings
 from shared.core.crypto import SecretBox
 from shared.core.db import TCP_KEEPALIVES, check_connections_on_checkout, db
+from shared.core.extensions import SECRET_BOX, SETTINGS, TASK_QUEUE, TERMINALS, secret_box
+from shared.core.queue import TaskQueue
 from shared.signals.auth import ClientKeyCache
 from web.errors import TradeGuardApi, register_error_handlers
+from web.extensions import CLIENT_KEYS
 
 log = logging.getLogger("tradeguard")
 
@@ -95,12 +98,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         },
     )
     app.config.update(overrides)
-    app.extensions["tradeguard.settings"] = settings
-    app.extensions["tradeguard.secret_box"] = SecretBox(
+    app.extensions[SETTINGS] = settings
+    app.extensions[SECRET_BOX] = SecretBox(
         settings.encryption_keys, check=functools.partial(_keys_match, app, settings, write=False)
     )
-    app.extensions["tradeguard.client_keys"] = ClientKeyCache(settings.client_key_cache_seconds)
-    app.extensions["tradeguard.terminals"] = _declared_terminals(settings)
+    app.extensions[CLIENT_KEYS] = ClientKeyCache(settings.client_key_cache_seconds)
+    app.extensions[TERMINALS] = _declared_terminals(settings)
+    # A worker puts its own Celery app here instead (workers.celery_app.flask_app).
+    app.extensions[TASK_QUEUE] = TaskQueue()
     app.url_map.converters["id"] = IdConverter
 
     import shared.models  # noqa: F401 - registers every table on the metadata, for Alembic too
@@ -114,7 +119,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             check_connections_on_checkout(db.engine)
     # Refuses to start with keys other than the stored data was written with (KeysDoNotMatch). If the
     # database cannot say yet, the first use of a secret checks instead (SecretBox).
-    box = app.extensions["tradeguard.secret_box"]
+    box = secret_box(app)
     if _keys_match(app, settings, box.unchecked(), write=True):
         box.mark_checked()
     app.session_interface = NoCookieSessions()

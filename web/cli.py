@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from flask import Flask
 
+from shared.core import extensions
 from shared.core.db import db
 from shared.identity import users
 
@@ -28,10 +29,9 @@ def register_cli(app: Flask) -> None:
         from shared.core.crypto import SecretUnreadable
         from shared.identity import key_check
 
-        settings = app.extensions["tradeguard.settings"]
         try:
             report = key_check.rotate(
-                db.session, app.extensions["tradeguard.secret_box"], settings.jwt_secrets
+                db.session, extensions.secret_box(app), extensions.settings(app).jwt_secrets
             )
         except SecretUnreadable as exc:
             raise click.ClickException(f"nothing changed: {exc}") from None

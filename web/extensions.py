@@ -1,4 +1,5 @@
-"""Per-app singletons kept on `app.extensions`, with typed accessors for views."""
+"""Per-app singletons kept on `app.extensions`, with typed accessors for views. The ones the workers
+read too are defined in `shared.core.extensions`."""
 
 from __future__ import annotations
 
@@ -6,26 +7,14 @@ from typing import cast
 
 from flask import current_app
 
-from shared.core.config import Settings
-from shared.core.crypto import SecretBox
 from shared.core.db import db
+from shared.core.extensions import declared_terminals, secret_box, settings, task_queue
 from shared.signals.auth import ClientKeyCache
 
-__all__ = ["client_keys", "db", "declared_terminals", "secret_box", "settings"]
+__all__ = ["CLIENT_KEYS", "client_keys", "db", "declared_terminals", "secret_box", "settings", "task_queue"]
 
-
-def settings() -> Settings:
-    return cast(Settings, current_app.extensions["tradeguard.settings"])
-
-
-def secret_box() -> SecretBox:
-    return cast(SecretBox, current_app.extensions["tradeguard.secret_box"])
+CLIENT_KEYS = "tradeguard.client_keys"
 
 
 def client_keys() -> ClientKeyCache:
-    return cast(ClientKeyCache, current_app.extensions["tradeguard.client_keys"])
-
-
-def declared_terminals() -> frozenset[str]:
-    """The canonical URLs of the terminals the operator declared (TRADEGUARD_TERMINALS)."""
-    return cast(frozenset[str], current_app.extensions["tradeguard.terminals"])
+    return cast(ClientKeyCache, current_app.extensions[CLIENT_KEYS])

@@ -36,9 +36,14 @@ def flask_app() -> Flask:
     if _flask_app is None:
         with _flask_app_lock:
             if _flask_app is None:
+                from shared.core.extensions import TASK_QUEUE
+                from shared.core.queue import TaskQueue
                 from web import create_app
 
-                _flask_app = create_app()
+                app = create_app()
+                # Follow-up tasks go out through this process's own Celery app and its connections.
+                app.extensions[TASK_QUEUE] = TaskQueue(celery_app)
+                _flask_app = app
     return _flask_app
 
 

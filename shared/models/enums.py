@@ -43,7 +43,7 @@ def _enum_values(enum_cls: type[enum.Enum]) -> list[str]:
     return [member.value for member in enum_cls]
 
 
-def _string_enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
+def string_enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
     # Stored as VARCHAR + CHECK rather than a native Postgres ENUM: adding a state later is a plain
     # migration on every database, not an ALTER TYPE.
     return sa.Enum(

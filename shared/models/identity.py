@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shared.core.db import UTCDateTime, db, utcnow
-from shared.models.enums import Role, _string_enum
+from shared.models.enums import Role, string_enum
 
 
 class User(db.Model):  # type: ignore[name-defined]
@@ -19,7 +19,7 @@ class User(db.Model):  # type: ignore[name-defined]
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(sa.String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(sa.String(255))
-    role: Mapped[Role] = mapped_column(_string_enum(Role, "user_role"), default=Role.USER)
+    role: Mapped[Role] = mapped_column(string_enum(Role, "user_role"), default=Role.USER)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     @property

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shared.core.db import Price, UTCDateTime, Volume, db, utcnow
-from shared.models.enums import Decision, Side, SignalStatus, _string_enum
+from shared.models.enums import Decision, Side, SignalStatus, string_enum
 
 
 class Signal(db.Model):  # type: ignore[name-defined]
@@ -28,14 +28,14 @@ class Signal(db.Model):  # type: ignore[name-defined]
     # No index of its own: the unique (client_id, idempotency_key) index serves lookups by client.
     client_id: Mapped[int] = mapped_column(sa.ForeignKey("strategy_clients.id"))
     instrument: Mapped[str] = mapped_column(sa.String(32))
-    side: Mapped[Side] = mapped_column(_string_enum(Side, "signal_side"))
+    side: Mapped[Side] = mapped_column(string_enum(Side, "signal_side"))
     volume: Mapped[Decimal] = mapped_column(Volume)
     price: Mapped[Decimal | None] = mapped_column(Price)
     sl: Mapped[Decimal | None] = mapped_column(Price)
     tp: Mapped[Decimal | None] = mapped_column(Price)
     comment: Mapped[str | None] = mapped_column(sa.String(255))
     status: Mapped[SignalStatus] = mapped_column(
-        _string_enum(SignalStatus, "signal_status"), default=SignalStatus.PENDING
+        string_enum(SignalStatus, "signal_status"), default=SignalStatus.PENDING
     )
     ttl_seconds: Mapped[int] = mapped_column(sa.Integer)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -56,7 +56,7 @@ class Approval(db.Model):  # type: ignore[name-defined]
     id: Mapped[int] = mapped_column(primary_key=True)
     signal_id: Mapped[int] = mapped_column(sa.ForeignKey("signals.id"), unique=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
-    decision: Mapped[Decision] = mapped_column(_string_enum(Decision, "approval_decision"))
+    decision: Mapped[Decision] = mapped_column(string_enum(Decision, "approval_decision"))
     reason: Mapped[str | None] = mapped_column(sa.String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

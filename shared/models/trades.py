@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shared.core.db import Money, Price, UTCDateTime, Volume, db, utcnow
-from shared.models.enums import Side, TradeState, _string_enum
+from shared.models.enums import Side, TradeState, string_enum
 from shared.models.signals import Signal
 
 
@@ -29,9 +29,9 @@ class Trade(db.Model):  # type: ignore[name-defined]
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
     owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
     symbol: Mapped[str] = mapped_column(sa.String(32))
-    side: Mapped[Side] = mapped_column(_string_enum(Side, "trade_side"))
+    side: Mapped[Side] = mapped_column(string_enum(Side, "trade_side"))
     state: Mapped[TradeState] = mapped_column(
-        _string_enum(TradeState, "trade_state"), default=TradeState.PENDING
+        string_enum(TradeState, "trade_state"), default=TradeState.PENDING
     )
     magic: Mapped[int] = mapped_column(sa.BigInteger)
     comment: Mapped[str | None] = mapped_column(sa.String(31), unique=True)

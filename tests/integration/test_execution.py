@@ -192,7 +192,7 @@ def test_a_timeout_retcode_leaves_the_trade_sent_and_the_next_attempt_looks_firs
 
 
 def test_the_dispatch_sweep_re_enqueues_approved_signals_left_without_a_trade(
-    approved, db_session, monkeypatch
+    approved, db_session, sent_tasks
 ):
     from datetime import timedelta
 
@@ -203,21 +203,18 @@ def test_the_dispatch_sweep_re_enqueues_approved_signals_left_without_a_trade(
     signal_id = approved()
     db_session.get(Signal, signal_id).decided_at = utcnow() - timedelta(minutes=5)
     db_session.commit()
-    sent: list[int] = []
-    monkeypatch.setattr(workers.tasks, "enqueue_execution", sent.append)
+    sent_tasks.sent.clear()  # the approval's own message
     assert workers.tasks.dispatch_approved.run() == 1
-    assert sent == [signal_id]
+    assert sent_tasks.executions() == [signal_id]
 
 
-def test_two_workers_claiming_one_signal_make_one_trade(app, committed_db, tmp_path, monkeypatch):
+def test_two_workers_claiming_one_signal_make_one_trade(app, committed_db, tmp_path, sent_tasks):
     """Two deliveries of one message race to create the trade row: one row, one order."""
     import threading
 
-    import workers.tasks
     from shared.core.db import db
     from tests.conftest import Api
 
-    monkeypatch.setattr(workers.tasks, "enqueue_execution", lambda signal_id: None)
     api = Api(app.test_client())
     world = api.setup()
     signal_id = api.send_signal(world["client"], BUY).json["id"]

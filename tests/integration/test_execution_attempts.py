@@ -78,23 +78,30 @@ def lose_the_key_of(session, account_id: int) -> None:
 
 
 @pytest.fixture
-def tasks(monkeypatch):
-    """workers.tasks with approvals' execution messages kept from the broker (the tests run the task
-    themselves; a message left in the queue would reach a later test's worker)."""
+def tasks(sent_tasks):
+    """workers.tasks, with the messages the code enqueues (approvals' executions) kept from the broker
+    (the tests run the task themselves; a message left in the queue would reach a later test's
+    worker)."""
     import workers.tasks
 
-    monkeypatch.setattr(workers.tasks, "enqueue_execution", lambda signal_id: None)
     return workers.tasks
+
+
+@pytest.fixture
+def runtime():
+    import workers.runtime
+
+    return workers.runtime
 
 
 @pytest.fixture
 def limit(tasks) -> int:
     """Attempts a trade gets: the first and TRADEGUARD_EXECUTION_MAX_RETRIES more."""
-    return int(tasks.flask_app().extensions["tradeguard.settings"].execution_max_retries) + 1
+    return int(tasks.runtime.settings().execution_max_retries) + 1
 
 
 @pytest.fixture
-def opened(tasks, monkeypatch, broker):
+def opened(runtime, monkeypatch, broker):
     """The task's terminals: the test's simulated broker, in this process. Lists each opening."""
     openings: list[int] = []
 
@@ -106,7 +113,7 @@ def opened(tasks, monkeypatch, broker):
         ) as gateway:
             yield gateway
 
-    monkeypatch.setattr(tasks, "open_terminal", open_terminal)
+    monkeypatch.setattr(runtime, "open_terminal", open_terminal)
     return openings
 
 
@@ -178,7 +185,7 @@ def test_the_count_survives_a_fresh_message_from_the_safety_net(
 
 
 def test_a_trade_whose_order_may_have_been_sent_is_never_failed_and_is_left_to_reconciliation(
-    tasks, limit, opened, approved_signal, committed_db, monkeypatch, terminal
+    tasks, sent_tasks, limit, opened, approved_signal, committed_db, monkeypatch, terminal
 ):
     """The reply to order_send is lost, and every look for the order afterwards chokes on the
     terminal's reply: the attempts run out, but the order may exist, so the trade stays `sent` (no
@@ -202,9 +209,8 @@ def test_a_trade_whose_order_may_have_been_sent_is_never_failed_and_is_left_to_r
         sa.update(Trade).where(Trade.id == trade.id).values(updated_at=utcnow() - timedelta(minutes=5))
     )
     committed_db.commit()
-    enqueued: list[int] = []
-    monkeypatch.setattr(tasks, "enqueue_execution", enqueued.append)
-    assert tasks.dispatch_approved.run() == 0 and enqueued == []
+    sent_tasks.sent.clear()
+    assert tasks.dispatch_approved.run() == 0 and sent_tasks.executions() == []
 
     monkeypatch.setattr(SimTerminal, "positions_get", looking)  # the terminal answers properly again
     assert tasks.reconcile_accounts.run([account_id]) == {"ok": 1}
@@ -215,7 +221,7 @@ def test_a_trade_whose_order_may_have_been_sent_is_never_failed_and_is_left_to_r
 
 
 def test_the_safety_net_skips_sent_trades_out_of_attempts_but_not_pending_ones(
-    tasks, limit, approved_signal, committed_db, monkeypatch, tmp_path
+    tasks, sent_tasks, limit, approved_signal, committed_db, tmp_path
 ):
     settings = execution.ExecutionSettings(lock_dir=tmp_path)
     trades = {}
@@ -233,12 +239,13 @@ def test_the_safety_net_skips_sent_trades_out_of_attempts_but_not_pending_ones(
         )
         trades[name] = signal_id
     committed_db.commit()
-    enqueued: list[int] = []
-    monkeypatch.setattr(tasks, "enqueue_execution", enqueued.append)
+    sent_tasks.sent.clear()
 
     assert tasks.dispatch_approved.run() == 2
     # A pending trade is still run: the run either executes it or, failing, gives it up for good.
-    assert sorted(enqueued) == sorted([trades["sent, attempts left"], trades["pending, out of attempts"]])
+    assert sorted(sent_tasks.executions()) == sorted(
+        [trades["sent, attempts left"], trades["pending, out of attempts"]]
+    )
 
 
 def test_an_attempt_that_sent_its_order_is_counted_once(
@@ -284,17 +291,17 @@ def test_a_finished_trade_is_not_counted(run, approved, db_session, engine, tmp_
 
 
 def test_a_password_no_key_decrypts_fails_the_trade_at_once_and_sends_nothing(
-    tasks, approved_signal, committed_db, monkeypatch
+    tasks, runtime, approved_signal, committed_db, monkeypatch
 ):
     signal_id, account_id = approved_signal(lost_key=True)
     openings: list[int] = []
-    real_open = tasks.open_terminal  # the real one: it decrypts the password
+    real_open = runtime.open_terminal  # the real one: it decrypts the password
 
     def counting_open(account):
         openings.append(account.id)
         return real_open(account)
 
-    monkeypatch.setattr(tasks, "open_terminal", counting_open)
+    monkeypatch.setattr(runtime, "open_terminal", counting_open)
 
     assert tasks.execute_signal.apply(args=[signal_id]).get() == "failed"
 
@@ -316,7 +323,7 @@ def test_a_sync_of_an_account_whose_password_no_key_decrypts_fails_with_the_reas
     readable = api.account(user, login=9102)["id"]
     lose_the_key_of(committed_db, unreadable)
 
-    breaker_failures = tasks.flask_app().extensions["tradeguard.settings"].breaker_failures
+    breaker_failures = tasks.runtime.settings().breaker_failures
     assert tasks.reconcile_accounts.run([unreadable, readable]) == {"failed": 1, "ok": 1}
 
     sync = fresh(committed_db, AccountSync, account_id=unreadable)

@@ -50,20 +50,21 @@ def terminal_orders(port: int, login: int, comment: str) -> int:
 def test_the_task_retries_an_unreachable_terminal_a_bounded_number_of_times_then_fails(
     app, committed_db, monkeypatch
 ):
+    import workers.runtime
     import workers.tasks
 
     api = Api(app.test_client())
     # Port 1: nothing listens there, so every attempt fails to connect (retryable).
     signal_id, _ = make_approved_signal(api, "sim://127.0.0.1:1", 4001)
     opened: list[int] = []
-    real_open = workers.tasks.open_terminal
+    real_open = workers.runtime.open_terminal
 
     def counting_open(account):
         opened.append(account.id)
         return real_open(account)
 
-    monkeypatch.setattr(workers.tasks, "open_terminal", counting_open)
-    max_retries = workers.tasks.flask_app().extensions["tradeguard.settings"].execution_max_retries
+    monkeypatch.setattr(workers.runtime, "open_terminal", counting_open)
+    max_retries = workers.runtime.settings().execution_max_retries
     result = workers.tasks.execute_signal.apply(args=[signal_id])  # eager: retries run in this process
 
     assert len(opened) == max_retries + 1

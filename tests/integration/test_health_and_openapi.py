@@ -43,10 +43,16 @@ def test_readyz_is_503_naming_the_database_when_it_is_unreachable():
     assert response.json["checks"]["broker"] == "ok"
 
 
-def test_readyz_is_503_naming_the_broker_when_it_is_unreachable(client, monkeypatch):
-    from workers.celery_app import celery_app
+def test_readyz_is_503_naming_the_broker_when_it_is_unreachable(app, client, monkeypatch):
+    from celery import Celery
 
-    monkeypatch.setattr(celery_app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    from shared.core.extensions import TASK_QUEUE
+    from shared.core.queue import TaskQueue
+
+    nowhere = Celery("tradeguard")
+    nowhere.config_from_object("celeryconfig")
+    nowhere.conf.broker_url = "redis://127.0.0.1:1/0"
+    monkeypatch.setitem(app.extensions, TASK_QUEUE, TaskQueue(nowhere))
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json["checks"] == {"database": "ok", "broker": response.json["checks"]["broker"]}

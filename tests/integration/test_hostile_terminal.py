@@ -124,8 +124,8 @@ def _window():
 def test_a_real_worker_reconciling_a_hostile_terminal_runs_nothing_and_records_why(
     app, committed_db, hostile: Hostile, request
 ) -> None:
+    from shared.core.queue import RECONCILE_ACCOUNTS
     from workers.celery_app import celery_app
-    from workers.tasks import RECONCILE_ACCOUNTS
 
     variant = request.node.callspec.params["hostile"]
     api = Api(app.test_client())

@@ -72,11 +72,7 @@ def test_other_users_trades_are_404(api, world):
     assert api.http.get("/api/v1/trades", headers=stranger["headers"]).json["total"] == 0
 
 
-def test_only_an_approval_sends_the_execution_task(api, db_session, monkeypatch):
-    sent: list[int] = []
-    import workers.tasks
-
-    monkeypatch.setattr(workers.tasks, "enqueue_execution", lambda signal_id: sent.append(signal_id))
+def test_only_an_approval_sends_the_execution_task(api, db_session, sent_tasks):
     world = api.setup()
     first = api.send_signal(world["client"], {**GOOD, "comment": "a"}).json["id"]
     second = api.send_signal(world["client"], {**GOOD, "comment": "b"}).json["id"]
@@ -87,4 +83,4 @@ def test_only_an_approval_sends_the_execution_task(api, db_session, monkeypatch)
         "/api/v1/approvals", json={"signal_id": first, "decision": "approve"}, headers=headers
     )
     assert refused.status_code == 409
-    assert sent == [first]  # rejected and refused decisions enqueue nothing
+    assert sent_tasks.executions() == [first]  # rejected and refused decisions enqueue nothing

@@ -74,7 +74,7 @@ def test_malformed_settings_are_refused_with_the_variable_named(tmp_path):
 def test_reconciliation_tolerances_and_breaker_come_from_the_environment(tmp_path):
     from decimal import Decimal
 
-    from workers.tasks import reconcile_tolerances
+    from workers.runtime import reconcile_tolerances
 
     settings = load_settings(
         {

@@ -1,17 +1,14 @@
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from shared.core.db import after_commit
+from shared.execution import dispatch
 from shared.models import Decision
 from shared.signals import approvals
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_user, login_required
-from web.extensions import db
+from web.extensions import db, task_queue
 from web.schemas import ApprovalCreateSchema, ApprovalPageSchema, ApprovalSchema, PageQuerySchema
-
-log = logging.getLogger(__name__)
 
 blp = Blueprint(
     "approvals", __name__, url_prefix="/api/v1/approvals", description="Approve or reject signals"
@@ -38,21 +35,9 @@ def create_approval(body: dict[str, Any]) -> Any:
         reason=body["reason"],
     )
     if approval.decision == Decision.APPROVE:
-        # Sent only once the approval is committed, so the worker always finds it.
-        signal_id = approval.signal_id
-        after_commit(db.session, lambda: _enqueue_execution(signal_id))
+        dispatch.enqueue_execution_after_commit(db.session, task_queue(), approval.signal_id)
     db.session.commit()
     return approval
-
-
-def _enqueue_execution(signal_id: int) -> None:
-    from workers.tasks import enqueue_execution
-
-    try:
-        enqueue_execution(signal_id)
-    except Exception:
-        # The approval stands; beat's dispatch sweep enqueues it again shortly.
-        log.exception("could not enqueue execution of signal %s; the dispatch sweep will retry", signal_id)
 
 
 @blp.get("")

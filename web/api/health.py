@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from web.api import Blueprint
-from web.extensions import db
+from web.extensions import db, task_queue
 from web.schemas import HealthSchema
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,7 @@ def readyz() -> Any:
     finally:
         db.session.rollback()
     try:
-        from workers.celery_app import celery_app
-
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+        task_queue().check_broker(timeout_seconds=2)
         checks["broker"] = "ok"
     except Exception as exc:
         log.warning("readiness: broker unreachable: %s", exc)

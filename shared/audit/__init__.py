@@ -1,0 +1,1 @@
+"""The audit trail: writing its rows (trail) and reading them (queries)."""

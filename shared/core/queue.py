@@ -1,0 +1,62 @@
+"""The task-queue seam: the names of the workers' tasks, and a way to send one by name.
+
+Whatever enqueues work (an approval in the web, a beat sweep in a worker) goes through here, never by
+importing `workers`: the workers build the web's app, so the web importing the workers would make a
+cycle. A `TaskQueue` is a Celery *client*, configured from `celeryconfig`; it runs nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from celery import Celery
+
+# The workers' tasks, by the name they are registered and routed under (workers/tasks.py, celeryconfig).
+EXPIRE_SIGNALS = "tradeguard.expire_signals"
+EXECUTE_SIGNAL = "tradeguard.execute_signal"
+DISPATCH_APPROVED = "tradeguard.dispatch_approved"
+RECONCILE_TICK = "tradeguard.reconcile_tick"
+RECONCILE_ACCOUNTS = "tradeguard.reconcile_accounts"
+
+# Queues. Orders (and the small periodic jobs) go on the default one; reconciliation batches on their
+# own, so that an approved order never waits behind a batch of slow terminals.
+DEFAULT_QUEUE = "celery"
+RECONCILE_QUEUE = "reconcile"
+
+
+class Queue(Protocol):
+    """What code that sends tasks needs: `TaskQueue`, or a recording stand-in in tests."""
+
+    def send(self, task_name: str, args: Sequence[Any], **options: Any) -> None: ...
+
+    def check_broker(self, timeout_seconds: float) -> None: ...
+
+
+class TaskQueue:
+    """Sends tasks by name. Given the worker's own Celery app it uses that one; otherwise it makes a
+    client from `celeryconfig` on first use, so that building an app that never enqueues (a CLI
+    command, most tests) never touches the broker's settings."""
+
+    def __init__(self, celery: Celery | None = None):
+        self._celery = celery
+        self._lock = threading.Lock()
+
+    @property
+    def celery(self) -> Celery:
+        if self._celery is None:
+            with self._lock:
+                if self._celery is None:
+                    client = Celery("tradeguard")
+                    client.config_from_object("celeryconfig")
+                    self._celery = client
+        return self._celery
+
+    def send(self, task_name: str, args: Sequence[Any], **options: Any) -> None:
+        self.celery.send_task(task_name, args=list(args), **options)
+
+    def check_broker(self, timeout_seconds: float) -> None:
+        """Raises when the broker does not accept a connection within the timeout (readiness)."""
+        with self.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout_seconds)
