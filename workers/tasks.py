@@ -309,7 +309,8 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
     """Reconcile a batch of accounts: loaded and written in one transaction each, the terminals asked
     concurrently (the work is waiting on terminals, not CPU), so one slow or failing account does not
     delay the others. Returns how many accounts ended in each status."""
-    from shared.reconciliation.sync import BreakerSettings, sync_accounts
+    from shared.reconciliation.breaker import BreakerSettings
+    from shared.reconciliation.sync import sync_accounts
 
     app = flask_app()
     settings = app.extensions["tradeguard.settings"]
