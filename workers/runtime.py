@@ -24,8 +24,8 @@ from shared.execution.service import ExecutionSettings
 from shared.mt5.errors import CredentialsUnreadable
 from shared.mt5.gateway import Gateway
 from shared.mt5.pool import ConnectionPool
+from shared.reconciliation.breaker import BreakerSettings
 from shared.reconciliation.rules import Tolerances
-from shared.reconciliation.sync import BreakerSettings
 from workers.celery_app import flask_app
 
 

@@ -44,6 +44,7 @@ from shared.models import (
 )
 from shared.mt5.constants import DEAL_ENTRY_IN
 from shared.mt5.errors import TerminalError
+from shared.reconciliation.breaker import BreakerSettings, backoff_seconds, breaker_is_open
 from shared.reconciliation.rules import BookedTrade, ReconciliationResult, Tolerances, reconcile
 
 log = logging.getLogger(__name__)
@@ -66,24 +67,6 @@ FIRST_DEALS_WINDOW = timedelta(days=1)
 DEALS_WINDOW_AHEAD = timedelta(days=1)
 
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class BreakerSettings:
-    failures_to_open: int = 3  # consecutive failed syncs before the account is backed off
-    first_backoff_seconds: float = 30.0
-    max_backoff_seconds: float = 600.0
-
-
-def breaker_is_open(open_until: datetime | None, now: datetime) -> bool:
-    return bool(open_until and now < open_until)
-
-
-def backoff_seconds(consecutive_failures: int, settings: BreakerSettings) -> float:
-    """How long the breaker stays open after this many failures in a row: the first backoff when it
-    trips, doubling with every failed retry after that, capped. A success resets the count."""
-    extra_failures = max(0, consecutive_failures - settings.failures_to_open)
-    return float(min(settings.max_backoff_seconds, settings.first_backoff_seconds * 2**extra_failures))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from shared.audit import trail
 from shared.core.db import DbSession, utcnow
 from shared.core.errors import Conflict, NotFound
+from shared.core.pagination import Page, paginate
 from shared.models import Approval, Decision, Signal, SignalStatus, User
 from shared.signals.queries import get_own_signal
 from shared.signals.rules import is_expired
@@ -73,16 +74,6 @@ def get_own_approval(session: DbSession, user: User, approval_id: int) -> Approv
     return approval
 
 
-def list_own_approvals(
-    session: DbSession, user: User, *, page: int, per_page: int
-) -> tuple[list[Approval], int]:
-    where = Approval.user_id == user.id
-    total = session.scalar(sa.select(sa.func.count()).select_from(Approval).where(where)) or 0
-    items = session.scalars(
-        sa.select(Approval)
-        .where(where)
-        .order_by(Approval.id.desc())
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-    )
-    return list(items), total
+def list_own_approvals(session: DbSession, user: User, *, page: int, per_page: int) -> Page[Approval]:
+    statement = sa.select(Approval).where(Approval.user_id == user.id).order_by(Approval.id.desc())
+    return paginate(session, statement, page=page, per_page=per_page)

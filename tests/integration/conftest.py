@@ -14,8 +14,9 @@ from shared.core.locks import each
 from shared.execution import service as execution
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim import SimBroker, SimTerminal
+from shared.reconciliation.breaker import BreakerSettings
 from shared.reconciliation.rules import Tolerances
-from shared.reconciliation.sync import BreakerSettings, sync_account, sync_accounts
+from shared.reconciliation.sync import sync_account, sync_accounts
 
 BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
 

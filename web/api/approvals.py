@@ -46,10 +46,9 @@ def create_approval(body: dict[str, Any]) -> Any:
 @blp.response(200, ApprovalPageSchema)
 @blp.errors(401, 503)
 def list_approvals(query: dict[str, Any]) -> Any:
-    items, total = approvals.list_own_approvals(
+    return approvals.list_own_approvals(
         db.session, current_user(), page=query["page"], per_page=query["per_page"]
     )
-    return {"items": items, "total": total, "page": query["page"], "per_page": query["per_page"]}
 
 
 @blp.get("/<id:approval_id>")

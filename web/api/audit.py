@@ -2,9 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
-
-from shared.models import AuditLog
+from shared.audit import queries
 from web.api import Blueprint
 from web.auth import admin_required
 from web.extensions import db
@@ -19,21 +17,11 @@ blp = Blueprint("audit", __name__, url_prefix="/api/v1/audit", description="The 
 @blp.response(200, AuditPageSchema)
 @blp.errors(401, 403, 503)
 def list_audit(query: dict[str, Any]) -> Any:
-    where = [
-        column == query[name]
-        for name, column in (
-            ("action", AuditLog.action),
-            ("target_type", AuditLog.target_type),
-            ("target_id", AuditLog.target_id),
-        )
-        if query[name] is not None
-    ]
-    total = db.session.scalar(sa.select(sa.func.count()).select_from(AuditLog).where(*where))
-    items = db.session.scalars(
-        sa.select(AuditLog)
-        .where(*where)
-        .order_by(AuditLog.id.desc())
-        .limit(query["per_page"])
-        .offset((query["page"] - 1) * query["per_page"])
+    return queries.list_entries(
+        db.session,
+        action=query["action"],
+        target_type=query["target_type"],
+        target_id=query["target_id"],
+        page=query["page"],
+        per_page=query["per_page"],
     )
-    return {"items": list(items), "total": total, "page": query["page"], "per_page": query["per_page"]}

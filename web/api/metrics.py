@@ -6,12 +6,10 @@ keeps them right however many workers run on however many machines.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from flask import Blueprint, Response
 
 from shared.core.db import utcnow
-from shared.metrics import task_durations
-from shared.models import Account, AccountSync, ReconciliationLog
+from shared.metrics import queries, task_durations
 from web.extensions import db
 
 blp = Blueprint("metrics", __name__)
@@ -60,31 +58,16 @@ def _histogram(name: str, help_text: str, values: list[float], buckets: tuple[fl
 
 @blp.get("/metrics")
 def metrics() -> Response:
-    now = utcnow()
-    syncs = db.session.execute(
-        sa.select(
-            AccountSync.last_synced_at,
-            AccountSync.last_sync_ms,
-            AccountSync.breaker_open_until,
-            AccountSync.breaker_openings,
-        )
-    ).all()
-    accounts = db.session.scalar(sa.select(sa.func.count()).select_from(Account)) or 0
-    divergences = db.session.execute(
-        sa.select(ReconciliationLog.event_type, sa.func.count()).group_by(ReconciliationLog.event_type)
-    ).all()
-    lags = [(now - row.last_synced_at).total_seconds() for row in syncs if row.last_synced_at]
-    durations = [float(row.last_sync_ms) for row in syncs if row.last_sync_ms is not None]
-    open_breakers = sum(1 for row in syncs if row.breaker_open_until and row.breaker_open_until > now)
-    openings = sum(row.breaker_openings or 0 for row in syncs)
+    figures = queries.sync_figures(db.session, utcnow())
+    lags = figures.lags_seconds
 
     lines = [
         "# HELP tradeguard_accounts Broker accounts known to TradeGuard.",
         "# TYPE tradeguard_accounts gauge",
-        f"tradeguard_accounts {accounts}",
+        f"tradeguard_accounts {figures.accounts}",
         "# HELP tradeguard_accounts_never_synced Accounts without a successful reconciliation yet.",
         "# TYPE tradeguard_accounts_never_synced gauge",
-        f"tradeguard_accounts_never_synced {accounts - len(lags)}",
+        f"tradeguard_accounts_never_synced {figures.accounts - len(lags)}",
         "# HELP tradeguard_sync_lag_max_seconds Age of the stalest successful reconciliation.",
         "# TYPE tradeguard_sync_lag_max_seconds gauge",
         f"tradeguard_sync_lag_max_seconds {max(lags) if lags else 0}",
@@ -94,21 +77,21 @@ def metrics() -> Response:
         *_histogram(
             "tradeguard_sync_duration_milliseconds",
             "How long each account's last reconciliation took.",
-            durations,
+            figures.durations_ms,
             _DURATION_BUCKETS_MS,
         ),
         "# HELP tradeguard_reconciliation_events_total Reconciliation events recorded, by type.",
         "# TYPE tradeguard_reconciliation_events_total counter",
         *[
             f'tradeguard_reconciliation_events_total{{type="{_label(kind)}"}} {count}'
-            for kind, count in divergences
+            for kind, count in figures.events_by_type
         ],
         "# HELP tradeguard_breakers_open Accounts backed off by their circuit breaker right now.",
         "# TYPE tradeguard_breakers_open gauge",
-        f"tradeguard_breakers_open {open_breakers}",
+        f"tradeguard_breakers_open {figures.open_breakers}",
         "# HELP tradeguard_breaker_openings_total Times any account's circuit breaker opened.",
         "# TYPE tradeguard_breaker_openings_total counter",
-        f"tradeguard_breaker_openings_total {openings}",
+        f"tradeguard_breaker_openings_total {figures.breaker_openings}",
         *_task_durations(task_durations.read(db.session)),
     ]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
-
 from shared.core.db import utcnow
 from shared.identity.accounts import get_own_account
-from shared.models import Account, AccountSync, PositionSnapshot, ReconciliationLog
+from shared.reconciliation import queries
+from shared.reconciliation.breaker import breaker_is_open
 from web.api import Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db
@@ -22,28 +21,13 @@ from web.schemas import (
 blp = Blueprint("monitoring", __name__, url_prefix="/api/v1", description="Positions, reconciliation, status")
 
 
-def _positions(*where: Any) -> list[dict[str, Any]]:
-    """Open positions as of each account's last sync, for the accounts `where` selects (one query)."""
-    syncs = db.session.scalars(
-        sa.select(AccountSync)
-        .join(Account, Account.id == AccountSync.account_id)
-        .where(*where)
-        .order_by(Account.id)
-    )
-    return [
-        {**row, "account_id": sync.account_id, "synced_at": sync.last_synced_at}
-        for sync in syncs
-        for row in sync.positions
-    ]
-
-
 @blp.get("/positions")
 @login_required
 @blp.response(200, PositionViewSchema(many=True))
 @blp.errors(401, 503)
 def all_positions() -> Any:
     """Open positions of every own account, as of each account's last sync."""
-    return _positions(Account.owner_id == current_user().id)
+    return queries.own_positions(db.session, current_user())
 
 
 @blp.get("/accounts/<id:account_id>/positions")
@@ -52,7 +36,7 @@ def all_positions() -> Any:
 @blp.errors(401, 404, 503)
 def account_positions(account_id: int) -> Any:
     account = get_own_account(db.session, current_user(), account_id)
-    return _positions(Account.id == account.id)
+    return queries.account_positions(db.session, account.id)
 
 
 @blp.get("/reconciliation/<id:account_id>")
@@ -62,22 +46,15 @@ def account_positions(account_id: int) -> Any:
 @blp.errors(401, 404, 503)
 def reconciliation_events(query: dict[str, Any], account_id: int) -> Any:
     account = get_own_account(db.session, current_user(), account_id)
-    where = [ReconciliationLog.account_id == account.id]
-    if query["event_type"]:
-        where.append(ReconciliationLog.event_type == query["event_type"])
-    if query["trade_id"]:
-        where.append(ReconciliationLog.trade_id == query["trade_id"])
-    if query["since"]:
-        where.append(ReconciliationLog.created_at >= query["since"])
-    total = db.session.scalar(sa.select(sa.func.count()).select_from(ReconciliationLog).where(*where))
-    items = db.session.scalars(
-        sa.select(ReconciliationLog)
-        .where(*where)
-        .order_by(ReconciliationLog.id.desc())
-        .limit(query["per_page"])
-        .offset((query["page"] - 1) * query["per_page"])
+    return queries.list_events(
+        db.session,
+        account.id,
+        event_type=query["event_type"],
+        trade_id=query["trade_id"],
+        since=query["since"],
+        page=query["page"],
+        per_page=query["per_page"],
     )
-    return {"items": list(items), "total": total, "page": query["page"], "per_page": query["per_page"]}
 
 
 @blp.get("/accounts/<id:account_id>/status")
@@ -86,15 +63,11 @@ def reconciliation_events(query: dict[str, Any], account_id: int) -> Any:
 @blp.errors(401, 404, 503)
 def account_status(account_id: int) -> Any:
     account = get_own_account(db.session, current_user(), account_id)
-    sync = db.session.get(AccountSync, account.id)
-    latest = db.session.scalar(
-        sa.select(PositionSnapshot)
-        .where(PositionSnapshot.account_id == account.id)
-        .order_by(PositionSnapshot.synced_at.desc(), PositionSnapshot.id.desc())
-        .limit(1)
-    )
+    state = queries.sync_state(db.session, account.id)
+    sync, latest = state.sync, state.latest_snapshot
     now = utcnow()
     open_until = sync.breaker_open_until if sync else None
+    breaker_open = breaker_is_open(open_until, now)
     return {
         "account_id": account.id,
         "currency": latest.currency if latest else account.currency,
@@ -104,8 +77,8 @@ def account_status(account_id: int) -> Any:
         else None,
         "last_sync_ms": sync.last_sync_ms if sync else None,
         "last_error": sync.last_error if sync else None,
-        "breaker": "open" if open_until and open_until > now else "closed",
-        "breaker_open_until": open_until if open_until and open_until > now else None,
+        "breaker": "open" if breaker_open else "closed",
+        "breaker_open_until": open_until if breaker_open else None,
         "consecutive_failures": sync.consecutive_failures if sync else 0,
         "equity": latest.equity if latest else None,
         "balance": latest.balance if latest else None,

@@ -116,10 +116,9 @@ def create_signal() -> Any:
 @blp.errors(401, 503)
 def list_signals(query: dict[str, Any]) -> Any:
     status = SignalStatus(query["status"]) if query["status"] else None
-    items, total = queries.list_own_signals(
+    return queries.list_own_signals(
         db.session, current_user(), status=status, page=query["page"], per_page=query["per_page"]
     )
-    return {"items": items, "total": total, "page": query["page"], "per_page": query["per_page"]}
 
 
 @blp.get("/<id:signal_id>")
