@@ -14,7 +14,7 @@ from shared.models import Account, AccountSync
 def accounts_due(session: DbSession, now: datetime) -> list[int]:
     """Every account whose circuit breaker is not open, stalest first: when a tick cannot finish every
     account, the ones left over go first next time instead of the same tail being dropped on every
-    tick."""
+    tick. The breaker test is `breaker.breaker_is_open`, said in SQL so that the database filters."""
     return list(
         session.scalars(
             sa.select(Account.id)

@@ -28,6 +28,10 @@ from shared.signals.auth import ClientIdentity
 log = logging.getLogger(__name__)
 
 
+# The audit action of a stored signal, written by the batch statement and by the SQLite path alike.
+RECEIVED_ACTION = "signal.received"
+
+
 @dataclass(frozen=True)
 class StoredSignal:
     """A signal as the ingest statement returned it: the attributes of `Signal` that readers use,
@@ -161,7 +165,7 @@ def _ingest_batch(cursor: Any, items: Sequence[_BatchItem]) -> list[StoredSignal
     """Run the prepared statement on `items`: for each, in order, its stored signal, or None when it
     was not inserted (a duplicate, or a revoked client)."""
     batch = "[" + ",".join(item.json for item in items) + "]"
-    cursor.execute(_PG_INGEST_EXECUTE, (batch, trail.CLIENT, _RECEIVED))
+    cursor.execute(_PG_INGEST_EXECUTE, (batch, trail.CLIENT, RECEIVED_ACTION))
     inserted = {(row[_SIGNATURE_AT], row[_CLIENT_AT], row[_KEY_AT]): row for row in cursor.fetchall()}
     results: list[StoredSignal | None] = []
     for item in items:
@@ -193,7 +197,7 @@ def _ingest_prepared(
         raise
 
 
-def _insert_postgres(
+def insert_postgres(
     session: DbSession,
     bind: sa.Engine | sa.Connection,
     client: ClientIdentity,
@@ -305,6 +309,3 @@ def _ingest_autocommit(engine: sa.Engine, items: Sequence[_BatchItem]) -> list[S
         raise
     finally:
         pooled.close()
-
-
-_RECEIVED = "signal.received"

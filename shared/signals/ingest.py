@@ -16,7 +16,7 @@ from shared.core.db import DbSession, bind_of, utcnow
 from shared.core.errors import Conflict, NotAuthenticated
 from shared.models import Side, Signal, SignalStatus, StrategyClient
 from shared.signals.auth import ClientIdentity
-from shared.signals.batching import _RECEIVED, StoredSignal, _insert_postgres
+from shared.signals.batching import RECEIVED_ACTION, StoredSignal, insert_postgres
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _insert_generic(
             session,
             actor_type=trail.CLIENT,
             actor_id=client.id,
-            action=_RECEIVED,
+            action=RECEIVED_ACTION,
             target_type="signal",
             target_id=signal.id,
             meta=meta,
@@ -114,7 +114,7 @@ def ingest_signal(
     what the winner stored. A client revoked since its secret was cached inserts nothing and gets 401.
 
     On Postgres, when the session has no transaction open, a new signal and its audit row are committed
-    before this returns, by the statement of the batch it joined (autocommit); see `_insert_postgres`.
+    before this returns, by the statement of the batch it joined (autocommit); see `insert_postgres`.
     """
     signature = signature.strip().lower()
     now = utcnow()
@@ -139,7 +139,7 @@ def ingest_signal(
     signal: Signal | StoredSignal | None
     bind = bind_of(session)
     if bind.dialect.name == "postgresql":
-        signal = _insert_postgres(session, bind, client, values, meta)
+        signal = insert_postgres(session, bind, client, values, meta)
     else:
         signal = _insert_generic(session, client, values, meta)
     if signal is not None:
