@@ -13,7 +13,8 @@ from shared.core.db import db
 from shared.core.locks import each
 from shared.execution import service as execution
 from shared.mt5.gateway import Gateway
-from shared.mt5.sim import SimBroker, SimTerminal
+from shared.mt5.sim.broker import SimBroker
+from shared.mt5.sim.terminal import SimTerminal
 from shared.reconciliation.rules import Tolerances
 from shared.reconciliation.sync import BreakerSettings, sync_account, sync_accounts
 

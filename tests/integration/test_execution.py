@@ -15,7 +15,7 @@ from shared.core.locks import exclusive
 from shared.execution import service as execution
 from shared.models import AuditLog, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown, TerminalUnavailable
-from shared.mt5.sim import SimTerminal
+from shared.mt5.sim.terminal import SimTerminal
 
 BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
 

@@ -23,7 +23,7 @@ from shared.execution import service as execution
 from shared.models import Account, AccountSync, AuditLog, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown
 from shared.mt5.gateway import Gateway
-from shared.mt5.sim import SimTerminal
+from shared.mt5.sim.terminal import SimTerminal
 from tests.conftest import Api
 from tests.processes import celery_worker, terminal_server, wait_for
 
@@ -371,8 +371,8 @@ def test_a_real_worker_retries_a_misbehaving_terminal_then_fails_the_trade(app, 
         url = f"sim://127.0.0.1:{port}"
         control = rpyc.classic.connect("127.0.0.1", port)
         control.execute(
-            "import shared.mt5.sim as sim\n"
-            "sim.SimTerminal.symbol_info_tick = lambda self, symbol: {'time': 0}"
+            "from shared.mt5.sim.terminal import SimTerminal\n"
+            "SimTerminal.symbol_info_tick = lambda self, symbol: {'time': 0}"
         )
         control.close()
         user = api.user()
