@@ -74,7 +74,7 @@ class _PayingConnection(Connection):
 
     def _send(self, msg: int, seq: int, args: Any) -> None:
         if msg in (consts.MSG_REPLY, consts.MSG_EXCEPTION):
-            from shared.mt5.sim import pay_latency
+            from shared.mt5.sim.latency import pay_latency
 
             pay_latency()
         super()._send(msg, seq, args)
@@ -91,7 +91,7 @@ def build_server(host: str, port: int, latency_mode: str = "call") -> ThreadedSe
     """The RPyC classic server, with the simulator installed as this process's MetaTrader5 module."""
     from rpyc.core.channel import Channel
 
-    from shared.mt5.sim import install_as_metatrader5
+    from shared.mt5.sim.install import install_as_metatrader5
 
     module = install_as_metatrader5()
     module.sim_broker.latency_mode = latency_mode

@@ -285,7 +285,8 @@ def _connector(
     if scheme == "sim" and not host:
 
         def in_process() -> _Backend:
-            from shared.mt5.sim import SimTerminal, default_broker
+            from shared.mt5.sim.broker import default_broker
+            from shared.mt5.sim.terminal import SimTerminal
 
             return _LocalBackend(SimTerminal(default_broker()))
 

@@ -1,10 +1,11 @@
 """`Gateway`: the only code that calls an MT5 terminal.
 
-It drives any object that behaves like the official `MetaTrader5` module — the package itself
-(`mt5://`), the package in a remote Python over RPyC classic (`mt5linux://host:port`, the mt5linux
-approach), or TradeGuard's simulated terminal (`sim://` in-process, `sim://host:port` for the `terminal`
-process, which speaks the same RPyC protocol) — and hands the rest of the code frozen dataclasses:
-Decimal for prices, volumes and money, UTC-aware datetimes, sides as "buy"/"sell".
+It drives any object that behaves like the official `MetaTrader5` module (the terminal protocol,
+`protocol.MetaTrader5Module`) — the package itself (`mt5://`), the package in a remote Python over RPyC
+classic (`mt5linux://host:port`, the mt5linux approach), or TradeGuard's simulated terminal (`sim://`
+in-process, `sim://host:port` for the `terminal` process, which speaks the same RPyC protocol) — and
+hands the rest of the code frozen dataclasses: Decimal for prices, volumes and money, UTC-aware
+datetimes, sides as "buy"/"sell".
 
 Every terminal call goes through `Gateway._call`, which
 
@@ -53,6 +54,7 @@ from shared.mt5.errors import (
     classify,
 )
 from shared.mt5.pool import ConnectionPool
+from shared.mt5.protocol import MetaTrader5Module
 from shared.mt5.terminals import require_declared
 from shared.mt5.types import AccountSnapshot, AccountState, Deal, OrderResult, Position, Quote, SymbolSpec
 from shared.mt5.wire import ENSURE_LOGIN, Call, SessionKey, _utc, session_key
@@ -165,7 +167,7 @@ class Gateway:
     @classmethod
     def from_module(
         cls,
-        module: Any,
+        module: MetaTrader5Module,
         *,
         login: int,
         password: str,

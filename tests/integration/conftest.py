@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 
@@ -13,7 +14,8 @@ from shared.core.db import db
 from shared.core.locks import each
 from shared.execution import service as execution
 from shared.mt5.gateway import Gateway
-from shared.mt5.sim import SimBroker, SimTerminal
+from shared.mt5.sim.broker import SimBroker
+from shared.mt5.sim.terminal import SimTerminal
 from shared.reconciliation.breaker import BreakerSettings
 from shared.reconciliation.rules import Tolerances
 from shared.reconciliation.sync import sync_account, sync_accounts
@@ -43,17 +45,19 @@ def terminal(broker):
 
 @pytest.fixture
 def run(db_session, engine, broker, tmp_path):
+    """`run(signal_id, **execution settings)` executes the signal against the test's broker, through a
+    SimTerminal, or through a terminal of `terminal_type=` (a SimTerminal that misbehaves, say)."""
     opened: list[int] = []
 
     @contextmanager
-    def open_terminal(account):
+    def open_terminal(account, terminal_type=SimTerminal):
         opened.append(account.id)
         with Gateway.from_module(
-            SimTerminal(broker), login=account.login, password="x", server=account.server, timeout=5
+            terminal_type(broker), login=account.login, password="x", server=account.server, timeout=5
         ) as gateway:
             yield gateway
 
-    def run(signal_id, **settings):
+    def run(signal_id, *, terminal_type=SimTerminal, **settings):
         # No lease by default: these tests decide when an earlier attempt is over.
         options = {
             "unknown_outcome_grace_seconds": 0.0,
@@ -65,7 +69,7 @@ def run(db_session, engine, broker, tmp_path):
             db_session,
             signal_id,
             engine=engine,
-            open_terminal=open_terminal,
+            open_terminal=functools.partial(open_terminal, terminal_type=terminal_type),
             settings=execution.ExecutionSettings(**options),
             sleep=lambda _: None,
         )

@@ -15,7 +15,7 @@ from shared.core.locks import exclusive
 from shared.execution import service as execution
 from shared.models import AuditLog, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown, TerminalUnavailable
-from shared.mt5.sim import SimTerminal
+from shared.mt5.sim.terminal import SimTerminal
 
 BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
 
@@ -116,22 +116,19 @@ def test_a_lost_reply_is_found_on_the_terminal_not_sent_again(run, approved, ter
     assert "trade.found_after_lost_reply" in actions(db_session, trade)
 
 
+class DisconnectsDuringOrderSend(SimTerminal):
+    """A terminal whose connection drops as order_send starts: nothing is executed, and the sender does
+    not know it."""
+
+    def order_send(self, request):
+        self.sim_disconnect(0.2)
+        return super().order_send(request)
+
+
 def test_an_order_that_never_reached_the_terminal_is_sent_after_looking(run, approved, terminal, db_session):
     signal_id = approved()
-    # The terminal drops the connection during order_send: nothing executed, outcome unknown to us.
-    original = SimTerminal.order_send
-
-    def fail_once(self, request):
-        SimTerminal.order_send = original
-        self.sim_disconnect(0.2)
-        return original(self, request)
-
-    SimTerminal.order_send = fail_once
-    try:
-        with pytest.raises(TerminalUnavailable):
-            run(signal_id)
-    finally:
-        SimTerminal.order_send = original
+    with pytest.raises(TerminalUnavailable):
+        run(signal_id, terminal_type=DisconnectsDuringOrderSend)
     trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
     assert trade.state == TradeState.SENT and orders_sent(terminal, trade) == 0
 

@@ -23,20 +23,30 @@ from shared.execution import service as execution
 from shared.models import Account, AccountSync, AuditLog, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown
 from shared.mt5.gateway import Gateway
-from shared.mt5.sim import SimTerminal
+from shared.mt5.sim.terminal import SimTerminal
 from tests.conftest import Api
 from tests.processes import celery_worker, terminal_server, wait_for
 
 BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
 
 
-def garbage_tick(self, symbol):
-    """A tick reply missing its prices: what a misbehaving terminal server might send."""
-    return {"time": 0}
+class MisbehavingTerminal(SimTerminal):
+    """The simulated terminal, except that the functions named in `garbled` answer with replies missing
+    their fields: what a misbehaving terminal server might send."""
 
+    def __init__(self, broker, garbled: set[str]):
+        super().__init__(broker)
+        self.garbled = garbled
 
-def garbage_positions(self, *args, **kwargs):
-    return [{"ticket": 1}]
+    def symbol_info_tick(self, symbol):
+        if "symbol_info_tick" in self.garbled:
+            return {"time": 0}  # no prices
+        return super().symbol_info_tick(symbol)
+
+    def positions_get(self, *args, **kwargs):
+        if "positions_get" in self.garbled:
+            return [{"ticket": 1}]
+        return super().positions_get(*args, **kwargs)
 
 
 def fresh(session, model, **where):
@@ -101,15 +111,26 @@ def limit(tasks) -> int:
 
 
 @pytest.fixture
-def opened(runtime, monkeypatch, broker):
-    """The task's terminals: the test's simulated broker, in this process. Lists each opening."""
+def garbled() -> set[str]:
+    """The terminal functions that answer garbage on the task's terminals (see MisbehavingTerminal)."""
+    return set()
+
+
+@pytest.fixture
+def opened(runtime, monkeypatch, broker, garbled):
+    """The task's terminals: the test's simulated broker, in this process, answering garbage from the
+    functions in `garbled`. Lists each opening."""
     openings: list[int] = []
 
     @contextmanager
     def open_terminal(account, **_):
         openings.append(account.id)
         with Gateway.from_module(
-            SimTerminal(broker), login=account.login, password="x", server=account.server, timeout=5
+            MisbehavingTerminal(broker, garbled),
+            login=account.login,
+            password="x",
+            server=account.server,
+            timeout=5,
         ) as gateway:
             yield gateway
 
@@ -144,9 +165,9 @@ def orders_sent(terminal, comment: str) -> int:
 
 
 def test_an_unclassified_error_is_retried_up_to_the_limit_then_the_trade_fails_with_it(
-    tasks, limit, opened, approved_signal, committed_db, monkeypatch, terminal
+    tasks, limit, opened, garbled, approved_signal, committed_db, terminal
 ):
-    monkeypatch.setattr(SimTerminal, "symbol_info_tick", garbage_tick)
+    garbled.add("symbol_info_tick")
     signal_id, _ = approved_signal()
 
     result = tasks.execute_signal.apply(args=[signal_id])
@@ -167,10 +188,10 @@ def test_an_unclassified_error_is_retried_up_to_the_limit_then_the_trade_fails_w
 
 
 def test_the_count_survives_a_fresh_message_from_the_safety_net(
-    tasks, limit, opened, approved_signal, committed_db, monkeypatch, tmp_path
+    tasks, limit, opened, garbled, approved_signal, committed_db, tmp_path
 ):
     """The safety net's message starts Celery's retry count at 0; the trade's count does not."""
-    monkeypatch.setattr(SimTerminal, "symbol_info_tick", garbage_tick)
+    garbled.add("symbol_info_tick")
     signal_id, _ = approved_signal()
     trade = execution._claim_trade(committed_db, signal_id, execution.ExecutionSettings(lock_dir=tmp_path))
     committed_db.execute(sa.update(Trade).where(Trade.id == trade.id).values(attempts=limit - 1))
@@ -185,15 +206,14 @@ def test_the_count_survives_a_fresh_message_from_the_safety_net(
 
 
 def test_a_trade_whose_order_may_have_been_sent_is_never_failed_and_is_left_to_reconciliation(
-    tasks, sent_tasks, limit, opened, approved_signal, committed_db, monkeypatch, terminal
+    tasks, sent_tasks, limit, opened, garbled, approved_signal, committed_db, monkeypatch, terminal
 ):
     """The reply to order_send is lost, and every look for the order afterwards chokes on the
     terminal's reply: the attempts run out, but the order may exist, so the trade stays `sent` (no
     failure, no second order), the safety net stops sending it, and reconciliation settles it."""
     signal_id, account_id = approved_signal()
     terminal.sim_lose_next_reply()
-    looking = SimTerminal.positions_get
-    monkeypatch.setattr(SimTerminal, "positions_get", garbage_positions)
+    garbled.add("positions_get")
 
     assert tasks.execute_signal.apply(args=[signal_id]).get() == "sent"
 
@@ -212,7 +232,7 @@ def test_a_trade_whose_order_may_have_been_sent_is_never_failed_and_is_left_to_r
     sent_tasks.sent.clear()
     assert tasks.dispatch_approved.run() == 0 and sent_tasks.executions() == []
 
-    monkeypatch.setattr(SimTerminal, "positions_get", looking)  # the terminal answers properly again
+    garbled.discard("positions_get")  # the terminal answers properly again
     assert tasks.reconcile_accounts.run([account_id]) == {"ok": 1}
     trade = fresh(committed_db, Trade, signal_id=signal_id)
     assert trade.state == TradeState.FILLED and "trade.filled_by_reconciliation" in actions(
@@ -378,8 +398,8 @@ def test_a_real_worker_retries_a_misbehaving_terminal_then_fails_the_trade(app, 
         url = f"sim://127.0.0.1:{port}"
         control = rpyc.classic.connect("127.0.0.1", port)
         control.execute(
-            "import shared.mt5.sim as sim\n"
-            "sim.SimTerminal.symbol_info_tick = lambda self, symbol: {'time': 0}"
+            "from shared.mt5.sim.terminal import SimTerminal\n"
+            "SimTerminal.symbol_info_tick = lambda self, symbol: {'time': 0}"
         )
         control.close()
         user = api.user()

@@ -33,7 +33,10 @@ from shared.mt5.errors import (
     classify,
 )
 from shared.mt5.gateway import Gateway
-from shared.mt5.sim import DEFAULT_SYMBOLS, SimBroker, SimTerminal, install_as_metatrader5
+from shared.mt5.sim.broker import SimBroker
+from shared.mt5.sim.install import install_as_metatrader5
+from shared.mt5.sim.symbols import DEFAULT_SYMBOLS
+from shared.mt5.sim.terminal import SimTerminal
 from shared.mt5.terminals import declared_terminals
 from shared.mt5.types import OrderResult, Position
 

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.mt5 import sim
-from shared.mt5.sim import SimBroker, SimTerminal
+from shared.mt5.sim.broker import SimBroker
+from shared.mt5.sim.latency import pay_latency
+from shared.mt5.sim.terminal import SimTerminal
 
 LOGIN = 1001
 LATENCY_MS = 100
@@ -63,8 +64,8 @@ def test_reply_mode_calls_do_not_sleep_and_pay_latency_sleeps_their_sum_once() -
 
     def scenario() -> tuple[float, float, float]:
         calls = timed(lambda: three_calls(terminal))
-        paid = timed(sim.pay_latency)
-        again = timed(sim.pay_latency)  # the debt was reset: nothing left to sleep
+        paid = timed(pay_latency)
+        again = timed(pay_latency)  # the debt was reset: nothing left to sleep
         return calls, paid, again
 
     calls, paid, again = on_own_thread(scenario)
@@ -82,8 +83,8 @@ def test_reply_mode_latency_is_owed_by_the_calling_thread_only() -> None:
 
     def scenario() -> tuple[float, float]:
         three_calls(terminal)  # this thread owes 0.3 s
-        paid_elsewhere = on_own_thread(lambda: timed(sim.pay_latency))
-        paid_here = timed(sim.pay_latency)
+        paid_elsewhere = on_own_thread(lambda: timed(pay_latency))
+        paid_here = timed(pay_latency)
         return paid_elsewhere, paid_here
 
     paid_elsewhere, paid_here = on_own_thread(scenario)
@@ -97,7 +98,7 @@ def test_call_mode_sleeps_in_every_call_and_owes_nothing() -> None:
     terminal = SimTerminal(broker)
 
     def scenario() -> tuple[float, float]:
-        return timed(lambda: three_calls(terminal)), timed(sim.pay_latency)
+        return timed(lambda: three_calls(terminal)), timed(pay_latency)
 
     calls, paid = on_own_thread(scenario)
     assert 0.3 <= calls < 0.6, calls

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 
 from shared.mt5 import constants as C
-from shared.mt5 import sim, structs
-from shared.mt5.sim import SimBroker, SimTerminal, install_as_metatrader5
+from shared.mt5 import structs
+from shared.mt5.sim import broker as broker_module
+from shared.mt5.sim.broker import SEED_ENV, SimBroker, SimError, default_broker
+from shared.mt5.sim.install import install_as_metatrader5
+from shared.mt5.sim.terminal import TERMINAL_BUILD, TERMINAL_BUILD_DATE, SimTerminal
 
 START = 1_700_000_000  # 2023-11-14 22:13:20 UTC, unix seconds
 LOGIN = 1001
@@ -130,7 +133,7 @@ def test_demo_broker_opens_any_account_with_10000_usd(broker: SimBroker) -> None
     assert (info.margin, info.margin_free, info.margin_level) == (0.0, 10000.0, 0.0)
     assert info.server == "TradeGuard-Sim"
     assert info.margin_mode == C.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING
-    assert mt5.version() == (500, sim.TERMINAL_BUILD, sim.TERMINAL_BUILD_DATE)
+    assert mt5.version() == (500, TERMINAL_BUILD, TERMINAL_BUILD_DATE)
     terminal = mt5.terminal_info()
     assert terminal is not None and terminal.connected and terminal.trade_allowed
 
@@ -764,12 +767,12 @@ def test_a_call_costs_the_callers_positions_not_the_whole_book() -> None:
 
 
 def test_an_unconvertible_currency_is_refused(clock: FakeClock, broker: SimBroker) -> None:
-    with pytest.raises(sim.SimError, match="no symbol converts"):
+    with pytest.raises(SimError, match="no symbol converts"):
         SimBroker(clock=clock, accounts={2001: {"currency": "CHF"}})
     for pair in (("CHF", "USD"), ("USD", "CHF"), ("CHF", "EUR"), ("EUR", "CHF")):
-        with pytest.raises(sim.SimError, match="no symbol converts"):
+        with pytest.raises(SimError, match="no symbol converts"):
             broker._rate(*pair)
-        with pytest.raises(sim.SimError, match="no symbol converts"):
+        with pytest.raises(SimError, match="no symbol converts"):
             broker._rate_path(*pair)  # the symbols a stop-out window watches come from the same search
     assert broker._rate("EUR", "EUR") == 1.0
     assert [name for name, _ in broker._rate_path("EUR", "JPY")] == ["EURUSD", "USDJPY"]
@@ -799,7 +802,7 @@ def test_manual_positions_are_client_ones(mt5: SimTerminal, broker: SimBroker) -
     opening, closing = deals_of(mt5, ticket)
     assert opening.reason == closing.reason == C.DEAL_REASON_CLIENT
     assert (closing.ticket, closing.magic, closing.entry) == (deal, 0, C.DEAL_ENTRY_OUT)
-    with pytest.raises(sim.SimError):
+    with pytest.raises(SimError):
         mt5.sim_close_manual(LOGIN, ticket)
 
 
@@ -967,8 +970,8 @@ def test_each_thread_has_its_own_terminal(installed: Any) -> None:
 
 
 def test_default_broker_is_seeded_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sim, "_default_broker", None)
-    monkeypatch.setenv(sim.SEED_ENV, "99")
-    broker = sim.default_broker()
+    monkeypatch.setattr(broker_module, "_default_broker", None)
+    monkeypatch.setenv(SEED_ENV, "99")
+    broker = default_broker()
     assert broker.seed == 99
-    assert sim.default_broker() is broker
+    assert default_broker() is broker

@@ -129,7 +129,8 @@ def test_number_text_and_non_finite_numbers_are_refused_before_they_are_cached()
 
 
 def test_control_never_sends_an_order() -> None:
-    from shared.mt5.sim import SimBroker, SimTerminal
+    from shared.mt5.sim.broker import SimBroker
+    from shared.mt5.sim.terminal import SimTerminal
 
     with Gateway.from_module(SimTerminal(SimBroker(seed=1)), login=1, password="x", server="S") as gateway:
         with pytest.raises(ValueError, match="send_order"):

@@ -1,5 +1,7 @@
 """Terminal URLs: the canonical spelling, host-name validation, and the operator's allow-list."""
 
+import socket
+
 import pytest
 
 from shared.core.config import load_settings
@@ -92,19 +94,19 @@ def test_the_embedded_simulator_is_declared_when_the_operator_declares_nothing(t
     assert load_settings(chosen).terminal_urls == ("mt5linux://10.0.0.5:18812", "sim://127.0.0.1:18812")
 
 
-def test_the_gateway_refuses_an_undeclared_terminal_before_connecting(monkeypatch):
-    import shared.mt5.backends as backends
-
-    def must_not_connect(*args, **kwargs):
-        raise AssertionError("connected to an undeclared terminal")
-
-    monkeypatch.setattr(backends, "_RpycBackend", must_not_connect)
-    with pytest.raises(TerminalNotDeclared) as raised:
-        Gateway.open(
-            "mt5linux://127.0.0.1:19013",
-            declared=declared_terminals(["sim://"]),
-            login=666,
-            password="x",
-            server="x",
-        )
+def test_the_gateway_refuses_an_undeclared_terminal_before_connecting():
+    # A listening socket stands for the terminal: a connection would wait in its backlog, accepted or not.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with pytest.raises(TerminalNotDeclared) as raised:
+            Gateway.open(
+                f"mt5linux://127.0.0.1:{listener.getsockname()[1]}",
+                declared=declared_terminals(["sim://"]),
+                login=666,
+                password="x",
+                server="x",
+                timeout=1,
+            )
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nobody connected
+            listener.accept()
     assert raised.value.code == "terminal_not_declared" and not raised.value.retryable

@@ -1,21 +1,5 @@
-"""TradeGuard's simulated MetaTrader 5 terminal: a product feature (demo, paper trading, tests, benchmarks).
-
-Two layers, mirroring the real world:
-
-- `SimBroker` is the trade server: accounts, symbols with a seeded price feed, positions, the order and
-  deal history, and the server-side events that happen without anyone asking (stop loss and take profit
-  hits, stop-out). One broker is shared by many terminals and threads, so every state change happens
-  under one lock. Given the same seed, clock readings and calls, it produces the same prices and tickets.
-- `SimTerminal` is one terminal process: the official `MetaTrader5` module's functions with the official
-  names, arguments and return conventions (named tuples from `structs`; `None`, or `False` for
-  `initialize`/`login`, plus `last_error()` on failure). Each terminal has its own logged-in account and
-  its own `last_error()`.
-
-The `sim_*` methods of `SimTerminal` are the control surface (also on the module installed by
-`install_as_metatrader5`, so a test or a demo can drive a `terminal` process over RPyC): they set prices,
-gaps and spreads, open and close positions "by hand", and inject latency, disconnects, slippage,
-requotes, partial fills, rejects and lost replies. Apart from `sim_set_algo_trading` they act on the
-broker, so every terminal connected to it sees the effect.
+"""The simulated trade server (`SimBroker`): accounts, symbols with a seeded price feed, positions, the order
+and deal history, and the server-side events; and the process-wide broker (`default_broker`).
 
 Price feed: each symbol's bid follows a geometric random walk whose step depends on the clock time
 elapsed since the last query (so the feed moves with time and stands still under a frozen test clock);
@@ -47,30 +31,24 @@ REMOVE and CLOSE_BY are not simulated: order_send answers them TRADE_RETCODE_INV
 
 from __future__ import annotations
 
-import calendar
-import fnmatch
-import functools
 import heapq
 import math
 import os
 import random
-import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from shared.mt5 import constants as C
-from shared.mt5 import structs
+from shared.mt5.sim.latency import owe
+from shared.mt5.sim.symbols import DEFAULT_SYMBOLS, SimSymbol
 from shared.mt5.structs import (
     AccountInfo,
     OrderCheckResult,
     OrderSendResult,
     SymbolInfo,
-    TerminalInfo,
     Tick,
     TradeDeal,
     TradeOrder,
@@ -78,23 +56,12 @@ from shared.mt5.structs import (
     TradeRequest,
 )
 
-__all__ = [
-    "DEFAULT_SYMBOLS",
-    "SimBroker",
-    "SimTerminal",
-    "SymbolSpec",
-    "default_broker",
-    "install_as_metatrader5",
-]
+__all__ = ["SimBroker", "SimError", "default_broker"]
 
 DEFAULT_SERVER = "TradeGuard-Sim"
 DEFAULT_SEED = 20240601
 SEED_ENV = "TRADEGUARD_SIM_SEED"
 COMPANY = "TradeGuard Simulated Broker"
-# What version() reports: (terminal version, build, build date), shaped like the real terminal's answer.
-TERMINAL_VERSION = 500
-TERMINAL_BUILD = 4755
-TERMINAL_BUILD_DATE = "24 Jan 2025"
 # MT5 keeps 31 characters of an order comment (32 bytes with the terminating zero).
 COMMENT_LIMIT = 31
 DEMO_BALANCE = 10_000.0
@@ -105,24 +72,6 @@ _EPSILON = 1e-9
 # A stop-out window uses this share of the price move its account can provably take (float headroom).
 _WINDOW_SAFETY = 0.5
 _MAX_WINDOW_LOG = 20.0
-
-# last_error() messages, as the official package words them.
-_MESSAGES: dict[int, str] = {
-    C.RES_S_OK: "Success",
-    C.RES_E_FAIL: "Terminal: Call failed",
-    C.RES_E_INVALID_PARAMS: "Terminal: Invalid params",
-    C.RES_E_NO_MEMORY: "Terminal: Out of memory",
-    C.RES_E_NOT_FOUND: "Terminal: Not found",
-    C.RES_E_AUTH_FAILED: "Terminal: Authorization failed",
-    C.RES_E_UNSUPPORTED: "Terminal: Unsupported function",
-    C.RES_E_AUTO_TRADING_DISABLED: "Auto-Trading using Python API disabled in Terminal",
-    C.RES_E_INTERNAL_FAIL: "IPC call failed",
-    C.RES_E_INTERNAL_FAIL_SEND: "IPC send failed",
-    C.RES_E_INTERNAL_FAIL_RECEIVE: "IPC recv failed",
-    C.RES_E_INTERNAL_FAIL_INIT: "IPC initialize failed",
-    C.RES_E_INTERNAL_FAIL_CONNECT: "No IPC connection",
-    C.RES_E_INTERNAL_FAIL_TIMEOUT: "IPC timeout",
-}
 
 # The trade server's words for its return codes (OrderSendResult.comment).
 _RETCODE_COMMENTS: dict[int, str] = {
@@ -153,85 +102,14 @@ _RETCODE_COMMENTS: dict[int, str] = {
     C.TRADE_RETCODE_CLOSE_ONLY: "Only position closing is allowed",
 }
 
-# Request keys and the Python types the official package accepts for them. bool is refused even though
-# it is an int subclass, and so is Decimal: both are bugs in the caller, which the real package rejects.
-_REQUEST_FIELDS: dict[str, tuple[type, ...]] = {
-    "action": (int,),
-    "magic": (int,),
-    "order": (int,),
-    "symbol": (str,),
-    "volume": (int, float),
-    "price": (int, float),
-    "stoplimit": (int, float),
-    "sl": (int, float),
-    "tp": (int, float),
-    "deviation": (int,),
-    "type": (int,),
-    "type_filling": (int,),
-    "type_time": (int,),
-    "expiration": (int,),
-    "comment": (str,),
-    "position": (int,),
-    "position_by": (int,),
-}
-_FLOAT_FIELDS = frozenset(name for name, kinds in _REQUEST_FIELDS.items() if float in kinds)
-
 
 class SimError(ValueError):
     """A control-surface call (sim_*) that cannot be done: unknown symbol, login or ticket, bad value."""
 
 
-@dataclass(frozen=True)
-class SymbolSpec:
-    """One tradable symbol of the simulated broker and the parameters of its price walk."""
-
-    name: str
-    description: str
-    digits: int
-    contract_size: float
-    currency_base: str
-    currency_profit: str
-    currency_margin: str
-    start_bid: float
-    spread: int  # points
-    volatility: float  # standard deviation of the relative price change over one second
-    calc_mode: int = C.SYMBOL_CALC_MODE_FOREX
-    stops_level: int = 10  # points: the closest an SL/TP may be to the market price
-    freeze_level: int = 0
-    volume_min: float = 0.01
-    volume_max: float = 100.0
-    volume_step: float = 0.01
-    path: str = ""
-
-    @property
-    def point(self) -> float:
-        return round(10.0**-self.digits, self.digits)
-
-
-DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
-    SymbolSpec(
-        "EURUSD", "Euro vs US Dollar", 5, 100_000.0, "EUR", "USD", "EUR", 1.08500, 10, 3e-5,
-        path="Forex\\Majors\\EURUSD",
-    ),
-    SymbolSpec(
-        "GBPUSD", "Great Britain Pound vs US Dollar", 5, 100_000.0, "GBP", "USD", "GBP", 1.27000, 14, 3.5e-5,
-        path="Forex\\Majors\\GBPUSD",
-    ),
-    SymbolSpec(
-        "USDJPY", "US Dollar vs Japanese Yen", 3, 100_000.0, "USD", "JPY", "USD", 150.000, 12, 3e-5,
-        path="Forex\\Majors\\USDJPY",
-    ),
-    # Gold trades in 100-ounce lots; its margin follows the account leverage like the currency pairs.
-    SymbolSpec(
-        "XAUUSD", "Gold vs US Dollar", 2, 100.0, "XAU", "USD", "USD", 2350.00, 30, 5e-5,
-        calc_mode=C.SYMBOL_CALC_MODE_CFDLEVERAGE, path="Metals\\XAUUSD",
-    ),
-)  # fmt: skip
-
-
 @dataclass
 class _Quote:
-    spec: SymbolSpec
+    spec: SimSymbol
     rng: random.Random
     bid: float  # unrounded: the walk runs on it, ticks show it rounded to the symbol's digits
     spread: int
@@ -309,19 +187,6 @@ def _reasons(magic: int) -> tuple[int, int, int]:
     return C.ORDER_REASON_CLIENT, C.DEAL_REASON_CLIENT, C.POSITION_REASON_CLIENT
 
 
-def _group_matches(name: str, group: str | None) -> bool:
-    """MT5 group filters: comma-separated patterns with '*', '!' excluding, e.g. "*USD*,!EUR*"."""
-    if not group:
-        return True
-    patterns = [p.strip().upper() for p in group.split(",") if p.strip()]
-    include = [p for p in patterns if not p.startswith("!")]
-    exclude = [p[1:] for p in patterns if p.startswith("!")]
-    upper = name.upper()
-    if include and not any(fnmatch.fnmatchcase(upper, p) for p in include):
-        return False
-    return not any(fnmatch.fnmatchcase(upper, p) for p in exclude)
-
-
 class SimBroker:
     """The simulated trade server, shared by every `SimTerminal` bound to it. Thread-safe.
 
@@ -337,7 +202,7 @@ class SimBroker:
         seed: int = DEFAULT_SEED,
         clock: Callable[[], float] = time.time,
         accounts: Mapping[int, Mapping[str, Any]] | None = None,
-        symbols: Iterable[SymbolSpec] | None = None,
+        symbols: Iterable[SimSymbol] | None = None,
         server: str = DEFAULT_SERVER,
     ) -> None:
         self._lock = threading.RLock()
@@ -1078,14 +943,14 @@ class SimBroker:
             request_id=request_id, retcode_external=0, request=request,
         )  # fmt: skip
 
-    def _volume_valid(self, spec: SymbolSpec, volume: float) -> bool:
+    def _volume_valid(self, spec: SimSymbol, volume: float) -> bool:
         if not (spec.volume_min - _EPSILON <= volume <= spec.volume_max + _EPSILON):
             return False
         steps = volume / spec.volume_step
         return abs(steps - round(steps)) < 1e-6
 
     def _stops_valid(
-        self, spec: SymbolSpec, order_type: int, sl: float, tp: float, bid: float, ask: float
+        self, spec: SimSymbol, order_type: int, sl: float, tp: float, bid: float, ask: float
     ) -> bool:
         """SL and TP on the right side of the price they close at, at least the stops level away."""
         if sl < 0 or tp < 0:
@@ -1419,7 +1284,7 @@ class SimBroker:
         if seconds <= 0:
             return
         if self.latency_mode == "reply":
-            _owed.seconds = getattr(_owed, "seconds", 0.0) + seconds
+            owe(seconds)
         else:
             time.sleep(seconds)
 
@@ -1460,464 +1325,6 @@ class SimBroker:
             self._lost_replies += int(count)
 
 
-def _unix_time(value: Any) -> int | None:
-    """A history bound as the official package takes it: a datetime (naive ones are read as UTC, as
-    MetaQuotes recommends) or unix seconds. None when it is neither."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            return calendar.timegm(value.timetuple())
-        return int(value.timestamp())
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    return None
-
-
-_owed = threading.local()  # latency this thread's calls owe their reply (latency_mode "reply")
-
-
-def pay_latency() -> None:
-    """Sleep the latency this thread's calls owe (latency_mode "reply"); the terminal server calls it
-    before sending each reply."""
-    seconds = getattr(_owed, "seconds", 0.0)
-    if seconds:
-        _owed.seconds = 0.0
-        time.sleep(seconds)
-
-
-class SimTerminal:
-    """One simulated terminal: the MetaTrader5 module's functions, bound to a `SimBroker`.
-
-    Not logged in until `initialize(login=...)` or `login(...)`. Calls before `initialize` fail as the
-    real package's do: None, and last_error() == (RES_E_INTERNAL_FAIL_CONNECT, "No IPC connection").
-    """
-
-    def __init__(self, broker: SimBroker | None = None) -> None:
-        self.broker = broker if broker is not None else default_broker()
-        self._initialized = False
-        self._login: int | None = None
-        self._error: tuple[int, str] = (C.RES_S_OK, _MESSAGES[C.RES_S_OK])
-        self._hidden: set[str] = set()  # symbols taken out of Market Watch with symbol_select(.., False)
-        self._algo_trading = True
-
-    # ----- plumbing -----------------------------------------------------------------------------------
-
-    def _fail(self, code: int, message: str | None = None) -> None:
-        self._error = (code, message or _MESSAGES.get(code, "Terminal: Call failed"))
-
-    def _ok(self) -> None:
-        self._error = (C.RES_S_OK, _MESSAGES[C.RES_S_OK])
-
-    def _enter(self, *, needs_login: bool = False) -> bool:
-        """What every call goes through: the configured latency, then the connection and login checks.
-        Sleeping happens outside the broker's lock, so a slow terminal does not slow the others."""
-        self.broker.wait(self.broker.latency_seconds(self._login))
-        if not self._initialized:
-            self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
-            return False
-        if self.broker.is_disconnected(self._login):
-            self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
-            return False
-        if needs_login and self._login is None:
-            self._fail(C.RES_E_AUTH_FAILED, "Terminal: Authorization failed (not logged in)")
-            return False
-        return True
-
-    def _authenticate(self, login: Any, password: Any, server: Any) -> bool:
-        if not isinstance(login, int) or isinstance(login, bool):
-            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "login" argument')
-            return False
-        if password is not None and not isinstance(password, str):
-            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "password" argument')
-            return False
-        if server is not None and not isinstance(server, str):
-            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "server" argument')
-            return False
-        if self.broker.is_disconnected(login):
-            self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
-            return False
-        if not self.broker.authenticate(login, password, server):
-            self._login = None
-            self._fail(C.RES_E_AUTH_FAILED)
-            return False
-        self._login = login
-        return True
-
-    # ----- connection ---------------------------------------------------------------------------------
-
-    def initialize(
-        self,
-        path: str | None = None,
-        *,
-        login: int | None = None,
-        password: str | None = None,
-        server: str | None = None,
-        timeout: int | None = None,
-        portable: bool = False,
-    ) -> bool:
-        """Start the terminal, logging in when `login` is given. False plus last_error() on failure."""
-        self.broker.wait(self.broker.latency_seconds(login))
-        if path is not None and not isinstance(path, str):
-            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "path" argument')
-            return False
-        if self.broker.is_disconnected(login):
-            self._fail(C.RES_E_INTERNAL_FAIL_CONNECT)
-            return False
-        if login is not None and not self._authenticate(login, password, server):
-            return False
-        self._initialized = True
-        self._ok()
-        return True
-
-    def login(
-        self, login: int, password: str | None = None, server: str | None = None, timeout: int | None = None
-    ) -> bool:
-        """Log in to another account. False plus last_error() (RES_E_AUTH_FAILED) on refusal."""
-        if not self._enter():
-            return False
-        if not self._authenticate(login, password, server):
-            return False
-        self._ok()
-        return True
-
-    def shutdown(self) -> None:
-        self._initialized = False
-        self._login = None
-        self._ok()
-
-    def last_error(self) -> tuple[int, str]:
-        return self._error
-
-    def version(self) -> tuple[int, int, str] | None:
-        if not self._enter():
-            return None
-        self._ok()
-        return (TERMINAL_VERSION, TERMINAL_BUILD, TERMINAL_BUILD_DATE)
-
-    def terminal_info(self) -> TerminalInfo | None:
-        if not self._enter():
-            return None
-        self._ok()
-        return TerminalInfo(
-            community_account=False, community_connection=False, connected=True, dlls_allowed=False,
-            trade_allowed=self._algo_trading, tradeapi_disabled=False, email_enabled=False,
-            ftp_enabled=False, notifications_enabled=False, mqid=False, build=TERMINAL_BUILD,
-            maxbars=100_000, codepage=0, ping_last=int(self.broker.latency_seconds(self._login) * 1e6),
-            community_balance=0.0, retransmission=0.0, company=COMPANY,
-            name="TradeGuard Simulated Terminal", language="English", path="sim://", data_path="sim://",
-            commondata_path="sim://",
-        )  # fmt: skip
-
-    def account_info(self) -> AccountInfo | None:
-        if not self._enter(needs_login=True):
-            return None
-        assert self._login is not None
-        self._ok()
-        return self.broker.account_info(self._login)
-
-    # ----- symbols ------------------------------------------------------------------------------------
-
-    def _currency(self) -> str:
-        if self._login is None:
-            return DEMO_CURRENCY
-        return self.broker.account_currency(self._login)
-
-    def symbols_total(self) -> int | None:
-        if not self._enter():
-            return None
-        self._ok()
-        return len(self.broker.symbol_names())
-
-    def symbols_get(self, group: str | None = None) -> tuple[SymbolInfo, ...] | None:
-        if not self._enter():
-            return None
-        if group is not None and not isinstance(group, str):
-            self._fail(C.RES_E_INVALID_PARAMS, 'Invalid "group" argument')
-            return None
-        currency = self._currency()
-        result = []
-        for name in self.broker.symbol_names():
-            if _group_matches(name, group):
-                info = self.broker.symbol_info(name, currency=currency, selected=name not in self._hidden)
-                if info is not None:
-                    result.append(info)
-        self._ok()
-        return tuple(result)
-
-    def symbol_info(self, symbol: str) -> SymbolInfo | None:
-        if not self._enter():
-            return None
-        info = self.broker.symbol_info(symbol, currency=self._currency(), selected=symbol not in self._hidden)
-        if info is None:
-            self._fail(C.RES_E_NOT_FOUND)
-            return None
-        self._ok()
-        return info
-
-    def symbol_info_tick(self, symbol: str) -> Tick | None:
-        if not self._enter():
-            return None
-        tick = self.broker.tick(symbol)
-        if tick is None:
-            self._fail(C.RES_E_NOT_FOUND)
-            return None
-        self._ok()
-        return tick
-
-    def symbol_select(self, symbol: str, enable: bool = True) -> bool:
-        if not self._enter():
-            return False
-        if not self.broker.has_symbol(symbol):
-            self._fail(C.RES_E_NOT_FOUND)
-            return False
-        if enable:
-            self._hidden.discard(symbol)
-        else:
-            self._hidden.add(symbol)
-        self._ok()
-        return True
-
-    # ----- positions and orders -----------------------------------------------------------------------
-
-    def positions_total(self) -> int | None:
-        if not self._enter(needs_login=True):
-            return None
-        assert self._login is not None
-        self._ok()
-        return len(self.broker.positions(self._login))
-
-    def positions_get(
-        self, *args: Any, symbol: str | None = None, group: str | None = None, ticket: int | None = None
-    ) -> tuple[TradePosition, ...] | None:
-        """Open positions, filtered by symbol, group or ticket (keyword arguments only, as officially)."""
-        if not self._enter(needs_login=True):
-            return None
-        assert self._login is not None
-        if args:
-            self._fail(C.RES_E_INVALID_PARAMS, "Unnamed arguments not allowed")
-            return None
-        positions = [
-            p
-            for p in self.broker.positions(self._login)
-            if (symbol is None or p.symbol == symbol)
-            and (ticket is None or p.ticket == ticket)
-            and _group_matches(p.symbol, group)
-        ]
-        self._ok()
-        return tuple(positions)
-
-    def orders_total(self) -> int | None:
-        """Pending orders are not simulated: always 0."""
-        if not self._enter(needs_login=True):
-            return None
-        self._ok()
-        return 0
-
-    def orders_get(
-        self, *args: Any, symbol: str | None = None, group: str | None = None, ticket: int | None = None
-    ) -> tuple[TradeOrder, ...] | None:
-        """Pending orders are not simulated: always an empty tuple."""
-        if not self._enter(needs_login=True):
-            return None
-        if args:
-            self._fail(C.RES_E_INVALID_PARAMS, "Unnamed arguments not allowed")
-            return None
-        self._ok()
-        return ()
-
-    def _history(
-        self,
-        records: Callable[[int], list[Any]],
-        date_from: Any,
-        date_to: Any,
-        group: str | None,
-        ticket: int | None,
-        position: int | None,
-    ) -> tuple[Any, ...] | None:
-        if not self._enter(needs_login=True):
-            return None
-        assert self._login is not None
-        if ticket is not None:
-            selected = [r for r in records(self._login) if r.ticket == ticket]
-        elif position is not None:
-            selected = [r for r in records(self._login) if r.position_id == position]
-        else:
-            start, end = _unix_time(date_from), _unix_time(date_to)
-            if start is None or end is None:
-                self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
-                return None
-            selected = [
-                r
-                for r in records(self._login)
-                if start <= (r.time if isinstance(r, TradeDeal) else r.time_setup) <= end
-                and _group_matches(r.symbol, group)
-            ]
-        self._ok()
-        return tuple(selected)
-
-    def history_orders_get(
-        self,
-        date_from: datetime | int | None = None,
-        date_to: datetime | int | None = None,
-        group: str | None = None,
-        *,
-        ticket: int | None = None,
-        position: int | None = None,
-    ) -> tuple[TradeOrder, ...] | None:
-        """History orders set up within [date_from, date_to] (optionally of a symbol group), or the one
-        with `ticket`, or those of the position `position`."""
-        return self._history(self.broker.history_orders, date_from, date_to, group, ticket, position)
-
-    def history_orders_total(self, date_from: datetime | int, date_to: datetime | int) -> int | None:
-        orders = self.history_orders_get(date_from, date_to)
-        return None if orders is None else len(orders)
-
-    def history_deals_get(
-        self,
-        date_from: datetime | int | None = None,
-        date_to: datetime | int | None = None,
-        group: str | None = None,
-        *,
-        ticket: int | None = None,
-        position: int | None = None,
-    ) -> tuple[TradeDeal, ...] | None:
-        """Deals done within [date_from, date_to] (optionally of a symbol group), or the one with
-        `ticket`, or those of the position `position`."""
-        return self._history(self.broker.history_deals, date_from, date_to, group, ticket, position)
-
-    def history_deals_total(self, date_from: datetime | int, date_to: datetime | int) -> int | None:
-        deals = self.history_deals_get(date_from, date_to)
-        return None if deals is None else len(deals)
-
-    # ----- trading ------------------------------------------------------------------------------------
-
-    def _parse_request(self, request: Any) -> tuple[TradeRequest, frozenset[str]] | None:
-        """The request dict as a TradeRequest, or None (and last_error) when the package would refuse it
-        before sending: not a dict, an unknown key, or a value of the wrong type."""
-        if not isinstance(request, Mapping):
-            self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
-            return None
-        values: dict[str, Any] = {}
-        for key, value in request.items():
-            kinds = _REQUEST_FIELDS.get(key)
-            # A flag rather than the isinstance() in the `if`, which would narrow `value` to object.
-            valid = kinds is not None and not isinstance(value, bool) and isinstance(value, kinds)
-            if not valid:
-                self._fail(C.RES_E_INVALID_PARAMS, f'Invalid "{key}" argument')
-                return None
-            values[key] = float(value) if key in _FLOAT_FIELDS else value
-        return TradeRequest(**values), frozenset(values)
-
-    def order_check(self, request: Mapping[str, Any]) -> OrderCheckResult | None:
-        if not self._enter(needs_login=True):
-            return None
-        assert self._login is not None
-        parsed = self._parse_request(request)
-        if parsed is None:
-            return None
-        self._ok()
-        return self.broker.check(self._login, *parsed)
-
-    def order_send(self, request: Mapping[str, Any]) -> OrderSendResult | None:
-        """Send a trade request. None plus last_error() when it did not reach the server, or (after
-        `sim_lose_next_reply`) when the server executed it but the answer was lost."""
-        if not self._enter(needs_login=True):
-            return None
-        assert self._login is not None
-        parsed = self._parse_request(request)
-        if parsed is None:
-            return None
-        if not self._algo_trading:
-            self._fail(C.RES_E_AUTO_TRADING_DISABLED)
-            return None
-        result, lost = self.broker.send(self._login, *parsed)
-        if lost:
-            self._fail(C.RES_E_INTERNAL_FAIL_TIMEOUT)
-            return None
-        self._ok()
-        return result
-
-    # ----- control surface ----------------------------------------------------------------------------
-
-    def sim_set_quote(self, symbol: str, bid: float, ask: float) -> None:
-        """Set the symbol's price and pin it there (the random walk stops for it) until
-        `sim_release_quote`. Stops and stop-outs are checked at the new price at once."""
-        self.broker.set_quote(symbol, bid, ask)
-
-    def sim_release_quote(self, symbol: str) -> None:
-        """Let the symbol's price walk again, starting from where it was pinned."""
-        self.broker.release_quote(symbol)
-
-    def sim_gap(self, symbol: str, percent: float) -> None:
-        """Jump the price by `percent` (e.g. -2.5), keeping the spread; fires stops and stop-outs at the
-        gapped price. A pinned price stays pinned at the new level."""
-        self.broker.gap(symbol, percent)
-
-    def sim_set_spread(self, symbol: str, points: int) -> None:
-        """Set the spread in points (a blow-out: the bid stays, the ask moves)."""
-        self.broker.set_spread(symbol, points)
-
-    def sim_set_trade_mode(self, symbol: str, mode: int) -> None:
-        """SYMBOL_TRADE_MODE_*: DISABLED makes order_send answer TRADE_RETCODE_MARKET_CLOSED."""
-        self.broker.set_trade_mode(symbol, mode)
-
-    def sim_open_manual(self, login: int, symbol: str, order_type: int, volume: float) -> int:
-        """Open a position on `login` as if by hand in the desktop terminal (magic 0, reason CLIENT, no
-        comment), at market; returns its ticket."""
-        return self.broker.open_manual(login, symbol, order_type, volume)
-
-    def sim_close_manual(self, login: int, ticket: int) -> int:
-        """Close a position of `login` by hand (reason CLIENT), at market; returns the closing deal."""
-        return self.broker.close_manual(login, ticket)
-
-    def sim_set_latency(self, ms: float, login: int | None = None) -> None:
-        """Every call of every terminal (or only of terminals logged in to `login`) sleeps `ms` first."""
-        self.broker.set_latency(ms, login)
-
-    def sim_disconnect(self, seconds: float, login: int | None = None) -> None:
-        """For `seconds` of broker clock, every call (of every terminal, or of those on `login`) fails:
-        None/False with last_error RES_E_INTERNAL_FAIL_CONNECT; order_send sends nothing. 0 reconnects."""
-        self.broker.disconnect(seconds, login)
-
-    def sim_set_slippage(self, points: int) -> None:
-        """Market orders fill `points` worse than the quote (negative: better)."""
-        self.broker.set_slippage(points)
-
-    def sim_set_requotes(self, count: int = 0, *, probability: float = 0.0) -> None:
-        """The next `count` market orders are requoted (TRADE_RETCODE_REQUOTE, nothing filled); after
-        those, each one is with `probability` (drawn from the broker's seeded generator)."""
-        self.broker.set_requotes(count, probability=probability)
-
-    def sim_set_partial_fill(self, fraction: float | None) -> None:
-        """Market orders fill only `fraction` of their volume (rounded down to the volume step, at least
-        the minimum) and answer TRADE_RETCODE_DONE_PARTIAL, until set to None."""
-        self.broker.set_partial_fill(fraction)
-
-    def sim_set_reject(self, retcode: int | None) -> None:
-        """Valid trade requests are answered with `retcode` (e.g. TRADE_RETCODE_REJECT) and nothing is
-        done, until set to None."""
-        self.broker.set_reject(retcode)
-
-    def sim_lose_next_reply(self, count: int = 1) -> None:
-        """The next `count` order_send calls (on any terminal) are processed by the server as usual, but
-        return None with last_error RES_E_INTERNAL_FAIL_TIMEOUT: the caller cannot know the outcome."""
-        self.broker.lose_next_reply(count)
-
-    def sim_set_algo_trading(self, enabled: bool) -> None:
-        """This terminal's "Algo Trading" switch: off, order_send returns None with last_error
-        RES_E_AUTO_TRADING_DISABLED and terminal_info().trade_allowed is False."""
-        self._algo_trading = bool(enabled)
-
-
-# ----- module-level access ------------------------------------------------------------------------------
-
-_API_FUNCTIONS = (
-    "initialize", "login", "shutdown", "last_error", "version", "terminal_info", "account_info",
-    "symbols_total", "symbols_get", "symbol_info", "symbol_info_tick", "symbol_select", "positions_total",
-    "positions_get", "orders_total", "orders_get", "history_orders_total", "history_orders_get",
-    "history_deals_total", "history_deals_get", "order_check", "order_send",
-)  # fmt: skip
-_CONTROL_FUNCTIONS = tuple(name for name in dir(SimTerminal) if name.startswith("sim_"))
-
 _default_broker: SimBroker | None = None
 _default_broker_lock = threading.Lock()
 
@@ -1934,49 +1341,3 @@ def default_broker() -> SimBroker:
                 raise ValueError(f"{SEED_ENV} must be an integer, got {raw!r}") from None
             _default_broker = SimBroker(seed=seed)
         return _default_broker
-
-
-def install_as_metatrader5(broker: SimBroker | None = None) -> types.ModuleType:
-    """Put a module named MetaTrader5 into sys.modules that behaves like the official package, backed by
-    `broker` (default: `default_broker()`), and return it.
-
-    It carries the official constants and named tuples, and the official functions plus the sim_*
-    controls. Each calling thread gets its own `SimTerminal`, i.e. its own login and last_error: the RPyC
-    classic server serves each client connection in its own thread, and each client logs in to its own
-    account. Replaces whatever MetaTrader5 module was there.
-    """
-    broker = broker if broker is not None else default_broker()
-    module = types.ModuleType("MetaTrader5", "TradeGuard's simulated MetaTrader 5 terminal (shared.mt5.sim).")
-    for name in dir(C):
-        if name.isupper():
-            setattr(module, name, getattr(C, name))
-    for name in structs.__all__:
-        setattr(module, name, getattr(structs, name))
-    module.__dict__["__version__"] = C.OFFICIAL_PACKAGE_VERSION
-    module.__dict__["__author__"] = "TradeGuard (simulated terminal)"
-    local = threading.local()
-
-    def terminal() -> SimTerminal:
-        current: SimTerminal | None = getattr(local, "terminal", None)
-        if current is None:
-            current = local.terminal = SimTerminal(broker)
-        return current
-
-    def forward(name: str) -> Callable[..., Any]:
-        method = getattr(SimTerminal, name)
-
-        @functools.wraps(method)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return getattr(terminal(), name)(*args, **kwargs)
-
-        return call
-
-    for name in _API_FUNCTIONS + _CONTROL_FUNCTIONS:
-        setattr(module, name, forward(name))
-    module.__dict__["sim_broker"] = broker
-    # Each thread (each RPyC connection) has its own session: callers need not serialise their runs of
-    # calls (see the gateway's _tradeguard_calls), as they must on the real package's one session.
-    module.__dict__["SESSION_PER_THREAD"] = True
-    module.__dict__["sim_terminal"] = terminal  # this thread's SimTerminal
-    sys.modules["MetaTrader5"] = module
-    return module
