@@ -33,26 +33,24 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
+from shared.mt5.constants import (
+    DEAL_ENTRY_IN,
+    DEAL_ENTRY_INOUT,
+    DEAL_ENTRY_OUT,
+    DEAL_ENTRY_OUT_BY,
+    DEAL_REASON_CLIENT,
+    DEAL_REASON_EXPERT,
+    DEAL_REASON_MOBILE,
+    DEAL_REASON_SL,
+    DEAL_REASON_SO,
+    DEAL_REASON_TP,
+    DEAL_REASON_WEB,
+    POSITION_REASON_CLIENT,
+    POSITION_REASON_EXPERT,
+    POSITION_REASON_MOBILE,
+    POSITION_REASON_WEB,
+)
 from shared.mt5.types import AccountSnapshot, Deal, Position, SymbolSpec
-
-# MT5 constants (values as in the official MetaTrader5 package; see shared/mt5/constants.py).
-POSITION_REASON_CLIENT = 0
-POSITION_REASON_MOBILE = 1
-POSITION_REASON_WEB = 2
-POSITION_REASON_EXPERT = 3
-
-DEAL_ENTRY_OUT = 1
-DEAL_ENTRY_OUT_BY = 3
-DEAL_ENTRY_INOUT = 2
-DEAL_ENTRY_IN = 0
-
-DEAL_REASON_CLIENT = 0
-DEAL_REASON_MOBILE = 1
-DEAL_REASON_WEB = 2
-DEAL_REASON_EXPERT = 3
-DEAL_REASON_SL = 4
-DEAL_REASON_TP = 5
-DEAL_REASON_SO = 6
 
 OpenedFrom = Literal["desktop", "mobile", "web", "expert", "unknown"]
 CloseReason = Literal["sl", "tp", "stop_out", "by_hand", "expert", "unknown"]
