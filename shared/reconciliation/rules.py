@@ -247,13 +247,6 @@ class ReconciliationResult:
 # --- pips --------------------------------------------------------------------------------------------
 
 
-def pip_size(digits: int, point: Decimal) -> Decimal:
-    """A pip is 10 points on fractional (3- and 5-digit) quotes — USDJPY 0.001 -> 0.01, EURUSD 0.00001 ->
-    0.0001 — and 1 point otherwise (a 2-digit XAUUSD quote: 0.01), so that tolerances written in pips mean
-    the same thing whatever the broker's quoting precision."""
-    return point * 10 if digits in (3, 5) else point
-
-
 def _pips(distance: Decimal, pip: Decimal) -> Decimal:
     return abs(distance) / pip
 
@@ -570,7 +563,7 @@ def reconcile(
     missing = sorted(needed - set(symbols))
     if missing:
         raise ValueError(f"no symbol spec for {', '.join(missing)}: cannot measure pips")
-    pips = {name: pip_size(spec.digits, spec.point) for name, spec in symbols.items()}
+    pips = {name: spec.pip for name, spec in symbols.items()}
 
     paired, outside, unmatched = match_positions(account_positions, open_trades, pips, tolerances)
 
