@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from shared.audit import trail
+from shared.core.config import DEFAULT_MAGIC
 from shared.core.db import DbSession, utcnow
 from shared.core.locks import Busy, exclusive
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
@@ -53,7 +54,7 @@ OpenTerminal = Callable[[Account], AbstractContextManager[TerminalPort]]
 
 @dataclass(frozen=True)
 class ExecutionSettings:
-    magic: int = 770077
+    magic: int = DEFAULT_MAGIC
     deviation_points: int = 20
     max_price_retries: int = 3
     # After a lost reply, how long to keep looking for the order before concluding it was never made.

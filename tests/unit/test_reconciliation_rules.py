@@ -6,6 +6,7 @@ from decimal import Decimal as D
 
 import pytest
 
+from shared.core.config import DEFAULT_MAGIC
 from shared.models import Side, Trade, TradeState
 from shared.mt5.types import AccountSnapshot, Deal, Position, SymbolSpec, pip_size
 from shared.reconciliation.rules import (
@@ -20,7 +21,7 @@ from shared.reconciliation.rules import (
 )
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
-MAGIC = 770077
+MAGIC = DEFAULT_MAGIC
 
 
 def spec(name, digits, point):
