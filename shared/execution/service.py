@@ -32,6 +32,7 @@ from shared.audit import trail
 from shared.core.config import DEFAULT_MAGIC
 from shared.core.db import DbSession, utcnow
 from shared.core.locks import Busy, exclusive
+from shared.execution.errors import TerminalRetryLater  # workers/tasks.py reaches it from here too
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
 
@@ -62,10 +63,6 @@ class ExecutionSettings:
     # The longest an order_send may take; with the grace, how long after sending absence is not proof.
     terminal_timeout_seconds: float = 10.0
     lock_dir: Path = Path("instance/locks")
-
-
-class TerminalRetryLater(Exception):
-    """The terminal could not be reached or the trade is busy elsewhere; the task should retry."""
 
 
 def _record(session: DbSession, trade: Trade, action: str, **meta: Any) -> None:
