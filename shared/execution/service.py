@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -35,22 +35,9 @@ from shared.core.locks import Busy, exclusive
 from shared.execution.errors import TerminalRetryLater  # workers/tasks.py reaches it from here too
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
+from shared.mt5.ports import OpenTerminal, TerminalPort
 
 log = logging.getLogger(__name__)
-
-
-class TerminalPort(Protocol):
-    """The part of shared.mt5.gateway.Gateway that execution uses."""
-
-    def symbol(self, name: str) -> Any: ...
-    def quote(self, name: str) -> Any: ...
-    def positions(self, symbol: str | None = None) -> list[Any]: ...
-    def deals(self, date_from: datetime, date_to: datetime) -> list[Any]: ...
-    def send_order(self, request: dict[str, Any]) -> Any: ...
-    def market_order_request(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
-OpenTerminal = Callable[[Account], AbstractContextManager[TerminalPort]]
 
 
 @dataclass(frozen=True)
@@ -210,6 +197,8 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
     from shared.mt5.errors import OrderOutcomeUnknown
 
     signal = trade.signal
+    # Named as the trade was claimed (_claim_trade): an order without it could never be found again.
+    assert trade.comment is not None
     spec = terminal.symbol(trade.symbol)
     for _attempt in range(settings.max_price_retries + 1):
         quote = terminal.quote(trade.symbol)
