@@ -553,6 +553,8 @@ def main() -> None:
 
     from cryptography.fernet import Fernet
 
+    from shared.core.config import DEFAULT_MAGIC
+
     database = f"tradeguard_fanout_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -610,7 +612,7 @@ def main() -> None:
             tickets.update(
                 seed_terminal(port, [lg for i, lg, _ in accounts if i % len(ports) == t], args.positions)
             )
-        seed_database(database_url, encryption_key, accounts, tickets, args.trades, 770077)
+        seed_database(database_url, encryption_key, accounts, tickets, args.trades, DEFAULT_MAGIC)
         print(
             f"seeded {n} accounts x {args.positions} positions in {time.monotonic() - began:.1f} s "
             f"(logs: {log_dir})",

@@ -24,6 +24,8 @@ from shared.execution.service import ExecutionSettings
 from shared.mt5.errors import CredentialsUnreadable
 from shared.mt5.gateway import Gateway
 from shared.mt5.pool import ConnectionPool
+from shared.mt5.ports import TerminalAccount, TerminalPort
+from shared.mt5.types import SymbolSpec
 from shared.reconciliation.breaker import BreakerSettings
 from shared.reconciliation.rules import Tolerances
 from workers.celery_app import flask_app
@@ -37,7 +39,7 @@ def settings() -> Settings:
 
 
 @contextmanager
-def open_terminal(account: Any, *, pooled: bool = False) -> Iterator[Any]:
+def open_terminal(account: TerminalAccount, *, pooled: bool = False) -> Iterator[Gateway]:
     """The account's terminal, logged in, for the duration of the block. `pooled` (reconciliation): a
     connection of this process's pool (RPyC terminals), logged in with the first calls if need be."""
     app = flask_app()
@@ -53,7 +55,7 @@ def open_terminal(account: Any, *, pooled: bool = False) -> Iterator[Any]:
         yield gateway
 
 
-def open_pooled_terminal(account: Any) -> AbstractContextManager[Any]:
+def open_pooled_terminal(account: TerminalAccount) -> AbstractContextManager[Gateway]:
     return open_terminal(account, pooled=True)
 
 
@@ -83,12 +85,12 @@ def sync_threads() -> ThreadPoolExecutor:
 
 
 # Symbol specifications change rarely; asking for them on every sync would double the terminal calls.
-_symbol_cache: dict[tuple[str, str, str], tuple[float, Any]] = {}
+_symbol_cache: dict[tuple[str, str, str], tuple[float, SymbolSpec]] = {}
 _SYMBOL_CACHE_SECONDS = 600.0
 
 
-def symbol_specs(account: Any, terminal: Any, names: set[str]) -> dict[str, Any]:
-    specs: dict[str, Any] = {}
+def symbol_specs(account: TerminalAccount, terminal: TerminalPort, names: set[str]) -> dict[str, SymbolSpec]:
+    specs: dict[str, SymbolSpec] = {}
     now = time.monotonic()
     for name in names:
         # Per terminal and trade server, not per login: symbol specs are the server's, and a per-login
@@ -102,7 +104,7 @@ def symbol_specs(account: Any, terminal: Any, names: set[str]) -> dict[str, Any]
     return specs
 
 
-def _account_password(account: Any) -> str:
+def _account_password(account: TerminalAccount) -> str:
     """The account's terminal password, or CredentialsUnreadable (permanent): a password no configured
     key decrypts must fail the trade and the sync with what to do, not escape as a ValueError that leaves
     the trade pending and retried for ever."""

@@ -66,7 +66,7 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
         # help.
         db.session.rollback()
         trade = give_up(signal_id, f"{type(exc).__name__}: {exc}")
-    except (RetryableTerminalError, execution.TerminalRetryLater) as exc:
+    except RetryableTerminalError as exc:  # TerminalRetryLater included: trade busy, order in flight
         db.session.rollback()
         if self.request.retries < max_retries:
             raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc

@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # shared/core/config.py -> the project
 
 
+# TradeGuard's magic number: every order carries it, and positions and deals are recognised as TradeGuard's
+# by it (with the trade's comment). Here, in the lowest layer, because the settings default to it
+# (TRADEGUARD_MAGIC) and execution's own defaults must be the same number; shared.mt5 only passes on the
+# number it is given.
+DEFAULT_MAGIC = 770077
+
+
 class ConfigurationError(RuntimeError):
     """A setting is missing or malformed. Fix the environment variable named in the message and restart."""
 
@@ -54,7 +61,7 @@ class Settings:
     # Execution: TradeGuard's magic number on every order, the price deviation allowed, how many
     # fresh-price retries after a requote, how long a terminal call may take, how long to keep looking
     # for an order whose reply was lost, and how many times a task retries an unreachable terminal.
-    magic: int = 770077
+    magic: int = DEFAULT_MAGIC
     deviation_points: int = 20
     max_price_retries: int = 3
     terminal_timeout_seconds: float = 10.0
@@ -272,7 +279,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_limit_per_address=_rate_limit(env, "TRADEGUARD_LOGIN_LIMIT_PER_ADDRESS", "50 per 15 minutes"),
         register_limit_per_address=_rate_limit(env, "TRADEGUARD_REGISTER_LIMIT_PER_ADDRESS", "20 per hour"),
         trusted_proxies=_int(env, "TRADEGUARD_TRUSTED_PROXIES", 0, minimum=0),
-        magic=_int(env, "TRADEGUARD_MAGIC", 770077),
+        magic=_int(env, "TRADEGUARD_MAGIC", DEFAULT_MAGIC),
         deviation_points=_int(env, "TRADEGUARD_DEVIATION_POINTS", 20, minimum=0),
         max_price_retries=_int(env, "TRADEGUARD_MAX_PRICE_RETRIES", 3, minimum=0),
         terminal_timeout_seconds=_float(env, "TRADEGUARD_TERMINAL_TIMEOUT_SECONDS", 10.0),

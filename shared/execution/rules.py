@@ -10,23 +10,21 @@ from datetime import datetime
 from decimal import Decimal
 
 from shared.models import Side
+from shared.mt5.constants import (
+    TRADE_RETCODE_CONNECTION,
+    TRADE_RETCODE_DONE,
+    TRADE_RETCODE_DONE_PARTIAL,
+    TRADE_RETCODE_ERROR,
+    TRADE_RETCODE_PLACED,
+    TRADE_RETCODE_PRICE_CHANGED,
+    TRADE_RETCODE_PRICE_OFF,
+    TRADE_RETCODE_REQUOTE,
+    TRADE_RETCODE_TIMEOUT,
+    TRADE_RETCODE_TOO_MANY_REQUESTS,
+)
 from shared.mt5.types import SymbolSpec
 
 log = logging.getLogger(__name__)
-
-
-# MT5 trade server return codes (values as in the official MetaTrader5 package).
-RETCODE_REQUOTE = 10004
-RETCODE_REJECT = 10006
-RETCODE_PLACED = 10008  # accepted, executes later (exchange execution): the order exists
-RETCODE_DONE = 10009
-RETCODE_DONE_PARTIAL = 10010
-RETCODE_ERROR = 10011
-RETCODE_TIMEOUT = 10012
-RETCODE_PRICE_CHANGED = 10020
-RETCODE_PRICE_OFF = 10021
-RETCODE_TOO_MANY_REQUESTS = 10024
-RETCODE_CONNECTION = 10031
 
 
 class Outcome(enum.Enum):
@@ -39,21 +37,21 @@ class Outcome(enum.Enum):
 
 def classify_retcode(retcode: int) -> Outcome:
     """What an order_send retcode means for the trade."""
-    if retcode == RETCODE_DONE:
+    if retcode == TRADE_RETCODE_DONE:
         return Outcome.FILLED
-    if retcode == RETCODE_DONE_PARTIAL:
+    if retcode == TRADE_RETCODE_DONE_PARTIAL:
         return Outcome.PARTIAL
-    if retcode in (RETCODE_REQUOTE, RETCODE_PRICE_CHANGED, RETCODE_PRICE_OFF):
+    if retcode in (TRADE_RETCODE_REQUOTE, TRADE_RETCODE_PRICE_CHANGED, TRADE_RETCODE_PRICE_OFF):
         return Outcome.NEW_PRICE
     if retcode in (
-        RETCODE_PLACED,
-        RETCODE_TIMEOUT,
-        RETCODE_CONNECTION,
-        RETCODE_ERROR,
-        RETCODE_TOO_MANY_REQUESTS,
+        TRADE_RETCODE_PLACED,  # accepted, executes later (exchange execution): the order exists
+        TRADE_RETCODE_TIMEOUT,
+        TRADE_RETCODE_CONNECTION,
+        TRADE_RETCODE_ERROR,
+        TRADE_RETCODE_TOO_MANY_REQUESTS,
     ):
         return Outcome.UNKNOWN
-    return Outcome.REJECTED
+    return Outcome.REJECTED  # TRADE_RETCODE_REJECT, NO_MONEY, INVALID_STOPS, MARKET_CLOSED, ...
 
 
 def trade_comment(trade_id: int) -> str:

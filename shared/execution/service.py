@@ -18,42 +18,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from shared.audit import trail
+from shared.core.config import DEFAULT_MAGIC
 from shared.core.db import DbSession, utcnow
 from shared.core.locks import Busy, exclusive
+from shared.execution.errors import TerminalRetryLater  # workers/tasks.py reaches it from here too
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
+from shared.mt5.ports import OpenTerminal, TerminalPort
 
 log = logging.getLogger(__name__)
 
 
-class TerminalPort(Protocol):
-    """The part of shared.mt5.gateway.Gateway that execution uses."""
-
-    def symbol(self, name: str) -> Any: ...
-    def quote(self, name: str) -> Any: ...
-    def positions(self, symbol: str | None = None) -> list[Any]: ...
-    def deals(self, date_from: datetime, date_to: datetime) -> list[Any]: ...
-    def send_order(self, request: dict[str, Any]) -> Any: ...
-    def market_order_request(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
-OpenTerminal = Callable[[Account], AbstractContextManager[TerminalPort]]
-
-
 @dataclass(frozen=True)
 class ExecutionSettings:
-    magic: int = 770077
+    magic: int = DEFAULT_MAGIC
     deviation_points: int = 20
     max_price_retries: int = 3
     # After a lost reply, how long to keep looking for the order before concluding it was never made.
@@ -61,10 +50,6 @@ class ExecutionSettings:
     # The longest an order_send may take; with the grace, how long after sending absence is not proof.
     terminal_timeout_seconds: float = 10.0
     lock_dir: Path = Path("instance/locks")
-
-
-class TerminalRetryLater(Exception):
-    """The terminal could not be reached or the trade is busy elsewhere; the task should retry."""
 
 
 def _record(session: DbSession, trade: Trade, action: str, **meta: Any) -> None:
@@ -212,6 +197,8 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
     from shared.mt5.errors import OrderOutcomeUnknown
 
     signal = trade.signal
+    # Named as the trade was claimed (_claim_trade): an order without it could never be found again.
+    assert trade.comment is not None
     spec = terminal.symbol(trade.symbol)
     for _attempt in range(settings.max_price_retries + 1):
         quote = terminal.quote(trade.symbol)

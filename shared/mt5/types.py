@@ -40,9 +40,14 @@ class SymbolSpec:
 
     @property
     def pip(self) -> Decimal:
-        """10 points on 3- and 5-digit quotes (EURUSD 0.0001, USDJPY 0.01), else 1 point (a 2-digit
-        XAUUSD quote: 0.01; a 4-digit EURUSD quote: 0.0001)."""
-        return self.point * 10 if self.digits in (3, 5) else self.point
+        return pip_size(self.digits, self.point)
+
+
+def pip_size(digits: int, point: Decimal) -> Decimal:
+    """A pip is 10 points on fractional (3- and 5-digit) quotes — USDJPY 0.001 -> 0.01, EURUSD 0.00001 ->
+    0.0001 — and 1 point otherwise (a 2-digit XAUUSD quote: 0.01; a 4-digit EURUSD quote: 0.0001), so
+    that tolerances written in pips mean the same thing whatever the broker's quoting precision."""
+    return point * 10 if digits in (3, 5) else point
 
 
 @dataclass(frozen=True)

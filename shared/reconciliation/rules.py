@@ -33,26 +33,24 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
+from shared.mt5.constants import (
+    DEAL_ENTRY_IN,
+    DEAL_ENTRY_INOUT,
+    DEAL_ENTRY_OUT,
+    DEAL_ENTRY_OUT_BY,
+    DEAL_REASON_CLIENT,
+    DEAL_REASON_EXPERT,
+    DEAL_REASON_MOBILE,
+    DEAL_REASON_SL,
+    DEAL_REASON_SO,
+    DEAL_REASON_TP,
+    DEAL_REASON_WEB,
+    POSITION_REASON_CLIENT,
+    POSITION_REASON_EXPERT,
+    POSITION_REASON_MOBILE,
+    POSITION_REASON_WEB,
+)
 from shared.mt5.types import AccountSnapshot, Deal, Position, SymbolSpec
-
-# MT5 constants (values as in the official MetaTrader5 package; see shared/mt5/constants.py).
-POSITION_REASON_CLIENT = 0
-POSITION_REASON_MOBILE = 1
-POSITION_REASON_WEB = 2
-POSITION_REASON_EXPERT = 3
-
-DEAL_ENTRY_OUT = 1
-DEAL_ENTRY_OUT_BY = 3
-DEAL_ENTRY_INOUT = 2
-DEAL_ENTRY_IN = 0
-
-DEAL_REASON_CLIENT = 0
-DEAL_REASON_MOBILE = 1
-DEAL_REASON_WEB = 2
-DEAL_REASON_EXPERT = 3
-DEAL_REASON_SL = 4
-DEAL_REASON_TP = 5
-DEAL_REASON_SO = 6
 
 OpenedFrom = Literal["desktop", "mobile", "web", "expert", "unknown"]
 CloseReason = Literal["sl", "tp", "stop_out", "by_hand", "expert", "unknown"]
@@ -247,13 +245,6 @@ class ReconciliationResult:
 
 
 # --- pips --------------------------------------------------------------------------------------------
-
-
-def pip_size(digits: int, point: Decimal) -> Decimal:
-    """A pip is 10 points on fractional (3- and 5-digit) quotes — USDJPY 0.001 -> 0.01, EURUSD 0.00001 ->
-    0.0001 — and 1 point otherwise (a 2-digit XAUUSD quote: 0.01), so that tolerances written in pips mean
-    the same thing whatever the broker's quoting precision."""
-    return point * 10 if digits in (3, 5) else point
 
 
 def _pips(distance: Decimal, pip: Decimal) -> Decimal:
@@ -572,7 +563,7 @@ def reconcile(
     missing = sorted(needed - set(symbols))
     if missing:
         raise ValueError(f"no symbol spec for {', '.join(missing)}: cannot measure pips")
-    pips = {name: pip_size(spec.digits, spec.point) for name, spec in symbols.items()}
+    pips = {name: spec.pip for name, spec in symbols.items()}
 
     paired, outside, unmatched = match_positions(account_positions, open_trades, pips, tolerances)
 

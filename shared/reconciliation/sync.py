@@ -22,7 +22,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -44,6 +43,7 @@ from shared.models import (
 )
 from shared.mt5.constants import DEAL_ENTRY_IN
 from shared.mt5.errors import TerminalError
+from shared.mt5.ports import OpenTerminal
 from shared.reconciliation.breaker import BreakerSettings, backoff_seconds, breaker_is_open
 from shared.reconciliation.rules import BookedTrade, ReconciliationResult, Tolerances, reconcile
 
@@ -79,7 +79,8 @@ class SyncOutcome:
 
 @dataclass(frozen=True)
 class AccountToSync:
-    """What a sync needs of an `accounts` row: enough to open its terminal, detached from any session."""
+    """What a sync needs of an `accounts` row: enough to open its terminal (a TerminalAccount), detached
+    from any session."""
 
     id: int
     owner_id: int
@@ -89,7 +90,6 @@ class AccountToSync:
     credentials_encrypted: bytes
 
 
-OpenTerminal = Callable[[AccountToSync], AbstractContextManager[Any]]
 SymbolSpecs = Callable[[AccountToSync, Any, set[str]], Mapping[str, Any]]
 
 

@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from shared.core.config import DEFAULT_MAGIC
 from shared.core.locks import exclusive
 from shared.execution import service as execution
 from shared.models import AuditLog, Trade, TradeState
@@ -38,13 +39,17 @@ def test_an_approved_signal_is_filled_once_with_magic_and_comment(run, approved,
     signal_id = approved()
     trade = run(signal_id)
     assert trade.state == TradeState.FILLED
-    assert trade.comment == f"TG-{trade.id}" and trade.magic == 770077
+    assert trade.comment == f"TG-{trade.id}" and trade.magic == DEFAULT_MAGIC
     assert trade.filled_volume == Decimal("0.10")
     # A buy is asked at the ask; with the quote pinned and no slippage it fills there.
     assert trade.requested_price == Decimal("1.08510") == trade.filled_price
     assert trade.order_ticket and trade.deal_ticket and trade.position_ticket == trade.order_ticket
     (position,) = [p for p in terminal.positions_get() if p.comment == trade.comment]
-    assert (position.magic, position.volume, position.identifier) == (770077, 0.1, trade.position_ticket)
+    assert (position.magic, position.volume, position.identifier) == (
+        DEFAULT_MAGIC,
+        0.1,
+        trade.position_ticket,
+    )
     assert actions(db_session, trade) == ["trade.created", "trade.sent", "trade.filled"]
 
     # Running it again (a duplicate message, a retry) does nothing.

@@ -1,5 +1,6 @@
 """Probes, the OpenAPI document, and the JSON error envelope for things no view handles."""
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -82,6 +83,37 @@ def test_openapi_lists_every_path_of_the_contract_with_schemas(client):
         "sl",
         "tp",
     }
+
+
+@pytest.mark.parametrize("window", [None, 120])
+def test_the_document_states_the_timestamp_window_the_signature_check_enforces(app, window):
+    """The X-Timestamp window the document gives is the app's setting (TRADEGUARD_SIGNATURE_MAX_SKEW_SECONDS),
+    the one a signed request is held to: the default, and another value configured."""
+    settings = app.extensions["tradeguard.settings"]
+    if window is not None:
+        settings = replace(settings, signature_max_skew_seconds=window)
+    enforced = settings.signature_max_skew_seconds
+    client = app.test_client() if window is None else create_app(settings, TESTING=True).test_client()
+
+    spec = client.get("/api/openapi.json").json
+    (timestamp,) = (
+        p for p in spec["paths"]["/api/v1/signals"]["post"]["parameters"] if p["name"] == "X-Timestamp"
+    )
+    assert f"refused when more than {enforced} s from server time" in timestamp["description"]
+
+    def signed_at(offset: int):
+        headers = {
+            "X-Client-Id": str(2**31 - 1),  # no such client: only the timestamp can be wrong first
+            "X-Timestamp": str(int(time.time()) + offset),
+            "X-Signature": "0" * 64,
+        }
+        return client.post("/api/v1/signals", json={}, headers=headers)
+
+    stale = signed_at(-(enforced + 5))
+    assert stale.status_code == 401
+    assert stale.json["error"]["message"] == f"X-Timestamp is more than {enforced} s from server time"
+    within = signed_at(-(enforced - 5))
+    assert within.status_code == 401 and "X-Timestamp" not in within.json["error"]["message"]
 
 
 def test_unknown_paths_and_methods_get_the_json_envelope(client):

@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 
+from shared.core.config import DEFAULT_MAGIC
 from shared.models import Side, Signal, Trade, TradeState
 from tests.conftest import GOOD_SIGNAL
 
@@ -23,7 +24,7 @@ def world(api, db_session):
         owner_id=signal.owner_id,
         symbol="EURUSD",
         side=Side.BUY,
-        magic=770077,
+        magic=DEFAULT_MAGIC,
         comment="TG-test",
         requested_volume=Decimal("0.10"),
         requested_price=Decimal("1.1000"),
@@ -49,7 +50,7 @@ def test_owners_read_their_trades_with_the_rejection_reason(api, world):
         "broker rejected the order: retcode 10019 No money",
     )
     assert (item["requested_volume"], item["requested_price"], item["filled_volume"]) == ("0.1", "1.1", None)
-    assert item["comment"] == "TG-test" and item["magic"] == 770077
+    assert item["comment"] == "TG-test" and item["magic"] == DEFAULT_MAGIC
     one = api.http.get(f"/api/v1/trades/{item['id']}", headers=headers)
     assert one.status_code == 200 and one.json == item
 

@@ -4,7 +4,10 @@ from decimal import Decimal as D
 
 import pytest
 
+from shared.core.errors import TradeGuardError
+from shared.execution.errors import TerminalRetryLater
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
+from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
 from shared.mt5.types import SymbolSpec
 
 EURUSD = SymbolSpec(
@@ -86,3 +89,10 @@ def test_a_sound_order_has_no_problems():
 def test_unsound_orders_say_why(changes, words):
     found = problems(**changes)
     assert found and any(words in p for p in found), found
+
+
+def test_retry_later_is_a_retryable_terminal_error():
+    """The worker retries it with the terminal's passing failures, and never gives it up as permanent."""
+    error = TerminalRetryLater("trade:1 is being executed by another worker")
+    assert isinstance(error, RetryableTerminalError) and isinstance(error, TradeGuardError)
+    assert error.retryable and not isinstance(error, PermanentTerminalError)

@@ -6,8 +6,9 @@ from decimal import Decimal as D
 
 import pytest
 
+from shared.core.config import DEFAULT_MAGIC
 from shared.models import Side, Trade, TradeState
-from shared.mt5.types import AccountSnapshot, Deal, Position, SymbolSpec
+from shared.mt5.types import AccountSnapshot, Deal, Position, SymbolSpec, pip_size
 from shared.reconciliation.rules import (
     BookedTrade,
     Divergence,
@@ -16,12 +17,11 @@ from shared.reconciliation.rules import (
     drawdown_percent,
     fingerprint,
     peak_equity,
-    pip_size,
     reconcile,
 )
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
-MAGIC = 770077
+MAGIC = DEFAULT_MAGIC
 
 
 def spec(name, digits, point):
@@ -147,7 +147,7 @@ def pairs(result):
 )
 def test_a_pip_is_ten_points_on_3_and_5_digit_quotes_else_one(digits, point, pip):
     assert pip_size(digits, D(point)) == D(pip)
-    assert pip_size(digits, D(point)) == spec("X", digits, point).pip  # agrees with the gateway's rule
+    assert spec("X", digits, point).pip == D(pip)  # what reconciliation measures pips with
 
 
 # --- identity matching -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from typing import Any
 
 from flask import jsonify, request
 
+from shared.core.config import Settings
 from shared.core.db import in_transaction
 from shared.core.errors import InvalidInput
 from shared.core.signing import canonical_body_hash
@@ -23,39 +24,46 @@ from web.schemas import (
 
 blp = Blueprint("signals", __name__, url_prefix="/api/v1/signals", description="Trading signals")
 
-# Header parameters rather than a security scheme: the signature is computed per request, over its body.
-_SIGNED_HEADERS = [
-    {
-        "in": "header",
-        "name": "X-Client-Id",
-        "required": True,
-        "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
-        "description": "the strategy client's id",
-    },
-    {
-        "in": "header",
-        "name": "X-Timestamp",
-        "required": True,
-        "schema": {"type": "integer"},
-        "description": "unix seconds; refused when more than 300 s from server time",
-    },
-    {
-        "in": "header",
-        "name": "X-Signature",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-        "description": 'hex HMAC-SHA256 of "{X-Timestamp}.{raw body}" with the client\'s secret; '
-        "each signature is accepted once",
-    },
-    {
-        "in": "header",
-        "name": "Idempotency-Key",
-        "required": False,
-        "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$"},
-        "description": "1 to 128 printable ASCII characters; a resent signal with the same key returns "
-        "the first one (200), not a new one",
-    },
-]
+
+def _signed_headers(settings: Settings) -> dict[str, Any]:
+    """The signature headers, with the timestamp window this deployment enforces
+    (TRADEGUARD_SIGNATURE_MAX_SKEW_SECONDS, checked by shared.signals.auth.authenticate_client)."""
+    # Header parameters rather than a security scheme: the signature is computed per request, over its body.
+    return {
+        "parameters": [
+            {
+                "in": "header",
+                "name": "X-Client-Id",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                "description": "the strategy client's id",
+            },
+            {
+                "in": "header",
+                "name": "X-Timestamp",
+                "required": True,
+                "schema": {"type": "integer"},
+                "description": "unix seconds; refused when more than "
+                f"{settings.signature_max_skew_seconds} s from server time",
+            },
+            {
+                "in": "header",
+                "name": "X-Signature",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                "description": 'hex HMAC-SHA256 of "{X-Timestamp}.{raw body}" with the client\'s secret; '
+                "each signature is accepted once",
+            },
+            {
+                "in": "header",
+                "name": "Idempotency-Key",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$"},
+                "description": "1 to 128 printable ASCII characters; a resent signal with the same key "
+                "returns the first one (200), not a new one",
+            },
+        ]
+    }
 
 
 _CREATE_SCHEMA = SignalCreateSchema()
@@ -78,7 +86,8 @@ _CREATE_BODY = {"required": True, "content": {"application/json": {"schema": Sig
     503,
 )
 # No bearer token: a strategy client signs each request (the headers above) instead.
-@blp.doc(parameters=_SIGNED_HEADERS, security=[])
+@blp.doc(security=[])
+@blp.settings_doc(_signed_headers)
 def create_signal() -> Any:
     # Parsed here rather than by @blp.arguments: the signature check already read these bytes, the
     # body hash needs the parsed JSON, and webargs would parse it a second time. Every signal comes
