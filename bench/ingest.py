@@ -38,6 +38,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from shared.core import extensions
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -301,9 +303,9 @@ def seed(env: dict[str, str]) -> tuple[int, str]:
         user = users.register(db.session, "bench@example.com", "benchmark password")
         account = accounts.create_account(
             db.session,
-            app.extensions["tradeguard.secret_box"],
+            extensions.secret_box(app),
             user,
-            declared_terminals=app.extensions["tradeguard.terminals"],
+            declared_terminals=extensions.declared_terminals(app),
             name="bench",
             terminal_url="sim://",
             login=1001,
@@ -311,7 +313,7 @@ def seed(env: dict[str, str]) -> tuple[int, str]:
             server="sim",
         )
         client, secret = clients.create_client(
-            db.session, app.extensions["tradeguard.secret_box"], user, name="bench", account_id=account.id
+            db.session, extensions.secret_box(app), user, name="bench", account_id=account.id
         )
         db.session.commit()
         client_id = client.id

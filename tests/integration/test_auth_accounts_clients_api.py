@@ -7,6 +7,7 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
+from shared.core import extensions
 from shared.models import Account, AuditLog, StrategyClient, User
 
 
@@ -71,7 +72,7 @@ def test_wrong_password_and_unknown_email_get_the_same_401(api):
 
 def test_bad_expired_and_foreign_tokens_are_401(api, app):
     user = api.register()
-    settings = app.extensions["tradeguard.settings"]
+    settings = extensions.settings(app)
     expired = jwt.encode(
         {"sub": str(user["id"]), "exp": int(time.time()) - 1}, settings.jwt_secret, algorithm="HS256"
     )
@@ -138,7 +139,7 @@ def test_an_account_is_created_with_its_password_encrypted_and_never_returned(ap
     assert "password" not in body and "credentials_encrypted" not in body
     stored = db_session.get(Account, body["id"])
     assert b"broker-secret" not in stored.credentials_encrypted
-    assert app.extensions["tradeguard.secret_box"].decrypt(stored.credentials_encrypted) == "broker-secret"
+    assert extensions.secret_box(app).decrypt(stored.credentials_encrypted) == "broker-secret"
 
     listing = api.http.get("/api/v1/accounts", headers=user["headers"])
     assert [a["id"] for a in listing.json] == [body["id"]]
@@ -223,7 +224,7 @@ def test_a_client_secret_is_shown_once_and_stored_encrypted(api, app, db_session
     assert len(created["secret"]) >= 40 and created["account_id"] == account["id"]
     stored = db_session.get(StrategyClient, created["id"])
     assert created["secret"].encode() not in stored.secret_encrypted
-    assert app.extensions["tradeguard.secret_box"].decrypt(stored.secret_encrypted) == created["secret"]
+    assert extensions.secret_box(app).decrypt(stored.secret_encrypted) == created["secret"]
 
     listing = api.http.get("/api/v1/clients", headers=user["headers"])
     assert [c["id"] for c in listing.json] == [created["id"]]

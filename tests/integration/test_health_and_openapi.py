@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from shared.core import extensions
 from shared.core.config import load_settings
 from web import create_app
 
@@ -89,7 +90,7 @@ def test_openapi_lists_every_path_of_the_contract_with_schemas(client):
 def test_the_document_states_the_timestamp_window_the_signature_check_enforces(app, window):
     """The X-Timestamp window the document gives is the app's setting (TRADEGUARD_SIGNATURE_MAX_SKEW_SECONDS),
     the one a signed request is held to: the default, and another value configured."""
-    settings = app.extensions["tradeguard.settings"]
+    settings = extensions.settings(app)
     if window is not None:
         settings = replace(settings, signature_max_skew_seconds=window)
     enforced = settings.signature_max_skew_seconds

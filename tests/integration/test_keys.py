@@ -9,6 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
+from shared.core import extensions
 from shared.core.crypto import SecretBox
 from shared.identity import key_check
 from shared.models import KeyCheck, StrategyClient
@@ -16,8 +17,8 @@ from tests.processes import CeleryProcess, _env, wait_for
 
 
 def test_a_worker_started_with_other_keys_refuses_to_start_and_says_why(app, committed_db):
-    settings = app.extensions["tradeguard.settings"]
-    key_check.verify(committed_db, app.extensions["tradeguard.secret_box"], settings.jwt_secrets)
+    settings = extensions.settings(app)
+    key_check.verify(committed_db, extensions.secret_box(app), settings.jwt_secrets)
     assert committed_db.scalar(sa.select(sa.func.count()).select_from(KeyCheck)) == 2
 
     log_path = Path(tempfile.mkdtemp(prefix="tg-wrong-keys-")) / "worker.log"

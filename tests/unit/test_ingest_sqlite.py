@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
+from shared.core import extensions
 from shared.core.config import load_settings
 from shared.core.db import db
 from shared.core.signing import sign
@@ -22,12 +23,12 @@ def sqlite_app(tmp_path):
     with app.app_context():
         upgrade()
         user = users.register(db.session, "owner@example.com", "password one")
-        box = app.extensions["tradeguard.secret_box"]
+        box = extensions.secret_box(app)
         account = accounts.create_account(
             db.session,
             box,
             user,
-            declared_terminals=app.extensions["tradeguard.terminals"],
+            declared_terminals=extensions.declared_terminals(app),
             name="a",
             terminal_url="sim://",
             login=1,

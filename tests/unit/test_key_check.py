@@ -15,6 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 from flask_migrate import upgrade
 
+from shared.core import extensions
 from shared.core.config import ConfigurationError, load_settings
 from shared.core.crypto import SecretBox, SecretUnreadable
 from shared.core.db import db
@@ -63,18 +64,16 @@ def instance(tmp_path: Path) -> Path:
         owner = users.register(db.session, "owner@example.com", "a long password")
         account = accounts.create_account(
             db.session,
-            app.extensions["tradeguard.secret_box"],
+            extensions.secret_box(app),
             owner,
-            declared_terminals=app.extensions["tradeguard.terminals"],
+            declared_terminals=extensions.declared_terminals(app),
             name="main",
             terminal_url="sim://",
             login=1001,
             password="broker password",
             server="TradeGuard-Sim",
         )
-        clients.create_client(
-            db.session, app.extensions["tradeguard.secret_box"], owner, name="s", account_id=account.id
-        )
+        clients.create_client(db.session, extensions.secret_box(app), owner, name="s", account_id=account.id)
         db.session.commit()
         assert {row.name for row in db.session.scalars(db.select(KeyCheck))} == {"encryption", "jwt"}
         db.session.remove()
@@ -84,7 +83,7 @@ def instance(tmp_path: Path) -> Path:
 def test_the_same_keys_start_again(instance: Path) -> None:
     app = start(instance)
     with app.app_context():
-        stored = app.extensions["tradeguard.secret_box"].decrypt(
+        stored = extensions.secret_box(app).decrypt(
             db.session.scalars(db.select(Account)).one().credentials_encrypted
         )
         assert stored == "broker password"
@@ -132,8 +131,8 @@ def test_keys_rotate_without_losing_a_secret(instance: Path) -> None:
     with app.app_context():
         report = key_check.rotate(
             db.session,
-            app.extensions["tradeguard.secret_box"],
-            app.extensions["tradeguard.settings"].jwt_secrets,
+            extensions.secret_box(app),
+            extensions.settings(app).jwt_secrets,
         )
         assert (report.accounts, report.clients) == (1, 1)
         db.session.remove()
@@ -163,8 +162,8 @@ def test_rotation_changes_nothing_when_a_secret_is_unreadable(instance: Path) ->
         with pytest.raises(SecretUnreadable, match=f"strategy client {client.id}"):
             key_check.rotate(
                 db.session,
-                app.extensions["tradeguard.secret_box"],
-                app.extensions["tradeguard.settings"].jwt_secrets,
+                extensions.secret_box(app),
+                extensions.settings(app).jwt_secrets,
             )
         assert bytes(db.session.scalars(db.select(Account)).one().credentials_encrypted) == before
 
@@ -225,13 +224,13 @@ def test_a_process_that_could_not_check_at_start_checks_before_its_first_secret(
     with app.app_context():
         assert db.session.scalar(db.select(db.func.count()).select_from(Account)) == 1
     with pytest.raises(KeysDoNotMatch):
-        app.extensions["tradeguard.secret_box"].decrypt(b"anything")
+        extensions.secret_box(app).decrypt(b"anything")
 
 
 def test_the_right_keys_started_without_a_check_check_at_first_use_and_go_on(
     instance: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = start_while_the_database_is_unreachable(instance, monkeypatch)
-    box = app.extensions["tradeguard.secret_box"]
+    box = extensions.secret_box(app)
     assert box.decrypt(box.encrypt("still readable")) == "still readable"
     assert box.check_now()  # passed at first use: no further checks

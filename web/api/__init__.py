@@ -9,6 +9,7 @@ import flask_smorest
 from flask import Flask
 
 from shared.core.config import Settings
+from shared.core.extensions import settings
 from web.errors import ErrorEnvelopeSchema
 from web.json_body import JsonBodyParser
 
@@ -80,7 +81,7 @@ class Blueprint(flask_smorest.Blueprint):
         if build is not None:
             # doc_info is this registration's own copy; its manual_doc (what `doc` gave) is merged into
             # the operation after every callback has run.
-            built = build(app.extensions["tradeguard.settings"])
+            built = build(settings(app))
             doc_info["manual_doc"] = {**doc_info.get("manual_doc", {}), **built}
         return doc
 
