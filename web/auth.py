@@ -11,6 +11,7 @@ import jwt
 from flask import g, request
 
 from shared.core.errors import Forbidden, NotAuthenticated
+from shared.identity import users
 from shared.models import User
 from shared.signals.auth import ClientIdentity, SignedRequest, authenticate_client
 from web.extensions import client_keys, db, secret_box, settings
@@ -53,7 +54,7 @@ def _user_from_bearer() -> User:
         user_id = int(claims["sub"])
     except ValueError:
         raise NotAuthenticated("the bearer token is invalid or has expired") from None
-    user = db.session.get(User, user_id) if 0 < user_id < 2**31 else None
+    user = users.get_user(db.session, user_id)
     if user is None:
         raise NotAuthenticated("the bearer token's user no longer exists")
     return user

@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
-import sqlalchemy as sa
 from flask import Flask, Response, request
 from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from werkzeug.exceptions import HTTPException
@@ -64,8 +63,8 @@ from shared.audit import trail
 from shared.core.config import Settings
 from shared.core.db import db
 from shared.core.errors import TradeGuardError
+from shared.identity import users
 from shared.identity.users import normalise_email
-from shared.models import User
 from web.errors import error_response
 from web.json_body import json_body
 
@@ -209,9 +208,7 @@ def _lock_out(lock: Lock, known: KnownLockOuts, breached: RequestLimit) -> None:
     email = request_email()
     try:
         # An email lock-out is about the account, when there is one: listed with its other audit rows.
-        target_id = (
-            db.session.scalar(sa.select(User.id).where(User.email == email)) if lock is EMAIL else None
-        )
+        target_id = users.user_id_of(db.session, email) if lock is EMAIL else None
         trail.record(
             db.session,
             actor_type=trail.SYSTEM,

@@ -83,3 +83,14 @@ def create_or_promote_admin(session: DbSession, email: str, password: str) -> Us
         meta={"email": email},
     )
     return user
+
+
+def get_user(session: DbSession, user_id: int) -> User | None:
+    """The user a token names, or None: an id out of the column's range names nobody (and must not
+    reach Postgres, which would refuse it as out of range)."""
+    return session.get(User, user_id) if 0 < user_id < 2**31 else None
+
+
+def user_id_of(session: DbSession, email: str) -> int | None:
+    """The id of the user with this (normalised) email, or None."""
+    return session.scalar(sa.select(User.id).where(User.email == normalise_email(email)))
