@@ -8,7 +8,6 @@ kept in `instance/secrets.json`. Setting `DATABASE_URL` and `REDIS_URL` switches
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 from collections.abc import Mapping
@@ -17,8 +16,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-
-log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # shared/core/config.py -> the project
 

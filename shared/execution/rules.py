@@ -5,7 +5,6 @@ names its trade, and the checks an order must pass before it is sent.
 from __future__ import annotations
 
 import enum
-import logging
 from datetime import datetime
 from decimal import Decimal
 
@@ -23,8 +22,6 @@ from shared.mt5.constants import (
     TRADE_RETCODE_TOO_MANY_REQUESTS,
 )
 from shared.mt5.types import SymbolSpec
-
-log = logging.getLogger(__name__)
 
 
 class Outcome(enum.Enum):

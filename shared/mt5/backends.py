@@ -20,9 +20,7 @@ from rpyc.core.service import VoidService
 from rpyc.core.stream import SocketStream
 from rpyc.utils.factory import connect_channel
 
-from shared.mt5.errors import (
-    TerminalNotSupported,
-)
+from shared.mt5.errors import TerminalNotSupported
 from shared.mt5.terminals import canonical_terminal_url
 from shared.mt5.wire import (
     _REMOTE_HELPER,

@@ -10,9 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.mt5.errors import (
-    TerminalProtocolError,
-)
+from shared.mt5.errors import TerminalProtocolError
 
 # The one definition of "plain data": named tuples -> dicts, tuples -> lists, numpy scalars -> Python
 # numbers, recursively. It runs in two places, so it lives as source: exec'd below to define `to_plain`

@@ -5,7 +5,6 @@ one round trip and one commit.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import weakref
 from collections.abc import Sequence
@@ -24,9 +23,6 @@ from shared.core.db import DbSession, in_transaction
 from shared.core.errors import Unavailable
 from shared.models import Side, SignalStatus
 from shared.signals.auth import ClientIdentity
-
-log = logging.getLogger(__name__)
-
 
 # The audit action of a stored signal, written by the batch statement and by the SQLite path alike.
 RECEIVED_ACTION = "signal.received"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -10,8 +9,6 @@ import sqlalchemy as sa
 from shared.audit import trail
 from shared.core.db import DbSession, utcnow
 from shared.models import Signal, SignalStatus
-
-log = logging.getLogger(__name__)
 
 
 def expire_due_signals(

@@ -4,7 +4,6 @@ refused.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,8 +16,6 @@ from shared.core.errors import Conflict, NotAuthenticated
 from shared.models import Side, Signal, SignalStatus, StrategyClient
 from shared.signals.auth import ClientIdentity
 from shared.signals.batching import RECEIVED_ACTION, StoredSignal, insert_postgres
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

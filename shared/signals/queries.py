@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import sqlalchemy as sa
 
 from shared.core.db import DbSession
 from shared.core.errors import NotFound
 from shared.core.pagination import Page, paginate
 from shared.models import Signal, SignalStatus, User
-
-log = logging.getLogger(__name__)
 
 
 def get_own_signal(session: DbSession, owner: User, signal_id: int) -> Signal:

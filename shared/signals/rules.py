@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from decimal import Decimal
 
 from shared.models import Side, Signal, SignalStatus
-
-log = logging.getLogger(__name__)
 
 
 def price_level_errors(
