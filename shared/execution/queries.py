@@ -5,16 +5,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from shared.core.db import DbSession
-from shared.core.errors import NotFound
+from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
 from shared.models import Trade, TradeState, User
 
 
 def get_own_trade(session: DbSession, owner: User, trade_id: int) -> Trade:
-    trade = session.get(Trade, trade_id)
-    if trade is None or trade.owner_id != owner.id:
-        raise NotFound(f"trade {trade_id} not found")
-    return trade
+    return get_owned(session, Trade, trade_id, owner.id, name="trade")
 
 
 def list_own_trades(

@@ -7,7 +7,8 @@ import sqlalchemy as sa
 from shared.audit import trail
 from shared.core.crypto import SecretBox
 from shared.core.db import DbSession
-from shared.core.errors import Conflict, InvalidInput, NotFound
+from shared.core.errors import Conflict, InvalidInput
+from shared.core.ownership import get_owned
 from shared.models import Account, User
 from shared.mt5.errors import InvalidTerminalUrl, TerminalNotDeclared
 from shared.mt5.terminals import require_declared
@@ -63,10 +64,7 @@ def create_account(
 
 
 def get_own_account(session: DbSession, owner: User, account_id: int) -> Account:
-    account = session.get(Account, account_id)
-    if account is None or account.owner_id != owner.id:
-        raise NotFound(f"account {account_id} not found")
-    return account
+    return get_owned(session, Account, account_id, owner.id, name="account")
 
 
 def list_own_accounts(session: DbSession, owner: User) -> list[Account]:

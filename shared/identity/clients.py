@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from shared.audit import trail
 from shared.core.crypto import SecretBox
 from shared.core.db import DbSession, utcnow
-from shared.core.errors import NotFound
+from shared.core.ownership import get_owned
 from shared.identity.accounts import get_own_account
 from shared.models import StrategyClient, User
 
@@ -38,10 +38,7 @@ def create_client(
 
 
 def get_own_client(session: DbSession, owner: User, client_id: int) -> StrategyClient:
-    client = session.get(StrategyClient, client_id)
-    if client is None or client.owner_id != owner.id:
-        raise NotFound(f"client {client_id} not found")
-    return client
+    return get_owned(session, StrategyClient, client_id, owner.id, name="client")
 
 
 def list_own_clients(session: DbSession, owner: User) -> list[StrategyClient]:

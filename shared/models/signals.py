@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -50,6 +51,9 @@ class Signal(db.Model):  # type: ignore[name-defined]
 
 class Approval(db.Model):  # type: ignore[name-defined]
     """The owner's decision on a signal; at most one per signal."""
+
+    # Who may read it (shared.core.ownership): the user who decided.
+    owner_column: ClassVar[str] = "user_id"
 
     __tablename__ = "approvals"
 

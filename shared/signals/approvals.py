@@ -7,7 +7,8 @@ from sqlalchemy.exc import IntegrityError
 
 from shared.audit import trail
 from shared.core.db import DbSession, utcnow
-from shared.core.errors import Conflict, NotFound
+from shared.core.errors import Conflict
+from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
 from shared.models import Approval, Decision, Signal, SignalStatus, User
 from shared.signals.queries import get_own_signal
@@ -68,10 +69,7 @@ def decide(
 
 
 def get_own_approval(session: DbSession, user: User, approval_id: int) -> Approval:
-    approval = session.get(Approval, approval_id)
-    if approval is None or approval.user_id != user.id:
-        raise NotFound(f"approval {approval_id} not found")
-    return approval
+    return get_owned(session, Approval, approval_id, user.id, name="approval")
 
 
 def list_own_approvals(session: DbSession, user: User, *, page: int, per_page: int) -> Page[Approval]:

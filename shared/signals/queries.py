@@ -5,16 +5,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from shared.core.db import DbSession
-from shared.core.errors import NotFound
+from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
 from shared.models import Signal, SignalStatus, User
 
 
 def get_own_signal(session: DbSession, owner: User, signal_id: int) -> Signal:
-    signal = session.get(Signal, signal_id)
-    if signal is None or signal.owner_id != owner.id:
-        raise NotFound(f"signal {signal_id} not found")
-    return signal
+    return get_owned(session, Signal, signal_id, owner.id, name="signal")
 
 
 def list_own_signals(
