@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -127,16 +128,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- the app on Postgres -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SentTask:
+    name: str
+    args: list[Any]
+    options: dict[str, Any]
+
+
 class RecordingQueue:
-    """Stands in for the app's task queue (`shared.core.queue.TaskQueue`): keeps what would have been
-    sent, sends nothing. The broker check (readiness) is still the real queue's."""
+    """Stands in for an app's task queue (`shared.core.queue.TaskQueue`): keeps what would have been
+    sent, with its options, and sends nothing. The broker check (readiness) is still the real queue's."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
-        self.sent: list[tuple[str, list[Any]]] = []
+        self.sent: list[SentTask] = []
 
     def send(self, task_name: str, args: Any, **options: Any) -> None:
-        self.sent.append((task_name, list(args)))
+        self.sent.append(SentTask(task_name, list(args), dict(options)))
 
     def check_broker(self, timeout_seconds: float) -> None:
         self.real.check_broker(timeout_seconds)
@@ -145,30 +153,34 @@ class RecordingQueue:
         """The signal ids execution tasks were sent for, in order."""
         from shared.core.queue import EXECUTE_SIGNAL
 
-        return [args[0] for name, args in self.sent if name == EXECUTE_SIGNAL]
+        return [task.args[0] for task in self.sent if task.name == EXECUTE_SIGNAL]
 
 
 @contextmanager
-def recording_tasks(app: Any) -> Iterator[RecordingQueue]:
-    """The app's task queue replaced by a `RecordingQueue` for the duration of the block."""
+def recording_tasks(*apps: Any) -> Iterator[RecordingQueue]:
+    """The task queue of each app replaced by one `RecordingQueue` for the duration of the block (the
+    test's app, and the worker's, `workers.celery_app.flask_app()`, under which tasks run)."""
     from shared.core.extensions import TASK_QUEUE
 
-    original = app.extensions[TASK_QUEUE]
-    if isinstance(original, RecordingQueue):  # already recording (db_session and sent_tasks together)
-        yield original
-        return
-    queue = RecordingQueue(original)
-    app.extensions[TASK_QUEUE] = queue
+    originals = [(app, app.extensions[TASK_QUEUE]) for app in apps]
+    # Already recording (db_session and sent_tasks together): one record for both.
+    recording = [queue for _, queue in originals if isinstance(queue, RecordingQueue)]
+    queue = recording[0] if recording else RecordingQueue(originals[0][1])
+    for app, _ in originals:
+        app.extensions[TASK_QUEUE] = queue
     try:
         yield queue
     finally:
-        app.extensions[TASK_QUEUE] = original
+        for app, original in originals:
+            app.extensions[TASK_QUEUE] = original
 
 
 @pytest.fixture
 def sent_tasks(app: Any) -> Iterator[RecordingQueue]:
-    """What the code under test enqueued, instead of sending it to the broker."""
-    with recording_tasks(app) as queue:
+    """What the code under test enqueued, in the web's app or in the worker's, instead of sending it."""
+    from workers.celery_app import flask_app
+
+    with recording_tasks(app, flask_app()) as queue:
         yield queue
 
 

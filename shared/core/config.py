@@ -74,7 +74,7 @@ class Settings:
     breaker_failures: int = 3
     breaker_first_backoff_seconds: float = 30.0
     breaker_max_backoff_seconds: float = 600.0
-    # Reconciliation tolerances (see shared.reconciliation.Tolerances): matching by tolerance, and when
+    # Reconciliation tolerances (see shared.reconciliation.rules.Tolerances): matching by tolerance, and when
     # a matched position diverges from what was requested.
     match_volume_percent: Decimal = Decimal(5)
     match_price_pips: Decimal = Decimal(2)

@@ -48,7 +48,10 @@ class TaskQueue:
         if self._celery is None:
             with self._lock:
                 if self._celery is None:
-                    client = Celery("tradeguard")
+                    # Not Celery's "current app": in a process that also has the worker's app (tests),
+                    # that one stays current. Its settings are celeryconfig's, read from the process's
+                    # environment (as the worker's are), whatever Settings the Flask app was built with.
+                    client = Celery("tradeguard", set_as_current=False)
                     client.config_from_object("celeryconfig")
                     self._celery = client
         return self._celery

@@ -32,7 +32,7 @@ from shared.audit import trail
 from shared.core.config import DEFAULT_MAGIC
 from shared.core.db import DbSession, utcnow
 from shared.core.locks import Busy, exclusive
-from shared.execution.errors import TerminalRetryLater  # workers/tasks.py reaches it from here too
+from shared.execution.errors import TerminalRetryLater
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
 from shared.mt5.ports import OpenTerminal, TerminalPort
@@ -197,8 +197,10 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
     from shared.mt5.errors import OrderOutcomeUnknown
 
     signal = trade.signal
-    # Named as the trade was claimed (_claim_trade): an order without it could never be found again.
-    assert trade.comment is not None
+    if trade.comment is None:
+        # Named as the trade was claimed (_claim_trade): an order without it could never be found again,
+        # so none is sent (an unclassified error: counted, retried, then the trade fails).
+        raise RuntimeError(f"trade {trade.id} has no comment: refusing to send an order it cannot find")
     spec = terminal.symbol(trade.symbol)
     for _attempt in range(settings.max_price_retries + 1):
         quote = terminal.quote(trade.symbol)

@@ -1,1 +1,2 @@
-"""Task metrics: the duration of every Celery task, recorded by the workers for /metrics."""
+"""Metrics: the duration of every Celery task, recorded by the workers (task_durations), and what
+/metrics reads (queries)."""

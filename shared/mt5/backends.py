@@ -34,7 +34,7 @@ from shared.mt5.wire import (
 )
 
 
-class _Backend(Protocol):
+class Backend(Protocol):
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
         """(plain result, last_error() when the result is None or False, else None)."""
 
@@ -44,7 +44,7 @@ class _Backend(Protocol):
     def close(self) -> None: ...
 
 
-class _LocalBackend:
+class LocalBackend:
     """A module-like object in this process: the MetaTrader5 package, or a SimTerminal."""
 
     def __init__(self, module: Any):
@@ -212,7 +212,7 @@ _CLIENT_CONFIG = {
 }
 
 
-class _RpycBackend:
+class RpycBackend:
     """The module in another Python, reached over RPyC: an RPyC classic server runs our fixed calls
     there (exactly as mt5linux reaches the package under Wine), and nothing can run here."""
 
@@ -259,9 +259,9 @@ class _RpycBackend:
         self.conn.close()
 
 
-def _connector(
+def connector(
     terminal_url: str, timeout: float
-) -> tuple[tuple[str, int] | None, Callable[[], _Backend], bool]:
+) -> tuple[tuple[str, int] | None, Callable[[], Backend], bool]:
     """What connecting to `terminal_url` means, as a function to run under the connect timeout; the
     (host, port) that a pool keys the connection by (None: an in-process terminal, nothing to pool); and
     whether the terminal's session is shared by all its connections (the real package: one per
@@ -278,18 +278,18 @@ def _connector(
                 "use an mt5linux://host:port bridge instead",
                 call="import MetaTrader5",
             ) from exc
-        return None, lambda: _LocalBackend(module), True
+        return None, lambda: LocalBackend(module), True
 
     if scheme == "sim" and not host:
 
-        def in_process() -> _Backend:
+        def in_process() -> Backend:
             from shared.mt5.sim.broker import default_broker
             from shared.mt5.sim.terminal import SimTerminal
 
-            return _LocalBackend(SimTerminal(default_broker()))
+            return LocalBackend(SimTerminal(default_broker()))
 
         return None, in_process, False
 
     # mt5linux://host:port or sim://host:port (the canonical form always has both).
     assert host is not None and port is not None
-    return (host, port), lambda: _RpycBackend(host, port, timeout), scheme == "mt5linux"
+    return (host, port), lambda: RpycBackend(host, port, timeout), scheme == "mt5linux"

@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from shared.mt5 import constants as mt5c
-from shared.mt5.backends import RemoteError, _Backend, _connector, _LocalBackend, _RpycBackend
+from shared.mt5.backends import Backend, LocalBackend, RemoteError, RpycBackend, connector
 from shared.mt5.convert import (
     account_from,
     deal_from,
@@ -57,7 +57,7 @@ from shared.mt5.pool import ConnectionPool
 from shared.mt5.protocol import MetaTrader5Module
 from shared.mt5.terminals import require_declared
 from shared.mt5.types import AccountSnapshot, AccountState, Deal, OrderResult, Position, Quote, SymbolSpec
-from shared.mt5.wire import ENSURE_LOGIN, Call, SessionKey, _utc, session_key
+from shared.mt5.wire import ENSURE_LOGIN, Call, SessionKey, as_utc, session_key
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Gateway:
 
     def __init__(
         self,
-        backend: _Backend,
+        backend: Backend,
         *,
         timeout: float,
         executor: ThreadPoolExecutor | None,
@@ -131,11 +131,11 @@ class Gateway:
         Raises InvalidTerminalUrl, TerminalNotDeclared, TerminalNotSupported, TerminalLoginFailed
         (permanent) or TerminalUnavailable / TerminalTimeout (retry later).
         """
-        key, connect, shared = _connector(require_declared(terminal_url, declared), timeout)
+        key, connect, shared = connector(require_declared(terminal_url, declared), timeout)
         if pool is not None and key is not None:
             credentials = _credentials(login, password, server, timeout)
             backend = pool.take(key) or _connect_within(connect, timeout)
-            assert isinstance(backend, _RpycBackend)
+            assert isinstance(backend, RpycBackend)
             gateway = cls(
                 backend, timeout=timeout, executor=None, login=int(login), pool=pool, shared_session=shared
             )
@@ -178,7 +178,7 @@ class Gateway:
         """A gateway over a module-like object already in this process (e.g. a `SimTerminal`; with
         `shared_session`, one whose session is the whole process's, as the real package's is)."""
         return cls._logged_in(
-            _LocalBackend(module),
+            LocalBackend(module),
             _executor(),
             login=login,
             password=password,
@@ -190,7 +190,7 @@ class Gateway:
     @classmethod
     def _logged_in(
         cls,
-        backend: _Backend,
+        backend: Backend,
         executor: ThreadPoolExecutor,
         *,
         login: int,
@@ -219,7 +219,7 @@ class Gateway:
         """The module-like object in this process (the MetaTrader5 package, a SimTerminal), for the
         simulator's sim_* controls and diagnostics; trading code uses the methods. An RPyC terminal's
         module is not reachable from here (its objects never come over): use `control`."""
-        if not isinstance(self._backend, _LocalBackend):
+        if not isinstance(self._backend, LocalBackend):
             raise AttributeError("an RPyC terminal's module stays on the terminal: use Gateway.control()")
         return self._backend.module
 
@@ -246,7 +246,7 @@ class Gateway:
                     # The session is being abandoned anyway; a dead terminal has nothing to shut down.
                     log.info("terminal shutdown failed while closing: %s", exc)
             self._closed = True
-        if self._pool is not None and not self._broken and isinstance(self._backend, _RpycBackend):
+        if self._pool is not None and not self._broken and isinstance(self._backend, RpycBackend):
             self._pool.give(self._backend)
             return
         try:
@@ -306,7 +306,7 @@ class Gateway:
             return position_from(rows[0]) if rows else None
 
     def deals(self, date_from: datetime, date_to: datetime) -> list[Deal]:
-        rows = self._call("history_deals_get", _utc(date_from), _utc(date_to))
+        rows = self._call("history_deals_get", as_utc(date_from), as_utc(date_to))
         with self._reply_of("history_deals_get"):
             return [deal_from(r) for r in rows]
 
@@ -335,7 +335,7 @@ class Gateway:
             [
                 ("account_info", (), {}),
                 ("positions_get", (), {}),
-                ("history_deals_get", (_utc(deals_from), _utc(deals_to)), {}),
+                ("history_deals_get", (as_utc(deals_from), as_utc(deals_to)), {}),
             ]
         )
         with self._reply_of("account_info"):
@@ -430,7 +430,7 @@ class Gateway:
             raise TerminalProtocolError(message, call=call) from exc
 
     def _forget_session(self) -> None:
-        if isinstance(self._backend, _RpycBackend):
+        if isinstance(self._backend, RpycBackend):
             self._backend.initialized = False
             self._backend.logged_in_as = None
 
@@ -453,7 +453,7 @@ class Gateway:
         backend = self._backend
         # The timeout is per call: a run of n calls may take n times as long.
         timeout = self.timeout * len(calls)
-        if isinstance(backend, _RpycBackend):
+        if isinstance(backend, RpycBackend):
             backend.conn._config["sync_request_timeout"] = timeout
         answered = False
         try:
@@ -473,13 +473,13 @@ class Gateway:
             if isinstance(exc, TerminalUnavailable) and self._pool is not None:
                 # The terminal went away: its other idle connections are most likely dead too, and each
                 # would cost one failed sync to find out.
-                assert isinstance(backend, _RpycBackend)
+                assert isinstance(backend, RpycBackend)
                 self._pool.discard(backend.key)
             raise
         if login is not None:
             self._pending_login = None
             results.pop(0)
-            if isinstance(backend, _RpycBackend):
+            if isinstance(backend, RpycBackend):
                 backend.initialized = True
                 backend.logged_in_as = self._session_key
         return results
@@ -591,7 +591,7 @@ def _credentials(login: int, password: str, server: str, timeout: float) -> dict
     }
 
 
-def _connect_within(connect: Callable[[], _Backend], timeout: float) -> _Backend:
+def _connect_within(connect: Callable[[], Backend], timeout: float) -> Backend:
     """Connect on a thread of its own, waiting at most `timeout`: RPyC's handshake runs under its own
     30-second default before a connection can be given a shorter one."""
     executor = _executor()

@@ -8,7 +8,7 @@ import os
 import threading
 import weakref
 
-from shared.mt5.backends import _RpycBackend
+from shared.mt5.backends import RpycBackend
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ class ConnectionPool:
 
     def __init__(self, max_idle_per_terminal: int = 256):
         self.max_idle_per_terminal = max_idle_per_terminal
-        self._idle: dict[tuple[str, int], list[_RpycBackend]] = {}
+        self._idle: dict[tuple[str, int], list[RpycBackend]] = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._inherited: list[_RpycBackend] = []  # the parent's, kept referenced so they are never closed
+        self._inherited: list[RpycBackend] = []  # the parent's, kept referenced so they are never closed
         # A fork while another thread holds the lock would leave the child's copy locked for ever.
         os.register_at_fork(after_in_child=functools.partial(_pool_after_fork, weakref.ref(self)))
 
@@ -49,13 +49,13 @@ class ConnectionPool:
             self._idle = {}
             self._pid = os.getpid()
 
-    def take(self, key: tuple[str, int]) -> _RpycBackend | None:
+    def take(self, key: tuple[str, int]) -> RpycBackend | None:
         with self._lock:
             self._own()
             idle = self._idle.get(key)
             return idle.pop() if idle else None
 
-    def give(self, backend: _RpycBackend) -> None:
+    def give(self, backend: RpycBackend) -> None:
         with self._lock:
             self._own()
             idle = self._idle.setdefault(backend.key, [])

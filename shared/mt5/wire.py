@@ -14,7 +14,7 @@ from shared.mt5.errors import TerminalProtocolError
 
 # The one definition of "plain data": named tuples -> dicts, tuples -> lists, numpy scalars -> Python
 # numbers, recursively. It runs in two places, so it lives as source: exec'd below to define `to_plain`
-# here (for _LocalBackend), and sent ahead of _REMOTE_HELPER so the remote Python converts there too.
+# here (for LocalBackend), and sent ahead of _REMOTE_HELPER so the remote Python converts there too.
 # Kept to Python 3.8 syntax: the remote Python is whatever runs under Wine.
 _PLAIN_SOURCE = """
 _TRADEGUARD_SCALARS = frozenset([int, float, str, bool, bytes, type(None)])
@@ -37,7 +37,7 @@ def _tradeguard_plain(value):
         return value.item()
     return value
 """
-# One call with the session's bookkeeping, run here (_LocalBackend) and in the terminal's Python
+# One call with the session's bookkeeping, run here (LocalBackend) and in the terminal's Python
 # (_REMOTE_HELPER) alike. On a terminal whose one session all its clients share, each run of calls starts
 # with _tradeguard_ensure_login, under the terminal's lock, so the run is made on its gateway's account,
 # logging in again only when the session was opened with other credentials. Kept to Python 3.8 syntax,
@@ -162,7 +162,7 @@ def _tradeguard_calls(payload):
 
 def _json_argument(value: Any) -> Any:
     if isinstance(value, datetime):
-        return {_DATETIME_KEY: _utc(value).timestamp()}
+        return {_DATETIME_KEY: as_utc(value).timestamp()}
     raise TypeError(f"a terminal call argument of type {type(value).__name__} cannot be sent")
 
 
@@ -242,7 +242,7 @@ def session_key(login: int, server: str, password: str) -> SessionKey:
     return (int(login), str(server), digest)
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("naive datetime: pass a timezone-aware (UTC) datetime")
     return moment.astimezone(UTC)

@@ -1,4 +1,4 @@
-"""`shared.db.after_commit`: follow-up work runs once the transaction commits, never after a rollback."""
+"""`shared.core.db.after_commit`: follow-up work runs once the transaction commits, never after a rollback."""
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session

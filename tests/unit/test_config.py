@@ -106,3 +106,13 @@ def test_reconciliation_tolerances_and_breaker_come_from_the_environment(tmp_pat
 def test_a_tolerance_that_is_not_a_non_negative_number_is_refused_with_its_name(tmp_path, raw):
     with pytest.raises(ConfigurationError, match="TRADEGUARD_SLIPPAGE_PIPS"):
         load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path), "TRADEGUARD_SLIPPAGE_PIPS": raw})
+
+
+def test_the_magic_number_is_tradeguards_own_and_stays_so(tmp_path):
+    """Every order carries it, and reconciliation and the lost-reply lookup recognise TradeGuard's
+    positions by it (with the comment): a changed default would make every open position an outside
+    one. So the number is written here, not read from the code."""
+    from shared.core.config import DEFAULT_MAGIC
+
+    assert DEFAULT_MAGIC == 770077
+    assert load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path)}).magic == 770077

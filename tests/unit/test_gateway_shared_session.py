@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.mt5.backends import _connector
+from shared.mt5.backends import connector
 from shared.mt5.errors import TerminalError
 from shared.mt5.gateway import Gateway
 
@@ -153,10 +153,10 @@ def test_which_terminals_share_one_session_per_process(monkeypatch):
     import types
 
     monkeypatch.setitem(sys.modules, "MetaTrader5", types.ModuleType("MetaTrader5"))  # Windows only
-    assert _connector("mt5linux://10.0.0.5:18812", 5)[2] is True
-    assert _connector("mt5://", 5)[2] is True
-    assert _connector("sim://127.0.0.1:18812", 5)[2] is False  # one session per connection
-    assert _connector("sim://", 5)[2] is False
+    assert connector("mt5linux://10.0.0.5:18812", 5)[2] is True
+    assert connector("mt5://", 5)[2] is True
+    assert connector("sim://127.0.0.1:18812", 5)[2] is False  # one session per connection
+    assert connector("sim://", 5)[2] is False
 
 
 def test_the_remote_helper_runs_one_run_at_a_time_on_a_one_session_terminal():

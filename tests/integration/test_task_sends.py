@@ -1,0 +1,91 @@
+"""What the tasks and the approval view send through the task-queue seam (shared.core.queue), run as a
+worker runs them (`.apply()`: the worker's app and its transaction), and what becomes of an approval when
+the broker is down."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+from celery import Celery
+
+from shared.core.db import utcnow
+from shared.core.extensions import SETTINGS, TASK_QUEUE
+from shared.core.queue import EXECUTE_SIGNAL, RECONCILE_ACCOUNTS, TaskQueue
+from shared.models import AccountSync, Signal, SignalStatus
+from tests.conftest import Api
+
+
+def test_the_tick_sends_due_accounts_in_batches_stalest_first_each_expiring_at_the_next_tick(
+    app, committed_db, sent_tasks, monkeypatch
+):
+    import workers.tasks
+    from workers.celery_app import flask_app
+
+    api = Api(app.test_client())
+    user = api.user()
+    ids = [api.account(user, login=7000 + n)["id"] for n in range(5)]
+    now = utcnow()
+    committed_db.add_all(
+        [
+            AccountSync(account_id=ids[0], last_synced_at=now - timedelta(seconds=5)),  # synced: last
+            AccountSync(account_id=ids[1], breaker_open_until=now + timedelta(minutes=5)),  # backed off
+        ]
+    )
+    committed_db.commit()
+    worker_app = flask_app()
+    settings = dataclasses.replace(
+        worker_app.extensions[SETTINGS], reconcile_batch_size=2, reconcile_interval_seconds=7.0
+    )
+    monkeypatch.setitem(worker_app.extensions, SETTINGS, settings)
+
+    assert workers.tasks.reconcile_tick.apply().get() == 4
+
+    never_synced = [ids[2], ids[3], ids[4]]
+    assert [(task.name, task.args, task.options) for task in sent_tasks.sent] == [
+        (RECONCILE_ACCOUNTS, [never_synced[:2]], {"expires": 7.0}),
+        (RECONCILE_ACCOUNTS, [[never_synced[2], ids[0]]], {"expires": 7.0}),
+    ]
+
+
+def test_the_safety_net_run_by_a_worker_sends_through_the_worker_apps_queue(app, committed_db, sent_tasks):
+    import workers.tasks
+
+    api = Api(app.test_client())
+    world = api.setup()
+    signal_id = api.send_signal(world["client"], {"instrument": "EURUSD", "side": "buy", "volume": "0.1"})
+    signal_id = signal_id.json["id"]
+    api.decide(world["user"], signal_id)
+    assert sent_tasks.executions() == [signal_id]  # the approval's own message, recorded
+    committed_db.execute(
+        sa.update(Signal).where(Signal.id == signal_id).values(decided_at=utcnow() - timedelta(minutes=5))
+    )
+    committed_db.commit()
+    sent_tasks.sent.clear()
+
+    assert workers.tasks.dispatch_approved.apply().get() == 1
+    assert [(task.name, task.args) for task in sent_tasks.sent] == [(EXECUTE_SIGNAL, [signal_id])]
+
+
+def test_an_approval_stands_when_the_broker_is_down_and_says_the_sweep_will_send_it(
+    app, api, db_session, monkeypatch, caplog
+):
+    nowhere = Celery("tradeguard-test", set_as_current=False)
+    nowhere.config_from_object("celeryconfig")
+    nowhere.conf.broker_url = "redis://127.0.0.1:1/0"
+    monkeypatch.setitem(app.extensions, TASK_QUEUE, TaskQueue(nowhere))
+    world = api.setup()
+    signal_id = api.send_signal(world["client"], {"instrument": "EURUSD", "side": "buy", "volume": "0.1"})
+    signal_id = signal_id.json["id"]
+
+    with caplog.at_level(logging.ERROR, logger="shared.execution.dispatch"):
+        approval = api.decide(world["user"], signal_id)  # 201 asserted
+
+    assert approval["decision"] == "approve"
+    assert db_session.scalar(sa.select(Signal.status).where(Signal.id == signal_id)) == SignalStatus.APPROVED
+    assert any(
+        f"could not enqueue execution of signal {signal_id}; the dispatch sweep will retry" in r.getMessage()
+        for r in caplog.records
+    )
