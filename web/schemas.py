@@ -475,6 +475,24 @@ class TradeSchema(ma.Schema):
     created_at = fields.DateTime()
     sent_at = fields.DateTime(allow_none=True)
     filled_at = fields.DateTime(allow_none=True)
+    # Written by reconciliation when it finds the position closed (its closing deals); null while open.
+    closed_at = fields.DateTime(
+        allow_none=True, metadata={"description": "when the position was closed (its last closing deal)"}
+    )
+    close_reason = fields.String(
+        allow_none=True,
+        metadata={"description": "why it was closed: sl, tp, stop_out, by_hand, expert or unknown"},
+    )
+    close_price = DecimalText(
+        allow_none=True, metadata={"description": "the closing price, volume-weighted over the closing deals"}
+    )
+    pnl = DecimalText(
+        normalize=False,
+        allow_none=True,
+        metadata={
+            "description": "profit, swap and commission of all the position's deals, in the account currency"
+        },
+    )
 
 
 class TradeQuerySchema(PageQuerySchema):
