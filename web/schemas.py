@@ -475,6 +475,32 @@ class TradeSchema(ma.Schema):
     created_at = fields.DateTime()
     sent_at = fields.DateTime(allow_none=True)
     filled_at = fields.DateTime(allow_none=True)
+    # Written by reconciliation when it finds the position closed (its closing deals); null while open.
+    closed_at = fields.DateTime(
+        allow_none=True, metadata={"description": "when the position was closed (its last closing deal)"}
+    )
+    close_reason = fields.String(
+        allow_none=True,
+        metadata={"description": "why it was closed: sl, tp, stop_out, by_hand, expert or unknown"},
+    )
+    close_price = DecimalText(
+        allow_none=True, metadata={"description": "the closing price, volume-weighted over the closing deals"}
+    )
+    pnl = DecimalText(
+        normalize=False,
+        allow_none=True,
+        metadata={
+            "description": "profit, swap and commission of all the position's deals, in the account currency"
+        },
+    )
+    vanished_at = fields.DateTime(
+        allow_none=True,
+        metadata={
+            "description": "when reconciliation found the position gone from the terminal without a closing "
+            "deal (the terminal lost it, or its history is incomplete): the trade stays open and is closed "
+            "once a closing deal turns up; null otherwise"
+        },
+    )
 
 
 class TradeQuerySchema(PageQuerySchema):
@@ -486,6 +512,15 @@ TradePageSchema = page_of(TradeSchema)
 
 
 # --- reconciliation, positions, status ------------------------------------------------------------
+
+
+# One name for how a position was opened, in every answer (MT5's POSITION_REASON).
+OPENED_FROM = "how the position was opened: desktop, mobile, web, expert (a program) or unknown"
+POSITION_KEY = (
+    "which position: a digest of the account's login and server, the position's identifier and its open "
+    "time (a ticket alone can come back)"
+)
+RECONCILIATION_EVENT_TYPES = ["matched", "divergence", "closed_outside", "outside_position", "vanished"]
 
 
 class PositionViewSchema(ma.Schema):
@@ -510,7 +545,8 @@ class PositionViewSchema(ma.Schema):
     trade_id = fields.Integer(allow_none=True)
     matched_by = fields.String(allow_none=True)
     divergences = fields.List(fields.String())
-    opened_from = fields.String(allow_none=True, metadata={"description": "desktop, mobile, web or expert"})
+    opened_from = fields.String(allow_none=True, metadata={"description": OPENED_FROM})
+    position_key = fields.String(metadata={"description": POSITION_KEY})
     synced_at = fields.DateTime(allow_none=True)
 
 
@@ -523,7 +559,7 @@ def _sane_year(value: Any) -> None:
 class ReconciliationQuerySchema(PageQuerySchema):
     event_type = fields.String(
         load_default=None,
-        validate=validate.OneOf(["matched", "divergence", "closed_outside", "outside_position"]),
+        validate=validate.OneOf(RECONCILIATION_EVENT_TYPES),
     )
     trade_id = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
     since = fields.AwareDateTime(
@@ -538,15 +574,16 @@ class ReconciliationEventSchema(ma.Schema):
     id = fields.Integer()
     account_id = fields.Integer()
     trade_id = fields.Integer(allow_none=True)
-    event_type = fields.String()
+    event_type = fields.String(metadata={"description": ", ".join(RECONCILIATION_EVENT_TYPES)})
     position_ticket = fields.Integer()
+    position_key = fields.String(metadata={"description": POSITION_KEY})
     symbol = fields.String()
     side = fields.String(allow_none=True)
     volume = DecimalText(allow_none=True)
     price_open = DecimalText(allow_none=True)
     sl = DecimalText(allow_none=True)
     tp = DecimalText(allow_none=True)
-    opened_by = fields.String(allow_none=True)
+    opened_from = fields.String(allow_none=True, metadata={"description": OPENED_FROM})
     close_reason = fields.String(allow_none=True)
     close_price = DecimalText(allow_none=True)
     pnl = DecimalText(normalize=False, allow_none=True)
@@ -573,3 +610,8 @@ class AccountStatusSchema(ma.Schema):
     drawdown_percent = DecimalText(normalize=False, allow_none=True)
     margin_level = DecimalText(normalize=False, allow_none=True)
     open_positions = fields.Integer(allow_none=True)
+    vanished_trades = fields.Integer(
+        metadata={
+            "description": "open trades whose position vanished from the terminal (see a trade's vanished_at)"
+        }
+    )

@@ -21,13 +21,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from rpyc.core import consts
 from rpyc.core.protocol import Connection
 from rpyc.core.service import SlaveService
 from rpyc.utils.server import ThreadedServer
+
+from shared.mt5.sim.broker import default_broker
+from shared.mt5.sim.state import default_state_file, keep_state
 
 log = logging.getLogger("tradeguard.terminal")
 
@@ -65,6 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "request for the sum of its calls' latencies, just before replying (reply: the client waits as "
         "long, the terminal process wakes once per request instead of once per call)",
     )
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        default=default_state_file(),
+        help="keep the simulated broker's state (accounts, positions, history, prices) in this file "
+        "across restarts (default: $TRADEGUARD_SIM_STATE_FILE, else instance/sim-state.json in the "
+        "embedded setup, none next to a server database)",
+    )
+    parser.add_argument("--no-state-file", dest="state_file", action="store_const", const=None)
     return parser.parse_args(argv)
 
 
@@ -130,13 +144,19 @@ def main(argv: list[str] | None = None) -> None:
         args.port,
     )
     server = build_server(args.host, args.port, args.latency_mode)
-    log.info("simulated MT5 terminal ready on %s:%s", args.host, args.port)
+    keeper = keep_state(default_broker(), args.state_file)
+    # honcho, systemd and container runtimes stop a process with SIGTERM: stop as on Ctrl-C, so that the
+    # state is saved once more.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    log.info("simulated MT5 terminal ready on %s:%s (state file: %s)", args.host, args.port, args.state_file)
     try:
         server.start()
     except KeyboardInterrupt:
         pass
     finally:
         server.close()
+        if keeper is not None:
+            keeper.close()
 
 
 if __name__ == "__main__":

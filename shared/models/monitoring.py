@@ -56,16 +56,19 @@ class PositionSnapshot(db.Model):  # type: ignore[name-defined]
 
 class ReconciliationLog(db.Model):  # type: ignore[name-defined]
     """A reconciliation event: a position matched, a divergence, a trade closed outside TradeGuard, a
-    position opened outside it. Recorded once; a divergence each time it changes, clearing included."""
+    position opened outside it, a trade's position vanished without a closing deal. Recorded once; a
+    divergence each time it changes, clearing included."""
 
     __tablename__ = "reconciliation_logs"
     __table_args__ = (
-        # Matched, outside and closed events happen once per position; divergences recur as they change.
+        # Matched, outside, closed and vanished events happen once per position; divergences recur as
+        # they change. A position is its key, not its ticket: a ticket can come back (a terminal that
+        # restarted without its state, another login or server behind the same account).
         sa.Index(
             "uq_reconciliation_logs_once",
             "account_id",
             "event_type",
-            "position_ticket",
+            "position_key",
             unique=True,
             postgresql_where=sa.text("event_type <> 'divergence'"),
             sqlite_where=sa.text("event_type <> 'divergence'"),
@@ -79,6 +82,9 @@ class ReconciliationLog(db.Model):  # type: ignore[name-defined]
     trade_id: Mapped[int | None] = mapped_column(sa.ForeignKey("trades.id"), index=True)
     event_type: Mapped[str] = mapped_column(sa.String(24))
     position_ticket: Mapped[int] = mapped_column(sa.BigInteger)
+    # Which position (shared.reconciliation.rules.position_key): its login, server, identifier and open
+    # time. Events recorded before it was kept have "ticket:<position_ticket>".
+    position_key: Mapped[str] = mapped_column(sa.String(64))
     fingerprint: Mapped[str] = mapped_column(sa.String(64), default="")
     symbol: Mapped[str] = mapped_column(sa.String(32))
     side: Mapped[str | None] = mapped_column(sa.String(4))
@@ -86,7 +92,7 @@ class ReconciliationLog(db.Model):  # type: ignore[name-defined]
     price_open: Mapped[Decimal | None] = mapped_column(Price)
     sl: Mapped[Decimal | None] = mapped_column(Price)
     tp: Mapped[Decimal | None] = mapped_column(Price)
-    opened_by: Mapped[str | None] = mapped_column(sa.String(16))
+    opened_from: Mapped[str | None] = mapped_column(sa.String(16))  # desktop, mobile, web, expert
     close_reason: Mapped[str | None] = mapped_column(sa.String(16))
     close_price: Mapped[Decimal | None] = mapped_column(Price)
     pnl: Mapped[Decimal | None] = mapped_column(Money)

@@ -44,6 +44,9 @@ class Trade(db.Model):  # type: ignore[name-defined]
     order_ticket: Mapped[int | None] = mapped_column(sa.BigInteger)
     deal_ticket: Mapped[int | None] = mapped_column(sa.BigInteger)
     position_ticket: Mapped[int | None] = mapped_column(sa.BigInteger, index=True)
+    # Set by reconciliation when it first finds the position (shared.reconciliation.rules.position_key):
+    # a position with this ticket but another key is not this trade's.
+    position_key: Mapped[str | None] = mapped_column(sa.String(64))
     # Orders sent, plus attempts that failed with an error nobody classified (execution.count_failed_attempt):
     # what the execution task's attempt limit counts.
     attempts: Mapped[int] = mapped_column(default=0)
@@ -57,6 +60,10 @@ class Trade(db.Model):  # type: ignore[name-defined]
     close_reason: Mapped[str | None] = mapped_column(sa.String(16))
     close_price: Mapped[Decimal | None] = mapped_column(Price)
     pnl: Mapped[Decimal | None] = mapped_column(Money)
+    # Set by reconciliation when the position is gone from the terminal without a closing deal in its
+    # history (the terminal lost it, or its history is incomplete); the trade stays open and is closed
+    # with its real close data once a later sync finds the closing deal. Cleared if the position is back.
+    vanished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     signal: Mapped[Signal] = relationship()

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from shared.core.db import DbSession
 from shared.core.pagination import Page, paginate
-from shared.models import Account, AccountSync, PositionSnapshot, ReconciliationLog, User
+from shared.models import Account, AccountSync, PositionSnapshot, ReconciliationLog, Trade, TradeState, User
 
 
 def _positions(session: DbSession, *where: Any) -> list[dict[str, Any]]:
@@ -65,6 +65,7 @@ class SyncState:
 
     sync: AccountSync | None  # None until its first sync was attempted
     latest_snapshot: PositionSnapshot | None  # its figures at the last successful sync; None before one
+    vanished_trades: int  # open trades whose position vanished from the terminal
 
 
 def sync_state(session: DbSession, account_id: int) -> SyncState:
@@ -75,4 +76,13 @@ def sync_state(session: DbSession, account_id: int) -> SyncState:
         .order_by(PositionSnapshot.synced_at.desc(), PositionSnapshot.id.desc())
         .limit(1)
     )
-    return SyncState(sync=sync, latest_snapshot=latest_snapshot)
+    vanished_trades = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Trade)
+        .where(
+            Trade.account_id == account_id,
+            Trade.vanished_at.is_not(None),
+            Trade.state.in_((TradeState.FILLED, TradeState.PARTIAL)),
+        )
+    )
+    return SyncState(sync=sync, latest_snapshot=latest_snapshot, vanished_trades=vanished_trades or 0)

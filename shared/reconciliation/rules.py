@@ -19,7 +19,10 @@ What `reconcile` decides:
   says from where.
 - **Closed trades**: a trade open in our books whose position is gone was closed outside TradeGuard (by
   the broker's SL/TP or stop-out, or by hand); the position's deals say why, at what price and for what
-  P&L.
+  P&L. Gone without a closing deal (the terminal lost it, or its history is incomplete), it has
+  **vanished**: the caller records that and keeps looking for the closing deal.
+- **Position keys**: a position is identified by its account's login and server, its identifier and its
+  open time (`position_key`), not by its ticket alone, which a terminal may give again.
 - **Snapshot figures**: equity, balance, peak equity (which never falls), exposure and drawdown.
 """
 
@@ -27,9 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
@@ -76,6 +79,8 @@ _CLOSING_ENTRIES = (DEAL_ENTRY_OUT, DEAL_ENTRY_OUT_BY)
 # Trade states in which TradeGuard believes a position is open; only these can be "closed outside".
 _OPEN_STATES = frozenset({"filled", "partial"})
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 _HUNDRED = Decimal(100)
 _REPORTED = Decimal("0.01")  # reported pips and percentages; decisions use the exact figures
 
@@ -124,6 +129,8 @@ class BookedTrade:
     filled_price: Decimal | None = None
     order_ticket: int | None = None
     position_ticket: int | None = None
+    position_key: str | None = None  # of its position, once reconciliation has found it (position_key)
+    vanished_at: datetime | None = None  # when its position was found gone without a closing deal
 
     @classmethod
     def from_row(cls, row: Any) -> BookedTrade:
@@ -144,6 +151,8 @@ class BookedTrade:
             filled_price=row.filled_price,
             order_ticket=row.order_ticket,
             position_ticket=row.position_ticket,
+            position_key=row.position_key,
+            vanished_at=row.vanished_at,
         )
 
     @property
@@ -187,6 +196,7 @@ class Match:
     matched_by: MatchedBy
     divergences: tuple[Divergence, ...]
     fingerprint: str  # of `divergences`; changes exactly when the divergence set does
+    position_key: str  # the position's (position_key)
 
 
 @dataclass(frozen=True)
@@ -195,15 +205,18 @@ class OutsidePosition:
 
     position: Position
     opened_from: OpenedFrom
+    position_key: str  # the position's (position_key)
 
 
 @dataclass(frozen=True)
 class ClosedTrade:
     """A trade open in our books whose position is gone from the terminal.
 
-    `reason` is None while the terminal's history has no closing deal for the position yet (history can
-    lag the position list); the caller should then record the trade as closed for an unknown reason and
-    look again, rather than guess.
+    `reason` is None while the terminal's history has no (complete) closing deal for the position: it
+    is not guessed. Such a trade has `vanished` when its position was not open at the previous sync
+    either (history can lag the position list by a sync; longer, the terminal lost the position or its
+    history): the caller records that and looks again at every sync, closing the trade once the closing
+    deal turns up.
     """
 
     trade: BookedTrade
@@ -213,9 +226,13 @@ class ClosedTrade:
     closed_volume: Decimal | None
     profit: Decimal | None  # profit + swap + commission of all the position's deals
     closed_at: datetime | None  # time of the last closing deal
+    position_key: str = ""  # the position's (position_key): the trade's, else from its opening deal
+    vanished: bool = False
 
     @property
     def summary(self) -> str:
+        if self.vanished:
+            return "gone from the terminal without a closing deal in its history; still looked for"
         if self.reason is None:
             return "closed, reason unknown yet"
         return f"closed ({self.reason}) at {self.close_price}, P&L {self.profit}"
@@ -255,16 +272,45 @@ def _reported(value: Decimal) -> Decimal:
     return value.quantize(_REPORTED, rounding=ROUND_HALF_UP)
 
 
+# --- which position ----------------------------------------------------------------------------------
+
+
+def position_key(
+    login: int, server: str, identifier: int, opened_at: datetime | None, *, trade_id: int | None = None
+) -> str:
+    """Which position this is, for good: a digest of the account's login and server (as its terminal
+    reports them), the position's identifier and its open time in milliseconds.
+
+    A ticket alone does not say: a terminal restarted without its state gives its tickets again, and
+    another login or server behind the same TradeGuard account has tickets of its own; keyed by ticket,
+    the new position's events would be taken for the old one's (and dropped as already recorded). Without
+    an open time (a trade whose position was never seen open and whose opening deal the history lacks),
+    the TradeGuard trade it belongs to stands in for it: one trade, one position.
+    """
+    when = f"trade:{trade_id}" if opened_at is None else str(round((opened_at - _EPOCH) / _MILLISECOND))
+    payload = json.dumps([login, server, identifier, when], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def open_position_key(account: AccountSnapshot, position: Position) -> str:
+    """`position_key` of an open position of `account`."""
+    return position_key(account.login, account.server, position.identifier, position.opened_at)
+
+
 # --- matching ----------------------------------------------------------------------------------------
 
 
-def _identity(trade: BookedTrade, position: Position) -> MatchedBy | None:
+def _identity(trade: BookedTrade, position: Position, key: str | None) -> MatchedBy | None:
     """How certainly `position` is `trade`'s own position, from what the order carried.
 
     The position's identifier is the ticket of the order that opened it; TradeGuard records that order
     ticket (and the position ticket once known). Failing tickets — the reply to order_send was lost — the
-    magic number and the trade's unique comment identify it. An empty comment identifies nothing.
+    magic number and the trade's unique comment identify it. An empty comment identifies nothing. A trade
+    whose position was found before knows its key (`key`: this position's): a position with another key
+    is another one, whatever its ticket says (a ticket given again).
     """
+    if trade.position_key is not None and key is not None and trade.position_key != key:
+        return None
     if trade.order_ticket and trade.order_ticket == position.identifier:
         return "ticket"
     if trade.position_ticket and trade.position_ticket in (position.ticket, position.identifier):
@@ -302,8 +348,10 @@ def match_positions(
     trades: Sequence[BookedTrade],
     pips: Mapping[str, Decimal],
     tolerances: Tolerances,
+    keys: Mapping[int, str] | None = None,
 ) -> tuple[list[tuple[BookedTrade, Position, MatchedBy]], list[Position], list[BookedTrade]]:
-    """Pair positions with trades one to one: (matches, unmatched positions, unmatched trades).
+    """Pair positions with trades one to one: (matches, unmatched positions, unmatched trades). `keys`
+    gives each position's key by ticket (see `_identity`).
 
     Identity pairs are all taken before any tolerance pair, ticket before magic+comment, so a guess never
     steals a position that provably belongs to another trade; and only trades without a known ticket
@@ -327,7 +375,7 @@ def match_positions(
     identity: list[_Candidate] = []
     for position in positions:
         for trade in trades:
-            how = _identity(trade, position)
+            how = _identity(trade, position, keys.get(position.ticket) if keys else None)
             if how is not None:
                 identity.append(((rank[how], position.ticket, trade.id), trade, position, how))
     take(identity)
@@ -473,6 +521,20 @@ def _position_id_of(
     return trade.position_ticket or trade.order_ticket or None
 
 
+def _closed_position_key(
+    account: AccountSnapshot, trade: BookedTrade, position_id: int | None, deals: Sequence[Deal]
+) -> str:
+    """The key of a closed or vanished trade's position: the one found while it was open, else from its
+    opening deal's time (the position's open time), else standing in for it, the trade."""
+    if trade.position_key:
+        return trade.position_key
+    identifier = position_id or trade.position_ticket or trade.order_ticket or 0
+    opened_at = min(
+        (d.time for d in deals if d.position_id == identifier and d.entry == DEAL_ENTRY_IN), default=None
+    )
+    return position_key(account.login, account.server, identifier, opened_at, trade_id=trade.id)
+
+
 def close_reason(deal: Deal) -> CloseReason:
     """Why a closing deal happened, from MT5's DEAL_REASON: the broker's SL, TP or stop-out, a person
     (desktop, mobile or web), or a program."""
@@ -549,6 +611,7 @@ def reconcile(
     tolerances: Tolerances | None = None,
     *,
     symbols: Mapping[str, SymbolSpec],
+    open_at_last_sync: Collection[int] = (),
 ) -> ReconciliationResult:
     """Reconcile one account: everything the caller needs to write, decided in one pure call.
 
@@ -556,7 +619,10 @@ def reconcile(
     only filled or partial ones are concluded closed when no position accounts for them. `deals_by_position`
     is the terminal's deal history keyed by position identifier. `symbols` must hold the spec of every
     symbol among the positions and trades, because a pip depends on the symbol's digits; a missing one is
-    an error rather than a silent guess at the pip.
+    an error rather than a silent guess at the pip. `open_at_last_sync` holds the ids of the trades whose
+    positions the previous sync found open: gone without a closing deal, those have not vanished yet
+    (the history may be a sync behind), the others have. Positions are keyed with `account`'s login and
+    server (`position_key`).
     """
     tolerances = tolerances or Tolerances()
     needed = {p.symbol for p in account_positions} | {t.symbol for t in open_trades}
@@ -565,12 +631,13 @@ def reconcile(
         raise ValueError(f"no symbol spec for {', '.join(missing)}: cannot measure pips")
     pips = {name: spec.pip for name, spec in symbols.items()}
 
-    paired, outside, unmatched = match_positions(account_positions, open_trades, pips, tolerances)
+    keys = {p.ticket: open_position_key(account, p) for p in account_positions}
+    paired, outside, unmatched = match_positions(account_positions, open_trades, pips, tolerances, keys)
 
     matches = []
     for trade, position, how in paired:
         found = divergences(trade, position, pips[position.symbol], tolerances)
-        matches.append(Match(trade, position, how, found, fingerprint(found)))
+        matches.append(Match(trade, position, how, found, fingerprint(found), keys[position.ticket]))
 
     open_ids = {p.ticket for p in account_positions} | {p.identifier for p in account_positions}
     closed: list[ClosedTrade] = []
@@ -581,11 +648,18 @@ def reconcile(
             continue
         position_id = _position_id_of(trade, deals_by_position, open_ids)
         deals = deals_by_position.get(position_id, ()) if position_id is not None else ()
-        closed.append(closed_trade(trade, position_id, deals))
+        found_close = closed_trade(trade, position_id, deals)
+        closed.append(
+            replace(
+                found_close,
+                position_key=_closed_position_key(account, trade, position_id, deals),
+                vanished=found_close.reason is None and trade.id not in open_at_last_sync,
+            )
+        )
 
     return ReconciliationResult(
         matches=tuple(matches),
-        outside_positions=tuple(OutsidePosition(p, opened_from(p)) for p in outside),
+        outside_positions=tuple(OutsidePosition(p, opened_from(p), keys[p.ticket]) for p in outside),
         closed_trades=tuple(closed),
         unmatched_trades=tuple(undecided),
         snapshot=snapshot_figures(account, account_positions, previous_peak),

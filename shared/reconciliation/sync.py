@@ -7,7 +7,8 @@ at once without holding a database connection each:
 2. **Read and decide** (concurrently, one account per thread, no database): ask each terminal for the
    account figures, open positions and the deals since the last sync in one round trip, let `reconcile`
    decide, and plan every row to write (`_success_plan` or `_failure_plan`, pure).
-3. **Write** (one transaction for the batch): events, snapshots, closed trades and the sync state. Each
+3. **Write** (one transaction for the batch): events, snapshots, trade updates (settled, closed,
+   vanished, their positions' keys) and the sync state. Each
    account's rows are all-or-nothing: if the batch's transaction fails, it is rolled back and every
    account is written again in its own transaction, so one bad account never loses the others' results.
 
@@ -45,12 +46,20 @@ from shared.mt5.constants import DEAL_ENTRY_IN
 from shared.mt5.errors import TerminalError
 from shared.mt5.ports import OpenTerminal
 from shared.reconciliation.breaker import BreakerSettings, backoff_seconds, breaker_is_open
-from shared.reconciliation.rules import BookedTrade, ReconciliationResult, Tolerances, reconcile
+from shared.reconciliation.rules import (
+    BookedTrade,
+    ClosedTrade,
+    ReconciliationResult,
+    Tolerances,
+    reconcile,
+)
 
 log = logging.getLogger(__name__)
 
 # Trades that may hold a position on the terminal.
 _MAY_HOLD_POSITION = (TradeState.SENT, TradeState.FILLED, TradeState.PARTIAL)
+# Trades known to have held one: only these are concluded closed, or vanished (as the rules do).
+_CONCLUDED_OPEN = (TradeState.FILLED, TradeState.PARTIAL)
 
 # Core tables, not ORM entities: an ORM bulk insert inspects every row again on the way.
 _EVENTS = ReconciliationLog.__table__
@@ -121,6 +130,9 @@ class _Plan:
     sync: dict[str, Any] = field(default_factory=dict)  # the account_sync row's new values
     settle: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (trade id, fill values)
     close: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (trade id, close values)
+    identify: list[tuple[int, str]] = field(default_factory=list)  # (trade id, its position's key)
+    vanish: list[tuple[int, datetime]] = field(default_factory=list)  # (trade id, when found vanished)
+    reappear: list[int] = field(default_factory=list)  # vanished trades whose position is back
     audit: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -311,14 +323,15 @@ def _read_and_plan(
         with open_terminal(work.account) as terminal:
             state = terminal.read_account(deals_from, started + DEALS_WINDOW_AHEAD)
             deals = _deals_by_position(state.deals)
-            # A position of ours that vanished needs its whole history (the opening deal's commission,
-            # the closing deals), which the window since the last sync rarely holds entirely.
+            # A position of ours that is gone needs its whole history (the opening deal's commission,
+            # the closing deals), which the window since the last sync rarely holds entirely; so does
+            # one that vanished, at every sync, until its closing deal turns up.
             open_ids = {p.identifier for p in state.positions}
             booked_ids = {t.position_ticket or t.order_ticket for t in work.booked}
-            vanished = {i for i in booked_ids if i} - open_ids
+            gone = {i for i in booked_ids if i} - open_ids
             incomplete = [
                 position_id
-                for position_id in sorted(vanished)
+                for position_id in sorted(gone)
                 if not any(d.entry == DEAL_ENTRY_IN for d in deals.get(position_id, ()))
             ]
             deals.update(terminal.deals_for_positions(incomplete))
@@ -337,6 +350,7 @@ def _read_and_plan(
         state.account,
         tolerances,
         symbols=symbols,
+        open_at_last_sync={row["trade_id"] for row in previous.get("positions") or [] if row.get("trade_id")},
     )
     newest_deal = max((d.time for d in state.deals), default=None)
     plan = _success_plan(work, result, started, state.account.currency)
@@ -359,10 +373,11 @@ def _deals_by_position(deals: Iterable[Any]) -> dict[int, list[Any]]:
     return dict(grouped)
 
 
-def _position_row(position: Any, **attribution: Any) -> dict[str, Any]:
+def _position_row(position: Any, position_key: str, **attribution: Any) -> dict[str, Any]:
     return {
         "ticket": position.ticket,
         "identifier": position.identifier,
+        "position_key": position_key,
         "symbol": position.symbol,
         "side": position.side,
         "volume": str(position.volume),
@@ -395,17 +410,27 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
     plan = _Plan(account.id, "ok")
     base = {"account_id": account.id, "owner_id": account.owner_id, "created_at": synced_at}
     shown: list[dict[str, Any]] = []
-    # What the previous sync already saw: its events are recorded, so they are not sent again (the
-    # unique constraint would drop them anyway, but at the price of a row each per tick).
-    previous = {row.get("identifier"): row for row in ((work.sync or {}).get("positions") or [])}
+    # What the previous sync already saw, by position key: its events are recorded, so they are not
+    # sent again (the unique index would drop them anyway, but at the price of a row each per tick).
+    previous_rows = (work.sync or {}).get("positions") or []
+    previous = {row["position_key"]: row for row in previous_rows if row.get("position_key")}
+    # A snapshot stored before positions had keys: its rows are found by identifier, once (the upgrade
+    # must not record every open position's matched or outside event again).
+    unkeyed = {row.get("identifier"): row for row in previous_rows if not row.get("position_key")}
 
-    def event(kind: str, position: Any, *, trade_id: int | None, fingerprint: str = "", **extra: Any) -> None:
+    def seen_before(key: str, position: Any) -> dict[str, Any]:
+        return previous.get(key) or unkeyed.get(position.identifier) or {}
+
+    def event(
+        kind: str, position: Any, key: str, *, trade_id: int | None, fingerprint: str = "", **extra: Any
+    ) -> None:
         plan.events.append(
             {
                 **base,
                 "event_type": kind,
                 "trade_id": trade_id,
                 "position_ticket": position.identifier,
+                "position_key": key,
                 "fingerprint": fingerprint,
                 "symbol": position.symbol,
                 "side": position.side,
@@ -413,17 +438,24 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
                 "price_open": position.price_open,
                 "sl": position.sl,
                 "tp": position.tp,
-                "opened_by": extra.pop("opened_by", None),
+                "opened_from": extra.pop("opened_from", None),
                 "details": extra,
             }
         )
 
     for match in result.matches:
-        if match.trade.state == TradeState.SENT.value and match.matched_by != "tolerance":
-            plan.settle.append((match.trade.id, _settled_values(match, synced_at)))
+        trade, key = match.trade, match.position_key
+        if match.matched_by != "tolerance":
+            if trade.state == TradeState.SENT.value:
+                plan.settle.append((trade.id, _settled_values(match, synced_at)))
+            if trade.position_key is None:
+                plan.identify.append((trade.id, key))  # from now on this position, whatever its ticket
+        if trade.vanished_at is not None:
+            plan.reappear.append(trade.id)
         shown.append(
             _position_row(
                 match.position,
+                key,
                 attribution="tradeguard",
                 trade_id=match.trade.id,
                 matched_by=match.matched_by,
@@ -431,10 +463,10 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
                 divergences=[d.kind for d in match.divergences],
             )
         )
-        before = previous.get(match.position.identifier) or {}
-        known = before.get("trade_id") == match.trade.id
+        before = seen_before(key, match.position)
+        known = before.get("trade_id") == trade.id
         if not known:
-            event("matched", match.position, trade_id=match.trade.id, matched_by=match.matched_by)
+            event("matched", match.position, key, trade_id=trade.id, matched_by=match.matched_by)
         # A divergence is recorded when it appears and again each time it changes, including when it
         # clears; an unchanged one is not recorded again.
         if known and before.get("fingerprint") == match.fingerprint:
@@ -443,7 +475,8 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
             event(
                 "divergence",
                 match.position,
-                trade_id=match.trade.id,
+                key,
+                trade_id=trade.id,
                 fingerprint=match.fingerprint,
                 divergences=[
                     {
@@ -461,18 +494,28 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
             event(
                 "divergence",
                 match.position,
-                trade_id=match.trade.id,
+                key,
+                trade_id=trade.id,
                 fingerprint=match.fingerprint,
                 cleared=True,
             )
     for outside in result.outside_positions:
-        shown.append(_position_row(outside.position, attribution="outside", opened_from=outside.opened_from))
-        if (previous.get(outside.position.identifier) or {}).get("attribution") != "outside":
-            event("outside_position", outside.position, trade_id=None, opened_by=outside.opened_from)
+        key = outside.position_key
+        shown.append(
+            _position_row(outside.position, key, attribution="outside", opened_from=outside.opened_from)
+        )
+        if seen_before(key, outside.position).get("attribution") != "outside":
+            event("outside_position", outside.position, key, trade_id=None, opened_from=outside.opened_from)
 
     for closed in result.closed_trades:
         if closed.reason is None:
-            continue  # the terminal's history has no closing deal yet: look again next time
+            # No closing deal in the terminal's history (yet): look again next time. Gone for longer
+            # than a sync, the position has vanished: the owner is told once, and the trade stays open
+            # until a closing deal turns up.
+            if closed.vanished and closed.trade.vanished_at is None:
+                plan.vanish.append((closed.trade.id, synced_at))
+                plan.events.append(_trade_event("vanished", closed, base))
+            continue
         trade = closed.trade
         plan.close.append(
             (
@@ -489,22 +532,11 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
         )
         plan.events.append(
             {
-                **base,
-                "event_type": "closed_outside",
-                "trade_id": trade.id,
-                "position_ticket": closed.position_id or 0,
-                "fingerprint": "",
-                "symbol": trade.symbol,
-                "side": trade.side,
+                **_trade_event("closed_outside", closed, base),
                 "volume": closed.closed_volume,
-                "price_open": trade.filled_price,
-                "sl": None,
-                "tp": None,
-                "opened_by": None,
                 "close_reason": closed.reason,
                 "close_price": closed.close_price,
                 "pnl": closed.profit,
-                "details": {"summary": closed.summary},
             }
         )
 
@@ -534,6 +566,28 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
     if (work.sync or {}).get("breaker_open_until") is not None:
         plan.audit.append(_audit("account.breaker_closed", "account", account.id, {}))
     return plan
+
+
+def _trade_event(kind: str, closed: ClosedTrade, base: dict[str, Any]) -> dict[str, Any]:
+    """The event of a trade whose position is gone (closed outside, or vanished): the trade's figures,
+    as the position itself is no longer there to read."""
+    trade = closed.trade
+    return {
+        **base,
+        "event_type": kind,
+        "trade_id": trade.id,
+        "position_ticket": closed.position_id or 0,
+        "position_key": closed.position_key,
+        "fingerprint": "",
+        "symbol": trade.symbol,
+        "side": trade.side,
+        "volume": trade.expected_volume,
+        "price_open": trade.filled_price,
+        "sl": None,
+        "tp": None,
+        "opened_from": None,
+        "details": {"summary": closed.summary},
+    }
 
 
 def _settled_values(match: Any, synced_at: datetime) -> dict[str, Any]:
@@ -629,7 +683,7 @@ def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
     for plan in plans:
         audit_rows.extend(plan.audit)
         for trade_id, values in plan.settle:
-            if _update_trade(session, trade_id, values, only_state=TradeState.SENT):
+            if _update_trade(session, trade_id, values, Trade.state == TradeState.SENT):
                 audit_rows.append(
                     _audit(
                         "trade.filled_by_reconciliation",
@@ -642,9 +696,20 @@ def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
                         },
                     )
                 )
+        for trade_id, key in plan.identify:
+            _update_trade(session, trade_id, {"position_key": key}, Trade.position_key.is_(None))
+        for trade_id in plan.reappear:
+            if _update_trade(session, trade_id, {"vanished_at": None}, Trade.vanished_at.is_not(None)):
+                audit_rows.append(_audit("trade.reappeared", "trade", trade_id, {}))
+        vanished_now = set()
+        for trade_id, found_at in plan.vanish:
+            still_open = (Trade.vanished_at.is_(None), Trade.state.in_(_CONCLUDED_OPEN))
+            if _update_trade(session, trade_id, {"vanished_at": found_at}, *still_open):
+                vanished_now.add(trade_id)
+                audit_rows.append(_audit("trade.vanished", "trade", trade_id, {}))
         closed_now = set()
         for trade_id, values in plan.close:
-            if _update_trade(session, trade_id, values, not_state=TradeState.CLOSED):
+            if _update_trade(session, trade_id, values, Trade.state != TradeState.CLOSED):
                 closed_now.add(trade_id)
                 audit_rows.append(
                     _audit(
@@ -658,8 +723,13 @@ def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
                         },
                     )
                 )
+        # A trade's closed or vanished event only when this sync's update of the trade took (another
+        # worker's sync of the same trade, say, got there first).
+        written = {"closed_outside": closed_now, "vanished": vanished_now}
         events.extend(
-            e for e in plan.events if e["event_type"] != "closed_outside" or e["trade_id"] in closed_now
+            e
+            for e in plan.events
+            if e["event_type"] not in written or e["trade_id"] in written[e["event_type"]]
         )
 
     # Each statement below is compiled once per process and sent as an executemany (SQLAlchemy batches
@@ -699,17 +769,9 @@ def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
 
 
 def _update_trade(
-    session: DbSession,
-    trade_id: int,
-    values: dict[str, Any],
-    *,
-    only_state: TradeState | None = None,
-    not_state: TradeState | None = None,
+    session: DbSession, trade_id: int, values: dict[str, Any], *conditions: sa.ColumnElement[bool]
 ) -> bool:
-    statement = sa.update(Trade).where(Trade.id == trade_id).values(**values)
-    if only_state is not None:
-        statement = statement.where(Trade.state == only_state)
-    if not_state is not None:
-        statement = statement.where(Trade.state != not_state)
+    """Update one trade if it still meets `conditions`; whether it did."""
+    statement = sa.update(Trade).where(Trade.id == trade_id, *conditions).values(**values)
     changed: int = session.execute(statement.execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
     return changed > 0

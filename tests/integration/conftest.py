@@ -35,16 +35,38 @@ def broker():
     return SimBroker(seed=7)
 
 
-@pytest.fixture
-def terminal(broker):
-    """A control handle on the simulated terminal the trades go to."""
+def _control(broker):
     control = SimTerminal(broker)
     assert control.initialize(login=1001, password="x", server="TradeGuard-Sim")
     return control
 
 
 @pytest.fixture
-def run(db_session, engine, broker, tmp_path):
+def terminal(broker):
+    """A control handle on the simulated terminal the trades go to."""
+    return _control(broker)
+
+
+class Market:
+    """The simulated trade server that `run` and `sync` reach: the test's `broker`, until `restart` puts
+    another in its place (a terminal process restarted, say without its state)."""
+
+    def __init__(self, broker):
+        self.broker = broker
+
+    def restart(self, broker):
+        """From now on `run` and `sync` reach `broker`; returns a control handle on it (login 1001)."""
+        self.broker = broker
+        return _control(broker)
+
+
+@pytest.fixture
+def market(broker):
+    return Market(broker)
+
+
+@pytest.fixture
+def run(db_session, engine, market, tmp_path):
     """`run(signal_id, **execution settings)` executes the signal against the test's broker, through a
     SimTerminal, or through a terminal of `terminal_type=` (a SimTerminal that misbehaves, say)."""
     opened: list[int] = []
@@ -53,7 +75,7 @@ def run(db_session, engine, broker, tmp_path):
     def open_terminal(account, terminal_type=SimTerminal):
         opened.append(account.id)
         with Gateway.from_module(
-            terminal_type(broker), login=account.login, password="x", server=account.server, timeout=5
+            terminal_type(market.broker), login=account.login, password="x", server=account.server, timeout=5
         ) as gateway:
             yield gateway
 
@@ -92,10 +114,11 @@ def approved(api):
 
 
 @pytest.fixture
-def sync(db_session, broker):
+def sync(db_session, market):
     """Reconcile one account (`sync(id)`) or a batch (`sync.many(ids)`) against the test's broker.
     `sync.unreachable` holds account ids whose terminal refuses connections; `sync.reads` records the
-    (account id, deals_from, deals_to) of every `read_account`."""
+    (account id, deals_from, deals_to) of every `read_account`; `sync.terminal_type` is the terminal
+    class it opens (a SimTerminal that misbehaves, say)."""
     unreachable: set[int] = set()
     reads: list[tuple[int, object, object]] = []
 
@@ -106,7 +129,11 @@ def sync(db_session, broker):
 
             raise TerminalUnavailable("connection refused", call="initialize")
         with Gateway.from_module(
-            SimTerminal(broker), login=account.login, password="x", server=account.server, timeout=5
+            sync.terminal_type(market.broker),
+            login=account.login,
+            password="x",
+            server=account.server,
+            timeout=5,
         ) as gateway:
             read_account = gateway.read_account
 
@@ -148,6 +175,7 @@ def sync(db_session, broker):
         )
 
     sync.unreachable = unreachable
+    sync.terminal_type = SimTerminal
     sync.reads = reads
     sync.many = many
     return sync

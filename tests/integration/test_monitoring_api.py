@@ -145,3 +145,20 @@ def test_nul_characters_or_lone_surrogates_in_names_are_422(api, db_session, nam
     body = {"name": name, "terminal_url": "sim://", "login": 1, "password": "p", "server": "s"}
     response = api.http.post("/api/v1/accounts", json=body, headers=user["headers"])
     assert response.status_code == 422 and "name" in response.json["error"]["fields"]
+
+
+def test_positions_and_reconciliation_events_say_opened_from_alike(api, sync, terminal):
+    world = api.setup()
+    headers = world["user"]["headers"]
+    ticket = terminal.sim_open_manual(1001, "GBPUSD", mt5c.ORDER_TYPE_SELL, 0.2)
+    sync(world["account"]["id"])
+
+    (position,) = api.http.get("/api/v1/positions", headers=headers).json
+    (event,) = api.http.get(f"/api/v1/reconciliation/{world['account']['id']}", headers=headers).json["items"]
+    assert position["identifier"] == event["position_ticket"] == ticket
+    assert position["opened_from"] == event["opened_from"] == "desktop"
+    assert "opened_by" not in event and "opened_by" not in position
+
+    schemas = api.http.get("/api/openapi.json").json["components"]["schemas"]
+    for name in ("PositionView", "ReconciliationEvent"):
+        assert "opened_from" in schemas[name]["properties"] and "opened_by" not in schemas[name]["properties"]

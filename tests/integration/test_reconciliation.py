@@ -15,6 +15,9 @@ from shared.core.db import utcnow
 from shared.core.locks import redis_exclusive
 from shared.models import AccountSync, AuditLog, PositionSnapshot, ReconciliationLog, Trade, TradeState
 from shared.mt5 import constants as mt5c
+from shared.mt5.sim.broker import SimBroker
+from shared.mt5.sim.terminal import SimTerminal
+from tests.integration.conftest import BUY
 
 
 def events(db_session, account_id, kind=None):
@@ -118,7 +121,7 @@ def test_a_position_opened_by_hand_is_an_outside_position_recorded_once(sync, ap
     sync(world["account"]["id"])
     sync(world["account"]["id"])
     (outside,) = events(db_session, world["account"]["id"], "outside_position")
-    assert (outside.position_ticket, outside.opened_by, outside.trade_id) == (ticket, "desktop", None)
+    assert (outside.position_ticket, outside.opened_from, outside.trade_id) == (ticket, "desktop", None)
     state = db_session.get(AccountSync, world["account"]["id"])
     assert state.positions[0]["attribution"] == "outside" and state.positions[0]["opened_from"] == "desktop"
 
@@ -439,3 +442,144 @@ def test_an_account_still_not_done_at_the_batch_deadline_is_recorded_as_a_failed
         len(db_session.scalars(sa.select(PositionSnapshot).where(PositionSnapshot.account_id == fast)).all())
         == 1
     )
+
+
+# --- positions identified by more than their ticket; positions that vanish ---------------------------
+
+
+def _trade_on(api, run, db_session, world, comment):
+    """A buy on the world's account, approved and executed against the market the test's `run` reaches."""
+    signal = api.send_signal(world["client"], {**BUY, "comment": comment}).json
+    api.decide(world["user"], signal["id"])
+    return db_session.get(Trade, run(signal["id"]).id)
+
+
+def _api_events(api, world, trade_id):
+    url = f"/api/v1/reconciliation/{world['account']['id']}?trade_id={trade_id}"
+    return api.http.get(url, headers=world["user"]["headers"]).json["items"]  # newest first
+
+
+def test_a_ticket_reused_by_a_restarted_terminal_is_a_new_position_matched_and_closed(
+    api, run, sync, db_session, broker, market, terminal
+):
+    world = api.setup()
+    account_id = world["account"]["id"]
+    first = _trade_on(api, run, db_session, world, "first")
+    sync(account_id)
+    terminal.sim_close_manual(1001, first.position_ticket)
+    sync(account_id)
+    assert [e["event_type"] for e in _api_events(api, world, first.id)] == ["closed_outside", "matched"]
+
+    # The terminal restarts having forgotten everything and numbers its tickets from where it began:
+    # the next position gets the first one's ticket again (a server without its state file did so).
+    control = market.restart(SimBroker(seed=7, first_ticket=broker.first_ticket))
+    second = _trade_on(api, run, db_session, world, "second")
+    assert second.position_ticket == first.position_ticket
+
+    sync(account_id)
+    (matched,) = _api_events(api, world, second.id)
+    assert (matched["event_type"], matched["position_ticket"]) == ("matched", second.position_ticket)
+
+    control.sim_close_manual(1001, second.position_ticket)
+    sync(account_id)
+    second = db_session.get(Trade, second.id)
+    assert second.state == TradeState.CLOSED and second.close_reason == "by_hand"
+    closed, _ = _api_events(api, world, second.id)
+    assert (closed["event_type"], closed["close_reason"]) == ("closed_outside", "by_hand")
+    assert Decimal(closed["pnl"]) == second.pnl
+    # The first trade's events are still its own, one of each.
+    assert [e["event_type"] for e in _api_events(api, world, first.id)] == ["closed_outside", "matched"]
+
+
+def test_a_position_lost_by_a_restarted_terminal_is_recorded_as_vanished_once(
+    api, run, sync, db_session, market
+):
+    world = api.setup()
+    account_id = world["account"]["id"]
+    trade = _trade_on(api, run, db_session, world, "lost")
+    sync(account_id)
+    market.restart(SimBroker(seed=7))  # no state file: the position and its history are gone
+
+    # The sync right after it went may not have its closing deal yet (history can lag): it waits once.
+    sync(account_id)
+    assert events(db_session, account_id, "vanished") == []
+    sync(account_id)
+    sync(account_id)
+
+    (vanished,) = events(db_session, account_id, "vanished")
+    assert (vanished.trade_id, vanished.position_ticket) == (trade.id, trade.position_ticket)
+    assert (vanished.symbol, vanished.side, vanished.volume) == ("EURUSD", "buy", Decimal("0.1"))
+    trade = db_session.get(Trade, trade.id)
+    assert trade.state == TradeState.FILLED and trade.closed_at is None  # still looked for
+    headers = world["user"]["headers"]
+    shown = api.http.get(f"/api/v1/trades/{trade.id}", headers=headers).json
+    assert shown["state"] == "filled" and shown["vanished_at"] is not None
+    status = api.http.get(f"/api/v1/accounts/{account_id}/status", headers=headers).json
+    assert status["vanished_trades"] == 1
+    assert [e["event_type"] for e in _api_events(api, world, trade.id)] == ["vanished", "matched"]
+    assert "trade.vanished" in db_session.scalars(sa.select(AuditLog.action)).all()
+
+
+class HistoryGapTerminal(SimTerminal):
+    """A terminal whose deal history lacks the deals of the positions in `hidden` (incomplete history)."""
+
+    hidden: set[int] = set()
+
+    def history_deals_get(self, *args, **kwargs):
+        deals = super().history_deals_get(*args, **kwargs)
+        if deals is None:
+            return None
+        return tuple(d for d in deals if d.position_id not in self.hidden)
+
+
+def test_a_vanished_trade_is_closed_with_its_real_close_once_the_closing_deal_turns_up(
+    api, run, sync, db_session, terminal, monkeypatch
+):
+    world = api.setup()
+    account_id = world["account"]["id"]
+    terminal.sim_set_quote("EURUSD", 1.08500, 1.08510)
+    trade = _trade_on(api, run, db_session, world, "gap")
+    sync(account_id)
+    monkeypatch.setattr(HistoryGapTerminal, "hidden", {trade.position_ticket})
+    sync.terminal_type = HistoryGapTerminal
+    terminal.sim_set_quote("EURUSD", 1.08600, 1.08610)
+    terminal.sim_close_manual(1001, trade.position_ticket)
+    sync(account_id)
+    sync(account_id)
+    assert [e.trade_id for e in events(db_session, account_id, "vanished")] == [trade.id]
+    assert db_session.get(Trade, trade.id).state == TradeState.FILLED
+
+    HistoryGapTerminal.hidden = set()  # the history catches up
+    sync(account_id)
+    trade = db_session.get(Trade, trade.id)
+    assert trade.state == TradeState.CLOSED and trade.close_reason == "by_hand"
+    # Bought at 1.08510, closed at 1.08600: 9 pips on 0.1 lot.
+    assert trade.close_price == Decimal("1.086") and trade.pnl == Decimal("9.00")
+    (closed,) = events(db_session, account_id, "closed_outside")
+    assert (closed.trade_id, closed.close_price, closed.pnl) == (trade.id, Decimal("1.086"), Decimal("9.00"))
+    status = api.http.get(f"/api/v1/accounts/{account_id}/status", headers=world["user"]["headers"]).json
+    assert status["vanished_trades"] == 0
+    sync(account_id)
+    assert len(events(db_session, account_id, "vanished")) == 1
+
+
+def test_a_vanished_position_that_comes_back_is_matched_again_and_no_longer_vanished(
+    api, run, sync, db_session, broker, market
+):
+    world = api.setup()
+    account_id = world["account"]["id"]
+    trade = _trade_on(api, run, db_session, world, "back")
+    sync(account_id)
+    market.restart(SimBroker(seed=7))  # a terminal without the position ...
+    sync(account_id)
+    sync(account_id)
+    assert db_session.get(Trade, trade.id).vanished_at is not None
+    market.restart(broker)  # ... and the one that has it again
+    sync(account_id)
+    trade = db_session.get(Trade, trade.id)
+    assert trade.vanished_at is None and trade.state == TradeState.FILLED
+    state = db_session.get(AccountSync, account_id)
+    assert [p["trade_id"] for p in state.positions] == [trade.id]
+    # One event of each: the position is the same one (same key), matched and vanished once.
+    assert [e.event_type for e in events(db_session, account_id)] == ["matched", "vanished"]
+    assert "trade.reappeared" in db_session.scalars(sa.select(AuditLog.action)).all()

@@ -289,6 +289,36 @@ def test_server_gone_is_unavailable_and_order_send_unknown() -> None:
         own.stop()
 
 
+def test_a_restarted_terminal_process_keeps_its_positions_and_never_reuses_a_ticket(tmp_path) -> None:
+    """Stopped (SIGTERM, as honcho stops it) and started again on its state file, the terminal still has
+    the account's positions and history, and goes on with new tickets."""
+    state_file = tmp_path / "sim-state.json"
+    program = ["-m", "workers.terminal", "--state-file", str(state_file), "--port"]
+
+    first = start_terminal(program)
+    try:
+        pin_prices(first)
+        with open_gateway(first, 8001) as gw:
+            opened = gw.send_order(market_buy("tg-kept-1"))
+            deals_before = gw.deals(datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(days=1))
+    finally:
+        first.stop()
+    assert first.proc.returncode is not None and state_file.exists()
+
+    again = start_terminal(program)
+    try:
+        with open_gateway(again, 8001) as gw:
+            [position] = gw.positions()
+            assert (position.ticket, position.comment) == (opened.order, "tg-kept-1")
+            deals_after = gw.deals(datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(days=1))
+            assert deals_after == deals_before
+            reopened = gw.send_order(market_buy("tg-kept-2"))
+            assert reopened.order > max(d.ticket for d in deals_before)
+    finally:
+        again.stop()
+    assert "state file" in again.log()
+
+
 def test_mt5linux_server_without_the_package_is_not_supported() -> None:
     bare = start_terminal(["-c", BARE_CLASSIC_SERVER])
     try:

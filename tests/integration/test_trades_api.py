@@ -7,6 +7,7 @@ import pytest
 from shared.core.config import DEFAULT_MAGIC
 from shared.models import Side, Signal, Trade, TradeState
 from tests.conftest import GOOD_SIGNAL
+from tests.integration.conftest import BUY
 
 GOOD = GOOD_SIGNAL  # read only: tests spread it into new dicts
 
@@ -85,3 +86,41 @@ def test_only_an_approval_sends_the_execution_task(api, db_session, sent_tasks):
     )
     assert refused.status_code == 409
     assert sent_tasks.executions() == [first]  # rejected and refused decisions enqueue nothing
+
+
+def test_a_closed_trade_carries_its_close_time_price_reason_and_pnl(api, run, sync, terminal, db_session):
+    world = api.setup()
+    headers = world["user"]["headers"]
+    signal = api.send_signal(world["client"], BUY).json
+    api.decide(world["user"], signal["id"])
+    terminal.sim_set_quote("EURUSD", 1.08500, 1.08510)
+    trade_id = run(signal["id"]).id
+    sync(world["account"]["id"])
+
+    open_trade = api.http.get(f"/api/v1/trades/{trade_id}", headers=headers).json
+    assert open_trade["state"] == "filled"
+    closing = ("closed_at", "close_reason", "close_price", "pnl")
+    assert {name: open_trade[name] for name in closing} == dict.fromkeys(closing)  # null while open
+
+    terminal.sim_set_quote("EURUSD", 1.08400, 1.08410)
+    terminal.sim_close_manual(1001, open_trade["position_ticket"])
+    sync(world["account"]["id"])
+
+    closed = api.http.get(f"/api/v1/trades/{trade_id}", headers=headers).json
+    (event,) = api.http.get(
+        f"/api/v1/reconciliation/{world['account']['id']}?event_type=closed_outside", headers=headers
+    ).json["items"]
+    assert closed["state"] == "closed" and event["trade_id"] == trade_id
+    assert (closed["close_reason"], closed["close_price"]) == ("by_hand", "1.084")
+    assert closed["pnl"] == event["pnl"] and Decimal(closed["pnl"]) == Decimal("-11")  # 1.08510 -> 1.08400
+    assert (closed["close_reason"], closed["close_price"]) == (event["close_reason"], event["close_price"])
+    stored = db_session.get(Trade, trade_id)
+    assert closed["closed_at"] == stored.closed_at.isoformat()
+    listed = api.http.get("/api/v1/trades?state=closed", headers=headers).json["items"]
+    assert listed == [closed]
+
+    document = api.http.get("/api/openapi.json").json
+    properties = document["components"]["schemas"]["Trade"]["properties"]
+    for name in closing:
+        assert properties[name].get("description"), name
+        assert "null" in str(properties[name]), name

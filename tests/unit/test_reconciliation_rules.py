@@ -16,7 +16,9 @@ from shared.reconciliation.rules import (
     divergences,
     drawdown_percent,
     fingerprint,
+    open_position_key,
     peak_equity,
+    position_key,
     reconcile,
 )
 
@@ -122,9 +124,16 @@ def deal(ticket, entry, reason, price, volume, profit="0", commission="0", swap=
     return Deal(**fields)
 
 
-def run(positions=(), trades=(), deals=None, previous_peak=None, account=ACCOUNT, tolerances=None):
+def run(positions=(), trades=(), deals=None, previous_peak=None, account=ACCOUNT, tolerances=None, **options):
     return reconcile(
-        list(positions), list(trades), deals or {}, previous_peak, account, tolerances, symbols=SYMBOLS
+        list(positions),
+        list(trades),
+        deals or {},
+        previous_peak,
+        account,
+        tolerances,
+        symbols=SYMBOLS,
+        **options,
     )
 
 
@@ -493,10 +502,74 @@ def test_closed_position_found_by_the_comment_of_its_opening_deal():
 
 @pytest.mark.parametrize("history", [{}, {5001: [deal(1, 0, 3, "1.08500", "1.00")]}])
 def test_closed_with_no_closing_deal_yet_says_so(history):
-    [closed] = run([], [trade(order_ticket=5001)], history).closed_trades
-    assert closed.reason is None
+    # Open at the last sync: its closing deal may be a sync behind.
+    [closed] = run([], [trade(order_ticket=5001)], history, open_at_last_sync={1}).closed_trades
+    assert closed.reason is None and not closed.vanished
     assert (closed.close_price, closed.profit, closed.closed_at) == (None, None, None)
     assert closed.summary == "closed, reason unknown yet"
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        {},  # the terminal lost the position and its history
+        {5001: [deal(1, 0, 3, "1.08500", "1.00")]},  # no closing deal
+        {5001: [deal(1, 0, 3, "1.08500", "1.00"), deal(2, 1, 0, "1.08600", "0.40")]},  # part of the close
+    ],
+)
+def test_a_position_gone_without_its_closing_deal_since_the_last_sync_has_vanished(history):
+    [closed] = run([], [trade(order_ticket=5001)], history, open_at_last_sync={7}).closed_trades
+    assert closed.vanished and closed.reason is None and closed.close_price is None
+    assert "without a closing deal" in closed.summary
+    # A closing deal is a close, however long the position was gone.
+    complete = {5001: [deal(1, 0, 3, "1.08500", "1.00"), deal(2, 1, 0, "1.08600", "1.00")]}
+    [closed] = run([], [trade(order_ticket=5001)], complete).closed_trades
+    assert (closed.vanished, closed.reason) == (False, "by_hand")
+
+
+def test_a_position_key_is_its_login_server_identifier_and_open_time():
+    opened = NOW.replace(microsecond=123000)
+    key = position_key(1001, "Broker-Demo", 5001, opened)
+    assert len(key) == 64 and key == position_key(1001, "Broker-Demo", 5001, opened)
+    assert key == position_key(1001, "Broker-Demo", 5001, opened + timedelta(microseconds=400))  # in ms
+    others = {
+        position_key(1001, "Broker-Demo", 5001, opened + timedelta(milliseconds=1)),  # a ticket given again
+        position_key(1002, "Broker-Demo", 5001, opened),
+        position_key(1001, "Broker-Live", 5001, opened),
+        position_key(1001, "Broker-Demo", 5002, opened),
+        position_key(1001, "Broker-Demo", 5001, None, trade_id=1),
+    }
+    assert key not in others and len(others) == 5
+    assert open_position_key(ACCOUNT, position(opened_at=opened)) == position_key(
+        ACCOUNT.login, ACCOUNT.server, 9001, opened
+    )
+
+
+def test_a_ticket_given_again_is_not_the_position_a_trade_already_found():
+    before = position(ticket=5001, opened_at=NOW - timedelta(days=1))
+    again = position(ticket=5001, opened_at=NOW)  # the same ticket and identifier, opened later
+    found_before = trade(
+        order_ticket=5001, position_ticket=5001, position_key=open_position_key(ACCOUNT, before)
+    )
+    result = run([again], [found_before])
+    assert pairs(result) == set() and [o.position.ticket for o in result.outside_positions] == [5001]
+    [closed] = result.closed_trades
+    assert closed.vanished and closed.position_key == found_before.position_key
+    # A trade that has not found its position yet takes it by ticket, and learns its key.
+    [match] = run([again], [trade(order_ticket=5001)]).matches
+    assert (match.matched_by, match.position_key) == ("ticket", open_position_key(ACCOUNT, again))
+    [outside] = run([again], []).outside_positions
+    assert outside.position_key == open_position_key(ACCOUNT, again)
+
+
+def test_a_closed_trade_is_keyed_by_the_position_it_found_else_by_its_opening_deal():
+    history = {5001: [deal(1, 0, 3, "1.08500", "1.00", minutes=-5), deal(2, 1, 0, "1.08600", "1.00")]}
+    [closed] = run([], [trade(order_ticket=5001)], history).closed_trades
+    assert closed.position_key == position_key(1001, ACCOUNT.server, 5001, NOW - timedelta(minutes=5))
+    [closed] = run([], [trade(order_ticket=5001, position_key="k" * 64)], history).closed_trades
+    assert closed.position_key == "k" * 64
+    [lost] = run([], [trade(order_ticket=5001)], {}).closed_trades
+    assert lost.position_key == position_key(1001, ACCOUNT.server, 5001, None, trade_id=1)
 
 
 @pytest.mark.parametrize("state", ["sent", "pending", "closed"])

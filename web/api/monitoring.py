@@ -86,4 +86,5 @@ def account_status(account_id: int) -> Any:
         "drawdown_percent": latest.drawdown_percent if latest else None,
         "margin_level": latest.margin_level if latest else None,
         "open_positions": latest.open_positions if latest else None,
+        "vanished_trades": state.vanished_trades,
     }

@@ -26,7 +26,8 @@ Modules, by concern:
   control surface;
 - `install`: `install_as_metatrader5`, the simulator as a module named MetaTrader5 (the `terminal`
   process serves it over RPyC);
-- `latency`: simulated latency owed until the reply (`pay_latency`).
+- `latency`: simulated latency owed until the reply (`pay_latency`);
+- `state`: the broker's state file, which the `terminal` process keeps across restarts.
 
 The names below are re-exported for convenience; TradeGuard's own code imports them from their modules.
 """

@@ -38,7 +38,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.mt5 import constants as C
@@ -67,7 +67,11 @@ COMMENT_LIMIT = 31
 DEMO_BALANCE = 10_000.0
 DEMO_CURRENCY = "USD"
 DEMO_LEVERAGE = 100
+# The lowest ticket a broker gives. Its tickets start at the clock's microseconds when it is created
+# (see SimBroker.first_ticket): higher than any ticket a broker created earlier can have given, so a
+# restarted terminal never reuses one, even without its state file (shared.mt5.sim.state).
 FIRST_TICKET = 1_000_000
+_TICKETS_PER_SECOND = 1_000_000
 _EPSILON = 1e-9
 # A stop-out window uses this share of the price move its account can provably take (float headroom).
 _WINDOW_SAFETY = 0.5
@@ -194,6 +198,9 @@ class SimBroker:
     "margin_so_so", "margin_so_call"}}. With accounts configured only those log in; without, any login
     and password open a demo account (created on first use: 10000 USD, leverage 1:100).
     `clock`: seconds since the epoch, `time.time` by default; tests inject a controllable one.
+    `first_ticket`: the first ticket it gives; by default the clock's microseconds at creation, so that
+    tickets never repeat across restarts (a broker would have to give more than a ticket per microsecond
+    to reach the next one's start). A test may give one to play a server that reuses tickets.
     """
 
     def __init__(
@@ -204,6 +211,7 @@ class SimBroker:
         accounts: Mapping[int, Mapping[str, Any]] | None = None,
         symbols: Iterable[SimSymbol] | None = None,
         server: str = DEFAULT_SERVER,
+        first_ticket: int | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._clock = clock
@@ -248,8 +256,16 @@ class SimBroker:
         self._orders: dict[int, list[TradeOrder]] = {}
         self._deals: dict[int, list[TradeDeal]] = {}
         self.record_visits = 0  # history records examined by the broker, a diagnostic (tests, benchmarks)
-        self._next_ticket = FIRST_TICKET
+        if first_ticket is None:
+            first_ticket = max(FIRST_TICKET, int(now * _TICKETS_PER_SECOND))
+        if first_ticket < 1:
+            raise SimError("first_ticket must be at least 1: ticket 0 means none in MT5")
+        self.first_ticket = int(first_ticket)
+        self._next_ticket = self.first_ticket
         self._next_request_id = 1
+        # Bumped by every change a state file must keep (tickets given, accounts, stops, quotes set by
+        # hand; not the price walk): the state keeper saves when it moved (shared.mt5.sim.state).
+        self._changes = 0
         # Fill behaviour and faults (see the sim_* methods of SimTerminal).
         self._slippage = 0
         self._requotes = 0
@@ -275,7 +291,13 @@ class SimBroker:
     def _ticket(self) -> int:
         ticket = self._next_ticket
         self._next_ticket += 1
+        self._changes += 1
         return ticket
+
+    @property
+    def changes(self) -> int:
+        """How many changes a state file keeps have happened (a counter, compared between saves)."""
+        return self._changes
 
     def _add_account(self, login: int, settings: Mapping[str, Any], *, server: str) -> _Account:
         account = _Account(
@@ -292,6 +314,7 @@ class SimBroker:
         for quote in self._quotes.values():  # refuse a currency the symbols cannot be converted into
             self._rate(quote.spec.currency_profit, account.currency)
         self._accounts[login] = account
+        self._changes += 1
         self._orders.setdefault(login, [])
         deals = self._deals.setdefault(login, [])
         if account.balance:
@@ -1165,8 +1188,97 @@ class SimBroker:
         # As in MT5, a missing or zero sl/tp removes that level.
         position.sl, position.tp = float(request.sl), float(request.tp)
         position.time_update_msc = int(self.now() * 1000)
+        self._changes += 1
         self._push_stops(position)
         return self._result(request._replace(symbol=position.symbol), request_id, C.TRADE_RETCODE_DONE)
+
+    # ----- state kept across restarts (shared.mt5.sim.state writes and reads it) -------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What a restarted terminal needs to go on where this one stopped, as JSON-ready values: the
+        accounts, open positions, order and deal history, closed positions, ticket and request counters,
+        and each symbol's price (with its walk's random state). Not kept: the faults and fill behaviour
+        set through the control surface (latency, disconnects, slippage, requotes, partial fills,
+        rejects, lost replies), which are a test's or a demo's, not the server's."""
+        with self._lock:
+            self._refresh()
+            return {
+                "seed": self.seed,
+                "next_ticket": self._next_ticket,
+                "next_request_id": self._next_request_id,
+                "accounts": [asdict(account) for account in self._accounts.values()],
+                "positions": [asdict(self._positions[ticket]) for ticket in sorted(self._positions)],
+                "closed_positions": sorted(self._closed_positions),
+                "orders": {str(login): [o._asdict() for o in rows] for login, rows in self._orders.items()},
+                "deals": {str(login): [d._asdict() for d in rows] for login, rows in self._deals.items()},
+                "quotes": {
+                    name: {
+                        "bid": quote.bid,
+                        "spread": quote.spread,
+                        "pinned": quote.pinned,
+                        "trade_mode": quote.trade_mode,
+                        "session_open": quote.session_open,
+                        "time_msc": quote.time_msc,
+                        "rng": _rng_state_json(quote.rng.getstate()),
+                    }
+                    for name, quote in self._quotes.items()
+                },
+            }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take over `state` (from `state()`, possibly of an earlier process). Meant for a broker nobody
+        has used yet; its tickets go on after both its own start and the saved counter, whichever is
+        higher, so none is given twice. Prices resume where they were, their walk from now on.
+        ValueError (nothing changed) when the state names a symbol this broker does not have for a
+        position, or is malformed."""
+        try:
+            accounts = [_Account(**row) for row in state["accounts"]]
+            positions = sorted((_Position(**row) for row in state["positions"]), key=lambda p: p.ticket)
+            orders = {int(k): [TradeOrder(**row) for row in rows] for k, rows in state["orders"].items()}
+            deals = {int(k): [TradeDeal(**row) for row in rows] for k, rows in state["deals"].items()}
+            closed = {int(ticket) for ticket in state["closed_positions"]}
+            next_ticket = int(state["next_ticket"])
+            next_request_id = int(state["next_request_id"])
+            quotes = {
+                name: (
+                    float(saved["bid"]),
+                    int(saved["spread"]),
+                    bool(saved["pinned"]),
+                    int(saved["trade_mode"]),
+                    float(saved["session_open"]),
+                    int(saved["time_msc"]),
+                    _rng_state_tuple(saved["rng"]),
+                )
+                for name, saved in state["quotes"].items()
+                if name in self._quotes  # a symbol no longer simulated (no position on it: checked below)
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a simulator state: {type(exc).__name__}: {exc}") from exc
+        unknown = sorted({p.symbol for p in positions} - set(self._quotes))
+        if unknown:
+            raise ValueError(f"positions on symbols this simulator does not have: {', '.join(unknown)}")
+        with self._lock:
+            now = self.now()
+            for name, (bid, spread, pinned, trade_mode, session_open, time_msc, rng) in quotes.items():
+                quote = self._quotes[name]
+                quote.bid, quote.spread, quote.pinned, quote.trade_mode = bid, spread, pinned, trade_mode
+                quote.session_open, quote.time_msc, quote.updated = session_open, time_msc, now
+                quote.rng.setstate(rng)
+            self._accounts = {account.login: account for account in accounts}
+            self._orders, self._deals = orders, deals
+            self._closed_positions = closed
+            self._positions, self._by_login, self._by_symbol, self._stop_heaps = {}, {}, {}, {}
+            self._so_bounds, self._so_windows = {}, {}
+            for position in positions:  # in ticket order, as _open keeps the indexes
+                self._positions[position.ticket] = position
+                self._by_login.setdefault(position.login, {})[position.ticket] = position
+                self._by_symbol.setdefault(position.symbol, {})[position.ticket] = position
+            for position in positions:
+                self._push_stops(position)
+            self._so_dirty = set(self._by_login)
+            self._next_ticket = max(self._next_ticket, next_ticket)
+            self._next_request_id = max(self._next_request_id, next_request_id)
+            self._changes += 1
 
     # ----- control surface (SimTerminal.sim_* delegate here) -----------------------------------------
 
@@ -1176,6 +1288,7 @@ class SimBroker:
         if spread == quote.spread:
             return
         quote.spread = spread
+        self._changes += 1
         for sign in (-1, 1):
             for _, login, version in self._so_bounds.get((quote.spec.name, sign), ()):
                 if self._so_windows.get(login) == version:
@@ -1190,6 +1303,7 @@ class SimBroker:
             quote.bid = float(bid)
             self._set_quote_spread(quote, round((ask - bid) / quote.spec.point))
             quote.pinned = True
+            self._changes += 1
             quote.time_msc = int(self.now() * 1000)
             self._refresh()
 
@@ -1199,6 +1313,7 @@ class SimBroker:
             quote = self._quote(symbol)
             quote.pinned = False
             quote.updated = self.now()  # the walk resumes from the pinned price, from now on
+            self._changes += 1
 
     def gap(self, symbol: str, percent: float) -> None:
         with self._lock:
@@ -1206,6 +1321,7 @@ class SimBroker:
             quote = self._quote(symbol)
             quote.bid *= 1.0 + percent / 100.0
             quote.time_msc = int(self.now() * 1000)
+            self._changes += 1
             self._refresh()
 
     def set_spread(self, symbol: str, points: int) -> None:
@@ -1221,6 +1337,7 @@ class SimBroker:
     def set_trade_mode(self, symbol: str, mode: int) -> None:
         with self._lock:
             self._quote(symbol).trade_mode = int(mode)
+            self._changes += 1
 
     def open_manual(self, login: int, symbol: str, order_type: int, volume: float) -> int:
         with self._lock:
@@ -1323,6 +1440,18 @@ class SimBroker:
     def lose_next_reply(self, count: int = 1) -> None:
         with self._lock:
             self._lost_replies += int(count)
+
+
+def _rng_state_json(state: tuple[Any, ...]) -> list[Any]:
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]
+
+
+def _rng_state_tuple(saved: list[Any]) -> tuple[Any, ...]:
+    version, internal, gauss_next = saved
+    state = (int(version), tuple(int(i) for i in internal), gauss_next)
+    random.Random().setstate(state)  # noqa: S311 - refuses a malformed state before anything changes
+    return state
 
 
 _default_broker: SimBroker | None = None
