@@ -149,6 +149,15 @@ class StrictInteger(fields.Integer):
         return super()._validated(value)
 
 
+class StrictBoolean(fields.Boolean):
+    """true or false, nothing else: marshmallow's Boolean would also take 1, "yes" and "on"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 def _id_field(**kwargs: Any) -> fields.Integer:
     return StrictInteger(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
 
@@ -234,6 +243,14 @@ class AccountCreateSchema(StrictSchema):
     server = fields.String(required=True, validate=validate.Length(min=1, max=100))
     currency = fields.String(
         load_default="USD", validate=validate.Regexp(r"^[A-Z]{3}$", error="a 3-letter ISO code such as USD")
+    )
+    verify = StrictBoolean(
+        load_default=True,
+        metadata={
+            "description": "log in to the terminal before storing the account (the default): a terminal "
+            "that cannot be reached is 422 naming terminal_url, credentials it refuses are 422 naming "
+            "login, password and server; false stores the account unchecked"
+        },
     )
 
     @validates("terminal_url")
