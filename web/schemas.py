@@ -489,6 +489,17 @@ class TradeSchema(ma.Schema):
     attempts = fields.Integer()
     retcode = fields.Integer(allow_none=True)
     failure_reason = fields.String(allow_none=True, metadata={"description": "why it was rejected or failed"})
+    last_error = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "the error that made the last attempt wait for another (terminal unreachable, "
+            "order outcome unknown, ...); kept once the trade is finished"
+        },
+    )
+    next_retry_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "when the next attempt is due while the trade waits for one, else null"},
+    )
     created_at = fields.DateTime()
     sent_at = fields.DateTime(allow_none=True)
     filled_at = fields.DateTime(allow_none=True)
