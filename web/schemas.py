@@ -486,7 +486,12 @@ class TradeSchema(ma.Schema):
     order_ticket = fields.Integer(allow_none=True)
     deal_ticket = fields.Integer(allow_none=True)
     position_ticket = fields.Integer(allow_none=True)
-    attempts = fields.Integer()
+    attempts = fields.Integer(
+        metadata={
+            "description": "orders sent, plus attempts that ended in an error nobody classified (what the "
+            "attempt limit counts); retries of an unreachable terminal show in last_error and next_retry_at"
+        }
+    )
     retcode = fields.Integer(allow_none=True)
     failure_reason = fields.String(allow_none=True, metadata={"description": "why it was rejected or failed"})
     last_error = fields.String(
