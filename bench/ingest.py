@@ -311,6 +311,7 @@ def seed(env: dict[str, str]) -> tuple[int, str]:
             login=1001,
             password="x",
             server="sim",
+            verify=False,  # ingest is measured, not the terminal (which no process serves here)
         )
         client, secret = clients.create_client(
             db.session, extensions.secret_box(app), user, name="bench", account_id=account.id

@@ -11,6 +11,7 @@ message saying what is missing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -268,6 +269,10 @@ class Api:
 
     def __init__(self, http: Any):
         self.http = http
+        # One MT5 account (login, server) can be added once: each account of a test gets its own login,
+        # the first 1001, the login the `terminal` fixture (tests/integration/conftest.py) is on.
+        self._logins = itertools.count(1001)
+        self._used_logins: set[int] = set()
 
     def register(self, email: str | None = None, password: str = "correct horse") -> dict[str, Any]:
         email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
@@ -286,17 +291,26 @@ class Api:
         return {**user, "headers": self.login(user["email"], user["password"])}
 
     def account(self, user: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+        """A new account of `user` (201 asserted). On `sim://`, this process's simulated terminal, which
+        the API logs in to first; a test on a terminal that is not running passes `verify=False`."""
         body = {
             "name": f"acct-{uuid.uuid4().hex[:6]}",
             "terminal_url": "sim://",
-            "login": 1001,
+            "login": overrides.get("login") or self._unused_login(),
             "password": "broker-pass",
             "server": "TradeGuard-Sim",
             **overrides,
         }
         response = self.http.post("/api/v1/accounts", json=body, headers=user["headers"])
         assert response.status_code == 201, response.json
+        self._used_logins.add(body["login"])
         return dict(response.json)
+
+    def _unused_login(self) -> int:
+        login = next(self._logins)
+        while login in self._used_logins:
+            login = next(self._logins)
+        return login
 
     def strategy_client(self, user: dict[str, Any], account_id: int) -> dict[str, Any]:
         response = self.http.post(

@@ -149,6 +149,15 @@ class StrictInteger(fields.Integer):
         return super()._validated(value)
 
 
+class StrictBoolean(fields.Boolean):
+    """true or false, nothing else: marshmallow's Boolean would also take 1, "yes" and "on"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 def _id_field(**kwargs: Any) -> fields.Integer:
     return StrictInteger(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
 
@@ -234,6 +243,14 @@ class AccountCreateSchema(StrictSchema):
     server = fields.String(required=True, validate=validate.Length(min=1, max=100))
     currency = fields.String(
         load_default="USD", validate=validate.Regexp(r"^[A-Z]{3}$", error="a 3-letter ISO code such as USD")
+    )
+    verify = StrictBoolean(
+        load_default=True,
+        metadata={
+            "description": "log in to the terminal before storing the account (the default): a terminal "
+            "that cannot be reached is 422 naming terminal_url, credentials it refuses are 422 naming "
+            "login, password and server; false stores the account unchecked"
+        },
     )
 
     @validates("terminal_url")
@@ -469,9 +486,25 @@ class TradeSchema(ma.Schema):
     order_ticket = fields.Integer(allow_none=True)
     deal_ticket = fields.Integer(allow_none=True)
     position_ticket = fields.Integer(allow_none=True)
-    attempts = fields.Integer()
+    attempts = fields.Integer(
+        metadata={
+            "description": "orders sent, plus attempts that ended in an error nobody classified (what the "
+            "attempt limit counts); retries of an unreachable terminal show in last_error and next_retry_at"
+        }
+    )
     retcode = fields.Integer(allow_none=True)
     failure_reason = fields.String(allow_none=True, metadata={"description": "why it was rejected or failed"})
+    last_error = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "the error that made the last attempt wait for another (terminal unreachable, "
+            "order outcome unknown, ...); kept once the trade is finished"
+        },
+    )
+    next_retry_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "when the next attempt is due while the trade waits for one, else null"},
+    )
     created_at = fields.DateTime()
     sent_at = fields.DateTime(allow_none=True)
     filled_at = fields.DateTime(allow_none=True)

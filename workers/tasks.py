@@ -9,6 +9,8 @@ from collections import Counter
 from datetime import timedelta
 
 from celery import Task
+from celery.exceptions import Retry
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.core import extensions
 from shared.core.db import db, utcnow
@@ -69,7 +71,7 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
     except RetryableTerminalError as exc:  # TerminalRetryLater included: trade busy, order in flight
         db.session.rollback()
         if self.request.retries < max_retries:
-            raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+            raise retry_later(self, signal_id, exc, retry_countdown(self.request.retries)) from exc
         log.error("signal %s: giving up after %d retries: %s", signal_id, self.request.retries, exc)
         trade = give_up(signal_id, f"terminal unreachable: {exc}")
     except Exception as exc:
@@ -91,7 +93,7 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
         if trade.state not in UNFINISHED:
             return trade.state.value
         if trade.attempts < runtime.attempt_limit():
-            raise self.retry(exc=exc, countdown=retry_countdown(max(0, trade.attempts - 1))) from exc
+            raise retry_later(self, signal_id, exc, retry_countdown(max(0, trade.attempts - 1))) from exc
         trade = give_up(signal_id, f"gave up after {trade.attempts} attempts: {error}")
         if trade is not None and trade.state == TradeState.SENT:
             log.error(
@@ -104,6 +106,25 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
 
 
 UNFINISHED = (TradeState.PENDING, TradeState.SENT)
+
+
+def retry_later(task: Task, signal_id: int, exc: Exception, countdown: float) -> Retry:
+    """Schedule the task's next attempt in `countdown` seconds, showing on the trade why and when
+    (`execution.record_retry`). Returns Celery's Retry for the caller to raise. Showing it is not worth
+    losing the retry over: a database that refuses the write is logged and the retry goes ahead."""
+    try:
+        execution.record_retry(
+            db.session,
+            signal_id,
+            f"{type(exc).__name__}: {exc}",
+            retry_at=utcnow() + timedelta(seconds=countdown),
+            engine=db.engine,
+            settings=runtime.execution_settings(),
+        )
+    except SQLAlchemyError:
+        db.session.rollback()
+        log.warning("signal %s: could not record the retry on its trade", signal_id, exc_info=True)
+    return task.retry(exc=exc, countdown=countdown)
 
 
 def give_up(signal_id: int, reason: str) -> Trade | None:

@@ -64,6 +64,9 @@ class Settings:
     terminal_timeout_seconds: float = 10.0
     unknown_outcome_grace_seconds: float = 3.0
     execution_max_retries: int = 5
+    # How long each call of the check that a new account's terminal can be logged in to may take
+    # (POST /accounts): the owner is waiting for the answer, so shorter than a worker's.
+    account_check_timeout_seconds: float = 5.0
     # Reconciliation: how often beat fans out, how many accounts one task takes (loaded and written
     # together), how many terminals one worker process waits on at once, how long an account lock may
     # outlive a dead worker, failures before the breaker opens.
@@ -282,6 +285,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         terminal_timeout_seconds=_float(env, "TRADEGUARD_TERMINAL_TIMEOUT_SECONDS", 10.0),
         unknown_outcome_grace_seconds=_float(env, "TRADEGUARD_UNKNOWN_OUTCOME_GRACE_SECONDS", 3.0),
         execution_max_retries=_int(env, "TRADEGUARD_EXECUTION_MAX_RETRIES", 5, minimum=0),
+        account_check_timeout_seconds=_float(env, "TRADEGUARD_ACCOUNT_CHECK_TIMEOUT_SECONDS", 5.0),
         reconcile_interval_seconds=_float(env, "TRADEGUARD_RECONCILE_INTERVAL_SECONDS", 10.0),
         reconcile_batch_size=_int(env, "TRADEGUARD_RECONCILE_BATCH_SIZE", 100),
         reconcile_threads=_int(env, "TRADEGUARD_RECONCILE_THREADS", 100),

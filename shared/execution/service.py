@@ -35,6 +35,7 @@ from shared.core.locks import Busy, exclusive
 from shared.execution.errors import TerminalRetryLater
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
+from shared.mt5.errors import OrderOutcomeUnknown, SymbolNotFound
 from shared.mt5.ports import OpenTerminal, TerminalPort
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ def execute_signal(
         session.refresh(trade)
         if trade.state not in (TradeState.PENDING, TradeState.SENT):
             return trade  # another worker finished it while we waited for the lock
+        # The attempt that was due is this one. Written with this attempt's next commit; should it fail
+        # before any, the task records the next retry (or gives up, which clears it).
+        trade.next_retry_at = None
         account = session.get(Account, trade.account_id)
         assert account is not None
         with open_terminal(account) as terminal:
@@ -194,16 +198,22 @@ def _trade_lock(engine: sa.Engine, name: str, settings: ExecutionSettings) -> It
 
 
 def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: ExecutionSettings) -> None:
-    from shared.mt5.errors import OrderOutcomeUnknown
-
     signal = trade.signal
     if trade.comment is None:
         # Named as the trade was claimed (_claim_trade): an order without it could never be found again,
         # so none is sent (an unclassified error: counted, retried, then the trade fails).
         raise RuntimeError(f"trade {trade.id} has no comment: refusing to send an order it cannot find")
-    spec = terminal.symbol(trade.symbol)
+    try:
+        spec = terminal.symbol(trade.symbol)
+    except SymbolNotFound as exc:
+        _reject_unknown_symbol(session, trade, exc)
+        return
     for _attempt in range(settings.max_price_retries + 1):
-        quote = terminal.quote(trade.symbol)
+        try:
+            quote = terminal.quote(trade.symbol)
+        except SymbolNotFound as exc:  # the broker dropped it since symbol(): no order was sent for it
+            _reject_unknown_symbol(session, trade, exc)
+            return
         problems = pre_trade_problems(
             side=trade.side.value,
             volume=trade.requested_volume,
@@ -216,10 +226,7 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
             now=utcnow(),
         )
         if problems:
-            trade.state = TradeState.REJECTED
-            trade.failure_reason = "; ".join(problems)[:500]
-            _record(session, trade, "trade.rejected_pre_trade", problems=problems)
-            session.commit()
+            _reject_before_sending(session, trade, problems)
             return
         price = quote.ask if trade.side == Side.BUY else quote.bid
         request = terminal.market_order_request(
@@ -289,6 +296,53 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
     session.commit()
 
 
+def _reject_before_sending(session: DbSession, trade: Trade, problems: list[str]) -> None:
+    """The trade is rejected for `problems` found before its order was sent (none was, on this attempt)."""
+    trade.state = TradeState.REJECTED
+    trade.failure_reason = "; ".join(problems)[:500]
+    _record(session, trade, "trade.rejected_pre_trade", problems=problems)
+    session.commit()
+
+
+def _reject_unknown_symbol(session: DbSession, trade: Trade, exc: SymbolNotFound) -> None:
+    """A symbol the terminal does not know is the signal's mistake (or a name the broker spells with a
+    suffix), not the terminal's failure: the trade is rejected with what the terminal said, as the other
+    pre-trade checks reject, and no retry could change it."""
+    _reject_before_sending(session, trade, [f"unknown symbol {trade.symbol}: {exc}"])
+
+
+def record_retry(
+    session: DbSession,
+    signal_id: int,
+    error: str,
+    *,
+    retry_at: datetime,
+    engine: sa.Engine,
+    settings: ExecutionSettings,
+) -> Trade | None:
+    """Show on the unfinished trade why its attempt stopped (`error`) and when the next one is due
+    (`retry_at`), as the task schedules it: otherwise the owner sees a trade that sits `pending` with no
+    reason. Not a change of state, so not audited (the errors nobody classified are, by
+    `count_failed_attempt`).
+
+    Written under the trade's lock, so that it cannot land on a trade another worker is finishing at that
+    moment; a trade held by another worker (a duplicate message) is left to that worker, which records its
+    own. None when the signal has no trade."""
+    trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    if trade is None or trade.state not in (TradeState.PENDING, TradeState.SENT):
+        return trade
+    try:
+        with exclusive(engine, f"trade:{trade.id}", lock_dir=settings.lock_dir):
+            session.refresh(trade)
+            if trade.state in (TradeState.PENDING, TradeState.SENT):
+                trade.last_error = error[:500]
+                trade.next_retry_at = retry_at
+            session.commit()
+    except Busy:
+        pass
+    return trade
+
+
 def give_up(
     session: DbSession, signal_id: int, reason: str, *, engine: sa.Engine, settings: ExecutionSettings
 ) -> Trade | None:
@@ -297,14 +351,32 @@ def give_up(
     overwritten, since a failed trade must never hide a live position. A `sent` trade stays `sent`
     for the next attempt or for reconciliation to settle."""
     trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
-    if trade is None or trade.state != TradeState.PENDING:
+    if trade is None:
+        return trade
+    if trade.state != TradeState.PENDING:
+        if trade.next_retry_at is not None:
+            # No more attempts are coming for it from this task (a `sent` trade is left to
+            # reconciliation): nothing is due.
+            session.execute(
+                sa.update(Trade)
+                .where(Trade.id == trade.id)
+                .values(next_retry_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+            session.refresh(trade)
         return trade
     try:
         with exclusive(engine, f"trade:{trade.id}", lock_dir=settings.lock_dir):
             changed = session.execute(
                 sa.update(Trade)
                 .where(Trade.id == trade.id, Trade.state == TradeState.PENDING)
-                .values(state=TradeState.FAILED, failure_reason=reason[:500], updated_at=utcnow())
+                .values(
+                    state=TradeState.FAILED,
+                    failure_reason=reason[:500],
+                    next_retry_at=None,
+                    updated_at=utcnow(),
+                )
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             if changed:

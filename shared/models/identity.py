@@ -28,10 +28,14 @@ class User(db.Model):  # type: ignore[name-defined]
 
 
 class Account(db.Model):  # type: ignore[name-defined]
-    """A broker account on an MT5 terminal. Credentials are encrypted at rest and never returned."""
+    """A broker account on an MT5 terminal. Credentials are encrypted at rest and never returned.
+
+    One MT5 account (login on a trade server) is registered once, whoever owns it: a second copy would
+    see the first one's trades as positions opened outside TradeGuard, and two owners would each act on
+    the other's orders."""
 
     __tablename__ = "accounts"
-    __table_args__ = (sa.UniqueConstraint("owner_id", "name"),)
+    __table_args__ = (sa.UniqueConstraint("owner_id", "name"), sa.UniqueConstraint("login", "server"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)

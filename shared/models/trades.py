@@ -52,6 +52,11 @@ class Trade(db.Model):  # type: ignore[name-defined]
     attempts: Mapped[int] = mapped_column(default=0)
     retcode: Mapped[int | None] = mapped_column(sa.Integer)
     failure_reason: Mapped[str | None] = mapped_column(sa.String(500))
+    # Set when the execution task schedules another attempt (an unreachable terminal, an order whose fate
+    # is unknown, an error nobody classified): the error that attempt met, kept once the trade is
+    # finished, and when the next attempt is due, null while none is (see execution.record_retry).
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     filled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

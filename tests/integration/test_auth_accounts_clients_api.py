@@ -124,6 +124,7 @@ def test_an_account_is_created_with_its_password_encrypted_and_never_returned(ap
             "password": "broker-secret",
             "server": "Broker-Live",
             "currency": "GBP",
+            "verify": False,  # no terminal runs there
         },
         headers=user["headers"],
     )
@@ -160,6 +161,8 @@ def test_an_account_is_created_with_its_password_encrypted_and_never_returned(ap
         ({"currency": "usd"}, "currency"),
         ({"name": ""}, "name"),
         ({"password": ""}, "password"),
+        ({"verify": "false"}, "verify"),  # true or false, not a word that reads as one
+        ({"verify": 0}, "verify"),
     ],
 )
 def test_bad_accounts_are_422_naming_the_field(api, db_session, change, field):

@@ -20,9 +20,9 @@ from tests.processes import celery_worker, terminal_server, wait_for
 BUY = {"instrument": "EURUSD", "side": "buy", "volume": "0.10", "ttl_seconds": 600}
 
 
-def make_approved_signal(api: Api, terminal_url: str, login: int) -> tuple[int, dict]:
+def make_approved_signal(api: Api, terminal_url: str, login: int, **account: object) -> tuple[int, dict]:
     user = api.user()
-    account = api.account(user, terminal_url=terminal_url, login=login)
+    account = api.account(user, terminal_url=terminal_url, login=login, **account)
     strategy = api.strategy_client(user, account["id"])
     signal_id = api.send_signal(strategy, {**BUY, "comment": uuid.uuid4().hex[:8]}).json["id"]
     api.decide(user, signal_id)
@@ -55,7 +55,7 @@ def test_the_task_retries_an_unreachable_terminal_a_bounded_number_of_times_then
 
     api = Api(app.test_client())
     # Port 1: nothing listens there, so every attempt fails to connect (retryable).
-    signal_id, _ = make_approved_signal(api, "sim://127.0.0.1:1", 4001)
+    signal_id, _ = make_approved_signal(api, "sim://127.0.0.1:1", 4001, verify=False)
     opened: list[int] = []
     real_open = workers.runtime.open_terminal
 

@@ -265,7 +265,8 @@ def test_a_trade_left_sent_is_settled_when_its_position_is_found_by_identity(
 def test_a_batch_reconciles_every_account_once_and_reports_each_outcome(sync, api, db_session, terminal):
     worlds = [api.setup() for _ in range(3)]
     ids = [w["account"]["id"] for w in worlds]
-    terminal.sim_open_manual(1001, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
+    for world in worlds:  # each its own MT5 account (one login is registered once)
+        terminal.sim_open_manual(world["account"]["login"], "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
     sync.unreachable.add(ids[1])
 
     outcomes = sync.many([*ids, 999_999])

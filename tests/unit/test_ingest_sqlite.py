@@ -34,6 +34,7 @@ def sqlite_app(tmp_path):
             login=1,
             password="p",
             server="s",
+            verify=False,  # ingest is under test here, not the terminal
         )
         client, secret = clients.create_client(db.session, box, user, name="c", account_id=account.id)
         db.session.commit()

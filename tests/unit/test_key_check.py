@@ -72,6 +72,7 @@ def instance(tmp_path: Path) -> Path:
             login=1001,
             password="broker password",
             server="TradeGuard-Sim",
+            verify=False,  # the keys are under test here, not the terminal
         )
         clients.create_client(db.session, extensions.secret_box(app), owner, name="s", account_id=account.id)
         db.session.commit()

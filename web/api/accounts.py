@@ -5,7 +5,7 @@ from typing import Any
 from shared.identity import accounts
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_user, login_required
-from web.extensions import db, declared_terminals, secret_box
+from web.extensions import db, declared_terminals, secret_box, settings
 from web.schemas import AccountCreateSchema, AccountSchema
 
 blp = Blueprint("accounts", __name__, url_prefix="/api/v1/accounts", description="Broker accounts")
@@ -15,10 +15,26 @@ blp = Blueprint("accounts", __name__, url_prefix="/api/v1/accounts", description
 @login_required
 @blp.arguments(AccountCreateSchema)
 @blp.response(201, AccountSchema)
-@blp.errors(*BODY_ERRORS, 401, (409, "you already have an account with that name"), 503)
+@blp.errors(
+    *BODY_ERRORS,
+    401,
+    (409, "you already have an account with that name, or that MT5 account (login and server) is registered"),
+    503,
+)
 def create_account(body: dict[str, Any]) -> Any:
+    """Add a broker account
+
+    Unless `verify` is false, its terminal is logged in to first: 422 naming `terminal_url` when it
+    cannot be reached in time, naming `login`, `password` and `server` when it refuses them. One MT5
+    account (login and server) can be added once: 409 otherwise.
+    """
     account = accounts.create_account(
-        db.session, secret_box(), current_user(), declared_terminals=declared_terminals(), **body
+        db.session,
+        secret_box(),
+        current_user(),
+        declared_terminals=declared_terminals(),
+        check_timeout=settings().account_check_timeout_seconds,
+        **body,
     )
     db.session.commit()
     return account
