@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         args.port,
     )
     server = build_server(args.host, args.port, args.latency_mode)
+    # honcho and systemd stop a process with SIGTERM: close the server as Ctrl-C does, and exit 0.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     log.info("simulated MT5 terminal ready on %s:%s", args.host, args.port)
     try:
         server.start()
@@ -137,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         server.close()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":
