@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any
 
+import click
 import sqlalchemy as sa
 from flask import Flask
 from flask.sessions import SessionInterface
 from flask_migrate import Migrate
 from werkzeug.routing import IntegerConverter
 
-from shared.core.config import ConfigurationError, Settings, describe, load_settings
+from shared.core.config import ConfigurationError, Settings, load_settings, start_line
 from shared.core.crypto import SecretBox
 from shared.core.db import TCP_KEEPALIVES, check_connections_on_checkout, db
 from shared.core.extensions import SECRET_BOX, SETTINGS, TASK_QUEUE, TERMINALS, secret_box
+from shared.core.logs import configure_logging
 from shared.core.queue import TaskQueue
 from shared.signals.auth import ClientKeyCache
 from web.errors import TradeGuardApi, register_error_handlers
@@ -66,18 +67,13 @@ class NoCookieSessions(SessionInterface):
         return None
 
 
-def configure_logging() -> None:
-    """Plain stderr logging for processes started outside gunicorn/celery (which bring their own)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-
-
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     configure_logging()
     settings = settings or load_settings()
+    if _run_by_the_flask_command():
+        # A `flask` command (the release line's migrations, create-admin) is a process of its own. Servers
+        # and workers log this line themselves, once per process, labelled with their role.
+        log.info(start_line("flask command", settings))
     app = Flask(__name__, instance_path=str(settings.instance_dir))
     app.config.update(
         SECRET_KEY=settings.secret_key,
@@ -152,12 +148,20 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     register_cli(app)
 
-    log.info("TradeGuard web: %s", describe(settings))
     if settings.secrets_generated:
         log.warning(
             "using secrets generated under %s; set TRADEGUARD_* secrets in production", settings.instance_dir
         )
     return app
+
+
+def _run_by_the_flask_command() -> bool:
+    """Whether this app is being built for a `flask ...` command line (Celery's command line is click's
+    too, so a click context alone does not tell)."""
+    from flask.cli import FlaskGroup
+
+    context = click.get_current_context(silent=True)
+    return context is not None and isinstance(context.find_root().command, FlaskGroup)
 
 
 def _keys_match(app: Flask, settings: Settings, box: SecretBox, *, write: bool) -> bool:

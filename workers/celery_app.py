@@ -16,9 +16,20 @@ import threading
 import time
 from typing import Any
 
+import click
 from celery import Celery, Task
-from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    celeryd_init,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+)
 from flask import Flask
+
+from shared.core.config import load_settings, start_line
+from shared.core.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,25 @@ def flask_app() -> Flask:
                 app.extensions[TASK_QUEUE] = TaskQueue(celery_app)
                 _flask_app = app
     return _flask_app
+
+
+@celeryd_init.connect
+def _say_which_worker_and_what_it_uses(sender: str, options: dict[str, Any], **_: Any) -> None:
+    """A worker's first log line: which worker it is (its name and queues), and which database and broker
+    it uses. Sent before Celery's own start-up output, so logging is set up here (the same as the app
+    would set it up)."""
+    configure_logging()
+    queues = options.get("queues") or sorted(celery_app.conf.task_queues)
+    log.info(start_line(f"worker {sender} (queues: {', '.join(queues)})", load_settings()))
+
+
+@after_setup_logger.connect
+def _say_that_beat_starts_and_what_it_uses(**_: Any) -> None:
+    """Beat's first log line (right after its banner): Celery has just set up its logging. beat_init would
+    come after RedBeat's lock, which a standby beat waits for, maybe for ever."""
+    command = click.get_current_context(silent=True)
+    if command is not None and command.info_name == "beat":
+        log.info(start_line("beat", load_settings()))
 
 
 @worker_init.connect

@@ -6,11 +6,15 @@ once and kept in instance/flower-auth so that the embedded setup is never left o
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
 
-from shared.core.config import load_settings
+from shared.core.config import load_settings, start_line
+from shared.core.logs import configure_logging
+
+log = logging.getLogger("tradeguard.flower")
 
 
 def basic_auth() -> str:
@@ -50,6 +54,8 @@ def main(argv: list[str]) -> None:
     if "--print-auth" in argv:
         print(basic_auth())
         return
+    configure_logging()
+    log.info(start_line("flower", load_settings()))
     os.execv(sys.executable, flower_command())  # noqa: S606 - replaces this process with Flower, no shell involved
 
 

@@ -30,6 +30,9 @@ from rpyc.core.protocol import Connection
 from rpyc.core.service import SlaveService
 from rpyc.utils.server import ThreadedServer
 
+from shared.core.config import ConfigurationError, load_settings, start_line
+from shared.core.logs import configure_logging
+
 log = logging.getLogger("tradeguard.terminal")
 
 DEFAULT_HOST = "127.0.0.1"
@@ -119,10 +122,8 @@ SWITCH_INTERVAL_SECONDS = 0.05
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging()
+    _say_that_the_terminal_starts()
     log.warning(
         "the terminal server speaks RPyC's classic protocol: any client that can connect can run arbitrary "
         "code in this process. Listen only on trusted interfaces (127.0.0.1 or a private network), never "
@@ -144,6 +145,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(0)
+
+
+def _say_that_the_terminal_starts() -> None:
+    """The first log line of every TradeGuard process: which one it is, and which database and broker the
+    deployment uses. The terminal uses neither, so settings it cannot read are reported, not fatal."""
+    try:
+        log.info(start_line("terminal", load_settings()))
+    except ConfigurationError as exc:
+        log.info("TradeGuard terminal (settings unreadable, which this process does not need: %s)", exc)
 
 
 if __name__ == "__main__":
