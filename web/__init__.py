@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 import sqlalchemy as sa
-from flask import Flask
+from flask import Blueprint, Flask
 from flask.sessions import SessionInterface
 from flask_migrate import Migrate
 from werkzeug.routing import IntegerConverter
@@ -85,6 +85,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
+        # Swagger UI at /api/docs, with its files from the swagger-ui-bundle package served by this app
+        # (SWAGGER_UI_FILES below): the page works offline and sends no visitor's browser to a CDN.
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_FILES_URL,
+        # Never hand the document's address to swagger.io's online validator.
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         API_SPEC_OPTIONS={
             "info": {"description": "Signed trading signals, approved by a person, executed on MT5."},
             "security": [{"bearerAuth": []}],
@@ -138,6 +144,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         api.register_blueprint(module.blp)
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.
     app.register_blueprint(metrics.blp)
+    app.register_blueprint(_swagger_ui_files())
     register_error_handlers(app)
     from web import throttle
 
@@ -153,6 +160,22 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             "using secrets generated under %s; set TRADEGUARD_* secrets in production", settings.instance_dir
         )
     return app
+
+
+# Where /api/docs loads Swagger UI's script and style sheet from.
+SWAGGER_UI_FILES_URL = "/api/docs/files/"
+
+
+def _swagger_ui_files() -> Blueprint:
+    """Swagger UI's files, from the swagger-ui-bundle package, at SWAGGER_UI_FILES_URL."""
+    import swagger_ui_bundle
+
+    return Blueprint(
+        "swagger_ui_files",
+        __name__,
+        static_folder=swagger_ui_bundle.swagger_ui_path,
+        static_url_path=SWAGGER_UI_FILES_URL.rstrip("/"),
+    )
 
 
 def _run_by_the_flask_command() -> bool:
