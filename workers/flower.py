@@ -45,7 +45,7 @@ def flower_command() -> list[str]:
         f"--address={os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}",
     ]
     if not load_settings().redis_url:
-        # On the filesystem broker a worker reads its control messages about once a second, so
+        # On the filesystem broker a worker finds its control messages by polling a folder, and
         # Flower's default one-second wait for their replies missed some workers now and then.
         command.append("--inspect_timeout=3000")
     return command
