@@ -31,6 +31,10 @@ if not _settings.redis_url:
         "control_folder": str(_folder / "control"),
         "processed_folder": str(_folder / "processed"),
         "store_processed": False,
+        # How often an idle consumer looks for messages (kombu's default: every second). It is also how
+        # long a stopping worker may go on waiting (workers.broker), and how soon an approved order is
+        # picked up. Polling ten times a second costs an idle worker 0.4 % of a core (measured; 0.1 % at 1 s).
+        "polling_interval": 0.1,
     }
 else:
     broker_transport_options = {
@@ -81,6 +85,9 @@ task_send_sent_event = True
 broker_connection_retry_on_startup = True
 
 worker_hijack_root_logger = False
+# A worker without an event loop (the filesystem broker) runs its timers on a thread that sleeps up to this
+# long between checks, and a stop waits for that sleep to end (celery's default: 1 s of a 5-s grace).
+worker_timer_precision = 0.1
 
 beat_schedule_filename = str(_settings.instance_dir / "celerybeat-schedule")
 if _settings.redis_url:

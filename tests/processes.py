@@ -190,3 +190,72 @@ def terminal_server(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+
+
+def embedded_env(instance_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a Procfile process on the embedded defaults (SQLite and the filesystem broker
+    under `instance_dir`), as honcho gives it: nothing on PYTHONPATH, the virtualenv's programs on PATH.
+    The tests' secrets and declared terminals are kept; the logging level is the default, INFO."""
+    left_out = ("PYTHONPATH", "DATABASE_URL", "REDIS_URL")
+    env = {name: value for name, value in os.environ.items() if name not in left_out}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["TRADEGUARD_INSTANCE_DIR"] = str(instance_dir)
+    env["LOG_LEVEL"] = "INFO"
+    env.update(extra or {})
+    return env
+
+
+class ProcfileProcess:
+    """One Procfile line, started as honcho starts it: through /bin/sh -c, from the project root, in a
+    process group of its own (honcho signals the group), its output in a log file."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                ["/bin/sh", "-c", procfile_command(name)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            return text in self.log()
+
+        if not wait_for(seen, timeout=timeout, interval=0.1):
+            raise TimeoutError(f"{self.name}: {text!r} not seen in {timeout} s:\n{self.log()}")
+
+    def group_alive(self) -> bool:
+        self.proc.poll()  # reaps the process once it exits, so that the group empties
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        if self.group_alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@contextmanager
+def procfile_processes(names: Sequence[str], env: dict[str, str]) -> Iterator[dict[str, ProcfileProcess]]:
+    """The named Procfile processes, started together as honcho starts them; whatever is left of them is
+    killed afterwards."""
+    log_dir = Path(tempfile.mkdtemp(prefix="tg-procfile-"))
+    started = {name: ProcfileProcess(name, env, log_dir / f"{name}.log") for name in names}
+    try:
+        yield started
+    finally:
+        for process in started.values():
+            process.kill()

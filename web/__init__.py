@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any
 
+import click
 import sqlalchemy as sa
-from flask import Flask
+from flask import Blueprint, Flask
 from flask.sessions import SessionInterface
 from flask_migrate import Migrate
 from werkzeug.routing import IntegerConverter
 
-from shared.core.config import ConfigurationError, Settings, describe, load_settings
+from shared.core.config import ConfigurationError, Settings, load_settings, start_line
 from shared.core.crypto import SecretBox
 from shared.core.db import TCP_KEEPALIVES, check_connections_on_checkout, db
 from shared.core.extensions import SECRET_BOX, SETTINGS, TASK_QUEUE, TERMINALS, secret_box
+from shared.core.logs import configure_logging
 from shared.core.queue import TaskQueue
 from shared.signals.auth import ClientKeyCache
 from web.errors import TradeGuardApi, register_error_handlers
@@ -66,18 +67,13 @@ class NoCookieSessions(SessionInterface):
         return None
 
 
-def configure_logging() -> None:
-    """Plain stderr logging for processes started outside gunicorn/celery (which bring their own)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-
-
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     configure_logging()
     settings = settings or load_settings()
+    if _run_by_the_flask_command():
+        # A `flask` command (the release line's migrations, create-admin) is a process of its own. Servers
+        # and workers log this line themselves, once per process, labelled with their role.
+        log.info(start_line("flask command", settings))
     app = Flask(__name__, instance_path=str(settings.instance_dir))
     app.config.update(
         SECRET_KEY=settings.secret_key,
@@ -89,6 +85,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
+        # Swagger UI at /api/docs, with its files from the swagger-ui-bundle package served by this app
+        # (SWAGGER_UI_FILES below): the page works offline and sends no visitor's browser to a CDN.
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_FILES_URL,
+        # Never hand the document's address to swagger.io's online validator.
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         API_SPEC_OPTIONS={
             "info": {"description": "Signed trading signals, approved by a person, executed on MT5."},
             "security": [{"bearerAuth": []}],
@@ -142,6 +144,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         api.register_blueprint(module.blp)
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.
     app.register_blueprint(metrics.blp)
+    app.register_blueprint(_swagger_ui_files())
     register_error_handlers(app)
     from web import throttle
 
@@ -152,12 +155,36 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     register_cli(app)
 
-    log.info("TradeGuard web: %s", describe(settings))
     if settings.secrets_generated:
         log.warning(
             "using secrets generated under %s; set TRADEGUARD_* secrets in production", settings.instance_dir
         )
     return app
+
+
+# Where /api/docs loads Swagger UI's script and style sheet from.
+SWAGGER_UI_FILES_URL = "/api/docs/files/"
+
+
+def _swagger_ui_files() -> Blueprint:
+    """Swagger UI's files, from the swagger-ui-bundle package, at SWAGGER_UI_FILES_URL."""
+    import swagger_ui_bundle
+
+    return Blueprint(
+        "swagger_ui_files",
+        __name__,
+        static_folder=swagger_ui_bundle.swagger_ui_path,
+        static_url_path=SWAGGER_UI_FILES_URL.rstrip("/"),
+    )
+
+
+def _run_by_the_flask_command() -> bool:
+    """Whether this app is being built for a `flask ...` command line (Celery's command line is click's
+    too, so a click context alone does not tell)."""
+    from flask.cli import FlaskGroup
+
+    context = click.get_current_context(silent=True)
+    return context is not None and isinstance(context.find_root().command, FlaskGroup)
 
 
 def _keys_match(app: Flask, settings: Settings, box: SecretBox, *, write: bool) -> bool:

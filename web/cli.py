@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+
 import click
 from flask import Flask
 
 from shared.core import extensions
 from shared.core.db import db
 from shared.identity import users
+
+
+def _who_runs_this() -> str:
+    """The operating-system user running the command, for the audit log."""
+    try:
+        return f"OS user {getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in the environment and no passwd entry (a bare container uid)
+        return f"OS uid {os.getuid()}"
 
 
 def register_cli(app: Flask) -> None:
@@ -18,9 +29,12 @@ def register_cli(app: Flask) -> None:
         """Create an administrator, or make an existing user one."""
         if len(password) < 8:
             raise click.BadParameter("at least 8 characters", param_hint="password")
-        user = users.create_or_promote_admin(db.session, email, password)
+        made = users.create_or_promote_admin(
+            db.session, email, password, granted_by=f"flask create-admin, run by {_who_runs_this()}"
+        )
         db.session.commit()
-        click.echo(f"admin {user.email} (id {user.id})")
+        changed = ", ".join(made.audited) or "nothing changed (already an admin, with that password)"
+        click.echo(f"admin {made.user.email} (id {made.user.id}): {changed}")
 
     @app.cli.command("rotate-keys")
     def rotate_keys() -> None:

@@ -18,6 +18,7 @@ app and before it accepts a connection, so the arbiter itself is left as gunicor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from typing import Any
@@ -49,6 +50,16 @@ def json_error_page(status: int, reason: str, message: str) -> bytes:
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """`gunicorn.util.write_error`, answering in JSON (same arguments, same non-blocking write)."""
     util.write_nonblock(sock, json_error_page(status_int, reason, mesg))
+
+
+def on_starting(server: Any) -> None:
+    """The master's first line after gunicorn's own: which database and broker the web process uses (its
+    workers build the app from the same settings). A setting that cannot be read is left for the workers
+    to report as they fail to boot."""
+    from shared.core.config import ConfigurationError, load_settings, start_line
+
+    with contextlib.suppress(ConfigurationError):
+        server.log.info(start_line("web", load_settings()))
 
 
 def post_worker_init(worker: Any) -> None:

@@ -1,16 +1,22 @@
 """Start Flower with basic auth always on.
 
 Credentials come from FLOWER_BASIC_AUTH (`user:password`); with none set, a password is generated
-once and kept in instance/flower-auth so that the embedded setup is never left open.
+once and kept in instance/flower-auth so that the embedded setup is never left open. They reach Flower
+in its environment (Flower reads FLOWER_<option> variables), never on its command line: `ps` shows any
+process's command line to every user of the machine, its environment only to the process and root.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
 
-from shared.core.config import load_settings
+from shared.core.config import load_settings, start_line
+from shared.core.logs import configure_logging
+
+log = logging.getLogger("tradeguard.flower")
 
 
 def basic_auth() -> str:
@@ -37,20 +43,27 @@ def flower_command() -> list[str]:
         "flower",
         f"--port={os.environ.get('FLOWER_PORT', '5555')}",
         f"--address={os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}",
-        f"--basic-auth={basic_auth()}",
     ]
     if not load_settings().redis_url:
-        # On the filesystem broker a worker reads its control messages about once a second, so
+        # On the filesystem broker a worker finds its control messages by polling a folder, and
         # Flower's default one-second wait for their replies missed some workers now and then.
         command.append("--inspect_timeout=3000")
     return command
+
+
+def flower_environment() -> dict[str, str]:
+    """This process's environment, with the credentials Flower must require."""
+    return {**os.environ, "FLOWER_BASIC_AUTH": basic_auth()}
 
 
 def main(argv: list[str]) -> None:
     if "--print-auth" in argv:
         print(basic_auth())
         return
-    os.execv(sys.executable, flower_command())  # noqa: S606 - replaces this process with Flower, no shell involved
+    configure_logging()
+    log.info(start_line("flower", load_settings()))
+    # Replaces this process with Flower, no shell involved.
+    os.execve(sys.executable, flower_command(), flower_environment())  # noqa: S606
 
 
 if __name__ == "__main__":

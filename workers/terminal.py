@@ -31,6 +31,8 @@ from rpyc.core.protocol import Connection
 from rpyc.core.service import SlaveService
 from rpyc.utils.server import ThreadedServer
 
+from shared.core.config import ConfigurationError, load_settings, start_line
+from shared.core.logs import configure_logging
 from shared.mt5.sim.broker import default_broker
 from shared.mt5.sim.state import default_state_file, keep_state
 
@@ -132,10 +134,8 @@ SWITCH_INTERVAL_SECONDS = 0.05
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging()
+    _say_that_the_terminal_starts()
     log.warning(
         "the terminal server speaks RPyC's classic protocol: any client that can connect can run arbitrary "
         "code in this process. Listen only on trusted interfaces (127.0.0.1 or a private network), never "
@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = build_server(args.host, args.port, args.latency_mode)
     keeper = keep_state(default_broker(), args.state_file)
-    # honcho, systemd and container runtimes stop a process with SIGTERM: stop as on Ctrl-C, so that the
-    # state is saved once more.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # honcho, systemd and container runtimes stop a process with SIGTERM: close the server as Ctrl-C
+    # does (the state is saved once more, in the finally below), and exit 0.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     log.info("simulated MT5 terminal ready on %s:%s (state file: %s)", args.host, args.port, args.state_file)
     try:
         server.start()
@@ -157,6 +157,19 @@ def main(argv: list[str] | None = None) -> None:
         server.close()
         if keeper is not None:
             keeper.close()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _say_that_the_terminal_starts() -> None:
+    """The first log line of every TradeGuard process: which one it is, and which database and broker the
+    deployment uses. The terminal uses neither, so settings it cannot read are reported, not fatal."""
+    try:
+        log.info(start_line("terminal", load_settings()))
+    except ConfigurationError as exc:
+        log.info("TradeGuard terminal (settings unreadable, which this process does not need: %s)", exc)
 
 
 if __name__ == "__main__":

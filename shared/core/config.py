@@ -316,3 +316,9 @@ def describe(settings: Settings) -> str:
         broker_kind = "embedded filesystem broker"
     db_kind = "embedded SQLite" if settings.uses_embedded_database else "Postgres"
     return f"database: {db} ({db_kind}); broker: {broker} ({broker_kind})"
+
+
+def start_line(process: str, settings: Settings) -> str:
+    """The line each process logs as it starts: which process it is, and which database and broker it
+    uses (so that a process started on the embedded defaults by mistake says so at once)."""
+    return f"TradeGuard {process}: {describe(settings)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -65,24 +66,62 @@ def authenticate(session: DbSession, email: str, password: str) -> User:
     return user
 
 
-def create_or_promote_admin(session: DbSession, email: str, password: str) -> User:
-    """For the `flask create-admin` command: a new admin, or an existing user made admin."""
+class AdminMade(NamedTuple):
+    user: User
+    # The audit actions written, in order: none when the user was an admin with this password already.
+    audited: tuple[str, ...]
+
+
+def create_or_promote_admin(session: DbSession, email: str, password: str, *, granted_by: str) -> AdminMade:
+    """For the `flask create-admin` command: a new admin, or an existing user made admin (with this
+    password). The audit log says what changed and what did it (`granted_by`): the role granted (with the
+    role held before, None for a new user) and a password set on an existing user."""
     email = normalise_email(email)
     user = session.scalar(sa.select(User).where(User.email == email))
+    audited: list[str] = []
     if user is None:
-        return register(session, email, password, role=Role.ADMIN)
-    user.role = Role.ADMIN
-    user.password_hash = hash_password(password)
+        user = register(session, email, password, role=Role.ADMIN)
+        audited.append("user.registered")
+        previous_role = None
+        password_changes = False  # registered with it
+    else:
+        previous_role = user.role.value
+        password_changes = not _is_password(user, password)
+    if previous_role != Role.ADMIN.value:
+        user.role = Role.ADMIN
+        meta = {
+            "email": email,
+            "role": Role.ADMIN.value,
+            "previous_role": previous_role,
+            "granted_by": granted_by,
+        }
+        audited.append(_record_by_system(session, user, "user.role_granted", meta))
+    if password_changes:
+        user.password_hash = hash_password(password)
+        audited.append(
+            _record_by_system(session, user, "user.password_set", {"email": email, "set_by": granted_by})
+        )
+    return AdminMade(user, tuple(audited))
+
+
+def _is_password(user: User, password: str) -> bool:
+    try:
+        return _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _record_by_system(session: DbSession, user: User, action: str, meta: dict[str, Any]) -> str:
     trail.record(
         session,
         actor_type=trail.SYSTEM,
         actor_id=None,
-        action="user.promoted_admin",
+        action=action,
         target_type="user",
         target_id=user.id,
-        meta={"email": email},
+        meta=meta,
     )
-    return user
+    return action
 
 
 def get_user(session: DbSession, user_id: int) -> User | None:

@@ -179,3 +179,35 @@ def sync(db_session, market):
     sync.reads = reads
     sync.many = many
     return sync
+
+
+# --- the embedded setup (SQLite and the filesystem broker), for Procfile processes ------------------
+
+
+@pytest.fixture(scope="session")
+def _embedded_database_template(tmp_path_factory):
+    """An embedded SQLite database migrated by the Procfile's release line, once per run, to copy."""
+    import subprocess
+
+    from tests.processes import ROOT, embedded_env, procfile_command
+
+    instance = tmp_path_factory.mktemp("embedded-template")
+    subprocess.run(
+        ["/bin/sh", "-c", procfile_command("release")],
+        cwd=ROOT,
+        env=embedded_env(instance),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return instance
+
+
+@pytest.fixture
+def embedded_instance(_embedded_database_template, tmp_path):
+    """An instance folder of the embedded setup of its own: the database migrated, the broker empty."""
+    import shutil
+
+    for database_file in _embedded_database_template.glob("tradeguard.db*"):  # with SQLite's WAL, if any
+        shutil.copy(database_file, tmp_path / database_file.name)
+    return tmp_path

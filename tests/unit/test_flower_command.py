@@ -27,10 +27,16 @@ def test_without_configured_credentials_one_password_is_generated_and_kept_priva
 
 def test_configured_credentials_must_name_a_user_and_a_password(instance, monkeypatch):
     monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:secret")
-    assert "--basic-auth=ops:secret" in flower.flower_command()
+    assert flower.flower_environment()["FLOWER_BASIC_AUTH"] == "ops:secret"
     monkeypatch.setenv("FLOWER_BASIC_AUTH", "no-colon")
     with pytest.raises(SystemExit, match="user:password"):
         flower.basic_auth()
+
+
+def test_the_credentials_go_to_flower_in_its_environment_never_on_its_command_line(instance):
+    password = flower.basic_auth().split(":", 1)[1]
+    assert not [arg for arg in flower.flower_command() if password in arg or "basic" in arg]
+    assert flower.flower_environment()["FLOWER_BASIC_AUTH"] == f"admin:{password}"
 
 
 def test_the_filesystem_broker_gets_a_longer_wait_for_worker_replies(instance, monkeypatch):
