@@ -30,6 +30,7 @@ with app.app_context():
     accounts.create_account(
         db.session, extensions.secret_box(app), owner, declared_terminals=extensions.declared_terminals(app),
         name="demo", terminal_url=sys.argv[1], login=1001, password="demo", server="TradeGuard-Sim",
+        verify=False,  # its terminal starts below, with the other processes
     )
     db.session.commit()
 """
