@@ -65,7 +65,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fanout import FIRST_LOGIN, seed_database, seed_terminal  # noqa: E402
+from bench.fanout import FIRST_LOGIN, seed_database, seed_terminal, summarise_profile  # noqa: E402
 from bench.procfs import by_name, cpu_seconds, descendants  # noqa: E402
 from shared.core.signing import sign  # noqa: E402
 
@@ -363,6 +363,12 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
         pids["redis"] = by_name("redis-server")
         cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
         load_before = os.getloadavg()
+        profilers = []
+        if args.profile:
+            for name in args.profile.split(","):
+                out = log_dir / f"{name}.prof"
+                profilers.append((name, out, py_spy(group.pid(name), out)))
+            time.sleep(1.0)  # py-spy attaches
         rng = random.Random(args.seed)
         measured = signal_ids[args.warmup :]
         began = time.monotonic()
@@ -398,6 +404,12 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
             return int(left) == 0
 
         wait_until("every trade settled", settled, 60)
+        for name, out, profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(timeout=60)
+            print(f"  py-spy {name} (--gil: what held the GIL, idle waits left out):")
+            print("\n".join(summarise_profile(out, top=25)))
         result.seconds = sent_by - began
         pids = {
             name: sorted(set(p) | set(descendants(group.pid(name)) if name in group.procs else []))
@@ -466,6 +478,13 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
         admin.dispose()
     print(f"  round {label}: logs in {log_dir}", flush=True)
     return result
+
+
+def py_spy(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy record of a process and its children (the worker's pool), until SIGINT."""
+    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--subprocesses"]
+    options = ["--gil", "--rate", "500", "--format", "raw", "--output", str(out), "--nonblocking"]
+    return subprocess.Popen(command + options, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def owner_positions(port: int, accounts: int) -> int:
@@ -642,6 +661,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--redis-db", type=int, default=10)
     parser.add_argument("--json", help="also append the figures as JSON lines to this file")
+    parser.add_argument(
+        "--profile",
+        metavar="NAMES",
+        help="py-spy record these processes over the measured approvals (comma-separated: worker, web, "
+        "terminal, reconciler, beat) and print their busiest frames",
+    )
     parser.add_argument(
         "--admin-url",
         default=os.environ.get(
