@@ -359,6 +359,7 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
         pids = {
             name: descendants(group.pid(name)) for name in ("web", "worker", "reconciler", "beat", "terminal")
         }
+        pids["worker main"] = [group.pid("worker")]  # the consumer, apart from its pool (its children)
         pids["postgres"] = by_name("postgres")
         pids["redis"] = by_name("redis-server")
         cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
@@ -412,7 +413,7 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
             print("\n".join(summarise_profile(out, top=25)))
         result.seconds = sent_by - began
         pids = {
-            name: sorted(set(p) | set(descendants(group.pid(name)) if name in group.procs else []))
+            name: sorted(set(p) | set(descendants(group.pid(name)) if name in PROCESSES else []))
             for name, p in pids.items()
         }
         cpu_after = {name: cpu_seconds(p) for name, p in pids.items()}
@@ -569,6 +570,7 @@ def report(label: str, rounds: list[Round], args: argparse.Namespace) -> dict[st
         if "t_sending" in r and "t_published" in r
     ]
     answered = [r["t_answered"] - r["t_sending"] for r in rows if "t_answered" in r and "t_sending" in r]
+    task_cpu = [r["t_cpu"] for r in rows if "t_cpu" in r]
     approvals = len(rows)
     http_ms = [x for rnd in rounds for x in rnd.http_ms]
     cpu = {name: sum(rnd.cpu.get(name, 0.0) for rnd in rounds) for name in rounds[0].cpu}
@@ -598,6 +600,9 @@ def report(label: str, rounds: list[Round], args: argparse.Namespace) -> dict[st
     if to_send:
         print(f"  approval created -> order_send call {spread(to_send)} ms")
         print(f"  order_send call -> answered         {spread(answered)} ms")
+    if task_cpu:
+        print(f"  task thread CPU, start -> answered  {spread(task_cpu)} ms   (time.thread_time)")
+        figures["task_cpu_ms_p50"] = pct(task_cpu, 0.5)
     print(f"  POST /approvals (client side)       {spread(http_ms)} ms")
     broken = [(total, steps_of(r)) for total, r in zip(e2e, rows, strict=True)]
     broken_rows = [b for _, b in broken if b]
@@ -637,6 +642,10 @@ def report(label: str, rounds: list[Round], args: argparse.Namespace) -> dict[st
 
 
 def extract(rev: str) -> Path:
+    """The tree at git revision `rev`, extracted into a temporary folder; `rev` may also name a folder
+    that holds a tree (an experiment), used as it is."""
+    if Path(rev).is_dir():
+        return Path(rev).resolve()
     folder = Path(tempfile.mkdtemp(prefix="tg-approval-ref-"))
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
@@ -657,7 +666,13 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=20, help="open positions per other account")
     parser.add_argument("--owner-accounts", type=int, default=4, help="the approving owner's accounts")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per tree")
-    parser.add_argument("--compare", metavar="REV", help="also measure git revision REV, alternating rounds")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also measure git revision (or folder) REV, in alternating rounds (may be given again)",
+    )
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--redis-db", type=int, default=10)
     parser.add_argument("--json", help="also append the figures as JSON lines to this file")
@@ -675,8 +690,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     trees: list[tuple[str, Path]] = []
-    if args.compare:
-        trees.append((args.compare, extract(args.compare)))
+    for rev in args.compare:
+        trees.append((rev, extract(rev)))
     trees.append(("this tree", ROOT))
     rounds: dict[str, list[Round]] = {label: [] for label, _ in trees}
     print(
@@ -686,7 +701,7 @@ def main() -> None:
     )
     for _ in range(args.rounds):
         for label, tree in trees:
-            rounds[label].append(run_round(tree, label.replace(" ", "-"), args))
+            rounds[label].append(run_round(tree, re.sub(r"\W+", "-", label).strip("-"), args))
     results = [report(label, rounds[label], args) for label, _ in trees]
     if args.json:
         with open(args.json, "a") as fh:
