@@ -1,6 +1,7 @@
 """Orders go out on the worker process's pooled terminal connections (`workers.runtime.open_terminal`),
 as reconciliation's reads do: one connection per process serves order after order, logged in again
-only for another account, and a connection whose order reply was lost is never used again."""
+only for another account, and a connection whose order reply was lost is never used again. And a real
+worker logs where each order's time went (shared.execution.timing)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from shared.models import TradeState
 from shared.mt5.errors import OrderOutcomeUnknown
 from tests.conftest import Api
 from tests.integration.test_execution_worker import make_approved_signal, terminal_orders, trade_of
-from tests.processes import terminal_server
+from tests.processes import celery_worker, terminal_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,19 @@ def test_a_connection_whose_order_reply_was_lost_is_not_given_back(port, runtime
         found = [p for p in terminal.positions("EURUSD") if p.comment == "TG-pool-lost"]
     assert len(found) == 1  # the order was made once; the next connection sees it
     assert connections == ["new", "reused", "new"]
+
+
+def test_a_real_worker_logs_where_the_orders_time_went(app, committed_db, port):
+    """The approval's message carries when it was sent; the worker logs the order's steps after it."""
+    api = Api(app.test_client())
+    with celery_worker() as worker:
+        signal_id, _ = make_approved_signal(api, f"sim://127.0.0.1:{port}", 7301)
+        assert wait_for(lambda: f"order timing signal={signal_id} " in worker.log()), worker.log()
+    line = next(ln for ln in worker.log().splitlines() if f"order timing signal={signal_id} " in ln)
+    fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    assert float(fields["published"]) > 0
+    steps = [
+        float(fields[name]) for name in ("started", "opening", "opened", "checked", "sending", "answered")
+    ]
+    assert steps == sorted(steps) and steps[0] >= 0, line
+    assert trade_of(committed_db, signal_id).state == TradeState.FILLED
