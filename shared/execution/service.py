@@ -200,9 +200,11 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
     signal = trade.signal
     # Named as the trade was claimed (_claim_trade): an order without it could never be found again.
     assert trade.comment is not None
-    spec = terminal.symbol(trade.symbol)
-    for _attempt in range(settings.max_price_retries + 1):
-        quote = terminal.quote(trade.symbol)
+    # The specification and the first quote in one round trip; after a requote, a fresh quote.
+    spec, quote = terminal.symbol_and_quote(trade.symbol)
+    for attempt in range(settings.max_price_retries + 1):
+        if attempt:
+            quote = terminal.quote(trade.symbol)
         problems = pre_trade_problems(
             side=trade.side.value,
             volume=trade.requested_volume,
