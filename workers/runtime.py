@@ -39,9 +39,16 @@ def settings() -> Settings:
 
 
 @contextmanager
-def open_terminal(account: TerminalAccount, *, pooled: bool = False) -> Iterator[Gateway]:
-    """The account's terminal, logged in, for the duration of the block. `pooled` (reconciliation): a
-    connection of this process's pool (RPyC terminals), logged in with the first calls if need be."""
+def open_terminal(account: TerminalAccount, *, pooled: bool = True) -> Iterator[Gateway]:
+    """The account's terminal, logged in, for the duration of the block.
+
+    `pooled` (the default, for orders and reconciliation alike): an RPyC terminal's connection comes
+    from this process's pool and goes back to it, logged in with the first calls if need be. Opening
+    a connection of its own costs an order a TCP and RPyC handshake, the remote helper's definition,
+    initialize() and, afterwards, shutdown(): measured, a third of the worker's time from the task's
+    start to order_send (bench/approval.py). A connection whose answer was lost or garbled is never
+    given back (`Gateway`), so an order is never sent on a connection in an unknown state.
+    `pooled=False`: a connection of its own, closed (its session shut down) at the end."""
     app = flask_app()
     with Gateway.open(
         account.terminal_url,

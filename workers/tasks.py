@@ -23,6 +23,7 @@ from shared.core.queue import (
 )
 from shared.execution import dispatch
 from shared.execution import service as execution
+from shared.execution.timing import PUBLISHED_AT, OrderClock
 from shared.models import Trade, TradeState
 from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
 from shared.reconciliation import schedule
@@ -55,14 +56,16 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
     times counted on the trade, errors nobody classified."""
     max_retries = runtime.settings().execution_max_retries
     started_at = utcnow()
+    clock = OrderClock(self.request.get(PUBLISHED_AT))  # where the order's time goes, logged once done
     try:
         trade = execution.execute_signal(
             db.session,
             signal_id,
             engine=db.engine,
-            open_terminal=runtime.open_terminal,
+            open_terminal=clock.opener(runtime.open_terminal),
             settings=runtime.execution_settings(),
         )
+        clock.log(signal_id, trade.id if trade else None)
     except PermanentTerminalError as exc:
         # Wrong or unreadable credentials, unknown symbol, no MetaTrader5 package here: retrying cannot
         # help.

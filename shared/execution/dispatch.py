@@ -5,12 +5,14 @@ never sending is what this guards against."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 
 import sqlalchemy as sa
 
 from shared.core.db import DbSession, after_commit
 from shared.core.queue import EXECUTE_SIGNAL, Queue
+from shared.execution.timing import PUBLISHED_AT
 from shared.models import Signal, SignalStatus, Trade, TradeState
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,8 @@ SWEEP_LIMIT = 500
 
 
 def enqueue_execution(queue: Queue, signal_id: int) -> None:
-    queue.send(EXECUTE_SIGNAL, [signal_id])
+    # The message says when it was sent, so the worker can log how long it waited (shared.execution.timing).
+    queue.send(EXECUTE_SIGNAL, [signal_id], headers={PUBLISHED_AT: time.time()})
 
 
 def enqueue_execution_after_commit(session: DbSession, queue: Queue, signal_id: int) -> None:

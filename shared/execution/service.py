@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from shared.audit import trail
 from shared.core.config import DEFAULT_MAGIC
-from shared.core.db import DbSession, utcnow
+from shared.core.db import DbSession, dialect_insert, utcnow
 from shared.core.locks import Busy, exclusive
 from shared.execution.errors import TerminalRetryLater
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
@@ -66,16 +65,19 @@ def _record(session: DbSession, trade: Trade, action: str, **meta: Any) -> None:
 
 
 def _claim_trade(session: DbSession, signal_id: int, settings: ExecutionSettings) -> Trade | None:
-    """The trade for an approved signal, made on first call. None when there is nothing to do."""
+    """The trade for an approved signal, made on first call. None when there is nothing to do.
+
+    Made by one INSERT that also looks up the approval and does nothing when the signal has its trade
+    already (an earlier attempt, or a duplicate message a moment ago): no savepoint and no look-ups
+    first, four round trips fewer before the order goes out (bench/approval.py)."""
     signal = session.get(Signal, signal_id)
     if signal is None or signal.status != SignalStatus.APPROVED:
         return None
-    trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
-    if trade is None:
-        approval_id = session.scalar(sa.select(Approval.id).where(Approval.signal_id == signal_id))
-        trade = Trade(
+    insert = (
+        dialect_insert(session.get_bind())(Trade)
+        .values(
             signal_id=signal.id,
-            approval_id=approval_id,
+            approval_id=sa.select(Approval.id).where(Approval.signal_id == signal_id).scalar_subquery(),
             account_id=signal.account_id,
             owner_id=signal.owner_id,
             symbol=signal.instrument,
@@ -86,16 +88,15 @@ def _claim_trade(session: DbSession, signal_id: int, settings: ExecutionSettings
             requested_sl=signal.sl,
             requested_tp=signal.tp,
         )
-        try:
-            with session.begin_nested():
-                session.add(trade)
-                session.flush()
-        except IntegrityError:
-            # Another worker made the trade for this signal a moment ago (a duplicate message).
-            return session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
-        trade.comment = trade_comment(trade.id)
-        _record(session, trade, "trade.created")
-        session.commit()
+        .on_conflict_do_nothing(index_elements=[Trade.signal_id])
+        .returning(Trade)
+    )
+    trade = session.scalars(insert).one_or_none()
+    if trade is None:
+        return session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+    trade.comment = trade_comment(trade.id)
+    _record(session, trade, "trade.created")
+    session.commit()
     return trade
 
 
@@ -203,17 +204,19 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
         # Named as the trade was claimed (_claim_trade): an order without it could never be found again,
         # so none is sent (an unclassified error: counted, retried, then the trade fails).
         raise RuntimeError(f"trade {trade.id} has no comment: refusing to send an order it cannot find")
+    # The specification and the first quote in one round trip; after a requote, a fresh quote.
     try:
-        spec = terminal.symbol(trade.symbol)
+        spec, quote = terminal.symbol_and_quote(trade.symbol)
     except SymbolNotFound as exc:
         _reject_unknown_symbol(session, trade, exc)
         return
-    for _attempt in range(settings.max_price_retries + 1):
-        try:
-            quote = terminal.quote(trade.symbol)
-        except SymbolNotFound as exc:  # the broker dropped it since symbol(): no order was sent for it
-            _reject_unknown_symbol(session, trade, exc)
-            return
+    for attempt in range(settings.max_price_retries + 1):
+        if attempt:
+            try:
+                quote = terminal.quote(trade.symbol)
+            except SymbolNotFound as exc:  # the broker dropped it since: no order was sent for it
+                _reject_unknown_symbol(session, trade, exc)
+                return
         problems = pre_trade_problems(
             side=trade.side.value,
             volume=trade.requested_volume,

@@ -295,6 +295,25 @@ class Gateway:
         with self._reply_of("symbol_info_tick"):
             return quote_from(name, tick)
 
+    def symbol_and_quote(self, name: str) -> tuple[SymbolSpec, Quote]:
+        """`symbol(name)` and `quote(name)` asked in one round trip: what the pre-trade checks read
+        before an order. A symbol hidden from Market Watch, or without a tick yet, is asked again the
+        way `symbol` and `quote` ask it (showing it first); an unknown one raises SymbolNotFound."""
+        try:
+            info, tick = self._call_many([("symbol_info", (name,), {}), ("symbol_info_tick", (name,), {})])
+        except PermanentTerminalError as exc:
+            if exc.call != "symbol_info_tick":
+                raise
+            return self.symbol(name), self.quote(name)
+        with self._reply_of("symbol_info"):
+            visible = info.get("visible", True)
+        if not visible:
+            return self.symbol(name), self.quote(name)
+        with self._reply_of("symbol_info"):
+            spec = symbol_from(info)
+        with self._reply_of("symbol_info_tick"):
+            return spec, quote_from(name, tick)
+
     def positions(self, symbol: str | None = None) -> list[Position]:
         rows = self._call("positions_get", symbol=symbol) if symbol else self._call("positions_get")
         with self._reply_of("positions_get"):

@@ -150,6 +150,47 @@ def test_unknown_symbol_is_permanent(gw: Gateway) -> None:
         gw.quote("NOPE")
 
 
+def counted_runs(gw: Gateway) -> list[list[str]]:
+    """The runs of calls the gateway sends from now on (one run is one round trip to a remote terminal)."""
+    runs: list[list[str]] = []
+    backend = gw._backend
+    call_many = backend.call_many
+
+    def counting(calls: list[Any]) -> list[Any]:
+        runs.append([name for name, _, _ in calls])
+        return call_many(calls)
+
+    backend.call_many = counting  # type: ignore[method-assign]
+    return runs
+
+
+def test_symbol_and_quote_are_one_round_trip_and_read_as_each_alone(
+    gw: Gateway, terminal: SimTerminal
+) -> None:
+    pin_eurusd(terminal)
+    runs = counted_runs(gw)
+    spec, quote = gw.symbol_and_quote("EURUSD")
+    assert runs == [["symbol_info", "symbol_info_tick"]]
+    assert spec == gw.symbol("EURUSD")
+    assert (quote.bid, quote.ask) == (Decimal("1.085"), Decimal("1.0851")) and quote.time.tzinfo is UTC
+
+
+def test_symbol_and_quote_of_a_hidden_symbol_shows_it_first(gw: Gateway, terminal: SimTerminal) -> None:
+    terminal.symbol_select("GBPUSD", False)
+    runs = counted_runs(gw)
+    spec, quote = gw.symbol_and_quote("GBPUSD")
+    assert spec.name == "GBPUSD" and quote.ask > quote.bid > 0
+    assert ["symbol_select"] in runs  # asked again the long way, which shows it
+    info = terminal.symbol_info("GBPUSD")
+    assert info is not None and info.visible
+
+
+def test_symbol_and_quote_of_an_unknown_symbol_is_permanent(gw: Gateway) -> None:
+    with pytest.raises(SymbolNotFound) as raised:
+        gw.symbol_and_quote("NOPE")
+    assert raised.value.call == "symbol_info"
+
+
 def test_position_and_deals_conversion(gw: Gateway, terminal: SimTerminal) -> None:
     pin_eurusd(terminal)
     result = gw.send_order(buy_request())
