@@ -18,7 +18,7 @@ Each round builds a system of its own and takes it down again:
 - over HTTP: one owner, `--owner-accounts` accounts on the terminal and a strategy client for each; the
   signals to approve are sent (signed) beforehand, then approved with `POST /api/v1/approvals`, paced
   at `--rate` approvals per second on average (exponential gaps, seeded), `--burst` at a time (that
-  many at once, each on its own connection); `--warmup` approvals first, not counted.
+  many at once, each on its own connection); `--warmup` approvals first, two at a time, not counted.
 
 Then it waits until every approved signal's trade is settled and reads, per approval, the server's
 timestamps: `approvals.created_at` (web), `trades.created_at` (the worker claimed it), `trades.sent_at`
@@ -350,10 +350,24 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
         connections = [Api(web_port) for _ in range(args.burst)]
         for conn in connections:
             conn.token = api.token
+        # Warm-up, two at a time: both of the orders worker's pool processes (WORKER_CONCURRENCY=2) have
+        # then run an order, and the measured ones find the system in its steady state. (A pool
+        # process's first order also makes its database and terminal connections: 50-90 ms.)
         warm_http: list[float] = []
-        for signal_id in signal_ids[: args.warmup]:
-            approve(signal_id, connections[0], warm_http)
-            time.sleep(0.2)
+        warm_connections = [connections[0], Api(web_port)]
+        warm_connections[1].token = api.token
+        for start in range(0, args.warmup, 2):
+            pair = signal_ids[start : min(start + 2, args.warmup)]
+            threads = [
+                threading.Thread(target=approve, args=(sid, warm_connections[j], warm_http))
+                for j, sid in enumerate(pair)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            time.sleep(0.3)
+        warm_connections[1].close()
         time.sleep(2.0)
 
         pids = {
