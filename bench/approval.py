@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fanout import FIRST_LOGIN, seed_database, seed_terminal, summarise_profile  # noqa: E402
-from bench.procfs import by_name, cpu_seconds, descendants  # noqa: E402
+from bench.procfs import by_name, cpu_seconds, descendants, status_kb  # noqa: E402
 from shared.core.signing import sign  # noqa: E402
 
 PROCESSES = ("terminal", "web", "worker", "reconciler", "beat")
@@ -227,6 +227,9 @@ class Round:
     seconds: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     problems: list[str] = field(default_factory=list)
+    # The orders worker's processes (main, then its pool): (RSS, PSS) in MB. PSS shares the pages a pool
+    # process still has in common with the others (fork) among them.
+    worker_rss_mb: list[tuple[float, float]] = field(default_factory=list)
 
 
 def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
@@ -348,8 +351,8 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
             out.append((time.perf_counter() - began) * 1000)
 
         connections = [Api(web_port) for _ in range(args.burst)]
-        for conn in connections:
-            conn.token = api.token
+        for client in connections:
+            client.token = api.token
         # Warm-up, two at a time: both of the orders worker's pool processes (WORKER_CONCURRENCY=2) have
         # then run an order, and the measured ones find the system in its steady state. (A pool
         # process's first order also makes its database and terminal connections: 50-90 ms.)
@@ -433,6 +436,10 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
         cpu_after = {name: cpu_seconds(p) for name, p in pids.items()}
         result.cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_before}
         result.load = load_before
+        result.worker_rss_mb = [
+            (round((status_kb(pid, "VmRSS") or 0) / 1024, 1), round(pss_kb(pid) / 1024, 1))
+            for pid in descendants(group.pid("worker"))
+        ]
 
         timings = {}
         for line in group.log("worker").splitlines():
@@ -481,8 +488,8 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
             errors = [ln for ln in group.log(name).splitlines() if " ERROR" in ln or "Traceback" in ln]
             if errors:
                 result.problems.append(f"{name} log: {len(errors)} error line(s), first: {errors[0][:200]}")
-        for conn in [api, *connections]:
-            conn.close()
+        for client in [api, *connections]:
+            client.close()
     finally:
         group.stop_all()
         engine.dispose()
@@ -500,6 +507,16 @@ def py_spy(pid: int, out: Path) -> subprocess.Popen:
     command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--subprocesses"]
     options = ["--gil", "--rate", "500", "--format", "raw", "--output", str(out), "--nonblocking"]
     return subprocess.Popen(command + options, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
 
 
 def owner_positions(port: int, accounts: int) -> int:
@@ -589,7 +606,7 @@ def report(label: str, rounds: list[Round], args: argparse.Namespace) -> dict[st
     http_ms = [x for rnd in rounds for x in rnd.http_ms]
     cpu = {name: sum(rnd.cpu.get(name, 0.0) for rnd in rounds) for name in rounds[0].cpu}
     seconds = sum(rnd.seconds for rnd in rounds)
-    figures = {
+    figures: dict[str, Any] = {
         "tree": label,
         "approvals": approvals,
         "p50_ms": pct(e2e, 0.50),
@@ -643,6 +660,11 @@ def report(label: str, rounds: list[Round], args: argparse.Namespace) -> dict[st
         "  CPU ms per approval                 "
         + ", ".join(f"{k} {v:.2f}" for k, v in figures["cpu_ms_per_approval"].items())
         + "   (everything each process did meanwhile, reconciliation and sweeps included)"
+    )
+    print(
+        "  orders worker RSS / PSS             "
+        + "; ".join(", ".join(f"{rss:.0f}/{pss:.0f}" for rss, pss in rnd.worker_rss_mb) for rnd in rounds)
+        + " MB (main process, then each pool process; per round)"
     )
     print(
         "  safety                              "
