@@ -628,6 +628,16 @@ def report(label: str, rounds: list[Round], args: argparse.Namespace) -> dict[st
     )
     print(f"  approval created -> trade sent_at   {spread(e2e)} ms   (goal p99 <= 100)")
     print(f"  slowest five                        {', '.join(f'{x:.0f}' for x in sorted(e2e)[-5:])} ms")
+    if len(rounds) > 1:
+        each = [
+            [(r["sent"] - r["approved"]) * 1000 for r in rnd.rows if r["sent"] is not None] for rnd in rounds
+        ]
+        figures["rounds"] = [{"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": max(v)} for v in each if v]
+        print(
+            "  each round (p50/p99/max)            "
+            + "; ".join(f"{f['p50']:.1f}/{f['p99']:.1f}/{f['max']:.1f}" for f in figures["rounds"])
+            + " ms"
+        )
     if to_send:
         print(f"  approval created -> order_send call {spread(to_send)} ms")
         print(f"  order_send call -> answered         {spread(answered)} ms")
