@@ -1,6 +1,6 @@
 # Shortcuts; bin/run and bin/test work without make.
 SHELL := /bin/bash
-.PHONY: run test lint format bench-ingest bench-fanout bench-login-flood
+.PHONY: run test lint format bench-ingest bench-fanout bench-login-flood bench-approval
 
 run:
 	./bin/run
@@ -22,3 +22,6 @@ bench-fanout:
 
 bench-login-flood:
 	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/login_flood.py
+
+bench-approval:
+	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/approval.py
