@@ -52,6 +52,9 @@ class ExecutionSettings:
     lock_dir: Path = Path("instance/locks")
 
 
+_UNFINISHED = (TradeState.PENDING, TradeState.SENT)  # an order may still be sent, or may exist
+
+
 def _record(session: DbSession, trade: Trade, action: str, **meta: Any) -> None:
     trail.record(
         session,
@@ -331,19 +334,12 @@ def record_retry(
     Written under the trade's lock, so that it cannot land on a trade another worker is finishing at that
     moment; a trade held by another worker (a duplicate message) is left to that worker, which records its
     own. None when the signal has no trade."""
-    trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
-    if trade is None or trade.state not in (TradeState.PENDING, TradeState.SENT):
-        return trade
-    try:
-        with exclusive(engine, f"trade:{trade.id}", lock_dir=settings.lock_dir):
-            session.refresh(trade)
-            if trade.state in (TradeState.PENDING, TradeState.SENT):
-                trade.last_error = error[:500]
-                trade.next_retry_at = retry_at
-            session.commit()
-    except Busy:
-        pass
-    return trade
+
+    def show_retry(trade: Trade) -> None:
+        trade.last_error = error[:500]
+        trade.next_retry_at = retry_at
+
+    return _update_unfinished(session, signal_id, show_retry, engine=engine, settings=settings)
 
 
 def give_up(
@@ -411,18 +407,39 @@ def count_failed_attempt(
     at or after `started_at`, when the attempt began) was counted then and is not counted twice. Only an
     unfinished trade is counted, under its lock; a trade another worker holds right now is left to that
     worker. None when the signal has no trade (the error came before it was made)."""
+
+    def count(trade: Trade) -> None:
+        if trade.sent_at is None or trade.sent_at < started_at:
+            trade.attempts += 1
+        _record(session, trade, "trade.attempt_failed", attempt=trade.attempts, error=error[:500])
+
+    trade = _update_unfinished(session, signal_id, count, engine=engine, settings=settings)
+    if trade is not None:
+        session.refresh(trade)
+    return trade
+
+
+def _update_unfinished(
+    session: DbSession,
+    signal_id: int,
+    update: Callable[[Trade], None],
+    *,
+    engine: sa.Engine,
+    settings: ExecutionSettings,
+) -> Trade | None:
+    """Apply `update` to the signal's trade while it is unfinished (pending or sent), under the trade's
+    lock, and commit: it cannot land on a trade another worker is finishing at that moment, and a trade
+    another worker holds right now (a duplicate message) is left to that worker. The trade, or None when
+    the signal has none."""
     trade = session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
-    if trade is None or trade.state not in (TradeState.PENDING, TradeState.SENT):
+    if trade is None or trade.state not in _UNFINISHED:
         return trade
     try:
         with exclusive(engine, f"trade:{trade.id}", lock_dir=settings.lock_dir):
             session.refresh(trade)
-            if trade.state in (TradeState.PENDING, TradeState.SENT):
-                if trade.sent_at is None or trade.sent_at < started_at:
-                    trade.attempts += 1
-                _record(session, trade, "trade.attempt_failed", attempt=trade.attempts, error=error[:500])
+            if trade.state in _UNFINISHED:
+                update(trade)
             session.commit()
     except Busy:
         pass
-    session.refresh(trade)
     return trade
