@@ -12,7 +12,7 @@ from flask_smorest import Api
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from shared.core.errors import TradeGuardError
+from shared.core.errors import TradeGuardError, dotted_field_errors
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,12 @@ class ErrorEnvelopeSchema(ma.Schema):
 
 
 def flatten_locations(messages: Mapping[str, Any]) -> dict[str, Any]:
-    """webargs keys errors by location ({"json": {"volume": [...]}}); clients want the field names."""
+    """webargs keys errors by location ({"json": {"volume": [...]}}); clients want the field names, a
+    nested one dotted (`drawdown_limits.0.max_percent`)."""
     fields: dict[str, Any] = {}
     for location, errors in messages.items():
         if isinstance(errors, Mapping):
-            for name, problems in errors.items():
-                fields["body" if name == "_schema" else name] = problems
+            fields.update(dotted_field_errors(errors))
         else:
             fields[location] = errors
     return fields

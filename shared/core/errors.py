@@ -6,6 +6,7 @@ Each docstring says what the caller (or the operator reading the log) should do 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class TradeGuardError(Exception):
@@ -78,3 +79,19 @@ class Unavailable(TradeGuardError):
 
     code = "unavailable"
     http_status = 503
+
+
+def dotted_field_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested error messages as one level of dotted field names, as clients read them:
+    {"drawdown_limits": {0: {"max_percent": [...]}}} becomes {"drawdown_limits.0.max_percent": [...]}.
+    A schema-level error (`_schema`) belongs to the object that holds it, `body` at the top."""
+    if isinstance(messages, Mapping):
+        flat: dict[str, list[str]] = {}
+        for key, value in messages.items():
+            inner = f"{prefix}.{key}" if prefix else str(key)
+            name = (prefix or "body") if key == "_schema" else inner
+            for field, problems in dotted_field_errors(value, name).items():
+                flat.setdefault(field, []).extend(problems)
+        return flat
+    problems = messages if isinstance(messages, list) else [messages]
+    return {prefix or "body": [str(problem) for problem in problems]}

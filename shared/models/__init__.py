@@ -6,6 +6,7 @@ Money, prices and volumes are `Numeric`; timestamps are UTC-aware.
 
 from shared.models.audit import AuditLog
 from shared.models.enums import Decision, Role, Side, SignalStatus, TradeState
+from shared.models.guards import AccountRisk, AlertClose, DrawdownAlert, GuardState, MarketQuote
 from shared.models.identity import Account, KeyCheck, StrategyClient, User
 from shared.models.metrics import TaskDurationBucket, TaskDurationTotal
 from shared.models.monitoring import AccountSync, PositionSnapshot, ReconciliationLog
@@ -14,11 +15,16 @@ from shared.models.trades import Trade
 
 __all__ = [
     "Account",
+    "AccountRisk",
     "AccountSync",
+    "AlertClose",
     "Approval",
     "AuditLog",
     "Decision",
+    "DrawdownAlert",
+    "GuardState",
     "KeyCheck",
+    "MarketQuote",
     "PositionSnapshot",
     "ReconciliationLog",
     "Role",
