@@ -13,6 +13,7 @@ from shared.core.queue import (
     DEFAULT_QUEUE,
     DISPATCH_APPROVED,
     EXPIRE_SIGNALS,
+    GUARD_SWEEP,
     RECONCILE_ACCOUNTS,
     RECONCILE_QUEUE,
     RECONCILE_TICK,
@@ -122,6 +123,11 @@ beat_schedule = {
         "task": RECONCILE_TICK,
         "schedule": timedelta(seconds=_settings.reconcile_interval_seconds),
         "options": {"expires": _settings.reconcile_interval_seconds},
+    },
+    "guard-sweep": {
+        "task": GUARD_SWEEP,
+        "schedule": timedelta(seconds=_settings.guard_sweep_seconds),
+        "options": {"expires": _settings.guard_sweep_seconds},
     },
     "dispatch-approved-signals": {
         "task": DISPATCH_APPROVED,

@@ -627,6 +627,14 @@ class ReconciliationEventSchema(ma.Schema):
 ReconciliationPageSchema = page_of(ReconciliationEventSchema)
 
 
+class GuardResumeSchema(ma.Schema):
+    account_id = fields.Integer(required=True)
+    state = fields.String(required=True, metadata={"description": "the guards' state now: ok | warning"})
+    equity = DecimalText(
+        allow_none=True, metadata={"description": "the equity last read: each drawdown limit's new reference"}
+    )
+
+
 class AccountStatusSchema(ma.Schema):
     account_id = fields.Integer()
     currency = fields.String()

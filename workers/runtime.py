@@ -21,6 +21,7 @@ from shared.core.config import Settings
 from shared.core.crypto import SecretUnreadable
 from shared.core.db import db
 from shared.execution.service import ExecutionSettings
+from shared.guards.engine import GuardSettings
 from shared.mt5.errors import CredentialsUnreadable
 from shared.mt5.gateway import Gateway
 from shared.mt5.pool import ConnectionPool
@@ -176,6 +177,16 @@ def execution_settings() -> ExecutionSettings:
         unknown_outcome_grace_seconds=current.unknown_outcome_grace_seconds,
         terminal_timeout_seconds=current.terminal_timeout_seconds,
         lock_dir=current.instance_dir / "locks",
+    )
+
+
+def guard_settings() -> GuardSettings:
+    current = settings()
+    return GuardSettings(
+        deviation_points=current.deviation_points,
+        max_price_retries=current.max_price_retries,
+        in_flight_seconds=current.terminal_timeout_seconds + current.unknown_outcome_grace_seconds,
+        magic=current.magic,
     )
 
 

@@ -7,23 +7,30 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 from celery import Task
 from celery.exceptions import Retry
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.core import extensions
-from shared.core.db import db, utcnow
+from shared.core.db import after_commit, db, utcnow
 from shared.core.queue import (
+    CHECK_GUARDS,
     DISPATCH_APPROVED,
+    EXECUTE_ALERT,
     EXECUTE_SIGNAL,
     EXPIRE_SIGNALS,
+    GUARD_SWEEP,
     RECONCILE_ACCOUNTS,
     RECONCILE_TICK,
+    Queue,
 )
 from shared.execution import dispatch
 from shared.execution import service as execution
 from shared.execution.timing import PUBLISHED_AT, OrderClock
+from shared.guards import engine as guard_engine
+from shared.guards import readings as guard_readings
 from shared.models import Trade, TradeState
 from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
 from shared.reconciliation import schedule
@@ -180,8 +187,18 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
                 # syncs instead of the limit throwing away every result not yet written.
                 give_up_after_seconds=80.0,
             )
+            # Each sync's figures are a reading for the account's guards.
+            synced = [outcome.account_id for outcome in outcomes if outcome.status == "ok"]
+            queue = extensions.task_queue(app)
+            readings = guard_readings.record_synced(
+                db.session, synced, notify=_guard_notify(), schedule=_guard_schedule(queue)
+            )
         finally:
             db.session.remove()
+    # A breach seen on a sync is confirmed by guard checks, not by waiting for the next syncs.
+    again = [reading.account_id for reading in readings if reading.unconfirmed]
+    if again:
+        queue.send(CHECK_GUARDS, [again], countdown=settings.guard_confirm_seconds)
     return dict(Counter(outcome.status for outcome in outcomes))
 
 
@@ -195,3 +212,91 @@ def reconcile_tick() -> int:
     for batch in schedule.batches(account_ids, settings.reconcile_batch_size):
         queue.send(RECONCILE_ACCOUNTS, [batch], expires=settings.reconcile_interval_seconds)
     return len(account_ids)
+
+
+# --- guards -------------------------------------------------------------------------------------------
+
+
+def _guard_notify() -> guard_engine.Notify:
+    """How the guards tell owners: the webhooks (sent after the commit)."""
+    return guard_engine.no_notify
+
+
+def _guard_schedule(queue: Queue) -> guard_engine.Schedule:
+    def schedule(session: Any, task: str, args: list[Any], countdown: float) -> None:
+        after_commit(session, lambda: queue.send(task, args, countdown=countdown))
+
+    return schedule
+
+
+@celery_app.task(name=CHECK_GUARDS, soft_time_limit=100, time_limit=120)
+def check_guards(account_ids: list[int]) -> dict[str, int]:
+    """Read each account on its terminal and let its guards decide. An account whose breach is not yet
+    confirmed is read again `TRADEGUARD_GUARD_CONFIRM_SECONDS` later, so `confirmations` readings take a
+    second or so, not a reconciliation cycle each."""
+    app = flask_app()
+    queue = extensions.task_queue(app)
+    outcomes = []
+    with app.app_context():
+        try:
+            for account_id in dict.fromkeys(account_ids):
+                outcomes.append(
+                    guard_readings.check_account(
+                        db.session,
+                        account_id,
+                        open_terminal=runtime.open_pooled_terminal,
+                        notify=_guard_notify(),
+                        schedule=_guard_schedule(queue),
+                    )
+                )
+        finally:
+            db.session.remove()
+    again = [o.account_id for o in outcomes if o.unconfirmed]
+    if again:
+        queue.send(CHECK_GUARDS, [again], countdown=runtime.settings().guard_confirm_seconds)
+    return dict(Counter(o.status for o in outcomes))
+
+
+def alert_countdown(retries: int) -> float:
+    """Between attempts at a close the terminal could not finish: 1, 2, 4, ... up to 10 s (a breached
+    account is not left waiting long)."""
+    return float(min(10, 2**retries))
+
+
+# Enough to outlast a terminal restart (about 10 minutes at 10 s apart); the sweep picks up the rest.
+ALERT_MAX_RETRIES = 60
+
+
+@celery_app.task(name=EXECUTE_ALERT, base=DatabaseTask, bind=True, max_retries=ALERT_MAX_RETRIES)
+def execute_alert(self: Task, alert_id: int) -> str:
+    """When an alert's grace period ends: cancel it if the breach cleared, else close its positions,
+    each exactly once, and halt the account. Safe to run twice, and after a worker died mid-close."""
+    try:
+        result = guard_engine.execute_alert(
+            db.session,
+            alert_id,
+            open_terminal=runtime.open_pooled_terminal,
+            settings=runtime.guard_settings(),
+            notify=_guard_notify(),
+        )
+    except guard_engine.AlertNotDue as exc:
+        db.session.rollback()
+        raise self.retry(exc=exc, countdown=guard_engine.seconds_until_due(db.session, alert_id)) from exc
+    except RetryableTerminalError as exc:  # CloseInFlight included
+        db.session.rollback()
+        raise self.retry(exc=exc, countdown=alert_countdown(self.request.retries)) from exc
+    return result.status
+
+
+@celery_app.task(name=GUARD_SWEEP, base=DatabaseTask)
+def guard_sweep() -> int:
+    """Beat's safety net for the close: an alert past its close time that is still pending or closing
+    (its task message lost, its worker killed mid-close) is sent again. Harmless when the first is still
+    on its way: the close is idempotent."""
+    alert_ids = guard_engine.overdue_alerts(
+        db.session, utcnow(), grace_seconds=runtime.settings().guard_sweep_seconds
+    )
+    queue = extensions.task_queue()
+    for alert_id in alert_ids:
+        queue.send(EXECUTE_ALERT, [alert_id])
+    return len(alert_ids)

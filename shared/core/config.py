@@ -71,6 +71,11 @@ class Settings:
     # together), how many terminals one worker process waits on at once, how long an account lock may
     # outlive a dead worker, failures before the breaker opens.
     reconcile_interval_seconds: float = 10.0
+    # Guards: how soon a breach seen on one reading is read again (each reading counts toward the
+    # account's `confirmations`), and how often beat looks for alerts whose close is overdue (a lost
+    # task message, a worker that died).
+    guard_confirm_seconds: float = 0.5
+    guard_sweep_seconds: float = 5.0
     reconcile_batch_size: int = 100
     reconcile_threads: int = 100
     reconcile_lock_seconds: float = 150.0
@@ -287,6 +292,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         execution_max_retries=_int(env, "TRADEGUARD_EXECUTION_MAX_RETRIES", 5, minimum=0),
         account_check_timeout_seconds=_float(env, "TRADEGUARD_ACCOUNT_CHECK_TIMEOUT_SECONDS", 5.0),
         reconcile_interval_seconds=_float(env, "TRADEGUARD_RECONCILE_INTERVAL_SECONDS", 10.0),
+        guard_confirm_seconds=_float(env, "TRADEGUARD_GUARD_CONFIRM_SECONDS", 0.5),
+        guard_sweep_seconds=_float(env, "TRADEGUARD_GUARD_SWEEP_SECONDS", 5.0),
         reconcile_batch_size=_int(env, "TRADEGUARD_RECONCILE_BATCH_SIZE", 100),
         reconcile_threads=_int(env, "TRADEGUARD_RECONCILE_THREADS", 100),
         reconcile_lock_seconds=_float(env, "TRADEGUARD_RECONCILE_LOCK_SECONDS", 150.0),

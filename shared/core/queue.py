@@ -19,6 +19,9 @@ EXECUTE_SIGNAL = "tradeguard.execute_signal"
 DISPATCH_APPROVED = "tradeguard.dispatch_approved"
 RECONCILE_TICK = "tradeguard.reconcile_tick"
 RECONCILE_ACCOUNTS = "tradeguard.reconcile_accounts"
+CHECK_GUARDS = "tradeguard.check_guards"
+EXECUTE_ALERT = "tradeguard.execute_alert"
+GUARD_SWEEP = "tradeguard.guard_sweep"
 
 # Queues. Orders (and the small periodic jobs) go on the default one; reconciliation batches on their
 # own, so that an approved order never waits behind a batch of slow terminals.

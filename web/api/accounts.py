@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.guards import engine as guard_engine
 from shared.identity import accounts
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_user, login_required
 from web.extensions import db, declared_terminals, secret_box, settings
-from web.schemas import AccountCreateSchema, AccountSchema
+from web.schemas import AccountCreateSchema, AccountSchema, GuardResumeSchema
 
 blp = Blueprint("accounts", __name__, url_prefix="/api/v1/accounts", description="Broker accounts")
 
@@ -54,3 +55,20 @@ def list_accounts() -> Any:
 @blp.errors(401, 404, 503)
 def get_account(account_id: int) -> Any:
     return accounts.get_own_account(db.session, current_user(), account_id)
+
+
+@blp.post("/<id:account_id>/resume")
+@login_required
+@blp.response(200, GuardResumeSchema)
+@blp.errors(401, 404, (409, "the account is not halted, or an alert is still closing its positions"), 503)
+def resume_account(account_id: int) -> Any:
+    """Resume a halted account
+
+    New orders are accepted again, and each drawdown limit starts again from the equity last read, so
+    the drawdown that halted the account does not halt it again at the next reading. Needed after a
+    `close` or `block` action whose limit resumes `manual` (those resuming `next_period` end by
+    themselves at the next period start, in broker time).
+    """
+    state = guard_engine.resume(db.session, current_user().id, account_id)
+    db.session.commit()
+    return {"account_id": account_id, "state": state.state, "equity": state.equity}

@@ -1,0 +1,990 @@
+"""The guards' I/O edge: record a reading, act on what the rules decide, and carry out an alert.
+
+- `record_reading`: one reading of one account (from a reconciliation sync, or a guard check that asked
+  the terminal) against its risk settings. It updates the account's guard state, warns, blocks symbols,
+  halts, and raises an alert; under the account's guard-state row lock, so two readings of one account
+  are applied one after the other.
+- `execute_alert`: when an alert's grace period ends, read the account again; cancel the alert if the
+  breach cleared, else close the affected positions, each exactly once, and halt the account.
+- `resume`: the owner's `POST /accounts/{id}/resume`.
+
+Exactly once, as order execution does it (shared.execution.service): the intent (an `alert_closes` row
+with the closing order's comment) is committed before the order is sent, the row says `sent` while the
+outcome is not known, and a `sent` row is looked for on the terminal (a deal carrying its comment)
+before anything is sent again. Every step is audited; the owner hears of it through `notify` (the
+webhooks), which sends nothing until the transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from shared.audit import trail
+from shared.core.db import DbSession, dialect_insert, utcnow
+from shared.core.errors import Conflict, NotFound
+from shared.core.queue import EXECUTE_ALERT
+from shared.guards import rules
+from shared.guards.settings import RiskSettings
+from shared.models import (
+    Account,
+    AccountRisk,
+    AlertClose,
+    DrawdownAlert,
+    GuardState,
+    MarketQuote,
+    Trade,
+    TradeState,
+)
+from shared.mt5 import constants as mt5c
+from shared.mt5.errors import OrderOutcomeUnknown, RetryableTerminalError
+from shared.mt5.ports import OpenTerminal, TerminalPort
+from shared.mt5.types import Deal, Position
+from shared.reconciliation.rules import position_key
+
+log = logging.getLogger(__name__)
+
+LIVE = ("pending", "closing")
+FINAL_CLOSE_STATES = ("closed", "gone", "failed")
+# Requotes and moved prices: nothing was done, so the close is sent again at a fresh price.
+_NEW_PRICE = (mt5c.TRADE_RETCODE_REQUOTE, mt5c.TRADE_RETCODE_PRICE_CHANGED, mt5c.TRADE_RETCODE_PRICE_OFF)
+_DONE = (mt5c.TRADE_RETCODE_DONE, mt5c.TRADE_RETCODE_DONE_PARTIAL)
+# Trade servers keep their own clock: search deal history this far either side.
+_SERVER_CLOCK_SLACK = timedelta(days=1)
+
+
+class Notify(Protocol):
+    """Tells the owner (shared.notifications: a signed webhook per subscriber), once the transaction
+    commits."""
+
+    def __call__(self, session: DbSession, owner_id: int, event: str, data: dict[str, Any]) -> None: ...
+
+
+class Schedule(Protocol):
+    """Sends a guard task after the transaction commits: (task name, args, countdown seconds)."""
+
+    def __call__(self, session: DbSession, task: str, args: list[Any], countdown: float) -> None: ...
+
+
+def no_notify(session: DbSession, owner_id: int, event: str, data: dict[str, Any]) -> None:
+    """Where no webhooks are wired (unit tests of the rules around the engine): the audit log suffices."""
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    deviation_points: int = 20
+    max_price_retries: int = 3
+    # How long a `sent` close may still be executing on the terminal (its order_send outlives a dead
+    # worker): absence of its deal proves nothing before this.
+    in_flight_seconds: float = 10.0
+    magic: int = 770077
+
+
+@dataclass
+class ReadingOutcome:
+    account_id: int
+    state: str
+    alert_id: int | None = None
+    events: list[str] = field(default_factory=list)
+
+
+def _audit(session: DbSession, action: str, target_type: str, target_id: int, **meta: Any) -> None:
+    trail.record(
+        session,
+        actor_type=trail.SYSTEM,
+        actor_id=None,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        meta=_plain(meta),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: decimals and datetimes as text."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def risk_settings(session: DbSession, account_id: int) -> RiskSettings:
+    stored = session.scalar(sa.select(AccountRisk.settings).where(AccountRisk.account_id == account_id))
+    return RiskSettings.from_document(stored)
+
+
+def _locked_state(session: DbSession, account_id: int, at: datetime) -> GuardState:
+    """The account's guard state, made if missing, locked for this transaction (FOR UPDATE on Postgres;
+    SQLite has one writer anyway)."""
+    insert = dialect_insert(session.get_bind())
+    session.execute(
+        insert(GuardState.__table__)
+        .values(
+            account_id=account_id,
+            state="ok",
+            limits={},
+            margin_streak=0,
+            blocked_symbols={},
+            broker_offset_seconds=0,
+            updated_at=at,
+        )
+        .on_conflict_do_nothing()
+    )
+    state = session.scalars(
+        sa.select(GuardState)
+        .where(GuardState.account_id == account_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    return state
+
+
+def live_alert(session: DbSession, account_id: int) -> DrawdownAlert | None:
+    return session.scalars(
+        sa.select(DrawdownAlert).where(DrawdownAlert.account_id == account_id, DrawdownAlert.status.in_(LIVE))
+    ).first()
+
+
+# --- a reading ---------------------------------------------------------------------------------------------
+
+
+def record_reading(
+    session: DbSession,
+    account_id: int,
+    reading: rules.Reading,
+    *,
+    currency: str,
+    held_symbols: Sequence[str] = (),
+    broker_offset_seconds: int | None = None,
+    notify: Notify = no_notify,
+    schedule: Schedule | None = None,
+) -> ReadingOutcome:
+    """Apply one reading of one account; the caller commits. See the module docstring."""
+    account = session.get(Account, account_id)
+    if account is None:
+        return ReadingOutcome(account_id, "gone")
+    settings = risk_settings(session, account_id)
+    state = _locked_state(session, account_id, reading.at)
+    if broker_offset_seconds is not None:
+        state.broker_offset_seconds = broker_offset_seconds
+    if state.initial_balance is None:
+        state.initial_balance = reading.balance
+    outcome = ReadingOutcome(account_id, state.state)
+    owner = account.owner_id
+
+    def tell(event: str, **data: Any) -> None:
+        outcome.events.append(event)
+        notify(session, owner, event, _plain({"account_id": account_id, **data}))
+
+    stored_limits = dict(state.limits or {})
+    new_limits: dict[str, Any] = {k: v for k, v in stored_limits.items() if k.startswith("market:")}
+    confirmed: list[rules.LimitAssessment] = []
+    any_warning = False
+    for limit in settings.drawdown_limits:
+        assessment = rules.assess_limit(
+            limit,
+            rules.LimitState.from_json(stored_limits.get(limit.name)),
+            reading,
+            initial_balance=state.initial_balance,
+            broker_offset_seconds=state.broker_offset_seconds,
+            confirmations=settings.confirmations,
+        )
+        new_limits[limit.name] = assessment.state.to_json(assessment)
+        any_warning = any_warning or assessment.level != rules.OK
+        figures = {
+            "limit": limit.name,
+            "level": assessment.level,
+            "drawdown_percent": assessment.drawdown_percent,
+            "drawdown_amount": assessment.drawdown_amount,
+            "reference": assessment.reference,
+            "equity": reading.equity,
+            "warn_percent": limit.warn_percent,
+            "max_percent": limit.max_percent,
+            "max_amount": limit.max_amount,
+            "currency": currency,
+        }
+        if assessment.warn_now:
+            _audit(session, "guard.warning", "account", account_id, **figures)
+            tell("guard.warning", **figures)
+        if (
+            assessment.new_period
+            and state.halted_at is not None
+            and state.halted_limit == limit.name
+            and state.halted_resume == "next_period"
+        ):
+            _resume(session, state, reading.equity, "next_period", None, tell)
+        if assessment.confirmed:
+            confirmed.append(assessment)
+    state.limits = new_limits
+
+    # Margin.
+    margin_low = rules.margin_breached(reading.margin_level, settings.min_margin_level_percent)
+    state.margin_streak = state.margin_streak + 1 if margin_low else 0
+    margin_confirmed = margin_low and state.margin_streak >= settings.confirmations
+
+    # The market, for the symbols the account holds and those it has blocked.
+    market_close = _assess_market(session, state, account, settings, held_symbols, reading.at, tell)
+
+    # Act: a halted account is past acting (its orders are refused, its close done); a live alert is
+    # already counting down.
+    alert = live_alert(session, account_id)
+    if state.halted_at is None and alert is None:
+        for assessment in confirmed:
+            limit = assessment.limit
+            if limit.action == "block":
+                _halt(
+                    session,
+                    state,
+                    f"{limit.name}: drawdown {assessment.drawdown_percent}%",
+                    limit,
+                    None,
+                    tell,
+                )
+                break
+            if limit.action == "close":
+                alert = _raise_alert(
+                    session,
+                    state,
+                    account,
+                    settings,
+                    reading,
+                    currency,
+                    alert_type="drawdown",
+                    limit_name=limit.name,
+                    reason=(
+                        f"{limit.name}: drawdown {assessment.drawdown_percent}% "
+                        f"({assessment.drawdown_amount} {currency}) of {assessment.reference}"
+                    ),
+                    drawdown_percent=assessment.drawdown_percent,
+                    drawdown_amount=assessment.drawdown_amount,
+                    threshold_percent=limit.max_percent,
+                    tell=tell,
+                    schedule=schedule,
+                )
+                break
+        if alert is None and state.halted_at is None and margin_confirmed:
+            alert = _raise_alert(
+                session,
+                state,
+                account,
+                settings,
+                reading,
+                currency,
+                alert_type="margin",
+                limit_name=None,
+                reason=f"margin level {reading.margin_level}% < {settings.min_margin_level_percent}%",
+                drawdown_percent=None,
+                drawdown_amount=None,
+                threshold_percent=settings.min_margin_level_percent,
+                tell=tell,
+                schedule=schedule,
+            )
+        if alert is None and state.halted_at is None and market_close is not None:
+            symbol, reason = market_close
+            alert = _raise_alert(
+                session,
+                state,
+                account,
+                settings,
+                reading,
+                currency,
+                alert_type="market",
+                limit_name=None,
+                symbol=symbol,
+                reason=f"{symbol}: {reason}",
+                drawdown_percent=None,
+                drawdown_amount=None,
+                threshold_percent=None,
+                tell=tell,
+                schedule=schedule,
+            )
+
+    state.equity, state.balance, state.margin_level = reading.equity, reading.balance, reading.margin_level
+    state.currency, state.read_at = currency, reading.at
+    state.state = _summary(state, alert, any_warning or margin_low or bool(state.blocked_symbols))
+    state.updated_at = reading.at
+    outcome.state = state.state
+    outcome.alert_id = alert.id if alert is not None else None
+    return outcome
+
+
+def _summary(state: GuardState, alert: DrawdownAlert | None, warning: bool) -> str:
+    if state.halted_at is not None:
+        return "halted"
+    if alert is not None:
+        return "alert"
+    return "warning" if warning else "ok"
+
+
+def _assess_market(
+    session: DbSession,
+    state: GuardState,
+    account: Account,
+    settings: RiskSettings,
+    held_symbols: Sequence[str],
+    at: datetime,
+    tell: Callable[..., None],
+) -> tuple[str, str] | None:
+    """Update the account's blocked symbols from what the market guard last saw on its server; the
+    (symbol, reason) whose positions the market guard closes, if its action says so and it is confirmed."""
+    blocked = dict(state.blocked_symbols or {})
+    symbols = sorted(set(held_symbols) | set(blocked))
+    if not symbols:
+        return None
+    views = {
+        row.symbol: rules.MarketView(row.symbol, row.spread_pips, row.gap_pips, row.quoted_at, row.trading)
+        for row in session.scalars(
+            sa.select(MarketQuote).where(
+                MarketQuote.server == account.server, MarketQuote.symbol.in_(symbols)
+            )
+        )
+    }
+    limits = dict(state.limits or {})
+    to_close: tuple[str, str] | None = None
+    for symbol in symbols:
+        view = views.get(symbol)
+        if view is None:
+            continue  # never quoted here yet: nothing to say
+        problem = rules.market_problem(view, settings.market, at)
+        key = f"market:{symbol}"
+        streak = (limits.get(key) or {}).get("streak", 0) + 1 if problem else 0
+        limits[key] = {"streak": streak}
+        if problem is None:
+            if symbol in blocked:
+                del blocked[symbol]
+                _audit(session, "market.unblocked", "account", account.id, symbol=symbol)
+                tell("market.unblocked", symbol=symbol)
+            limits.pop(key)
+            continue
+        kind, reason = problem
+        if streak < settings.confirmations or settings.market.action == "warn":
+            continue
+        if symbol not in blocked:
+            blocked[symbol] = {"reason": reason, "since": at.isoformat(), "kind": kind}
+            _audit(session, "market.blocked", "account", account.id, symbol=symbol, kind=kind, reason=reason)
+            tell("market.blocked", symbol=symbol, kind=kind, reason=reason)
+        if settings.market.action == "close" and symbol in held_symbols and to_close is None:
+            to_close = (symbol, reason)
+    state.blocked_symbols = blocked
+    state.limits = limits
+    return to_close
+
+
+def _raise_alert(
+    session: DbSession,
+    state: GuardState,
+    account: Account,
+    settings: RiskSettings,
+    reading: rules.Reading,
+    currency: str,
+    *,
+    alert_type: str,
+    limit_name: str | None,
+    reason: str,
+    drawdown_percent: Decimal | None,
+    drawdown_amount: Decimal | None,
+    threshold_percent: Decimal | None,
+    tell: Callable[..., None],
+    schedule: Schedule | None,
+    symbol: str | None = None,
+) -> DrawdownAlert:
+    """A pending alert: the owner is told at once when the close will happen, and the close is scheduled
+    for then (after the commit)."""
+    close_at = reading.at + timedelta(seconds=settings.grace_seconds)
+    alert = DrawdownAlert(
+        account_id=account.id,
+        owner_id=account.owner_id,
+        alert_type=alert_type,
+        limit_name=limit_name,
+        symbol=symbol,
+        reason=reason[:300],
+        currency=currency,
+        drawdown_percent=drawdown_percent,
+        drawdown_amount=drawdown_amount,
+        equity=reading.equity,
+        threshold_percent=threshold_percent,
+        margin_level=reading.margin_level,
+        positions_closed_count=0,
+        total_loss=Decimal(0),
+        status="pending",
+        close_at=close_at,
+        created_at=reading.at,
+        details={},
+    )
+    session.add(alert)
+    session.flush()
+    figures = {
+        "alert_id": alert.id,
+        "type": alert_type,
+        "reason": alert.reason,
+        "limit": limit_name,
+        "symbol": symbol,
+        "equity": reading.equity,
+        "drawdown_percent": drawdown_percent,
+        "threshold_percent": threshold_percent,
+        "close_at": close_at,
+        "currency": currency,
+    }
+    _audit(session, "alert.pending", "alert", alert.id, account_id=account.id, **figures)
+    tell("alert.pending", **figures)
+    if schedule is not None:
+        schedule(session, EXECUTE_ALERT, [alert.id], settings.grace_seconds)
+    return alert
+
+
+def _halt(
+    session: DbSession,
+    state: GuardState,
+    reason: str,
+    limit: Any | None,
+    alert: DrawdownAlert | None,
+    tell: Callable[..., None],
+) -> None:
+    at = utcnow()
+    state.halted_at = at
+    state.halted_reason = reason[:200]
+    state.halted_by_alert_id = alert.id if alert is not None else None
+    state.halted_limit = limit.name if limit is not None else None
+    state.halted_resume = limit.resume if limit is not None else "manual"
+    state.state = "halted"
+    meta = {
+        "reason": state.halted_reason,
+        "alert_id": state.halted_by_alert_id,
+        "resume": state.halted_resume,
+    }
+    _audit(session, "account.halted", "account", state.account_id, **meta)
+    tell("account.halted", **meta)
+
+
+def _resume(
+    session: DbSession,
+    state: GuardState,
+    equity: Decimal | None,
+    how: str,
+    user_id: int | None,
+    tell: Callable[..., None],
+) -> None:
+    """End a halt; every drawdown limit's reference becomes the equity now (rules.resumed_state)."""
+    if equity is not None:
+        limits = dict(state.limits or {})
+        for name, row in list(limits.items()):
+            if name.startswith("market:"):
+                continue
+            resumed = rules.resumed_state(rules.LimitState.from_json(row), equity)
+            if resumed is not None:
+                limits[name] = resumed.to_json()
+        state.limits = limits
+    previous = {"reason": state.halted_reason, "halted_at": state.halted_at}
+    state.halted_at = None
+    state.halted_reason = None
+    state.halted_by_alert_id = None
+    state.halted_limit = None
+    state.halted_resume = None
+    state.margin_streak = 0
+    state.state = "ok"
+    trail.record(
+        session,
+        actor_type=trail.USER if user_id is not None else trail.SYSTEM,
+        actor_id=user_id,
+        action="account.resumed",
+        target_type="account",
+        target_id=state.account_id,
+        meta=_plain({"how": how, "equity": equity, **previous}),
+    )
+    tell("account.resumed", how=how, equity=equity)
+
+
+def resume(session: DbSession, user_id: int, account_id: int, *, notify: Notify = no_notify) -> GuardState:
+    """The owner resumes a halted account (`resume: manual`, or at once for any halt). Its limits start
+    again from the equity last read. NotFound for an account not theirs; a 409 for one not halted."""
+    account = session.get(Account, account_id)
+    if account is None or account.owner_id != user_id:
+        raise NotFound("no such account")
+    state = _locked_state(session, account_id, utcnow())
+    if state.halted_at is None:
+        raise Conflict("the account is not halted")
+    if live_alert(session, account_id) is not None:
+        raise Conflict("an alert is closing this account's positions; resume once it has finished")
+
+    def tell(event: str, **data: Any) -> None:
+        notify(session, account.owner_id, event, _plain({"account_id": account_id, **data}))
+
+    _resume(session, state, state.equity, "manual", user_id, tell)
+    return state
+
+
+def is_halted(session: DbSession, account_id: int) -> bool:
+    return (
+        session.scalar(sa.select(GuardState.halted_at).where(GuardState.account_id == account_id)) is not None
+    )
+
+
+# --- the close -----------------------------------------------------------------------------------------
+
+
+class AlertNotDue(RetryableTerminalError):
+    """The alert's grace period has not ended (a task delivered early): try again at `close_at`."""
+
+
+class CloseInFlight(RetryableTerminalError):
+    """A close order was sent and its outcome is not known yet; it may still be executing. Look again
+    shortly: nothing will be sent until its deal is found or the in-flight window has passed."""
+
+
+@dataclass(frozen=True)
+class AlertResult:
+    alert_id: int
+    status: str
+    closed: int = 0
+
+
+def execute_alert(
+    session: DbSession,
+    alert_id: int,
+    *,
+    open_terminal: OpenTerminal,
+    settings: GuardSettings = GuardSettings(),
+    notify: Notify = no_notify,
+    now: Callable[[], datetime] = utcnow,
+) -> AlertResult:
+    """Carry out one alert after its grace period; safe to run again at any point, also concurrently
+    (the alert row is locked while it is decided, and each close goes through its own row)."""
+    alert = session.get(DrawdownAlert, alert_id)
+    if alert is None or alert.status not in LIVE:
+        return AlertResult(alert_id, alert.status if alert else "gone")
+    account = session.get(Account, alert.account_id)
+    assert account is not None
+    if alert.status == "pending" and now() < alert.close_at:
+        raise AlertNotDue(f"alert {alert_id} closes at {alert.close_at.isoformat()}")
+
+    def tell(event: str, **data: Any) -> None:
+        notify(
+            session, account.owner_id, event, _plain({"account_id": account.id, "alert_id": alert_id, **data})
+        )
+
+    with open_terminal(account) as terminal:
+        if alert.status == "pending":
+            decided = _decide(session, alert, account, terminal, now(), tell)
+            if decided is not None:
+                return decided
+        # closing: each row to its end.
+        rows = session.scalars(
+            sa.select(AlertClose).where(AlertClose.alert_id == alert.id).order_by(AlertClose.id)
+        ).all()
+        for row in rows:
+            if row.state not in FINAL_CLOSE_STATES:
+                _close_one(session, row, account, terminal, settings, tell, now)
+        return _finish(session, alert, rows, tell)
+
+
+def _decide(
+    session: DbSession,
+    alert: DrawdownAlert,
+    account: Account,
+    terminal: TerminalPort,
+    at: datetime,
+    tell: Callable[..., None],
+) -> AlertResult | None:
+    """At the end of the grace period: read the account again; cancel when the breach cleared, else commit
+    the closes to make (status `closing`). None when there are closes to make."""
+    snapshot = terminal.account()
+    positions = terminal.positions()
+    reading = rules.Reading(at, snapshot.equity, snapshot.balance, snapshot.margin_level)
+    settings = risk_settings(session, account.id)
+    # Locked as a reading would be: the alert's decision and a concurrent reading do not interleave.
+    session.refresh(alert, with_for_update=True)
+    if alert.status != "pending":
+        session.commit()
+        return None if alert.status == "closing" else AlertResult(alert.id, alert.status)
+    state = _locked_state(session, account.id, at)
+    still = _still_breached(alert, settings, state, reading, session, account, at)
+    if still is None:
+        alert.status = "cancelled"
+        alert.action_taken = "cancelled"
+        alert.executed_at = at
+        alert.details = {**(alert.details or {}), "cleared_at_equity": str(snapshot.equity)}
+        _audit(session, "alert.cancelled", "alert", alert.id, account_id=account.id, equity=snapshot.equity)
+        tell("alert.cancelled", equity=snapshot.equity)
+        state.state = "ok" if state.halted_at is None else "halted"
+        session.commit()
+        return AlertResult(alert.id, "cancelled")
+
+    chosen = rules.positions_to_close(
+        alert.alert_type,
+        [_open_position(p, account, snapshot) for p in positions],
+        symbol=alert.symbol,
+        equity=snapshot.equity,
+        margin=snapshot.margin,
+        min_margin_level=settings.min_margin_level_percent,
+    )
+    trades = _trades_by_position(session, account.id, [p.ticket for p in chosen])
+    insert = dialect_insert(session.get_bind())
+    for position in chosen:
+        source = next(p for p in positions if p.ticket == position.ticket)
+        # A position another alert already took (it is closed once, ever) is skipped by the unique key.
+        session.execute(
+            insert(AlertClose.__table__)
+            .values(
+                alert_id=alert.id,
+                account_id=account.id,
+                trade_id=trades.get(position.ticket),
+                position_ticket=position.ticket,
+                position_key=position.key,
+                symbol=position.symbol,
+                side=position.side,
+                volume=source.volume,
+                state="pending",
+                attempts=0,
+                created_at=at,
+            )
+            .on_conflict_do_nothing()
+        )
+    session.flush()
+    for row in session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id)):
+        if row.comment is None:
+            row.comment = close_comment(row.id)
+    alert.status = "closing"
+    alert.details = {
+        **(alert.details or {}),
+        "breach_at_close": still,
+        "equity_at_close": str(snapshot.equity),
+    }
+    _audit(
+        session, "alert.closing", "alert", alert.id, account_id=account.id, positions=len(chosen), why=still
+    )
+    session.commit()  # the intent, before any order is sent
+    return None
+
+
+def close_comment(close_id: int) -> str:
+    """Names the close in its order's comment, so that it is found again after a lost reply."""
+    return f"TG-X{close_id}"
+
+
+def _still_breached(
+    alert: DrawdownAlert,
+    settings: RiskSettings,
+    state: GuardState,
+    reading: rules.Reading,
+    session: DbSession,
+    account: Account,
+    at: datetime,
+) -> str | None:
+    """Why the alert's breach still holds on this reading, or None when it has cleared."""
+    if alert.alert_type == "drawdown":
+        limit = settings.limit(alert.limit_name or "")
+        if limit is None:
+            return None  # the owner removed the limit during the grace period
+        previous = rules.LimitState.from_json((state.limits or {}).get(limit.name))
+        assessment = rules.assess_limit(
+            limit,
+            previous,
+            reading,
+            initial_balance=state.initial_balance or reading.balance,
+            broker_offset_seconds=state.broker_offset_seconds,
+            confirmations=1,
+        )
+        if assessment.level != rules.BREACH:
+            return None
+        return f"drawdown {assessment.drawdown_percent}% ({assessment.drawdown_amount})"
+    if alert.alert_type == "margin":
+        if rules.margin_breached(reading.margin_level, settings.min_margin_level_percent):
+            return f"margin level {reading.margin_level}%"
+        return None
+    view = session.get(MarketQuote, (account.server, alert.symbol))
+    if view is None:
+        return None
+    problem = rules.market_problem(
+        rules.MarketView(view.symbol, view.spread_pips, view.gap_pips, view.quoted_at, view.trading),
+        settings.market,
+        at,
+    )
+    return None if problem is None else problem[1]
+
+
+def _open_position(position: Position, account: Account, snapshot: Any) -> rules.OpenPosition:
+    return rules.OpenPosition(
+        ticket=position.ticket,
+        key=position_key(snapshot.login, snapshot.server, position.identifier, position.opened_at),
+        symbol=position.symbol,
+        side=position.side,
+        volume=position.volume,
+        profit=position.profit,
+        notional=position.volume * position.price_current,
+    )
+
+
+def _trades_by_position(session: DbSession, account_id: int, tickets: list[int]) -> dict[int, int]:
+    if not tickets:
+        return {}
+    rows = session.execute(
+        sa.select(Trade.position_ticket, Trade.id).where(
+            Trade.account_id == account_id,
+            Trade.position_ticket.in_(tickets),
+            Trade.state.in_((TradeState.FILLED, TradeState.PARTIAL)),
+        )
+    ).all()
+    return {row.position_ticket: row.id for row in rows}
+
+
+def _find_close(terminal: TerminalPort, row: AlertClose) -> Deal | None:
+    """The deal our close order made, if it exists: found by its comment among the position's deals."""
+    deals = terminal.deals_for_positions([row.position_ticket]).get(row.position_ticket, [])
+    return next((d for d in deals if d.comment == row.comment and d.entry != mt5c.DEAL_ENTRY_IN), None)
+
+
+def _closing_deal(terminal: TerminalPort, position_ticket: int) -> Deal | None:
+    deals = terminal.deals_for_positions([position_ticket]).get(position_ticket, [])
+    outs = [d for d in deals if d.entry != mt5c.DEAL_ENTRY_IN]
+    return outs[-1] if outs else None
+
+
+def _close_one(
+    session: DbSession,
+    row: AlertClose,
+    account: Account,
+    terminal: TerminalPort,
+    settings: GuardSettings,
+    tell: Callable[..., None],
+    now: Callable[[], datetime],
+) -> None:
+    """Close one position, exactly once. Commits after each step."""
+    if row.state == "sent":
+        found = _find_close(terminal, row)
+        if found is not None:
+            _closed(
+                session,
+                row,
+                found.price,
+                found.profit + found.commission + found.swap,
+                found.ticket,
+                tell,
+                now,
+            )
+            return
+        open_now = {p.ticket for p in terminal.positions(row.symbol)}
+        in_flight = row.sent_at is not None and now() < row.sent_at + timedelta(
+            seconds=settings.in_flight_seconds
+        )
+        if row.position_ticket in open_now and in_flight:
+            # Absence of its deal proves nothing yet: the order may still be executing.
+            session.commit()
+            raise CloseInFlight(f"close {row.id}: its order may still be executing")
+        if row.position_ticket not in open_now:
+            _gone(session, row, terminal, tell, now)
+            return
+        row.state = "pending"  # never reached the broker: sending is safe
+        _audit(session, "position.close_not_found", "alert", row.alert_id, close_id=row.id)
+        session.commit()
+
+    for _ in range(settings.max_price_retries + 1):
+        positions = {p.ticket: p for p in terminal.positions(row.symbol)}
+        position = positions.get(row.position_ticket)
+        if position is None:
+            _gone(session, row, terminal, tell, now)
+            return
+        quote = terminal.quote(row.symbol)
+        closing_side = "sell" if row.side == "buy" else "buy"
+        price = quote.bid if row.side == "buy" else quote.ask
+        request = terminal.market_order_request(
+            symbol=row.symbol,
+            side=closing_side,
+            volume=position.volume,
+            price=price,
+            sl=None,
+            tp=None,
+            deviation_points=settings.deviation_points,
+            magic=settings.magic,
+            comment=row.comment or close_comment(row.id),
+            position=row.position_ticket,
+        )
+        row.state = "sent"
+        row.attempts += 1
+        row.sent_at = now()
+        _audit(session, "position.close_sent", "alert", row.alert_id, close_id=row.id, price=price)
+        session.commit()  # the intent is on record before the order leaves
+        try:
+            result = terminal.send_order(request)
+        except OrderOutcomeUnknown:
+            log.warning("close %s: order_send outcome unknown; will look for it before resending", row.id)
+            raise
+        row.retcode = result.retcode
+        if result.retcode in _DONE:
+            deal = next(
+                (
+                    d
+                    for d in terminal.deals_for_positions([row.position_ticket]).get(row.position_ticket, [])
+                    if d.ticket == result.deal
+                ),
+                None,
+            )
+            pnl = deal.profit + deal.commission + deal.swap if deal is not None else None
+            _closed(session, row, result.price, pnl, result.deal, tell, now)
+            return
+        if result.retcode in _NEW_PRICE:
+            row.state = "pending"
+            _audit(
+                session,
+                "position.close_requoted",
+                "alert",
+                row.alert_id,
+                close_id=row.id,
+                retcode=result.retcode,
+            )
+            session.commit()
+            continue
+        if result.retcode == mt5c.TRADE_RETCODE_POSITION_CLOSED:
+            _gone(session, row, terminal, tell, now)
+            return
+        row.state = "failed"
+        row.error = f"broker refused the close: retcode {result.retcode} {result.comment}"[:300]
+        _audit(session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error)
+        session.commit()
+        return
+    row.state = "failed"
+    row.error = f"price moved on each of {settings.max_price_retries + 1} attempts"
+    _audit(session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error)
+    session.commit()
+
+
+def _closed(
+    session: DbSession,
+    row: AlertClose,
+    price: Decimal,
+    pnl: Decimal | None,
+    deal_ticket: int | None,
+    tell: Callable[..., None],
+    now: Callable[[], datetime],
+) -> None:
+    at = now()
+    row.state, row.close_price, row.pnl, row.deal_ticket, row.closed_at = (
+        "closed",
+        price,
+        pnl,
+        deal_ticket,
+        at,
+    )
+    _audit(
+        session,
+        "position.closed_by_guard",
+        "alert",
+        row.alert_id,
+        close_id=row.id,
+        position=row.position_ticket,
+        symbol=row.symbol,
+        price=price,
+        pnl=pnl,
+    )
+    if row.trade_id is not None:
+        changed = session.execute(
+            sa.update(Trade)
+            .where(Trade.id == row.trade_id, Trade.state != TradeState.CLOSED)
+            .values(state=TradeState.CLOSED, closed_at=at, close_reason="guard", close_price=price, pnl=pnl)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if changed:
+            _audit(
+                session,
+                "trade.closed_by_guard",
+                "trade",
+                row.trade_id,
+                alert_id=row.alert_id,
+                price=price,
+                pnl=pnl,
+            )
+            tell("trade.closed", trade_id=row.trade_id, reason="guard", close_price=price, pnl=pnl)
+    session.commit()
+
+
+def _gone(
+    session: DbSession,
+    row: AlertClose,
+    terminal: TerminalPort,
+    tell: Callable[..., None],
+    now: Callable[[], datetime],
+) -> None:
+    """The position closed by something else meanwhile (its SL, by hand, a stop-out): nothing to send;
+    its closing deal, if the history has it, says at what price. Reconciliation records the trade's close."""
+    deal = _closing_deal(terminal, row.position_ticket)
+    row.state, row.closed_at = "gone", now()
+    if deal is not None:
+        row.close_price, row.pnl, row.deal_ticket = (
+            deal.price,
+            deal.profit + deal.commission + deal.swap,
+            deal.ticket,
+        )
+    _audit(
+        session, "position.close_gone", "alert", row.alert_id, close_id=row.id, position=row.position_ticket
+    )
+    session.commit()
+
+
+def _finish(
+    session: DbSession, alert: DrawdownAlert, rows: Sequence[AlertClose], tell: Callable[..., None]
+) -> AlertResult:
+    session.refresh(alert, with_for_update=True)
+    if alert.status != "closing":
+        session.commit()
+        return AlertResult(alert.id, alert.status)
+    closed = [row for row in rows if row.state == "closed"]
+    failed = [row for row in rows if row.state == "failed"]
+    alert.positions_closed_count = len(closed)
+    alert.total_loss = -sum((row.pnl for row in closed if row.pnl is not None), Decimal(0))
+    alert.status = "failed" if failed else "executed"
+    alert.action_taken = "closed"
+    alert.executed_at = utcnow()
+    figures = {
+        "positions_closed": len(closed),
+        "failed": len(failed),
+        "total_loss": alert.total_loss,
+        "closes": [
+            {
+                "position": r.position_ticket,
+                "symbol": r.symbol,
+                "state": r.state,
+                "price": r.close_price,
+                "pnl": r.pnl,
+            }
+            for r in rows
+        ],
+    }
+    _audit(session, f"alert.{alert.status}", "alert", alert.id, account_id=alert.account_id, **figures)
+    tell(f"alert.{alert.status}", **figures)
+    state = _locked_state(session, alert.account_id, utcnow())
+    if state.halted_at is None:
+        settings = risk_settings(session, alert.account_id)
+        limit = settings.limit(alert.limit_name) if alert.limit_name else None
+        _halt(session, state, alert.reason, limit, alert, tell)
+    session.commit()
+    return AlertResult(alert.id, alert.status, len(closed))
+
+
+def seconds_until_due(session: DbSession, alert_id: int) -> float:
+    close_at = session.scalar(sa.select(DrawdownAlert.close_at).where(DrawdownAlert.id == alert_id))
+    if close_at is None:
+        return 0.0
+    return max(0.0, (close_at - utcnow()).total_seconds())
+
+
+def overdue_alerts(session: DbSession, at: datetime, *, grace_seconds: float) -> list[int]:
+    """Alerts still pending or closing `grace_seconds` after their close time: their task was lost."""
+    cutoff = at - timedelta(seconds=grace_seconds)
+    return list(
+        session.scalars(
+            sa.select(DrawdownAlert.id)
+            .where(DrawdownAlert.status.in_(LIVE), DrawdownAlert.close_at <= cutoff)
+            .order_by(DrawdownAlert.id)
+            .limit(1000)
+        )
+    )
