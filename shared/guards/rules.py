@@ -266,11 +266,15 @@ def positions_to_close(
     chosen: list[OpenPosition] = []
     remaining = margin
     for position in by_loss:
-        if remaining <= 0 or equity / remaining * HUNDRED >= min_margin_level:
+        # To the hundredth, as terminals report the margin level (and so that a third of a margin, in
+        # decimals, does not fall short of a level it meets).
+        if remaining <= 0 or (equity / remaining * HUNDRED).quantize(Decimal("0.01")) >= min_margin_level:
             break
         chosen.append(position)
-        share = position.notional / total_notional if total_notional > 0 else Decimal(1) / len(positions)
-        remaining -= margin * share
+        if total_notional > 0:
+            remaining -= margin * position.notional / total_notional
+        else:
+            remaining -= margin / len(positions)
     return chosen
 
 
