@@ -110,13 +110,17 @@ def _observe_market(
 
 
 def _unconfirmed(session: DbSession, account_id: int) -> bool:
-    """Whether a breach is building up (a streak short of its confirmations): read again soon."""
+    """Whether a breach is building up: a run of breached readings short of its confirmations, on an
+    account with no alert counting down and not halted. Such an account is read again soon."""
     state = session.get(GuardState, account_id)
-    if state is None or state.halted_at is not None:
+    if state is None or state.halted_at is not None or engine.live_alert(session, account_id) is not None:
         return False
-    if state.margin_streak:
-        return True
-    return any(int((row or {}).get("streak", 0)) > 0 for row in (state.limits or {}).values())
+    needed = engine.risk_settings(session, account_id).confirmations
+    streaks = [
+        state.margin_streak,
+        *(int((row or {}).get("streak", 0)) for row in (state.limits or {}).values()),
+    ]
+    return any(0 < streak < needed for streak in streaks)
 
 
 def record_synced(

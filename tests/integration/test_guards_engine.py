@@ -1,0 +1,418 @@
+"""The guards on Postgres against the simulated terminal: readings, the warning, the confirmation count,
+the alert and its grace period, the close (exactly once, also after a lost reply), cancel, halt, resume,
+the margin and market guards."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from shared.guards import engine as guards
+from shared.guards import readings
+from shared.guards.settings import default_settings, validate_settings
+from shared.models import AccountRisk, AlertClose, AuditLog, DrawdownAlert, GuardState
+from shared.mt5 import constants as mt5c
+from shared.mt5.errors import OrderOutcomeUnknown
+from shared.mt5.gateway import Gateway
+from shared.mt5.sim.terminal import SimTerminal
+
+# 1 lot of EURUSD moves 10 USD a pip: on the demo account's 10,000 USD, 20 pips are 2 %.
+PIN = (1.08500, 1.08510)
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []  # (owner_id, event, data)
+        self.scheduled = []  # (task, args, countdown)
+
+    def notify(self, session, owner_id, event, data):
+        self.events.append((owner_id, event, data))
+
+    def schedule(self, session, task, args, countdown):
+        self.scheduled.append((task, args, countdown))
+
+    def names(self):
+        return [event for _, event, _ in self.events]
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def guarded(api, db_session, terminal, market, recorder):
+    """An account with risk settings (given as overrides of a prop-style document) and its terminal."""
+
+    def make(**overrides):
+        world = api.setup()
+        account_id = world["account"]["id"]
+        login = world["account"]["login"]
+        document = default_settings()
+        document.update(
+            {
+                "grace_seconds": 0,
+                "confirmations": 2,
+                "drawdown_limits": [
+                    {
+                        "name": "max drawdown",
+                        "period": "lifetime",
+                        "reference": "peak_equity",
+                        "warn_percent": 1,
+                        "max_percent": 2,
+                        "action": "close",
+                        "resume": "manual",
+                    }
+                ],
+            }
+        )
+        document.update(overrides)
+        db_session.add(AccountRisk(account_id=account_id, settings=validate_settings(document)))
+        db_session.commit()
+
+        @contextmanager
+        def open_terminal(account):
+            with Gateway.from_module(
+                SimTerminal(market.broker),
+                login=account.login,
+                password="x",
+                server=account.server,
+                timeout=5,
+            ) as gateway:
+                yield gateway
+
+        def check():
+            return readings.check_account(
+                db_session,
+                account_id,
+                open_terminal=open_terminal,
+                notify=recorder.notify,
+                schedule=recorder.schedule,
+            )
+
+        def execute(alert_id, **settings):
+            return guards.execute_alert(
+                db_session,
+                alert_id,
+                open_terminal=open_terminal,
+                settings=guards.GuardSettings(**settings),
+                notify=recorder.notify,
+            )
+
+        return world, account_id, login, check, execute
+
+    terminal.sim_set_quote("EURUSD", *PIN)
+    return make
+
+
+def state_of(db_session, account_id):
+    db_session.expire_all()
+    return db_session.get(GuardState, account_id)
+
+
+def alerts_of(db_session, account_id):
+    db_session.expire_all()
+    return list(
+        db_session.scalars(
+            sa.select(DrawdownAlert).where(DrawdownAlert.account_id == account_id).order_by(DrawdownAlert.id)
+        )
+    )
+
+
+def test_a_breach_warns_then_alerts_after_its_confirmations_and_the_close_takes_each_position_once(
+    guarded, terminal, db_session, recorder, api
+):
+    world, account_id, login, check, execute = guarded()
+    first = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    second = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.5)
+    assert check().state == "ok"
+
+    terminal.sim_set_quote("EURUSD", 1.08380, 1.08390)  # 12 pips x 1.5 lots: about 1.8 %
+    warned = check()
+    assert warned.state == "warning" and recorder.names() == ["guard.warning"]
+
+    terminal.sim_set_quote("EURUSD", 1.08300, 1.08310)  # 20 pips x 1.5 lots: about 3 %
+    once = check()
+    assert once.unconfirmed and alerts_of(db_session, account_id) == []  # one reading is not enough
+    twice = check()
+    (alert,) = alerts_of(db_session, account_id)
+    assert twice.state == "alert" and twice.alert_id == alert.id and not twice.unconfirmed
+    assert (alert.status, alert.alert_type, alert.limit_name, alert.currency) == (
+        "pending",
+        "drawdown",
+        "max drawdown",
+        "USD",
+    )
+    assert alert.drawdown_percent > Decimal(2) and alert.threshold_percent == Decimal(2)
+    assert recorder.names()[-1] == "alert.pending"
+    assert recorder.events[-1][2]["close_at"] == alert.close_at.isoformat()
+    assert recorder.scheduled == [("tradeguard.execute_alert", [alert.id], 0)]
+
+    result = execute(alert.id)
+    assert (result.status, result.closed) == ("executed", 2)
+    assert not {p.ticket for p in terminal.positions_get() or ()} & {first, second}
+    closes = list(db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id)))
+    assert sorted(c.position_ticket for c in closes) == sorted([first, second])
+    assert all(c.state == "closed" and c.close_price == Decimal("1.083") and c.pnl < 0 for c in closes)
+    # Larger loser first.
+    assert [c.position_ticket for c in sorted(closes, key=lambda c: c.id)] == [first, second]
+    (alert,) = alerts_of(db_session, account_id)
+    assert (alert.status, alert.positions_closed_count) == ("executed", 2)
+    assert alert.total_loss == -sum(c.pnl for c in closes) and alert.total_loss > 0
+    assert state_of(db_session, account_id).halted_at is not None
+    assert recorder.names()[-2:] == ["alert.executed", "account.halted"]
+
+    # Run again (a redelivered task): nothing more is sent.
+    assert execute(alert.id).status == "executed"
+    for ticket in (first, second):
+        deals = [d for d in terminal.history_deals_get(position=ticket) if d.entry == mt5c.DEAL_ENTRY_OUT]
+        assert len(deals) == 1 and deals[0].comment.startswith("TG-X")
+
+    actions = set(
+        db_session.scalars(
+            sa.select(AuditLog.action).where(
+                AuditLog.action.in_(
+                    [
+                        "guard.warning",
+                        "alert.pending",
+                        "alert.closing",
+                        "position.closed_by_guard",
+                        "alert.executed",
+                        "account.halted",
+                    ]
+                )
+            )
+        )
+    )
+    assert actions == {
+        "guard.warning",
+        "alert.pending",
+        "alert.closing",
+        "position.closed_by_guard",
+        "alert.executed",
+        "account.halted",
+    }
+
+    # Halted: no new alert while halted, whatever the readings say.
+    check()
+    check()
+    assert len(alerts_of(db_session, account_id)) == 1
+
+    # Resume: the reference becomes the equity now, so it does not breach again at once.
+    response = api.http.post(f"/api/v1/accounts/{account_id}/resume", headers=world["user"]["headers"])
+    assert response.status_code == 200, response.json
+    assert response.json["state"] == "ok"
+    state = state_of(db_session, account_id)
+    assert state.halted_at is None
+    assert Decimal(state.limits["max drawdown"]["peak"]) == state.equity
+    assert check().state == "ok"
+    again = api.http.post(f"/api/v1/accounts/{account_id}/resume", headers=world["user"]["headers"])
+    assert again.status_code == 409
+
+
+def test_a_breach_that_clears_within_the_grace_period_cancels_the_alert(
+    guarded, terminal, db_session, recorder
+):
+    _, account_id, login, check, execute = guarded()
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)  # 30 pips: 3 %
+    check()
+    check()
+    (alert,) = alerts_of(db_session, account_id)
+    terminal.sim_set_quote("EURUSD", 1.08490, 1.08500)  # back within 0.1 %
+    assert execute(alert.id).status == "cancelled"
+    (alert,) = alerts_of(db_session, account_id)
+    assert (alert.status, alert.action_taken, alert.positions_closed_count) == ("cancelled", "cancelled", 0)
+    assert [p.ticket for p in terminal.positions_get()] == [ticket]
+    assert state_of(db_session, account_id).halted_at is None
+    assert recorder.names()[-1] == "alert.cancelled"
+    assert execute(alert.id).status == "cancelled"  # again: still nothing closed
+
+
+def test_one_bad_reading_between_good_ones_never_raises_an_alert(guarded, terminal, db_session):
+    _, account_id, login, check, _ = guarded(confirmations=2)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    for bid in (1.08200, 1.08500, 1.08200, 1.08500):
+        terminal.sim_set_quote("EURUSD", bid, bid + 0.0001)
+        check()
+    assert alerts_of(db_session, account_id) == []
+    assert state_of(db_session, account_id).limits["max drawdown"]["streak"] == 0
+
+
+def test_a_failed_reading_neither_confirms_nor_clears(guarded, terminal, db_session):
+    _, account_id, login, check, _ = guarded(confirmations=2)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    check()
+    terminal.sim_disconnect(30, login=login)
+    failed = check()
+    assert failed.status == "failed"
+    assert state_of(db_session, account_id).limits["max drawdown"]["streak"] == 1
+    assert alerts_of(db_session, account_id) == []
+
+
+def test_a_close_whose_reply_was_lost_is_found_by_its_comment_and_never_sent_twice(
+    guarded, terminal, db_session
+):
+    _, account_id, login, check, execute = guarded()
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    check()
+    check()
+    (alert,) = alerts_of(db_session, account_id)
+    terminal.sim_lose_next_reply()
+    with pytest.raises(OrderOutcomeUnknown):
+        execute(alert.id)
+    (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
+    assert close.state == "sent"
+    # The order went through; its reply was lost: the next run finds its deal and sends nothing.
+    assert execute(alert.id, in_flight_seconds=60).status == "executed"
+    db_session.expire_all()
+    close = db_session.get(AlertClose, close.id)
+    assert (close.state, close.attempts, close.close_price) == ("closed", 1, Decimal("1.082"))
+    outs = [d for d in terminal.history_deals_get(position=ticket) if d.entry == mt5c.DEAL_ENTRY_OUT]
+    assert len(outs) == 1 and outs[0].comment == close.comment
+
+
+def test_a_close_whose_order_may_still_be_in_flight_waits_and_is_sent_once_it_cannot_be(
+    guarded, terminal, db_session
+):
+    _, account_id, login, check, execute = guarded()
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    check()
+    check()
+    (alert,) = alerts_of(db_session, account_id)
+    original_send = Gateway.send_order
+
+    def never_arrives(self, request):
+        raise OrderOutcomeUnknown("connection dropped while sending")
+
+    Gateway.send_order = never_arrives
+    try:
+        with pytest.raises(OrderOutcomeUnknown):
+            execute(alert.id)
+    finally:
+        Gateway.send_order = original_send
+    # No deal, the position still open: within the in-flight window that proves nothing.
+    with pytest.raises(guards.CloseInFlight):
+        execute(alert.id, in_flight_seconds=60)
+    assert [p.ticket for p in terminal.positions_get()] == [ticket]
+    # Past it, the order cannot still arrive: sent again, once.
+    assert execute(alert.id, in_flight_seconds=0).status == "executed"
+    (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
+    db_session.refresh(close)
+    assert (close.state, close.attempts) == ("closed", 2)
+    outs = [d for d in terminal.history_deals_get(position=ticket) if d.entry == mt5c.DEAL_ENTRY_OUT]
+    assert len(outs) == 1
+
+
+def test_a_position_closed_elsewhere_during_the_grace_period_is_recorded_gone_not_closed_again(
+    guarded, terminal, db_session
+):
+    _, account_id, login, check, execute = guarded()
+    kept = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    by_hand = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    check()
+    check()
+    (alert,) = alerts_of(db_session, account_id)
+
+    # The owner closes one position by hand just as the close begins (after the decision, before the send).
+    guarded_close = terminal.sim_close_manual
+    original_send = Gateway.send_order
+    state = {"done": False}
+
+    def send_order(self, request):
+        if not state["done"]:
+            state["done"] = True
+            guarded_close(login, by_hand)
+        return original_send(self, request)
+
+    Gateway.send_order = send_order
+    try:
+        result = execute(alert.id)
+    finally:
+        Gateway.send_order = original_send
+    closes = {c.position_ticket: c for c in db_session.scalars(sa.select(AlertClose))}
+    assert result.closed == 1
+    assert closes[kept].state == "closed"
+    assert closes[by_hand].state in ("gone", "closed")
+    outs = [d for d in terminal.history_deals_get(position=by_hand) if d.entry == mt5c.DEAL_ENTRY_OUT]
+    assert len(outs) == 1
+
+
+def test_a_block_action_halts_without_closing_and_refuses_no_reading(guarded, terminal, db_session, recorder):
+    limits = [
+        {
+            "name": "daily loss",
+            "period": "day",
+            "reference": "period_start_balance",
+            "warn_percent": 1,
+            "max_percent": 2,
+            "action": "block",
+            "resume": "next_period",
+        }
+    ]
+    _, account_id, login, check, _ = guarded(drawdown_limits=limits)
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    check()
+    assert state_of(db_session, account_id).halted_at is None
+    assert check().state == "halted"
+    state = state_of(db_session, account_id)
+    assert (state.halted_limit, state.halted_resume) == ("daily loss", "next_period")
+    assert alerts_of(db_session, account_id) == []
+    assert [p.ticket for p in terminal.positions_get()] == [ticket]
+    assert "account.halted" in recorder.names()
+
+
+def test_the_margin_guard_closes_the_largest_loser_first_until_the_level_is_restored(
+    guarded, terminal, db_session
+):
+    # 10,000 USD at 1:100: 5 lots of EURUSD hold about 5,400 of margin; at a loss, about 155 %.
+    _, account_id, login, check, execute = guarded(
+        drawdown_limits=[], min_margin_level_percent=170, confirmations=1
+    )
+    loser = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 3.0)
+    terminal.sim_set_quote("EURUSD", 1.08400, 1.08410)  # the first position loses 10 pips
+    other = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 2.0)
+    terminal.sim_set_quote("EURUSD", 1.08150, 1.08160)
+    outcome = check()
+    assert outcome.state == "alert", state_of(db_session, account_id).margin_level
+    (alert,) = alerts_of(db_session, account_id)
+    assert alert.alert_type == "margin"
+    execute(alert.id)
+    closed = [c.position_ticket for c in db_session.scalars(sa.select(AlertClose)) if c.state == "closed"]
+    # 3 of the 5 lots' margin freed: far above 170 % again, so the other position stays.
+    assert closed == [loser]
+    assert [p.ticket for p in terminal.positions_get()] == [other]
+
+
+def test_the_market_guard_blocks_a_symbol_whose_spread_blows_out_and_lifts_it_when_normal(
+    guarded, terminal, db_session, recorder
+):
+    market = {"max_spread_pips": 5, "max_gap_pips": 1000, "stale_quote_seconds": None, "action": "block"}
+    _, account_id, login, check, _ = guarded(market=market, confirmations=2)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08500, 1.08600)  # 10 pips
+    check()
+    assert state_of(db_session, account_id).blocked_symbols == {}
+    check()
+    blocked = state_of(db_session, account_id).blocked_symbols
+    assert blocked["EURUSD"]["kind"] == "spread" and "spread 10" in blocked["EURUSD"]["reason"]
+    terminal.sim_set_quote("EURUSD", *PIN)
+    check()
+    assert state_of(db_session, account_id).blocked_symbols == {}
+    assert [n for n in recorder.names() if n.startswith("market.")] == ["market.blocked", "market.unblocked"]
