@@ -14,6 +14,7 @@ from shared.core.queue import (
     DISPATCH_APPROVED,
     EXPIRE_SIGNALS,
     GUARD_SWEEP,
+    GUARD_WATCH,
     RECONCILE_ACCOUNTS,
     RECONCILE_QUEUE,
     RECONCILE_TICK,
@@ -123,6 +124,11 @@ beat_schedule = {
         "task": RECONCILE_TICK,
         "schedule": timedelta(seconds=_settings.reconcile_interval_seconds),
         "options": {"expires": _settings.reconcile_interval_seconds},
+    },
+    "guard-watch": {
+        "task": GUARD_WATCH,
+        "schedule": timedelta(seconds=_settings.guard_watch_seconds),
+        "options": {"expires": _settings.guard_watch_seconds},
     },
     "guard-sweep": {
         "task": GUARD_SWEEP,

@@ -22,6 +22,7 @@ from shared.core.queue import (
     EXECUTE_SIGNAL,
     EXPIRE_SIGNALS,
     GUARD_SWEEP,
+    GUARD_WATCH,
     RECONCILE_ACCOUNTS,
     RECONCILE_TICK,
     Queue,
@@ -31,6 +32,7 @@ from shared.execution import service as execution
 from shared.execution.timing import PUBLISHED_AT, OrderClock
 from shared.guards import engine as guard_engine
 from shared.guards import readings as guard_readings
+from shared.guards import watch as guard_watch_feature
 from shared.models import Trade, TradeState
 from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
 from shared.reconciliation import schedule
@@ -300,3 +302,16 @@ def guard_sweep() -> int:
     for alert_id in alert_ids:
         queue.send(EXECUTE_ALERT, [alert_id])
     return len(alert_ids)
+
+
+@celery_app.task(name=GUARD_WATCH, base=DatabaseTask)
+def guard_watch() -> int:
+    """Beat's fast path for the guards (shared.guards.watch): quote the held symbols, estimate every
+    account's equity from its last sync, and read at once those the estimate puts at a limit."""
+    account_ids, counts = guard_watch_feature.watch(db.session, open_terminal=runtime.open_pooled_terminal)
+    if account_ids:
+        queue = extensions.task_queue()
+        for batch in schedule.batches(account_ids, 5):
+            queue.send(CHECK_GUARDS, [batch])
+        log.info("guard watch: reading %d account(s) now (%s)", len(account_ids), counts)
+    return len(account_ids)

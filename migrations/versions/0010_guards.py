@@ -1,4 +1,4 @@
-"""guards: account_risk, guard_states, drawdown_alerts, alert_closes, market_quotes
+"""guards: account_sync figures, account_risk, guard_states, drawdown_alerts, alert_closes, market_quotes
 
 Revision ID: 0010_guards
 Revises: 0009_accounts_and_retries
@@ -25,6 +25,10 @@ WHEN = sa.DateTime(timezone=True)
 
 
 def upgrade():
+    with op.batch_alter_table('account_sync', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('equity', MONEY, nullable=True))
+        batch_op.add_column(sa.Column('balance', MONEY, nullable=True))
+        batch_op.add_column(sa.Column('margin', MONEY, nullable=True))
     op.create_table(
         'account_risk',
         sa.Column('account_id', sa.Integer(), sa.ForeignKey('accounts.id'), primary_key=True),
@@ -131,3 +135,7 @@ def downgrade():
     op.drop_table('drawdown_alerts')
     op.drop_table('guard_states')
     op.drop_table('account_risk')
+    with op.batch_alter_table('account_sync', schema=None) as batch_op:
+        batch_op.drop_column('margin')
+        batch_op.drop_column('balance')
+        batch_op.drop_column('equity')

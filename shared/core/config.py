@@ -74,8 +74,11 @@ class Settings:
     # Guards: how soon a breach seen on one reading is read again (each reading counts toward the
     # account's `confirmations`), and how often beat looks for alerts whose close is overdue (a lost
     # task message, a worker that died).
-    guard_confirm_seconds: float = 0.5
+    guard_confirm_seconds: float = 0.2
     guard_sweep_seconds: float = 5.0
+    # How often the watch quotes the held symbols and reads at once the accounts they may have pushed over
+    # a limit (shared.guards.watch): what bounds how soon a breach between syncs is seen.
+    guard_watch_seconds: float = 0.5
     reconcile_batch_size: int = 100
     reconcile_threads: int = 100
     reconcile_lock_seconds: float = 150.0
@@ -292,7 +295,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         execution_max_retries=_int(env, "TRADEGUARD_EXECUTION_MAX_RETRIES", 5, minimum=0),
         account_check_timeout_seconds=_float(env, "TRADEGUARD_ACCOUNT_CHECK_TIMEOUT_SECONDS", 5.0),
         reconcile_interval_seconds=_float(env, "TRADEGUARD_RECONCILE_INTERVAL_SECONDS", 10.0),
-        guard_confirm_seconds=_float(env, "TRADEGUARD_GUARD_CONFIRM_SECONDS", 0.5),
+        guard_confirm_seconds=_float(env, "TRADEGUARD_GUARD_CONFIRM_SECONDS", 0.2),
+        guard_watch_seconds=_float(env, "TRADEGUARD_GUARD_WATCH_SECONDS", 0.5),
         guard_sweep_seconds=_float(env, "TRADEGUARD_GUARD_SWEEP_SECONDS", 5.0),
         reconcile_batch_size=_int(env, "TRADEGUARD_RECONCILE_BATCH_SIZE", 100),
         reconcile_threads=_int(env, "TRADEGUARD_RECONCILE_THREADS", 100),

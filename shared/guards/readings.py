@@ -8,7 +8,7 @@ shared by every account on the trade server) and learns the server's clock offse
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,6 +20,7 @@ from shared.guards import engine, rules
 from shared.models import Account, AccountSync, GuardState, MarketQuote, PositionSnapshot
 from shared.mt5.errors import SymbolNotFound, TerminalError
 from shared.mt5.ports import OpenTerminal, TerminalPort
+from shared.mt5.types import Quote, SymbolSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,12 @@ def check_account(
             positions = terminal.positions()
             at = now or utcnow()
             held = sorted({p.symbol for p in positions})
-            offset = _observe_market(session, account.server, terminal, held, at)
+            quotes, specs = _quote_all(terminal, held)
     except TerminalError as exc:
         session.rollback()
         log.warning("account %s: guard check failed (%s: %s)", account_id, type(exc).__name__, exc)
         return CheckOutcome(account_id, "failed", error=f"{type(exc).__name__}: {exc}")
+    offset = observe_market(session, account.server, quotes, specs, at)
     reading = rules.Reading(at, snapshot.equity, snapshot.balance, snapshot.margin_level)
     outcome = engine.record_reading(
         session,
@@ -76,18 +78,31 @@ def check_account(
     return CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id)
 
 
-def _observe_market(
-    session: DbSession, server: str, terminal: TerminalPort, symbols: Sequence[str], at: datetime
-) -> int | None:
-    """Quote each symbol once; store spread, the jump from the last quote seen, and when the server last
-    priced it. Returns the server's clock offset learnt from the quotes (None without any)."""
-    offset: int | None = None
-    insert = dialect_insert(session.get_bind())
+def _quote_all(
+    terminal: TerminalPort, symbols: Sequence[str]
+) -> tuple[dict[str, Quote], dict[str, SymbolSpec]]:
+    quotes, specs = {}, {}
     for symbol in symbols:
         try:
-            spec, quote = terminal.symbol_and_quote(symbol)
+            specs[symbol], quotes[symbol] = terminal.symbol_and_quote(symbol)
         except SymbolNotFound:
             continue
+    return quotes, specs
+
+
+def observe_market(
+    session: DbSession,
+    server: str,
+    quotes: Mapping[str, Quote],
+    specs: Mapping[str, SymbolSpec],
+    at: datetime,
+) -> int | None:
+    """Store, per symbol, the spread, the jump from the last quote seen, and when the server last priced
+    it. Returns the server's clock offset learnt from the quotes (None without any)."""
+    offset: int | None = None
+    insert = dialect_insert(session.get_bind())
+    for symbol, quote in sorted(quotes.items()):
+        spec = specs[symbol]
         offset = rules.broker_offset_seconds(quote.time, at) if offset is None else offset
         quoted_at = quote.time - timedelta(seconds=offset)
         previous = session.get(MarketQuote, (server, symbol))

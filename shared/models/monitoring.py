@@ -31,6 +31,10 @@ class AccountSync(db.Model):  # type: ignore[name-defined]
     # Deals are read from here on the next sync, so each closing deal is seen once.
     deals_synced_to: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_sync_ms: Mapped[int | None] = mapped_column(sa.Integer)  # how long the last sync took
+    # The last sync's account figures, read with its positions (what the guards' watch starts from).
+    equity: Mapped[Decimal | None] = mapped_column(Money)
+    balance: Mapped[Decimal | None] = mapped_column(Money)
+    margin: Mapped[Decimal | None] = mapped_column(Money)
     # The last sync's open positions with their attribution, for the positions API.
     positions: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
 

@@ -249,6 +249,7 @@ class SnapshotFigures:
     total_lots: Decimal
     margin_level: Decimal | None  # percent; None when no margin is used
     drawdown_percent: Decimal  # from peak equity
+    margin: Decimal = Decimal(0)  # in use, in the account currency
 
 
 @dataclass(frozen=True)
@@ -596,6 +597,7 @@ def snapshot_figures(
         total_lots=sum((p.volume for p in positions), Decimal(0)),
         margin_level=account.margin_level,
         drawdown_percent=drawdown_percent(peak, account.equity),
+        margin=account.margin,
     )
 
 

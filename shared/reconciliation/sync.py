@@ -562,6 +562,11 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
         "breaker_open_until": None,
         "peak_equity": figures.peak_equity,
         "positions": shown,
+        # The figures the positions were read with: the guards' watch estimates equity from them as
+        # prices move between syncs (shared.guards.watch).
+        "equity": figures.equity,
+        "balance": figures.balance,
+        "margin": figures.margin,
     }
     if (work.sync or {}).get("breaker_open_until") is not None:
         plan.audit.append(_audit("account.breaker_closed", "account", account.id, {}))

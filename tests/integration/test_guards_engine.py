@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from shared.guards import engine as guards
 from shared.guards import readings
 from shared.guards.settings import default_settings, validate_settings
-from shared.models import AccountRisk, AlertClose, AuditLog, DrawdownAlert, GuardState
+from shared.models import AccountRisk, AlertClose, AuditLog, DrawdownAlert, GuardState, MarketQuote
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import OrderOutcomeUnknown
 from shared.mt5.gateway import Gateway
@@ -416,3 +416,30 @@ def test_the_market_guard_blocks_a_symbol_whose_spread_blows_out_and_lifts_it_wh
     check()
     assert state_of(db_session, account_id).blocked_symbols == {}
     assert [n for n in recorder.names() if n.startswith("market.")] == ["market.blocked", "market.unblocked"]
+
+
+def test_the_watch_reads_at_once_an_account_its_quotes_push_over_a_limit(
+    guarded, sync, terminal, db_session, market, recorder
+):
+    from shared.guards import watch
+
+    _, account_id, login, _, _ = guarded()
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    assert sync(account_id).status == "ok"
+    readings.record_synced(db_session, [account_id], notify=recorder.notify, schedule=recorder.schedule)
+
+    @contextmanager
+    def open_terminal(account):
+        with Gateway.from_module(
+            SimTerminal(market.broker), login=account.login, password="x", server=account.server, timeout=5
+        ) as gateway:
+            yield gateway
+
+    assert watch.watch(db_session, open_terminal=open_terminal)[0] == []
+    terminal.sim_set_quote("EURUSD", 1.08395, 1.08405)  # 10.5 pips: 1.05 %, the warning
+    assert watch.watch(db_session, open_terminal=open_terminal)[0] == [account_id]
+    terminal.sim_set_quote("EURUSD", 1.08480, 1.08490)  # back to 0.2 %
+    assert watch.watch(db_session, open_terminal=open_terminal)[0] == []
+    # The watch saw the spread too: the market guard's view of EURUSD on this server is fresh.
+    seen = db_session.get(MarketQuote, ("TradeGuard-Sim", "EURUSD"))
+    assert (seen.bid, seen.spread_pips) == (Decimal("1.0848"), Decimal("1.00"))

@@ -1,0 +1,191 @@
+"""The guards' fast path: watch quotes between syncs, and read at once the accounts they may have pushed
+over a limit.
+
+A 10-s reconciliation cycle cannot warn within a second. Equity is balance plus the positions' profit at
+current prices, so the watch, every `TRADEGUARD_GUARD_WATCH_SECONDS`:
+
+1. quotes each symbol held on each trade server once (one terminal connection per server),
+2. estimates every watched account's equity from its last sync (equity then, plus each position's
+   move since: the price change in ticks x the tick value x the volume) — `estimate_equity`, pure,
+3. sends the accounts whose estimate is at a warning, a maximum or the margin minimum to `check_guards`,
+   which reads them on the terminal and lets `engine.record_reading` decide, as for any reading.
+
+The estimate never acts by itself: it only chooses whom to read now rather than at the next sync. It
+also refreshes what the market guard knows (`market_quotes`), so spreads and jumps are seen within the
+watch interval too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared.core.db import DbSession, utcnow
+from shared.guards import rules
+from shared.guards.readings import observe_market
+from shared.guards.settings import RiskSettings
+from shared.models import Account, AccountRisk, AccountSync, DrawdownAlert, GuardState
+from shared.mt5.errors import TerminalError
+from shared.mt5.ports import OpenTerminal
+from shared.mt5.types import Quote, SymbolSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchedPosition:
+    symbol: str
+    side: str
+    volume: Decimal
+    price_at_sync: Decimal  # the price its profit was last read at (the close side: bid for a buy)
+
+
+@dataclass(frozen=True)
+class WatchedAccount:
+    account_id: int
+    equity_at_sync: Decimal
+    margin: Decimal
+    positions: tuple[WatchedPosition, ...]
+    # Each drawdown limit's reference and thresholds, and whether it has warned already.
+    limits: tuple[tuple[Decimal, Decimal | None, Decimal | None, Decimal | None, bool], ...]
+    min_margin_level: Decimal | None
+
+
+def estimate_equity(
+    account: WatchedAccount, quotes: Mapping[str, Quote], specs: Mapping[str, SymbolSpec]
+) -> Decimal:
+    """The account's equity at these quotes: its equity at the sync plus each position's move since. A
+    buy is valued at the bid, a sell at the ask; one tick of move is worth the symbol's tick value (in
+    the account currency) per lot. A symbol without a quote is taken as unmoved."""
+    equity = account.equity_at_sync
+    for position in account.positions:
+        quote, spec = quotes.get(position.symbol), specs.get(position.symbol)
+        if quote is None or spec is None or spec.tick_size <= 0:
+            continue
+        if position.side == "buy":
+            move = quote.bid - position.price_at_sync
+        else:
+            move = position.price_at_sync - quote.ask
+        equity += move / spec.tick_size * spec.tick_value * position.volume
+    return equity
+
+
+def needs_reading(account: WatchedAccount, equity: Decimal) -> bool:
+    """Whether the estimate is at a limit's warning (not yet sent) or maximum, or under the margin
+    minimum: then the account is read now."""
+    for reference, warn_percent, max_percent, max_amount, warned in account.limits:
+        amount = reference - equity
+        percent = amount / reference * rules.HUNDRED if reference > 0 else Decimal(0)
+        if max_percent is not None and percent >= max_percent:
+            return True
+        if max_amount is not None and amount >= max_amount:
+            return True
+        if warn_percent is not None and percent >= warn_percent and not warned:
+            return True
+    if account.min_margin_level is not None and account.margin > 0:
+        return equity / account.margin * rules.HUNDRED < account.min_margin_level
+    return False
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The watched accounts on one terminal and trade server, and one of them to open it with."""
+
+    opener: Account
+    accounts: list[WatchedAccount]
+    symbols: set[str]
+
+
+def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
+    """Accounts with open positions, a sync to start from, not halted and with no alert counting down."""
+    live = sa.select(DrawdownAlert.account_id).where(DrawdownAlert.status.in_(("pending", "closing")))
+    rows = session.execute(
+        sa.select(Account, AccountSync, GuardState, AccountRisk.settings)
+        .join(AccountSync, AccountSync.account_id == Account.id)
+        .outerjoin(GuardState, GuardState.account_id == Account.id)
+        .outerjoin(AccountRisk, AccountRisk.account_id == Account.id)
+        .where(AccountSync.equity.is_not(None), Account.id.not_in(live))
+    ).all()
+    groups: dict[tuple[str, str], _Group] = {}
+    for account, sync, state, document in rows:
+        if not sync.positions or (state is not None and state.halted_at is not None):
+            continue
+        settings = RiskSettings.from_document(document)
+        stored = (state.limits if state is not None else None) or {}
+        limits = []
+        for limit in settings.drawdown_limits:
+            row = stored.get(limit.name) or {}
+            reference = row.get("reference")
+            if reference is None:
+                continue  # never read yet: its first reading comes with the next sync
+            limits.append(
+                (
+                    Decimal(reference),
+                    limit.warn_percent,
+                    limit.max_percent,
+                    limit.max_amount,
+                    bool(row.get("warned")),
+                )
+            )
+        positions = tuple(
+            WatchedPosition(p["symbol"], p["side"], Decimal(p["volume"]), Decimal(p["price_current"]))
+            for p in sync.positions
+        )
+        watched = WatchedAccount(
+            account.id,
+            sync.equity,
+            sync.margin or Decimal(0),
+            positions,
+            tuple(limits),
+            settings.min_margin_level_percent,
+        )
+        group = groups.setdefault((account.terminal_url, account.server), _Group(account, [], set()))
+        group.accounts.append(watched)
+        group.symbols.update(p.symbol for p in positions)
+    return groups
+
+
+def watch(
+    session: DbSession, *, open_terminal: OpenTerminal, now: datetime | None = None
+) -> tuple[list[int], dict[str, Any]]:
+    """One look at every watched account; returns the ids to read now and what was done (for the log)."""
+    at = now or utcnow()
+    groups = _watched(session)
+    session.rollback()  # nothing held open while terminals answer
+    to_read: list[int] = []
+    counts: dict[str, Any] = defaultdict(int)
+    for (terminal_url, server), group in groups.items():
+        try:
+            with open_terminal(group.opener) as terminal:
+                quotes, specs = {}, {}
+                for symbol in sorted(group.symbols):
+                    specs[symbol], quotes[symbol] = terminal.symbol_and_quote(symbol)
+        except TerminalError as exc:
+            counts["servers_failed"] += 1
+            log.warning(
+                "guard watch: %s on %s failed (%s: %s)", server, terminal_url, type(exc).__name__, exc
+            )
+            continue
+        observe_market(session, server, quotes, specs, at)
+        counts["servers"] += 1
+        for account in group.accounts:
+            counts["accounts"] += 1
+            if needs_reading(account, estimate_equity(account, quotes, specs)):
+                to_read.append(account.account_id)
+    session.commit()
+    counts["to_read"] = len(to_read)
+    return to_read, dict(counts)
+
+
+def suspects(
+    accounts: Sequence[WatchedAccount], quotes: Mapping[str, Quote], specs: Mapping[str, SymbolSpec]
+) -> list[int]:
+    """The accounts among these whose estimate needs a reading now (pure; what `watch` does per server)."""
+    return [a.account_id for a in accounts if needs_reading(a, estimate_equity(a, quotes, specs))]
