@@ -16,6 +16,7 @@ from shared.core.queue import (
     RECONCILE_ACCOUNTS,
     RECONCILE_QUEUE,
     RECONCILE_TICK,
+    SWEEP_WEBHOOKS,
 )
 
 _settings = load_settings()
@@ -122,6 +123,12 @@ beat_schedule = {
         "task": RECONCILE_TICK,
         "schedule": timedelta(seconds=_settings.reconcile_interval_seconds),
         "options": {"expires": _settings.reconcile_interval_seconds},
+    },
+    # The safety net of webhook deliveries whose message was lost (shared.notifications.webhooks).
+    "sweep-webhook-deliveries": {
+        "task": SWEEP_WEBHOOKS,
+        "schedule": timedelta(seconds=60),
+        "options": {"expires": 60},
     },
     "dispatch-approved-signals": {
         "task": DISPATCH_APPROVED,

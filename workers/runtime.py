@@ -26,6 +26,7 @@ from shared.mt5.gateway import Gateway
 from shared.mt5.pool import ConnectionPool
 from shared.mt5.ports import TerminalAccount, TerminalPort
 from shared.mt5.types import SymbolSpec
+from shared.notifications.delivery import DeliverySettings
 from shared.reconciliation.breaker import BreakerSettings
 from shared.reconciliation.rules import Tolerances
 from workers.celery_app import flask_app
@@ -176,6 +177,15 @@ def execution_settings() -> ExecutionSettings:
         unknown_outcome_grace_seconds=current.unknown_outcome_grace_seconds,
         terminal_timeout_seconds=current.terminal_timeout_seconds,
         lock_dir=current.instance_dir / "locks",
+    )
+
+
+def delivery_settings() -> DeliverySettings:
+    current = settings()
+    return DeliverySettings(
+        allow_private=current.webhook_allow_private,
+        timeout_seconds=current.webhook_timeout_seconds,
+        retry_scale=current.webhook_retry_scale,
     )
 
 

@@ -15,17 +15,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from shared.core import extensions
 from shared.core.db import db, utcnow
 from shared.core.queue import (
+    DELIVER_WEBHOOK,
     DISPATCH_APPROVED,
     EXECUTE_SIGNAL,
     EXPIRE_SIGNALS,
     RECONCILE_ACCOUNTS,
     RECONCILE_TICK,
+    SWEEP_WEBHOOKS,
 )
 from shared.execution import dispatch
 from shared.execution import service as execution
 from shared.execution.timing import PUBLISHED_AT, OrderClock
 from shared.models import Trade, TradeState
 from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
+from shared.notifications import delivery, webhooks
 from shared.reconciliation import schedule
 from shared.reconciliation.sync import sync_accounts
 from shared.signals.expiry import expire_due_signals
@@ -195,3 +198,27 @@ def reconcile_tick() -> int:
     for batch in schedule.batches(account_ids, settings.reconcile_batch_size):
         queue.send(RECONCILE_ACCOUNTS, [batch], expires=settings.reconcile_interval_seconds)
     return len(account_ids)
+
+
+@celery_app.task(name=DELIVER_WEBHOOK, base=DatabaseTask, bind=True, max_retries=None)
+def deliver_webhook(self: Task, delivery_id: str) -> str | None:
+    """POST one webhook delivery (by its delivery id), and schedule its next attempt when it fails:
+    the attempts are counted on the row (`delivery.attempt`), so Celery's own retry count plays no
+    part. Safe to run twice: a second copy finds the attempt claimed, or the delivery finished."""
+    outcome = delivery.attempt(db.session, extensions.secret_box(), delivery_id, runtime.delivery_settings())
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in)
+    return outcome.status.value if outcome.status else None
+
+
+# A delivery whose message is this late is taken for lost (the worker sends its retry at the due time).
+WEBHOOK_SWEEP_GRACE = timedelta(seconds=30)
+
+
+@celery_app.task(name=SWEEP_WEBHOOKS, base=DatabaseTask)
+def sweep_webhooks() -> int:
+    """Beat's safety net: pending deliveries overdue by WEBHOOK_SWEEP_GRACE are sent again (their
+    message was lost). Each message expires before the next sweep, so a backlog is not doubled."""
+    delivery_ids = webhooks.deliveries_due(db.session, utcnow() - WEBHOOK_SWEEP_GRACE)
+    webhooks.send_deliveries(extensions.task_queue(), delivery_ids, expires=60)
+    return len(delivery_ids)

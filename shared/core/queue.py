@@ -19,6 +19,8 @@ EXECUTE_SIGNAL = "tradeguard.execute_signal"
 DISPATCH_APPROVED = "tradeguard.dispatch_approved"
 RECONCILE_TICK = "tradeguard.reconcile_tick"
 RECONCILE_ACCOUNTS = "tradeguard.reconcile_accounts"
+DELIVER_WEBHOOK = "tradeguard.deliver_webhook"
+SWEEP_WEBHOOKS = "tradeguard.sweep_webhooks"
 
 # Queues. Orders (and the small periodic jobs) go on the default one; reconciliation batches on their
 # own, so that an approved order never waits behind a batch of slow terminals.

@@ -9,6 +9,7 @@ from shared.models.enums import Decision, Role, Side, SignalStatus, TradeState
 from shared.models.identity import Account, KeyCheck, StrategyClient, User
 from shared.models.metrics import TaskDurationBucket, TaskDurationTotal
 from shared.models.monitoring import AccountSync, PositionSnapshot, ReconciliationLog
+from shared.models.notifications import DeliveryStatus, Webhook, WebhookDelivery
 from shared.models.signals import Approval, Signal
 from shared.models.trades import Trade
 
@@ -18,6 +19,7 @@ __all__ = [
     "Approval",
     "AuditLog",
     "Decision",
+    "DeliveryStatus",
     "KeyCheck",
     "PositionSnapshot",
     "ReconciliationLog",
@@ -31,4 +33,6 @@ __all__ = [
     "Trade",
     "TradeState",
     "User",
+    "Webhook",
+    "WebhookDelivery",
 ]
