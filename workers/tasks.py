@@ -67,6 +67,7 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
             engine=db.engine,
             open_terminal=clock.opener(runtime.open_terminal),
             settings=runtime.execution_settings(),
+            queue=extensions.task_queue(),
         )
         clock.log(signal_id, trade.id if trade else None)
     except PermanentTerminalError as exc:
@@ -182,6 +183,7 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
                 # Well inside the soft time limit (100 s), so that stragglers are recorded as failed
                 # syncs instead of the limit throwing away every result not yet written.
                 give_up_after_seconds=80.0,
+                queue=extensions.task_queue(app),
             )
         finally:
             db.session.remove()
