@@ -694,6 +694,17 @@ class WebhookCreateSchema(StrictSchema):
             raise ma.ValidationError(target)
 
 
+def webhook_fields(webhook: Any) -> dict[str, Any]:
+    """What WebhookSchema shows of a webhook: its events spelled out when it receives them all."""
+    return {
+        "id": webhook.id,
+        "url": webhook.url,
+        "events": list(ALL_EVENTS) if webhook.events is None else list(webhook.events),
+        "all_events": webhook.events is None,
+        "created_at": webhook.created_at,
+    }
+
+
 class WebhookSchema(ma.Schema):
     id = fields.Integer()
     url = fields.String()
@@ -707,13 +718,7 @@ class WebhookSchema(ma.Schema):
     def _expand_events(self, webhook: Any, **_: Any) -> Any:
         if isinstance(webhook, Mapping):  # already expanded (with its secret, just created)
             return webhook
-        return {
-            "id": webhook.id,
-            "url": webhook.url,
-            "events": list(ALL_EVENTS) if webhook.events is None else list(webhook.events),
-            "all_events": webhook.events is None,
-            "created_at": webhook.created_at,
-        }
+        return webhook_fields(webhook)
 
 
 class WebhookCreatedSchema(WebhookSchema):

@@ -28,7 +28,7 @@ from shared.notifications.rules import Target
 
 log = logging.getLogger(__name__)
 
-# host, port -> the addresses it resolves to (textual IPs). Replaced in tests.
+# host, port -> the addresses it resolves to (textual IPs). `resolve` unless given (tests give another).
 Resolver = Callable[[str, int], Sequence[str]]
 
 # How much of a receiver's answer is read (for last_error): the rest is never downloaded.
@@ -54,12 +54,12 @@ def resolve(host: str, port: int) -> list[str]:
     return addresses
 
 
-def allowed_addresses(target: Target, *, allow_private: bool, resolver: Resolver = resolve) -> list[str]:
+def allowed_addresses(target: Target, *, allow_private: bool, resolver: Resolver | None = None) -> list[str]:
     """The addresses to connect to for `target`, all of them allowed; RefusedDestination otherwise. One
     refused address refuses the host: a name that mixes a public address with an internal one is the
     shape of an attack, and which one a client picks is not ours to trust."""
     try:
-        addresses = list(resolver(target.host, target.port))
+        addresses = list((resolver or resolve)(target.host, target.port))
     except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError; UnicodeError: IDNA
         raise RefusedDestination(f"host {target.host} does not resolve ({exc})") from exc
     if not addresses:
@@ -192,7 +192,7 @@ def attempt(
     delivery_id: str,
     settings: DeliverySettings,
     *,
-    resolver: Resolver = resolve,
+    resolver: Resolver | None = None,
     now: Callable[[], datetime] = utcnow,
 ) -> Outcome:
     """Make the delivery's next attempt if it is due, and record it. Safe to run twice, also at once: the
@@ -212,7 +212,7 @@ def attempt(
         _finish(session, row_id, attempts, status=DeliveryStatus.FAILED, last_error="the webhook was deleted")
         return Outcome(DeliveryStatus.FAILED)
 
-    answer = _send(delivery, webhook, box, settings, resolver)
+    answer = _send(delivery, webhook, box, settings, resolver or resolve)
     at = now()
     if answer.delivered:
         _finish(

@@ -20,7 +20,7 @@ from shared.core.pagination import Page, paginate
 from shared.core.queue import DELIVER_WEBHOOK, Queue
 from shared.models import DeliveryStatus, User, Webhook, WebhookDelivery
 from shared.notifications import rules
-from shared.notifications.delivery import RefusedDestination, Resolver, allowed_addresses, resolve
+from shared.notifications.delivery import RefusedDestination, Resolver, allowed_addresses
 from shared.notifications.events import ALL_EVENTS
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def create_webhook(
     url: str,
     events: Sequence[str] | None,
     allow_private: bool,
-    resolver: Resolver = resolve,
+    resolver: Resolver | None = None,
 ) -> tuple[Webhook, str]:
     """Returns the webhook and its signing secret, shown to the owner once and stored encrypted.
 

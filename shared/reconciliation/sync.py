@@ -149,6 +149,7 @@ class _Plan:
     reappear: list[int] = field(default_factory=list)  # vanished trades whose position is back
     audit: list[dict[str, Any]] = field(default_factory=list)
     notices: list[_Notice] = field(default_factory=list)
+    due: list[_Notice] = field(default_factory=list)  # the notices the last write of this plan made due
 
 
 def sync_accounts(
@@ -713,7 +714,8 @@ def _write(
     session = session_factory()
     try:
         try:
-            recorded = _write_plans(session, plans, queue)
+            recorded = _write_plans(session, plans)
+            _notify(session, plans, queue)
             session.commit()
             return [_outcome(plan, recorded) for plan in plans]
         except sa.exc.SQLAlchemyError as exc:
@@ -725,7 +727,8 @@ def _write(
         outcomes = []
         for plan in plans:
             try:
-                recorded = _write_plans(session, [plan], queue)
+                recorded = _write_plans(session, [plan])
+                _notify(session, [plan], queue)
                 session.commit()
                 outcomes.append(_outcome(plan, recorded))
             except sa.exc.SQLAlchemyError as exc:
@@ -741,7 +744,19 @@ def _outcome(plan: _Plan, recorded: Counter[int]) -> SyncOutcome:
     return SyncOutcome(plan.account_id, plan.status, events=recorded[plan.account_id], error=plan.error)
 
 
-def _write_plans(session: DbSession, plans: list[_Plan], queue: Queue | None = None) -> Counter[int]:
+def _notify(session: DbSession, plans: list[_Plan], queue: Queue | None) -> None:
+    """Send the owners' webhooks what the plans' write made due, in its transaction (the deliveries'
+    tasks go out once it commits)."""
+    if queue is None:
+        return
+    for plan in plans:
+        if plan.owner_id is None:
+            continue
+        for notice in plan.due:
+            webhooks.notify(session, queue, plan.owner_id, notice.event, notice.data)
+
+
+def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
     """The plans' rows, in a handful of statements for the whole batch; returns events recorded per
     account. Trade updates are conditional (a sent trade settled elsewhere meanwhile, a trade closed
     already), and their events and audit rows are written only when the update took."""
@@ -801,11 +816,12 @@ def _write_plans(session: DbSession, plans: list[_Plan], queue: Queue | None = N
             for e in plan.events
             if e["event_type"] not in written or e["trade_id"] in written[e["event_type"]]
         )
-        if queue is not None and plan.owner_id is not None:
-            took = {webhook_events.TRADE_FILLED: settled_now, webhook_events.TRADE_CLOSED: closed_now}
-            for notice in plan.notices:
-                if notice.trade_id is None or notice.trade_id in took.get(notice.event, ()):
-                    webhooks.notify(session, queue, plan.owner_id, notice.event, notice.data)
+        took = {webhook_events.TRADE_FILLED: settled_now, webhook_events.TRADE_CLOSED: closed_now}
+        plan.due = [
+            notice
+            for notice in plan.notices
+            if notice.trade_id is None or notice.trade_id in took.get(notice.event, ())
+        ]
 
     # Each statement below is compiled once per process and sent as an executemany (SQLAlchemy batches
     # the rows into multi-row INSERTs itself): building a fresh multi-row statement per batch cost more

@@ -13,6 +13,7 @@ from web.schemas import (
     WebhookCreatedSchema,
     WebhookCreateSchema,
     WebhookSchema,
+    webhook_fields,
 )
 
 blp = Blueprint(
@@ -46,7 +47,7 @@ def create_webhook(body: dict[str, Any]) -> Any:
         allow_private=settings().webhook_allow_private,
     )
     db.session.commit()
-    return {**WebhookSchema().dump(webhook), "secret": secret}
+    return {**webhook_fields(webhook), "secret": secret}
 
 
 @blp.get("")
