@@ -122,7 +122,9 @@ def test_another_users_webhook_is_not_found(api, dns):
     assert deliveries.status_code == 404
     assert api.http.get("/api/v1/webhooks", headers=other["headers"]).json == []
     # Still the owner's.
-    assert api.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=owner["headers"]).status_code == 200
+    assert (
+        api.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=owner["headers"]).status_code == 200
+    )
 
 
 def test_deleting_a_webhook_stops_its_deliveries_and_keeps_their_history(api, dns, db_session):
@@ -160,7 +162,12 @@ def test_deliveries_are_listed_newest_first_a_page_at_a_time(api, dns, db_sessio
     assert page["total"] == 2
     assert [item["event"] for item in page["items"]] == ["trade.closed", "trade.filled"]
     item = page["items"][0]
-    assert (item["status"], item["attempts"], item["status_code"], item["last_error"]) == ("pending", 0, None, None)
+    assert (item["status"], item["attempts"], item["status_code"], item["last_error"]) == (
+        "pending",
+        0,
+        None,
+        None,
+    )
     assert item["payload"]["id"] == item["delivery_id"] and item["payload"]["account_id"] == 5
     assert item["payload"]["data"] == {"account_id": 5, "trade_id": 9}
 

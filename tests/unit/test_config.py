@@ -145,7 +145,9 @@ def test_webhooks_reach_private_addresses_on_the_embedded_setup_only_unless_told
         2.5,
         0.01,
     )
-    closed = load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path), "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "false"})
+    closed = load_settings(
+        {"TRADEGUARD_INSTANCE_DIR": str(tmp_path), "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "false"}
+    )
     assert closed.webhook_allow_private is False
     with pytest.raises(ConfigurationError, match="TRADEGUARD_WEBHOOK_ALLOW_PRIVATE"):
         load_settings({**server, "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "maybe"})
