@@ -18,6 +18,7 @@ from shared.core.queue import (
     RECONCILE_ACCOUNTS,
     RECONCILE_QUEUE,
     RECONCILE_TICK,
+    SWEEP_WEBHOOKS,
 )
 
 _settings = load_settings()
@@ -134,6 +135,12 @@ beat_schedule = {
         "task": GUARD_SWEEP,
         "schedule": timedelta(seconds=_settings.guard_sweep_seconds),
         "options": {"expires": _settings.guard_sweep_seconds},
+    },
+    # The safety net of webhook deliveries whose message was lost (shared.notifications.webhooks).
+    "sweep-webhook-deliveries": {
+        "task": SWEEP_WEBHOOKS,
+        "schedule": timedelta(seconds=60),
+        "options": {"expires": 60},
     },
     "dispatch-approved-signals": {
         "task": DISPATCH_APPROVED,

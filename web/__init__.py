@@ -138,9 +138,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         monitoring,
         signals,
         trades,
+        webhooks,
     )
 
-    for module in (health, auth, accounts, clients, signals, approvals, trades, monitoring, audit):
+    for module in (health, auth, accounts, clients, signals, approvals, trades, monitoring, webhooks, audit):
         api.register_blueprint(module.blp)
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.
     app.register_blueprint(metrics.blp)

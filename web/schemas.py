@@ -10,11 +10,13 @@ from enum import Enum
 from typing import Any
 
 import marshmallow as ma
-from marshmallow import fields, pre_load, validate, validates, validates_schema
+from marshmallow import fields, pre_dump, pre_load, validate, validates, validates_schema
 
-from shared.models import Decision, Role, Side, SignalStatus, TradeState
+from shared.models import Decision, DeliveryStatus, Role, Side, SignalStatus, TradeState
 from shared.mt5.terminals import SCHEMES as TERMINAL_SCHEMES
 from shared.mt5.terminals import terminal_url_problem
+from shared.notifications.events import ALL_EVENTS
+from shared.notifications.rules import MAX_URL_LENGTH, parse_url
 from shared.signals.rules import price_level_errors
 from web.extensions import declared_terminals
 
@@ -656,3 +658,103 @@ class AccountStatusSchema(ma.Schema):
             "description": "open trades whose position vanished from the terminal (see a trade's vanished_at)"
         }
     )
+
+
+# --- webhooks -------------------------------------------------------------------------------------
+
+
+class WebhookCreateSchema(StrictSchema):
+    url = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=MAX_URL_LENGTH),
+        metadata={
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+            "description": "an http(s) URL whose host resolves to public addresses only (checked again at "
+            "every delivery); 422 naming url otherwise",
+        },
+    )
+    events = fields.List(
+        fields.String(validate=validate.OneOf(ALL_EVENTS)),
+        load_default=None,
+        metadata={"description": "the events it receives; omitted: every event, including ones added later"},
+    )
+
+    @pre_load
+    def _name_unknown_events(self, data: Any, **_: Any) -> Any:
+        # Named by position (`events.0`), flat, as every other field is named in an error's `fields`:
+        # marshmallow's own List errors would nest them ({"events": {"0": [...]}}).
+        if isinstance(data, Mapping) and isinstance(data.get("events"), list):
+            unknown = {
+                f"events.{i}": [f"unknown event; one of: {', '.join(ALL_EVENTS)}"]
+                for i, name in enumerate(data["events"])
+                if not isinstance(name, str) or name not in ALL_EVENTS
+            }
+            if unknown:
+                raise ma.ValidationError(unknown)
+            if not data["events"]:
+                raise ma.ValidationError({"events": ["name at least one event, or leave it out for all"]})
+        return data
+
+    @validates("url")
+    def _check_url(self, value: str, **_: Any) -> None:
+        target = parse_url(value)
+        if isinstance(target, str):
+            raise ma.ValidationError(target)
+
+
+def webhook_fields(webhook: Any) -> dict[str, Any]:
+    """What WebhookSchema shows of a webhook: its events spelled out when it receives them all."""
+    return {
+        "id": webhook.id,
+        "url": webhook.url,
+        "events": list(ALL_EVENTS) if webhook.events is None else list(webhook.events),
+        "all_events": webhook.events is None,
+        "created_at": webhook.created_at,
+    }
+
+
+class WebhookSchema(ma.Schema):
+    id = fields.Integer()
+    url = fields.String()
+    events = fields.List(fields.String(), metadata={"description": "the events it receives"})
+    all_events = fields.Boolean(
+        metadata={"description": "true when it receives every event, including ones added later"}
+    )
+    created_at = fields.DateTime()
+
+    @pre_dump
+    def _expand_events(self, webhook: Any, **_: Any) -> Any:
+        if isinstance(webhook, Mapping):  # already expanded (with its secret, just created)
+            return webhook
+        return webhook_fields(webhook)
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    secret = fields.String(
+        metadata={"description": "the HMAC-SHA256 signing secret; shown once, store it now"}
+    )
+
+
+class DeliveryQuerySchema(PageQuerySchema):
+    status = fields.String(load_default=None, validate=validate.OneOf([s.value for s in DeliveryStatus]))
+
+
+class DeliverySchema(ma.Schema):
+    id = fields.Integer()
+    delivery_id = fields.String(
+        metadata={"description": "the payload's id and X-TradeGuard-Delivery: the same on every attempt"}
+    )
+    event = fields.String()
+    status = _named(DeliveryStatus)
+    status_code = fields.Integer(allow_none=True, metadata={"description": "the receiver's last answer"})
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    next_attempt_at = fields.DateTime(
+        allow_none=True, metadata={"description": "when a pending delivery is tried next"}
+    )
+    payload = fields.Dict(metadata={"description": "the JSON body sent"})
+    created_at = fields.DateTime()
+    delivered_at = fields.DateTime(allow_none=True)
+
+
+DeliveryPageSchema = page_of(DeliverySchema)

@@ -27,6 +27,7 @@ from shared.mt5.gateway import Gateway
 from shared.mt5.pool import ConnectionPool
 from shared.mt5.ports import TerminalAccount, TerminalPort
 from shared.mt5.types import SymbolSpec
+from shared.notifications.delivery import DeliverySettings
 from shared.reconciliation.breaker import BreakerSettings
 from shared.reconciliation.rules import Tolerances
 from workers.celery_app import flask_app
@@ -187,6 +188,15 @@ def guard_settings() -> GuardSettings:
         max_price_retries=current.max_price_retries,
         in_flight_seconds=current.terminal_timeout_seconds + current.unknown_outcome_grace_seconds,
         magic=current.magic,
+    )
+
+
+def delivery_settings() -> DeliverySettings:
+    current = settings()
+    return DeliverySettings(
+        allow_private=current.webhook_allow_private,
+        timeout_seconds=current.webhook_timeout_seconds,
+        retry_scale=current.webhook_retry_scale,
     )
 
 

@@ -17,6 +17,7 @@ from shared.core import extensions
 from shared.core.db import after_commit, db, utcnow
 from shared.core.queue import (
     CHECK_GUARDS,
+    DELIVER_WEBHOOK,
     DISPATCH_APPROVED,
     EXECUTE_ALERT,
     EXECUTE_SIGNAL,
@@ -25,6 +26,7 @@ from shared.core.queue import (
     GUARD_WATCH,
     RECONCILE_ACCOUNTS,
     RECONCILE_TICK,
+    SWEEP_WEBHOOKS,
     Queue,
 )
 from shared.execution import dispatch
@@ -35,6 +37,7 @@ from shared.guards import readings as guard_readings
 from shared.guards import watch as guard_watch_feature
 from shared.models import Trade, TradeState
 from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
+from shared.notifications import delivery, webhooks
 from shared.reconciliation import schedule
 from shared.reconciliation.sync import sync_accounts
 from shared.signals.expiry import expire_due_signals
@@ -73,6 +76,7 @@ def execute_signal(self: Task, signal_id: int) -> str | None:
             engine=db.engine,
             open_terminal=clock.opener(runtime.open_terminal),
             settings=runtime.execution_settings(),
+            queue=extensions.task_queue(),
         )
         clock.log(signal_id, trade.id if trade else None)
     except PermanentTerminalError as exc:
@@ -188,12 +192,13 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
                 # Well inside the soft time limit (100 s), so that stragglers are recorded as failed
                 # syncs instead of the limit throwing away every result not yet written.
                 give_up_after_seconds=80.0,
+                queue=extensions.task_queue(app),
             )
             # Each sync's figures are a reading for the account's guards.
             synced = [outcome.account_id for outcome in outcomes if outcome.status == "ok"]
             queue = extensions.task_queue(app)
             readings = guard_readings.record_synced(
-                db.session, synced, notify=_guard_notify(), schedule=_guard_schedule(queue)
+                db.session, synced, notify=_guard_notify(queue), schedule=_guard_schedule(queue)
             )
         finally:
             db.session.remove()
@@ -219,9 +224,14 @@ def reconcile_tick() -> int:
 # --- guards -------------------------------------------------------------------------------------------
 
 
-def _guard_notify() -> guard_engine.Notify:
-    """How the guards tell owners: the webhooks (sent after the commit)."""
-    return guard_engine.no_notify
+def _guard_notify(queue: Queue | None = None) -> guard_engine.Notify:
+    """How the guards tell owners: a signed webhook to each subscriber, sent after the commit."""
+    task_queue = queue or extensions.task_queue()
+
+    def notify(session: Any, owner_id: int, event: str, data: dict[str, Any]) -> None:
+        webhooks.notify(session, task_queue, owner_id, event, data)
+
+    return notify
 
 
 def _guard_schedule(queue: Queue) -> guard_engine.Schedule:
@@ -247,7 +257,7 @@ def check_guards(account_ids: list[int]) -> dict[str, int]:
                         db.session,
                         account_id,
                         open_terminal=runtime.open_pooled_terminal,
-                        notify=_guard_notify(),
+                        notify=_guard_notify(queue),
                         schedule=_guard_schedule(queue),
                     )
                 )
@@ -315,3 +325,30 @@ def guard_watch() -> int:
             queue.send(CHECK_GUARDS, [batch])
         log.info("guard watch: reading %d account(s) now (%s)", len(account_ids), counts)
     return len(account_ids)
+
+
+# --- webhooks -----------------------------------------------------------------------------------------
+
+
+@celery_app.task(name=DELIVER_WEBHOOK, base=DatabaseTask, bind=True, max_retries=None)
+def deliver_webhook(self: Task, delivery_id: str) -> str | None:
+    """POST one webhook delivery (by its delivery id), and schedule its next attempt when it fails:
+    the attempts are counted on the row (`delivery.attempt`), so Celery's own retry count plays no
+    part. Safe to run twice: a second copy finds the attempt claimed, or the delivery finished."""
+    outcome = delivery.attempt(db.session, extensions.secret_box(), delivery_id, runtime.delivery_settings())
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in)
+    return outcome.status.value if outcome.status else None
+
+
+# A delivery whose message is this late is taken for lost (the worker sends its retry at the due time).
+WEBHOOK_SWEEP_GRACE = timedelta(seconds=30)
+
+
+@celery_app.task(name=SWEEP_WEBHOOKS, base=DatabaseTask)
+def sweep_webhooks() -> int:
+    """Beat's safety net: pending deliveries overdue by WEBHOOK_SWEEP_GRACE are sent again (their
+    message was lost). Each message expires before the next sweep, so a backlog is not doubled."""
+    delivery_ids = webhooks.deliveries_due(db.session, utcnow() - WEBHOOK_SWEEP_GRACE)
+    webhooks.send_deliveries(extensions.task_queue(), delivery_ids, expires=60)
+    return len(delivery_ids)

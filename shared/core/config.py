@@ -95,6 +95,13 @@ class Settings:
     # The terminals TradeGuard may connect to (TRADEGUARD_TERMINALS), as given; an account's terminal_url
     # must be one of them (see shared.mt5.terminals, which reads them).
     terminal_urls: tuple[str, ...] = ("sim://",)
+    # Webhooks (shared.notifications): whether they may go to loopback and private addresses (the
+    # embedded setup and tests: receivers on this machine; never in production, where it would let an
+    # owner make the workers POST into the internal network), how long one POST may take, and a factor
+    # on the retry schedule (tests only: 0.001 turns its hour into 4 s).
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 5.0
+    webhook_retry_scale: float = 1.0
     secrets_generated: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -140,6 +147,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ConfigurationError(f"{name} must be positive, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {env.get(name)!r}")
 
 
 def _decimal(env: Mapping[str, str], name: str, default: Decimal) -> Decimal:
@@ -310,6 +328,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         volume_divergence_percent=_decimal(env, "TRADEGUARD_VOLUME_DIVERGENCE_PERCENT", Decimal(10)),
         stop_divergence_pips=_decimal(env, "TRADEGUARD_STOP_DIVERGENCE_PIPS", Decimal(10)),
         terminal_urls=_terminal_urls(env),
+        # The embedded setup runs on one machine, its receivers too: private addresses allowed there.
+        webhook_allow_private=_bool(
+            env, "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE", default=database_url.startswith("sqlite")
+        ),
+        webhook_timeout_seconds=_float(env, "TRADEGUARD_WEBHOOK_TIMEOUT_SECONDS", 5.0),
+        webhook_retry_scale=_float(env, "TRADEGUARD_WEBHOOK_RETRY_SCALE", 1.0),
         secrets_generated=generated,
     )
 

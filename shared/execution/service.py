@@ -31,11 +31,13 @@ from shared.audit import trail
 from shared.core.config import DEFAULT_MAGIC
 from shared.core.db import DbSession, dialect_insert, utcnow
 from shared.core.locks import Busy, exclusive
+from shared.core.queue import Queue
 from shared.execution.errors import TerminalRetryLater
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown, SymbolNotFound
 from shared.mt5.ports import OpenTerminal, TerminalPort
+from shared.notifications import events, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,33 @@ def _record(session: DbSession, trade: Trade, action: str, **meta: Any) -> None:
         target_type="trade",
         target_id=trade.id,
         meta={"signal_id": trade.signal_id, "state": trade.state.value, **meta},
+    )
+
+
+def _notify(session: DbSession, queue: Queue | None, trade: Trade, event: str) -> None:
+    """Tell the owner's webhooks what became of the trade, in the transaction that records it."""
+    if queue is None:  # a caller without a task queue (a script, a test of execution alone)
+        return
+    webhooks.notify(
+        session,
+        queue,
+        trade.owner_id,
+        event,
+        {
+            "trade_id": trade.id,
+            "signal_id": trade.signal_id,
+            "account_id": trade.account_id,
+            "symbol": trade.symbol,
+            "side": trade.side,
+            "state": trade.state,
+            "requested_volume": trade.requested_volume,
+            "filled_volume": trade.filled_volume,
+            "filled_price": trade.filled_price,
+            "order_ticket": trade.order_ticket,
+            "position_ticket": trade.position_ticket,
+            "retcode": trade.retcode,
+            "failure_reason": trade.failure_reason,
+        },
     )
 
 
@@ -155,8 +184,10 @@ def execute_signal(
     open_terminal: OpenTerminal,
     settings: ExecutionSettings,
     sleep: Callable[[float], None] = time.sleep,
+    queue: Queue | None = None,
 ) -> Trade | None:
-    """Execute one approved signal at most once. Safe to call again at any point, also concurrently."""
+    """Execute one approved signal at most once. Safe to call again at any point, also concurrently.
+    With a `queue`, the fill or rejection is sent to the owner's webhooks (trade.filled, trade.rejected)."""
     trade = _claim_trade(session, signal_id, settings)
     if trade is None or trade.state not in (TradeState.PENDING, TradeState.SENT):
         return trade
@@ -182,12 +213,13 @@ def execute_signal(
                 if found is not None:
                     _fill_from_found(trade, found)
                     _record(session, trade, "trade.found_after_lost_reply", volume=str(trade.filled_volume))
+                    _notify(session, queue, trade, events.TRADE_FILLED)
                     session.commit()
                     return trade
                 trade.state = TradeState.PENDING
                 _record(session, trade, "trade.not_found_after_lost_reply")
                 session.commit()
-            _send(session, trade, terminal, settings)
+            _send(session, trade, terminal, settings, queue)
     return trade
 
 
@@ -201,7 +233,9 @@ def _trade_lock(engine: sa.Engine, name: str, settings: ExecutionSettings) -> It
         raise TerminalRetryLater(f"{name} is being executed by another worker") from exc
 
 
-def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: ExecutionSettings) -> None:
+def _send(
+    session: DbSession, trade: Trade, terminal: TerminalPort, settings: ExecutionSettings, queue: Queue | None
+) -> None:
     signal = trade.signal
     if trade.comment is None:
         # Named as the trade was claimed (_claim_trade): an order without it could never be found again,
@@ -211,14 +245,14 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
     try:
         spec, quote = terminal.symbol_and_quote(trade.symbol)
     except SymbolNotFound as exc:
-        _reject_unknown_symbol(session, trade, exc)
+        _reject_unknown_symbol(session, trade, exc, queue)
         return
     for attempt in range(settings.max_price_retries + 1):
         if attempt:
             try:
                 quote = terminal.quote(trade.symbol)
             except SymbolNotFound as exc:  # the broker dropped it since: no order was sent for it
-                _reject_unknown_symbol(session, trade, exc)
+                _reject_unknown_symbol(session, trade, exc, queue)
                 return
         problems = pre_trade_problems(
             side=trade.side.value,
@@ -232,7 +266,7 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
             now=utcnow(),
         )
         if problems:
-            _reject_before_sending(session, trade, problems)
+            _reject_before_sending(session, trade, problems, queue)
             return
         price = quote.ask if trade.side == Side.BUY else quote.bid
         request = terminal.market_order_request(
@@ -280,6 +314,7 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
                 price=str(result.price),
                 requested_price=str(price),
             )
+            _notify(session, queue, trade, events.TRADE_FILLED)
             session.commit()
             return
         if outcome == Outcome.NEW_PRICE:
@@ -294,27 +329,34 @@ def _send(session: DbSession, trade: Trade, terminal: TerminalPort, settings: Ex
         trade.state = TradeState.REJECTED
         trade.failure_reason = f"broker rejected the order: retcode {result.retcode} {result.comment}"[:500]
         _record(session, trade, "trade.rejected", retcode=result.retcode, comment=result.comment)
+        _notify(session, queue, trade, events.TRADE_REJECTED)
         session.commit()
         return
     trade.state = TradeState.REJECTED
     trade.failure_reason = f"price moved on each of {settings.max_price_retries + 1} attempts"
     _record(session, trade, "trade.rejected", reason=trade.failure_reason)
+    _notify(session, queue, trade, events.TRADE_REJECTED)
     session.commit()
 
 
-def _reject_before_sending(session: DbSession, trade: Trade, problems: list[str]) -> None:
+def _reject_before_sending(
+    session: DbSession, trade: Trade, problems: list[str], queue: Queue | None
+) -> None:
     """The trade is rejected for `problems` found before its order was sent (none was, on this attempt)."""
     trade.state = TradeState.REJECTED
     trade.failure_reason = "; ".join(problems)[:500]
     _record(session, trade, "trade.rejected_pre_trade", problems=problems)
+    _notify(session, queue, trade, events.TRADE_REJECTED)
     session.commit()
 
 
-def _reject_unknown_symbol(session: DbSession, trade: Trade, exc: SymbolNotFound) -> None:
+def _reject_unknown_symbol(
+    session: DbSession, trade: Trade, exc: SymbolNotFound, queue: Queue | None
+) -> None:
     """A symbol the terminal does not know is the signal's mistake (or a name the broker spells with a
     suffix), not the terminal's failure: the trade is rejected with what the terminal said, as the other
     pre-trade checks reject, and no retry could change it."""
-    _reject_before_sending(session, trade, [f"unknown symbol {trade.symbol}: {exc}"])
+    _reject_before_sending(session, trade, [f"unknown symbol {trade.symbol}: {exc}"], queue)
 
 
 def record_retry(

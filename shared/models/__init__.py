@@ -10,6 +10,7 @@ from shared.models.guards import AccountRisk, AlertClose, DrawdownAlert, GuardSt
 from shared.models.identity import Account, KeyCheck, StrategyClient, User
 from shared.models.metrics import TaskDurationBucket, TaskDurationTotal
 from shared.models.monitoring import AccountSync, PositionSnapshot, ReconciliationLog
+from shared.models.notifications import DeliveryStatus, Webhook, WebhookDelivery
 from shared.models.signals import Approval, Signal
 from shared.models.trades import Trade
 
@@ -21,6 +22,7 @@ __all__ = [
     "Approval",
     "AuditLog",
     "Decision",
+    "DeliveryStatus",
     "DrawdownAlert",
     "GuardState",
     "KeyCheck",
@@ -37,4 +39,6 @@ __all__ = [
     "Trade",
     "TradeState",
     "User",
+    "Webhook",
+    "WebhookDelivery",
 ]

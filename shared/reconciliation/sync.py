@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from shared.audit import trail
 from shared.core.db import DbSession, dialect_insert, utcnow
 from shared.core.locks import Lock, Locks, each
+from shared.core.queue import Queue
 from shared.models import (
     Account,
     AccountSync,
@@ -45,6 +46,8 @@ from shared.models import (
 from shared.mt5.constants import DEAL_ENTRY_IN
 from shared.mt5.errors import TerminalError
 from shared.mt5.ports import OpenTerminal
+from shared.notifications import events as webhook_events
+from shared.notifications import webhooks
 from shared.reconciliation.breaker import BreakerSettings, backoff_seconds, breaker_is_open
 from shared.reconciliation.rules import (
     BookedTrade,
@@ -118,12 +121,23 @@ class _Loaded:
     booked: list[BookedTrade]
 
 
+@dataclass(frozen=True)
+class _Notice:
+    """An event for the owner's webhooks. One about a trade is sent only when this sync's update of
+    that trade took (as its reconciliation event is)."""
+
+    event: str
+    data: dict[str, Any]
+    trade_id: int | None = None
+
+
 @dataclass
 class _Plan:
     """Everything one account's sync writes (decided without the database)."""
 
     account_id: int
     status: str  # ok | failed
+    owner_id: int | None = None
     error: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     snapshot: dict[str, Any] | None = None
@@ -134,6 +148,8 @@ class _Plan:
     vanish: list[tuple[int, datetime]] = field(default_factory=list)  # (trade id, when found vanished)
     reappear: list[int] = field(default_factory=list)  # vanished trades whose position is back
     audit: list[dict[str, Any]] = field(default_factory=list)
+    notices: list[_Notice] = field(default_factory=list)
+    due: list[_Notice] = field(default_factory=list)  # the notices the last write of this plan made due
 
 
 def sync_accounts(
@@ -149,6 +165,7 @@ def sync_accounts(
     write_after_seconds: float = 2.0,
     give_up_after_seconds: float | None = None,
     now: Callable[[], datetime] = utcnow,
+    queue: Queue | None = None,
 ) -> list[SyncOutcome]:
     """Reconcile a batch of accounts; one outcome per id. Safe to run twice, and concurrently: accounts
     whose lock another run holds come back `busy`, untouched.
@@ -158,7 +175,9 @@ def sync_accounts(
     rest when it finishes: a terminal that hangs until its timeout must not hold back the figures of the
     accounts whose terminals answered. An account still not done `give_up_after_seconds` after the start
     is recorded as a failed sync (it counts towards its breaker) rather than left to the task's time
-    limit, which would lose every result not yet written."""
+    limit, which would lose every result not yet written. With a `queue`, trades closed and breakers
+    opened are sent to the owners' webhooks (trade.closed, breaker.opened; and trade.filled for a sent
+    trade settled from its position)."""
     started = time.monotonic()
     account_ids = list(dict.fromkeys(account_ids))  # each account once, whatever the caller sent
     names = {account_id: lock_name(account_id) for account_id in account_ids}
@@ -183,7 +202,7 @@ def sync_accounts(
 
         def write(plans: list[_Plan]) -> None:
             plans.sort(key=lambda plan: order[plan.account_id])
-            outcomes.update({o.account_id: o for o in _write(session_factory, plans)})
+            outcomes.update({o.account_id: o for o in _write(session_factory, plans, queue)})
 
         # First wave: whatever has answered after `write_after_seconds`.
         done, pending = wait(futures, timeout=write_after_seconds)
@@ -226,6 +245,7 @@ def sync_account(
     tolerances: Tolerances,
     breaker: BreakerSettings,
     now: Callable[[], datetime] = utcnow,
+    queue: Queue | None = None,
 ) -> SyncOutcome:
     """Reconcile one account (a batch of one)."""
     (outcome,) = sync_accounts(
@@ -237,6 +257,7 @@ def sync_account(
         tolerances=tolerances,
         breaker=breaker,
         now=now,
+        queue=queue,
     )
     return outcome
 
@@ -407,7 +428,7 @@ def _audit(action: str, target_type: str, target_id: int, meta: dict[str, Any]) 
 def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: datetime, currency: str) -> _Plan:
     """The rows one successful sync writes. Pure: decided from the loaded state and the result."""
     account = work.account
-    plan = _Plan(account.id, "ok")
+    plan = _Plan(account.id, "ok", owner_id=account.owner_id)
     base = {"account_id": account.id, "owner_id": account.owner_id, "created_at": synced_at}
     shown: list[dict[str, Any]] = []
     # What the previous sync already saw, by position key: its events are recorded, so they are not
@@ -447,7 +468,25 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
         trade, key = match.trade, match.position_key
         if match.matched_by != "tolerance":
             if trade.state == TradeState.SENT.value:
-                plan.settle.append((trade.id, _settled_values(match, synced_at)))
+                settled = _settled_values(match, synced_at)
+                plan.settle.append((trade.id, settled))
+                plan.notices.append(
+                    _Notice(
+                        webhook_events.TRADE_FILLED,
+                        {
+                            "trade_id": trade.id,
+                            "account_id": account.id,
+                            "symbol": trade.symbol,
+                            "side": trade.side,
+                            "state": settled["state"],
+                            "filled_volume": settled["filled_volume"],
+                            "filled_price": settled["filled_price"],
+                            "position_ticket": settled["position_ticket"],
+                            "found_by": "reconciliation",
+                        },
+                        trade_id=trade.id,
+                    )
+                )
             if trade.position_key is None:
                 plan.identify.append((trade.id, key))  # from now on this position, whatever its ticket
         if trade.vanished_at is not None:
@@ -528,6 +567,23 @@ def _success_plan(work: _Loaded, result: ReconciliationResult, synced_at: dateti
                     "pnl": closed.profit,
                     "updated_at": synced_at,
                 },
+            )
+        )
+        plan.notices.append(
+            _Notice(
+                webhook_events.TRADE_CLOSED,
+                {
+                    "trade_id": trade.id,
+                    "account_id": account.id,
+                    "symbol": trade.symbol,
+                    "side": trade.side,
+                    "close_reason": closed.reason,
+                    "close_price": closed.close_price,
+                    "closed_volume": closed.closed_volume,
+                    "pnl": closed.profit,
+                    "closed_at": closed.closed_at or synced_at,
+                },
+                trade_id=trade.id,
             )
         )
         plan.events.append(
@@ -616,7 +672,7 @@ def _failure_plan(work: _Loaded, message: str, breaker: BreakerSettings, at: dat
     message = message[:500]
     previous = work.sync or {}
     failures = (previous.get("consecutive_failures") or 0) + 1
-    plan = _Plan(work.account.id, "failed", error=message)
+    plan = _Plan(work.account.id, "failed", error=message, owner_id=work.account.owner_id)
     plan.sync = {
         "account_id": work.account.id,
         "consecutive_failures": failures,
@@ -637,13 +693,26 @@ def _failure_plan(work: _Loaded, message: str, breaker: BreakerSettings, at: dat
                 {"failures": failures, "seconds": seconds, "error": message},
             )
         )
+        plan.notices.append(
+            _Notice(
+                webhook_events.BREAKER_OPENED,
+                {
+                    "account_id": work.account.id,
+                    "consecutive_failures": failures,
+                    "open_until": plan.sync["breaker_open_until"],
+                    "error": message,
+                },
+            )
+        )
     return plan
 
 
 # --- 3. write -----------------------------------------------------------------------------------------
 
 
-def _write(session_factory: Callable[[], DbSession], plans: list[_Plan]) -> list[SyncOutcome]:
+def _write(
+    session_factory: Callable[[], DbSession], plans: list[_Plan], queue: Queue | None = None
+) -> list[SyncOutcome]:
     """Write every plan in one transaction; if that fails, each in its own (see the module docstring)."""
     if not plans:
         return []
@@ -651,6 +720,7 @@ def _write(session_factory: Callable[[], DbSession], plans: list[_Plan]) -> list
     try:
         try:
             recorded = _write_plans(session, plans)
+            _notify(session, plans, queue)
             session.commit()
             return [_outcome(plan, recorded) for plan in plans]
         except sa.exc.SQLAlchemyError as exc:
@@ -663,6 +733,7 @@ def _write(session_factory: Callable[[], DbSession], plans: list[_Plan]) -> list
         for plan in plans:
             try:
                 recorded = _write_plans(session, [plan])
+                _notify(session, [plan], queue)
                 session.commit()
                 outcomes.append(_outcome(plan, recorded))
             except sa.exc.SQLAlchemyError as exc:
@@ -678,6 +749,18 @@ def _outcome(plan: _Plan, recorded: Counter[int]) -> SyncOutcome:
     return SyncOutcome(plan.account_id, plan.status, events=recorded[plan.account_id], error=plan.error)
 
 
+def _notify(session: DbSession, plans: list[_Plan], queue: Queue | None) -> None:
+    """Send the owners' webhooks what the plans' write made due, in its transaction (the deliveries'
+    tasks go out once it commits)."""
+    if queue is None:
+        return
+    for plan in plans:
+        if plan.owner_id is None:
+            continue
+        for notice in plan.due:
+            webhooks.notify(session, queue, plan.owner_id, notice.event, notice.data)
+
+
 def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
     """The plans' rows, in a handful of statements for the whole batch; returns events recorded per
     account. Trade updates are conditional (a sent trade settled elsewhere meanwhile, a trade closed
@@ -687,8 +770,10 @@ def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
     events: list[dict[str, Any]] = []
     for plan in plans:
         audit_rows.extend(plan.audit)
+        settled_now = set()
         for trade_id, values in plan.settle:
             if _update_trade(session, trade_id, values, Trade.state == TradeState.SENT):
+                settled_now.add(trade_id)
                 audit_rows.append(
                     _audit(
                         "trade.filled_by_reconciliation",
@@ -736,6 +821,12 @@ def _write_plans(session: DbSession, plans: list[_Plan]) -> Counter[int]:
             for e in plan.events
             if e["event_type"] not in written or e["trade_id"] in written[e["event_type"]]
         )
+        took = {webhook_events.TRADE_FILLED: settled_now, webhook_events.TRADE_CLOSED: closed_now}
+        plan.due = [
+            notice
+            for notice in plan.notices
+            if notice.trade_id is None or notice.trade_id in took.get(notice.event, ())
+        ]
 
     # Each statement below is compiled once per process and sent as an executemany (SQLAlchemy batches
     # the rows into multi-row INSERTs itself): building a fresh multi-row statement per batch cost more

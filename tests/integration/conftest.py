@@ -115,7 +115,8 @@ def approved(api):
 
 @pytest.fixture
 def sync(db_session, market):
-    """Reconcile one account (`sync(id)`) or a batch (`sync.many(ids)`) against the test's broker.
+    """Reconcile one account (`sync(id)`, `queue=` to send webhook events) or a batch (`sync.many(ids)`)
+    against the test's broker.
     `sync.unreachable` holds account ids whose terminal refuses connections; `sync.reads` records the
     (account id, deals_from, deals_to) of every `read_account`; `sync.terminal_type` is the terminal
     class it opens (a SimTerminal that misbehaves, say)."""
@@ -151,7 +152,7 @@ def sync(db_session, market):
     def symbol_specs(account, terminal, names):
         return {name: terminal.symbol(name) for name in names}
 
-    def sync(account_id, lock=no_lock):
+    def sync(account_id, lock=no_lock, queue=None):
         return sync_account(
             lambda: db.session(),
             account_id,
@@ -160,6 +161,7 @@ def sync(db_session, market):
             symbol_specs=symbol_specs,
             tolerances=Tolerances(),
             breaker=BreakerSettings(failures_to_open=3, first_backoff_seconds=30),
+            queue=queue,
         )
 
     def many(account_ids, lock=no_lock, **options):

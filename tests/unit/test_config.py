@@ -116,3 +116,38 @@ def test_the_magic_number_is_tradeguards_own_and_stays_so(tmp_path):
 
     assert DEFAULT_MAGIC == 770077
     assert load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path)}).magic == 770077
+
+
+def test_webhooks_reach_private_addresses_on_the_embedded_setup_only_unless_told(tmp_path):
+    server = {
+        "TRADEGUARD_INSTANCE_DIR": str(tmp_path),
+        "DATABASE_URL": "postgresql://db/tradeguard",
+        "TRADEGUARD_SECRET_KEY": "a",
+        "TRADEGUARD_JWT_SECRET": "b",
+        "TRADEGUARD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    }
+    embedded = load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path)})
+    production = load_settings(server)
+    assert embedded.webhook_allow_private is True
+    assert production.webhook_allow_private is False
+    assert (production.webhook_timeout_seconds, production.webhook_retry_scale) == (5.0, 1.0)
+
+    told = load_settings(
+        {
+            **server,
+            "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "true",
+            "TRADEGUARD_WEBHOOK_TIMEOUT_SECONDS": "2.5",
+            "TRADEGUARD_WEBHOOK_RETRY_SCALE": "0.01",
+        }
+    )
+    assert (told.webhook_allow_private, told.webhook_timeout_seconds, told.webhook_retry_scale) == (
+        True,
+        2.5,
+        0.01,
+    )
+    closed = load_settings(
+        {"TRADEGUARD_INSTANCE_DIR": str(tmp_path), "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "false"}
+    )
+    assert closed.webhook_allow_private is False
+    with pytest.raises(ConfigurationError, match="TRADEGUARD_WEBHOOK_ALLOW_PRIVATE"):
+        load_settings({**server, "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "maybe"})

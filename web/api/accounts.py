@@ -4,9 +4,10 @@ from typing import Any
 
 from shared.guards import engine as guard_engine
 from shared.identity import accounts
+from shared.notifications import webhooks
 from web.api import BODY_ERRORS, Blueprint
 from web.auth import current_user, login_required
-from web.extensions import db, declared_terminals, secret_box, settings
+from web.extensions import db, declared_terminals, secret_box, settings, task_queue
 from web.schemas import AccountCreateSchema, AccountSchema, GuardResumeSchema
 
 blp = Blueprint("accounts", __name__, url_prefix="/api/v1/accounts", description="Broker accounts")
@@ -69,6 +70,11 @@ def resume_account(account_id: int) -> Any:
     `close` or `block` action whose limit resumes `manual` (those resuming `next_period` end by
     themselves at the next period start, in broker time).
     """
-    state = guard_engine.resume(db.session, current_user().id, account_id)
+    queue = task_queue()
+
+    def notify(session: Any, owner_id: int, event: str, data: dict[str, Any]) -> None:
+        webhooks.notify(session, queue, owner_id, event, data)
+
+    state = guard_engine.resume(db.session, current_user().id, account_id, notify=notify)
     db.session.commit()
     return {"account_id": account_id, "state": state.state, "equity": state.equity}

@@ -1,0 +1,321 @@
+"""Sending one delivery: resolve the receiver's host, refuse addresses it may not reach, POST the signed
+payload to the address it resolved (pinned: no second look-up a DNS rebinding could answer differently),
+and record what happened. Run by a worker (`tradeguard.deliver_webhook`), never in a web request.
+
+A receiver's fault (refused, timed out, an error status, a redirect) is recorded on the delivery and
+retried on the schedule of `rules.retry_delay`; it never raises out of `attempt`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared.core.crypto import SecretBox, SecretUnreadable
+from shared.core.db import DbSession, utcnow
+from shared.models import DeliveryStatus, Webhook, WebhookDelivery
+from shared.notifications import rules
+from shared.notifications.rules import Target
+
+log = logging.getLogger(__name__)
+
+# host, port -> the addresses it resolves to (textual IPs). `resolve` unless given (tests give another).
+Resolver = Callable[[str, int], Sequence[str]]
+
+# How much of a receiver's answer is read (for last_error): the rest is never downloaded.
+RESPONSE_EXCERPT_BYTES = 512
+# A retry message may run a little before its row says it is due (the clocks of the worker that
+# scheduled it and the one that runs it differ): this much early still counts as due.
+EARLY_TOLERANCE = timedelta(seconds=2)
+
+
+class RefusedDestination(Exception):
+    """The URL's host does not resolve, or resolves to an address webhooks may not reach. The message
+    says which, for the owner (422 at creation) or the delivery's last_error."""
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, in the resolver's order, without repeats."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[str] = []
+    for info in infos:
+        address = str(info[4][0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def allowed_addresses(target: Target, *, allow_private: bool, resolver: Resolver | None = None) -> list[str]:
+    """The addresses to connect to for `target`, all of them allowed; RefusedDestination otherwise. One
+    refused address refuses the host: a name that mixes a public address with an internal one is the
+    shape of an attack, and which one a client picks is not ours to trust."""
+    try:
+        addresses = list((resolver or resolve)(target.host, target.port))
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError; UnicodeError: IDNA
+        raise RefusedDestination(f"host {target.host} does not resolve ({exc})") from exc
+    if not addresses:
+        raise RefusedDestination(f"host {target.host} does not resolve")
+    for address in addresses:
+        reason = rules.refusal_reason(address, allow_private)
+        if reason is not None:
+            raise RefusedDestination(
+                f"host {target.host} resolves to {address}, {reason}: webhooks go to public addresses only"
+            )
+    return addresses
+
+
+# --- the POST ---------------------------------------------------------------------------------------
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to `address`, speaking to it as `host` (the Host header is the host's)."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to `address`, with the host's name in SNI and its certificate checked against that name."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._address = address
+        self._tls = context
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, self.port), self.timeout)
+        try:
+            self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one POST came to: the receiver's status code when it answered, and an error unless 2xx."""
+
+    status_code: int | None
+    error: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
+def post(
+    target: Target, addresses: Sequence[str], body: bytes, headers: dict[str, str], timeout: float
+) -> Answer:
+    """POST `body` to `target` at the first of `addresses` that accepts a connection. Each network step
+    (connect, TLS, send, the answer's first bytes) may take `timeout` seconds; redirects are not
+    followed (a 3xx is a failed attempt); at most RESPONSE_EXCERPT_BYTES of the answer are read."""
+    connection_error: str | None = None
+    for address in addresses:
+        connection: http.client.HTTPConnection
+        if target.scheme == "https":
+            connection = _PinnedHTTPSConnection(
+                target.host, target.port, address, timeout, ssl.create_default_context()
+            )
+        else:
+            connection = _PinnedHTTPConnection(target.host, target.port, address, timeout)
+        try:
+            try:
+                connection.connect()
+            except (OSError, ssl.SSLError) as exc:
+                # Not answered at this address: the next one may (a host with IPv6 and IPv4, say).
+                connection_error = f"could not connect to {address}: {type(exc).__name__}: {exc}"
+                continue
+            try:
+                connection.request("POST", target.path, body=body, headers=headers)
+                response = connection.getresponse()
+                excerpt = response.read(RESPONSE_EXCERPT_BYTES)
+            except TimeoutError:
+                return Answer(None, f"no answer within {timeout:g} s")
+            except (OSError, http.client.HTTPException) as exc:
+                return Answer(None, f"{type(exc).__name__}: {exc}")
+            status = response.status
+            if 200 <= status < 300:
+                return Answer(status, None)
+            if 300 <= status < 400:
+                location = response.getheader("Location") or "no Location"
+                return Answer(status, f"HTTP {status}: redirects are not followed ({location})")
+            text = excerpt.decode("utf-8", errors="replace")
+            return Answer(status, f"HTTP {status}: {text}" if text.strip() else f"HTTP {status}")
+        finally:
+            connection.close()
+    return Answer(None, connection_error or "no address to connect to")
+
+
+# --- one attempt, recorded ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `attempt` did: the delivery's status after it (None: nothing to do: delivered or given up
+    already, not due yet, or claimed by another worker), and how long to wait before the next attempt
+    when there is one."""
+
+    status: DeliveryStatus | None
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    allow_private: bool = False
+    timeout_seconds: float = 5.0
+    retry_scale: float = 1.0
+    max_attempts: int = rules.MAX_ATTEMPTS
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claimed attempt keeps others off the delivery: longer than any attempt can take
+        (a look-up and each network step within its timeout), so two never POST at once."""
+        return timedelta(seconds=4 * self.timeout_seconds + 30)
+
+
+def attempt(
+    session: DbSession,
+    box: SecretBox,
+    delivery_id: str,
+    settings: DeliverySettings,
+    *,
+    resolver: Resolver | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> Outcome:
+    """Make the delivery's next attempt if it is due, and record it. Safe to run twice, also at once: the
+    attempt is claimed by a conditional UPDATE (committed before the POST), so only one copy sends, and a
+    delivered or failed delivery is never sent again. Commits its own transactions."""
+    claimed = _claim(session, delivery_id, now(), settings.lease)
+    if claimed is None:
+        return Outcome(None)
+    row_id, attempts = claimed
+    delivery = session.scalars(
+        sa.select(WebhookDelivery)
+        .where(WebhookDelivery.id == row_id)
+        .execution_options(populate_existing=True)
+    ).one()
+    webhook = session.get(Webhook, delivery.webhook_id, populate_existing=True)
+    if webhook is None or webhook.deleted_at is not None:
+        _finish(session, row_id, attempts, status=DeliveryStatus.FAILED, last_error="the webhook was deleted")
+        return Outcome(DeliveryStatus.FAILED)
+
+    answer = _send(delivery, webhook, box, settings, resolver or resolve)
+    at = now()
+    if answer.delivered:
+        _finish(
+            session,
+            row_id,
+            attempts,
+            status=DeliveryStatus.DELIVERED,
+            status_code=answer.status_code,
+            last_error=None,
+            delivered_at=at,
+        )
+        return Outcome(DeliveryStatus.DELIVERED)
+    error = rules.error_text(answer.error or "failed")
+    delay = rules.retry_delay(attempts, settings.retry_scale) if attempts < settings.max_attempts else None
+    if delay is None:
+        log.warning("webhook delivery %s failed for good after %d attempts: %s", delivery_id, attempts, error)
+        _finish(
+            session,
+            row_id,
+            attempts,
+            status=DeliveryStatus.FAILED,
+            status_code=answer.status_code,
+            last_error=error,
+        )
+        return Outcome(DeliveryStatus.FAILED)
+    _finish(
+        session,
+        row_id,
+        attempts,
+        status=DeliveryStatus.PENDING,
+        status_code=answer.status_code,
+        last_error=error,
+        next_attempt_at=at + timedelta(seconds=delay),
+    )
+    return Outcome(DeliveryStatus.PENDING, retry_in=delay)
+
+
+def _claim(session: DbSession, delivery_id: str, at: datetime, lease: timedelta) -> tuple[int, int] | None:
+    """Take the delivery's next attempt: (its row id, the attempt's number), or None when it is not
+    pending, not due, or another worker holds it (its claim pushed next_attempt_at past now)."""
+    statement = (
+        sa.update(WebhookDelivery)
+        .where(
+            WebhookDelivery.delivery_id == delivery_id,
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            sa.or_(
+                WebhookDelivery.next_attempt_at.is_(None),
+                WebhookDelivery.next_attempt_at <= at + EARLY_TOLERANCE,
+            ),
+        )
+        .values(attempts=WebhookDelivery.attempts + 1, next_attempt_at=at + lease)
+        .returning(WebhookDelivery.id, WebhookDelivery.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(statement).first()
+    session.commit()  # the claim is visible before the POST goes out
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def _finish(session: DbSession, row_id: int, attempts: int, **values: Any) -> None:
+    """Record the attempt's result, if the attempt is still ours (a claim that outlived its lease may
+    have been taken over; the newer attempt's result is the one to keep)."""
+    if values.get("status") != DeliveryStatus.PENDING:
+        values.setdefault("next_attempt_at", None)
+    session.execute(
+        sa.update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == row_id,
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            WebhookDelivery.attempts == attempts,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def _send(
+    delivery: WebhookDelivery,
+    webhook: Webhook,
+    box: SecretBox,
+    settings: DeliverySettings,
+    resolver: Resolver,
+) -> Answer:
+    target = rules.parse_url(webhook.url)
+    if isinstance(target, str):  # stored before a rule tightened: refused now
+        return Answer(None, f"the webhook's URL is refused: {target}")
+    try:
+        # Resolved on every attempt and checked again: a name that was public at creation may point
+        # inside the network now.
+        addresses = allowed_addresses(target, allow_private=settings.allow_private, resolver=resolver)
+    except RefusedDestination as exc:
+        return Answer(None, f"refused: {exc}")
+    try:
+        secret = box.decrypt(webhook.secret_encrypted)
+    except SecretUnreadable as exc:  # the operator's to fix (the key list); retried meanwhile
+        return Answer(None, f"not sent: {exc}")
+    body = rules.body_bytes(delivery.payload)
+    timestamp = int(time.time())
+    headers = rules.headers(
+        delivery_id=delivery.delivery_id,
+        event=delivery.event,
+        timestamp=timestamp,
+        signature=rules.sign(secret, timestamp, body),
+    )
+    return post(target, addresses, body, headers, settings.timeout_seconds)

@@ -1,0 +1,215 @@
+"""Webhooks: registering, listing and deleting them, and `notify`, which every feature calls to send an
+event to the owner's webhooks. The POSTs themselves are the workers' (`delivery`)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared.audit import trail
+from shared.core.crypto import SecretBox
+from shared.core.db import DbSession, after_commit, utcnow
+from shared.core.errors import Conflict, InvalidInput, NotFound
+from shared.core.pagination import Page, paginate
+from shared.core.queue import DELIVER_WEBHOOK, Queue
+from shared.models import DeliveryStatus, User, Webhook, WebhookDelivery
+from shared.notifications import rules
+from shared.notifications.delivery import RefusedDestination, Resolver, allowed_addresses
+from shared.notifications.events import ALL_EVENTS
+
+log = logging.getLogger(__name__)
+
+# Each one is a POST per event: a bound keeps one owner from turning every fill into hundreds of them.
+MAX_WEBHOOKS_PER_OWNER = 20
+
+
+def create_webhook(
+    session: DbSession,
+    box: SecretBox,
+    owner: User,
+    *,
+    url: str,
+    events: Sequence[str] | None,
+    allow_private: bool,
+    resolver: Resolver | None = None,
+) -> tuple[Webhook, str]:
+    """Returns the webhook and its signing secret, shown to the owner once and stored encrypted.
+
+    The URL must be http(s) and its host must resolve, to allowed addresses only (InvalidInput naming
+    `url`); it is resolved and checked again at every delivery. `events` None: every event."""
+    target = rules.parse_url(url)
+    if isinstance(target, str):
+        raise InvalidInput(f"url: {target}", fields={"url": [target]})
+    try:
+        allowed_addresses(target, allow_private=allow_private, resolver=resolver)
+    except RefusedDestination as exc:
+        raise InvalidInput(f"url: {exc}", fields={"url": [str(exc)]}) from exc
+    if events is not None:
+        unknown = {
+            f"events.{i}": ["unknown event"] for i, name in enumerate(events) if name not in ALL_EVENTS
+        }
+        if unknown:
+            raise InvalidInput("unknown event", fields=unknown)
+        if not events:
+            raise InvalidInput("events: name at least one", fields={"events": ["name at least one event"]})
+        events = list(dict.fromkeys(events))  # each once, in the order given
+    active = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Webhook)
+        .where(Webhook.owner_id == owner.id, Webhook.deleted_at.is_(None))
+    )
+    if (active or 0) >= MAX_WEBHOOKS_PER_OWNER:
+        raise Conflict(f"at most {MAX_WEBHOOKS_PER_OWNER} webhooks; delete one first")
+    secret = secrets.token_urlsafe(32)
+    webhook = Webhook(
+        owner_id=owner.id,
+        url=url,
+        events=None if events is None else list(events),
+        secret_encrypted=box.encrypt(secret),
+    )
+    session.add(webhook)
+    session.flush()
+    trail.record(
+        session,
+        actor_type=trail.USER,
+        actor_id=owner.id,
+        action="webhook.created",
+        target_type="webhook",
+        target_id=webhook.id,
+        meta={"url": url, "events": webhook.events},
+    )
+    return webhook, secret
+
+
+def get_own_webhook(session: DbSession, owner: User, webhook_id: int) -> Webhook:
+    """The owner's webhook; NotFound for another's, an unknown one, or a deleted one."""
+    webhook = session.get(Webhook, webhook_id)
+    if webhook is None or webhook.owner_id != owner.id or webhook.deleted_at is not None:
+        raise NotFound(f"webhook {webhook_id} not found")
+    return webhook
+
+
+def list_own_webhooks(session: DbSession, owner: User) -> list[Webhook]:
+    return list(
+        session.scalars(
+            sa.select(Webhook)
+            .where(Webhook.owner_id == owner.id, Webhook.deleted_at.is_(None))
+            .order_by(Webhook.id)
+        )
+    )
+
+
+def delete_webhook(session: DbSession, owner: User, webhook_id: int) -> Webhook:
+    """Delete softly: no new deliveries, and the pending ones stop now (failed, saying why); the history
+    stays. A second delete is NotFound, as the webhook is gone for its owner."""
+    webhook = get_own_webhook(session, owner, webhook_id)
+    webhook.deleted_at = utcnow()
+    session.execute(
+        sa.update(WebhookDelivery)
+        .where(WebhookDelivery.webhook_id == webhook.id, WebhookDelivery.status == DeliveryStatus.PENDING)
+        .values(status=DeliveryStatus.FAILED, last_error="the webhook was deleted", next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    trail.record(
+        session,
+        actor_type=trail.USER,
+        actor_id=owner.id,
+        action="webhook.deleted",
+        target_type="webhook",
+        target_id=webhook.id,
+        meta={"url": webhook.url},
+    )
+    return webhook
+
+
+def list_deliveries(
+    session: DbSession,
+    owner: User,
+    webhook_id: int,
+    *,
+    status: DeliveryStatus | None = None,
+    page: int,
+    per_page: int,
+) -> Page[WebhookDelivery]:
+    """The webhook's deliveries, newest first."""
+    webhook = get_own_webhook(session, owner, webhook_id)
+    statement = sa.select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook.id)
+    if status is not None:
+        statement = statement.where(WebhookDelivery.status == status)
+    statement = statement.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    return paginate(session, statement, page=page, per_page=per_page)
+
+
+def notify(session: DbSession, queue: Queue, owner_id: int, event: str, data: Mapping[str, Any]) -> int:
+    """Send `event` with `data` to every active webhook of `owner_id` that receives it; how many.
+
+    Writes one pending delivery per webhook in the caller's transaction and sends each its delivery task
+    once that transaction commits (nothing is sent if it rolls back). A broker that refuses the message
+    loses nothing: the sweep (`deliveries_due`) sends it again. `data` may hold decimals, datetimes and
+    enums (sent as strings); an `account_id` in it is also put at the payload's top level.
+    Raises ValueError for an event name not in `events.ALL_EVENTS`."""
+    if event not in ALL_EVENTS:
+        raise ValueError(f"unknown webhook event {event!r}; add it to shared.notifications.events")
+    webhooks = session.scalars(
+        sa.select(Webhook)
+        .where(Webhook.owner_id == owner_id, Webhook.deleted_at.is_(None))
+        .order_by(Webhook.id)
+    ).all()
+    receivers = [webhook for webhook in webhooks if webhook.receives(event)]
+    if not receivers:
+        return 0
+    at = utcnow()
+    delivery_ids: list[str] = []
+    for webhook in receivers:
+        delivery_id = str(uuid.uuid4())
+        session.add(
+            WebhookDelivery(
+                webhook_id=webhook.id,
+                owner_id=owner_id,
+                delivery_id=delivery_id,
+                event=event,
+                payload=rules.payload(delivery_id, event, at, data),
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                next_attempt_at=at,
+                created_at=at,
+            )
+        )
+        delivery_ids.append(delivery_id)
+    after_commit(session, lambda: send_deliveries(queue, delivery_ids))
+    return len(delivery_ids)
+
+
+def send_deliveries(queue: Queue, delivery_ids: Sequence[str], **options: Any) -> None:
+    """Send each delivery's task. Never raises: what the broker refuses, the sweep sends later."""
+    for delivery_id in delivery_ids:
+        try:
+            queue.send(DELIVER_WEBHOOK, [delivery_id], **options)
+        except Exception:
+            log.exception("could not enqueue webhook delivery %s; the sweep will retry", delivery_id)
+
+
+# The sweep's most per run; the rest wait for the next.
+SWEEP_LIMIT = 500
+
+
+def deliveries_due(session: DbSession, cutoff: datetime) -> list[str]:
+    """Pending deliveries that should have been attempted by `cutoff`: their message was lost (a broker
+    down at commit, a worker killed between its claim and its retry). Sending one again is harmless:
+    an attempt that is not due, or claimed by another worker, does nothing."""
+    return list(
+        session.scalars(
+            sa.select(WebhookDelivery.delivery_id)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= cutoff
+            )
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(SWEEP_LIMIT)
+        )
+    )
