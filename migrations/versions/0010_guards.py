@@ -90,7 +90,7 @@ def upgrade():
     op.create_table(
         'alert_closes',
         sa.Column('id', BIGINT, primary_key=True, autoincrement=True),
-        sa.Column('alert_id', sa.BigInteger(), sa.ForeignKey('drawdown_alerts.id'), nullable=False),
+        sa.Column('alert_id', BIGINT, sa.ForeignKey('drawdown_alerts.id'), nullable=False),
         sa.Column('account_id', sa.Integer(), sa.ForeignKey('accounts.id'), nullable=False),
         sa.Column('trade_id', sa.Integer(), sa.ForeignKey('trades.id'), nullable=True),
         sa.Column('position_ticket', sa.BigInteger(), nullable=False),
