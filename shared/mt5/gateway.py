@@ -407,7 +407,9 @@ class Gateway:
         server_from = int(since.timestamp()) + offset  # whole seconds, as the package reads a bound
         rows = self._call("copy_ticks_from", symbol, server_from, limit, mt5c.COPY_TICKS_ALL)
         with self._reply_of("copy_ticks_from"):
-            return [q for q in tick_quotes_from(symbol, rows, offset) if q.time >= since]
+            # Tick times are whole milliseconds: a tick in the very millisecond of `since` is after it.
+            floor = since.replace(microsecond=since.microsecond // 1000 * 1000)
+            return [q for q in tick_quotes_from(symbol, rows, offset) if q.time >= floor]
 
     def check_order(self, request: Mapping[str, Any]) -> tuple[int, str]:
         """order_check: (retcode, comment). retcode 0 means the check passed (unlike order_send)."""

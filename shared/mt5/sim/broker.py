@@ -146,6 +146,12 @@ class _Quote:
     path_interval: float = 0.0
     path_next: float = 0.0  # clock time of the next point
 
+    def shown(self) -> tuple[float, float]:
+        """The prices a terminal shows: the last tick's while the market is closed (a price set meanwhile
+        is not quoted before the open), else the current ones."""
+        last = self.history.last() if self.closed else None
+        return (last[1], last[2]) if last else self.prices()
+
     def prices(self) -> tuple[float, float]:
         digits = self.spec.digits
         bid = round(self.bid, digits)
@@ -896,7 +902,7 @@ class SimBroker:
             quote = self._quotes.get(symbol)
             if quote is None:
                 return None
-            bid, ask = quote.prices()
+            bid, ask = quote.shown()
             time_msc = quote.time_msc + self._server_offset * 1000
             return Tick(
                 time=time_msc // 1000,
@@ -918,7 +924,7 @@ class SimBroker:
             if quote is None:
                 return None
             spec = quote.spec
-            bid, ask = quote.prices()
+            bid, ask = quote.shown()
             # Tick value in the deposit currency: what one point on one lot is worth (USDJPY's depends on
             # the price, EURUSD's is a constant 1.0 USD).
             tick_value = spec.point * spec.contract_size * self._rate(spec.currency_profit, currency)
