@@ -1,3 +1,5 @@
+# ruff: noqa: E501, RUF001, W291, W293
+# (the documentation's examples are kept verbatim: long lines, trailing blanks, a Cyrillic letter in a word)
 """The official documentation's examples run unchanged against the `terminal` process.
 
 Each example below is the Python example of the function's page in the MetaTrader5 documentation
@@ -348,8 +350,8 @@ print("\\nDisplay dataframe with data")
 print(rates_frame.head(10))
 """
 
-TICK_COLUMNS = "time bid ask last volume time_msc flags volume_real".split()
-RATE_COLUMNS = "time open high low close tick_volume spread real_volume".split()
+TICK_COLUMNS = ["time", "bid", "ask", "last", "volume", "time_msc", "flags", "volume_real"]
+RATE_COLUMNS = ["time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume"]
 # The examples' only dates: 2020-01-10, their start, and 2020-01-11, the end of a range.
 _START_2020, _END_2020 = "datetime(2020, 1, 10", "datetime(2020, 1, 11"
 
