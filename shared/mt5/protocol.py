@@ -7,21 +7,20 @@ simulator's MetaTrader5 stand-in (`shared.mt5.sim.install`) exports exactly `FUN
 `SimTerminal` to `MetaTrader5Module`; tests/unit/test_terminal_protocol.py holds the simulator's signatures
 to these, and every function the gateway calls to this list.
 
-Names, parameters and defaults are those of the official documentation (mql5.com, "Python Integration"),
-which match the function list in the package's own docstrings (MetaTrader5 5.0.6231, the wheel
-`constants` was copied from). Return types are the named tuples of `structs`, as the package returns
-them. A function that fails answers None (False for initialize, login and symbol_select) and sets
-`last_error()`; `shutdown` always answers None.
+Names, parameters and defaults are those of the official documentation (mql5.com, "Python Integration"), which
+match the function list in the package's own docstrings (MetaTrader5 5.0.6231, the wheel `constants` was
+copied from). Return types are the named tuples of `structs`, as the package returns them, and for ticks and
+bars numpy structured arrays with the official fields (`shared.mt5.arrays`). A function that fails answers
+None (False for initialize, login and symbol_select) and sets `last_error()`; `shutdown` always answers None.
 
-Not listed, because TradeGuard neither calls nor simulates them: copy_rates_from, copy_rates_from_pos,
-copy_rates_range, copy_ticks_from, copy_ticks_range, order_calc_margin, order_calc_profit,
-market_book_add, market_book_get and market_book_release.
+Not listed, because TradeGuard neither calls nor simulates them: market_book_add, market_book_get and
+market_book_release (the order book).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.mt5.structs import (
     AccountInfo,
@@ -34,6 +33,9 @@ from shared.mt5.structs import (
     TradeOrder,
     TradePosition,
 )
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 __all__ = ["FUNCTIONS", "MetaTrader5Module"]
 
@@ -95,6 +97,31 @@ class MetaTrader5Module(Protocol):
         """Show the symbol in Market Watch, or hide it when `enable` is false."""
         ...
 
+    # ----- ticks and bars (numpy structured arrays: shared.mt5.arrays) -----------------------------------
+    # All parameters are required and unnamed in the documentation; times are the trade server's.
+
+    def copy_ticks_from(self, symbol: str, date_from: HistoryBound, count: int, flags: int) -> ndarray | None:
+        """`count` ticks from `date_from` on, of the COPY_TICKS_* kind `flags`."""
+        ...
+
+    def copy_ticks_range(
+        self, symbol: str, date_from: HistoryBound, date_to: HistoryBound, flags: int
+    ) -> ndarray | None: ...
+
+    def copy_rates_from(
+        self, symbol: str, timeframe: int, date_from: HistoryBound, count: int
+    ) -> ndarray | None:
+        """`count` bars of TIMEFRAME_* `timeframe` opened at or before `date_from`."""
+        ...
+
+    def copy_rates_from_pos(self, symbol: str, timeframe: int, start_pos: int, count: int) -> ndarray | None:
+        """`count` bars from index `start_pos` back (0 is the current bar)."""
+        ...
+
+    def copy_rates_range(
+        self, symbol: str, timeframe: int, date_from: HistoryBound, date_to: HistoryBound
+    ) -> ndarray | None: ...
+
     # ----- positions and orders -------------------------------------------------------------------------
 
     def positions_total(self) -> int | None: ...
@@ -143,6 +170,16 @@ class MetaTrader5Module(Protocol):
         ...
 
     # ----- trading --------------------------------------------------------------------------------------
+
+    def order_calc_margin(self, action: int, symbol: str, volume: float, price: float) -> float | None:
+        """The margin, in the account currency, a trade of `volume` lots at `price` needs."""
+        ...
+
+    def order_calc_profit(
+        self, action: int, symbol: str, volume: float, price_open: float, price_close: float
+    ) -> float | None:
+        """The profit, in the account currency, of a trade opened at `price_open`, closed at `price_close`."""
+        ...
 
     def order_check(self, request: dict[str, Any]) -> OrderCheckResult | None: ...
 

@@ -13,11 +13,21 @@ from typing import Any
 from shared.mt5.errors import TerminalProtocolError
 
 # The one definition of "plain data": named tuples -> dicts, tuples -> lists, numpy scalars -> Python
-# numbers, recursively. It runs in two places, so it lives as source: exec'd below to define `to_plain`
+# numbers, numpy structured arrays (copy_ticks_*, copy_rates_*) -> a dict per row, recursively. An array
+# cannot cross as itself: RPyC would send a proxy (every read a round trip), or pickle, which we never
+# read (see below); its rows are plain numbers, and the gateway's converters read them as any struct.
+# It runs in two places, so it lives as source: exec'd below to define `to_plain`
 # here (for LocalBackend), and sent ahead of _REMOTE_HELPER so the remote Python converts there too.
 # Kept to Python 3.8 syntax: the remote Python is whatever runs under Wine.
 _PLAIN_SOURCE = """
 _TRADEGUARD_SCALARS = frozenset([int, float, str, bool, bytes, type(None)])
+
+
+def _tradeguard_array_columns(value):
+    # The column names of a numpy structured array (one dimension), else None; numpy is not imported.
+    if type(value).__module__ != "numpy" or getattr(value, "ndim", None) != 1:
+        return None
+    return getattr(getattr(value, "dtype", None), "names", None)
 
 
 def _tradeguard_plain(value):
@@ -33,6 +43,9 @@ def _tradeguard_plain(value):
         return [_tradeguard_plain(v) for v in value]
     if isinstance(value, dict):
         return dict((k, _tradeguard_plain(v)) for k, v in value.items())
+    names = _tradeguard_array_columns(value)
+    if names:
+        return [dict(zip(names, row)) for row in value.tolist()]
     if hasattr(value, "item") and type(value).__module__ == "numpy":
         return value.item()
     return value
@@ -126,6 +139,9 @@ def _tradeguard_compact(value):
         scalars = _TRADEGUARD_SCALARS
         rows = [[v if type(v) in scalars else _tradeguard_plain(v) for v in row] for row in value]
         return {"$columns": list(value[0]._fields), "$rows": rows}
+    names = _tradeguard_array_columns(value)
+    if names:  # a structured array: its rows as lists of Python numbers (tolist() converts them)
+        return {"$columns": list(names), "$rows": value.tolist()}
     return _tradeguard_plain(value)
 
 

@@ -15,6 +15,7 @@ import inspect
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,9 @@ def exercise(gw: Gateway, terminal: SimTerminal) -> None:
     assert gw.deals_for_position(ticket)
     assert gw.deals_for_positions([ticket])[ticket]
     assert [position.ticket for position in gw.read_account(since, until).positions] == [ticket]
+    assert gw.calc_profit("EURUSD", "buy", Decimal("0.10"), Decimal("1.085"), Decimal("1.086")) == Decimal(10)
+    assert gw.server_time_offset("EURUSD") == 0
+    assert gw.ticks_since("EURUSD", since)
 
 
 @pytest.fixture
@@ -282,6 +286,7 @@ def test_the_gateway_sorts_calls_by_protocol_function_names() -> None:
 # Read from MetaTrader5/__init__.py of the Windows wheel metatrader5-5.0.6231 (C.OFFICIAL_PACKAGE_VERSION):
 # every constant the gateway side uses (test_sim_terminal.py spot-checks more).
 OFFICIAL_VALUES = {
+    "COPY_TICKS_ALL": -1,
     "DEAL_ENTRY_IN": 0,
     "DEAL_ENTRY_INOUT": 2,
     "DEAL_ENTRY_OUT": 1,

@@ -13,7 +13,8 @@ Two layers, mirroring the real world:
 
 The `sim_*` methods of `SimTerminal` are the control surface (also on the module installed by
 `install_as_metatrader5`, so a test or a demo can drive a `terminal` process over RPyC): they set prices,
-gaps and spreads, open and close positions "by hand", and inject latency, disconnects, slippage,
+gaps, spreads and price paths, close markets, stop quotes, set the server's UTC offset, open and close
+positions "by hand", and inject latency, disconnects, slippage,
 requotes, partial fills, rejects and lost replies. Apart from `sim_set_algo_trading` they act on the
 broker, so every terminal connected to it sees the effect.
 
@@ -26,8 +27,11 @@ Modules, by concern:
   control surface;
 - `install`: `install_as_metatrader5`, the simulator as a module named MetaTrader5 (the `terminal`
   process serves it over RPyC);
+- `history`: `TickHistory`, a symbol's recorded ticks, and `bars`, the OHLC bars built from them;
 - `latency`: simulated latency owed until the reply (`pay_latency`);
-- `state`: the broker's state file, which the `terminal` process keeps across restarts.
+- `state`: the broker's state file, which the `terminal` process keeps across restarts;
+- `client`: `connect`, a script's connection to the `terminal` process, numpy arrays included, without
+  pickle.
 
 The names below are re-exported for convenience; TradeGuard's own code imports them from their modules.
 """

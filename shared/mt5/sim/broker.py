@@ -24,6 +24,18 @@ above its stop-out level; only accounts whose window a price left (or whose posi
 spread changed) are checked again. The results are those of checking every position and account at
 every call. `SimBroker.position_visits` counts the positions the broker examined (a diagnostic).
 
+Tick history: every change of a symbol's bid or ask is a tick, kept in the symbol's `TickHistory` (the
+last `tick_capacity` ticks); `copy_ticks_*` read it and `copy_rates_*` build bars from it. While a
+symbol's market is closed (`set_market_closed`) it has no ticks and none of its stops fire; a price set
+meanwhile shows as one tick when it opens. A price path (`price_path`) pins the price and moves it to
+each point in turn, one per interval of the broker's clock, each point a tick with its own time, and
+checks stops and stop-outs at each.
+
+Server time: real trade servers stamp ticks, bars, positions, orders and deals in their own time zone
+(epoch seconds shifted by the server's UTC offset). `set_server_offset` sets this broker's (0, UTC, by
+default); everything is kept in UTC and shifted as it is read, and the date bounds of history calls are
+read in the server's time too, as the real terminal reads them.
+
 Money is in the account currency, rounded to 2 digits per figure; cross rates come from the symbols' mid
 prices. Accounts are hedging accounts (several positions per symbol). Pending orders, TRADE_ACTION_MODIFY,
 REMOVE and CLOSE_BY are not simulated: order_send answers them TRADE_RETCODE_INVALID.
@@ -37,11 +49,17 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
+import numpy
+
+from shared.mt5 import arrays
 from shared.mt5 import constants as C
+from shared.mt5.sim.history import DEFAULT_TICK_CAPACITY, TickHistory, bars
 from shared.mt5.sim.latency import owe
 from shared.mt5.sim.symbols import DEFAULT_SYMBOLS, SimSymbol
 from shared.mt5.structs import (
@@ -122,6 +140,17 @@ class _Quote:
     session_open: float
     pinned: bool = False
     trade_mode: int = C.SYMBOL_TRADE_MODE_FULL
+    history: TickHistory = dataclass_field(default_factory=TickHistory)
+    closed: bool = False  # the market is closed: no ticks, no trading, no stops
+    path: deque[float] = dataclass_field(default_factory=deque)  # bids still to come (price_path)
+    path_interval: float = 0.0
+    path_next: float = 0.0  # clock time of the next point
+
+    def shown(self) -> tuple[float, float]:
+        """The prices a terminal shows: the last tick's while the market is closed (a price set meanwhile
+        is not quoted before the open), else the current ones."""
+        last = self.history.last() if self.closed else None
+        return (last[1], last[2]) if last else self.prices()
 
     def prices(self) -> tuple[float, float]:
         digits = self.spec.digits
@@ -212,6 +241,7 @@ class SimBroker:
         symbols: Iterable[SimSymbol] | None = None,
         server: str = DEFAULT_SERVER,
         first_ticket: int | None = None,
+        tick_capacity: int = DEFAULT_TICK_CAPACITY,
     ) -> None:
         self._lock = threading.RLock()
         self._clock = clock
@@ -230,7 +260,13 @@ class SimBroker:
                 updated=now,
                 time_msc=int(now * 1000),
                 session_open=spec.start_bid,
+                history=TickHistory(tick_capacity),
             )
+            bid, ask = self._quotes[spec.name].prices()
+            self._quotes[spec.name].history.append(
+                int(now * 1000), bid, ask, C.TICK_FLAG_BID | C.TICK_FLAG_ASK
+            )
+        self._server_offset = 0  # seconds east of UTC of the trade server's clock (set_server_offset)
         self._fill_rng = random.Random(f"{seed}:fills")  # noqa: S311
         self._open_demo = accounts is None
         self._accounts: dict[int, _Account] = {}
@@ -361,21 +397,51 @@ class SimBroker:
             raise SimError(f"unknown symbol {symbol!r}")
         return quote
 
+    def _touch(self, quote: _Quote, before: tuple[float, float], time_msc: int) -> None:
+        """The quote's price was `before` and may have changed at `time_msc`: stamp the quote and record the
+        tick. Nothing while its market is closed: the change shows as a tick when it opens."""
+        if quote.closed:
+            return
+        quote.time_msc = time_msc
+        bid, ask = quote.prices()
+        flags = (C.TICK_FLAG_BID if bid != before[0] else 0) | (C.TICK_FLAG_ASK if ask != before[1] else 0)
+        if flags:
+            quote.history.append(time_msc, bid, ask, flags)
+
     def _advance(self, now: float) -> None:
         for quote in self._quotes.values():
             elapsed = now - quote.updated
             if elapsed <= 0:
                 continue
             quote.updated = now
-            if quote.pinned:
+            if quote.pinned or quote.closed:
                 continue
+            before = quote.prices()
             step = quote.spec.volatility * math.sqrt(elapsed) * quote.rng.gauss(0.0, 1.0)
             quote.bid *= math.exp(step)
-            quote.time_msc = int(now * 1000)
+            self._touch(quote, before, int(now * 1000))
+
+    def _run_paths(self, now: float) -> None:
+        """Apply the price paths' points that are due, in time order, each at its own time: a tick, then
+        the stops and stop-outs at that price (a path through a stop fires it even if it comes back)."""
+        while True:
+            due = [q for q in self._quotes.values() if q.path and not q.closed and q.path_next <= now]
+            if not due:
+                return
+            quote = min(due, key=lambda q: q.path_next)
+            at = quote.path_next
+            before = quote.prices()
+            quote.bid = quote.path.popleft()
+            quote.path_next = at + quote.path_interval
+            self._changes += 1
+            self._touch(quote, before, int(at * 1000))
+            self._run_stops(at)
+            self._run_stop_outs(at)
 
     def _refresh(self) -> None:
         """Bring the server up to the clock: move the prices, then fire stops and stop-outs."""
         now = self.now()
+        self._run_paths(now)
         self._advance(now)
         self._run_stops(now)
         self._run_stop_outs(now)
@@ -427,11 +493,12 @@ class SimBroker:
         move = price_close - price_open if order_type == C.ORDER_TYPE_BUY else price_open - price_close
         return round(move * volume * spec.contract_size * self._rate(spec.currency_profit, currency), 2)
 
-    def _margin_for(self, account: _Account, symbol: str, volume: float) -> float:
+    def _margin_for(self, account: _Account, symbol: str, volume: float, price: float | None = None) -> float:
         """volume * contract size * price / leverage in the account currency: for a currency pair, the
-        usual lots * contract / leverage in the base currency, converted."""
+        usual lots * contract / leverage in the base currency, converted. At the mid price unless a price
+        is given (order_calc_margin's)."""
         spec = self._quotes[symbol].spec
-        notional = volume * spec.contract_size * self._mid(symbol)
+        notional = volume * spec.contract_size * (self._mid(symbol) if price is None else price)
         return round(notional * self._rate(spec.currency_profit, account.currency) / account.leverage, 2)
 
     def _close_price(self, position: _Position) -> float:
@@ -492,6 +559,8 @@ class SimBroker:
         # pass over the whole book, closed in ticket order as such a pass would.
         hit: dict[int, _Position] = {}
         for symbol, books in self._stop_heaps.items():
+            if self._quotes[symbol].closed:
+                continue  # nothing executes in a closed market: its stops wait for the open
             bid, ask = self._quotes[symbol].prices()
             for (position_type, field), heap in books.items():
                 sign = _stop_sign(position_type, field)
@@ -833,14 +902,15 @@ class SimBroker:
             quote = self._quotes.get(symbol)
             if quote is None:
                 return None
-            bid, ask = quote.prices()
+            bid, ask = quote.shown()
+            time_msc = quote.time_msc + self._server_offset * 1000
             return Tick(
-                time=quote.time_msc // 1000,
+                time=time_msc // 1000,
                 bid=bid,
                 ask=ask,
                 last=0.0,
                 volume=0,
-                time_msc=quote.time_msc,
+                time_msc=time_msc,
                 flags=C.TICK_FLAG_BID | C.TICK_FLAG_ASK,
                 volume_real=0.0,
             )
@@ -854,16 +924,18 @@ class SimBroker:
             if quote is None:
                 return None
             spec = quote.spec
-            bid, ask = quote.prices()
+            bid, ask = quote.shown()
             # Tick value in the deposit currency: what one point on one lot is worth (USDJPY's depends on
             # the price, EURUSD's is a constant 1.0 USD).
             tick_value = spec.point * spec.contract_size * self._rate(spec.currency_profit, currency)
             return SymbolInfo(
                 custom=False, chart_mode=C.SYMBOL_CHART_MODE_BID, select=selected, visible=selected,
                 session_deals=0, session_buy_orders=0, session_sell_orders=0, volume=0, volumehigh=0,
-                volumelow=0, time=quote.time_msc // 1000, digits=spec.digits, spread=quote.spread,
-                spread_float=not quote.pinned, ticks_bookdepth=0, trade_calc_mode=spec.calc_mode,
-                trade_mode=quote.trade_mode, start_time=0, expiration_time=0,
+                volumelow=0, time=quote.time_msc // 1000 + self._server_offset, digits=spec.digits,
+                spread=quote.spread, spread_float=not quote.pinned, ticks_bookdepth=0,
+                trade_calc_mode=spec.calc_mode,
+                trade_mode=C.SYMBOL_TRADE_MODE_DISABLED if quote.closed else quote.trade_mode, start_time=0,
+                expiration_time=0,
                 trade_stops_level=spec.stops_level, trade_freeze_level=spec.freeze_level,
                 trade_exemode=C.SYMBOL_TRADE_EXECUTION_INSTANT, swap_mode=C.SYMBOL_SWAP_MODE_DISABLED,
                 swap_rollover3days=C.DAY_OF_WEEK_WEDNESDAY, margin_hedged_use_leg=False,
@@ -916,12 +988,14 @@ class SimBroker:
             self._refresh()
             account = self._account(login)
             result = []
+            shift = self._server_offset * 1000
             for p in sorted(self._account_positions(login), key=lambda p: p.ticket):
                 current = self._close_price(p)
+                opened, updated = p.time_msc + shift, p.time_update_msc + shift
                 result.append(
                     TradePosition(
-                        ticket=p.ticket, time=p.time_msc // 1000, time_msc=p.time_msc,
-                        time_update=p.time_update_msc // 1000, time_update_msc=p.time_update_msc,
+                        ticket=p.ticket, time=opened // 1000, time_msc=opened,
+                        time_update=updated // 1000, time_update_msc=updated,
                         type=p.type, magic=p.magic, identifier=p.ticket, reason=p.reason, volume=p.volume,
                         price_open=p.price_open, sl=p.sl, tp=p.tp, price_current=current, swap=0.0,
                         profit=self._position_profit(account, p), symbol=p.symbol, comment=p.comment,
@@ -935,6 +1009,8 @@ class SimBroker:
             self._refresh()
             orders = self._orders.get(login, [])
             self.record_visits += len(orders)
+            if self._server_offset:
+                return [_shift_order(o, self._server_offset) for o in orders]
             return list(orders)
 
     def history_deals(self, login: int) -> list[TradeDeal]:
@@ -942,7 +1018,75 @@ class SimBroker:
             self._refresh()
             deals = self._deals.get(login, [])
             self.record_visits += len(deals)
+            if self._server_offset:
+                return [_shift_deal(d, self._server_offset) for d in deals]
             return list(deals)
+
+    @property
+    def server_offset_seconds(self) -> int:
+        """How far the trade server's clock is ahead of UTC (set_server_offset)."""
+        return self._server_offset
+
+    def calc_profit(
+        self, login: int, order_type: int, symbol: str, volume: float, price_open: float, price_close: float
+    ) -> float:
+        """order_calc_profit: what a position would make between the two prices, in the account currency,
+        by the very function that values open positions and closing deals."""
+        with self._lock:
+            self._refresh()
+            account = self._account(login)
+            self._quote(symbol)
+            return self._profit(symbol, order_type, price_open, price_close, volume, account.currency)
+
+    def calc_margin(self, login: int, symbol: str, volume: float, price: float) -> float:
+        """order_calc_margin: the margin a position would take at `price`, in the account currency."""
+        with self._lock:
+            self._refresh()
+            account = self._account(login)
+            self._quote(symbol)
+            return self._margin_for(account, symbol, volume, price)
+
+    def ticks(
+        self, symbol: str, from_msc: int, *, to_msc: int | None = None, count: int | None = None, flags: int
+    ) -> numpy.ndarray[Any, Any] | None:
+        """The symbol's ticks stamped from `from_msc` (to `to_msc`, or the first `count`) in the server's
+        time, of the COPY_TICKS_* kind `flags`, as the official array; None for an unknown symbol."""
+        with self._lock:
+            self._refresh()
+            quote = self._quotes.get(symbol)
+            if quote is None:
+                return None
+            time_msc, bid, ask, tick_flags = quote.history.columns()
+            shift = self._server_offset * 1000
+        server_msc = time_msc + shift
+        first = int(numpy.searchsorted(server_msc, from_msc, side="left"))
+        end = len(server_msc) if to_msc is None else int(numpy.searchsorted(server_msc, to_msc, side="right"))
+        chosen = numpy.arange(first, max(first, end))
+        if flags == C.COPY_TICKS_INFO:
+            chosen = chosen[(tick_flags[chosen] & (C.TICK_FLAG_BID | C.TICK_FLAG_ASK)) != 0]
+        elif flags == C.COPY_TICKS_TRADE:
+            chosen = chosen[(tick_flags[chosen] & (C.TICK_FLAG_LAST | C.TICK_FLAG_VOLUME)) != 0]
+        if count is not None:
+            chosen = chosen[:count]
+        result = numpy.zeros(len(chosen), dtype=arrays.ticks_array().dtype)
+        result["time"] = server_msc[chosen] // 1000
+        result["bid"], result["ask"] = bid[chosen], ask[chosen]
+        result["time_msc"], result["flags"] = server_msc[chosen], tick_flags[chosen]
+        return result
+
+    def rates(self, symbol: str, timeframe: int) -> numpy.ndarray[Any, Any] | None:
+        """Every bar of `timeframe` the symbol's tick history makes, oldest first, as the official array
+        (times in the server's time); None for an unknown symbol."""
+        with self._lock:
+            self._refresh()
+            quote = self._quotes.get(symbol)
+            if quote is None:
+                return None
+            time_msc, bid, ask, _ = quote.history.columns()
+            point, shift = quote.spec.point, self._server_offset
+        return arrays.rates_array(
+            bars(time_msc, bid, ask, timeframe=timeframe, point=point, offset_seconds=shift)
+        )
 
     # ----- trade requests ----------------------------------------------------------------------------
 
@@ -1016,7 +1160,7 @@ class SimBroker:
                 return retcode, None
             if position.symbol != request.symbol or request.type == position.type:
                 return C.TRADE_RETCODE_INVALID, position
-        if quote.trade_mode == C.SYMBOL_TRADE_MODE_DISABLED:
+        if quote.closed or quote.trade_mode == C.SYMBOL_TRADE_MODE_DISABLED:
             return C.TRADE_RETCODE_MARKET_CLOSED, position
         if position is None:
             if quote.trade_mode == C.SYMBOL_TRADE_MODE_CLOSEONLY:
@@ -1206,6 +1350,7 @@ class SimBroker:
                 "seed": self.seed,
                 "next_ticket": self._next_ticket,
                 "next_request_id": self._next_request_id,
+                "server_offset_seconds": self._server_offset,
                 "accounts": [asdict(account) for account in self._accounts.values()],
                 "positions": [asdict(self._positions[ticket]) for ticket in sorted(self._positions)],
                 "closed_positions": sorted(self._closed_positions),
@@ -1217,6 +1362,7 @@ class SimBroker:
                         "spread": quote.spread,
                         "pinned": quote.pinned,
                         "trade_mode": quote.trade_mode,
+                        "closed": quote.closed,
                         "session_open": quote.session_open,
                         "time_msc": quote.time_msc,
                         "rng": _rng_state_json(quote.rng.getstate()),
@@ -1239,6 +1385,7 @@ class SimBroker:
             closed = {int(ticket) for ticket in state["closed_positions"]}
             next_ticket = int(state["next_ticket"])
             next_request_id = int(state["next_request_id"])
+            server_offset = int(state.get("server_offset_seconds", 0))  # files of before the setting: UTC
             quotes = {
                 name: (
                     float(saved["bid"]),
@@ -1248,6 +1395,7 @@ class SimBroker:
                     float(saved["session_open"]),
                     int(saved["time_msc"]),
                     _rng_state_tuple(saved["rng"]),
+                    bool(saved.get("closed", False)),
                 )
                 for name, saved in state["quotes"].items()
                 if name in self._quotes  # a symbol no longer simulated (no position on it: checked below)
@@ -1259,9 +1407,14 @@ class SimBroker:
             raise ValueError(f"positions on symbols this simulator does not have: {', '.join(unknown)}")
         with self._lock:
             now = self.now()
-            for name, (bid, spread, pinned, trade_mode, session_open, time_msc, rng) in quotes.items():
+            self._server_offset = server_offset
+            for name, (bid, spread, pinned, trade_mode, session_open, time_msc, rng, shut) in quotes.items():
                 quote = self._quotes[name]
                 quote.bid, quote.spread, quote.pinned, quote.trade_mode = bid, spread, pinned, trade_mode
+                quote.closed = shut
+                before = quote.history.last()
+                if before is not None and not shut:  # the restored price is the symbol's latest tick
+                    self._touch(quote, (before[1], before[2]), max(time_msc, before[0]))
                 quote.session_open, quote.time_msc, quote.updated = session_open, time_msc, now
                 quote.rng.setstate(rng)
             self._accounts = {account.login: account for account in accounts}
@@ -1300,11 +1453,13 @@ class SimBroker:
             quote = self._quote(symbol)
             if ask < bid or bid <= 0:
                 raise SimError(f"need 0 < bid <= ask, got bid={bid} ask={ask}")
+            before = quote.prices()
             quote.bid = float(bid)
             self._set_quote_spread(quote, round((ask - bid) / quote.spec.point))
             quote.pinned = True
+            quote.path.clear()
             self._changes += 1
-            quote.time_msc = int(self.now() * 1000)
+            self._touch(quote, before, int(self.now() * 1000))
             self._refresh()
 
     def release_quote(self, symbol: str) -> None:
@@ -1312,6 +1467,7 @@ class SimBroker:
             self._refresh()
             quote = self._quote(symbol)
             quote.pinned = False
+            quote.path.clear()
             quote.updated = self.now()  # the walk resumes from the pinned price, from now on
             self._changes += 1
 
@@ -1319,8 +1475,9 @@ class SimBroker:
         with self._lock:
             self._refresh()
             quote = self._quote(symbol)
+            before = quote.prices()
             quote.bid *= 1.0 + percent / 100.0
-            quote.time_msc = int(self.now() * 1000)
+            self._touch(quote, before, int(self.now() * 1000))
             self._changes += 1
             self._refresh()
 
@@ -1330,13 +1487,68 @@ class SimBroker:
             if points < 0:
                 raise SimError("spread must be >= 0 points")
             quote = self._quote(symbol)
+            before = quote.prices()
             self._set_quote_spread(quote, int(points))  # the bid stays, the ask moves
-            quote.time_msc = int(self.now() * 1000)
+            self._touch(quote, before, int(self.now() * 1000))
             self._refresh()
 
     def set_trade_mode(self, symbol: str, mode: int) -> None:
         with self._lock:
             self._quote(symbol).trade_mode = int(mode)
+            self._changes += 1
+
+    def price_path(self, symbol: str, points: Iterable[float], interval_seconds: float) -> None:
+        with self._lock:
+            self._refresh()
+            quote = self._quote(symbol)
+            bids = [float(point) for point in points]
+            if not bids or not all(math.isfinite(b) and b > 0 for b in bids):
+                raise SimError("points must be one or more bid prices above 0")
+            if not (math.isfinite(interval_seconds) and interval_seconds > 0):
+                raise SimError("interval_seconds must be above 0")
+            quote.pinned = True  # the walk stops; the last point stays until sim_release_quote
+            quote.path = deque(bids)
+            quote.path_interval = float(interval_seconds)
+            quote.path_next = self.now()
+            self._changes += 1
+            self._refresh()  # the first point at once
+
+    def set_market_closed(self, symbol: str, closed: bool) -> None:
+        with self._lock:
+            self._refresh()
+            quote = self._quote(symbol)
+            if bool(closed) == quote.closed:
+                return
+            self._changes += 1
+            if closed:
+                quote.closed = True
+                return
+            quote.closed = False
+            now = self.now()
+            quote.updated = now  # the walk goes on from here, without the closed hours' move
+            quote.path_next = max(quote.path_next, now)
+            last = quote.history.last()
+            # A price set while it was closed (a weekend gap) is the opening tick.
+            self._touch(quote, (last[1], last[2]) if last else (0.0, 0.0), int(now * 1000))
+            self._refresh()
+
+    def stop_quotes(self, symbol: str, stopped: bool = True) -> None:
+        if not stopped:
+            self.release_quote(symbol)
+            return
+        with self._lock:
+            self._refresh()
+            quote = self._quote(symbol)
+            quote.pinned = True  # the price stays where it is, and so does its time
+            quote.path.clear()
+            self._changes += 1
+
+    def set_server_offset(self, hours: float) -> None:
+        seconds = round(float(hours) * 3600)
+        if not -14 * 3600 <= seconds <= 14 * 3600:
+            raise SimError("a server's UTC offset is within -14 and +14 hours")
+        with self._lock:
+            self._server_offset = seconds
             self._changes += 1
 
     def open_manual(self, login: int, symbol: str, order_type: int, volume: float) -> int:
@@ -1440,6 +1652,22 @@ class SimBroker:
     def lose_next_reply(self, count: int = 1) -> None:
         with self._lock:
             self._lost_replies += int(count)
+
+
+def _shift_order(order: TradeOrder, seconds: int) -> TradeOrder:
+    msc = seconds * 1000
+    return order._replace(
+        time_setup=(order.time_setup_msc + msc) // 1000,
+        time_setup_msc=order.time_setup_msc + msc,
+        time_done=(order.time_done_msc + msc) // 1000 if order.time_done_msc else order.time_done,
+        time_done_msc=order.time_done_msc + msc if order.time_done_msc else order.time_done_msc,
+    )
+
+
+def _shift_deal(deal: TradeDeal, seconds: int) -> TradeDeal:
+    return deal._replace(
+        time=(deal.time_msc + seconds * 1000) // 1000, time_msc=deal.time_msc + seconds * 1000
+    )
 
 
 def _rng_state_json(state: tuple[Any, ...]) -> list[Any]:

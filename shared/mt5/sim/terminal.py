@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import calendar
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.mt5 import constants as C
 from shared.mt5.protocol import MetaTrader5Module
-from shared.mt5.sim.broker import COMPANY, DEMO_CURRENCY, SimBroker, default_broker
+from shared.mt5.sim.broker import COMPANY, DEMO_CURRENCY, SimBroker, SimError, default_broker
+from shared.mt5.sim.history import TIMEFRAMES
 from shared.mt5.structs import (
     AccountInfo,
     OrderCheckResult,
@@ -29,6 +30,9 @@ from shared.mt5.structs import (
     TradePosition,
     TradeRequest,
 )
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 __all__ = ["SimTerminal"]
 
@@ -102,6 +106,29 @@ def _unix_time(value: Any) -> int | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value)
     return None
+
+
+def _unix_msc(value: Any) -> int | None:
+    """A date argument of copy_ticks_* / copy_rates_*, as the official package takes it (a datetime, naive
+    ones read as UTC, or unix seconds), in milliseconds; None when it is neither. A datetime that lives in
+    the caller's Python (an RPyC client's, reached through a proxy) is read through its methods."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return round(value * 1000)
+    if isinstance(value, datetime) or (hasattr(value, "timestamp") and hasattr(value, "timetuple")):
+        if value.tzinfo is None:
+            return calendar.timegm(tuple(value.timetuple())[:6]) * 1000 + int(value.microsecond) // 1000
+        return round(float(value.timestamp()) * 1000)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class SimTerminal:
@@ -410,7 +437,137 @@ class SimTerminal:
         deals = self.history_deals_get(date_from, date_to)
         return None if deals is None else len(deals)
 
+    # ----- ticks and bars -------------------------------------------------------------------------------
+
+    def _ticks(
+        self, symbol: Any, date_from: Any, flags: Any, *, date_to: Any = None, count: int | None = None
+    ) -> ndarray | None:
+        if not self._enter():
+            return None
+        start = _unix_msc(date_from)
+        end = None if date_to is None else _unix_msc(date_to)
+        if (
+            not isinstance(symbol, str)
+            or start is None
+            or (date_to is not None and end is None)
+            or flags not in (C.COPY_TICKS_ALL, C.COPY_TICKS_INFO, C.COPY_TICKS_TRADE)
+        ):
+            self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
+            return None
+        ticks = self.broker.ticks(symbol, start, to_msc=end, count=count, flags=flags)
+        if ticks is None:
+            self._fail(C.RES_E_NOT_FOUND)  # as symbol_info: a symbol the server does not have
+            return None
+        self._ok()
+        return ticks
+
+    def copy_ticks_from(
+        self, symbol: str, date_from: datetime | int, count: int, flags: int
+    ) -> ndarray | None:
+        """The first `count` ticks stamped at or after `date_from` (in the server's time), of the kind
+        `flags` (COPY_TICKS_ALL, _INFO or _TRADE: the simulator's ticks are all bid/ask ticks)."""
+        if not _is_count(count):
+            self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
+            return None
+        return self._ticks(symbol, date_from, flags, count=count)
+
+    def copy_ticks_range(
+        self, symbol: str, date_from: datetime | int, date_to: datetime | int, flags: int
+    ) -> ndarray | None:
+        """The ticks stamped within [date_from, date_to] (in the server's time), of the kind `flags`."""
+        return self._ticks(symbol, date_from, flags, date_to=date_to)
+
+    def _rates(self, symbol: Any, timeframe: Any, *bounds: Any) -> ndarray | None:
+        if not self._enter():
+            return None
+        if not isinstance(symbol, str) or timeframe not in TIMEFRAMES or any(b is None for b in bounds):
+            self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
+            return None
+        rates = self.broker.rates(symbol, timeframe)
+        if rates is None:
+            self._fail(C.RES_E_NOT_FOUND)
+            return None
+        self._ok()
+        return rates
+
+    def copy_rates_from(
+        self, symbol: str, timeframe: int, date_from: datetime | int, count: int
+    ) -> ndarray | None:
+        """The last `count` bars opened at or before `date_from` (in the server's time), oldest first."""
+        moment = _unix_msc(date_from)
+        rates = self._rates(symbol, timeframe, moment, count if _is_count(count) else None)
+        if rates is None or moment is None:
+            return None
+        upto = rates[rates["time"] * 1000 <= moment]
+        return upto[max(0, len(upto) - count) :]
+
+    def copy_rates_from_pos(self, symbol: str, timeframe: int, start_pos: int, count: int) -> ndarray | None:
+        """`count` bars from bar `start_pos` back (bar 0 is the current, still forming, one), oldest
+        first."""
+        valid = _is_count(start_pos) and _is_count(count)
+        rates = self._rates(symbol, timeframe, start_pos if valid else None)
+        if rates is None:
+            return None
+        end = len(rates) - start_pos
+        return rates[max(0, end - count) : max(0, end)]
+
+    def copy_rates_range(
+        self, symbol: str, timeframe: int, date_from: datetime | int, date_to: datetime | int
+    ) -> ndarray | None:
+        """The bars opened within [date_from, date_to] (in the server's time), oldest first."""
+        start, end = _unix_msc(date_from), _unix_msc(date_to)
+        rates = self._rates(symbol, timeframe, start, end)
+        if rates is None or start is None or end is None:
+            return None
+        opened = rates["time"] * 1000
+        return rates[(opened >= start) & (opened <= end)]
+
     # ----- trading ------------------------------------------------------------------------------------
+
+    def _calc_arguments(self, action: Any, symbol: Any, volume: Any, *prices: Any) -> bool:
+        if not self._enter(needs_login=True):
+            return False
+        if (
+            not isinstance(action, int)
+            or not isinstance(symbol, str)
+            or not all(_is_number(v) for v in (volume, *prices))
+        ):
+            self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
+            return False
+        if not self.broker.has_symbol(symbol):
+            self._fail(C.RES_E_NOT_FOUND)
+            return False
+        return True
+
+    def order_calc_margin(self, action: int, symbol: str, volume: float, price: float) -> float | None:
+        """The margin (account currency) a position of `volume` lots opened at `price` would take: volume
+        * contract size * price / leverage, converted. `action` is an ORDER_TYPE_* (the simulator's margin is
+        the same for each side)."""
+        if not self._calc_arguments(action, symbol, volume, price):
+            return None
+        if not C.ORDER_TYPE_BUY <= action <= C.ORDER_TYPE_SELL_STOP_LIMIT:
+            self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
+            return None
+        assert self._login is not None
+        self._ok()
+        return self.broker.calc_margin(self._login, symbol, float(volume), float(price))
+
+    def order_calc_profit(
+        self, action: int, symbol: str, volume: float, price_open: float, price_close: float
+    ) -> float | None:
+        """The profit (account currency) of a position of `volume` lots opened at `price_open` and closed
+        at `price_close`; `action` is ORDER_TYPE_BUY or ORDER_TYPE_SELL. The same function values the open
+        positions (TradePosition.profit) and the closing deals."""
+        if not self._calc_arguments(action, symbol, volume, price_open, price_close):
+            return None
+        if action not in (C.ORDER_TYPE_BUY, C.ORDER_TYPE_SELL):
+            self._fail(C.RES_E_INVALID_PARAMS, "Invalid arguments")
+            return None
+        assert self._login is not None
+        self._ok()
+        return self.broker.calc_profit(
+            self._login, action, symbol, float(volume), float(price_open), float(price_close)
+        )
 
     def _parse_request(self, request: Any) -> tuple[TradeRequest, frozenset[str]] | None:
         """The request dict as a TradeRequest, or None (and last_error) when the package would refuse it
@@ -481,6 +638,36 @@ class SimTerminal:
     def sim_set_trade_mode(self, symbol: str, mode: int) -> None:
         """SYMBOL_TRADE_MODE_*: DISABLED makes order_send answer TRADE_RETCODE_MARKET_CLOSED."""
         self.broker.set_trade_mode(symbol, mode)
+
+    def sim_price_path(self, symbol: str, points: Sequence[float], interval_seconds: float) -> None:
+        """Script the symbol's bid: the first of `points` now, then one per `interval_seconds` of the
+        broker's clock (ask = bid + the current spread), each a tick stamped at its own time, with stops
+        and stop-outs checked at each. The price is pinned meanwhile and stays at the last point until
+        `sim_release_quote` (or `sim_set_quote`, which also ends the path). A closed market holds the path
+        until it opens."""
+        self.broker.price_path(symbol, points, interval_seconds)
+
+    def sim_market_closed(self, symbol: str, closed: bool) -> None:
+        """Close the symbol's market (True) or open it again (False). Closed: no ticks (the quote and its
+        time stay where they were), symbol_info().trade_mode is SYMBOL_TRADE_MODE_DISABLED, order_send and
+        order_check answer TRADE_RETCODE_MARKET_CLOSED and no stop loss or take profit fires. A price set
+        meanwhile (sim_gap, sim_set_quote: a weekend gap) is the opening tick, when stops fire at it."""
+        self.broker.set_market_closed(symbol, closed)
+
+    def sim_stop_quotes(self, symbol: str, stopped: bool = True) -> None:
+        """Stale quotes while the symbol trades: its price and tick time stop where they are (no new
+        ticks) and orders still fill at that price. `stopped=False` lets the price walk on (as
+        `sim_release_quote`)."""
+        self.broker.stop_quotes(symbol, stopped)
+
+    def sim_set_server_offset(self, hours: float) -> None:
+        """The trade server's clock is `hours` ahead of UTC (e.g. 2 or 3; 0, UTC, by default): tick, bar,
+        position, order and deal times are stamped in its time, and the date bounds of history and
+        copy_* calls are read in it, as on real servers."""
+        try:
+            self.broker.set_server_offset(hours)
+        except (TypeError, ValueError) as exc:
+            raise SimError(str(exc)) from None
 
     def sim_open_manual(self, login: int, symbol: str, order_type: int, volume: float) -> int:
         """Open a position on `login` as if by hand in the desktop terminal (magic 0, reason CLIENT, no
