@@ -136,11 +136,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         health,
         metrics,
         monitoring,
+        risk,
         signals,
         trades,
     )
 
-    for module in (health, auth, accounts, clients, signals, approvals, trades, monitoring, audit):
+    for module in (health, auth, accounts, risk, clients, signals, approvals, trades, monitoring, audit):
         api.register_blueprint(module.blp)
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.
     app.register_blueprint(metrics.blp)

@@ -12,6 +12,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, pre_load, validate, validates, validates_schema
 
+from shared.guards.settings import LIMIT_ACTIONS, MARKET_ACTIONS, PERIODS, REFERENCES, RESUMES
 from shared.models import Decision, Role, Side, SignalStatus, TradeState
 from shared.mt5.terminals import SCHEMES as TERMINAL_SCHEMES
 from shared.mt5.terminals import terminal_url_problem
@@ -648,3 +649,102 @@ class AccountStatusSchema(ma.Schema):
             "description": "open trades whose position vanished from the terminal (see a trade's vanished_at)"
         }
     )
+
+
+# --- risk settings --------------------------------------------------------------------------------
+#
+# The document is validated as a whole by shared.guards.settings.validate_settings (the view calls it, so
+# that errors name nested fields the way it does: `drawdown_limits.0.max_percent`). These schemas
+# describe it for the OpenAPI document and send it back as stored: numbers stay the numbers the owner
+# wrote (Raw, not Decimal: a percent is a JSON number here, unlike money).
+
+
+def _number(
+    *, maximum: int | None = None, integer: bool = False, minimum: int | None = None, **kwargs: Any
+) -> fields.Raw:
+    bounds: dict[str, Any] = (
+        {"minimum": minimum} if minimum is not None else {"minimum": 0, "exclusiveMinimum": True}
+    )
+    if maximum is not None:
+        bounds["maximum"] = maximum
+    kind = "integer" if integer else "number"
+    return fields.Raw(metadata={"type": kind, **bounds, **kwargs.pop("metadata", {})}, **kwargs)
+
+
+class DrawdownLimitDocSchema(StrictSchema):
+    name = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "unique among the account's limits"},
+    )
+    period = fields.String(required=True, validate=validate.OneOf(PERIODS))
+    reference = fields.String(
+        required=True,
+        validate=validate.OneOf(REFERENCES),
+        metadata={"description": "what the drawdown is measured from"},
+    )
+    warn_percent = _number(maximum=100, allow_none=True, metadata={"description": "below max_percent"})
+    max_percent = _number(
+        maximum=100, allow_none=True, metadata={"description": "max_percent, max_amount or both are set"}
+    )
+    max_amount = _number(allow_none=True, metadata={"description": "in the account currency"})
+    action = fields.String(validate=validate.OneOf(LIMIT_ACTIONS), metadata={"description": "default warn"})
+    resume = fields.String(
+        validate=validate.OneOf(RESUMES),
+        metadata={"description": "default manual; a lifetime limit resumes manually"},
+    )
+
+
+class MarketLimitsDocSchema(StrictSchema):
+    max_spread_pips = _number(allow_none=True)
+    max_gap_pips = _number(allow_none=True)
+    stale_quote_seconds = _number(integer=True, minimum=1, maximum=86_400, allow_none=True)
+    action = fields.String(validate=validate.OneOf(MARKET_ACTIONS), metadata={"description": "default warn"})
+
+
+class OrderLimitsDocSchema(StrictSchema):
+    """Checked before every order is sent; null turns a limit off (the default)."""
+
+    max_lots_per_order = _number(allow_none=True)
+    max_open_positions = _number(
+        integer=True,
+        minimum=0,
+        maximum=100_000,
+        allow_none=True,
+        metadata={"description": "open positions after the order, those opened outside TradeGuard included"},
+    )
+    max_total_lots = _number(allow_none=True, metadata={"description": "open lots after the order"})
+    max_orders_per_minute = _number(
+        integer=True,
+        minimum=0,
+        maximum=100_000,
+        allow_none=True,
+        metadata={"description": "orders sent in the last 60 s, this one included"},
+    )
+    max_risk_percent_per_trade = _number(
+        maximum=100,
+        allow_none=True,
+        metadata={
+            "description": "the loss at the SL, in percent of equity; an order without an SL is refused"
+        },
+    )
+    symbols = fields.List(
+        fields.String(validate=validate.Length(min=1, max=32)),
+        allow_none=True,
+        validate=validate.Length(max=500),
+        metadata={"description": "the only symbols orders may be sent for"},
+    )
+
+
+class RiskSettingsDocSchema(StrictSchema):
+    """An account's risk settings. A new account has the defaults: drawdown guards that warn and never
+    close, order limits off."""
+
+    grace_seconds = _number(integer=True, minimum=0, maximum=3600, required=True)
+    confirmations = _number(integer=True, minimum=1, maximum=20, required=True)
+    drawdown_limits = fields.List(
+        fields.Nested(DrawdownLimitDocSchema), required=True, validate=validate.Length(max=20)
+    )
+    min_margin_level_percent = _number(maximum=1_000_000, allow_none=True)
+    market = fields.Nested(MarketLimitsDocSchema, required=True)
+    orders = fields.Nested(OrderLimitsDocSchema, required=True)

@@ -99,6 +99,8 @@ def symbol_from(d: Mapping[str, Any]) -> SymbolSpec:
         point=_dec(d["point"]),
         contract_size=_dec(d["trade_contract_size"]),
         tick_value=_dec(d["trade_tick_value"]),
+        # A terminal that reports no tick size (0) moves in points.
+        tick_size=_dec(d.get("trade_tick_size") or d["point"]),
         volume_min=_dec(d["volume_min"]),
         volume_max=_dec(d["volume_max"]),
         volume_step=_dec(d["volume_step"]),

@@ -31,7 +31,11 @@ class SymbolSpec:
     digits: int
     point: Decimal
     contract_size: Decimal
+    # What a price move of `tick_size` is worth on one lot, in the account currency (MT5's
+    # trade_tick_value and trade_tick_size). The tick is the point on most symbols, not on all (an index
+    # quoted to 0.01 may move in steps of 0.25).
     tick_value: Decimal
+    tick_size: Decimal
     volume_min: Decimal
     volume_max: Decimal
     volume_step: Decimal

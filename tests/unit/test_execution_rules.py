@@ -15,6 +15,7 @@ EURUSD = SymbolSpec(
     digits=5,
     contract_size=D("100000"),
     tick_value=D("1"),
+    tick_size=D("0.00001"),
     trade_allowed=True,
     volume_min=D("0.01"),
     volume_max=D("100"),

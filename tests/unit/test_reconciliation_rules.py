@@ -33,6 +33,7 @@ def spec(name, digits, point):
         point=D(point),
         contract_size=D(100000),
         tick_value=D(1),
+        tick_size=D(point),
         volume_min=D("0.01"),
         volume_max=D(100),
         volume_step=D("0.01"),
