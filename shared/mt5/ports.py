@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.mt5.types import AccountState, Deal, OrderResult, Position, Quote, SymbolSpec
+from shared.mt5.types import AccountSnapshot, AccountState, Deal, OrderResult, Position, Quote, SymbolSpec
 
 
 class TerminalAccount(Protocol):
@@ -38,6 +38,7 @@ class TerminalAccount(Protocol):
 class TerminalPort(Protocol):
     """The part of `shared.mt5.gateway.Gateway` that execution and reconciliation use."""
 
+    def account(self) -> AccountSnapshot: ...
     def symbol(self, name: str) -> SymbolSpec: ...
     def quote(self, name: str) -> Quote: ...
     def symbol_and_quote(self, name: str) -> tuple[SymbolSpec, Quote]: ...
