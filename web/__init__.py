@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         audit,
         auth,
         clients,
+        guards,
         health,
         metrics,
         monitoring,
@@ -141,7 +142,19 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         trades,
     )
 
-    for module in (health, auth, accounts, risk, clients, signals, approvals, trades, monitoring, audit):
+    for module in (
+        health,
+        auth,
+        accounts,
+        risk,
+        clients,
+        signals,
+        approvals,
+        trades,
+        monitoring,
+        guards,
+        audit,
+    ):
         api.register_blueprint(module.blp)
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.
     app.register_blueprint(metrics.blp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import request
+from flask.views import MethodView
 
 from shared.guards import risk_settings
 from shared.identity.accounts import get_own_account
@@ -21,37 +22,39 @@ blp = Blueprint("risk", __name__, url_prefix="/api/v1/accounts", description="Ri
 _DOCUMENT_BODY = {"required": True, "content": {"application/json": {"schema": RiskSettingsDocSchema}}}
 
 
-@blp.get("/<id:account_id>/risk")
-@login_required
-@blp.response(200, RiskSettingsDocSchema)
-@blp.errors(401, 404, 503)
-def get_risk(account_id: int) -> Any:
-    """An account's risk settings
+@blp.route("/<id:account_id>/risk")
+class AccountRiskSettings(MethodView):
+    # One URL rule for both methods: with a rule per method, a PUT to an id the URL converter refuses
+    # (0, or past 2**31-1) matched the GET rule's pattern and was answered 405 instead of 404.
 
-    The defaults until its owner saves some: drawdown guards that warn and never close, order limits off
-    (`null`).
-    """
-    account = get_own_account(db.session, current_user(), account_id)
-    return risk_settings.document_of(db.session, account.id)
+    @login_required
+    @blp.response(200, RiskSettingsDocSchema)
+    @blp.errors(401, 404, 503)
+    def get(self, account_id: int) -> Any:
+        """An account's risk settings
 
+        The defaults until its owner saves some: drawdown guards that warn and never close, order limits
+        off (`null`).
+        """
+        account = get_own_account(db.session, current_user(), account_id)
+        return risk_settings.document_of(db.session, account.id)
 
-@blp.put("/<id:account_id>/risk")
-@login_required
-@blp.doc(requestBody=_DOCUMENT_BODY)
-@blp.response(200, RiskSettingsDocSchema)
-@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
-@blp.errors(*BODY_ERRORS, 401, 404, 503)
-def put_risk(account_id: int) -> Any:
-    """Replace an account's risk settings
+    @login_required
+    @blp.doc(requestBody=_DOCUMENT_BODY)
+    @blp.response(200, RiskSettingsDocSchema)
+    @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+    @blp.errors(*BODY_ERRORS, 401, 404, 503)
+    def put(self, account_id: int) -> Any:
+        """Replace an account's risk settings
 
-    The whole document, checked as a whole: 422 names each bad field (`drawdown_limits.0.max_percent`),
-    an unknown key included, and nothing is stored. Optional values left out take their defaults. The
-    change is audited (`account.risk_updated`, with who made it and the document before and after); the
-    answer is the document as stored.
-    """
-    user = current_user()
-    # The account first: someone else's is 404 whatever the body says.
-    get_own_account(db.session, user, account_id)
-    stored = risk_settings.save_risk_settings(db.session, user, account_id, json_body(request))
-    db.session.commit()
-    return stored
+        The whole document, checked as a whole: 422 names each bad field (`drawdown_limits.0.max_percent`),
+        an unknown key included, and nothing is stored. Optional values left out take their defaults. The
+        change is audited (`account.risk_updated`, with who made it and the document before and after);
+        the answer is the document as stored.
+        """
+        user = current_user()
+        # The account first: someone else's is 404 whatever the body says.
+        get_own_account(db.session, user, account_id)
+        stored = risk_settings.save_risk_settings(db.session, user, account_id, json_body(request))
+        db.session.commit()
+        return stored
