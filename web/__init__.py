@@ -133,15 +133,30 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         audit,
         auth,
         clients,
+        guards,
         health,
         metrics,
         monitoring,
+        risk,
         signals,
         trades,
         webhooks,
     )
 
-    for module in (health, auth, accounts, clients, signals, approvals, trades, monitoring, webhooks, audit):
+    for module in (
+        health,
+        auth,
+        accounts,
+        risk,
+        clients,
+        signals,
+        approvals,
+        trades,
+        monitoring,
+        guards,
+        webhooks,
+        audit,
+    ):
         api.register_blueprint(module.blp)
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.
     app.register_blueprint(metrics.blp)

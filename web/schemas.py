@@ -12,6 +12,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, pre_dump, pre_load, validate, validates, validates_schema
 
+from shared.guards.settings import LIMIT_ACTIONS, MARKET_ACTIONS, PERIODS, REFERENCES, RESUMES
 from shared.models import Decision, DeliveryStatus, Role, Side, SignalStatus, TradeState
 from shared.mt5.terminals import SCHEMES as TERMINAL_SCHEMES
 from shared.mt5.terminals import terminal_url_problem
@@ -758,3 +759,235 @@ class DeliverySchema(ma.Schema):
 
 
 DeliveryPageSchema = page_of(DeliverySchema)
+
+
+# --- risk settings --------------------------------------------------------------------------------
+#
+# The document is validated as a whole by shared.guards.settings.validate_settings (the view calls it, so
+# that errors name nested fields the way it does: `drawdown_limits.0.max_percent`). These schemas
+# describe it for the OpenAPI document and send it back as stored: numbers stay the numbers the owner
+# wrote (Raw, not Decimal: a percent is a JSON number here, unlike money).
+
+
+def _number(
+    *, maximum: int | None = None, integer: bool = False, minimum: int | None = None, **kwargs: Any
+) -> fields.Raw:
+    bounds: dict[str, Any] = (
+        {"minimum": minimum} if minimum is not None else {"minimum": 0, "exclusiveMinimum": True}
+    )
+    if maximum is not None:
+        bounds["maximum"] = maximum
+    kind = "integer" if integer else "number"
+    return fields.Raw(metadata={"type": kind, **bounds, **kwargs.pop("metadata", {})}, **kwargs)
+
+
+class DrawdownLimitDocSchema(StrictSchema):
+    name = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "unique among the account's limits"},
+    )
+    period = fields.String(required=True, validate=validate.OneOf(PERIODS))
+    reference = fields.String(
+        required=True,
+        validate=validate.OneOf(REFERENCES),
+        metadata={"description": "what the drawdown is measured from"},
+    )
+    warn_percent = _number(maximum=100, allow_none=True, metadata={"description": "below max_percent"})
+    max_percent = _number(
+        maximum=100, allow_none=True, metadata={"description": "max_percent, max_amount or both are set"}
+    )
+    max_amount = _number(allow_none=True, metadata={"description": "in the account currency"})
+    action = fields.String(validate=validate.OneOf(LIMIT_ACTIONS), metadata={"description": "default warn"})
+    resume = fields.String(
+        validate=validate.OneOf(RESUMES),
+        metadata={"description": "default manual; a lifetime limit resumes manually"},
+    )
+
+
+class MarketLimitsDocSchema(StrictSchema):
+    max_spread_pips = _number(allow_none=True)
+    max_gap_pips = _number(allow_none=True)
+    stale_quote_seconds = _number(integer=True, minimum=1, maximum=86_400, allow_none=True)
+    action = fields.String(validate=validate.OneOf(MARKET_ACTIONS), metadata={"description": "default warn"})
+
+
+class OrderLimitsDocSchema(StrictSchema):
+    """Checked before every order is sent; null turns a limit off (the default)."""
+
+    max_lots_per_order = _number(allow_none=True)
+    max_open_positions = _number(
+        integer=True,
+        minimum=0,
+        maximum=100_000,
+        allow_none=True,
+        metadata={"description": "open positions after the order, those opened outside TradeGuard included"},
+    )
+    max_total_lots = _number(allow_none=True, metadata={"description": "open lots after the order"})
+    max_orders_per_minute = _number(
+        integer=True,
+        minimum=0,
+        maximum=100_000,
+        allow_none=True,
+        metadata={"description": "orders sent in the last 60 s, this one included"},
+    )
+    max_risk_percent_per_trade = _number(
+        maximum=100,
+        allow_none=True,
+        metadata={
+            "description": "the loss at the SL, in percent of equity; an order without an SL is refused"
+        },
+    )
+    symbols = fields.List(
+        fields.String(validate=validate.Length(min=1, max=32)),
+        allow_none=True,
+        validate=validate.Length(max=500),
+        metadata={"description": "the only symbols orders may be sent for"},
+    )
+
+
+class RiskSettingsDocSchema(StrictSchema):
+    """An account's risk settings. A new account has the defaults: drawdown guards that warn and never
+    close, order limits off."""
+
+    grace_seconds = _number(integer=True, minimum=0, maximum=3600, required=True)
+    confirmations = _number(integer=True, minimum=1, maximum=20, required=True)
+    drawdown_limits = fields.List(
+        fields.Nested(DrawdownLimitDocSchema), required=True, validate=validate.Length(max=20)
+    )
+    min_margin_level_percent = _number(maximum=1_000_000, allow_none=True)
+    market = fields.Nested(MarketLimitsDocSchema, required=True)
+    orders = fields.Nested(OrderLimitsDocSchema, required=True)
+
+
+# --- guards and alerts ------------------------------------------------------------------------------
+
+GUARD_STATES = ["ok", "warning", "alert", "halted"]
+ALERT_TYPES = ["drawdown", "margin", "market"]
+ALERT_STATUSES = ["pending", "closing", "executed", "cancelled", "failed"]
+
+
+class AlertCloseSchema(ma.Schema):
+    id = fields.Integer()
+    position_ticket = fields.Integer()
+    symbol = fields.String()
+    side = fields.String(metadata={"description": "buy or sell: the position's side"})
+    volume = DecimalText()
+    state = fields.String(
+        metadata={
+            "description": "pending (nothing sent yet), sent (outcome not known yet), closed, gone (closed "
+            "by something else first) or failed"
+        }
+    )
+    attempts = fields.Integer()
+    close_price = DecimalText(allow_none=True)
+    pnl = DecimalText(normalize=False, allow_none=True, metadata={"description": "in the account currency"})
+    error = fields.String(allow_none=True)
+    trade_id = fields.Integer(allow_none=True)
+    deal_ticket = fields.Integer(allow_none=True)
+    sent_at = fields.DateTime(allow_none=True)
+    closed_at = fields.DateTime(allow_none=True)
+
+
+class AlertSchema(ma.Schema):
+    id = fields.Integer()
+    account_id = fields.Integer()
+    alert_type = fields.String(validate=validate.OneOf(ALERT_TYPES))
+    limit_name = fields.String(allow_none=True, metadata={"description": "the drawdown limit's name"})
+    symbol = fields.String(allow_none=True, metadata={"description": "the market guard's symbol"})
+    reason = fields.String()
+    status = fields.String(
+        validate=validate.OneOf(ALERT_STATUSES),
+        metadata={
+            "description": "pending while its grace period runs (until close_at), closing, then executed, "
+            "cancelled (the breach cleared) or failed"
+        },
+    )
+    currency = fields.String()
+    drawdown_percent = DecimalText(allow_none=True)
+    drawdown_amount = DecimalText(normalize=False, allow_none=True)
+    equity = DecimalText(normalize=False)
+    threshold_percent = DecimalText(allow_none=True)
+    margin_level = DecimalText(allow_none=True)
+    positions_closed_count = fields.Integer()
+    total_loss = DecimalText(normalize=False)
+    action_taken = fields.String(allow_none=True)
+    close_at = fields.DateTime(
+        metadata={"description": "when its positions are closed unless it clears first"}
+    )
+    created_at = fields.DateTime()
+    executed_at = fields.DateTime(allow_none=True)
+    details = fields.Dict()
+
+
+class AlertDetailSchema(AlertSchema):
+    closes = fields.List(fields.Nested(AlertCloseSchema), metadata={"description": "each position it closes"})
+
+
+AlertPageSchema = page_of(AlertSchema)
+
+
+class AlertQuerySchema(PageQuerySchema):
+    account_id = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
+    status = fields.String(load_default=None, validate=validate.OneOf(ALERT_STATUSES))
+    since = fields.AwareDateTime(
+        load_default=None,
+        default_timezone=None,
+        validate=_sane_year,
+        metadata={
+            "description": "raised at or after: a date-time with its UTC offset, in the years 1970 to 9000"
+        },
+    )
+
+
+class LimitStandingSchema(ma.Schema):
+    name = fields.String()
+    period = fields.String(validate=validate.OneOf(PERIODS))
+    reference = fields.String(
+        validate=validate.OneOf(REFERENCES), metadata={"description": "what the drawdown is measured from"}
+    )
+    reference_value = DecimalText(
+        allow_none=True, metadata={"description": "the reference's value in this period; null until read"}
+    )
+    period_start = fields.DateTime(allow_none=True, metadata={"description": "null for a lifetime limit"})
+    drawdown_percent = DecimalText(allow_none=True)
+    drawdown_amount = DecimalText(allow_none=True)
+    warn_percent = DecimalText(allow_none=True)
+    max_percent = DecimalText(allow_none=True)
+    max_amount = DecimalText(allow_none=True)
+    action = fields.String(validate=validate.OneOf(LIMIT_ACTIONS))
+    resume = fields.String(validate=validate.OneOf(RESUMES))
+    level = fields.String(metadata={"description": "ok, warning or breach, at the last reading"})
+
+
+class BlockedSymbolSchema(ma.Schema):
+    symbol = fields.String()
+    reason = fields.String(allow_none=True)
+    kind = fields.String(allow_none=True, metadata={"description": "spread, gap or stale"})
+    since = fields.DateTime(allow_none=True)
+
+
+class AccountGuardsSchema(ma.Schema):
+    account_id = fields.Integer()
+    account_name = fields.String()
+    state = fields.String(validate=validate.OneOf(GUARD_STATES))
+    currency = fields.String()
+    equity = DecimalText(normalize=False, allow_none=True, metadata={"description": "at the last reading"})
+    balance = DecimalText(normalize=False, allow_none=True)
+    margin_level = DecimalText(
+        allow_none=True, metadata={"description": "percent; null when no margin is used"}
+    )
+    min_margin_level_percent = DecimalText(allow_none=True)
+    read_at = fields.DateTime(
+        allow_none=True, metadata={"description": "the last reading; null before the first"}
+    )
+    halted_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "set while every new order is refused until the account resumes"},
+    )
+    halted_reason = fields.String(allow_none=True)
+    halted_limit = fields.String(allow_none=True)
+    halted_resume = fields.String(allow_none=True, metadata={"description": "manual or next_period"})
+    limits = fields.List(fields.Nested(LimitStandingSchema))
+    blocked_symbols = fields.List(fields.Nested(BlockedSymbolSchema))
+    active_alert = fields.Nested(AlertDetailSchema, allow_none=True)

@@ -124,9 +124,12 @@ def upgrade():
         sa.Column('trading', sa.Boolean(), nullable=False),
         sa.Column('seen_at', WHEN, nullable=False),
     )
+    # The pre-trade check of max_orders_per_minute counts an account's trades sent in the last minute.
+    op.create_index('ix_trades_account_sent', 'trades', ['account_id', 'sent_at'])
 
 
 def downgrade():
+    op.drop_index('ix_trades_account_sent', table_name='trades')
     op.drop_table('market_quotes')
     op.drop_index('ix_alert_closes_alert_id', table_name='alert_closes')
     op.drop_table('alert_closes')

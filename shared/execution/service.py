@@ -32,8 +32,10 @@ from shared.core.config import DEFAULT_MAGIC
 from shared.core.db import DbSession, dialect_insert, utcnow
 from shared.core.locks import Busy, exclusive
 from shared.core.queue import Queue
+from shared.execution import risk
 from shared.execution.errors import TerminalRetryLater
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
+from shared.guards.risk_settings import OrderGuard, order_guard_of
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown, SymbolNotFound
 from shared.mt5.ports import OpenTerminal, TerminalPort
@@ -241,12 +243,24 @@ def _send(
         # Named as the trade was claimed (_claim_trade): an order without it could never be found again,
         # so none is sent (an unclassified error: counted, retried, then the trade fails).
         raise RuntimeError(f"trade {trade.id} has no comment: refusing to send an order it cannot find")
+    # The guards first, in one small read: a halted account or a blocked symbol costs no terminal call.
+    guard = order_guard_of(session, trade.account_id)
+    refused = risk.guard_problems(
+        symbol=trade.symbol,
+        halted=guard.halted_at is not None,
+        halted_reason=guard.halted_reason,
+        blocked_symbols=guard.blocked_symbols,
+    )
+    if refused:
+        _reject_before_sending(session, trade, refused, queue)
+        return
     # The specification and the first quote in one round trip; after a requote, a fresh quote.
     try:
         spec, quote = terminal.symbol_and_quote(trade.symbol)
     except SymbolNotFound as exc:
         _reject_unknown_symbol(session, trade, exc, queue)
         return
+    figures = _order_limit_figures(session, trade, terminal, guard)
     for attempt in range(settings.max_price_retries + 1):
         if attempt:
             try:
@@ -265,10 +279,19 @@ def _send(
             expires_at=signal.expires_at,
             now=utcnow(),
         )
+        price = quote.ask if trade.side == Side.BUY else quote.bid
+        problems += risk.order_limit_problems(
+            symbol=trade.symbol,
+            volume=trade.requested_volume,
+            price=price,
+            sl=trade.requested_sl,
+            limits=guard.orders,
+            spec=spec,
+            **figures,
+        )
         if problems:
             _reject_before_sending(session, trade, problems, queue)
             return
-        price = quote.ask if trade.side == Side.BUY else quote.bid
         request = terminal.market_order_request(
             symbol=trade.symbol,
             side=trade.side.value,
@@ -337,6 +360,36 @@ def _send(
     _record(session, trade, "trade.rejected", reason=trade.failure_reason)
     _notify(session, queue, trade, events.TRADE_REJECTED)
     session.commit()
+
+
+# How far back `max_orders_per_minute` counts the account's orders.
+_ORDER_RATE_WINDOW = timedelta(seconds=60)
+
+
+def _order_limit_figures(
+    session: DbSession, trade: Trade, terminal: TerminalPort, guard: OrderGuard
+) -> dict[str, Any]:
+    """What the account's order limits read besides the order itself, each read only while a limit
+    needs it, so that with no limit set (the default) an order costs no terminal call and no query more:
+    the terminal's open positions (all of them, those opened outside TradeGuard included), the account's
+    equity, and its orders sent in the last minute (this trade's own earlier attempt not counted)."""
+    limits = guard.orders
+    figures: dict[str, Any] = {}
+    if risk.needs_positions(limits):
+        figures["open_positions"] = [(position.symbol, position.volume) for position in terminal.positions()]
+    if risk.needs_equity(limits, trade.requested_sl):
+        figures["equity"] = terminal.account().equity
+    if risk.needs_recent_orders(limits):
+        figures["orders_last_minute"] = session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Trade)
+            .where(
+                Trade.account_id == trade.account_id,
+                Trade.sent_at >= utcnow() - _ORDER_RATE_WINDOW,
+                Trade.id != trade.id,
+            )
+        )
+    return figures
 
 
 def _reject_before_sending(

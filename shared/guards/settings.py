@@ -75,13 +75,24 @@ def _positive(maximum: int | None = None) -> fields.Decimal:
     return fields.Decimal(allow_none=True, load_default=None, allow_nan=False, validate=checks)
 
 
+def _storable(text: str) -> None:
+    # Postgres' JSONB cannot hold a NUL character, nor the lone surrogate JSON can spell ("\ud800"): a
+    # name with one would be a server error on saving instead of this field's 422.
+    if "\x00" in text:
+        raise ma.ValidationError("must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ma.ValidationError("must be valid Unicode text") from None
+
+
 class _Strict(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
 
 class DrawdownLimitSchema(_Strict):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=100), _storable])
     period = fields.String(required=True, validate=validate.OneOf(PERIODS))
     reference = fields.String(required=True, validate=validate.OneOf(REFERENCES))
     warn_percent = _positive(100)
@@ -121,7 +132,7 @@ class OrderLimitsSchema(_Strict):
     )
     max_risk_percent_per_trade = _positive(100)
     symbols = fields.List(
-        fields.String(validate=validate.Length(min=1, max=32)),
+        fields.String(validate=[validate.Length(min=1, max=32), _storable]),
         allow_none=True,
         load_default=None,
         validate=validate.Length(max=500),

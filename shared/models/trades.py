@@ -21,7 +21,11 @@ class Trade(db.Model):  # type: ignore[name-defined]
     """
 
     __tablename__ = "trades"
-    __table_args__ = (sa.Index("ix_trades_owner_created", "owner_id", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_trades_owner_created", "owner_id", "created_at"),
+        # The account's orders sent in the last minute, which max_orders_per_minute counts before each order.
+        sa.Index("ix_trades_account_sent", "account_id", "sent_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     signal_id: Mapped[int] = mapped_column(sa.ForeignKey("signals.id"), unique=True)

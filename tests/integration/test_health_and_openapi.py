@@ -235,7 +235,15 @@ def test_the_document_says_which_operations_need_a_bearer_token_as_the_api_enfor
             p["name"] for p in operation.get("parameters", []) if p["in"] == "header" and p.get("required")
         } >= {"X-Client-Id", "X-Timestamp", "X-Signature"}
         url = path.replace("{", "").replace("}", "")  # /accounts/account_id: 404, or 401 first
-        for name in ("account_id", "client_id", "signal_id", "approval_id", "trade_id", "webhook_id"):
+        for name in (
+            "account_id",
+            "client_id",
+            "signal_id",
+            "approval_id",
+            "trade_id",
+            "webhook_id",
+            "alert_id",
+        ):
             url = url.replace(name, "1")
         response = getattr(client, method)(url, json={} if method == "post" else None)
         assert (response.status_code == 401) == (needs_token or signed), (method, path, response.json)

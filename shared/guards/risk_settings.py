@@ -1,0 +1,110 @@
+"""Reading and saving an account's risk settings (the document `shared.guards.settings` validates), and
+the one read the execution path makes of the guards before an order goes out.
+
+Guard-side code: it must never import `shared.execution`, which imports it (sibling packages of
+`shared` stay acyclic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared.audit import trail
+from shared.core.db import DbSession, utcnow
+from shared.core.errors import NotFound
+from shared.guards.settings import OrderLimits, RiskSettings, default_settings, validate_settings
+from shared.models import Account, AccountRisk, GuardState, User
+
+RISK_UPDATED = "account.risk_updated"
+
+
+def document_of(session: DbSession, account_id: int) -> dict[str, Any]:
+    """The account's risk settings document as stored, or the defaults when its owner never saved one."""
+    stored = session.scalar(sa.select(AccountRisk.settings).where(AccountRisk.account_id == account_id))
+    return dict(stored) if stored is not None else default_settings()
+
+
+def risk_settings_of(session: DbSession, account_id: int) -> RiskSettings:
+    """The account's risk settings, typed (the defaults when none were saved)."""
+    stored = session.scalar(sa.select(AccountRisk.settings).where(AccountRisk.account_id == account_id))
+    return RiskSettings.from_document(stored)
+
+
+def save_risk_settings(session: DbSession, user: User, account_id: int, document: Any) -> dict[str, Any]:
+    """Store `document` as the risk settings of `user`'s account `account_id`, with who saved it and
+    when, and audit the change (`account.risk_updated`, with the previous and the new document). Returns
+    the document as stored: every omitted optional value filled in. The caller commits.
+
+    NotFound for an account that is not the user's; InvalidInput (naming each bad field) for a document
+    that is not valid, and then nothing is written. A document equal to the current one writes nothing
+    either: there is no change to audit."""
+    account = session.get(Account, account_id)
+    if account is None or account.owner_id != user.id:
+        raise NotFound(f"account {account_id} not found")
+    settings = validate_settings(document)
+    # Two owners' sessions saving at once (two browser tabs) take turns on the account's row, so each
+    # audits the document it replaced and neither trips over the other's first insert. NO KEY: new trades
+    # and signals of the account (whose foreign keys take KEY SHARE) are not held up meanwhile.
+    session.execute(
+        sa.select(Account.id).where(Account.id == account_id).with_for_update(key_share=True)
+    ).one()
+    row = session.get(AccountRisk, account_id, populate_existing=True)
+    previous = dict(row.settings) if row is not None else default_settings()
+    if previous == settings:
+        return settings
+    if row is None:
+        row = AccountRisk(account_id=account_id)
+        session.add(row)
+    row.settings = settings
+    row.updated_by = user.id
+    row.updated_at = utcnow()
+    trail.record(
+        session,
+        actor_type=trail.USER,
+        actor_id=user.id,
+        action=RISK_UPDATED,
+        target_type="account",
+        target_id=account_id,
+        meta={"previous": previous, "settings": settings},
+    )
+    session.flush()
+    return settings
+
+
+@dataclass(frozen=True)
+class OrderGuard:
+    """What the guards say of a new order on one account: its order limits, whether the account is
+    halted (and why), and the symbols the market guard blocks ({symbol: {"reason", "since", "kind"}})."""
+
+    orders: OrderLimits
+    halted_at: datetime | None
+    halted_reason: str | None
+    blocked_symbols: dict[str, Any]
+
+
+def order_guard_of(session: DbSession, account_id: int) -> OrderGuard:
+    """The account's order limits, halt and market blocks, in one statement: the only read the execution
+    path makes of the guards on every order (a second one, of its recent trades, only when a limit on
+    orders per minute is set)."""
+    row = session.execute(
+        sa.select(
+            AccountRisk.settings,
+            GuardState.halted_at,
+            GuardState.halted_reason,
+            GuardState.blocked_symbols,
+        )
+        .select_from(Account)
+        .outerjoin(AccountRisk, AccountRisk.account_id == Account.id)
+        .outerjoin(GuardState, GuardState.account_id == Account.id)
+        .where(Account.id == account_id)
+    ).one()
+    return OrderGuard(
+        orders=RiskSettings.from_document(row.settings).orders,
+        halted_at=row.halted_at,
+        halted_reason=row.halted_reason,
+        blocked_symbols=dict(row.blocked_symbols or {}),
+    )
