@@ -159,7 +159,7 @@ def _closes_of(session: DbSession, alert_ids: list[int]) -> dict[int, list[Alert
 
 
 def own_guards(session: DbSession, owner: User) -> list[AccountGuards]:
-    """Every account of `owner`, by id, with where its guards stand. Three statements, however many
+    """Every account of `owner`, by id, with where its guards stand. At most three statements, however many
     accounts."""
     rows = session.execute(
         sa.select(Account, AccountRisk.settings, GuardState)
