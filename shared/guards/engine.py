@@ -240,75 +240,16 @@ def record_reading(
     # already counting down.
     alert = live_alert(session, account_id)
     if state.halted_at is None and alert is None:
-        for assessment in confirmed:
-            limit = assessment.limit
-            if limit.action == "block":
-                _halt(
-                    session,
-                    state,
-                    f"{limit.name}: drawdown {assessment.drawdown_percent}%",
-                    limit,
-                    None,
-                    tell,
-                )
-                break
-            if limit.action == "close":
-                alert = _raise_alert(
-                    session,
-                    state,
-                    account,
-                    settings,
-                    reading,
-                    currency,
-                    alert_type="drawdown",
-                    limit_name=limit.name,
-                    reason=(
-                        f"{limit.name}: drawdown {assessment.drawdown_percent}% "
-                        f"({assessment.drawdown_amount} {currency}) of {assessment.reference}"
-                    ),
-                    drawdown_percent=assessment.drawdown_percent,
-                    drawdown_amount=assessment.drawdown_amount,
-                    threshold_percent=limit.max_percent,
-                    tell=tell,
-                    schedule=schedule,
-                )
-                break
-        if alert is None and state.halted_at is None and margin_confirmed:
-            alert = _raise_alert(
-                session,
-                state,
-                account,
-                settings,
-                reading,
-                currency,
-                alert_type="margin",
-                limit_name=None,
-                reason=f"margin level {reading.margin_level}% < {settings.min_margin_level_percent}%",
-                drawdown_percent=None,
-                drawdown_amount=None,
-                threshold_percent=settings.min_margin_level_percent,
-                tell=tell,
-                schedule=schedule,
-            )
-        if alert is None and state.halted_at is None and market_close is not None:
-            symbol, reason = market_close
-            alert = _raise_alert(
-                session,
-                state,
-                account,
-                settings,
-                reading,
-                currency,
-                alert_type="market",
-                limit_name=None,
-                symbol=symbol,
-                reason=f"{symbol}: {reason}",
-                drawdown_percent=None,
-                drawdown_amount=None,
-                threshold_percent=None,
-                tell=tell,
-                schedule=schedule,
-            )
+        # The first confirmed limit that does more than warn acts; a drawdown before the margin before
+        # the market, as the alert closes everything the later ones would.
+        acting = next((a for a in confirmed if a.limit.action in ("block", "close")), None)
+        if acting is not None and acting.limit.action == "block":
+            reason = f"{acting.limit.name}: drawdown {acting.drawdown_percent}%"
+            _halt(session, state, reason, acting.limit, None, tell)
+        else:
+            breach = _breach(acting, margin_confirmed, market_close, settings, reading, currency)
+            if breach is not None:
+                alert = _raise_alert(session, account, settings, reading, currency, breach, tell, schedule)
 
     state.equity, state.balance, state.margin_level = reading.equity, reading.balance, reading.margin_level
     state.currency, state.read_at = currency, reading.at
@@ -381,23 +322,58 @@ def _assess_market(
     return to_close
 
 
+@dataclass(frozen=True)
+class Breach:
+    """What an alert is raised for."""
+
+    alert_type: str  # drawdown | margin | market
+    reason: str
+    limit_name: str | None = None
+    symbol: str | None = None
+    drawdown_percent: Decimal | None = None
+    drawdown_amount: Decimal | None = None
+    threshold_percent: Decimal | None = None
+
+
+def _breach(
+    acting: rules.LimitAssessment | None,
+    margin_confirmed: bool,
+    market_close: tuple[str, str] | None,
+    settings: RiskSettings,
+    reading: rules.Reading,
+    currency: str,
+) -> Breach | None:
+    if acting is not None:
+        limit = acting.limit
+        return Breach(
+            "drawdown",
+            f"{limit.name}: drawdown {acting.drawdown_percent}% ({acting.drawdown_amount} {currency}) "
+            f"of {acting.reference}",
+            limit_name=limit.name,
+            drawdown_percent=acting.drawdown_percent,
+            drawdown_amount=acting.drawdown_amount,
+            threshold_percent=limit.max_percent,
+        )
+    if margin_confirmed:
+        minimum = settings.min_margin_level_percent
+        return Breach(
+            "margin", f"margin level {reading.margin_level}% < {minimum}%", threshold_percent=minimum
+        )
+    if market_close is not None:
+        symbol, reason = market_close
+        return Breach("market", f"{symbol}: {reason}", symbol=symbol)
+    return None
+
+
 def _raise_alert(
     session: DbSession,
-    state: GuardState,
     account: Account,
     settings: RiskSettings,
     reading: rules.Reading,
     currency: str,
-    *,
-    alert_type: str,
-    limit_name: str | None,
-    reason: str,
-    drawdown_percent: Decimal | None,
-    drawdown_amount: Decimal | None,
-    threshold_percent: Decimal | None,
+    breach: Breach,
     tell: Callable[..., None],
     schedule: Schedule | None,
-    symbol: str | None = None,
 ) -> DrawdownAlert:
     """A pending alert: the owner is told at once when the close will happen, and the close is scheduled
     for then (after the commit)."""
@@ -405,15 +381,15 @@ def _raise_alert(
     alert = DrawdownAlert(
         account_id=account.id,
         owner_id=account.owner_id,
-        alert_type=alert_type,
-        limit_name=limit_name,
-        symbol=symbol,
-        reason=reason[:300],
+        alert_type=breach.alert_type,
+        limit_name=breach.limit_name,
+        symbol=breach.symbol,
+        reason=breach.reason[:300],
         currency=currency,
-        drawdown_percent=drawdown_percent,
-        drawdown_amount=drawdown_amount,
+        drawdown_percent=breach.drawdown_percent,
+        drawdown_amount=breach.drawdown_amount,
         equity=reading.equity,
-        threshold_percent=threshold_percent,
+        threshold_percent=breach.threshold_percent,
         margin_level=reading.margin_level,
         positions_closed_count=0,
         total_loss=Decimal(0),
@@ -426,13 +402,13 @@ def _raise_alert(
     session.flush()
     figures = {
         "alert_id": alert.id,
-        "type": alert_type,
+        "type": breach.alert_type,
         "reason": alert.reason,
-        "limit": limit_name,
-        "symbol": symbol,
+        "limit": breach.limit_name,
+        "symbol": breach.symbol,
         "equity": reading.equity,
-        "drawdown_percent": drawdown_percent,
-        "threshold_percent": threshold_percent,
+        "drawdown_percent": breach.drawdown_percent,
+        "threshold_percent": breach.threshold_percent,
         "close_at": close_at,
         "currency": currency,
     }

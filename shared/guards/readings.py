@@ -61,7 +61,10 @@ def check_account(
         session.rollback()
         log.warning("account %s: guard check failed (%s: %s)", account_id, type(exc).__name__, exc)
         return CheckOutcome(account_id, "failed", error=f"{type(exc).__name__}: {exc}")
-    offset = observe_market(session, account.server, quotes, specs, at)
+    known = session.scalar(
+        sa.select(GuardState.broker_offset_seconds).where(GuardState.account_id == account_id)
+    )
+    offset = observe_market(session, account.server, quotes, specs, at, known_offset=known or 0)
     reading = rules.Reading(at, snapshot.equity, snapshot.balance, snapshot.margin_level)
     outcome = engine.record_reading(
         session,
@@ -96,15 +99,23 @@ def observe_market(
     quotes: Mapping[str, Quote],
     specs: Mapping[str, SymbolSpec],
     at: datetime,
+    known_offset: int = 0,
 ) -> int | None:
     """Store, per symbol, the spread, the jump from the last quote seen, and when the server last priced
-    it. Returns the server's clock offset learnt from the quotes (None without any)."""
-    offset: int | None = None
+        it. Returns the server's clock offset learnt from the quotes (None when none was fresh enough to tell;
+    `known_offset` then dates them)."""
+    # Learnt from the freshest quote of a symbol that trades; else what was known before.
+    learnt = [
+        rules.broker_offset_seconds(quote.time, at)
+        for symbol, quote in sorted(quotes.items(), key=lambda item: item[1].time, reverse=True)
+        if specs[symbol].trade_allowed
+    ]
+    offset = next((o for o in learnt if o is not None), None)
+    clock = timedelta(seconds=offset if offset is not None else known_offset)
     insert = dialect_insert(session.get_bind())
     for symbol, quote in sorted(quotes.items()):
         spec = specs[symbol]
-        offset = rules.broker_offset_seconds(quote.time, at) if offset is None else offset
-        quoted_at = quote.time - timedelta(seconds=offset)
+        quoted_at = quote.time - clock
         previous = session.get(MarketQuote, (server, symbol))
         gap = rules.gap_pips(previous.bid if previous is not None else None, quote.bid, spec.pip)
         if previous is not None and previous.quoted_at == quoted_at and previous.bid == quote.bid:

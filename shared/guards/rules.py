@@ -48,12 +48,18 @@ def period_start(at: datetime, period: str, broker_offset_seconds: int) -> datet
     return start - offset
 
 
-def broker_offset_seconds(server_time: datetime, utc_now: datetime) -> int:
+def broker_offset_seconds(
+    server_time: datetime, utc_now: datetime, *, freshness_seconds: int = 60
+) -> int | None:
     """The trade server's clock minus UTC, from a quote's time (which MT5 reports in server time): rounded
     to the quarter hour every real offset is a multiple of, so latency and a quote a few seconds old do
-    not shift it."""
-    quarters = round((server_time - utc_now).total_seconds() / 900)
-    return int(quarters * 900)
+    not shift it. None when the quote is not fresh enough to tell (more than `freshness_seconds` off a
+    quarter hour): a closed market's last tick, hours old, would otherwise pass for an offset of hours."""
+    seconds = (server_time - utc_now).total_seconds()
+    offset = round(seconds / 900) * 900
+    if abs(seconds - offset) > freshness_seconds:
+        return None
+    return int(offset)
 
 
 # --- drawdown limits -----------------------------------------------------------------------------------

@@ -4,14 +4,17 @@ the margin and market guards."""
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
+from shared.core.db import utcnow
 from shared.guards import engine as guards
-from shared.guards import readings
+from shared.guards import readings, watch
 from shared.guards.settings import default_settings, validate_settings
 from shared.models import AccountRisk, AlertClose, AuditLog, DrawdownAlert, GuardState, MarketQuote
 from shared.mt5 import constants as mt5c
@@ -106,6 +109,19 @@ def guarded(api, db_session, terminal, market, recorder):
 
     terminal.sim_set_quote("EURUSD", *PIN)
     return make
+
+
+def open_sim(terminal):
+    """Opens the test broker's terminal for an account, as the workers' pool does for a real one."""
+
+    @contextmanager
+    def open_terminal(account):
+        with Gateway.from_module(
+            SimTerminal(terminal.broker), login=account.login, password="x", server=account.server, timeout=5
+        ) as gateway:
+            yield gateway
+
+    return open_terminal
 
 
 def state_of(db_session, account_id):
@@ -421,8 +437,6 @@ def test_the_market_guard_blocks_a_symbol_whose_spread_blows_out_and_lifts_it_wh
 def test_the_watch_reads_at_once_an_account_its_quotes_push_over_a_limit(
     guarded, sync, terminal, db_session, market, recorder
 ):
-    from shared.guards import watch
-
     _, account_id, login, _, _ = guarded()
     terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
     assert sync(account_id).status == "ok"
@@ -443,3 +457,143 @@ def test_the_watch_reads_at_once_an_account_its_quotes_push_over_a_limit(
     # The watch saw the spread too: the market guard's view of EURUSD on this server is fresh.
     seen = db_session.get(MarketQuote, ("TradeGuard-Sim", "EURUSD"))
     assert (seen.bid, seen.spread_pips) == (Decimal("1.0848"), Decimal("1.00"))
+
+
+def breach_confirmed(check, terminal, bid=1.08200):
+    """A reading at the pinned price, then two past the 2 % maximum: the alert is raised."""
+    check()
+    terminal.sim_set_quote("EURUSD", bid, bid + 0.0001)
+    check()
+    return check()
+
+
+def test_a_requoted_close_is_sent_again_at_a_fresh_price_and_closes_once(guarded, terminal, db_session):
+    _, account_id, login, check, execute = guarded()
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    breach_confirmed(check, terminal)
+    (alert,) = alerts_of(db_session, account_id)
+    terminal.sim_set_requotes(1)
+    assert execute(alert.id).status == "executed"
+    (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
+    db_session.refresh(close)
+    assert (close.state, close.attempts, close.retcode) == ("closed", 2, mt5c.TRADE_RETCODE_DONE)
+    outs = [d for d in terminal.history_deals_get(position=ticket) if d.entry == mt5c.DEAL_ENTRY_OUT]
+    assert len(outs) == 1
+    requoted = db_session.scalars(
+        sa.select(AuditLog).where(
+            AuditLog.action == "position.close_requoted", AuditLog.target_id == alert.id
+        )
+    ).all()
+    assert len(requoted) == 1 and requoted[0].meta["retcode"] == mt5c.TRADE_RETCODE_REQUOTE
+
+
+def test_a_close_refused_on_every_price_fails_the_alert_and_still_halts(
+    guarded, terminal, db_session, recorder
+):
+    _, account_id, login, check, execute = guarded()
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    breach_confirmed(check, terminal)
+    (alert,) = alerts_of(db_session, account_id)
+    terminal.sim_set_requotes(100)
+    assert execute(alert.id, max_price_retries=2).status == "failed"
+    (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
+    db_session.refresh(close)
+    assert (close.state, close.attempts) == ("failed", 3)
+    assert "price moved on each of 3 attempts" in close.error
+    assert state_of(db_session, account_id).halted_at is not None
+    assert "alert.failed" in recorder.names()
+
+
+def test_a_limit_resuming_next_period_ends_its_halt_at_broker_midnight_and_starts_afresh(
+    guarded, terminal, db_session, recorder
+):
+    limits = [
+        {
+            "name": "daily loss",
+            "period": "day",
+            "reference": "period_start_equity",
+            "warn_percent": 1,
+            "max_percent": 2,
+            "action": "block",
+            "resume": "next_period",
+        }
+    ]
+    _, account_id, login, _, _ = guarded(drawdown_limits=limits)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+
+    def check_at(at):
+        return readings.check_account(
+            db_session,
+            account_id,
+            open_terminal=open_sim(terminal),
+            notify=recorder.notify,
+            schedule=recorder.schedule,
+            now=at,
+        )
+
+    today = utcnow()
+    check_at(today)
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    check_at(today + timedelta(seconds=1))
+    assert check_at(today + timedelta(seconds=2)).state == "halted"
+    # Still the same day (the sim's server runs on UTC): a halt that resumes next period stays.
+    assert check_at(today + timedelta(seconds=3)).state == "halted"
+    # Just past midnight, at a time the terminal's (real-time) quotes cannot be taken to date: 7.5 min
+    # off any quarter hour from them, so the offset learnt today (0) stands.
+    midnight = (today + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    base = today + timedelta(seconds=450)
+    tomorrow = base + timedelta(seconds=900 * -(-(midnight - base).total_seconds() // 900))
+    assert midnight <= tomorrow < midnight + timedelta(minutes=15)
+    resumed = check_at(tomorrow)
+    state = state_of(db_session, account_id)
+    assert resumed.state != "halted" and state.halted_at is None
+    assert (state.broker_offset_seconds, state.limits["daily loss"]["period_start"]) == (
+        0,
+        midnight.isoformat(),
+    )
+    # The new day's reference is that reading's equity: the loss of yesterday is not counted again.
+    assert Decimal(state.limits["daily loss"]["reference"]) == state.equity
+    assert recorder.names()[-1] == "account.resumed"
+    resumed_rows = db_session.scalars(sa.select(AuditLog).where(AuditLog.action == "account.resumed")).all()
+    assert [row.meta["how"] for row in resumed_rows] == ["next_period"]
+
+
+def test_a_market_close_action_closes_only_that_symbols_positions_when_quotes_go_stale(
+    guarded, terminal, db_session
+):
+
+    market = {"max_spread_pips": None, "max_gap_pips": None, "stale_quote_seconds": 1, "action": "close"}
+    _, account_id, login, check, execute = guarded(market=market, drawdown_limits=[])
+    eurusd = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
+    gbpusd = terminal.sim_open_manual(login, "GBPUSD", mt5c.ORDER_TYPE_BUY, 0.1)
+    terminal.sim_stop_quotes("EURUSD")
+    time.sleep(1.5)  # EURUSD's last tick is now older than a second; GBPUSD is quoted afresh below
+
+    terminal.sim_set_quote("GBPUSD", 1.27000, 1.27010)
+    check()
+    assert state_of(db_session, account_id).blocked_symbols == {}  # one reading: not yet confirmed
+    terminal.sim_set_quote("GBPUSD", 1.27000, 1.27010)
+    outcome = check()
+    blocked = state_of(db_session, account_id).blocked_symbols
+    assert list(blocked) == ["EURUSD"] and blocked["EURUSD"]["kind"] == "stale"
+    (alert,) = alerts_of(db_session, account_id)
+    assert (outcome.state, alert.alert_type, alert.symbol) == ("alert", "market", "EURUSD")
+    # Its close: the grace period has ended (grace 0); EURUSD's position closes at its last price.
+    assert execute(alert.id).status == "executed"
+    closes = {c.position_ticket: c.state for c in db_session.scalars(sa.select(AlertClose))}
+    assert closes == {eurusd: "closed"}
+    assert [p.ticket for p in terminal.positions_get()] == [gbpusd]
+
+
+def test_the_sweep_finds_alerts_whose_close_is_overdue(guarded, terminal, db_session):
+    _, account_id, login, check, _ = guarded()
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    breach_confirmed(check, terminal)
+    (alert,) = alerts_of(db_session, account_id)
+    assert guards.overdue_alerts(db_session, alert.close_at, grace_seconds=5) == []
+    assert guards.overdue_alerts(db_session, alert.close_at + timedelta(seconds=5), grace_seconds=5) == [
+        alert.id
+    ]
+    alert.status = "executed"
+    db_session.commit()
+    assert guards.overdue_alerts(db_session, alert.close_at + timedelta(seconds=60), grace_seconds=5) == []

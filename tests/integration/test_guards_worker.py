@@ -3,22 +3,27 @@ closes after the grace period, and a worker SIGKILLed mid-close leads to one clo
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import time
 from datetime import UTC, datetime
 
+import pytest
 import rpyc
 import sqlalchemy as sa
 
 from bench.procfs import descendants
 from shared.core import extensions
+from shared.core.extensions import SETTINGS
 from shared.core.queue import CHECK_GUARDS
 from shared.guards.settings import default_settings, validate_settings
 from shared.models import AccountRisk, AlertClose, DrawdownAlert, GuardState
 from shared.mt5 import constants as mt5c
 from tests.conftest import Api
 from tests.processes import celery_worker, terminal_server, wait_for
+from tests.webhook_receiver import receiver
 
 
 def prop_settings(**overrides):
@@ -65,13 +70,20 @@ class Terminal:
         self.conn.close()
 
 
-def guarded_account(app, db, port, login, **settings):
+def guarded_account(app, db, port, login, *, hook_url=None, **settings):
+    """An account with the prop settings; with `hook_url`, its owner's webhook there. Returns
+    (account id, the webhook's secret or None)."""
     api = Api(app.test_client())
     user = api.user()
     account = api.account(user, terminal_url=f"sim://127.0.0.1:{port}", login=login)
     db.add(AccountRisk(account_id=account["id"], settings=prop_settings(**settings)))
     db.commit()
-    return account["id"]
+    secret = None
+    if hook_url is not None:
+        response = api.http.post("/api/v1/webhooks", json={"url": hook_url}, headers=user["headers"])
+        assert response.status_code == 201, response.json
+        secret = response.json["secret"]
+    return account["id"], secret
 
 
 def alert_of(db, account_id):
@@ -83,11 +95,21 @@ def check(app, account_id):
     extensions.task_queue(app).send(CHECK_GUARDS, [[account_id]])
 
 
-def test_a_real_worker_confirms_the_breach_alerts_and_closes_after_the_grace_period(app, committed_db):
-    with terminal_server() as port, celery_worker() as worker:
+@pytest.fixture
+def private_allowed(app, monkeypatch):
+    """The test's web app accepts webhooks on 127.0.0.1 (as the worker delivers to them)."""
+    settings = dataclasses.replace(app.extensions[SETTINGS], webhook_allow_private=True)
+    monkeypatch.setitem(app.extensions, SETTINGS, settings)
+
+
+def test_a_real_worker_confirms_the_breach_alerts_and_closes_after_the_grace_period(
+    app, committed_db, private_allowed
+):
+    env = {"TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "true"}
+    with terminal_server() as port, celery_worker(env=env) as worker, receiver(lambda _: 200) as owner:
         terminal = Terminal(port)
         terminal.mt5.sim_set_quote("EURUSD", 1.08500, 1.08510)
-        account_id = guarded_account(app, committed_db, port, 7101)
+        account_id, secret = guarded_account(app, committed_db, port, 7101, hook_url=owner.url)
         tickets = [terminal.mt5.sim_open_manual(7101, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0) for _ in range(2)]
         check(app, account_id)
         assert wait_for(lambda: committed_db.get(GuardState, account_id) is not None, timeout=30), (
@@ -112,6 +134,22 @@ def test_a_real_worker_confirms_the_breach_alerts_and_closes_after_the_grace_per
         assert terminal.open_positions(7101) == []
         assert committed_db.get(GuardState, account_id).halted_at is not None
         terminal.close()
+
+        # The owner heard of each step, signed, in order; alert.pending said when the close would be.
+        wanted = {"guard.warning", "alert.pending", "alert.executed", "account.halted"}
+        assert wait_for(
+            lambda: wanted <= {r.headers["X-TradeGuard-Event"] for r in owner.received}, timeout=30
+        )
+        events = [json.loads(r.body) for r in owner.received]
+        assert all(r.signed_by(secret) for r in owner.received)
+        names = [e["event"] for e in events]
+        assert names.index("alert.pending") < names.index("alert.executed") < names.index("account.halted")
+        pending = events[names.index("alert.pending")]
+        assert pending["account_id"] == account_id
+        assert pending["data"]["alert_id"] == alert.id
+        assert pending["data"]["close_at"] == alert.close_at.isoformat()
+        executed = events[names.index("alert.executed")]
+        assert executed["data"]["positions_closed"] == 2
     assert raised_after < 10
 
 
@@ -122,7 +160,7 @@ def test_a_worker_killed_mid_close_leads_to_one_closing_deal_per_position(app, c
     with terminal_server() as port, celery_worker(env=env) as worker:
         terminal = Terminal(port)
         terminal.mt5.sim_set_quote("EURUSD", 1.08500, 1.08510)
-        account_id = guarded_account(app, committed_db, port, 7201, grace_seconds=0, confirmations=1)
+        account_id, _ = guarded_account(app, committed_db, port, 7201, grace_seconds=0, confirmations=1)
         tickets = [terminal.mt5.sim_open_manual(7201, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0) for _ in range(2)]
         check(app, account_id)
         assert wait_for(lambda: committed_db.get(GuardState, account_id) is not None, timeout=30), (

@@ -79,6 +79,14 @@ def test_the_broker_offset_is_learnt_to_the_quarter_hour():
     assert rules.broker_offset_seconds(now - timedelta(hours=3), now) == -3 * HOUR
 
 
+def test_a_quote_too_old_to_tell_teaches_no_offset():
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    # Friday's last tick on Saturday, on a UTC+2 server: 14 h 13 min behind, not an offset of -14 h.
+    assert rules.broker_offset_seconds(now - timedelta(hours=14, minutes=13), now) is None
+    assert rules.broker_offset_seconds(now + timedelta(hours=2, seconds=-61), now) is None
+    assert rules.broker_offset_seconds(now + timedelta(hours=2, seconds=-60), now) == 2 * HOUR
+
+
 # --- drawdown limits --------------------------------------------------------------------------------
 
 
