@@ -736,6 +736,11 @@ def _close_one(
     now: Callable[[], datetime],
 ) -> None:
     """Close one position, exactly once. Commits after each step."""
+    # As it is now, not as this session first read it (sessions keep what they read across commits,
+    # and another worker may have moved the row on since).
+    session.refresh(row)
+    if row.state in FINAL_CLOSE_STATES:
+        return
     if row.state == "sent":
         found = _find_close(terminal, row)
         if found is not None:
@@ -760,9 +765,20 @@ def _close_one(
         if row.position_ticket not in open_now:
             _gone(session, row, terminal, tell, now)
             return
-        row.state = "pending"  # never reached the broker: sending is safe
+        # Never reached the broker: sending is safe, unless another worker has sent it since we looked
+        # (then its attempt, not ours, moved sent_at).
+        reopened = session.execute(
+            sa.update(AlertClose)
+            .where(AlertClose.id == row.id, AlertClose.state == "sent", AlertClose.sent_at == row.sent_at)
+            .values(state="pending")
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not reopened:
+            session.commit()
+            raise CloseInFlight(f"close {row.id}: another worker has sent it since")
         _audit(session, "position.close_not_found", "alert", row.alert_id, close_id=row.id)
         session.commit()
+        session.refresh(row)
 
     for _ in range(settings.max_price_retries + 1):
         positions = {p.ticket: p for p in terminal.positions(row.symbol)}
@@ -785,11 +801,23 @@ def _close_one(
             comment=row.comment or close_comment(row.id),
             position=row.position_ticket,
         )
-        row.state = "sent"
-        row.attempts += 1
-        row.sent_at = now()
+        # Claimed, not just written: two copies of the task (a redelivery racing the first) may both
+        # have read this row as pending; only the one whose update finds it still pending sends.
+        claimed = session.execute(
+            sa.update(AlertClose)
+            .where(AlertClose.id == row.id, AlertClose.state == "pending")
+            .values(state="sent", attempts=AlertClose.attempts + 1, sent_at=now())
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not claimed:
+            session.commit()
+            session.refresh(row)
+            if row.state in FINAL_CLOSE_STATES:
+                return
+            raise CloseInFlight(f"close {row.id}: another worker is sending it")
         _audit(session, "position.close_sent", "alert", row.alert_id, close_id=row.id, price=price)
         session.commit()  # the intent is on record before the order leaves
+        session.refresh(row)
         try:
             result = terminal.send_order(request)
         except OrderOutcomeUnknown:
@@ -844,13 +872,17 @@ def _closed(
     now: Callable[[], datetime],
 ) -> None:
     at = now()
-    row.state, row.close_price, row.pnl, row.deal_ticket, row.closed_at = (
-        "closed",
-        price,
-        pnl,
-        deal_ticket,
-        at,
-    )
+    # Recorded once: a copy of the task that also found this close's deal leaves it as the first wrote it.
+    recorded = session.execute(
+        sa.update(AlertClose)
+        .where(AlertClose.id == row.id, AlertClose.state.in_(("pending", "sent")))
+        .values(state="closed", close_price=price, pnl=pnl, deal_ticket=deal_ticket, closed_at=at)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not recorded:
+        session.commit()
+        session.refresh(row)
+        return
     _audit(
         session,
         "position.closed_by_guard",
@@ -881,6 +913,7 @@ def _closed(
             )
             tell("trade.closed", trade_id=row.trade_id, reason="guard", close_price=price, pnl=pnl)
     session.commit()
+    session.refresh(row)
 
 
 def _gone(
@@ -893,17 +926,32 @@ def _gone(
     """The position closed by something else meanwhile (its SL, by hand, a stop-out): nothing to send;
     its closing deal, if the history has it, says at what price. Reconciliation records the trade's close."""
     deal = _closing_deal(terminal, row.position_ticket)
-    row.state, row.closed_at = "gone", now()
+    values: dict[str, Any] = {"state": "gone", "closed_at": now()}
     if deal is not None:
-        row.close_price, row.pnl, row.deal_ticket = (
-            deal.price,
-            deal.profit + deal.commission + deal.swap,
-            deal.ticket,
+        values |= {
+            "close_price": deal.price,
+            "pnl": deal.profit + deal.commission + deal.swap,
+            "deal_ticket": deal.ticket,
+        }
+    # Only a close still open: one another worker finished meanwhile (its own deal closed the position)
+    # stays as that worker recorded it.
+    changed = session.execute(
+        sa.update(AlertClose)
+        .where(AlertClose.id == row.id, AlertClose.state.in_(("pending", "sent")))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if changed:
+        _audit(
+            session,
+            "position.close_gone",
+            "alert",
+            row.alert_id,
+            close_id=row.id,
+            position=row.position_ticket,
         )
-    _audit(
-        session, "position.close_gone", "alert", row.alert_id, close_id=row.id, position=row.position_ticket
-    )
     session.commit()
+    session.refresh(row)
 
 
 def _finish(
@@ -913,6 +961,13 @@ def _finish(
     if alert.status != "closing":
         session.commit()
         return AlertResult(alert.id, alert.status)
+    # Each close as it ended, whoever ended it.
+    rows = session.scalars(
+        sa.select(AlertClose)
+        .where(AlertClose.alert_id == alert.id)
+        .order_by(AlertClose.id)
+        .execution_options(populate_existing=True)
+    ).all()
     closed = [row for row in rows if row.state == "closed"]
     failed = [row for row in rows if row.state == "failed"]
     alert.positions_closed_count = len(closed)

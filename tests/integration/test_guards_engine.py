@@ -597,3 +597,80 @@ def test_the_sweep_finds_alerts_whose_close_is_overdue(guarded, terminal, db_ses
     alert.status = "executed"
     db_session.commit()
     assert guards.overdue_alerts(db_session, alert.close_at + timedelta(seconds=60), grace_seconds=5) == []
+
+
+def test_a_copy_of_the_close_that_read_its_rows_before_another_finished_sends_nothing(
+    app, committed_db, terminal, recorder
+):
+    """A redelivered task racing the first, each in its own transaction (real commits): copy B has read
+    the closes as pending when copy A closes them all; B's claim finds them no longer pending, so B sends
+    no second order."""
+    from shared.core.db import db
+    from tests.conftest import Api
+
+    api = Api(app.test_client())
+    user = api.user()
+    account = api.account(user, terminal_url="sim://", login=88001, verify=False)
+    document = default_settings()
+    document.update(
+        grace_seconds=0,
+        confirmations=1,
+        drawdown_limits=[
+            {
+                "name": "dd",
+                "period": "lifetime",
+                "reference": "peak_equity",
+                "max_percent": 2,
+                "action": "close",
+            }
+        ],
+    )
+    committed_db.add(AccountRisk(account_id=account["id"], settings=validate_settings(document)))
+    committed_db.commit()
+    terminal.sim_set_quote("EURUSD", *PIN)
+    assert terminal.initialize(login=88001, password="x", server="TradeGuard-Sim")  # the demo account
+    tickets = [terminal.sim_open_manual(88001, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0) for _ in range(2)]
+
+    def check():
+        return readings.check_account(
+            committed_db,
+            account["id"],
+            open_terminal=open_sim(terminal),
+            notify=recorder.notify,
+            schedule=None,
+        )
+
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    assert check().state == "alert"
+    alert_id = committed_db.scalar(sa.select(DrawdownAlert.id))
+    other = db.session.session_factory()  # copy B: a session, and a transaction, of its own
+    ran_a = []
+
+    @contextmanager
+    def open_for_b(account):
+        with open_sim(terminal)(account) as gateway:
+            real_quote = gateway.quote
+
+            def quote(symbol):
+                if not ran_a:  # B has its rows and the position in hand: now A runs to the end
+                    ran_a.append(
+                        guards.execute_alert(committed_db, alert_id, open_terminal=open_sim(terminal))
+                    )
+                return real_quote(symbol)
+
+            gateway.quote = quote
+            yield gateway
+
+    try:
+        b = guards.execute_alert(other, alert_id, open_terminal=open_for_b)
+    finally:
+        other.close()
+    assert ran_a[0].status == "executed" and b.status == "executed"
+    for ticket in tickets:
+        outs = [d for d in terminal.history_deals_get(position=ticket) if d.entry == mt5c.DEAL_ENTRY_OUT]
+        assert len(outs) == 1, ticket
+    committed_db.expire_all()
+    closes = committed_db.scalars(sa.select(AlertClose).order_by(AlertClose.id)).all()
+    trail = committed_db.execute(sa.select(AuditLog.action, AuditLog.meta).where(AuditLog.target_type == "alert").order_by(AuditLog.id)).all()
+    assert [(c.state, c.attempts) for c in closes] == [("closed", 1), ("closed", 1)], trail
