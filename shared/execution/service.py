@@ -122,7 +122,10 @@ def _claim_trade(session: DbSession, signal_id: int, settings: ExecutionSettings
             requested_sl=signal.sl,
             requested_tp=signal.tp,
         )
-        .on_conflict_do_nothing(index_elements=[Trade.signal_id])
+        # No conflict target: a signal's trade and its approval's are one row, and under a race
+        # Postgres may meet the duplicate on either unique index first (on approval_id it would raise
+        # if only signal_id were named).
+        .on_conflict_do_nothing()
         .returning(Trade)
     )
     trade = session.scalars(insert).one_or_none()
