@@ -28,6 +28,8 @@ if not _settings.redis_url:
     _folder = _settings.broker_dir
     for _sub in ("queue", "control", "processed"):
         (_folder / _sub).mkdir(parents=True, exist_ok=True)
+    # Messages written whole before a consumer can see them (shared.core.broker); the workers extend it.
+    broker_transport = "shared.core.broker:FilesystemTransport"
     broker_transport_options = {
         "data_folder_in": str(_folder / "queue"),
         "data_folder_out": str(_folder / "queue"),

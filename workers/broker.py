@@ -1,5 +1,5 @@
-"""The embedded setup's broker transport: kombu's filesystem transport, which stops waiting for messages
-as soon as its worker is asked to stop.
+"""The embedded setup's broker transport in the workers: the filesystem transport of shared.core.broker
+(messages written whole), which also stops waiting for messages as soon as its worker is asked to stop.
 
 On a transport without an event loop (the filesystem one) a worker waits for messages in
 `drain_events(timeout=2.0)`, polling its folders, and looks at its stop flag only between two such waits;
@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery.worker import state
-from kombu.transport import filesystem
+
+from shared.core import broker
 
 # Set as the broker transport by workers/celery_app.py (worker, beat and Flower load it; the web's task
-# queue only publishes, and keeps kombu's own).
+# queue only publishes, with shared.core.broker's, which celeryconfig names).
 TRANSPORT = "workers.broker:FilesystemTransport"
 
 
@@ -28,12 +29,12 @@ def worker_is_stopping() -> bool:
     return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
 
 
-class FilesystemChannel(filesystem.Channel):
+class FilesystemChannel(broker.FilesystemChannel):
     def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
         if worker_is_stopping():
             raise TimeoutError("the worker is stopping")
         return super().drain_events(timeout=timeout, callback=callback)
 
 
-class FilesystemTransport(filesystem.Transport):
+class FilesystemTransport(broker.FilesystemTransport):
     Channel = FilesystemChannel

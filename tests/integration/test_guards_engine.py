@@ -672,5 +672,4 @@ def test_a_copy_of_the_close_that_read_its_rows_before_another_finished_sends_no
         assert len(outs) == 1, ticket
     committed_db.expire_all()
     closes = committed_db.scalars(sa.select(AlertClose).order_by(AlertClose.id)).all()
-    trail = committed_db.execute(sa.select(AuditLog.action, AuditLog.meta).where(AuditLog.target_type == "alert").order_by(AuditLog.id)).all()
-    assert [(c.state, c.attempts) for c in closes] == [("closed", 1), ("closed", 1)], trail
+    assert [(c.state, c.attempts) for c in closes] == [("closed", 1), ("closed", 1)]
