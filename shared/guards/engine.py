@@ -451,15 +451,15 @@ def _resume(
     user_id: int | None,
     tell: Callable[..., None],
 ) -> None:
-    """End a halt; every drawdown limit's reference becomes the equity now (rules.resumed_state)."""
-    if equity is not None:
+    """End a halt. The limit that halted the account takes the equity now as its reference
+    (rules.resumed_state), so the drawdown that halted it does not halt it again at the next reading;
+    the other limits keep theirs (a drawdown they measure is still real)."""
+    halting = state.halted_limit
+    if equity is not None and halting is not None:
         limits = dict(state.limits or {})
-        for name, row in list(limits.items()):
-            if name.startswith("market:"):
-                continue
-            resumed = rules.resumed_state(rules.LimitState.from_json(row), equity)
-            if resumed is not None:
-                limits[name] = resumed.to_json()
+        resumed = rules.resumed_state(rules.LimitState.from_json(limits.get(halting)), equity)
+        if resumed is not None:
+            limits[halting] = resumed.to_json()
         state.limits = limits
     previous = {"reason": state.halted_reason, "halted_at": state.halted_at}
     state.halted_at = None

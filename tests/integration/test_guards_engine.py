@@ -673,3 +673,28 @@ def test_a_copy_of_the_close_that_read_its_rows_before_another_finished_sends_no
     committed_db.expire_all()
     closes = committed_db.scalars(sa.select(AlertClose).order_by(AlertClose.id)).all()
     assert [(c.state, c.attempts) for c in closes] == [("closed", 1), ("closed", 1)]
+
+
+def test_a_resume_resets_only_the_limit_that_halted_the_account(guarded, terminal, db_session, api):
+    limits = [
+        {
+            "name": "max drawdown",
+            "period": "lifetime",
+            "reference": "peak_equity",
+            "warn_percent": 1,
+            "max_percent": 2,
+            "action": "close",
+        },
+        {"name": "weekly", "period": "week", "reference": "peak_equity", "max_percent": 50, "action": "warn"},
+    ]
+    world, account_id, login, check, execute = guarded(drawdown_limits=limits)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    breach_confirmed(check, terminal)
+    (alert,) = alerts_of(db_session, account_id)
+    execute(alert.id)
+    peak_before = state_of(db_session, account_id).limits["weekly"]["peak"]
+    response = api.http.post(f"/api/v1/accounts/{account_id}/resume", headers=world["user"]["headers"])
+    assert response.status_code == 200, response.json
+    state = state_of(db_session, account_id)
+    assert Decimal(state.limits["max drawdown"]["peak"]) == state.equity < Decimal(peak_before)
+    assert state.limits["weekly"]["peak"] == peak_before
