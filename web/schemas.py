@@ -634,7 +634,10 @@ class GuardResumeSchema(ma.Schema):
     account_id = fields.Integer(required=True)
     state = fields.String(required=True, metadata={"description": "the guards' state now: ok | warning"})
     equity = DecimalText(
-        allow_none=True, metadata={"description": "the equity last read: each drawdown limit's new reference"}
+        allow_none=True,
+        metadata={
+            "description": "the equity last read: the new reference of the limit that halted the account"
+        },
     )
 
 

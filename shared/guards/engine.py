@@ -482,8 +482,9 @@ def _resume(
 
 
 def resume(session: DbSession, user_id: int, account_id: int, *, notify: Notify = no_notify) -> GuardState:
-    """The owner resumes a halted account (`resume: manual`, or at once for any halt). Its limits start
-    again from the equity last read. NotFound for an account not theirs; a 409 for one not halted."""
+    """The owner resumes a halted account (`resume: manual`, or at once for any halt). The limit that
+    halted it starts again from the equity last read. NotFound for an account not theirs; a 409 for one
+    not halted."""
     account = session.get(Account, account_id)
     if account is None or account.owner_id != user_id:
         raise NotFound("no such account")

@@ -65,8 +65,8 @@ def get_account(account_id: int) -> Any:
 def resume_account(account_id: int) -> Any:
     """Resume a halted account
 
-    New orders are accepted again, and each drawdown limit starts again from the equity last read, so
-    the drawdown that halted the account does not halt it again at the next reading. Needed after a
+    New orders are accepted again, and the limit that halted the account starts again from the equity
+    last read, so the same drawdown does not halt it again at the next reading. Needed after a
     `close` or `block` action whose limit resumes `manual` (those resuming `next_period` end by
     themselves at the next period start, in broker time).
     """
