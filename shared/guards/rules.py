@@ -8,7 +8,7 @@ neither confirms nor clears a breach.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -266,7 +266,7 @@ def positions_to_close(
         return [p for p in by_loss if p.symbol == symbol]
     if alert_type != "margin":
         return by_loss
-    if equity is None or margin is None or min_margin_level is None or margin <= 0:
+    if equity is None or margin is None or min_margin_level is None:
         return by_loss
     total_notional = sum((p.notional for p in positions), Decimal(0))
     chosen: list[OpenPosition] = []
@@ -282,8 +282,3 @@ def positions_to_close(
         else:
             remaining -= margin / len(positions)
     return chosen
-
-
-def total_loss(pnls: Iterable[Decimal | None]) -> Decimal:
-    """What the closes cost: the sum of the losing closes' P&L, as a positive amount."""
-    return -sum((pnl for pnl in pnls if pnl is not None and pnl < 0), Decimal(0))

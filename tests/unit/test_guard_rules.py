@@ -283,3 +283,39 @@ def test_a_margin_alert_closes_the_largest_losers_until_the_level_is_restored():
         rules.positions_to_close("margin", positions, equity=D(2000), margin=D(1000), min_margin_level=D(150))
         == []
     )
+
+
+def test_a_zero_reference_is_no_drawdown_rather_than_a_division_by_zero():
+    empty = limit(reference="initial_balance", max_percent=D(5))
+    assessed = assess(empty, None, reading(0, balance=0), initial=D(0))
+    assert (assessed.drawdown_percent, assessed.level) == (D(0), rules.OK)
+
+
+def test_a_symbol_without_a_pip_size_has_no_gap():
+    assert rules.gap_pips(D("1.1"), D("1.2"), D(0)) == D(0)
+
+
+def test_the_margin_guard_frees_nothing_without_margin_in_use():
+    positions = [position(1, -300), position(2, 10)]
+    assert (
+        rules.positions_to_close("margin", positions, equity=D(10), margin=D(0), min_margin_level=D(150))
+        == []
+    )
+
+
+def test_the_margin_guard_shares_the_margin_evenly_when_no_position_has_a_notional():
+    positions = [position(1, -300, notional=0), position(2, -100, notional=0), position(3, 5, notional=0)]
+    # Each frees a third: 1000 / 666.67 is 150 % after the first.
+    closes = rules.positions_to_close(
+        "margin", positions, equity=D(1000), margin=D(1000), min_margin_level=D(150)
+    )
+    assert [p.ticket for p in closes] == [1]
+
+
+def test_the_margin_guard_stops_once_all_margin_is_freed():
+    # The first position holds all the margin; the second none: closing the first frees everything.
+    positions = [position(1, -300, notional=100), position(2, 50, notional=0)]
+    closes = rules.positions_to_close(
+        "margin", positions, equity=D(100), margin=D(1000), min_margin_level=D(10000)
+    )
+    assert [p.ticket for p in closes] == [1]
