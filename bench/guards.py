@@ -369,7 +369,8 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
             "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "true",
         }
     )
-    commands = procfile(tree)
+    # Each Procfile line starts with `exec` already; Group.start adds its own.
+    commands = {name: line.removeprefix("exec ") for name, line in procfile(tree).items()}
     group = Group(log_dir)
     engine = sa.create_engine(database_url, pool_size=2)
     receiver = Receiver()
@@ -515,6 +516,9 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
             profiler.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(timeout=60)
+            if out.exists():  # a frame's text may hold spaces: keep the lines that end in a count
+                lines = out.read_text(errors="replace").splitlines()
+                out.write_text("\n".join(ln for ln in lines if ln.rpartition(" ")[2].isdigit()) + "\n")
             print(f"  py-spy {name} (--gil):")
             print("\n".join(summarise_profile(out, top=25)))
         pids = {
@@ -526,8 +530,10 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
 
         # --- what happened --------------------------------------------------------------------------
         terminal = terminal_call(terminal_port, DEALS, "_bench_deals", sorted(breaching), BREACH_SYMBOL)
-        offset = int(terminal["tick_time"]) - int(terminal["now"])
-        result.facts["server_offset_s"] = offset  # the tick's time is when it was pinned (T0): ~0 s
+        # The server's clock offset as the gateway learns it: the last tick's time (server clock) minus
+        # UTC, to the quarter hour (that tick is T0's, some seconds old). Deals are stamped in that time.
+        offset = round((int(terminal["tick_time"]) - float(terminal["now"])) / 900) * 900
+        result.facts["server_offset_s"] = offset
         with engine.connect() as conn:
             alerts = conn.execute(
                 sa.text(
