@@ -369,6 +369,7 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
             "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "true",
         }
     )
+    env.update(dict(item.split("=", 1) for item in args.env))  # experiments: --env WORKER_CONCURRENCY=4
     # Each Procfile line starts with `exec` already; Group.start adds its own.
     commands = {name: line.removeprefix("exec ") for name, line in procfile(tree).items()}
     group = Group(log_dir)
@@ -800,6 +801,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds between readiness and T0")
     parser.add_argument("--after", type=float, default=5.0, help="seconds watched after the last alert")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in every process's environment (e.g. WORKER_CONCURRENCY=4); may be given again",
+    )
     parser.add_argument("--redis-db", type=int, default=7)
     parser.add_argument("--no-fanout", dest="fanout", action="store_false")
     parser.add_argument("--fanout-rounds", type=int, default=1, help="fanout rounds per tree")
