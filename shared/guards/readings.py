@@ -83,7 +83,7 @@ def check_account(
         notify=notify,
         schedule=schedule,
     )
-    unconfirmed = _unconfirmed(session, account_id)
+    unconfirmed = _unconfirmed(session, account_id, outcome)
     session.commit()
     return CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id)
 
@@ -134,17 +134,25 @@ def observe_market(
     return offset
 
 
-def _unconfirmed(session: DbSession, account_id: int) -> bool:
+def _unconfirmed(session: DbSession, account_id: int, outcome: engine.ReadingOutcome) -> bool:
     """Whether a breach is building up: a run of breached readings short of its confirmations, on an
-    account with no alert counting down and not halted. Such an account is read again soon."""
-    state = session.get(GuardState, account_id)
-    if state is None or state.halted_at is not None or engine.live_alert(session, account_id) is not None:
+    account with no alert counting down and not halted. Such an account is read again soon.
+
+    From the reading's outcome and the state it left in the session, without asking again: the outcome
+    names the account's live alert, if any (`record_reading` looks it up), and most readings have no
+    streak at all, so the settings are read only when one has begun."""
+    if outcome.alert_id is not None:
         return False
-    needed = engine.risk_settings(session, account_id).confirmations
+    state = session.get(GuardState, account_id)
+    if state is None or state.halted_at is not None:
+        return False
     streaks = [
         state.margin_streak,
         *(int((row or {}).get("streak", 0)) for row in (state.limits or {}).values()),
     ]
+    if not any(streaks):
+        return False
+    needed = engine.risk_settings(session, account_id).confirmations
     return any(0 < streak < needed for streak in streaks)
 
 
@@ -172,10 +180,18 @@ def record_synced(
         .group_by(PositionSnapshot.account_id)
         .subquery()
     )
+    # The figures only: a snapshot's positions (JSON, all of them) are not needed here.
     snapshots = {
         row.account_id: row
-        for row in session.scalars(
-            sa.select(PositionSnapshot).join(latest, PositionSnapshot.id == latest.c.id)
+        for row in session.execute(
+            sa.select(
+                PositionSnapshot.account_id,
+                PositionSnapshot.synced_at,
+                PositionSnapshot.equity,
+                PositionSnapshot.balance,
+                PositionSnapshot.margin_level,
+                PositionSnapshot.currency,
+            ).join(latest, PositionSnapshot.id == latest.c.id)
         )
     }
     held = {
@@ -216,7 +232,7 @@ def record_synced(
                 notify=notify,
                 schedule=schedule,
             )
-            unconfirmed = _unconfirmed(session, account_id)
+            unconfirmed = _unconfirmed(session, account_id, outcome)
             session.commit()
             outcomes.append(CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id))
         except sa.exc.SQLAlchemyError as exc:
@@ -226,10 +242,33 @@ def record_synced(
     return outcomes
 
 
+_guard_states = GuardState.__table__
+# One statement for every quiet reading (Core, built once: no ORM bulk-update machinery per account).
+_QUIET_UPDATE = (
+    _guard_states.update()
+    .where(
+        _guard_states.c.account_id == sa.bindparam("b_account_id"),
+        _guard_states.c.updated_at == sa.bindparam("b_was_updated_at"),
+        _guard_states.c.state == "ok",
+        _guard_states.c.halted_at.is_(None),
+    )
+    .values(
+        limits=sa.bindparam("b_limits"),
+        margin_streak=0,
+        equity=sa.bindparam("b_equity"),
+        balance=sa.bindparam("b_balance"),
+        margin_level=sa.bindparam("b_margin_level"),
+        currency=sa.bindparam("b_currency"),
+        read_at=sa.bindparam("b_at"),
+        updated_at=sa.bindparam("b_at"),
+    )
+)
+
+
 def _record_quiet(
     session: DbSession,
     readings: Mapping[int, rules.Reading],
-    snapshots: Mapping[int, PositionSnapshot],
+    snapshots: Mapping[int, Any],
     held: Mapping[int, Sequence[str]],
 ) -> set[int]:
     """Write, in one transaction, the readings that change nothing but figures; returns their accounts.
@@ -292,26 +331,18 @@ def _record_quiet(
         limits = _quiet_limits(row, settings, reading, held.get(account_id, ()), views)
         if limits is None:
             continue
-        snapshot = snapshots[account_id]
         changed = session.execute(
-            sa.update(GuardState)
-            .where(
-                GuardState.account_id == account_id,
-                GuardState.updated_at == row.updated_at,
-                GuardState.state == "ok",
-                GuardState.halted_at.is_(None),
-            )
-            .values(
-                limits=limits,
-                margin_streak=0,
-                equity=reading.equity,
-                balance=reading.balance,
-                margin_level=reading.margin_level,
-                currency=snapshot.currency,
-                read_at=reading.at,
-                updated_at=reading.at,
-            )
-            .execution_options(synchronize_session=False)
+            _QUIET_UPDATE,
+            {
+                "b_account_id": account_id,
+                "b_was_updated_at": row.updated_at,
+                "b_limits": limits,
+                "b_equity": reading.equity,
+                "b_balance": reading.balance,
+                "b_margin_level": reading.margin_level,
+                "b_currency": snapshots[account_id].currency,
+                "b_at": reading.at,
+            },
         ).rowcount  # type: ignore[attr-defined]
         if changed:
             written.add(account_id)
