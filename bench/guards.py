@@ -80,7 +80,9 @@ from bench.fanout import summarise_profile  # noqa: E402
 from bench.procfs import by_name, cpu_seconds, descendants  # noqa: E402
 from shared.core.signing import signature_matches  # noqa: E402
 
-PROCESSES = ("terminal", "web", "worker", "reconciler", "beat")
+# The Procfile's long-running lines (flower aside); a tree whose Procfile has a line of its own for the
+# guards' tasks (`guards`) gets it started too.
+PROCESSES = ("terminal", "web", "worker", "reconciler", "beat", "guards")
 FIRST_LOGIN = 8_000_001
 LIMIT = "max drawdown"
 # Where every symbol is pinned: the sim's own starting prices and spreads.
@@ -330,7 +332,8 @@ def seed_accounts(
 
 def all_running(group: Group) -> None:
     for name in PROCESSES:
-        group.check(name)
+        if name in group.procs:
+            group.check(name)
 
 
 def run_round(args: argparse.Namespace, label: str) -> Round:
@@ -411,8 +414,9 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
                 list(QUIET_SYMBOLS),
             ).items()
         }
-        for name in ("web", "worker", "reconciler", "beat"):
-            group.start(name, commands[name], env, tree)
+        for name in PROCESSES[1:]:
+            if name in commands:
+                group.start(name, commands[name], env, tree)
         wait_until("web", lambda: listening(web_port), 60, lambda: group.check("web"))
 
         # The owners and their webhooks, over the API.
@@ -473,7 +477,8 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
         if early:
             result.problems.append(f"{len(early)} guard webhook(s) before the breach: {early[0].event}")
 
-        pids = {name: descendants(group.pid(name)) for name in PROCESSES}
+        running = [name for name in PROCESSES if name in group.procs]
+        pids = {name: descendants(group.pid(name)) for name in running}
         pids["postgres"] = by_name("postgres")
         pids["redis"] = by_name("redis-server")
         cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
@@ -523,7 +528,7 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
             print(f"  py-spy {name} (--gil):")
             print("\n".join(summarise_profile(out, top=25)))
         pids = {
-            name: sorted(set(p) | set(descendants(group.pid(name)) if name in PROCESSES else []))
+            name: sorted(set(p) | set(descendants(group.pid(name)) if name in running else []))
             for name, p in pids.items()
         }
         cpu_after = {name: cpu_seconds(p) for name, p in pids.items()}
@@ -644,7 +649,7 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
             s: sum(1 for c in closes if c.state == s) for s in sorted({c.state for c in closes})
         }
         result.facts["close_attempts_max"] = max((c.attempts for c in closes), default=0)
-        for name in ("worker", "reconciler", "beat", "web"):
+        for name in [n for n in PROCESSES[1:] if n in group.procs]:
             errors = [ln for ln in group.log(name).splitlines() if " ERROR" in ln or "Traceback" in ln]
             if errors:
                 result.problems.append(f"{name} log: {len(errors)} error line(s), first: {errors[0][:200]}")
