@@ -8,6 +8,7 @@ shared by every account on the trade server) and learns the server's clock offse
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -194,14 +195,6 @@ def record_synced(
             ).join(latest, PositionSnapshot.id == latest.c.id)
         )
     }
-    held = {
-        row.account_id: sorted({p["symbol"] for p in row.positions or []})
-        for row in session.execute(
-            sa.select(AccountSync.account_id, AccountSync.positions).where(
-                AccountSync.account_id.in_(list(account_ids))
-            )
-        )
-    }
     readings = {
         account_id: rules.Reading(
             snapshot.synced_at, snapshot.equity, snapshot.balance, snapshot.margin_level
@@ -209,11 +202,12 @@ def record_synced(
         for account_id, snapshot in snapshots.items()
     }
     try:
-        quiet = _record_quiet(session, readings, snapshots, held)
+        quiet = _record_quiet(session, readings, snapshots)
     except sa.exc.SQLAlchemyError:
         session.rollback()
         log.exception("recording the quiet guard readings together failed; recording each on its own")
         quiet = set()
+    held = _held_symbols(session, [a for a in account_ids if a in snapshots and a not in quiet])
     outcomes = []
     for account_id in account_ids:
         snapshot = snapshots.get(account_id)
@@ -265,11 +259,26 @@ _QUIET_UPDATE = (
 )
 
 
+def _held_symbols(session: DbSession, account_ids: Sequence[int]) -> dict[int, list[str]]:
+    """The symbols each account held at its last sync. Costly (each sync's positions, as JSON): decoding
+    them for every synced account was half of what the guards' reading added to a reconciliation batch
+    (bench/fanout.py, py-spy), so only the accounts that need them are asked."""
+    if not account_ids:
+        return {}
+    return {
+        row.account_id: sorted({p["symbol"] for p in row.positions or []})
+        for row in session.execute(
+            sa.select(AccountSync.account_id, AccountSync.positions).where(
+                AccountSync.account_id.in_(list(account_ids))
+            )
+        )
+    }
+
+
 def _record_quiet(
     session: DbSession,
     readings: Mapping[int, rules.Reading],
     snapshots: Mapping[int, Any],
-    held: Mapping[int, Sequence[str]],
 ) -> set[int]:
     """Write, in one transaction, the readings that change nothing but figures; returns their accounts.
 
@@ -316,20 +325,32 @@ def _record_quiet(
         ).all()
     )
     servers = {row.server for row in states.values()}
-    views = {
-        (row.server, row.symbol): rules.MarketView(
-            row.symbol, row.spread_pips, row.gap_pips, row.quoted_at, row.trading
+    views: dict[str, list[rules.MarketView]] = defaultdict(list)
+    for quote in session.scalars(sa.select(MarketQuote).where(MarketQuote.server.in_(servers))):
+        views[quote.server].append(
+            rules.MarketView(quote.symbol, quote.spread_pips, quote.gap_pips, quote.quoted_at, quote.trading)
         )
-        for row in session.scalars(sa.select(MarketQuote).where(MarketQuote.server.in_(servers)))
-    }
-    written: set[int] = set()
+    candidates = []
     for account_id, reading in readings.items():
         row = states.get(account_id)
         if row is None or account_id in live:
             continue
         settings = RiskSettings.from_document(documents.get(account_id))
-        limits = _quiet_limits(row, settings, reading, held.get(account_id, ()), views)
+        limits = _quiet_limits(row, settings, reading)
         if limits is None:
+            continue
+        # Symbols the market guard finds wrong on the account's server: a reading is quiet only if the
+        # account holds none of them (whether it does is asked only when there are some).
+        problems = {
+            view.symbol
+            for view in views.get(row.server, ())
+            if rules.market_problem(view, settings.market, reading.at) is not None
+        }
+        candidates.append((account_id, row, reading, limits, problems))
+    held = _held_symbols(session, [c[0] for c in candidates if c[4]])
+    written: set[int] = set()
+    for account_id, row, reading, limits, problems in candidates:
+        if problems & set(held.get(account_id, ())):
             continue
         changed = session.execute(
             _QUIET_UPDATE,
@@ -350,14 +371,9 @@ def _record_quiet(
     return written
 
 
-def _quiet_limits(
-    row: Any,
-    settings: RiskSettings,
-    reading: rules.Reading,
-    held_symbols: Sequence[str],
-    views: Mapping[tuple[str, str], rules.MarketView],
-) -> dict[str, Any] | None:
-    """The limits' JSON after this reading when it is quiet (see `_record_quiet`), else None."""
+def _quiet_limits(row: Any, settings: RiskSettings, reading: rules.Reading) -> dict[str, Any] | None:
+    """The limits' JSON after this reading when, but for the market guard, it is quiet (see
+    `_record_quiet`), else None."""
     stored = row.limits or {}
     if (
         row.state != "ok"
@@ -370,10 +386,6 @@ def _quiet_limits(
         return None
     if rules.margin_breached(reading.margin_level, settings.min_margin_level_percent):
         return None
-    for symbol in held_symbols:
-        view = views.get((row.server, symbol))
-        if view is not None and rules.market_problem(view, settings.market, reading.at) is not None:
-            return None
     limits: dict[str, Any] = {}
     for limit in settings.drawdown_limits:
         previous = rules.LimitState.from_json(stored.get(limit.name))

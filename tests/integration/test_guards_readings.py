@@ -148,3 +148,25 @@ def test_a_reading_that_lost_the_race_goes_through_the_engine(
     assert calls == [account] and outcome.state == "ok"
     state = figures(db_session, account)
     assert state["limits"]["tight drawdown"]["peak"] == str(state["equity"])
+
+
+def test_a_market_problem_keeps_a_reading_off_the_quiet_path_only_on_a_symbol_the_account_holds(
+    account, sync, terminal, db_session
+):
+    from datetime import UTC, datetime
+
+    from shared.models import MarketQuote
+
+    recorder = Recorder()
+    assert sync(account).status == "ok"
+    readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    now = datetime.now(UTC)
+    for symbol in ("XAUUSD", "EURUSD"):
+        wide = {"bid": 1, "ask": 2, "spread_pips": 500, "gap_pips": 0, "quoted_at": now, "trading": True}
+        db_session.add(MarketQuote(server="TradeGuard-Sim", symbol=symbol, seen_at=now, **wide))
+        db_session.commit()
+        assert sync(account).status == "ok"
+        readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+        limits = figures(db_session, account)["limits"]
+        # Only the engine writes the market guard's streak: it read the account when EURUSD blew out.
+        assert ("market:EURUSD" in limits) == (symbol == "EURUSD"), symbol
