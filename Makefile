@@ -1,6 +1,6 @@
 # Shortcuts; bin/run and bin/test work without make.
 SHELL := /bin/bash
-.PHONY: run test lint format bench-ingest bench-fanout bench-login-flood bench-approval
+.PHONY: run test lint format bench-ingest bench-fanout bench-login-flood bench-approval bench-guards
 
 run:
 	./bin/run
@@ -25,3 +25,6 @@ bench-login-flood:
 
 bench-approval:
 	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/approval.py
+
+bench-guards:
+	. bin/_venv.sh requirements-dev.txt && PYTHONPATH=. python bench/guards.py

@@ -10,8 +10,10 @@ from datetime import timedelta
 
 from shared.core.config import load_settings
 from shared.core.queue import (
+    CHECK_GUARDS,
     DEFAULT_QUEUE,
     DISPATCH_APPROVED,
+    EXECUTE_ALERT,
     EXPIRE_SIGNALS,
     GUARD_SWEEP,
     GUARD_WATCH,
@@ -48,12 +50,23 @@ else:
         "visibility_timeout": 3600,
     }
 
-# Two queues: orders (and the small periodic jobs) on the default queue, reconciliation batches on their
-# own, so that an approved order never waits behind a batch of slow terminals. The Procfile runs one
-# worker per queue; a worker started without -Q (tests, benchmarks) consumes both.
+# Three queues: orders (the small periodic jobs and webhook deliveries too) on the default queue,
+# reconciliation batches on their own, so that an approved order never waits behind a batch of slow
+# terminals, and the guards' readings and closes on theirs. On the default queue, 100 accounts breaching
+# at once put their 200 readings and then their closes in front of their own `alert.pending` webhooks (2
+# processes, first in first out): owners heard of an alert 5-15 s after it was raised, often after its
+# close (bench/guards.py); on a queue of their own, 0.06 s at p50. The Procfile runs one worker per
+# queue; a worker started without -Q (tests, benchmarks) consumes all three.
+GUARDS_QUEUE = "guards"
 task_default_queue = DEFAULT_QUEUE
-task_queues = {DEFAULT_QUEUE: {}, RECONCILE_QUEUE: {}}
-task_routes = {RECONCILE_ACCOUNTS: {"queue": RECONCILE_QUEUE}}
+task_queues = {DEFAULT_QUEUE: {}, RECONCILE_QUEUE: {}, GUARDS_QUEUE: {}}
+task_routes = {
+    RECONCILE_ACCOUNTS: {"queue": RECONCILE_QUEUE},
+    CHECK_GUARDS: {"queue": GUARDS_QUEUE},
+    EXECUTE_ALERT: {"queue": GUARDS_QUEUE},
+    GUARD_WATCH: {"queue": GUARDS_QUEUE},
+    GUARD_SWEEP: {"queue": GUARDS_QUEUE},
+}
 
 # Results are ignored unless a task opts in: beat and the API never read them, and storing them
 # would only fill Redis.

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -241,32 +242,57 @@ def _guard_schedule(queue: Queue) -> guard_engine.Schedule:
     return schedule
 
 
+# How many further readings a check_guards task takes itself of the accounts whose breach is not yet
+# confirmed, before it leaves the rest to a task sent with a countdown (confirmations go up to 20).
+CONFIRM_IN_TASK = 4
+
+
 @celery_app.task(name=CHECK_GUARDS, soft_time_limit=100, time_limit=120)
 def check_guards(account_ids: list[int]) -> dict[str, int]:
     """Read each account on its terminal and let its guards decide. An account whose breach is not yet
-    confirmed is read again `TRADEGUARD_GUARD_CONFIRM_SECONDS` later, so `confirmations` readings take a
-    second or so, not a reconciliation cycle each."""
+    confirmed is read again `TRADEGUARD_GUARD_CONFIRM_SECONDS` after its last reading, by this task
+    itself (a few times at most, then by a task sent with that countdown), so `confirmations` readings
+    take a second or so, not a reconciliation cycle each.
+
+    In the task rather than in a new one: a task sent with a countdown waits for its ETA, then for a free
+    pool process behind everything queued meanwhile (the alerts' webhooks among them). With 100 accounts
+    breaching at once that wait made most of the 20 s from breach to `alert.pending` (bench/guards.py);
+    reading a batch takes about as long as the confirmation interval, so the wait here is short or none."""
     app = flask_app()
     queue = extensions.task_queue(app)
-    outcomes = []
+    confirm_seconds = runtime.settings().guard_confirm_seconds
+    statuses: Counter[str] = Counter()
+    todo = list(dict.fromkeys(account_ids))
+    read_at: dict[int, float] = {}
     with app.app_context():
         try:
-            for account_id in dict.fromkeys(account_ids):
-                outcomes.append(
-                    guard_readings.check_account(
+            for round_ in range(1 + CONFIRM_IN_TASK):
+                again = []
+                for account_id in todo:
+                    if account_id in read_at:
+                        pause = read_at[account_id] + confirm_seconds - time.monotonic()
+                        if pause > 0:
+                            time.sleep(pause)
+                    read_at[account_id] = time.monotonic()
+                    outcome = guard_readings.check_account(
                         db.session,
                         account_id,
                         open_terminal=runtime.open_pooled_terminal,
                         notify=_guard_notify(queue),
                         schedule=_guard_schedule(queue),
                     )
-                )
+                    if round_ == 0:
+                        statuses[outcome.status] += 1
+                    if outcome.unconfirmed:
+                        again.append(account_id)
+                todo = again
+                if not todo:
+                    break
         finally:
             db.session.remove()
-    again = [o.account_id for o in outcomes if o.unconfirmed]
-    if again:
-        queue.send(CHECK_GUARDS, [again], countdown=runtime.settings().guard_confirm_seconds)
-    return dict(Counter(o.status for o in outcomes))
+    if todo:
+        queue.send(CHECK_GUARDS, [todo], countdown=confirm_seconds)
+    return dict(statuses)
 
 
 def alert_countdown(retries: int) -> float:
@@ -314,11 +340,43 @@ def guard_sweep() -> int:
     return len(alert_ids)
 
 
+# How long an account the watch sent to be read is not sent again: its check_guards task takes the
+# readings its confirmations need (see check_guards), so a watch tick that finds it still breached
+# meanwhile must not send it again. Without this, each tick sent the same 100 breached accounts while
+# their first reading was still queued, doubling the work in front of their alerts (bench/guards.py).
+WATCH_CLAIM_SECONDS = 5.0
+
+
+_claimed_here: dict[int, float] = {}  # without Redis (the embedded setup: one worker process or few)
+
+
+def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
+    """The accounts among these not claimed within `seconds`, claimed now: in Redis where it is the
+    broker (every orders worker process runs the watch), else in this process."""
+    if not account_ids:
+        return []
+    if runtime.settings().redis_url:
+        client = runtime._redis()
+        pipe = client.pipeline(transaction=False)
+        for account_id in account_ids:
+            pipe.set(f"tradeguard:guard-read:{account_id}", 1, nx=True, px=int(seconds * 1000))
+        return [a for a, claimed in zip(account_ids, pipe.execute(), strict=True) if claimed]
+    now = time.monotonic()
+    for account_id, until in list(_claimed_here.items()):
+        if until <= now:
+            del _claimed_here[account_id]
+    fresh = [a for a in account_ids if a not in _claimed_here]
+    _claimed_here.update((a, now + seconds) for a in fresh)
+    return fresh
+
+
 @celery_app.task(name=GUARD_WATCH, base=DatabaseTask)
 def guard_watch() -> int:
     """Beat's fast path for the guards (shared.guards.watch): quote the held symbols, estimate every
-    account's equity from its last sync, and read at once those the estimate puts at a limit."""
+    account's equity from its last sync, and read at once those the estimate puts at a limit (those not
+    sent by an earlier tick within WATCH_CLAIM_SECONDS)."""
     account_ids, counts = guard_watch_feature.watch(db.session, open_terminal=runtime.open_pooled_terminal)
+    account_ids = _claim_reads(account_ids, WATCH_CLAIM_SECONDS)
     if account_ids:
         queue = extensions.task_queue()
         for batch in schedule.batches(account_ids, 5):

@@ -8,16 +8,27 @@ shared by every account on the trade server) and learns the server's clock offse
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
 from shared.core.db import DbSession, dialect_insert, utcnow
 from shared.guards import engine, rules
-from shared.models import Account, AccountSync, GuardState, MarketQuote, PositionSnapshot
+from shared.guards.settings import RiskSettings
+from shared.models import (
+    Account,
+    AccountRisk,
+    AccountSync,
+    DrawdownAlert,
+    GuardState,
+    MarketQuote,
+    PositionSnapshot,
+)
 from shared.mt5.errors import SymbolNotFound, TerminalError
 from shared.mt5.ports import OpenTerminal, TerminalPort
 from shared.mt5.types import Quote, SymbolSpec
@@ -76,7 +87,7 @@ def check_account(
         notify=notify,
         schedule=schedule,
     )
-    unconfirmed = _unconfirmed(session, account_id)
+    unconfirmed = _unconfirmed(session, account_id, outcome)
     session.commit()
     return CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id)
 
@@ -135,17 +146,25 @@ def observe_market(
     return offset
 
 
-def _unconfirmed(session: DbSession, account_id: int) -> bool:
+def _unconfirmed(session: DbSession, account_id: int, outcome: engine.ReadingOutcome) -> bool:
     """Whether a breach is building up: a run of breached readings short of its confirmations, on an
-    account with no alert counting down and not halted. Such an account is read again soon."""
-    state = session.get(GuardState, account_id)
-    if state is None or state.halted_at is not None or engine.live_alert(session, account_id) is not None:
+    account with no alert counting down and not halted. Such an account is read again soon.
+
+    From the reading's outcome and the state it left in the session, without asking again: the outcome
+    names the account's live alert, if any (`record_reading` looks it up), and most readings have no
+    streak at all, so the settings are read only when one has begun."""
+    if outcome.alert_id is not None:
         return False
-    needed = engine.risk_settings(session, account_id).confirmations
+    state = session.get(GuardState, account_id)
+    if state is None or state.halted_at is not None:
+        return False
     streaks = [
         state.margin_streak,
         *(int((row or {}).get("streak", 0)) for row in (state.limits or {}).values()),
     ]
+    if not any(streaks):
+        return False
+    needed = engine.risk_settings(session, account_id).confirmations
     return any(0 < streak < needed for streak in streaks)
 
 
@@ -157,7 +176,14 @@ def record_synced(
     schedule: engine.Schedule | None,
 ) -> list[CheckOutcome]:
     """A reading for each account from the snapshot its reconciliation sync just stored; commits each
-    account on its own, so one account's failure never loses the others'."""
+    account on its own, so one account's failure never loses the others'.
+
+    Most readings change nothing but the figures: no limit warns, breaches or starts a period, no margin
+    or market problem, no alert, no halt. Those are written together (`_record_quiet`: the same columns
+    `engine.record_reading` would write, decided by the same pure rules, one UPDATE each and one commit
+    for the batch) instead of through the engine's ten-odd statements and a commit per account, which
+    cost reconciliation most of its throughput (bench/guards.py). Everything else, and any account whose
+    guard state changed meanwhile, goes through `engine.record_reading` as before."""
     if not account_ids:
         return []
     latest = (
@@ -166,35 +192,52 @@ def record_synced(
         .group_by(PositionSnapshot.account_id)
         .subquery()
     )
+    # The figures only: a snapshot's positions (JSON, all of them) are not needed here.
     snapshots = {
         row.account_id: row
-        for row in session.scalars(
-            sa.select(PositionSnapshot).join(latest, PositionSnapshot.id == latest.c.id)
+        for row in session.execute(
+            sa.select(
+                PositionSnapshot.account_id,
+                PositionSnapshot.synced_at,
+                PositionSnapshot.equity,
+                PositionSnapshot.balance,
+                PositionSnapshot.margin_level,
+                PositionSnapshot.currency,
+            ).join(latest, PositionSnapshot.id == latest.c.id)
         )
     }
-    held = {
-        row.account_id: sorted({p["symbol"] for p in row.positions or []})
-        for row in session.scalars(
-            sa.select(AccountSync).where(AccountSync.account_id.in_(list(account_ids)))
+    readings = {
+        account_id: rules.Reading(
+            snapshot.synced_at, snapshot.equity, snapshot.balance, snapshot.margin_level
         )
+        for account_id, snapshot in snapshots.items()
     }
+    try:
+        quiet = _record_quiet(session, readings, snapshots)
+    except sa.exc.SQLAlchemyError:
+        session.rollback()
+        log.exception("recording the quiet guard readings together failed; recording each on its own")
+        quiet = set()
+    held = _held_symbols(session, [a for a in account_ids if a in snapshots and a not in quiet])
     outcomes = []
     for account_id in account_ids:
         snapshot = snapshots.get(account_id)
         if snapshot is None:
             continue
-        reading = rules.Reading(snapshot.synced_at, snapshot.equity, snapshot.balance, snapshot.margin_level)
+        if account_id in quiet:
+            outcomes.append(CheckOutcome(account_id, "ok", "ok"))
+            continue
         try:
             outcome = engine.record_reading(
                 session,
                 account_id,
-                reading,
+                readings[account_id],
                 currency=snapshot.currency,
                 held_symbols=held.get(account_id, []),
                 notify=notify,
                 schedule=schedule,
             )
-            unconfirmed = _unconfirmed(session, account_id)
+            unconfirmed = _unconfirmed(session, account_id, outcome)
             session.commit()
             outcomes.append(CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id))
         except sa.exc.SQLAlchemyError as exc:
@@ -202,3 +245,172 @@ def record_synced(
             log.exception("account %s: recording its guard reading failed", account_id)
             outcomes.append(CheckOutcome(account_id, "failed", error=type(exc).__name__))
     return outcomes
+
+
+_guard_states = GuardState.__table__
+# One statement for every quiet reading (Core, built once: no ORM bulk-update machinery per account).
+_QUIET_UPDATE = (
+    _guard_states.update()
+    .where(
+        _guard_states.c.account_id == sa.bindparam("b_account_id"),
+        _guard_states.c.updated_at == sa.bindparam("b_was_updated_at"),
+        _guard_states.c.state == "ok",
+        _guard_states.c.halted_at.is_(None),
+    )
+    .values(
+        limits=sa.bindparam("b_limits"),
+        margin_streak=0,
+        equity=sa.bindparam("b_equity"),
+        balance=sa.bindparam("b_balance"),
+        margin_level=sa.bindparam("b_margin_level"),
+        currency=sa.bindparam("b_currency"),
+        read_at=sa.bindparam("b_at"),
+        updated_at=sa.bindparam("b_at"),
+    )
+)
+
+
+def _held_symbols(session: DbSession, account_ids: Sequence[int]) -> dict[int, list[str]]:
+    """The symbols each account held at its last sync. Costly (each sync's positions, as JSON): decoding
+    them for every synced account was half of what the guards' reading added to a reconciliation batch
+    (bench/fanout.py, py-spy), so only the accounts that need them are asked."""
+    if not account_ids:
+        return {}
+    return {
+        row.account_id: sorted({p["symbol"] for p in row.positions or []})
+        for row in session.execute(
+            sa.select(AccountSync.account_id, AccountSync.positions).where(
+                AccountSync.account_id.in_(list(account_ids))
+            )
+        )
+    }
+
+
+def _record_quiet(
+    session: DbSession,
+    readings: Mapping[int, rules.Reading],
+    snapshots: Mapping[int, Any],
+) -> set[int]:
+    """Write, in one transaction, the readings that change nothing but figures; returns their accounts.
+
+    Quiet means, on the state as stored: a guard state that is `ok` with an initial balance, not halted,
+    no live alert, no blocked symbol and no market streak, margin streak 0; and on this reading: every
+    drawdown limit `ok` in the same period (`rules.assess_limit`), the margin level not under its minimum,
+    no market problem on a held symbol (`rules.market_problem`). Then `engine.record_reading` would only
+    store the limits' new JSON (peak, reference, drawdown) and the figures; this stores exactly those.
+    Each UPDATE applies only if the row is still the one read (`updated_at`, which every reading sets): a
+    reading that got there first sends this one through the engine instead. No lock is taken to decide,
+    so nothing waits on this batch but the rows it writes, until its commit."""
+    ids = list(readings)
+    if not ids:
+        return set()
+    states = {
+        row.account_id: row
+        for row in session.execute(
+            sa.select(
+                GuardState.account_id,
+                GuardState.state,
+                GuardState.limits,
+                GuardState.margin_streak,
+                GuardState.blocked_symbols,
+                GuardState.initial_balance,
+                GuardState.broker_offset_seconds,
+                GuardState.halted_at,
+                GuardState.updated_at,
+                Account.server,
+            )
+            .join(Account, Account.id == GuardState.account_id)
+            .where(GuardState.account_id.in_(ids))
+        )
+    }
+    live = set(
+        session.scalars(
+            sa.select(DrawdownAlert.account_id).where(
+                DrawdownAlert.account_id.in_(ids), DrawdownAlert.status.in_(engine.LIVE)
+            )
+        )
+    )
+    documents: dict[int, Any] = dict(
+        session.execute(
+            sa.select(AccountRisk.account_id, AccountRisk.settings).where(AccountRisk.account_id.in_(ids))
+        ).all()
+    )
+    servers = {row.server for row in states.values()}
+    views: dict[str, list[rules.MarketView]] = defaultdict(list)
+    for quote in session.scalars(sa.select(MarketQuote).where(MarketQuote.server.in_(servers))):
+        views[quote.server].append(
+            rules.MarketView(quote.symbol, quote.spread_pips, quote.gap_pips, quote.quoted_at, quote.trading)
+        )
+    candidates = []
+    for account_id, reading in readings.items():
+        row = states.get(account_id)
+        if row is None or account_id in live:
+            continue
+        settings = RiskSettings.from_document(documents.get(account_id))
+        limits = _quiet_limits(row, settings, reading)
+        if limits is None:
+            continue
+        # Symbols the market guard finds wrong on the account's server: a reading is quiet only if the
+        # account holds none of them (whether it does is asked only when there are some).
+        problems = {
+            view.symbol
+            for view in views.get(row.server, ())
+            if rules.market_problem(view, settings.market, reading.at) is not None
+        }
+        candidates.append((account_id, row, reading, limits, problems))
+    held = _held_symbols(session, [c[0] for c in candidates if c[4]])
+    written: set[int] = set()
+    for account_id, row, reading, limits, problems in candidates:
+        if problems & set(held.get(account_id, ())):
+            continue
+        changed = session.execute(
+            _QUIET_UPDATE,
+            {
+                "b_account_id": account_id,
+                "b_was_updated_at": row.updated_at,
+                "b_limits": limits,
+                "b_equity": reading.equity,
+                "b_balance": reading.balance,
+                "b_margin_level": reading.margin_level,
+                "b_currency": snapshots[account_id].currency,
+                "b_at": reading.at,
+            },
+        ).rowcount  # type: ignore[attr-defined]
+        if changed:
+            written.add(account_id)
+    session.commit()
+    return written
+
+
+def _quiet_limits(row: Any, settings: RiskSettings, reading: rules.Reading) -> dict[str, Any] | None:
+    """The limits' JSON after this reading when, but for the market guard, it is quiet (see
+    `_record_quiet`), else None."""
+    stored = row.limits or {}
+    if (
+        row.state != "ok"
+        or row.halted_at is not None
+        or row.initial_balance is None
+        or row.margin_streak
+        or row.blocked_symbols
+        or any(name.startswith("market:") for name in stored)
+    ):
+        return None
+    if rules.margin_breached(reading.margin_level, settings.min_margin_level_percent):
+        return None
+    limits: dict[str, Any] = {}
+    for limit in settings.drawdown_limits:
+        previous = rules.LimitState.from_json(stored.get(limit.name))
+        if previous is None:
+            return None  # a limit's first reading: the engine starts it
+        assessment = rules.assess_limit(
+            limit,
+            previous,
+            reading,
+            initial_balance=row.initial_balance,
+            broker_offset_seconds=row.broker_offset_seconds,
+            confirmations=settings.confirmations,
+        )
+        if assessment.level != rules.OK or assessment.new_period or assessment.warn_now:
+            return None
+        limits[limit.name] = assessment.state.to_json(assessment)
+    return limits

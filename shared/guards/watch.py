@@ -98,58 +98,114 @@ def needs_reading(account: WatchedAccount, equity: Decimal) -> bool:
 class _Group:
     """The watched accounts on one terminal and trade server, and one of them to open it with."""
 
-    opener: Account
+    opener: int  # an account id
     accounts: list[WatchedAccount]
     symbols: set[str]
+
+
+# What `_watched` built of each account, with the versions it was built from: (key, WatchedAccount).
+# Per process: the watch runs every half second and most accounts change only when a sync or a reading
+# touches them, so their positions (JSON), limits (JSON) and risk settings are parsed again only then.
+# Rebuilding every account's view on every tick took the orders worker 1-2.5 s per tick at 1,000
+# accounts (bench/guards.py), more than the interval.
+_cache: dict[int, tuple[tuple[Any, ...], WatchedAccount]] = {}
 
 
 def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
     """Accounts with open positions, a sync to start from, not halted and with no alert counting down."""
     live = sa.select(DrawdownAlert.account_id).where(DrawdownAlert.status.in_(("pending", "closing")))
     rows = session.execute(
-        sa.select(Account, AccountSync, GuardState, AccountRisk.settings)
+        sa.select(
+            Account.id,
+            Account.terminal_url,
+            Account.server,
+            AccountSync.last_synced_at,
+            GuardState.updated_at,
+            GuardState.halted_at,
+            AccountRisk.updated_at.label("risk_updated_at"),
+        )
         .join(AccountSync, AccountSync.account_id == Account.id)
         .outerjoin(GuardState, GuardState.account_id == Account.id)
         .outerjoin(AccountRisk, AccountRisk.account_id == Account.id)
         .where(AccountSync.equity.is_not(None), Account.id.not_in(live))
     ).all()
-    groups: dict[tuple[str, str], _Group] = {}
-    for account, sync, state, document in rows:
-        if not sync.positions or (state is not None and state.halted_at is not None):
-            continue
-        settings = RiskSettings.from_document(document)
-        stored = (state.limits if state is not None else None) or {}
-        limits = []
-        for limit in settings.drawdown_limits:
-            row = stored.get(limit.name) or {}
-            reference = row.get("reference")
-            if reference is None:
-                continue  # never read yet: its first reading comes with the next sync
-            limits.append(
-                (
-                    Decimal(reference),
-                    limit.warn_percent,
-                    limit.max_percent,
-                    limit.max_amount,
-                    bool(row.get("warned")),
-                )
+    # The key: every write that changes what an account's view is built from moves one of these (a
+    # sync, a reading, a halt or resume, the owner's settings).
+    keys = {
+        row.id: (row.last_synced_at, row.updated_at, row.halted_at, row.risk_updated_at)
+        for row in rows
+        if row.halted_at is None
+    }
+    for account_id in set(_cache) - set(keys):
+        del _cache[account_id]  # halted, alerted or gone: built afresh when it is watched again
+    stale = [account_id for account_id, key in keys.items() if _cache.get(account_id, (None,))[0] != key]
+    for chunk in range(0, len(stale), 1000):
+        ids = stale[chunk : chunk + 1000]
+        for account_id, equity, margin, positions, limits, document in session.execute(
+            sa.select(
+                AccountSync.account_id,
+                AccountSync.equity,
+                AccountSync.margin,
+                AccountSync.positions,
+                GuardState.limits,
+                AccountRisk.settings,
             )
-        positions = tuple(
-            WatchedPosition(p["symbol"], p["side"], Decimal(p["volume"]), Decimal(p["price_current"]))
-            for p in sync.positions
-        )
-        watched = WatchedAccount(
-            account.id,
-            sync.equity,
-            sync.margin or Decimal(0),
-            positions,
-            tuple(limits),
-            settings.min_margin_level_percent,
-        )
-        group = groups.setdefault((account.terminal_url, account.server), _Group(account, [], set()))
+            .outerjoin(GuardState, GuardState.account_id == AccountSync.account_id)
+            .outerjoin(AccountRisk, AccountRisk.account_id == AccountSync.account_id)
+            .where(AccountSync.account_id.in_(ids))
+        ):
+            _cache[account_id] = (
+                keys[account_id],
+                _watched_account(account_id, equity, margin, positions, limits, document),
+            )
+    groups: dict[tuple[str, str], _Group] = {}
+    for row in rows:
+        cached = _cache.get(row.id)
+        if cached is None or cached[0] != keys.get(row.id) or not cached[1].positions:
+            continue  # halted, changed since it was loaded (next tick), or nothing open
+        watched = cached[1]
+        group = groups.setdefault((row.terminal_url, row.server), _Group(row.id, [], set()))
         group.accounts.append(watched)
-        group.symbols.update(p.symbol for p in positions)
+        group.symbols.update(p.symbol for p in watched.positions)
     return groups
+
+
+def _watched_account(
+    account_id: int,
+    equity: Decimal,
+    margin: Decimal | None,
+    positions: list[dict[str, Any]] | None,
+    stored_limits: dict[str, Any] | None,
+    document: dict[str, Any] | None,
+) -> WatchedAccount:
+    settings = RiskSettings.from_document(document)
+    stored = stored_limits or {}
+    limits = []
+    for limit in settings.drawdown_limits:
+        row = stored.get(limit.name) or {}
+        reference = row.get("reference")
+        if reference is None:
+            continue  # never read yet: its first reading comes with the next sync
+        limits.append(
+            (
+                Decimal(reference),
+                limit.warn_percent,
+                limit.max_percent,
+                limit.max_amount,
+                bool(row.get("warned")),
+            )
+        )
+    return WatchedAccount(
+        account_id,
+        equity,
+        margin or Decimal(0),
+        tuple(
+            WatchedPosition(p["symbol"], p["side"], Decimal(p["volume"]), Decimal(p["price_current"]))
+            for p in positions or ()
+        ),
+        tuple(limits),
+        settings.min_margin_level_percent,
+    )
 
 
 def watch(
@@ -158,12 +214,16 @@ def watch(
     """One look at every watched account; returns the ids to read now and what was done (for the log)."""
     at = now or utcnow()
     groups = _watched(session)
-    session.rollback()  # nothing held open while terminals answer
     to_read: list[int] = []
     counts: dict[str, Any] = defaultdict(int)
+    openers = {group.opener: session.get(Account, group.opener) for group in groups.values()}
+    session.rollback()  # nothing held open while terminals answer
     for (terminal_url, server), group in groups.items():
+        opener = openers[group.opener]
+        if opener is None:
+            continue  # deleted since
         try:
-            with open_terminal(group.opener) as terminal:
+            with open_terminal(opener) as terminal:
                 quotes, specs = {}, {}
                 for symbol in sorted(group.symbols):
                     specs[symbol], quotes[symbol] = terminal.symbol_and_quote(symbol)

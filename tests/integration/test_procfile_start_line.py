@@ -14,6 +14,7 @@ READY = {
     "web": "Listening at",
     "worker": "ready.",
     "reconciler": "ready.",
+    "guards": "ready.",
     "beat": "beat: Starting",
     "flower": "Visit me at",
     "terminal": "ready on",
@@ -33,6 +34,7 @@ def test_every_procfile_process_starts_by_naming_itself_its_database_and_its_bro
             "TRADEGUARD_TERMINAL_PORT": str(declared_terminal_port()),
             "WORKER_CONCURRENCY": "1",
             "RECONCILE_CONCURRENCY": "1",
+            "GUARDS_CONCURRENCY": "1",
         },
     )
     uses = describe(load_settings(env))
@@ -41,6 +43,7 @@ def test_every_procfile_process_starts_by_naming_itself_its_database_and_its_bro
         "web": "TradeGuard web: ",
         "worker": re.compile(r"TradeGuard worker orders@\S+ \(queues: celery\): "),
         "reconciler": re.compile(r"TradeGuard worker reconcile@\S+ \(queues: reconcile\): "),
+        "guards": re.compile(r"TradeGuard worker guards@\S+ \(queues: guards\): "),
         "beat": "TradeGuard beat: ",
         "flower": "TradeGuard flower: ",
         "terminal": "TradeGuard terminal: ",

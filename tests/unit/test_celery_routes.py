@@ -28,5 +28,23 @@ def test_orders_and_periodic_jobs_stay_on_the_default_queue(task_name):
     assert queue_of(task_name) == "celery"
 
 
-def test_a_worker_started_without_a_queue_list_consumes_both():
-    assert set(celery_app.amqp.queues) == {"celery", "reconcile"}
+@pytest.mark.parametrize(
+    "task_name",
+    [
+        "tradeguard.check_guards",
+        "tradeguard.execute_alert",
+        "tradeguard.guard_watch",
+        "tradeguard.guard_sweep",
+    ],
+)
+def test_the_guards_readings_and_closes_have_their_own_queue(task_name):
+    # Not behind the orders worker's webhook deliveries (alert.pending among them), nor they behind these.
+    assert queue_of(task_name) == "guards"
+
+
+def test_webhook_deliveries_stay_on_the_default_queue():
+    assert queue_of("tradeguard.deliver_webhook") == "celery"
+
+
+def test_a_worker_started_without_a_queue_list_consumes_all_three():
+    assert set(celery_app.amqp.queues) == {"celery", "reconcile", "guards"}

@@ -1,0 +1,172 @@
+"""record_synced on Postgres: a quiet reading (nothing but figures change) is written together with the
+batch's others and leaves exactly the guard state the engine would; anything else goes through the
+engine as before."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from shared.guards import engine as guards
+from shared.guards import readings
+from shared.guards.settings import default_settings, validate_settings
+from shared.models import AccountRisk, GuardState, PositionSnapshot
+from shared.mt5 import constants as mt5c
+
+PIN = (1.08500, 1.08510)
+FIELDS = ("state", "limits", "margin_streak", "equity", "balance", "margin_level", "currency", "read_at")
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def notify(self, session, owner_id, event, data):
+        self.events.append(event)
+
+    def schedule(self, session, task, args, countdown):
+        self.events.append(task)
+
+
+@pytest.fixture
+def account(api, db_session, terminal):
+    world = api.setup()
+    account_id, login = world["account"]["id"], world["account"]["login"]
+    document = default_settings()
+    document["drawdown_limits"].append(
+        {
+            "name": "tight drawdown",
+            "period": "lifetime",
+            "reference": "peak_equity",
+            "warn_percent": 1,
+            "max_percent": 2,
+            "action": "close",
+            "resume": "manual",
+        }
+    )
+    db_session.add(AccountRisk(account_id=account_id, settings=validate_settings(document)))
+    db_session.commit()
+    terminal.sim_set_quote("EURUSD", *PIN)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    return account_id
+
+
+def figures(db_session, account_id):
+    db_session.expire_all()
+    state = db_session.get(GuardState, account_id)
+    return {name: getattr(state, name) for name in FIELDS}
+
+
+def through_the_engine(db_session, account_id):
+    """What engine.record_reading makes of the account's latest snapshot (rolled back afterwards)."""
+    snapshot = db_session.scalars(
+        sa.select(PositionSnapshot)
+        .where(PositionSnapshot.account_id == account_id)
+        .order_by(PositionSnapshot.id.desc())
+    ).first()
+    reading = guards.rules.Reading(
+        snapshot.synced_at, snapshot.equity, snapshot.balance, snapshot.margin_level
+    )
+    guards.record_reading(
+        db_session, account_id, reading, currency=snapshot.currency, held_symbols=["EURUSD"]
+    )
+    db_session.flush()
+    expected = figures(db_session, account_id)
+    db_session.rollback()
+    return expected
+
+
+def test_a_quiet_sync_reading_leaves_the_state_the_engine_would_without_the_engine(
+    account, sync, terminal, db_session, monkeypatch
+):
+    recorder = Recorder()
+    assert sync(account).status == "ok"
+    first = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert [o.status for o in first] == ["ok"]  # the first reading: through the engine, the state made
+
+    terminal.sim_set_quote("EURUSD", 1.08600, 1.08610)  # up 10 pips: a new peak, still quiet
+    assert sync(account).status == "ok"
+    expected = through_the_engine(db_session, account)
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("a quiet reading went through the engine")
+
+    monkeypatch.setattr(guards, "record_reading", not_called)
+    outcomes = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert [(o.status, o.state, o.unconfirmed) for o in outcomes] == [("ok", "ok", False)]
+    assert figures(db_session, account) == expected
+    assert expected["limits"]["tight drawdown"]["peak"] == str(expected["equity"])
+    assert recorder.events == []
+
+
+def test_a_breaching_sync_reading_goes_through_the_engine(account, sync, terminal, db_session):
+    recorder = Recorder()
+    assert sync(account).status == "ok"
+    readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+
+    terminal.sim_set_quote("EURUSD", 1.08250, 1.08260)  # 25 pips on 1 lot: 2.5 %
+    assert sync(account).status == "ok"
+    [outcome] = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert outcome.unconfirmed  # one breached reading of two: the worker reads it again soon
+    assert figures(db_session, account)["limits"]["tight drawdown"]["streak"] == 1
+    assert recorder.events == ["guard.warning"]
+
+
+def test_a_reading_that_lost_the_race_goes_through_the_engine(
+    account, sync, terminal, db_session, monkeypatch
+):
+    """Another reading changed the state between the batch's look and its write: the batch's UPDATE
+    matches nothing, and the engine applies the reading under its lock."""
+    recorder = Recorder()
+    assert sync(account).status == "ok"
+    readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    terminal.sim_set_quote("EURUSD", 1.08600, 1.08610)
+    assert sync(account).status == "ok"
+
+    decide = readings._quiet_limits
+
+    def then_another_reading(*args, **kwargs):
+        decided = decide(*args, **kwargs)
+        db_session.execute(
+            sa.text(
+                "UPDATE guard_states SET updated_at = updated_at + interval '1 ms' WHERE account_id = :a"
+            ),
+            {"a": account},
+        )
+        return decided
+
+    calls = []
+    record = guards.record_reading
+
+    def counted(session, account_id, *args, **kwargs):
+        calls.append(account_id)
+        return record(session, account_id, *args, **kwargs)
+
+    monkeypatch.setattr(readings, "_quiet_limits", then_another_reading)
+    monkeypatch.setattr(guards, "record_reading", counted)
+    [outcome] = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert calls == [account] and outcome.state == "ok"
+    state = figures(db_session, account)
+    assert state["limits"]["tight drawdown"]["peak"] == str(state["equity"])
+
+
+def test_a_market_problem_keeps_a_reading_off_the_quiet_path_only_on_a_symbol_the_account_holds(
+    account, sync, terminal, db_session
+):
+    from datetime import UTC, datetime
+
+    from shared.models import MarketQuote
+
+    recorder = Recorder()
+    assert sync(account).status == "ok"
+    readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    now = datetime.now(UTC)
+    for symbol in ("XAUUSD", "EURUSD"):
+        wide = {"bid": 1, "ask": 2, "spread_pips": 500, "gap_pips": 0, "quoted_at": now, "trading": True}
+        db_session.add(MarketQuote(server="TradeGuard-Sim", symbol=symbol, seen_at=now, **wide))
+        db_session.commit()
+        assert sync(account).status == "ok"
+        readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+        limits = figures(db_session, account)["limits"]
+        # Only the engine writes the market guard's streak: it read the account when EURUSD blew out.
+        assert ("market:EURUSD" in limits) == (symbol == "EURUSD"), symbol
