@@ -17,6 +17,7 @@ from shared.core.queue import (
     EXPIRE_SIGNALS,
     GUARD_SWEEP,
     GUARD_WATCH,
+    GUARDS_QUEUE,
     RECONCILE_ACCOUNTS,
     RECONCILE_QUEUE,
     RECONCILE_TICK,
@@ -57,7 +58,6 @@ else:
 # processes, first in first out): owners heard of an alert 5-15 s after it was raised, often after its
 # close (bench/guards.py); on a queue of their own, 0.06 s at p50. The Procfile runs one worker per
 # queue; a worker started without -Q (tests, benchmarks) consumes all three.
-GUARDS_QUEUE = "guards"
 task_default_queue = DEFAULT_QUEUE
 task_queues = {DEFAULT_QUEUE: {}, RECONCILE_QUEUE: {}, GUARDS_QUEUE: {}}
 task_routes = {

@@ -100,7 +100,9 @@ class Group:
     def start(self, name: str, command: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop_all()
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {command}"],
+            # The Procfile's lines start with `exec` now, an older revision's (--compare) do not: one
+            # `exec` either way, so the shell is replaced by the process it starts.
+            ["/bin/sh", "-c", f"exec {command.removeprefix('exec ')}"],
             cwd=cwd,
             env=env,
             stdout=log,

@@ -30,6 +30,9 @@ SWEEP_WEBHOOKS = "tradeguard.sweep_webhooks"
 # own, so that an approved order never waits behind a batch of slow terminals.
 DEFAULT_QUEUE = "celery"
 RECONCILE_QUEUE = "reconcile"
+# The guards' readings and closes: an alert's webhooks and close never wait behind reconciliation or
+# another alert's work on the orders' queue (celeryconfig says why, with the figures).
+GUARDS_QUEUE = "guards"
 
 
 class Queue(Protocol):
