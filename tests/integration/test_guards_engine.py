@@ -138,6 +138,14 @@ def alerts_of(db_session, account_id):
     )
 
 
+def breach_confirmed(check, terminal, bid=1.08200):
+    """A reading at the pinned price, then two past the 2 % maximum: the alert is raised."""
+    check()
+    terminal.sim_set_quote("EURUSD", bid, bid + 0.0001)
+    check()
+    return check()
+
+
 def test_a_breach_warns_then_alerts_after_its_confirmations_and_the_close_takes_each_position_once(
     guarded, terminal, db_session, recorder, api
 ):
@@ -234,10 +242,7 @@ def test_a_breach_that_clears_within_the_grace_period_cancels_the_alert(
 ):
     _, account_id, login, check, execute = guarded()
     ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    check()
-    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)  # 30 pips: 3 %
-    check()
-    check()
+    breach_confirmed(check, terminal)  # 30 pips: 3 %
     (alert,) = alerts_of(db_session, account_id)
     terminal.sim_set_quote("EURUSD", 1.08490, 1.08500)  # back within 0.1 %
     assert execute(alert.id).status == "cancelled"
@@ -278,10 +283,7 @@ def test_a_close_whose_reply_was_lost_is_found_by_its_comment_and_never_sent_twi
 ):
     _, account_id, login, check, execute = guarded()
     ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    check()
-    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
-    check()
-    check()
+    breach_confirmed(check, terminal)  # 30 pips: 3 %
     (alert,) = alerts_of(db_session, account_id)
     terminal.sim_lose_next_reply()
     with pytest.raises(OrderOutcomeUnknown):
@@ -302,10 +304,7 @@ def test_a_close_whose_order_may_still_be_in_flight_waits_and_is_sent_once_it_ca
 ):
     _, account_id, login, check, execute = guarded()
     ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    check()
-    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
-    check()
-    check()
+    breach_confirmed(check, terminal)  # 30 pips: 3 %
     (alert,) = alerts_of(db_session, account_id)
     original_send = Gateway.send_order
 
@@ -337,10 +336,7 @@ def test_a_position_closed_elsewhere_during_the_grace_period_is_recorded_gone_no
     _, account_id, login, check, execute = guarded()
     kept = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
     by_hand = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    check()
-    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
-    check()
-    check()
+    breach_confirmed(check, terminal)  # 30 pips: 3 %
     (alert,) = alerts_of(db_session, account_id)
 
     # The owner closes one position by hand just as the close begins (after the decision, before the send).
@@ -457,14 +453,6 @@ def test_the_watch_reads_at_once_an_account_its_quotes_push_over_a_limit(
     # The watch saw the spread too: the market guard's view of EURUSD on this server is fresh.
     seen = db_session.get(MarketQuote, ("TradeGuard-Sim", "EURUSD"))
     assert (seen.bid, seen.spread_pips) == (Decimal("1.0848"), Decimal("1.00"))
-
-
-def breach_confirmed(check, terminal, bid=1.08200):
-    """A reading at the pinned price, then two past the 2 % maximum: the alert is raised."""
-    check()
-    terminal.sim_set_quote("EURUSD", bid, bid + 0.0001)
-    check()
-    return check()
 
 
 def test_a_requoted_close_is_sent_again_at_a_fresh_price_and_closes_once(guarded, terminal, db_session):
