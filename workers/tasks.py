@@ -227,12 +227,7 @@ def reconcile_tick() -> int:
 
 def _guard_notify(queue: Queue | None = None) -> guard_engine.Notify:
     """How the guards tell owners: a signed webhook to each subscriber, sent after the commit."""
-    task_queue = queue or extensions.task_queue()
-
-    def notify(session: Any, owner_id: int, event: str, data: dict[str, Any]) -> None:
-        webhooks.notify(session, task_queue, owner_id, event, data)
-
-    return notify
+    return webhooks.notifier(queue or extensions.task_queue())
 
 
 def _guard_schedule(queue: Queue) -> guard_engine.Schedule:
@@ -264,6 +259,7 @@ def check_guards(account_ids: list[int]) -> dict[str, int]:
     statuses: Counter[str] = Counter()
     todo = list(dict.fromkeys(account_ids))
     read_at: dict[int, float] = {}
+    notify, schedule = _guard_notify(queue), _guard_schedule(queue)
     with app.app_context():
         try:
             for round_ in range(1 + CONFIRM_IN_TASK):
@@ -278,8 +274,8 @@ def check_guards(account_ids: list[int]) -> dict[str, int]:
                         db.session,
                         account_id,
                         open_terminal=runtime.open_pooled_terminal,
-                        notify=_guard_notify(queue),
-                        schedule=_guard_schedule(queue),
+                        notify=notify,
+                        schedule=schedule,
                     )
                     if round_ == 0:
                         statuses[outcome.status] += 1

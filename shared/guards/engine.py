@@ -31,10 +31,10 @@ from shared.core.db import DbSession, dialect_insert, utcnow
 from shared.core.errors import Conflict, NotFound
 from shared.core.queue import EXECUTE_ALERT
 from shared.guards import rules
+from shared.guards.risk_settings import risk_settings_of
 from shared.guards.settings import RiskSettings
 from shared.models import (
     Account,
-    AccountRisk,
     AlertClose,
     DrawdownAlert,
     GuardState,
@@ -59,11 +59,9 @@ _DONE = (mt5c.TRADE_RETCODE_DONE, mt5c.TRADE_RETCODE_DONE_PARTIAL)
 _SERVER_CLOCK_SLACK = timedelta(days=1)
 
 
-class Notify(Protocol):
-    """Tells the owner (shared.notifications: a signed webhook per subscriber), once the transaction
-    commits."""
-
-    def __call__(self, session: DbSession, owner_id: int, event: str, data: dict[str, Any]) -> None: ...
+# Tells the owner (shared.notifications.webhooks.notifier: a signed webhook per subscriber), once the
+# transaction commits: (session, owner id, event, data).
+Notify = Callable[[DbSession, int, str, dict[str, Any]], Any]
 
 
 class Schedule(Protocol):
@@ -119,11 +117,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def risk_settings(session: DbSession, account_id: int) -> RiskSettings:
-    stored = session.scalar(sa.select(AccountRisk.settings).where(AccountRisk.account_id == account_id))
-    return RiskSettings.from_document(stored)
-
-
 def _locked_state(session: DbSession, account_id: int, at: datetime) -> GuardState:
     """The account's guard state, made if missing, locked for this transaction (FOR UPDATE on Postgres;
     SQLite has one writer anyway)."""
@@ -174,7 +167,7 @@ def record_reading(
     account = session.get(Account, account_id)
     if account is None:
         return ReadingOutcome(account_id, "gone")
-    settings = risk_settings(session, account_id)
+    settings = risk_settings_of(session, account_id)
     state = _locked_state(session, account_id, reading.at)
     if broker_offset_seconds is not None:
         state.broker_offset_seconds = broker_offset_seconds
@@ -578,7 +571,7 @@ def _decide(
     snapshot = terminal.account()
     positions = terminal.positions()
     reading = rules.Reading(at, snapshot.equity, snapshot.balance, snapshot.margin_level)
-    settings = risk_settings(session, account.id)
+    settings = risk_settings_of(session, account.id)
     # Locked as a reading would be: the alert's decision and a concurrent reading do not interleave.
     session.refresh(alert, with_for_update=True)
     if alert.status != "pending":
@@ -599,7 +592,7 @@ def _decide(
 
     chosen = rules.positions_to_close(
         alert.alert_type,
-        [_open_position(p, account, snapshot) for p in positions],
+        [_open_position(p, snapshot) for p in positions],
         symbol=alert.symbol,
         equity=snapshot.equity,
         margin=snapshot.margin,
@@ -690,7 +683,7 @@ def _still_breached(
     return None if problem is None else problem[1]
 
 
-def _open_position(position: Position, account: Account, snapshot: Any) -> rules.OpenPosition:
+def _open_position(position: Position, snapshot: Any) -> rules.OpenPosition:
     return rules.OpenPosition(
         ticket=position.ticket,
         key=position_key(snapshot.login, snapshot.server, position.identifier, position.opened_at),
@@ -995,7 +988,7 @@ def _finish(
     tell(f"alert.{alert.status}", **figures)
     state = _locked_state(session, alert.account_id, utcnow())
     if state.halted_at is None:
-        settings = risk_settings(session, alert.account_id)
+        settings = risk_settings_of(session, alert.account_id)
         limit = settings.limit(alert.limit_name) if alert.limit_name else None
         _halt(session, state, alert.reason, limit, alert, tell)
     session.commit()

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from shared.core.db import DbSession, dialect_insert, utcnow
 from shared.guards import engine, rules
+from shared.guards.risk_settings import risk_settings_of
 from shared.guards.settings import RiskSettings
 from shared.models import (
     Account,
@@ -67,7 +68,7 @@ def check_account(
             positions = terminal.positions()
             at = now or utcnow()
             held = sorted({p.symbol for p in positions})
-            quotes, specs = _quote_all(terminal, held)
+            quotes, specs = quote_all(terminal, held)
     except TerminalError as exc:
         session.rollback()
         log.warning("account %s: guard check failed (%s: %s)", account_id, type(exc).__name__, exc)
@@ -92,9 +93,10 @@ def check_account(
     return CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id)
 
 
-def _quote_all(
+def quote_all(
     terminal: TerminalPort, symbols: Sequence[str]
 ) -> tuple[dict[str, Quote], dict[str, SymbolSpec]]:
+    """Each symbol's specification and quote; a symbol the broker no longer has is left out."""
     quotes, specs = {}, {}
     for symbol in symbols:
         try:
@@ -113,8 +115,8 @@ def observe_market(
     known_offset: int = 0,
 ) -> int | None:
     """Store, per symbol, the spread, the jump from the last quote seen, and when the server last priced
-        it. Returns the server's clock offset learnt from the quotes (None when none was fresh enough to tell;
-    `known_offset` then dates them)."""
+    it. Returns the server's clock offset learnt from the quotes (None when none was fresh enough to
+    tell; `known_offset` then dates them)."""
     # Learnt from the freshest quote of a symbol that trades; else what was known before.
     learnt = [
         rules.broker_offset_seconds(quote.time, at)
@@ -124,10 +126,18 @@ def observe_market(
     offset = next((o for o in learnt if o is not None), None)
     clock = timedelta(seconds=offset if offset is not None else known_offset)
     insert = dialect_insert(session.get_bind())
+    seen = {
+        row.symbol: row
+        for row in session.execute(
+            sa.select(MarketQuote.symbol, MarketQuote.bid, MarketQuote.quoted_at, MarketQuote.gap_pips).where(
+                MarketQuote.server == server, MarketQuote.symbol.in_(list(quotes))
+            )
+        )
+    }
     for symbol, quote in sorted(quotes.items()):
         spec = specs[symbol]
         quoted_at = quote.time - clock
-        previous = session.get(MarketQuote, (server, symbol))
+        previous = seen.get(symbol)
         gap = rules.gap_pips(previous.bid if previous is not None else None, quote.bid, spec.pip)
         if previous is not None and previous.quoted_at == quoted_at and previous.bid == quote.bid:
             gap = previous.gap_pips  # the same quote again: no new jump, the old one stands
@@ -164,7 +174,7 @@ def _unconfirmed(session: DbSession, account_id: int, outcome: engine.ReadingOut
     ]
     if not any(streaks):
         return False
-    needed = engine.risk_settings(session, account_id).confirmations
+    needed = risk_settings_of(session, account_id).confirmations
     return any(0 < streak < needed for streak in streaks)
 
 

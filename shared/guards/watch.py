@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from shared.core.db import DbSession, utcnow
 from shared.guards import rules
-from shared.guards.readings import observe_market
+from shared.guards.readings import observe_market, quote_all
 from shared.guards.settings import RiskSettings
 from shared.models import Account, AccountRisk, AccountSync, DrawdownAlert, GuardState
 from shared.mt5.errors import TerminalError
@@ -224,9 +224,7 @@ def watch(
             continue  # deleted since
         try:
             with open_terminal(opener) as terminal:
-                quotes, specs = {}, {}
-                for symbol in sorted(group.symbols):
-                    specs[symbol], quotes[symbol] = terminal.symbol_and_quote(symbol)
+                quotes, specs = quote_all(terminal, sorted(group.symbols))
         except TerminalError as exc:
             counts["servers_failed"] += 1
             log.warning(
@@ -242,10 +240,3 @@ def watch(
     session.commit()
     counts["to_read"] = len(to_read)
     return to_read, dict(counts)
-
-
-def suspects(
-    accounts: Sequence[WatchedAccount], quotes: Mapping[str, Quote], specs: Mapping[str, SymbolSpec]
-) -> list[int]:
-    """The accounts among these whose estimate needs a reading now (pure; what `watch` does per server)."""
-    return [a.account_id for a in accounts if needs_reading(a, estimate_equity(a, quotes, specs))]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -144,6 +144,15 @@ def list_deliveries(
         statement = statement.where(WebhookDelivery.status == status)
     statement = statement.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
     return paginate(session, statement, page=page, per_page=per_page)
+
+
+def notifier(queue: Queue) -> Callable[[DbSession, int, str, Mapping[str, Any]], int]:
+    """`notify` bound to a task queue: what the guards and the views that report to owners are given."""
+
+    def notify_owner(session: DbSession, owner_id: int, event: str, data: Mapping[str, Any]) -> int:
+        return notify(session, queue, owner_id, event, data)
+
+    return notify_owner
 
 
 def notify(session: DbSession, queue: Queue, owner_id: int, event: str, data: Mapping[str, Any]) -> int:

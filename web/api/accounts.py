@@ -70,11 +70,7 @@ def resume_account(account_id: int) -> Any:
     `close` or `block` action whose limit resumes `manual` (those resuming `next_period` end by
     themselves at the next period start, in broker time).
     """
-    queue = task_queue()
-
-    def notify(session: Any, owner_id: int, event: str, data: dict[str, Any]) -> None:
-        webhooks.notify(session, queue, owner_id, event, data)
-
+    notify = webhooks.notifier(task_queue())
     state = guard_engine.resume(db.session, current_user().id, account_id, notify=notify)
     db.session.commit()
     return {"account_id": account_id, "state": state.state, "equity": state.equity}
