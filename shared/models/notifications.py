@@ -37,7 +37,8 @@ class Webhook(db.Model):  # type: ignore[name-defined]
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def receives(self, event: str) -> bool:
-        return self.deleted_at is None and (self.events is None or event in self.events)
+        # Deleted webhooks are not asked: notify selects the active ones only.
+        return self.events is None or event in self.events
 
 
 class WebhookDelivery(db.Model):  # type: ignore[name-defined]

@@ -177,7 +177,6 @@ class DeliverySettings:
     allow_private: bool = False
     timeout_seconds: float = 5.0
     retry_scale: float = 1.0
-    max_attempts: int = rules.MAX_ATTEMPTS
 
     @property
     def lease(self) -> timedelta:
@@ -226,7 +225,7 @@ def attempt(
         )
         return Outcome(DeliveryStatus.DELIVERED)
     error = rules.error_text(answer.error or "failed")
-    delay = rules.retry_delay(attempts, settings.retry_scale) if attempts < settings.max_attempts else None
+    delay = rules.retry_delay(attempts, settings.retry_scale)  # None after the last attempt
     if delay is None:
         log.warning("webhook delivery %s failed for good after %d attempts: %s", delivery_id, attempts, error)
         _finish(

@@ -16,6 +16,7 @@ from shared.audit import trail
 from shared.core.crypto import SecretBox
 from shared.core.db import DbSession, after_commit, utcnow
 from shared.core.errors import Conflict, InvalidInput, NotFound
+from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
 from shared.core.queue import DELIVER_WEBHOOK, Queue
 from shared.models import DeliveryStatus, User, Webhook, WebhookDelivery
@@ -89,9 +90,9 @@ def create_webhook(
 
 def get_own_webhook(session: DbSession, owner: User, webhook_id: int) -> Webhook:
     """The owner's webhook; NotFound for another's, an unknown one, or a deleted one."""
-    webhook = session.get(Webhook, webhook_id)
-    if webhook is None or webhook.owner_id != owner.id or webhook.deleted_at is not None:
-        raise NotFound(f"webhook {webhook_id} not found")
+    webhook = get_owned(session, Webhook, webhook_id, owner.id, name="webhook")
+    if webhook.deleted_at is not None:
+        raise NotFound(f"webhook {webhook_id} not found")  # the words get_owned uses for a missing one
     return webhook
 
 
