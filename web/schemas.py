@@ -13,7 +13,7 @@ import marshmallow as ma
 from marshmallow import fields, pre_dump, pre_load, validate, validates, validates_schema
 
 from shared.guards.settings import LIMIT_ACTIONS, MARKET_ACTIONS, PERIODS, REFERENCES, RESUMES
-from shared.models import Decision, DeliveryStatus, Role, Side, SignalStatus, TradeState
+from shared.models import ALERT_STATUSES, Decision, DeliveryStatus, Role, Side, SignalStatus, TradeState
 from shared.mt5.terminals import SCHEMES as TERMINAL_SCHEMES
 from shared.mt5.terminals import terminal_url_problem
 from shared.notifications.events import ALL_EVENTS
@@ -851,7 +851,6 @@ class RiskSettingsDocSchema(StrictSchema):
 
 GUARD_STATES = ["ok", "warning", "alert", "halted"]
 ALERT_TYPES = ["drawdown", "margin", "market"]
-ALERT_STATUSES = ["pending", "closing", "executed", "cancelled", "failed"]
 
 
 class AlertCloseSchema(ma.Schema):

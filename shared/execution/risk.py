@@ -54,8 +54,7 @@ def risk_amount(*, price: Decimal, sl: Decimal, volume: Decimal, spec: SymbolSpe
     what one tick is worth on one lot (MT5's trade_tick_value, for a move of trade_tick_size), times the
     lots. On a forex pair the tick is the point: EURUSD 1.10000 → SL 1.09800 on 1 lot is 200 points of
     1 USD each, 200 USD."""
-    tick_size = spec.tick_size if spec.tick_size > 0 else spec.point
-    return abs(price - sl) / tick_size * spec.tick_value * volume
+    return spec.value_of_move(abs(price - sl), volume)
 
 
 def guard_problems(

@@ -34,6 +34,7 @@ from shared.guards import rules
 from shared.guards.risk_settings import risk_settings_of
 from shared.guards.settings import RiskSettings
 from shared.models import (
+    LIVE_ALERT_STATUSES,
     Account,
     AlertClose,
     DrawdownAlert,
@@ -50,7 +51,7 @@ from shared.reconciliation.rules import position_key
 
 log = logging.getLogger(__name__)
 
-LIVE = ("pending", "closing")
+LIVE = LIVE_ALERT_STATUSES
 FINAL_CLOSE_STATES = ("closed", "gone", "failed")
 # Requotes and moved prices: nothing was done, so the close is sent again at a fresh price.
 _NEW_PRICE = (mt5c.TRADE_RETCODE_REQUOTE, mt5c.TRADE_RETCODE_PRICE_CHANGED, mt5c.TRADE_RETCODE_PRICE_OFF)

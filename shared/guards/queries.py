@@ -19,10 +19,15 @@ from shared.core.db import DbSession
 from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
 from shared.guards.settings import RiskSettings
-from shared.models import Account, AccountRisk, AlertClose, DrawdownAlert, GuardState, User
-
-LIVE_ALERT_STATUSES = ("pending", "closing")
-ALERT_STATUSES = ("pending", "closing", "executed", "cancelled", "failed")
+from shared.models import (
+    LIVE_ALERT_STATUSES,
+    Account,
+    AccountRisk,
+    AlertClose,
+    DrawdownAlert,
+    GuardState,
+    User,
+)
 
 
 def _decimal(value: Any) -> Decimal | None:

@@ -31,7 +31,7 @@ from shared.core.db import DbSession, utcnow
 from shared.guards import rules
 from shared.guards.readings import observe_market, quote_all
 from shared.guards.settings import RiskSettings
-from shared.models import Account, AccountRisk, AccountSync, DrawdownAlert, GuardState
+from shared.models import LIVE_ALERT_STATUSES, Account, AccountRisk, AccountSync, DrawdownAlert, GuardState
 from shared.mt5.errors import TerminalError
 from shared.mt5.ports import OpenTerminal
 from shared.mt5.types import Quote, SymbolSpec
@@ -67,13 +67,14 @@ def estimate_equity(
     equity = account.equity_at_sync
     for position in account.positions:
         quote, spec = quotes.get(position.symbol), specs.get(position.symbol)
-        if quote is None or spec is None or spec.tick_size <= 0:
+        if quote is None or spec is None:
             continue
-        if position.side == "buy":
-            move = quote.bid - position.price_at_sync
-        else:
-            move = position.price_at_sync - quote.ask
-        equity += move / spec.tick_size * spec.tick_value * position.volume
+        move = (
+            quote.bid - position.price_at_sync
+            if position.side == "buy"
+            else position.price_at_sync - quote.ask
+        )
+        equity += spec.value_of_move(move, position.volume)
     return equity
 
 
@@ -113,7 +114,7 @@ _cache: dict[int, tuple[tuple[Any, ...], WatchedAccount]] = {}
 
 def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
     """Accounts with open positions, a sync to start from, not halted and with no alert counting down."""
-    live = sa.select(DrawdownAlert.account_id).where(DrawdownAlert.status.in_(("pending", "closing")))
+    live = sa.select(DrawdownAlert.account_id).where(DrawdownAlert.status.in_(LIVE_ALERT_STATUSES))
     rows = session.execute(
         sa.select(
             Account.id,

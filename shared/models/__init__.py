@@ -6,7 +6,15 @@ Money, prices and volumes are `Numeric`; timestamps are UTC-aware.
 
 from shared.models.audit import AuditLog
 from shared.models.enums import Decision, Role, Side, SignalStatus, TradeState
-from shared.models.guards import AccountRisk, AlertClose, DrawdownAlert, GuardState, MarketQuote
+from shared.models.guards import (
+    ALERT_STATUSES,
+    LIVE_ALERT_STATUSES,
+    AccountRisk,
+    AlertClose,
+    DrawdownAlert,
+    GuardState,
+    MarketQuote,
+)
 from shared.models.identity import Account, KeyCheck, StrategyClient, User
 from shared.models.metrics import TaskDurationBucket, TaskDurationTotal
 from shared.models.monitoring import AccountSync, PositionSnapshot, ReconciliationLog
@@ -15,6 +23,8 @@ from shared.models.signals import Approval, Signal
 from shared.models.trades import Trade
 
 __all__ = [
+    "ALERT_STATUSES",
+    "LIVE_ALERT_STATUSES",
     "Account",
     "AccountRisk",
     "AccountSync",

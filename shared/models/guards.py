@@ -12,6 +12,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.core.db import JSONType, Money, Price, UTCDateTime, Volume, db, utcnow
 
+# An alert's statuses: live while its grace period runs (pending) and while it closes (closing), then
+# finished one way or another. The live ones are those the partial unique index allows one of per account.
+LIVE_ALERT_STATUSES = ("pending", "closing")
+ALERT_STATUSES = (*LIVE_ALERT_STATUSES, "executed", "cancelled", "failed")
+
 
 class AccountRisk(db.Model):  # type: ignore[name-defined]
     """An account's risk settings document (shared.guards.settings), as its owner last saved it. An

@@ -42,6 +42,12 @@ class SymbolSpec:
     stops_level_points: int
     trade_allowed: bool  # new positions may be opened (in at least one direction)
 
+    def value_of_move(self, distance: Decimal, volume: Decimal) -> Decimal:
+        """What a price move of `distance` is worth on `volume` lots, in the account currency: MT5's
+        trade_tick_value per trade_tick_size (never 0: `convert.symbol_from` takes the point when a
+        terminal reports none)."""
+        return distance / self.tick_size * self.tick_value * volume
+
     @property
     def pip(self) -> Decimal:
         return pip_size(self.digits, self.point)

@@ -686,3 +686,35 @@ def test_a_resume_resets_only_the_limit_that_halted_the_account(guarded, termina
     state = state_of(db_session, account_id)
     assert Decimal(state.limits["max drawdown"]["peak"]) == state.equity < Decimal(peak_before)
     assert state.limits["weekly"]["peak"] == peak_before
+
+
+def test_the_watch_skips_a_halted_account_and_sees_new_settings_at_once(
+    guarded, sync, terminal, db_session, recorder
+):
+    """Two accounts on one server: the halted one is not watched, and the other's view follows its owner's
+    new settings on the next tick (the per-process cache is keyed on what it was built from)."""
+    _, watched_id, watched_login, _, _ = guarded()
+    _, halted_id, halted_login, _, _ = guarded()
+    for account_id, login in ((watched_id, watched_login), (halted_id, halted_login)):
+        terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+        assert sync(account_id).status == "ok"
+    readings.record_synced(db_session, [watched_id, halted_id], notify=recorder.notify, schedule=None)
+    halted = db_session.get(GuardState, halted_id)
+    halted.halted_at, halted.updated_at = utcnow(), utcnow()
+    db_session.commit()
+
+    terminal.sim_set_quote("EURUSD", 1.08395, 1.08405)  # 10.5 pips on 1 lot: the 1 % warning
+    assert watch.watch(db_session, open_terminal=open_sim(terminal))[0] == [watched_id]
+    # Warned: the same price is no reason to read it again...
+    state = db_session.get(GuardState, watched_id)
+    state.limits = {**state.limits, "max drawdown": {**state.limits["max drawdown"], "warned": True}}
+    state.updated_at = utcnow()
+    db_session.commit()
+    assert watch.watch(db_session, open_terminal=open_sim(terminal))[0] == []
+    # ...until its owner lowers the maximum below the drawdown it is at.
+    risk = db_session.get(AccountRisk, watched_id)
+    document = dict(risk.settings)
+    document["drawdown_limits"] = [{**document["drawdown_limits"][0], "warn_percent": 0.5, "max_percent": 1}]
+    risk.settings, risk.updated_at = validate_settings(document), utcnow()
+    db_session.commit()
+    assert watch.watch(db_session, open_terminal=open_sim(terminal))[0] == [watched_id]

@@ -81,11 +81,5 @@ def test_the_margin_minimum_itself_is_no_reason_to_read():
     assert needs_reading(account([], min_margin=D(150), margin="6000"), D("8999.99"))
 
 
-def test_a_symbol_without_a_tick_size_is_taken_as_unmoved():
-    buy = WatchedPosition("EURUSD", "buy", D(1), D("1.08500"))
-    quotes = {"EURUSD": quote("1.08300", "1.08320")}
-    assert estimate_equity(account([buy]), quotes, {"EURUSD": spec(tick_size="0")}) == D(10000)
-
-
 def test_a_zero_reference_never_calls_for_a_reading():
     assert not needs_reading(account([], [(D(0), D(4), D(5), None, False)]), D(0))
