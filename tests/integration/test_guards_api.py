@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import sqlalchemy as sa
-
 from shared.models import AlertClose, DrawdownAlert, GuardState
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -357,6 +355,13 @@ def test_an_alert_with_each_close_and_others_alerts_not_found(api, client, db_se
         (501, "closed", "-12.5000"),
         (502, "gone", None),
     ]
-    assert client.get(f"/api/v1/alerts/{row.id}", headers=other["user"]["headers"]).status_code == 404
-    assert client.get("/api/v1/alerts/999999", headers=world["user"]["headers"]).status_code == 404
-    assert db_session.scalar(sa.select(sa.func.count()).select_from(AlertClose)) >= 2
+    # Someone else's alert reads word for word as one that does not exist.
+    theirs = client.get(f"/api/v1/alerts/{row.id}", headers=other["user"]["headers"])
+    missing = client.get("/api/v1/alerts/999999", headers=world["user"]["headers"])
+    assert (theirs.status_code, missing.status_code) == (404, 404)
+    assert theirs.json == {
+        "error": {
+            **missing.json["error"],
+            "message": missing.json["error"]["message"].replace("999999", str(row.id)),
+        }
+    }

@@ -197,10 +197,18 @@ def test_a_body_that_is_not_an_object_is_refused(api, client, db_session):
 def test_another_users_account_is_not_found_and_keeps_its_settings(api, client, db_session):
     owner, other = api.setup(), api.setup()
     account_id = owner["account"]["id"]
-    assert client.get(url(account_id), headers=other["user"]["headers"]).status_code == 404
-    response = client.put(url(account_id), json=EXAMPLE, headers=other["user"]["headers"])
-    assert response.status_code == 404
-    assert client.put(url(999_999), json=EXAMPLE, headers=owner["user"]["headers"]).status_code == 404
+    read = client.get(url(account_id), headers=other["user"]["headers"])
+    written = client.put(url(account_id), json=EXAMPLE, headers=other["user"]["headers"])
+    missing = client.put(url(999_999), json=EXAMPLE, headers=owner["user"]["headers"])
+    # Someone else's account reads word for word as one that does not exist.
+    as_missing = {
+        "error": {
+            **missing.json["error"],
+            "message": missing.json["error"]["message"].replace("999999", str(account_id)),
+        }
+    }
+    assert (read.status_code, written.status_code, missing.status_code) == (404, 404, 404)
+    assert read.json == written.json == as_missing
     assert stored_rows(db_session, account_id) == [] and risk_audits(db_session, account_id) == []
 
 

@@ -371,15 +371,15 @@ def port() -> Iterator[int]:
         yield port
 
 
-def run(example: str, port: int, *, today: bool = False) -> str:
+def run(example: str, port: int, *, today: bool = False, from_tomorrow: bool = False) -> str:
     """The example's output. Its `import MetaTrader5 as mt5` is the one line replaced: `mt5` is given."""
     mt5: RemoteMetaTrader5 = connect("127.0.0.1", port)
     try:
         assert mt5.initialize(login=730001, password="x", server="TradeGuard-Sim")
         source = example.replace("import MetaTrader5 as mt5\n", "", 1)
         assert "MetaTrader5" not in source.replace('"MetaTrader5 package', "")
-        if today:  # the same example on the simulator's own history: from today to tomorrow
-            start = datetime.now(UTC)
+        if today:  # the same example on the simulator's own history: from today (or tomorrow) on
+            start = datetime.now(UTC) + timedelta(days=1 if from_tomorrow else 0)
             end = start + timedelta(days=1)
             source = source.replace(_START_2020, f"datetime({start.year}, {start.month}, {start.day}")
             source = source.replace(_END_2020, f"datetime({end.year}, {end.month}, {end.day}")
@@ -412,7 +412,10 @@ def test_order_calc_profit(port: int) -> None:
 
 def assert_frame(out: str, columns: list[str], *, rows: bool) -> None:
     header = next(line for line in out.splitlines() if "time" in line and columns[-1] in line)
-    assert header.split()[-len(columns) :] == columns or header.startswith("Columns: ["), header
+    if header.startswith("Columns: ["):  # an empty frame names its columns as a list
+        assert [c.strip() for c in header.removeprefix("Columns: [").removesuffix("]").split(",")] == columns
+    else:
+        assert header.split()[-len(columns) :] == columns, header
     assert ("Empty DataFrame" not in out) == rows, out
 
 
@@ -434,11 +437,11 @@ def test_copy_ticks_range(port: int, today: bool) -> None:
 
 @pytest.mark.parametrize("today", [False, True], ids=["as written", "today"])
 def test_copy_rates_from(port: int, today: bool) -> None:
-    out = run(COPY_RATES_FROM, port, today=today)
-    # Today: the bars opened up to today 00:00 UTC, which the feed (started today) has none of unless it
-    # started at midnight; as written: none.
+    # copy_rates_from counts back from its date: from tomorrow 00:00 UTC, the bars of the feed (started
+    # today); as written (2020), none.
+    out = run(COPY_RATES_FROM, port, today=today, from_tomorrow=today)
     assert "Display dataframe with data" in out
-    assert_frame(out, RATE_COLUMNS, rows="Empty DataFrame" not in out)
+    assert_frame(out, RATE_COLUMNS, rows=today)
 
 
 def test_copy_rates_from_pos(port: int) -> None:

@@ -117,9 +117,18 @@ def test_another_users_webhook_is_not_found(api, dns):
     owner, other = api.user(), api.user()
     hook = create(api, owner, url="https://hooks.example.com/").json
 
-    assert api.http.delete(f"/api/v1/webhooks/{hook['id']}", headers=other["headers"]).status_code == 404
+    deleted = api.http.delete(f"/api/v1/webhooks/{hook['id']}", headers=other["headers"])
     deliveries = api.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=other["headers"])
-    assert deliveries.status_code == 404
+    missing = api.http.delete("/api/v1/webhooks/999999", headers=other["headers"])
+    # Someone else's webhook reads word for word as one that does not exist.
+    as_missing = {
+        "error": {
+            **missing.json["error"],
+            "message": missing.json["error"]["message"].replace("999999", str(hook["id"])),
+        }
+    }
+    assert (deleted.status_code, deliveries.status_code, missing.status_code) == (404, 404, 404)
+    assert deleted.json == deliveries.json == as_missing
     assert api.http.get("/api/v1/webhooks", headers=other["headers"]).json == []
     # Still the owner's.
     assert (
