@@ -116,38 +116,6 @@ def quote_from(symbol: str, d: Mapping[str, Any]) -> Quote:
     )
 
 
-def amount_from(value: Any) -> Decimal:
-    """A number the terminal computed (order_calc_profit, order_calc_margin) as a Decimal."""
-    return _dec(value)
-
-
-# Trade servers keep their clocks a whole number of quarter hours off UTC (UTC+2, UTC+3, UTC+5:45).
-_OFFSET_STEP_SECONDS = 15 * 60
-
-
-def server_offset_from(server_seconds: float, utc_seconds: float) -> int:
-    """The trade server's UTC offset in seconds, from a time it stamped (a fresh tick's) and the UTC time
-    it was read at: the difference rounded to the nearest quarter hour, which absorbs the tick's age and
-    the clocks' drift as long as they stay under 7.5 minutes."""
-    return round((server_seconds - utc_seconds) / _OFFSET_STEP_SECONDS) * _OFFSET_STEP_SECONDS
-
-
-def tick_quotes_from(symbol: str, rows: Any, offset_seconds: int) -> list[Quote]:
-    """copy_ticks_* rows (dicts of the official fields, server time) as Quotes stamped in UTC."""
-    if type(rows) is not list:
-        raise TypeError("ticks are not a list")
-    shift = offset_seconds * 1000
-    return [
-        Quote(
-            symbol=symbol,
-            bid=_dec(row["bid"]),
-            ask=_dec(row["ask"]),
-            time=datetime.fromtimestamp((int(row["time_msc"]) - shift) / 1000, tz=UTC),
-        )
-        for row in rows
-    ]
-
-
 def position_from(d: Mapping[str, Any]) -> Position:
     return Position(
         ticket=int(d["ticket"]),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,14 +36,11 @@ from shared.mt5 import constants as mt5c
 from shared.mt5.backends import Backend, LocalBackend, RemoteError, RpycBackend, connector
 from shared.mt5.convert import (
     account_from,
-    amount_from,
     deal_from,
     order_result_from,
     position_from,
     quote_from,
-    server_offset_from,
     symbol_from,
-    tick_quotes_from,
 )
 from shared.mt5.errors import (
     ORDER_CALLS,
@@ -377,39 +373,6 @@ class Gateway:
         return AccountState(account=figures, positions=open_positions, deals=recent_deals)
 
     # -- trading
-
-    def calc_profit(
-        self, symbol: str, side: str, volume: Decimal, price_open: Decimal, price_close: Decimal
-    ) -> Decimal:
-        """order_calc_profit: what `volume` lots of `side` ("buy" or "sell") opened at `price_open` make at
-        `price_close`, in the account currency (negative: a loss), as the terminal computes it."""
-        order_type = mt5c.ORDER_TYPE_BUY if side == "buy" else mt5c.ORDER_TYPE_SELL
-        reply = self._call(
-            "order_calc_profit", order_type, symbol, float(volume), float(price_open), float(price_close)
-        )
-        with self._reply_of("order_calc_profit"):
-            return amount_from(reply)
-
-    def server_time_offset(self, symbol: str) -> int:
-        """How far (seconds) the trade server's clock is ahead of UTC, learnt from `symbol`'s last tick:
-        rounded to the quarter hour, so right while its quotes are fresh (not over a closed market's
-        weekend: ask it of a symbol that trades)."""
-        tick = self._call("symbol_info_tick", symbol)
-        now = time.time()
-        with self._reply_of("symbol_info_tick"):
-            return server_offset_from(int(tick["time_msc"]) / 1000, now)
-
-    def ticks_since(self, symbol: str, since: datetime, *, limit: int = 100_000) -> list[Quote]:
-        """`symbol`'s ticks (at most `limit`) stamped at or after `since` (UTC), oldest first, as Quotes
-        in UTC: the terminal is asked in its server's time (see server_time_offset)."""
-        offset = self.server_time_offset(symbol)
-        since = as_utc(since)
-        server_from = int(since.timestamp()) + offset  # whole seconds, as the package reads a bound
-        rows = self._call("copy_ticks_from", symbol, server_from, limit, mt5c.COPY_TICKS_ALL)
-        with self._reply_of("copy_ticks_from"):
-            # Tick times are whole milliseconds: a tick in the very millisecond of `since` is after it.
-            floor = since.replace(microsecond=since.microsecond // 1000 * 1000)
-            return [q for q in tick_quotes_from(symbol, rows, offset) if q.time >= floor]
 
     def check_order(self, request: Mapping[str, Any]) -> tuple[int, str]:
         """order_check: (retcode, comment). retcode 0 means the check passed (unlike order_send)."""

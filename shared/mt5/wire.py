@@ -15,7 +15,7 @@ from shared.mt5.errors import TerminalProtocolError
 # The one definition of "plain data": named tuples -> dicts, tuples -> lists, numpy scalars -> Python
 # numbers, numpy structured arrays (copy_ticks_*, copy_rates_*) -> a dict per row, recursively. An array
 # cannot cross as itself: RPyC would send a proxy (every read a round trip), or pickle, which we never
-# read (see below); its rows are plain numbers, and the gateway's converters read them as any struct.
+# read (see below); its rows are plain numbers, read as any struct (the gateway asks for none today).
 # It runs in two places, so it lives as source: exec'd below to define `to_plain`
 # here (for LocalBackend), and sent ahead of _REMOTE_HELPER so the remote Python converts there too.
 # Kept to Python 3.8 syntax: the remote Python is whatever runs under Wine.
