@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -224,8 +224,22 @@ def execute_signal(
                 trade.state = TradeState.PENDING
                 _record(session, trade, "trade.not_found_after_lost_reply")
                 session.commit()
-            _send(session, trade, terminal, settings, queue)
+            guard = order_guard_of(session, trade.account_id)
+            with _account_orders_lock(engine, trade.account_id, guard, settings):
+                _send(session, trade, terminal, settings, queue, guard)
     return trade
+
+
+def _account_orders_lock(
+    engine: sa.Engine, account_id: int, guard: OrderGuard, settings: ExecutionSettings
+) -> AbstractContextManager[None]:
+    """While a limit counts the account's positions or recent orders, its orders are checked and sent one
+    at a time: two workers each counting 19 open positions under a limit of 20 would both send. Busy
+    (TerminalRetryLater, the task retries) while another order of the account is on its way; no lock at
+    all while no such limit is set (the default), so orders of one account go out in parallel."""
+    if risk.needs_positions(guard.orders) or risk.needs_recent_orders(guard.orders):
+        return _trade_lock(engine, f"account-orders:{account_id}", settings)
+    return nullcontext()
 
 
 @contextmanager
@@ -239,15 +253,20 @@ def _trade_lock(engine: sa.Engine, name: str, settings: ExecutionSettings) -> It
 
 
 def _send(
-    session: DbSession, trade: Trade, terminal: TerminalPort, settings: ExecutionSettings, queue: Queue | None
+    session: DbSession,
+    trade: Trade,
+    terminal: TerminalPort,
+    settings: ExecutionSettings,
+    queue: Queue | None,
+    guard: OrderGuard,
 ) -> None:
     signal = trade.signal
     if trade.comment is None:
         # Named as the trade was claimed (_claim_trade): an order without it could never be found again,
         # so none is sent (an unclassified error: counted, retried, then the trade fails).
         raise RuntimeError(f"trade {trade.id} has no comment: refusing to send an order it cannot find")
-    # The guards first, in one small read: a halted account or a blocked symbol costs no terminal call.
-    guard = order_guard_of(session, trade.account_id)
+    # The guards first (`guard`, one small read): a halted account or a blocked symbol costs no terminal
+    # call.
     refused = risk.guard_problems(
         symbol=trade.symbol,
         halted=guard.halted_at is not None,

@@ -247,3 +247,35 @@ def test_a_guard_state_that_is_not_halted_lets_orders_through(run, approved, ter
     db_session.add(GuardState(account_id=account_of(db_session, signal_id), state="warning"))
     db_session.flush()
     assert run(signal_id).state == TradeState.FILLED
+
+
+def test_an_order_counted_against_account_wide_limits_waits_for_the_accounts_other_order(
+    run, approved, terminal, db_session, engine, tmp_path
+):
+    """Two workers each counting 0 open positions under a limit of 1 would both send: while a limit
+    counts the account's positions or orders, its orders go out one at a time. Held by another worker,
+    the account's order lock makes this one retry later, nothing sent."""
+    from shared.core.locks import exclusive
+    from shared.execution.errors import TerminalRetryLater
+
+    signal_id = approved()
+    account_id = account_of(db_session, signal_id)
+    set_orders(db_session, account_id, max_open_positions=1)
+    with exclusive(engine, f"account-orders:{account_id}", lock_dir=tmp_path):
+        with pytest.raises(TerminalRetryLater):
+            run(signal_id)
+        trade = db_session.scalar(sa.select(Trade).where(Trade.signal_id == signal_id))
+        assert (trade.state, trade.attempts, orders_sent(terminal, trade)) == (TradeState.PENDING, 0, 0)
+    assert run(signal_id).state == TradeState.FILLED
+
+
+def test_without_account_wide_limits_orders_of_one_account_need_no_account_lock(
+    run, approved, terminal, db_session, engine, tmp_path
+):
+    from shared.core.locks import exclusive
+
+    signal_id = approved()
+    account_id = account_of(db_session, signal_id)
+    set_orders(db_session, account_id, max_lots_per_order=5)  # about the order alone
+    with exclusive(engine, f"account-orders:{account_id}", lock_dir=tmp_path):
+        assert run(signal_id).state == TradeState.FILLED
