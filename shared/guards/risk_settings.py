@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from shared.audit import trail
 from shared.core.db import DbSession, utcnow
-from shared.core.errors import NotFound
+from shared.core.ownership import get_owned
 from shared.guards.settings import OrderLimits, RiskSettings, default_settings, validate_settings
 from shared.models import Account, AccountRisk, GuardState, User
 
@@ -42,9 +42,7 @@ def save_risk_settings(session: DbSession, user: User, account_id: int, document
     NotFound for an account that is not the user's; InvalidInput (naming each bad field) for a document
     that is not valid, and then nothing is written. A document equal to the current one writes nothing
     either: there is no change to audit."""
-    account = session.get(Account, account_id)
-    if account is None or account.owner_id != user.id:
-        raise NotFound(f"account {account_id} not found")
+    get_owned(session, Account, account_id, user.id, name="account")  # before the body: 404 whatever it says
     settings = validate_settings(document)
     # Two owners' sessions saving at once (two browser tabs) take turns on the account's row, so each
     # audits the document it replaced and neither trips over the other's first insert. NO KEY: new trades
