@@ -653,8 +653,10 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
             errors = [ln for ln in group.log(name).splitlines() if " ERROR" in ln or "Traceback" in ln]
             if errors:
                 result.problems.append(f"{name} log: {len(errors)} error line(s), first: {errors[0][:200]}")
+        # The watch runs where the guards' queue is served: their own process when the Procfile has one.
+        watcher = "guards" if "guards" in group.procs else "worker"
         result.facts["watch_lines"] = sum(
-            1 for ln in group.log("worker").splitlines() if "guard watch:" in ln
+            1 for ln in group.log(watcher).splitlines() if "guard watch:" in ln
         )
     finally:
         receiver.close()

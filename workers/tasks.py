@@ -243,45 +243,42 @@ CONFIRM_IN_TASK = 4
 
 
 @celery_app.task(name=CHECK_GUARDS, soft_time_limit=100, time_limit=120)
-def check_guards(account_ids: list[int]) -> dict[str, int]:
-    """Read each account on its terminal and let its guards decide. An account whose breach is not yet
-    confirmed is read again `TRADEGUARD_GUARD_CONFIRM_SECONDS` after its last reading, by this task
-    itself (a few times at most, then by a task sent with that countdown), so `confirmations` readings
-    take a second or so, not a reconciliation cycle each.
+def check_guards(account_ids: list[int], presumed: list[int] | None = None) -> dict[str, int]:
+    """Read these accounts on their terminals and let their guards decide (`check_accounts`: the
+    terminals asked concurrently, the readings recorded in one transaction). The accounts whose breach
+    is not yet confirmed are read again `TRADEGUARD_GUARD_CONFIRM_SECONDS` after the round before, by
+    this task itself (a few times at most, then by a task sent with that countdown), so `confirmations`
+    readings take a second or so, not a reconciliation cycle each. `presumed`: the accounts the watch
+    estimated at a breach, for the first round (see `engine.record_reading`).
 
     In the task rather than in a new one: a task sent with a countdown waits for its ETA, then for a free
     pool process behind everything queued meanwhile (the alerts' webhooks among them). With 100 accounts
-    breaching at once that wait made most of the 20 s from breach to `alert.pending` (bench/guards.py);
-    reading a batch takes about as long as the confirmation interval, so the wait here is short or none."""
+    breaching at once that wait made most of the 20 s from breach to `alert.pending` (bench/guards.py)."""
     app = flask_app()
     queue = extensions.task_queue(app)
     confirm_seconds = runtime.settings().guard_confirm_seconds
     statuses: Counter[str] = Counter()
     todo = list(dict.fromkeys(account_ids))
-    read_at: dict[int, float] = {}
     notify, schedule = _guard_notify(queue), _guard_schedule(queue)
+    started = time.monotonic()
     with app.app_context():
         try:
             for round_ in range(1 + CONFIRM_IN_TASK):
-                again = []
-                for account_id in todo:
-                    if account_id in read_at:
-                        pause = read_at[account_id] + confirm_seconds - time.monotonic()
-                        if pause > 0:
-                            time.sleep(pause)
-                    read_at[account_id] = time.monotonic()
-                    outcome = guard_readings.check_account(
-                        db.session,
-                        account_id,
-                        open_terminal=runtime.open_pooled_terminal,
-                        notify=notify,
-                        schedule=schedule,
-                    )
-                    if round_ == 0:
-                        statuses[outcome.status] += 1
-                    if outcome.unconfirmed:
-                        again.append(account_id)
-                todo = again
+                if round_:
+                    time.sleep(max(0.0, started + confirm_seconds - time.monotonic()))
+                    started = time.monotonic()
+                outcomes = guard_readings.check_accounts(
+                    db.session,
+                    todo,
+                    open_terminal=runtime.open_pooled_terminal,
+                    notify=notify,
+                    schedule=schedule,
+                    presumed=set(presumed or ()) if round_ == 0 else (),
+                    executor=runtime.sync_threads(),
+                )
+                if round_ == 0:
+                    statuses.update(outcome.status for outcome in outcomes)
+                todo = [outcome.account_id for outcome in outcomes if outcome.unconfirmed]
                 if not todo:
                     break
         finally:
@@ -366,18 +363,24 @@ def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
     return fresh
 
 
+# Accounts per check_guards task sent by the watch: enough tasks for every guards process to take a
+# share of a crowd breaching at once (their terminals are asked concurrently within a task).
+WATCH_BATCH = 10
+
+
 @celery_app.task(name=GUARD_WATCH, base=DatabaseTask)
 def guard_watch() -> int:
     """Beat's fast path for the guards (shared.guards.watch): quote the held symbols, estimate every
     account's equity from its last sync, and read at once those the estimate puts at a limit (those not
     sent by an earlier tick within WATCH_CLAIM_SECONDS)."""
-    account_ids, counts = guard_watch_feature.watch(db.session, open_terminal=runtime.open_pooled_terminal)
-    account_ids = _claim_reads(account_ids, WATCH_CLAIM_SECONDS)
+    result = guard_watch_feature.watch(db.session, open_terminal=runtime.open_pooled_terminal)
+    account_ids = _claim_reads(result.to_read, WATCH_CLAIM_SECONDS)
     if account_ids:
         queue = extensions.task_queue()
-        for batch in schedule.batches(account_ids, 5):
-            queue.send(CHECK_GUARDS, [batch])
-        log.info("guard watch: reading %d account(s) now (%s)", len(account_ids), counts)
+        breached = set(result.breached)
+        for batch in schedule.batches(account_ids, WATCH_BATCH):
+            queue.send(CHECK_GUARDS, [batch, [a for a in batch if a in breached]])
+        log.info("guard watch: reading %d account(s) now (%s)", len(account_ids), result.counts)
     return len(account_ids)
 
 

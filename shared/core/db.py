@@ -78,25 +78,48 @@ _AFTER_COMMIT_KEY = "tradeguard_after_commit"
 
 
 def after_commit(session: DbSession, callback: Callable[[], Any]) -> None:
-    """Run `callback` once the session's current transaction has committed; drop it on rollback.
+    """Run `callback` once the session's current transaction has committed; drop it on rollback,
+    also when only the savepoint it was registered in rolls back (`begin_nested`).
 
     Used to enqueue Celery tasks only for rows that really exist: a task sent before the commit could
     run before the row is visible, and one sent for a rolled-back transaction would act on nothing.
     """
-    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
+    # The savepoint it belongs to, if any (a scoped session is asked for the session it stands for).
+    savepoint = (session if isinstance(session, Session) else session()).get_nested_transaction()
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append((savepoint, callback))
 
 
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
+    # SQLAlchemy sends this event when a savepoint is released too; only the outermost commit counts
+    # (a task sent then would run before its rows are visible: it happened, bench/guards.py).
+    if session.get_nested_transaction() is not None:
+        return
     callbacks = session.info.pop(_AFTER_COMMIT_KEY, [])
-    for callback in callbacks:
+    for _, callback in callbacks:
         callback()
+
+
+def _within(transaction: Any, ancestor: Any) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
-    if previous_transaction.parent is None:  # only when the outermost transaction rolls back
+    if previous_transaction.parent is None:  # the outermost transaction: everything goes
         session.info.pop(_AFTER_COMMIT_KEY, None)
+        return
+    if previous_transaction.nested:  # a savepoint: what was registered inside it goes
+        kept = [
+            (transaction, callback)
+            for transaction, callback in session.info.get(_AFTER_COMMIT_KEY, [])
+            if not _within(transaction, previous_transaction)
+        ]
+        session.info[_AFTER_COMMIT_KEY] = kept
 
 
 def dialect_insert(bind: sa.Engine | sa.Connection) -> Any:

@@ -163,8 +163,15 @@ def record_reading(
     broker_offset_seconds: int | None = None,
     notify: Notify = no_notify,
     schedule: Schedule | None = None,
+    presumed: int = 0,
 ) -> ReadingOutcome:
-    """Apply one reading of one account; the caller commits. See the module docstring."""
+    """Apply one reading of one account; the caller commits. See the module docstring.
+
+    `presumed`: breached readings the guards' watch saw just before this one: it estimated the account's
+    equity from live quotes at a drawdown maximum or under the margin minimum, and sent it to be read
+    (`shared.guards.watch`). When this reading breaches too, the estimate counts as one reading of the
+    run `confirmations` asks for (`rules.assess_limit`); it never stands for this one, so an account is
+    always read before anything is done, and a read that does not breach ends the run as ever."""
     account = session.get(Account, account_id)
     if account is None:
         return ReadingOutcome(account_id, "gone")
@@ -184,6 +191,7 @@ def record_reading(
     stored_limits = dict(state.limits or {})
     new_limits: dict[str, Any] = {k: v for k, v in stored_limits.items() if k.startswith("market:")}
     confirmed: list[rules.LimitAssessment] = []
+    warnings: list[dict[str, Any]] = []  # told once the reading's alert, if any, is known
     any_warning = False
     for limit in settings.drawdown_limits:
         assessment = rules.assess_limit(
@@ -193,6 +201,7 @@ def record_reading(
             initial_balance=state.initial_balance,
             broker_offset_seconds=state.broker_offset_seconds,
             confirmations=settings.confirmations,
+            presumed=presumed,
         )
         new_limits[limit.name] = assessment.state.to_json(assessment)
         any_warning = any_warning or assessment.level != rules.OK
@@ -210,7 +219,7 @@ def record_reading(
         }
         if assessment.warn_now:
             _audit(session, "guard.warning", "account", account_id, **figures)
-            tell("guard.warning", **figures)
+            warnings.append(figures)
         if (
             assessment.new_period
             and state.halted_at is not None
@@ -224,7 +233,7 @@ def record_reading(
 
     # Margin.
     margin_low = rules.margin_breached(reading.margin_level, settings.min_margin_level_percent)
-    state.margin_streak = state.margin_streak + 1 if margin_low else 0
+    state.margin_streak = state.margin_streak + presumed + 1 if margin_low else 0
     margin_confirmed = margin_low and state.margin_streak >= settings.confirmations
 
     # The market, for the symbols the account holds and those it has blocked.
@@ -233,6 +242,7 @@ def record_reading(
     # Act: a halted account is past acting (its orders are refused, its close done); a live alert is
     # already counting down.
     alert = live_alert(session, account_id)
+    raised: DrawdownAlert | None = None
     if state.halted_at is None and alert is None:
         # The first confirmed limit that does more than warn acts; a drawdown before the margin before
         # the market, as the alert closes everything the later ones would.
@@ -243,7 +253,15 @@ def record_reading(
         else:
             breach = _breach(acting, margin_confirmed, market_close, settings, reading, currency)
             if breach is not None:
-                alert = _raise_alert(session, account, settings, reading, currency, breach, tell, schedule)
+                alert = raised = _raise_alert(
+                    session, account, settings, reading, currency, breach, tell, schedule
+                )
+    # A limit that went past its warning straight to the alert this reading raised is not also sent as
+    # a warning: `alert.pending` carries the same figures (and was sent first), and in a crowd breaching
+    # at once the second webhook doubled the deliveries queued before the alerts' (bench/guards.py).
+    for figures in warnings:
+        if raised is None or raised.limit_name != figures["limit"]:
+            tell("guard.warning", **figures)
 
     state.equity, state.balance, state.margin_level = reading.equity, reading.balance, reading.margin_level
     state.currency, state.read_at = currency, reading.at

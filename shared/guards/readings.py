@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -18,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from shared.core.db import DbSession, dialect_insert, utcnow
+from shared.core.executors import Inline
 from shared.guards import engine, rules
 from shared.guards.risk_settings import risk_settings_of
 from shared.guards.settings import RiskSettings
@@ -32,7 +34,7 @@ from shared.models import (
 )
 from shared.mt5.errors import SymbolNotFound, TerminalError
 from shared.mt5.ports import OpenTerminal, TerminalPort
-from shared.mt5.types import Quote, SymbolSpec
+from shared.mt5.types import AccountSnapshot, Quote, SymbolSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,40 +59,141 @@ def check_account(
     schedule: engine.Schedule | None,
     now: datetime | None = None,
 ) -> CheckOutcome:
-    """Read the account on its terminal and record the reading; commits. A terminal that fails gives no
-    reading (nothing is recorded, nothing confirmed or cleared)."""
-    account = session.get(Account, account_id)
-    if account is None:
-        return CheckOutcome(account_id, "gone")
-    try:
-        with open_terminal(account) as terminal:
-            snapshot = terminal.account()
-            positions = terminal.positions()
-            at = now or utcnow()
-            held = sorted({p.symbol for p in positions})
-            quotes, specs = quote_all(terminal, held)
-    except TerminalError as exc:
-        session.rollback()
-        log.warning("account %s: guard check failed (%s: %s)", account_id, type(exc).__name__, exc)
-        return CheckOutcome(account_id, "failed", error=f"{type(exc).__name__}: {exc}")
-    known = session.scalar(
-        sa.select(GuardState.broker_offset_seconds).where(GuardState.account_id == account_id)
-    )
-    offset = observe_market(session, account.server, quotes, specs, at, known_offset=known or 0)
-    reading = rules.Reading(at, snapshot.equity, snapshot.balance, snapshot.margin_level)
-    outcome = engine.record_reading(
-        session,
-        account_id,
-        reading,
-        currency=snapshot.currency,
-        held_symbols=held,
-        broker_offset_seconds=offset,
-        notify=notify,
-        schedule=schedule,
-    )
-    unconfirmed = _unconfirmed(session, account_id, outcome)
+    """Read one account on its terminal and record the reading; commits (see `check_accounts`)."""
+    return check_accounts(
+        session, [account_id], open_terminal=open_terminal, notify=notify, schedule=schedule, now=now
+    )[0]
+
+
+@dataclass(frozen=True)
+class _Opener:
+    """What opening an account's terminal needs (a TerminalAccount), detached from any session: the
+    terminals are read on other threads, and the session's objects are not theirs to touch."""
+
+    id: int
+    terminal_url: str
+    login: int
+    server: str
+    credentials_encrypted: bytes
+
+
+@dataclass(frozen=True)
+class _TerminalRead:
+    account: _Opener
+    at: datetime | None = None
+    snapshot: AccountSnapshot | None = None
+    held: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def check_accounts(
+    session: DbSession,
+    account_ids: Sequence[int],
+    *,
+    open_terminal: OpenTerminal,
+    notify: engine.Notify,
+    schedule: engine.Schedule | None,
+    presumed: Collection[int] = (),
+    executor: Executor | None = None,
+    now: datetime | None = None,
+) -> list[CheckOutcome]:
+    """Read these accounts on their terminals and record the readings; one outcome per id, in order.
+
+    The terminals are asked on `executor` (the worker's thread pool; by default one after the other):
+    the work is waiting on terminals. Then, per trade server, the symbols its accounts hold are quoted
+    once (the market guard's view and the server's clock offset, shared by its accounts), and every
+    reading is recorded in one transaction, a savepoint each, so one account's failure loses no other's
+    reading and the batch pays for one commit, not one per account. Accounts are recorded in id order,
+    as every batch that locks guard states does, so that two batches never wait on each other in a
+    circle. A terminal that fails gives no reading (nothing is recorded, nothing confirmed or cleared).
+
+    `presumed`: the accounts the guards' watch estimated at a breach (`engine.record_reading`)."""
+    ids = list(dict.fromkeys(account_ids))
+    openers = {
+        row.id: _Opener(row.id, row.terminal_url, row.login, row.server, row.credentials_encrypted)
+        for row in session.execute(
+            sa.select(
+                Account.id, Account.terminal_url, Account.login, Account.server, Account.credentials_encrypted
+            ).where(Account.id.in_(ids))
+        )
+    }
+    session.rollback()  # nothing held open while terminals answer
+
+    def read(account: _Opener) -> _TerminalRead:
+        try:
+            with open_terminal(account) as terminal:
+                snapshot = terminal.account()
+                held = tuple(sorted({p.symbol for p in terminal.positions()}))
+                return _TerminalRead(account, now or utcnow(), snapshot, held)
+        except TerminalError as exc:
+            log.warning("account %s: guard check failed (%s: %s)", account.id, type(exc).__name__, exc)
+            return _TerminalRead(account, error=f"{type(exc).__name__}: {exc}")
+
+    runner = executor or Inline()
+    futures = [runner.submit(read, openers[i]) for i in ids if i in openers]
+    reads = {future.result().account.id: future.result() for future in futures}
+    offsets = _observe_servers(session, reads, open_terminal, now)
+    session.commit()  # the quotes are every account's: the watch never waits on this batch's readings
+    outcomes: dict[int, CheckOutcome] = {}
+    for account_id in sorted(reads):
+        done = reads[account_id]
+        if done.snapshot is None or done.at is None:
+            outcomes[account_id] = CheckOutcome(account_id, "failed", error=done.error)
+            continue
+        snapshot = done.snapshot
+        try:
+            with session.begin_nested():
+                outcome = engine.record_reading(
+                    session,
+                    account_id,
+                    rules.Reading(done.at, snapshot.equity, snapshot.balance, snapshot.margin_level),
+                    currency=snapshot.currency,
+                    held_symbols=done.held,
+                    broker_offset_seconds=offsets.get(done.account.server),
+                    notify=notify,
+                    schedule=schedule,
+                    presumed=1 if account_id in presumed else 0,
+                )
+                unconfirmed = _unconfirmed(session, account_id, outcome)
+        except sa.exc.SQLAlchemyError as exc:
+            log.exception("account %s: recording its guard reading failed", account_id)
+            outcomes[account_id] = CheckOutcome(account_id, "failed", error=type(exc).__name__)
+            continue
+        outcomes[account_id] = CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id)
     session.commit()
-    return CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id)
+    return [outcomes.get(i) or CheckOutcome(i, "gone") for i in ids]
+
+
+def _observe_servers(
+    session: DbSession,
+    reads: Mapping[int, _TerminalRead],
+    open_terminal: OpenTerminal,
+    now: datetime | None,
+) -> dict[str, int | None]:
+    """Quote, once per terminal and trade server, every symbol the accounts read there hold
+    (`observe_market`); returns each server's clock offset as learnt from the quotes (None: not
+    learnt, the one known stands)."""
+    groups: dict[tuple[str, str], list[_TerminalRead]] = defaultdict(list)
+    for done in reads.values():
+        if done.snapshot is not None:
+            groups[(done.account.terminal_url, done.account.server)].append(done)
+    offsets: dict[str, int | None] = {}
+    for (_, server), group in sorted(groups.items()):
+        symbols = sorted({symbol for done in group for symbol in done.held})
+        if not symbols:
+            continue
+        try:
+            with open_terminal(group[0].account) as terminal:
+                quotes, specs = quote_all(terminal, symbols)
+        except TerminalError as exc:
+            log.warning("guard check: quoting %s failed (%s: %s)", server, type(exc).__name__, exc)
+            continue
+        at = now or utcnow()
+        known = session.scalar(
+            sa.select(GuardState.broker_offset_seconds).where(GuardState.account_id == group[0].account.id)
+        )
+        offsets[server] = observe_market(session, server, quotes, specs, at, known_offset=known or 0)
+    return offsets
 
 
 def quote_all(

@@ -141,8 +141,12 @@ def assess_limit(
     initial_balance: Decimal,
     broker_offset_seconds: int,
     confirmations: int,
+    presumed: int = 0,
 ) -> LimitAssessment:
     """One drawdown limit against one reading.
+
+    `presumed`: breached readings taken to have come just before this one (the guards' watch estimate,
+    see `engine.record_reading`); they count towards the streak only when this reading breaches too.
 
     A new period (or the first reading) starts the limit afresh: its anchor is the balance or equity of
     that first reading in the period (the nearest the guard saw to the period's start), its peak that
@@ -164,7 +168,7 @@ def assess_limit(
     warning = limit.warn_percent is not None and percent >= limit.warn_percent
     level = BREACH if breached else WARNING if warning else OK
 
-    streak = state.streak + 1 if breached else 0
+    streak = state.streak + presumed + 1 if breached else 0
     warn_now = level != OK and not state.warned
     state = replace(state, streak=streak, warned=level != OK)
     return LimitAssessment(

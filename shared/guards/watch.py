@@ -78,21 +78,33 @@ def estimate_equity(
     return equity
 
 
-def needs_reading(account: WatchedAccount, equity: Decimal) -> bool:
-    """Whether the estimate is at a limit's warning (not yet sent) or maximum, or under the margin
-    minimum: then the account is read now."""
-    for reference, warn_percent, max_percent, max_amount, warned in account.limits:
+def breaches(account: WatchedAccount, equity: Decimal) -> bool:
+    """Whether the estimate is at a limit's maximum (in percent or amount) or under the margin minimum.
+    Such an estimate stands for one of the readings its confirmation needs (`engine.record_reading`)."""
+    for reference, _, max_percent, max_amount, _ in account.limits:
         amount = reference - equity
-        percent = amount / reference * rules.HUNDRED if reference > 0 else Decimal(0)
-        if max_percent is not None and percent >= max_percent:
+        if max_percent is not None and _percent(amount, reference) >= max_percent:
             return True
         if max_amount is not None and amount >= max_amount:
-            return True
-        if warn_percent is not None and percent >= warn_percent and not warned:
             return True
     if account.min_margin_level is not None and account.margin > 0:
         return equity / account.margin * rules.HUNDRED < account.min_margin_level
     return False
+
+
+def needs_reading(account: WatchedAccount, equity: Decimal) -> bool:
+    """Whether the estimate breaches (`breaches`) or is at a limit's warning not yet sent: then the
+    account is read now."""
+    if breaches(account, equity):
+        return True
+    return any(
+        warn_percent is not None and not warned and _percent(reference - equity, reference) >= warn_percent
+        for reference, warn_percent, _, _, warned in account.limits
+    )
+
+
+def _percent(amount: Decimal, reference: Decimal) -> Decimal:
+    return amount / reference * rules.HUNDRED if reference > 0 else Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -209,13 +221,19 @@ def _watched_account(
     )
 
 
-def watch(
-    session: DbSession, *, open_terminal: OpenTerminal, now: datetime | None = None
-) -> tuple[list[int], dict[str, Any]]:
-    """One look at every watched account; returns the ids to read now and what was done (for the log)."""
+@dataclass(frozen=True)
+class WatchResult:
+    to_read: list[int]  # the accounts to read now
+    breached: list[int]  # those among them whose estimate breaches (`breaches`)
+    counts: dict[str, Any]  # what was done, for the log
+
+
+def watch(session: DbSession, *, open_terminal: OpenTerminal, now: datetime | None = None) -> WatchResult:
+    """One look at every watched account."""
     at = now or utcnow()
     groups = _watched(session)
     to_read: list[int] = []
+    breached: list[int] = []
     counts: dict[str, Any] = defaultdict(int)
     openers = {group.opener: session.get(Account, group.opener) for group in groups.values()}
     session.rollback()  # nothing held open while terminals answer
@@ -236,8 +254,12 @@ def watch(
         counts["servers"] += 1
         for account in group.accounts:
             counts["accounts"] += 1
-            if needs_reading(account, estimate_equity(account, quotes, specs)):
+            equity = estimate_equity(account, quotes, specs)
+            if needs_reading(account, equity):
                 to_read.append(account.account_id)
+                if breaches(account, equity):
+                    breached.append(account.account_id)
     session.commit()
     counts["to_read"] = len(to_read)
-    return to_read, dict(counts)
+    counts["breached"] = len(breached)
+    return WatchResult(to_read, breached, dict(counts))

@@ -22,16 +22,17 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Executor, wait
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 
 from shared.audit import trail
 from shared.core.db import DbSession, dialect_insert, utcnow
+from shared.core.executors import Inline
 from shared.core.locks import Lock, Locks, each
 from shared.core.queue import Queue
 from shared.models import (
@@ -77,8 +78,6 @@ _AUDIT = AuditLog.__table__
 # trade server's clock, which may run hours ahead of UTC, hence also the generous end of the window.
 FIRST_DEALS_WINDOW = timedelta(days=1)
 DEALS_WINDOW_AHEAD = timedelta(days=1)
-
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,7 @@ def sync_accounts(
                 log.exception("account %s: reconciliation crashed", work.account.id)
                 return _failure_plan(work, f"crashed: {type(exc).__name__}: {exc}", breaker, now())
 
-        runner = executor or _Inline()
+        runner = executor or Inline()
         order = {work.account.id: index for index, work in enumerate(loaded)}
         futures = {runner.submit(read, work): work for work in loaded}
 
@@ -221,18 +220,6 @@ def sync_accounts(
             ]
             write([future.result() for future in done] + given_up)
     return [outcomes[i] for i in account_ids]
-
-
-class _Inline(Executor):
-    """Runs each submitted call at once, on the calling thread (tests, one-account syncs)."""
-
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
-        future: Future[R] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
 
 
 def sync_account(

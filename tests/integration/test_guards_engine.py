@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from shared.core.db import utcnow
+from shared.core.db import after_commit, utcnow
 from shared.guards import engine as guards
 from shared.guards import readings, watch
 from shared.guards.settings import default_settings, validate_settings
@@ -278,6 +278,128 @@ def test_a_failed_reading_neither_confirms_nor_clears(guarded, terminal, db_sess
     assert alerts_of(db_session, account_id) == []
 
 
+def test_the_watchs_estimate_stands_for_one_confirmation_never_for_the_account_read(
+    guarded, terminal, db_session, recorder
+):
+    """An account the watch estimated at a breach (`presumed`) needs one reading fewer; with three
+    confirmations, two account reads are still needed, and a read that does not breach confirms nothing."""
+    _, account_id, login, _, _ = guarded(confirmations=3)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+
+    def check(presumed):
+        (outcome,) = readings.check_accounts(
+            db_session,
+            [account_id],
+            open_terminal=open_sim(terminal),
+            notify=recorder.notify,
+            schedule=recorder.schedule,
+            presumed={account_id} if presumed else (),
+        )
+        return outcome
+
+    check(presumed=False)
+    # The estimate was wrong (the position moved back before the read): nothing builds up.
+    assert not check(presumed=True).unconfirmed
+    assert state_of(db_session, account_id).limits["max drawdown"]["streak"] == 0
+
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)  # 30 pips: 3 %
+    first = check(presumed=True)
+    assert first.unconfirmed and alerts_of(db_session, account_id) == []  # estimate + 1 read of 3
+    second = check(presumed=False)
+    (alert,) = alerts_of(db_session, account_id)
+    assert second.state == "alert" and second.alert_id == alert.id
+
+
+def test_a_presumed_breach_is_alerted_on_the_first_account_read_with_two_confirmations(
+    guarded, terminal, db_session, recorder
+):
+    _, account_id, login, _, _ = guarded(confirmations=2)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check = dict(open_terminal=open_sim(terminal), notify=recorder.notify, schedule=recorder.schedule)
+    readings.check_accounts(db_session, [account_id], **check)
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    (outcome,) = readings.check_accounts(db_session, [account_id], presumed=[account_id], **check)
+    (alert,) = alerts_of(db_session, account_id)
+    assert (outcome.state, outcome.alert_id, alert.status) == ("alert", alert.id, "pending")
+
+
+def test_a_limit_that_goes_straight_past_its_warning_to_the_alert_sends_the_alert_alone(
+    guarded, terminal, db_session, recorder
+):
+    """`alert.pending` carries the figures a warning would: one webhook, not two, for that limit; another
+    limit's warning in the same reading is still sent, and the audit log keeps every warning."""
+    daily = {
+        "name": "daily loss",
+        "period": "day",
+        "reference": "period_start_equity",
+        "warn_percent": 2.5,
+        "max_percent": 50,
+        "action": "warn",
+        "resume": "next_period",
+    }
+    maximum = {
+        "name": "max drawdown",
+        "period": "lifetime",
+        "reference": "peak_equity",
+        "warn_percent": 1,
+        "max_percent": 2,
+        "action": "close",
+        "resume": "manual",
+    }
+    _, account_id, login, check, _ = guarded(confirmations=1, drawdown_limits=[maximum, daily])
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    assert recorder.names() == []
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)  # 30 pips: 3 %, past both warnings
+    assert check().state == "alert"
+    assert recorder.names() == ["alert.pending", "guard.warning"]
+    assert recorder.events[-1][2]["limit"] == "daily loss"
+    warned = db_session.scalars(
+        sa.select(AuditLog.meta).where(AuditLog.action == "guard.warning", AuditLog.target_id == account_id)
+    ).all()
+    assert sorted(meta["limit"] for meta in warned) == ["daily loss", "max drawdown"]
+
+
+def test_a_batch_records_each_account_on_its_own_and_a_failure_loses_no_other_reading(
+    guarded, terminal, db_session, recorder, monkeypatch
+):
+    """One transaction for the batch, a savepoint per account: an account whose terminal fails gives no
+    reading, one whose recording fails is rolled back alone (with the tasks it asked to send after the
+    commit), and the others' readings and follow-ups land. Outcomes come back in the order asked."""
+    accounts = [guarded() for _ in range(3)]
+    (_, ok_id, ok_login, _, _), (_, broken_id, broken_login, _, _), (_, down_id, down_login, _, _) = accounts
+    for login in (ok_login, broken_login, down_login):
+        terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    sent = []
+    real = guards.record_reading
+
+    def record_reading(session, account_id, *args, **kwargs):
+        outcome = real(session, account_id, *args, **kwargs)
+        after_commit(session, lambda: sent.append(account_id))
+        if account_id == broken_id:
+            raise sa.exc.OperationalError("UPDATE guard_states", {}, Exception("the server went away"))
+        return outcome
+
+    monkeypatch.setattr(readings.engine, "record_reading", record_reading)
+    terminal.sim_disconnect(30, login=down_login)
+    outcomes = readings.check_accounts(
+        db_session,
+        [down_id, broken_id, ok_id],
+        open_terminal=open_sim(terminal),
+        notify=recorder.notify,
+        schedule=recorder.schedule,
+    )
+    assert [(o.account_id, o.status) for o in outcomes] == [
+        (down_id, "failed"),
+        (broken_id, "failed"),
+        (ok_id, "ok"),
+    ]
+    assert "OperationalError" in outcomes[1].error and "TerminalError" not in outcomes[1].error
+    assert sent == [ok_id]
+    assert state_of(db_session, ok_id).read_at is not None
+    assert state_of(db_session, broken_id) is None and state_of(db_session, down_id) is None
+
+
 def test_a_close_whose_reply_was_lost_is_found_by_its_comment_and_never_sent_twice(
     guarded, terminal, db_session
 ):
@@ -445,11 +567,11 @@ def test_the_watch_reads_at_once_an_account_its_quotes_push_over_a_limit(
         ) as gateway:
             yield gateway
 
-    assert watch.watch(db_session, open_terminal=open_terminal)[0] == []
+    assert watch.watch(db_session, open_terminal=open_terminal).to_read == []
     terminal.sim_set_quote("EURUSD", 1.08395, 1.08405)  # 10.5 pips: 1.05 %, the warning
-    assert watch.watch(db_session, open_terminal=open_terminal)[0] == [account_id]
+    assert watch.watch(db_session, open_terminal=open_terminal).to_read == [account_id]
     terminal.sim_set_quote("EURUSD", 1.08480, 1.08490)  # back to 0.2 %
-    assert watch.watch(db_session, open_terminal=open_terminal)[0] == []
+    assert watch.watch(db_session, open_terminal=open_terminal).to_read == []
     # The watch saw the spread too: the market guard's view of EURUSD on this server is fresh.
     seen = db_session.get(MarketQuote, ("TradeGuard-Sim", "EURUSD"))
     assert (seen.bid, seen.spread_pips) == (Decimal("1.0848"), Decimal("1.00"))
@@ -704,17 +826,17 @@ def test_the_watch_skips_a_halted_account_and_sees_new_settings_at_once(
     db_session.commit()
 
     terminal.sim_set_quote("EURUSD", 1.08395, 1.08405)  # 10.5 pips on 1 lot: the 1 % warning
-    assert watch.watch(db_session, open_terminal=open_sim(terminal))[0] == [watched_id]
+    assert watch.watch(db_session, open_terminal=open_sim(terminal)).to_read == [watched_id]
     # Warned: the same price is no reason to read it again...
     state = db_session.get(GuardState, watched_id)
     state.limits = {**state.limits, "max drawdown": {**state.limits["max drawdown"], "warned": True}}
     state.updated_at = utcnow()
     db_session.commit()
-    assert watch.watch(db_session, open_terminal=open_sim(terminal))[0] == []
+    assert watch.watch(db_session, open_terminal=open_sim(terminal)).to_read == []
     # ...until its owner lowers the maximum below the drawdown it is at.
     risk = db_session.get(AccountRisk, watched_id)
     document = dict(risk.settings)
     document["drawdown_limits"] = [{**document["drawdown_limits"][0], "warn_percent": 0.5, "max_percent": 1}]
     risk.settings, risk.updated_at = validate_settings(document), utcnow()
     db_session.commit()
-    assert watch.watch(db_session, open_terminal=open_sim(terminal))[0] == [watched_id]
+    assert watch.watch(db_session, open_terminal=open_sim(terminal)).to_read == [watched_id]

@@ -21,3 +21,38 @@ def test_callbacks_run_after_commit_and_are_dropped_on_rollback():
         session.rollback()
         session.commit()  # a later commit must not run what the rollback discarded
         assert ran == ["kept"]
+
+
+def test_a_released_savepoint_runs_nothing_until_the_transaction_commits():
+    """SQLAlchemy sends `after_commit` when a savepoint is released too: a task sent then would run
+    before its rows are visible to any other connection."""
+    engine = sa.create_engine("sqlite://")
+    ran: list[str] = []
+    with Session(engine) as session:
+        session.execute(sa.text("SELECT 1"))
+        after_commit(session, lambda: ran.append("before the savepoint"))
+        with session.begin_nested():
+            after_commit(session, lambda: ran.append("in the savepoint"))
+        assert ran == []
+        session.commit()
+        assert ran == ["before the savepoint", "in the savepoint"]
+
+
+def test_a_savepoint_rolled_back_drops_only_what_was_registered_inside_it():
+    engine = sa.create_engine("sqlite://")
+    ran: list[str] = []
+    with Session(engine) as session:
+        session.execute(sa.text("SELECT 1"))
+        after_commit(session, lambda: ran.append("outside"))
+        try:
+            with session.begin_nested():
+                after_commit(session, lambda: ran.append("failed account"))
+                with session.begin_nested():  # a savepoint inside it goes with it
+                    after_commit(session, lambda: ran.append("inner"))
+                raise RuntimeError("this account's reading failed")
+        except RuntimeError:
+            pass
+        with session.begin_nested():
+            after_commit(session, lambda: ran.append("next account"))
+        session.commit()
+        assert ran == ["outside", "next account"]

@@ -37,7 +37,7 @@ def reading(equity, balance=None, at=None, margin_level=None):
     )
 
 
-def assess(the_limit, previous, the_reading, *, initial=D(10000), offset=0, confirmations=1):
+def assess(the_limit, previous, the_reading, *, initial=D(10000), offset=0, confirmations=1, presumed=0):
     return rules.assess_limit(
         the_limit,
         previous,
@@ -45,6 +45,7 @@ def assess(the_limit, previous, the_reading, *, initial=D(10000), offset=0, conf
         initial_balance=initial,
         broker_offset_seconds=offset,
         confirmations=confirmations,
+        presumed=presumed,
     )
 
 
@@ -144,6 +145,19 @@ def test_a_breach_acts_only_after_the_confirmations_in_a_row():
     calm = assess(limit(), two.state, reading(9800), confirmations=3)
     again = assess(limit(), calm.state, reading(9000), confirmations=3)
     assert (calm.state.streak, again.state.streak, again.confirmed) == (0, 1, False)
+
+
+def test_a_presumed_breach_counts_towards_the_run_only_when_the_reading_breaches_too():
+    """The watch's estimate at a breach is a breached reading just before this one."""
+    start = assess(limit(), None, reading(10000), confirmations=3)
+    wrong = assess(limit(), start.state, reading(9550), confirmations=3, presumed=1)
+    assert (wrong.level, wrong.state.streak, wrong.confirmed) == (rules.WARNING, 0, False)
+    first = assess(limit(), start.state, reading(9000), confirmations=3, presumed=1)
+    assert (first.state.streak, first.confirmed) == (2, False)
+    second = assess(limit(), first.state, reading(9000), confirmations=3)
+    assert (second.state.streak, second.confirmed) == (3, True)
+    # With two confirmations the estimate and one read are the run.
+    assert assess(limit(), start.state, reading(9000), confirmations=2, presumed=1).confirmed
 
 
 def test_the_warning_is_sent_once_until_the_limit_is_ok_again():

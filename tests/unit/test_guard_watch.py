@@ -6,7 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal as D
 
-from shared.guards.watch import WatchedAccount, WatchedPosition, estimate_equity, needs_reading
+from shared.guards.watch import (
+    WatchedAccount,
+    WatchedPosition,
+    breaches,
+    estimate_equity,
+    needs_reading,
+)
 from shared.mt5.types import Quote, SymbolSpec
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -83,3 +89,25 @@ def test_the_margin_minimum_itself_is_no_reason_to_read():
 
 def test_a_zero_reference_never_calls_for_a_reading():
     assert not needs_reading(account([], [(D(0), D(4), D(5), None, False)]), D(0))
+
+
+def test_an_estimate_breaches_at_a_maximum_in_percent_or_amount_not_at_a_warning():
+    """Only a breach stands for a confirmation (engine.record_reading's `presumed`); a warning is read."""
+    limits = [(D(10000), D(4), D(5), None, False)]
+    assert not breaches(account([], limits), D(9600))  # the warning: read, but presumes nothing
+    assert not breaches(account([], limits), D("9500.01"))
+    assert breaches(account([], limits), D(9500))  # exactly the maximum breaches, as the engine says
+    by_amount = [(D(10000), None, None, D(300), False)]
+    assert not breaches(account([], by_amount), D("9700.01"))
+    assert breaches(account([], by_amount), D(9700))
+    # Either limit of several: the second one's maximum is reached first here.
+    two = [(D(10000), None, D(5), None, False), (D(9800), None, D(2), None, False)]
+    assert not breaches(account([], two), D("9604.01"))
+    assert breaches(account([], two), D(9604))
+
+
+def test_an_estimate_breaches_under_the_margin_minimum_not_at_it():
+    assert breaches(account([], min_margin=D(150), margin="6000"), D("8999.99"))
+    assert not breaches(account([], min_margin=D(150), margin="6000"), D(9000))
+    assert not breaches(account([], min_margin=D(150), margin="0"), D(1))  # no margin used: no level
+    assert not breaches(account([], [(D(0), D(4), D(5), None, False)]), D(-5))  # a zero reference
