@@ -655,9 +655,7 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
                 result.problems.append(f"{name} log: {len(errors)} error line(s), first: {errors[0][:200]}")
         # The watch runs where the guards' queue is served: their own process when the Procfile has one.
         watcher = "guards" if "guards" in group.procs else "worker"
-        result.facts["watch_lines"] = sum(
-            1 for ln in group.log(watcher).splitlines() if "guard watch:" in ln
-        )
+        result.facts["watch_lines"] = sum(1 for ln in group.log(watcher).splitlines() if "guard watch:" in ln)
     finally:
         receiver.close()
         group.stop_all()
