@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.audit import trail
 from shared.core.db import DbSession, dialect_insert, utcnow
@@ -563,17 +564,23 @@ def execute_alert(
         )
 
     with open_terminal(account) as terminal:
+        # The positions as this run's decision read them, a moment ago: the closes it committed start
+        # from them (one terminal call less each); a run that finds the alert closing already reads
+        # each close afresh.
+        decided_now: Mapping[int, Position] = {}
         if alert.status == "pending":
             decided = _decide(session, alert, account, terminal, now(), tell)
-            if decided is not None:
+            if isinstance(decided, AlertResult):
                 return decided
+            decided_now = decided
         # closing: each row to its end.
         rows = session.scalars(
             sa.select(AlertClose).where(AlertClose.alert_id == alert.id).order_by(AlertClose.id)
         ).all()
         for row in rows:
             if row.state not in FINAL_CLOSE_STATES:
-                _close_one(session, row, account, terminal, settings, tell, now)
+                position = decided_now.get(row.position_ticket)
+                _close_one(session, row, account, terminal, settings, tell, now, position)
         return _finish(session, alert, rows, tell)
 
 
@@ -584,9 +591,10 @@ def _decide(
     terminal: TerminalPort,
     at: datetime,
     tell: Callable[..., None],
-) -> AlertResult | None:
+) -> AlertResult | dict[int, Position]:
     """At the end of the grace period: read the account again; cancel when the breach cleared, else commit
-    the closes to make (status `closing`). None when there are closes to make."""
+    the closes to make (status `closing`). When there are closes to make: the positions read, by ticket
+    (none when another run had decided already)."""
     snapshot = terminal.account()
     positions = terminal.positions()
     reading = rules.Reading(at, snapshot.equity, snapshot.balance, snapshot.margin_level)
@@ -595,7 +603,7 @@ def _decide(
     session.refresh(alert, with_for_update=True)
     if alert.status != "pending":
         session.commit()
-        return None if alert.status == "closing" else AlertResult(alert.id, alert.status)
+        return {} if alert.status == "closing" else AlertResult(alert.id, alert.status)
     state = _locked_state(session, account.id, at)
     still = _still_breached(alert, settings, state, reading, session, account, at)
     if still is None:
@@ -618,31 +626,38 @@ def _decide(
         min_margin_level=settings.min_margin_level_percent,
     )
     trades = _trades_by_position(session, account.id, [p.ticket for p in chosen])
-    insert = dialect_insert(session.get_bind())
-    for position in chosen:
-        source = next(p for p in positions if p.ticket == position.ticket)
+    by_ticket = {p.ticket: p for p in positions}
+    if chosen:
         # A position another alert already took (it is closed once, ever) is skipped by the unique key.
         session.execute(
-            insert(AlertClose.__table__)
+            dialect_insert(session.get_bind())(AlertClose.__table__)
             .values(
-                alert_id=alert.id,
-                account_id=account.id,
-                trade_id=trades.get(position.ticket),
-                position_ticket=position.ticket,
-                position_key=position.key,
-                symbol=position.symbol,
-                side=position.side,
-                volume=source.volume,
-                state="pending",
-                attempts=0,
-                created_at=at,
+                [
+                    {
+                        "alert_id": alert.id,
+                        "account_id": account.id,
+                        "trade_id": trades.get(position.ticket),
+                        "position_ticket": position.ticket,
+                        "position_key": position.key,
+                        "symbol": position.symbol,
+                        "side": position.side,
+                        "volume": by_ticket[position.ticket].volume,
+                        "state": "pending",
+                        "attempts": 0,
+                        "created_at": at,
+                    }
+                    for position in chosen
+                ]
             )
             .on_conflict_do_nothing()
         )
-    session.flush()
-    for row in session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id)):
-        if row.comment is None:
-            row.comment = close_comment(row.id)
+        # Each close named by its own id (close_comment), in the same statement for all of them.
+        session.execute(
+            sa.update(AlertClose)
+            .where(AlertClose.alert_id == alert.id, AlertClose.comment.is_(None))
+            .values(comment=sa.literal(CLOSE_COMMENT_PREFIX) + sa.cast(AlertClose.id, sa.String))
+            .execution_options(synchronize_session=False)
+        )
     alert.status = "closing"
     alert.details = {
         **(alert.details or {}),
@@ -653,12 +668,15 @@ def _decide(
         session, "alert.closing", "alert", alert.id, account_id=account.id, positions=len(chosen), why=still
     )
     session.commit()  # the intent, before any order is sent
-    return None
+    return by_ticket
+
+
+CLOSE_COMMENT_PREFIX = "TG-X"
 
 
 def close_comment(close_id: int) -> str:
     """Names the close in its order's comment, so that it is found again after a lost reply."""
-    return f"TG-X{close_id}"
+    return f"{CLOSE_COMMENT_PREFIX}{close_id}"
 
 
 def _still_breached(
@@ -747,11 +765,15 @@ def _close_one(
     settings: GuardSettings,
     tell: Callable[..., None],
     now: Callable[[], datetime],
+    decided: Position | None = None,
 ) -> None:
-    """Close one position, exactly once. Commits after each step."""
-    # As it is now, not as this session first read it (sessions keep what they read across commits,
-    # and another worker may have moved the row on since).
-    session.refresh(row)
+    """Close one position, exactly once. Commits after each step. `decided`: the position as the
+    decision that made this close read it, in this run (the row is then as that decision committed it;
+    the claim below still guards against another copy of the task)."""
+    if decided is None:
+        # As it is now, not as this session first read it (sessions keep what they read across
+        # commits, and another worker may have moved the row on since).
+        session.refresh(row)
     if row.state in FINAL_CLOSE_STATES:
         return
     if row.state == "sent":
@@ -793,9 +815,12 @@ def _close_one(
         session.commit()
         session.refresh(row)
 
-    for _ in range(settings.max_price_retries + 1):
-        positions = {p.ticket: p for p in terminal.positions(row.symbol)}
-        position = positions.get(row.position_ticket)
+    for attempt in range(settings.max_price_retries + 1):
+        if attempt == 0 and decided is not None and row.state == "pending":
+            position: Position | None = decided
+        else:
+            symbol_positions = terminal.positions(row.symbol)
+            position = next((p for p in symbol_positions if p.ticket == row.position_ticket), None)
         if position is None:
             _gone(session, row, terminal, tell, now)
             return
@@ -820,9 +845,10 @@ def _close_one(
             sa.update(AlertClose)
             .where(AlertClose.id == row.id, AlertClose.state == "pending")
             .values(state="sent", attempts=AlertClose.attempts + 1, sent_at=now())
+            .returning(AlertClose.attempts, AlertClose.sent_at)
             .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        if not claimed:
+        ).first()
+        if claimed is None:
             session.commit()
             session.refresh(row)
             if row.state in FINAL_CLOSE_STATES:
@@ -830,7 +856,7 @@ def _close_one(
             raise CloseInFlight(f"close {row.id}: another worker is sending it")
         _audit(session, "position.close_sent", "alert", row.alert_id, close_id=row.id, price=price)
         session.commit()  # the intent is on record before the order leaves
-        session.refresh(row)
+        _as_stored(row, state="sent", attempts=claimed.attempts, sent_at=claimed.sent_at)
         try:
             result = terminal.send_order(request)
         except OrderOutcomeUnknown:
@@ -926,7 +952,14 @@ def _closed(
             )
             tell("trade.closed", trade_id=row.trade_id, reason="guard", close_price=price, pnl=pnl)
     session.commit()
-    session.refresh(row)
+    _as_stored(row, state="closed", close_price=price, pnl=pnl, deal_ticket=deal_ticket, closed_at=at)
+
+
+def _as_stored(row: AlertClose, **values: Any) -> None:
+    """Tell the session what a conditional UPDATE of ours just committed to the row, without reading
+    it back (the UPDATE took, so these are its values)."""
+    for name, value in values.items():
+        set_committed_value(row, name, value)
 
 
 def _gone(

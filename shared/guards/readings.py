@@ -473,7 +473,9 @@ def _record_quiet(
         candidates.append((account_id, row, reading, limits, problems))
     held = _held_symbols(session, [c[0] for c in candidates if c[4]])
     written: set[int] = set()
-    for account_id, row, reading, limits, problems in candidates:
+    # In account order, as every batch that writes guard states goes (check_accounts): two batches
+    # then never each hold a row the other waits for.
+    for account_id, row, reading, limits, problems in sorted(candidates, key=lambda c: c[0]):
         if problems & set(held.get(account_id, ())):
             continue
         changed = session.execute(

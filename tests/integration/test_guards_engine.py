@@ -181,6 +181,7 @@ def test_a_breach_warns_then_alerts_after_its_confirmations_and_the_close_takes_
     closes = list(db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id)))
     assert sorted(c.position_ticket for c in closes) == sorted([first, second])
     assert all(c.state == "closed" and c.close_price == Decimal("1.083") and c.pnl < 0 for c in closes)
+    assert all(c.comment == guards.close_comment(c.id) and c.attempts == 1 for c in closes)
     # Larger loser first.
     assert [c.position_ticket for c in sorted(closes, key=lambda c: c.id)] == [first, second]
     (alert,) = alerts_of(db_session, account_id)
