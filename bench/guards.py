@@ -835,7 +835,8 @@ def main() -> None:
         flush=True,
     )
     rounds = [run_round(args, f"r{i}") for i in range(args.rounds)]
-    results: list[dict[str, Any]] = [report(rounds, args)]
+    # --rounds 0: the fanout comparison alone.
+    results: list[dict[str, Any]] = [report(rounds, args)] if rounds else []
     if args.fanout:
         reference = extract(args.fanout_reference)
         runs: dict[str, list[dict[str, Any]]] = {args.fanout_reference: [], "this tree": []}

@@ -29,7 +29,16 @@ class Recorder:
 
 
 @pytest.fixture
-def account(api, db_session, terminal):
+def account(make_account):
+    return make_account()
+
+
+@pytest.fixture
+def make_account(api, db_session, terminal):
+    return lambda: _guarded_account(api, db_session, terminal)
+
+
+def _guarded_account(api, db_session, terminal):
     world = api.setup()
     account_id, login = world["account"]["id"], world["account"]["login"]
     document = default_settings()
@@ -170,3 +179,59 @@ def test_a_market_problem_keeps_a_reading_off_the_quiet_path_only_on_a_symbol_th
         limits = figures(db_session, account)["limits"]
         # Only the engine writes the market guard's streak: it read the account when EURUSD blew out.
         assert ("market:EURUSD" in limits) == (symbol == "EURUSD"), symbol
+
+
+def test_a_batch_writes_its_quiet_readings_in_one_statement_and_leaves_the_one_that_lost_the_race(
+    make_account, sync, terminal, db_session, monkeypatch
+):
+    """Three quiet readings in one batch, the middle one's state changed by another reading after the
+    batch looked: the other two are written together, the middle one goes through the engine."""
+    recorder = Recorder()
+    ids = [make_account() for _ in range(3)]
+    for account_id in ids:
+        assert sync(account_id).status == "ok"
+    readings.record_synced(db_session, ids, notify=recorder.notify, schedule=None)
+    terminal.sim_set_quote("EURUSD", 1.08600, 1.08610)
+    for account_id in ids:
+        assert sync(account_id).status == "ok"
+    expected = {account_id: through_the_engine(db_session, account_id) for account_id in ids}
+    raced = ids[1]
+    decide = readings._quiet_limits
+
+    def then_another_reading(row, *args, **kwargs):
+        decided = decide(row, *args, **kwargs)
+        if row.account_id == raced:
+            db_session.execute(
+                sa.text(
+                    "UPDATE guard_states SET updated_at = updated_at + interval '1 ms' WHERE account_id = :a"
+                ),
+                {"a": raced},
+            )
+        return decided
+
+    calls = []
+    record = guards.record_reading
+
+    def counted(session, account_id, *args, **kwargs):
+        calls.append(account_id)
+        return record(session, account_id, *args, **kwargs)
+
+    statements = []
+
+    def count_updates(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE guard_states"):
+            statements.append(statement)
+
+    monkeypatch.setattr(readings, "_quiet_limits", then_another_reading)
+    monkeypatch.setattr(guards, "record_reading", counted)
+    engine = db_session.get_bind().engine
+    sa.event.listen(engine, "before_cursor_execute", count_updates)
+    try:
+        outcomes = readings.record_synced(db_session, ids, notify=recorder.notify, schedule=None)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count_updates)
+    assert [(o.account_id, o.status, o.state) for o in outcomes] == [(i, "ok", "ok") for i in ids]
+    assert calls == [raced]
+    assert len([s for s in statements if "FROM (VALUES" in s]) == 1
+    for account_id in ids:
+        assert figures(db_session, account_id) == expected[account_id], account_id
