@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Task
@@ -231,8 +231,8 @@ def _guard_notify(queue: Queue | None = None) -> guard_engine.Notify:
 
 
 def _guard_schedule(queue: Queue) -> guard_engine.Schedule:
-    def schedule(session: Any, task: str, args: list[Any], countdown: float) -> None:
-        after_commit(session, lambda: queue.send(task, args, countdown=countdown))
+    def schedule(session: Any, task: str, args: list[Any], at: datetime) -> None:
+        after_commit(session, lambda: queue.send(task, args, eta=at))
 
     return schedule
 

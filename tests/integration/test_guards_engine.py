@@ -29,13 +29,13 @@ PIN = (1.08500, 1.08510)
 class Recorder:
     def __init__(self):
         self.events = []  # (owner_id, event, data)
-        self.scheduled = []  # (task, args, countdown)
+        self.scheduled = []  # (task, args, at)
 
     def notify(self, session, owner_id, event, data):
         self.events.append((owner_id, event, data))
 
-    def schedule(self, session, task, args, countdown):
-        self.scheduled.append((task, args, countdown))
+    def schedule(self, session, task, args, at):
+        self.scheduled.append((task, args, at))
 
     def names(self):
         return [event for _, event, _ in self.events]
@@ -173,7 +173,7 @@ def test_a_breach_warns_then_alerts_after_its_confirmations_and_the_close_takes_
     assert alert.drawdown_percent > Decimal(2) and alert.threshold_percent == Decimal(2)
     assert recorder.names()[-1] == "alert.pending"
     assert recorder.events[-1][2]["close_at"] == alert.close_at.isoformat()
-    assert recorder.scheduled == [("tradeguard.execute_alert", [alert.id], 0)]
+    assert recorder.scheduled == [("tradeguard.execute_alert", [alert.id], alert.close_at)]
 
     result = execute(alert.id)
     assert (result.status, result.closed) == ("executed", 2)

@@ -24,7 +24,7 @@ class Recorder:
     def notify(self, session, owner_id, event, data):
         self.events.append(event)
 
-    def schedule(self, session, task, args, countdown):
+    def schedule(self, session, task, args, at):
         self.events.append(task)
 
 
