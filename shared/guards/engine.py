@@ -235,7 +235,7 @@ def record_reading(
     # Margin.
     margin_low = rules.margin_breached(reading.margin_level, settings.min_margin_level_percent)
     state.margin_streak = state.margin_streak + presumed + 1 if margin_low else 0
-    margin_confirmed = margin_low and state.margin_streak >= settings.confirmations
+    margin_confirmed = state.margin_streak >= settings.confirmations  # the streak is 0 unless low
 
     # The market, for the symbols the account holds and those it has blocked.
     market_close = _assess_market(session, state, account, settings, held_symbols, reading.at, tell)

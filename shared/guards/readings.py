@@ -34,7 +34,7 @@ from shared.models import (
 )
 from shared.mt5.errors import SymbolNotFound, TerminalError
 from shared.mt5.ports import OpenTerminal, TerminalPort
-from shared.mt5.types import AccountSnapshot, Quote, SymbolSpec
+from shared.mt5.types import Quote, SymbolSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class _Opener:
 @dataclass(frozen=True)
 class _TerminalRead:
     account: _Opener
-    at: datetime | None = None
-    snapshot: AccountSnapshot | None = None
+    reading: rules.Reading | None = None  # None: the terminal gave none (see `error`)
+    currency: str = ""
     held: tuple[str, ...] = ()
     error: str | None = None
 
@@ -124,7 +124,7 @@ def check_accounts(
             with open_terminal(account) as terminal:
                 snapshot = terminal.account()
                 held = tuple(sorted({p.symbol for p in terminal.positions()}))
-                return _TerminalRead(account, now or utcnow(), snapshot, held)
+                at = now or utcnow()
         except TerminalError as exc:
             log.warning("account %s: guard check failed (%s: %s)", account.id, type(exc).__name__, exc)
             return _TerminalRead(account, error=f"{type(exc).__name__}: {exc}")
@@ -133,6 +133,8 @@ def check_accounts(
             # no reading, as a terminal that fails gives none.
             log.exception("account %s: guard check crashed", account.id)
             return _TerminalRead(account, error=f"crashed: {type(exc).__name__}: {exc}")
+        reading = rules.Reading(at, snapshot.equity, snapshot.balance, snapshot.margin_level)
+        return _TerminalRead(account, reading, snapshot.currency, held)
 
     runner = executor or Inline()
     futures = [runner.submit(read, openers[i]) for i in ids if i in openers]
@@ -142,17 +144,16 @@ def check_accounts(
     outcomes: dict[int, CheckOutcome] = {}
     for account_id in sorted(reads):
         done = reads[account_id]
-        if done.snapshot is None or done.at is None:
+        if done.reading is None:
             outcomes[account_id] = CheckOutcome(account_id, "failed", error=done.error)
             continue
-        snapshot = done.snapshot
         try:
             with session.begin_nested():
                 outcome = engine.record_reading(
                     session,
                     account_id,
-                    rules.Reading(done.at, snapshot.equity, snapshot.balance, snapshot.margin_level),
-                    currency=snapshot.currency,
+                    done.reading,
+                    currency=done.currency,
                     held_symbols=done.held,
                     broker_offset_seconds=offsets.get(done.account.server),
                     notify=notify,
@@ -180,7 +181,7 @@ def _observe_servers(
     learnt, the one known stands)."""
     groups: dict[tuple[str, str], list[_TerminalRead]] = defaultdict(list)
     for done in reads.values():
-        if done.snapshot is not None:
+        if done.reading is not None:
             groups[(done.account.terminal_url, done.account.server)].append(done)
     offsets: dict[str, int | None] = {}
     for (_, server), group in sorted(groups.items()):

@@ -11,12 +11,13 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.core.db import after_commit, utcnow
 from shared.guards import engine as guards
 from shared.guards import readings, watch
 from shared.guards.settings import default_settings, validate_settings
-from shared.models import AccountRisk, AlertClose, AuditLog, DrawdownAlert, GuardState, MarketQuote
+from shared.models import Account, AccountRisk, AlertClose, AuditLog, DrawdownAlert, GuardState, MarketQuote
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import OrderOutcomeUnknown
 from shared.mt5.gateway import Gateway
@@ -24,6 +25,16 @@ from shared.mt5.sim.terminal import SimTerminal
 
 # 1 lot of EURUSD moves 10 USD a pip: on the demo account's 10,000 USD, 20 pips are 2 %.
 PIN = (1.08500, 1.08510)
+# The guarded account's limit unless a test says otherwise: warn at 1 %, close at 2 %.
+MAX_DRAWDOWN = {
+    "name": "max drawdown",
+    "period": "lifetime",
+    "reference": "peak_equity",
+    "warn_percent": 1,
+    "max_percent": 2,
+    "action": "close",
+    "resume": "manual",
+}
 
 
 class Recorder:
@@ -59,17 +70,7 @@ def guarded(api, db_session, terminal, market, recorder):
             {
                 "grace_seconds": 0,
                 "confirmations": 2,
-                "drawdown_limits": [
-                    {
-                        "name": "max drawdown",
-                        "period": "lifetime",
-                        "reference": "peak_equity",
-                        "warn_percent": 1,
-                        "max_percent": 2,
-                        "action": "close",
-                        "resume": "manual",
-                    }
-                ],
+                "drawdown_limits": [MAX_DRAWDOWN],
             }
         )
         document.update(overrides)
@@ -250,7 +251,8 @@ def test_a_breach_that_clears_within_the_grace_period_cancels_the_alert(
     (alert,) = alerts_of(db_session, account_id)
     assert (alert.status, alert.action_taken, alert.positions_closed_count) == ("cancelled", "cancelled", 0)
     assert [p.ticket for p in terminal.positions_get()] == [ticket]
-    assert state_of(db_session, account_id).halted_at is None
+    state = state_of(db_session, account_id)
+    assert (state.halted_at, state.state) == (None, "ok")
     assert recorder.names()[-1] == "alert.cancelled"
     assert execute(alert.id).status == "cancelled"  # again: still nothing closed
 
@@ -338,16 +340,7 @@ def test_a_limit_that_goes_straight_past_its_warning_to_the_alert_sends_the_aler
         "action": "warn",
         "resume": "next_period",
     }
-    maximum = {
-        "name": "max drawdown",
-        "period": "lifetime",
-        "reference": "peak_equity",
-        "warn_percent": 1,
-        "max_percent": 2,
-        "action": "close",
-        "resume": "manual",
-    }
-    _, account_id, login, check, _ = guarded(confirmations=1, drawdown_limits=[maximum, daily])
+    _, account_id, login, check, _ = guarded(confirmations=1, drawdown_limits=[MAX_DRAWDOWN, daily])
     terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
     check()
     assert recorder.names() == []
@@ -708,6 +701,72 @@ def test_the_sweep_finds_alerts_whose_close_is_overdue(guarded, terminal, db_ses
     alert.status = "executed"
     db_session.commit()
     assert guards.overdue_alerts(db_session, alert.close_at + timedelta(seconds=60), grace_seconds=5) == []
+
+
+def test_quotes_too_old_to_tell_the_servers_clock_are_dated_with_the_offset_known_before(
+    guarded, terminal, db_session, recorder
+):
+    """A check learns the server's offset from fresh quotes only; when none is fresh enough (here: the
+    check's clock 7.5 min off the quotes'), the account's known offset dates the quotes it stores."""
+    _, account_id, login, check, _ = guarded()
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    state = state_of(db_session, account_id)
+    assert state.broker_offset_seconds == 0  # learnt from the sim's fresh quotes (it runs on UTC)
+    state.broker_offset_seconds = 3600
+    db_session.commit()
+    readings.check_accounts(
+        db_session,
+        [account_id],
+        open_terminal=open_sim(terminal),
+        notify=recorder.notify,
+        schedule=recorder.schedule,
+        now=utcnow() + timedelta(minutes=7, seconds=30),
+    )
+    db_session.expire_all()
+    quoted_at = db_session.get(MarketQuote, ("TradeGuard-Sim", "EURUSD")).quoted_at
+    # The sim's quote time is UTC now; read as server time an hour ahead, it was quoted an hour ago.
+    assert abs((utcnow() - timedelta(hours=1) - quoted_at).total_seconds()) < 60
+    assert state_of(db_session, account_id).broker_offset_seconds == 3600  # not learnt: kept
+
+
+def test_an_alert_is_not_carried_out_before_its_close_time_nor_when_it_is_gone(
+    guarded, terminal, db_session, recorder
+):
+    _, account_id, login, check, execute = guarded(grace_seconds=60)
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    breach_confirmed(check, terminal)
+    (alert,) = alerts_of(db_session, account_id)
+    with pytest.raises(guards.AlertNotDue):
+        execute(alert.id)
+    (alert,) = alerts_of(db_session, account_id)
+    assert alert.status == "pending" and [p.ticket for p in terminal.positions_get()] == [ticket]
+    missing = guards.execute_alert(db_session, alert.id + 1000, open_terminal=open_sim(terminal))
+    assert missing.status == "gone"
+
+
+def test_a_run_that_finds_the_alert_decided_by_another_carries_out_that_decision(
+    guarded, terminal, db_session, recorder, api
+):
+    """Two copies of the task: this one read the alert as pending, the other decided meanwhile (the
+    alert closing, its closes committed). This one, locking the alert, finds it closing and takes the
+    other's closes to their end instead of deciding again."""
+    _, account_id, login, check, _ = guarded()
+    tickets = {terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0) for _ in range(2)}
+    breach_confirmed(check, terminal)
+    (alert,) = alerts_of(db_session, account_id)
+    account = db_session.get(Account, account_id)
+    with open_sim(terminal)(account) as gateway:  # the other copy decides, and commits
+        decided = guards._decide(db_session, alert, account, gateway, utcnow(), lambda *a, **k: None)
+    assert set(decided) == tickets and alert.status == "closing"
+    set_committed_value(alert, "status", "pending")  # this copy read it before that decision
+    result = guards.execute_alert(
+        db_session, alert.id, open_terminal=open_sim(terminal), notify=recorder.notify
+    )
+    assert (result.status, result.closed) == ("executed", 2)
+    closes = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id)).all()
+    assert len(closes) == 2 and {c.state for c in closes} == {"closed"}
+    assert not (terminal.positions_get() or ())  # both closed, once each
 
 
 def test_a_copy_of_the_close_that_read_its_rows_before_another_finished_sends_nothing(

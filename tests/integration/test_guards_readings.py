@@ -85,6 +85,37 @@ def through_the_engine(db_session, account_id):
     return expected
 
 
+def another_reading_after_the_look(monkeypatch, db_session, account_id):
+    """Between the batch's look at the account's guard state and its write, another reading changes it."""
+    decide = readings._quiet_limits
+
+    def then_another_reading(row, *args, **kwargs):
+        decided = decide(row, *args, **kwargs)
+        if row.account_id == account_id:
+            db_session.execute(
+                sa.text(
+                    "UPDATE guard_states SET updated_at = updated_at + interval '1 ms' WHERE account_id = :a"
+                ),
+                {"a": account_id},
+            )
+        return decided
+
+    monkeypatch.setattr(readings, "_quiet_limits", then_another_reading)
+
+
+def engine_calls(monkeypatch):
+    """The accounts whose reading goes through engine.record_reading, in order."""
+    calls = []
+    record = guards.record_reading
+
+    def counted(session, account_id, *args, **kwargs):
+        calls.append(account_id)
+        return record(session, account_id, *args, **kwargs)
+
+    monkeypatch.setattr(guards, "record_reading", counted)
+    return calls
+
+
 def test_a_quiet_sync_reading_leaves_the_state_the_engine_would_without_the_engine(
     account, sync, terminal, db_session, monkeypatch
 ):
@@ -132,27 +163,8 @@ def test_a_reading_that_lost_the_race_goes_through_the_engine(
     terminal.sim_set_quote("EURUSD", 1.08600, 1.08610)
     assert sync(account).status == "ok"
 
-    decide = readings._quiet_limits
-
-    def then_another_reading(*args, **kwargs):
-        decided = decide(*args, **kwargs)
-        db_session.execute(
-            sa.text(
-                "UPDATE guard_states SET updated_at = updated_at + interval '1 ms' WHERE account_id = :a"
-            ),
-            {"a": account},
-        )
-        return decided
-
-    calls = []
-    record = guards.record_reading
-
-    def counted(session, account_id, *args, **kwargs):
-        calls.append(account_id)
-        return record(session, account_id, *args, **kwargs)
-
-    monkeypatch.setattr(readings, "_quiet_limits", then_another_reading)
-    monkeypatch.setattr(guards, "record_reading", counted)
+    another_reading_after_the_look(monkeypatch, db_session, account)
+    calls = engine_calls(monkeypatch)
     [outcome] = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
     assert calls == [account] and outcome.state == "ok"
     state = figures(db_session, account)
@@ -196,34 +208,14 @@ def test_a_batch_writes_its_quiet_readings_in_one_statement_and_leaves_the_one_t
         assert sync(account_id).status == "ok"
     expected = {account_id: through_the_engine(db_session, account_id) for account_id in ids}
     raced = ids[1]
-    decide = readings._quiet_limits
-
-    def then_another_reading(row, *args, **kwargs):
-        decided = decide(row, *args, **kwargs)
-        if row.account_id == raced:
-            db_session.execute(
-                sa.text(
-                    "UPDATE guard_states SET updated_at = updated_at + interval '1 ms' WHERE account_id = :a"
-                ),
-                {"a": raced},
-            )
-        return decided
-
-    calls = []
-    record = guards.record_reading
-
-    def counted(session, account_id, *args, **kwargs):
-        calls.append(account_id)
-        return record(session, account_id, *args, **kwargs)
-
+    another_reading_after_the_look(monkeypatch, db_session, raced)
+    calls = engine_calls(monkeypatch)
     statements = []
 
     def count_updates(conn, cursor, statement, parameters, context, executemany):
         if statement.startswith("UPDATE guard_states"):
             statements.append(statement)
 
-    monkeypatch.setattr(readings, "_quiet_limits", then_another_reading)
-    monkeypatch.setattr(guards, "record_reading", counted)
     engine = db_session.get_bind().engine
     sa.event.listen(engine, "before_cursor_execute", count_updates)
     try:

@@ -5,12 +5,9 @@ import json
 import time
 from contextlib import contextmanager
 
-import pytest
 import sqlalchemy as sa
-from flask_migrate import upgrade
 
 from shared.core import extensions
-from shared.core.config import load_settings
 from shared.core.db import db
 from shared.core.signing import sign
 from shared.execution import service as execution
@@ -20,17 +17,6 @@ from shared.mt5.gateway import Gateway
 from shared.mt5.sim.broker import SimBroker
 from shared.mt5.sim.terminal import SimTerminal
 from shared.signals import approvals
-from web import create_app
-
-
-@pytest.fixture
-def sqlite_app(tmp_path):
-    app = create_app(load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path)}))
-    with app.app_context():
-        upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
 
 
 def approved_signal(app) -> int:

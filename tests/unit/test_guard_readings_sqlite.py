@@ -5,26 +5,11 @@ the batch read."""
 from datetime import timedelta
 from decimal import Decimal
 
-import pytest
-from flask_migrate import upgrade
-
 from shared.core import extensions
-from shared.core.config import load_settings
 from shared.core.db import db, utcnow
 from shared.guards import readings
 from shared.identity import accounts, users
 from shared.models import GuardState
-from web import create_app
-
-
-@pytest.fixture
-def sqlite_app(tmp_path):
-    app = create_app(load_settings({"TRADEGUARD_INSTANCE_DIR": str(tmp_path)}))
-    with app.app_context():
-        upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
 
 
 def test_quiet_readings_are_written_one_by_one_and_only_over_the_row_the_batch_read(sqlite_app):
