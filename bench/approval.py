@@ -56,6 +56,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,20 +235,46 @@ class Round:
     worker_rss_mb: list[tuple[float, float]] = field(default_factory=list)
 
 
-def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
+@dataclass
+class Stack:
+    """One tree's throw-away system, as `stack` started it."""
+
+    tree: Path
+    log_dir: Path
+    database_url: str
+    encryption_key: str
+    web_port: int
+    terminal_port: int
+    env: dict[str, str]
+    commands: dict[str, str]
+    group: Group
+    engine: sa.Engine
+
+    @property
+    def terminal_url(self) -> str:
+        return f"sim://127.0.0.1:{self.terminal_port}"
+
+
+@contextlib.contextmanager
+def stack(
+    tree: Path, args: argparse.Namespace, name: str, label: str, extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """A system of its own for `tree`, as the Procfile runs it: a throw-away Postgres database (from
+    `args.admin_url`) built by the `release` line, the Redis database `args.redis_db` flushed, the
+    `terminal` process started; the caller starts the other lines (`stack.group`). At the end every
+    process is stopped, Redis flushed and the database dropped. `name` names the database, the log
+    folder and the secrets; `extra_env` goes on top of the environment (`--env` experiments last)."""
     from cryptography.fernet import Fernet
 
-    result = Round(tree=label)
-    database = f"tradeguard_approval_{uuid.uuid4().hex[:8]}"
+    database = f"tradeguard_{name}_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
     database_url = sa.make_url(args.admin_url).set(database=database).render_as_string(hide_password=False)
     redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
-    log_dir = Path(tempfile.mkdtemp(prefix=f"tg-approval-{label}-"))
+    log_dir = Path(tempfile.mkdtemp(prefix=f"tg-{name}-{label}-"))
     encryption_key = Fernet.generate_key().decode()
     web_port, terminal_port = free_port(), free_port()
-    terminal_url = f"sim://127.0.0.1:{terminal_port}"
     env = {
         key: value
         for key, value in os.environ.items()
@@ -261,23 +288,34 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
             "REDIS_URL": redis_url,
             "PORT": str(web_port),
             "TRADEGUARD_TERMINAL_PORT": str(terminal_port),
-            "TRADEGUARD_TERMINALS": terminal_url,
+            "TRADEGUARD_TERMINALS": f"sim://127.0.0.1:{terminal_port}",
             "TRADEGUARD_INSTANCE_DIR": str(log_dir / "instance"),
-            "TRADEGUARD_SECRET_KEY": "approval-bench",
-            "TRADEGUARD_JWT_SECRET": "approval-bench-jwt-secret-long-enough-for-hs256",
+            "TRADEGUARD_SECRET_KEY": f"{name}-bench",
+            "TRADEGUARD_JWT_SECRET": f"{name}-bench-jwt-secret-long-enough-for-hs256",
             "TRADEGUARD_ENCRYPTION_KEY": encryption_key,
+            **(extra_env or {}),
         }
     )
-    commands = procfile(tree)
-    group = Group(log_dir)
-    engine = sa.create_engine(database_url, pool_size=2)
+    env.update(dict(item.split("=", 1) for item in getattr(args, "env", [])))  # --env NAME=VALUE
+    running = Stack(
+        tree,
+        log_dir,
+        database_url,
+        encryption_key,
+        web_port,
+        terminal_port,
+        env,
+        procfile(tree),
+        Group(log_dir),
+        sa.create_engine(database_url, pool_size=2),
+    )
     import redis
 
     redis_client = redis.Redis.from_url(redis_url)
     try:
         redis_client.flushdb()
         release = subprocess.run(
-            ["/bin/sh", "-c", f"exec {commands['release']}"],
+            ["/bin/sh", "-c", f"exec {running.commands['release']}"],
             cwd=tree,
             env=env,
             capture_output=True,
@@ -285,9 +323,25 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
         )
         if release.returncode:
             raise RuntimeError(f"release failed:\n{release.stdout}\n{release.stderr}")
+        running.group.start("terminal", running.commands["terminal"], env, tree)
+        wait_until("terminal", lambda: listening(terminal_port), 30, lambda: running.group.check("terminal"))
+        yield running
+    finally:
+        running.group.stop_all()
+        running.engine.dispose()
+        with contextlib.suppress(Exception):
+            redis_client.flushdb()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
 
-        group.start("terminal", commands["terminal"], env, tree)
-        wait_until("terminal", lambda: listening(terminal_port), 30, lambda: group.check("terminal"))
+
+def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
+    result = Round(tree=label)
+    with stack(tree, args, "approval", label) as running:
+        log_dir, database_url, encryption_key = running.log_dir, running.database_url, running.encryption_key
+        web_port, terminal_port, terminal_url = running.web_port, running.terminal_port, running.terminal_url
+        env, commands, group, engine = running.env, running.commands, running.group, running.engine
         background = [(i, FIRST_LOGIN + i, terminal_url) for i in range(args.accounts)]
         tickets = seed_terminal(terminal_port, [login for _, login, _ in background], args.positions)
         from shared.core.config import DEFAULT_MAGIC
@@ -492,14 +546,6 @@ def run_round(tree: Path, label: str, args: argparse.Namespace) -> Round:
                 result.problems.append(f"{name} log: {len(errors)} error line(s), first: {errors[0][:200]}")
         for client in [api, *connections]:
             client.close()
-    finally:
-        group.stop_all()
-        engine.dispose()
-        with contextlib.suppress(Exception):
-            redis_client.flushdb()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
     print(f"  round {label}: logs in {log_dir}", flush=True)
     return result
 

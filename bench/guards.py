@@ -54,7 +54,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,11 +68,10 @@ from bench.approval import (  # noqa: E402
     Api,
     Group,
     extract,
-    free_port,
     listening,
     pct,
-    procfile,
     py_spy,
+    stack,
     wait_until,
 )
 from bench.fanout import summarise_profile  # noqa: E402
@@ -337,67 +335,19 @@ def all_running(group: Group) -> None:
 
 
 def run_round(args: argparse.Namespace, label: str) -> Round:
-    from cryptography.fernet import Fernet
-
     result = Round()
-    tree = ROOT
-    database = f"tradeguard_guards_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
-    database_url = sa.make_url(args.admin_url).set(database=database).render_as_string(hide_password=False)
-    redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
-    log_dir = Path(tempfile.mkdtemp(prefix=f"tg-guards-{label}-"))
-    encryption_key = Fernet.generate_key().decode()
-    web_port, terminal_port = free_port(), free_port()
-    terminal_url = f"sim://127.0.0.1:{terminal_port}"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("TRADEGUARD_", "WEB_", "WORKER_", "RECONCILE_")) and key != "LOG_LEVEL"
-    }
-    env.update(
-        {
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONPATH": str(tree),
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "PORT": str(web_port),
-            "TRADEGUARD_TERMINAL_PORT": str(terminal_port),
-            "TRADEGUARD_TERMINALS": terminal_url,
-            "TRADEGUARD_INSTANCE_DIR": str(log_dir / "instance"),
-            "TRADEGUARD_SECRET_KEY": "guards-bench",
-            "TRADEGUARD_JWT_SECRET": "guards-bench-jwt-secret-long-enough-for-hs256",
-            "TRADEGUARD_ENCRYPTION_KEY": encryption_key,
-            "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "true",
-        }
-    )
-    env.update(dict(item.split("=", 1) for item in args.env))  # experiments: --env WORKER_CONCURRENCY=4
-    # Each Procfile line starts with `exec` already; Group.start adds its own.
-    commands = {name: line.removeprefix("exec ") for name, line in procfile(tree).items()}
-    group = Group(log_dir)
-    engine = sa.create_engine(database_url, pool_size=2)
     receiver = Receiver()
-    import redis
-
-    redis_client = redis.Redis.from_url(redis_url)
     logins = [FIRST_LOGIN + i for i in range(args.accounts)]
     # Every (accounts / breaching)-th account breaches: each owner has its share of them.
     step = max(1, args.accounts // max(1, args.breaching))
     breaching = set(logins[::step][: args.breaching])
-    try:
-        redis_client.flushdb()
-        release = subprocess.run(
-            ["/bin/sh", "-c", f"exec {commands['release']}"],
-            cwd=tree,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if release.returncode:
-            raise RuntimeError(f"release failed:\n{release.stdout}\n{release.stderr}")
-        group.start("terminal", commands["terminal"], env, tree)
-        wait_until("terminal", lambda: listening(terminal_port), 30, lambda: group.check("terminal"))
+    # Webhooks may reach the receiver this process runs on 127.0.0.1.
+    allow_private = {"TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "true"}
+    with contextlib.closing(receiver), stack(ROOT, args, "guards", label, allow_private) as running:
+        tree, log_dir, database_url = running.tree, running.log_dir, running.database_url
+        encryption_key, web_port = running.encryption_key, running.web_port
+        terminal_port, terminal_url = running.terminal_port, running.terminal_url
+        env, commands, group, engine = running.env, running.commands, running.group, running.engine
         began = time.monotonic()
         tickets = {
             int(k): v
@@ -656,15 +606,6 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
         # The watch runs where the guards' queue is served: their own process when the Procfile has one.
         watcher = "guards" if "guards" in group.procs else "worker"
         result.facts["watch_lines"] = sum(1 for ln in group.log(watcher).splitlines() if "guard watch:" in ln)
-    finally:
-        receiver.close()
-        group.stop_all()
-        engine.dispose()
-        with contextlib.suppress(Exception):
-            redis_client.flushdb()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
     return result
 
 
