@@ -147,6 +147,16 @@ def breach_confirmed(check, terminal, bid=1.08200):
     return check()
 
 
+def alerted_on_one_position(guarded, terminal, db_session, **settings):
+    """A guarded account holding one 1-lot EURUSD buy, breached past its 2 % (30 pips: 3 %) and
+    confirmed: (account id, the position's ticket, the pending alert, execute)."""
+    _, account_id, login, check, execute = guarded(**settings)
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    breach_confirmed(check, terminal)
+    (alert,) = alerts_of(db_session, account_id)
+    return account_id, ticket, alert, execute
+
+
 def test_a_breach_warns_then_alerts_after_its_confirmations_and_the_close_takes_each_position_once(
     guarded, terminal, db_session, recorder, api
 ):
@@ -242,10 +252,7 @@ def test_a_breach_warns_then_alerts_after_its_confirmations_and_the_close_takes_
 def test_a_breach_that_clears_within_the_grace_period_cancels_the_alert(
     guarded, terminal, db_session, recorder
 ):
-    _, account_id, login, check, execute = guarded()
-    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    breach_confirmed(check, terminal)  # 30 pips: 3 %
-    (alert,) = alerts_of(db_session, account_id)
+    account_id, ticket, alert, execute = alerted_on_one_position(guarded, terminal, db_session)
     terminal.sim_set_quote("EURUSD", 1.08490, 1.08500)  # back within 0.1 %
     assert execute(alert.id).status == "cancelled"
     (alert,) = alerts_of(db_session, account_id)
@@ -397,10 +404,7 @@ def test_a_batch_records_each_account_on_its_own_and_a_failure_loses_no_other_re
 def test_a_close_whose_reply_was_lost_is_found_by_its_comment_and_never_sent_twice(
     guarded, terminal, db_session
 ):
-    _, account_id, login, check, execute = guarded()
-    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    breach_confirmed(check, terminal)  # 30 pips: 3 %
-    (alert,) = alerts_of(db_session, account_id)
+    _, ticket, alert, execute = alerted_on_one_position(guarded, terminal, db_session)
     terminal.sim_lose_next_reply()
     with pytest.raises(OrderOutcomeUnknown):
         execute(alert.id)
@@ -418,10 +422,7 @@ def test_a_close_whose_reply_was_lost_is_found_by_its_comment_and_never_sent_twi
 def test_a_close_whose_order_may_still_be_in_flight_waits_and_is_sent_once_it_cannot_be(
     guarded, terminal, db_session
 ):
-    _, account_id, login, check, execute = guarded()
-    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    breach_confirmed(check, terminal)  # 30 pips: 3 %
-    (alert,) = alerts_of(db_session, account_id)
+    _, ticket, alert, execute = alerted_on_one_position(guarded, terminal, db_session)
     original_send = Gateway.send_order
 
     def never_arrives(self, request):
@@ -572,10 +573,7 @@ def test_the_watch_reads_at_once_an_account_its_quotes_push_over_a_limit(
 
 
 def test_a_requoted_close_is_sent_again_at_a_fresh_price_and_closes_once(guarded, terminal, db_session):
-    _, account_id, login, check, execute = guarded()
-    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    breach_confirmed(check, terminal)
-    (alert,) = alerts_of(db_session, account_id)
+    _, ticket, alert, execute = alerted_on_one_position(guarded, terminal, db_session)
     terminal.sim_set_requotes(1)
     assert execute(alert.id).status == "executed"
     (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
@@ -594,10 +592,7 @@ def test_a_requoted_close_is_sent_again_at_a_fresh_price_and_closes_once(guarded
 def test_a_close_refused_on_every_price_fails_the_alert_and_still_halts(
     guarded, terminal, db_session, recorder
 ):
-    _, account_id, login, check, execute = guarded()
-    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    breach_confirmed(check, terminal)
-    (alert,) = alerts_of(db_session, account_id)
+    account_id, _, alert, execute = alerted_on_one_position(guarded, terminal, db_session)
     terminal.sim_set_requotes(100)
     assert execute(alert.id, max_price_retries=2).status == "failed"
     (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
@@ -690,10 +685,7 @@ def test_a_market_close_action_closes_only_that_symbols_positions_when_quotes_go
 
 
 def test_the_sweep_finds_alerts_whose_close_is_overdue(guarded, terminal, db_session):
-    _, account_id, login, check, _ = guarded()
-    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    breach_confirmed(check, terminal)
-    (alert,) = alerts_of(db_session, account_id)
+    _, _, alert, _ = alerted_on_one_position(guarded, terminal, db_session)
     assert guards.overdue_alerts(db_session, alert.close_at, grace_seconds=5) == []
     assert guards.overdue_alerts(db_session, alert.close_at + timedelta(seconds=5), grace_seconds=5) == [
         alert.id
@@ -733,10 +725,9 @@ def test_quotes_too_old_to_tell_the_servers_clock_are_dated_with_the_offset_know
 def test_an_alert_is_not_carried_out_before_its_close_time_nor_when_it_is_gone(
     guarded, terminal, db_session, recorder
 ):
-    _, account_id, login, check, execute = guarded(grace_seconds=60)
-    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
-    breach_confirmed(check, terminal)
-    (alert,) = alerts_of(db_session, account_id)
+    account_id, ticket, alert, execute = alerted_on_one_position(
+        guarded, terminal, db_session, grace_seconds=60
+    )
     with pytest.raises(guards.AlertNotDue):
         execute(alert.id)
     (alert,) = alerts_of(db_session, account_id)
