@@ -35,6 +35,7 @@ from shared.models import (
 from shared.mt5.errors import SymbolNotFound, TerminalError
 from shared.mt5.ports import OpenTerminal, TerminalPort
 from shared.mt5.types import Quote, SymbolSpec
+from shared.reconciliation.sync import AccountToSync
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +67,8 @@ def check_account(
 
 
 @dataclass(frozen=True)
-class _Opener:
-    """What opening an account's terminal needs (a TerminalAccount), detached from any session: the
-    terminals are read on other threads, and the session's objects are not theirs to touch."""
-
-    id: int
-    terminal_url: str
-    login: int
-    server: str
-    credentials_encrypted: bytes
-
-
-@dataclass(frozen=True)
 class _TerminalRead:
-    account: _Opener
+    account: AccountToSync  # detached: the terminals are read on other threads
     reading: rules.Reading | None = None  # None: the terminal gave none (see `error`)
     currency: str = ""
     held: tuple[str, ...] = ()
@@ -110,16 +99,12 @@ def check_accounts(
     `presumed`: the accounts the guards' watch estimated at a breach (`engine.record_reading`)."""
     ids = list(dict.fromkeys(account_ids))
     openers = {
-        row.id: _Opener(row.id, row.terminal_url, row.login, row.server, row.credentials_encrypted)
-        for row in session.execute(
-            sa.select(
-                Account.id, Account.terminal_url, Account.login, Account.server, Account.credentials_encrypted
-            ).where(Account.id.in_(ids))
-        )
+        row.id: AccountToSync.from_row(row)
+        for row in session.execute(sa.select(*AccountToSync.COLUMNS).where(Account.id.in_(ids)))
     }
     session.rollback()  # nothing held open while terminals answer
 
-    def read(account: _Opener) -> _TerminalRead:
+    def read(account: AccountToSync) -> _TerminalRead:
         try:
             with open_terminal(account) as terminal:
                 snapshot = terminal.account()

@@ -95,8 +95,11 @@ def breaches(account: WatchedAccount, equity: Decimal) -> bool:
 def needs_reading(account: WatchedAccount, equity: Decimal) -> bool:
     """Whether the estimate breaches (`breaches`) or is at a limit's warning not yet sent: then the
     account is read now."""
-    if breaches(account, equity):
-        return True
+    return breaches(account, equity) or _warns(account, equity)
+
+
+def _warns(account: WatchedAccount, equity: Decimal) -> bool:
+    """Whether the estimate is at a limit's warning not yet sent."""
     return any(
         warn_percent is not None and not warned and _percent(reference - equity, reference) >= warn_percent
         for reference, warn_percent, _, _, warned in account.limits
@@ -255,10 +258,11 @@ def watch(session: DbSession, *, open_terminal: OpenTerminal, now: datetime | No
         for account in group.accounts:
             counts["accounts"] += 1
             equity = estimate_equity(account, quotes, specs)
-            if needs_reading(account, equity):
+            if breaches(account, equity):
                 to_read.append(account.account_id)
-                if breaches(account, equity):
-                    breached.append(account.account_id)
+                breached.append(account.account_id)
+            elif _warns(account, equity):
+                to_read.append(account.account_id)
     session.commit()
     counts["to_read"] = len(to_read)
     counts["breached"] = len(breached)

@@ -100,6 +100,27 @@ class AccountToSync:
     server: str
     credentials_encrypted: bytes
 
+    # The `accounts` columns it is made from (select them, then `from_row`).
+    COLUMNS = (
+        Account.id,
+        Account.owner_id,
+        Account.terminal_url,
+        Account.login,
+        Account.server,
+        Account.credentials_encrypted,
+    )
+
+    @classmethod
+    def from_row(cls, row: Any) -> AccountToSync:
+        return cls(
+            id=row.id,
+            owner_id=row.owner_id,
+            terminal_url=row.terminal_url,
+            login=row.login,
+            server=row.server,
+            credentials_encrypted=bytes(row.credentials_encrypted),
+        )
+
 
 SymbolSpecs = Callable[[AccountToSync, Any, set[str]], Mapping[str, Any]]
 
@@ -265,16 +286,7 @@ def _load(
         return [], []
     session = session_factory()
     try:
-        accounts = session.execute(
-            sa.select(
-                Account.id,
-                Account.owner_id,
-                Account.terminal_url,
-                Account.login,
-                Account.server,
-                Account.credentials_encrypted,
-            ).where(Account.id.in_(account_ids))
-        ).all()
+        accounts = session.execute(sa.select(*AccountToSync.COLUMNS).where(Account.id.in_(account_ids))).all()
         syncs: dict[int, Mapping[str, Any]] = {
             row.account_id: dict(row._mapping)
             for row in session.execute(sa.select(_SYNC).where(_SYNC.c.account_id.in_(account_ids))).all()
@@ -300,14 +312,7 @@ def _load(
         if breaker_is_open(sync["breaker_open_until"] if sync else None, at):
             skipped.append(SyncOutcome(account_id, "breaker_open"))
             continue
-        account = AccountToSync(
-            id=account_row.id,
-            owner_id=account_row.owner_id,
-            terminal_url=account_row.terminal_url,
-            login=account_row.login,
-            server=account_row.server,
-            credentials_encrypted=bytes(account_row.credentials_encrypted),
-        )
+        account = AccountToSync.from_row(account_row)
         loaded.append(_Loaded(account, sync, trades.get(account_id, [])))
     return loaded, skipped
 

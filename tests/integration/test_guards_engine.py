@@ -564,7 +564,11 @@ def test_the_watch_reads_at_once_an_account_its_quotes_push_over_a_limit(
 
     assert watch.watch(db_session, open_terminal=open_terminal).to_read == []
     terminal.sim_set_quote("EURUSD", 1.08395, 1.08405)  # 10.5 pips: 1.05 %, the warning
-    assert watch.watch(db_session, open_terminal=open_terminal).to_read == [account_id]
+    warned = watch.watch(db_session, open_terminal=open_terminal)
+    assert (warned.to_read, warned.breached) == ([account_id], [])  # read; a warning presumes nothing
+    terminal.sim_set_quote("EURUSD", 1.08290, 1.08300)  # 21 pips: 2.1 %, past the maximum
+    breached = watch.watch(db_session, open_terminal=open_terminal)
+    assert (breached.to_read, breached.breached) == ([account_id], [account_id])
     terminal.sim_set_quote("EURUSD", 1.08480, 1.08490)  # back to 0.2 %
     assert watch.watch(db_session, open_terminal=open_terminal).to_read == []
     # The watch saw the spread too: the market guard's view of EURUSD on this server is fresh.
