@@ -129,10 +129,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     api = TradeGuardApi(app)
     from web.api import (
         accounts,
+        analytics,
         approvals,
         audit,
         auth,
+        charts,
         clients,
+        exports,
         guards,
         health,
         metrics,
@@ -156,6 +159,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         guards,
         webhooks,
         audit,
+        exports,
+        charts,
+        analytics,
     ):
         api.register_blueprint(module.blp)
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.

@@ -17,7 +17,13 @@ from shared.models.guards import (
 )
 from shared.models.identity import Account, KeyCheck, StrategyClient, User
 from shared.models.metrics import TaskDurationBucket, TaskDurationTotal
-from shared.models.monitoring import AccountSync, PositionSnapshot, ReconciliationLog
+from shared.models.monitoring import (
+    SNAPSHOT_RESOLUTIONS,
+    AccountSync,
+    PositionSnapshot,
+    ReconciliationLog,
+    SnapshotRetention,
+)
 from shared.models.notifications import DeliveryStatus, Webhook, WebhookDelivery
 from shared.models.signals import Approval, Signal
 from shared.models.trades import Trade
@@ -39,6 +45,8 @@ __all__ = [
     "MarketQuote",
     "PositionSnapshot",
     "ReconciliationLog",
+    "SNAPSHOT_RESOLUTIONS",
+    "SnapshotRetention",
     "Role",
     "Side",
     "Signal",

@@ -39,11 +39,33 @@ class AccountSync(db.Model):  # type: ignore[name-defined]
     positions: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
 
 
+# A snapshot's resolution: one sync, or one account's syncs of a minute or an hour rolled into one row by
+# the retention task (shared.insight.retention), oldest data coarsest.
+SNAPSHOT_RESOLUTIONS = ("sync", "minute", "hour")
+
+
 class PositionSnapshot(db.Model):  # type: ignore[name-defined]
-    """One account's figures at one sync: the time series behind charts and the drawdown guard."""
+    """One account's figures at one sync: the time series behind charts and the drawdown guard.
+
+    Older rows are rolled up (`resolution` minute, then hour; `synced_at` is then the bucket's start):
+    equity is the bucket's last, `equity_min` / `equity_max` its extremes (null on a sync row: its
+    equity is both), drawdown its deepest, margin level its lowest, the rest its last."""
 
     __tablename__ = "position_snapshots"
-    __table_args__ = (sa.Index("ix_position_snapshots_account_synced", "account_id", "synced_at"),)
+    __table_args__ = (
+        sa.Index("ix_position_snapshots_account_synced", "account_id", "synced_at"),
+        # One rolled-up row per account, resolution and bucket: a retention run that repeats a bucket
+        # merges into it.
+        sa.Index(
+            "uq_position_snapshots_rollup",
+            "account_id",
+            "resolution",
+            "synced_at",
+            unique=True,
+            postgresql_where=sa.text("resolution <> 'sync'"),
+            sqlite_where=sa.text("resolution <> 'sync'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"))
@@ -56,6 +78,10 @@ class PositionSnapshot(db.Model):  # type: ignore[name-defined]
     open_positions: Mapped[int] = mapped_column(sa.Integer)
     total_lots: Mapped[Decimal] = mapped_column(Volume)
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolution: Mapped[str] = mapped_column(sa.String(8), default="sync", server_default="sync")
+    equity_min: Mapped[Decimal | None] = mapped_column(Money)
+    equity_max: Mapped[Decimal | None] = mapped_column(Money)
+    samples: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")  # syncs rolled in
 
 
 class ReconciliationLog(db.Model):  # type: ignore[name-defined]
@@ -102,3 +128,16 @@ class ReconciliationLog(db.Model):  # type: ignore[name-defined]
     pnl: Mapped[Decimal | None] = mapped_column(Money)
     details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SnapshotRetention(db.Model):  # type: ignore[name-defined]
+    """How far the retention task has rolled up one account's snapshots: every sync row before
+    `minute_through` is in a minute row, every minute row before `hour_through` in an hour row. Kept apart
+    from `account_sync`, which reconciliation writes at every sync."""
+
+    __tablename__ = "snapshot_retention"
+
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), primary_key=True)
+    minute_through: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    hour_through: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
