@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -590,6 +590,37 @@ def _sane_year(value: Any) -> None:
     # Checked on the year as given: converting year 1 or 9999 with an offset to UTC overflows.
     if not 1970 <= value.year <= 9000:
         raise ma.ValidationError("must be a date between 1970 and 9000")
+
+
+class TimeRangeQuerySchema(StrictSchema):
+    """`from` and `to` of a query over time (exports, charts, analytics): ISO-8601 date-times, UTC when
+    they carry no offset; `from` inclusive, `to` exclusive. A reversed or empty range is refused, naming
+    `to`, rather than answered with nothing."""
+
+    start = fields.AwareDateTime(
+        data_key="from",
+        load_default=None,
+        default_timezone=UTC,
+        validate=_sane_year,
+        metadata={"description": "from this date-time on (ISO-8601; UTC without an offset)"},
+    )
+    end = fields.AwareDateTime(
+        data_key="to",
+        load_default=None,
+        default_timezone=UTC,
+        validate=_sane_year,
+        metadata={"description": "before this date-time (ISO-8601; UTC without an offset)"},
+    )
+
+    @validates_schema
+    def _ordered(self, data: dict[str, Any], **_: Any) -> None:
+        start, end = data.get("start"), data.get("end")
+        if start is not None and end is not None and end <= start:
+            raise ma.ValidationError("must be later than `from`", field_name="to")
+
+
+class AccountRangeQuerySchema(TimeRangeQuerySchema):
+    account_id = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
 
 
 class ReconciliationQuerySchema(PageQuerySchema):
