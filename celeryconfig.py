@@ -21,6 +21,7 @@ from shared.core.queue import (
     RECONCILE_ACCOUNTS,
     RECONCILE_QUEUE,
     RECONCILE_TICK,
+    ROLL_UP_SNAPSHOTS,
     SWEEP_WEBHOOKS,
 )
 
@@ -66,6 +67,8 @@ task_routes = {
     EXECUTE_ALERT: {"queue": GUARDS_QUEUE},
     GUARD_WATCH: {"queue": GUARDS_QUEUE},
     GUARD_SWEEP: {"queue": GUARDS_QUEUE},
+    # Bulk upkeep of the snapshot history: beside reconciliation (which writes it), niced like it.
+    ROLL_UP_SNAPSHOTS: {"queue": RECONCILE_QUEUE},
 }
 
 # Results are ignored unless a task opts in: beat and the API never read them, and storing them
@@ -154,6 +157,13 @@ beat_schedule = {
     # The safety net of webhook deliveries whose message was lost (shared.notifications.webhooks).
     "sweep-webhook-deliveries": {
         "task": SWEEP_WEBHOOKS,
+        "schedule": timedelta(seconds=60),
+        "options": {"expires": 60},
+    },
+    # Snapshot retention (shared.insight.retention): a bounded batch a minute; each message expires
+    # before the next, so a slow run is never queued behind another.
+    "roll-up-snapshots": {
+        "task": ROLL_UP_SNAPSHOTS,
         "schedule": timedelta(seconds=60),
         "options": {"expires": 60},
     },

@@ -22,6 +22,7 @@ from shared.core.crypto import SecretUnreadable
 from shared.core.db import db
 from shared.execution.service import ExecutionSettings
 from shared.guards.engine import GuardSettings
+from shared.insight.retention import RetentionSettings
 from shared.mt5.errors import CredentialsUnreadable
 from shared.mt5.gateway import Gateway
 from shared.mt5.pool import ConnectionPool
@@ -189,6 +190,11 @@ def guard_settings() -> GuardSettings:
         in_flight_seconds=current.terminal_timeout_seconds + current.unknown_outcome_grace_seconds,
         magic=current.magic,
     )
+
+
+def retention_settings() -> RetentionSettings:
+    current = settings()
+    return RetentionSettings(full_days=current.snapshot_full_days, minute_days=current.snapshot_minute_days)
 
 
 def delivery_settings() -> DeliverySettings:

@@ -27,6 +27,7 @@ from shared.core.queue import (
     GUARD_WATCH,
     RECONCILE_ACCOUNTS,
     RECONCILE_TICK,
+    ROLL_UP_SNAPSHOTS,
     SWEEP_WEBHOOKS,
     Queue,
 )
@@ -36,6 +37,7 @@ from shared.execution.timing import PUBLISHED_AT, OrderClock
 from shared.guards import engine as guard_engine
 from shared.guards import readings as guard_readings
 from shared.guards import watch as guard_watch_feature
+from shared.insight import retention
 from shared.models import Trade, TradeState
 from shared.mt5.errors import PermanentTerminalError, RetryableTerminalError
 from shared.notifications import delivery, webhooks
@@ -409,3 +411,25 @@ def sweep_webhooks() -> int:
     delivery_ids = webhooks.deliveries_due(db.session, utcnow() - WEBHOOK_SWEEP_GRACE)
     webhooks.send_deliveries(extensions.task_queue(), delivery_ids, expires=60)
     return len(delivery_ids)
+
+
+# --- insight ------------------------------------------------------------------------------------------
+
+
+@celery_app.task(name=ROLL_UP_SNAPSHOTS, base=DatabaseTask)
+def roll_up_snapshots() -> dict[str, Any]:
+    """Beat's retention run (shared.insight.retention): one bounded batch of accounts, each rolled up
+    from where the last run left it. Safe to run twice, also at once."""
+    figures = retention.roll_up_snapshots(db.session, runtime.retention_settings())
+    if figures.rows_read:
+        log.info(
+            "snapshot retention: %d account(s), %d row(s) rolled into %d",
+            figures.accounts,
+            figures.rows_read,
+            figures.rows_written,
+        )
+    return {
+        "accounts": figures.accounts,
+        "rows_read": figures.rows_read,
+        "rows_written": figures.rows_written,
+    }

@@ -80,6 +80,10 @@ class Settings:
     # a limit (shared.guards.watch): what bounds how soon a breach between syncs is seen.
     guard_watch_seconds: float = 0.5
     reconcile_batch_size: int = 100
+    # Snapshot retention (shared.insight.retention): full resolution for this many days, then one row per
+    # account and minute, and one per account and hour after `snapshot_minute_days`.
+    snapshot_full_days: float = 7.0
+    snapshot_minute_days: float = 90.0
     reconcile_threads: int = 100
     reconcile_lock_seconds: float = 150.0
     breaker_failures: int = 3
@@ -288,6 +292,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
             ) from exc
 
+    full_days = _float(env, "TRADEGUARD_SNAPSHOT_FULL_DAYS", 7.0)
+    minute_days = _float(env, "TRADEGUARD_SNAPSHOT_MINUTE_DAYS", 90.0)
+    if minute_days < full_days:
+        # Sync rows would turn into minute rows only after the hour tier had passed them: never hourly.
+        raise ConfigurationError(
+            f"TRADEGUARD_SNAPSHOT_MINUTE_DAYS ({minute_days:g}) must be at least "
+            f"TRADEGUARD_SNAPSHOT_FULL_DAYS ({full_days:g})"
+        )
+
     return Settings(
         instance_dir=instance_dir,
         database_url=database_url,
@@ -317,6 +330,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         guard_watch_seconds=_float(env, "TRADEGUARD_GUARD_WATCH_SECONDS", 0.5),
         guard_sweep_seconds=_float(env, "TRADEGUARD_GUARD_SWEEP_SECONDS", 5.0),
         reconcile_batch_size=_int(env, "TRADEGUARD_RECONCILE_BATCH_SIZE", 100),
+        snapshot_full_days=full_days,
+        snapshot_minute_days=minute_days,
         reconcile_threads=_int(env, "TRADEGUARD_RECONCILE_THREADS", 100),
         reconcile_lock_seconds=_float(env, "TRADEGUARD_RECONCILE_LOCK_SECONDS", 150.0),
         breaker_failures=_int(env, "TRADEGUARD_BREAKER_FAILURES", 3),

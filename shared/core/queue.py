@@ -25,6 +25,7 @@ GUARD_SWEEP = "tradeguard.guard_sweep"
 GUARD_WATCH = "tradeguard.guard_watch"
 DELIVER_WEBHOOK = "tradeguard.deliver_webhook"
 SWEEP_WEBHOOKS = "tradeguard.sweep_webhooks"
+ROLL_UP_SNAPSHOTS = "tradeguard.roll_up_snapshots"
 
 # Queues. Orders (and the small periodic jobs) go on the default one; reconciliation batches on their
 # own, so that an approved order never waits behind a batch of slow terminals.

@@ -151,3 +151,15 @@ def test_webhooks_reach_private_addresses_on_the_embedded_setup_only_unless_told
     assert closed.webhook_allow_private is False
     with pytest.raises(ConfigurationError, match="TRADEGUARD_WEBHOOK_ALLOW_PRIVATE"):
         load_settings({**server, "TRADEGUARD_WEBHOOK_ALLOW_PRIVATE": "maybe"})
+
+
+def test_snapshot_retention_windows_come_from_the_environment_in_order(tmp_path):
+    base = {"TRADEGUARD_INSTANCE_DIR": str(tmp_path)}
+    defaults = load_settings(base)
+    assert (defaults.snapshot_full_days, defaults.snapshot_minute_days) == (7.0, 90.0)
+    given = load_settings(
+        {**base, "TRADEGUARD_SNAPSHOT_FULL_DAYS": "3", "TRADEGUARD_SNAPSHOT_MINUTE_DAYS": "3"}
+    )
+    assert (given.snapshot_full_days, given.snapshot_minute_days) == (3.0, 3.0)
+    with pytest.raises(ConfigurationError, match="TRADEGUARD_SNAPSHOT_MINUTE_DAYS \\(6\\) must be at least"):
+        load_settings({**base, "TRADEGUARD_SNAPSHOT_FULL_DAYS": "7", "TRADEGUARD_SNAPSHOT_MINUTE_DAYS": "6"})
