@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
+import itertools
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -170,20 +171,38 @@ def stream(bind: sa.Engine | sa.Connection, export: Export, query: sa.Select[Any
     a database failure with an error status rather than a cut-off file."""
     with contextlib.ExitStack() as stack:
         connection = bind if isinstance(bind, sa.Connection) else stack.enter_context(bind.connect())
-        converted: dict[int, Callable[[Any], str]]
         if connection.dialect.name == "postgresql":
-            query = query.with_only_columns(*(_postgres_cell(column) for column in export.columns))
-            converted = {}
+            chunks = _postgres_chunks(connection, export, query)
         else:
-            converted = {index: CONVERTERS[column.kind] for index, column in enumerate(export.columns)}
-        result = connection.execute(query.execution_options(yield_per=CHUNK_ROWS))
-        buffer = io.StringIO()
+            converters = {index: CONVERTERS[column.kind] for index, column in enumerate(export.columns)}
+            result = connection.execute(query.execution_options(yield_per=CHUNK_ROWS))
+            chunks = (list(_converted(chunk, converters)) for chunk in result.partitions())
+        buffer = _Lines()
         writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180's line ends
         writer.writerow([column.header for column in export.columns])
+        first = next(chunks, [])  # the query has run: what fails here fails before the header is out
         yield _take(buffer)
-        for chunk in result.partitions():
-            writer.writerows(_converted(chunk, converted) if converted else chunk)
+        for chunk in itertools.chain([first], chunks):
+            writer.writerows(chunk)
             yield _take(buffer)
+
+
+def _postgres_chunks(
+    connection: sa.Connection, export: Export, query: sa.Select[Any]
+) -> Iterator[Sequence[Any]]:
+    """The rows as Postgres formatted them (every cell final text, or an integer, or None), from a named
+    (server-side) cursor of the driver itself: nothing is left for SQLAlchemy to convert, and its row
+    objects would cost a third of the export's time."""
+    compiled = query.with_only_columns(*(_postgres_cell(column) for column in export.columns)).compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    cursor = connection.connection.driver_connection.cursor(name=f"export_{uuid.uuid4().hex}")  # type: ignore[union-attr]
+    try:
+        cursor.execute(str(compiled), compiled.params)
+        while rows := cursor.fetchmany(CHUNK_ROWS):
+            yield rows
+    finally:
+        cursor.close()
 
 
 def _converted(rows: Sequence[Any], converters: dict[int, Callable[[Any], str]]) -> Iterator[list[Any]]:
@@ -195,8 +214,14 @@ def _converted(rows: Sequence[Any], converters: dict[int, Callable[[Any], str]])
         yield cells
 
 
-def _take(buffer: io.StringIO) -> str:
-    text = buffer.getvalue()
-    buffer.seek(0)
-    buffer.truncate()
+class _Lines(list[str]):
+    """Where the writer puts each line: kept as they come and joined once per chunk (a StringIO's writes
+    and resets cost a microsecond a row more)."""
+
+    write = list.append
+
+
+def _take(lines: _Lines) -> str:
+    text = "".join(lines)
+    lines.clear()
     return text
