@@ -74,7 +74,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         # A `flask` command (the release line's migrations, create-admin) is a process of its own. Servers
         # and workers log this line themselves, once per process, labelled with their role.
         log.info(start_line("flask command", settings))
-    app = Flask(__name__, instance_path=str(settings.instance_dir))
+    # No static folder of the app's own: /static is the pages' (web/pages/static).
+    app = Flask(__name__, instance_path=str(settings.instance_dir), static_folder=None)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.database_url,
@@ -166,6 +167,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         api.register_blueprint(module.blp)
     # Prometheus' text format, not JSON: kept out of the OpenAPI document.
     app.register_blueprint(metrics.blp)
+    # The owner's HTML pages (web.pages): out of the OpenAPI document too.
+    from web import pages
+
+    app.register_blueprint(pages.blp)
     app.register_blueprint(_swagger_ui_files())
     register_error_handlers(app)
     from web import throttle

@@ -69,8 +69,9 @@ from web.errors import error_response
 from web.json_body import json_body
 
 LOGIN_ENDPOINT = "auth.login"
+PAGE_LOGIN_ENDPOINT = "pages.login"
 REGISTER_ENDPOINT = "auth.register"
-_THROTTLED = frozenset((LOGIN_ENDPOINT, REGISTER_ENDPOINT))
+_THROTTLED = frozenset((LOGIN_ENDPOINT, PAGE_LOGIN_ENDPOINT, REGISTER_ENDPOINT))
 # Longest email an account can have (RegisterSchema): a longer one cannot be an account's.
 _MAX_EMAIL = 254
 # A Redis that stops answering must not hold a sign-in for long: after this, the request fails over
@@ -148,6 +149,8 @@ def client_address() -> str:
 def request_email() -> str:
     """The email of the current request's body. Never raises: an exception here would read to
     Flask-Limiter as a storage failure; the body parser answers an unreadable body itself."""
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return email_key(request.form.to_dict())  # the pages' sign-in form
     try:
         return email_key(json_body(request))
     except (TradeGuardError, HTTPException):  # 400 / 415, or 413 for an oversized body
@@ -246,7 +249,11 @@ def _refusal(description: str, lock: Lock | None, seconds: int) -> tuple[Respons
 
 
 # What each throttled view is refused by, cheapest to check first (an address needs no body).
-_LOCKS_OF_VIEW = {LOGIN_ENDPOINT: (ADDRESS, EMAIL), REGISTER_ENDPOINT: (REGISTRATION,)}
+_LOCKS_OF_VIEW = {
+    LOGIN_ENDPOINT: (ADDRESS, EMAIL),
+    PAGE_LOGIN_ENDPOINT: (ADDRESS, EMAIL),
+    REGISTER_ENDPOINT: (REGISTRATION,),
+}
 
 
 def _refuse_known_lock_outs(known: KnownLockOuts) -> tuple[Response, int] | None:
@@ -287,7 +294,9 @@ def install(app: Flask, settings: Settings) -> Limiter:
     app.before_request(partial(_refuse_known_lock_outs, known))
 
     def throttled(lock: Lock, limit: str, deduct_when: Any, key_func: Any = client_address) -> Any:
-        return limiter.limit(
+        # Shared: one counter per lock and key whichever view counts (a plain limit's is per view, and the
+        # pages' sign-in would be a second set of guesses).
+        return limiter.shared_limit(
             limit,
             key_func=key_func,
             scope=lock.scope,
@@ -296,10 +305,14 @@ def install(app: Flask, settings: Settings) -> Limiter:
             on_breach=partial(_lock_out, lock, known),
         )
 
-    login = app.view_functions[LOGIN_ENDPOINT]
-    login = throttled(EMAIL, settings.login_limit_per_email, failed_login, request_email)(login)
-    login = throttled(ADDRESS, settings.login_limit_per_address, failed_login)(login)
-    app.view_functions[LOGIN_ENDPOINT] = login
+    # The API's sign-in and the pages' (a form; a failure is 401 there too) count against the same limits.
+    for endpoint in (LOGIN_ENDPOINT, PAGE_LOGIN_ENDPOINT):
+        if endpoint not in app.view_functions:
+            continue
+        login = app.view_functions[endpoint]
+        login = throttled(EMAIL, settings.login_limit_per_email, failed_login, request_email)(login)
+        login = throttled(ADDRESS, settings.login_limit_per_address, failed_login)(login)
+        app.view_functions[endpoint] = login
     register = app.view_functions[REGISTER_ENDPOINT]
     app.view_functions[REGISTER_ENDPOINT] = throttled(
         REGISTRATION, settings.register_limit_per_address, registered

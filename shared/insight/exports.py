@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import itertools
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -199,10 +201,52 @@ def _postgres_chunks(
     cursor = connection.connection.driver_connection.cursor(name=f"export_{uuid.uuid4().hex}")  # type: ignore[union-attr]
     try:
         cursor.execute(str(compiled), compiled.params)
-        while rows := cursor.fetchmany(CHUNK_ROWS):
-            yield rows
+        yield from _read_ahead(lambda: cursor.fetchmany(CHUNK_ROWS))
     finally:
         cursor.close()
+
+
+# Chunks fetched ahead of the one being written: enough for Postgres to work while Python writes.
+READ_AHEAD = 2
+
+
+def _read_ahead(fetch: Callable[[], Sequence[Any]]) -> Iterator[Sequence[Any]]:
+    """The chunks `fetch` returns until an empty one, fetched by a thread of their own while the caller
+    writes the previous ones: a server-side cursor only works when asked (FETCH), so without this
+    Postgres would sit idle while each chunk is written, and Python while each is fetched. The
+    driver lets go of the GIL while it waits. At most READ_AHEAD chunks wait in memory; a caller that
+    stops early (a client gone) stops the thread before the cursor is closed."""
+    chunks: queue.Queue[Sequence[Any] | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+    stop = threading.Event()
+
+    def put(item: Sequence[Any] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        try:
+            while rows := fetch():
+                if not put(rows):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the caller, raised there
+            put(exc)
+
+    thread = threading.Thread(target=reader, name="export-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := chunks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _converted(rows: Sequence[Any], converters: dict[int, Callable[[Any], str]]) -> Iterator[list[Any]]:

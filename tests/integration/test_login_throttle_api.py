@@ -111,3 +111,31 @@ def test_web_processes_share_the_lock_out_and_audit_it_once(throttled_app, commi
     ]
     assert statuses == [429, 429, 429, 429]
     assert len(lock_outs_of(committed_db, email)) == 1
+
+
+def test_the_pages_sign_in_form_counts_against_the_same_limits(throttled_app, committed_db):
+    """Guessing through the pages' form is no way round the API's limits: the failures of both count
+    against one email."""
+    import re
+
+    app = throttled_app(login_limit_per_email="3 per 30 seconds")
+    tag = uuid.uuid4().hex[:8]
+    victim = f"page-victim-{tag}@example.com"
+    register(app, victim, "victim's password")
+    browser = app.test_client()
+    environ = {"REMOTE_ADDR": "192.0.2.77"}
+
+    def page_login(password: str) -> Any:
+        form = browser.get("/login", environ_base=environ).get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', form).group(1)
+        return browser.post(
+            "/login",
+            data={"email": victim.upper(), "password": password, "csrf_token": token},
+            environ_base=environ,
+        )
+
+    assert [page_login("a wrong guess").status_code for _ in range(2)] == [401, 401]
+    assert login(app, victim, "a wrong guess", "192.0.2.78").status_code == 401  # the third, by the API
+    assert page_login("victim's password").status_code == 429  # locked, even with the right password
+    assert login(app, victim, "victim's password", "192.0.2.79").status_code == 429
+    assert len(lock_outs_of(committed_db, victim)) == 1

@@ -19,24 +19,10 @@ from shared.mt5 import constants as mt5c
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim.terminal import SimTerminal
 from tests.integration.conftest import BUY
+from tests.integration.test_guards_engine import MAX_DRAWDOWN, PIN
 
-PIN = (1.08500, 1.08510)
 # Warn at 1 %, close at 2 % of the peak equity, on the second breached reading, at once.
-RISK = {
-    "grace_seconds": 0,
-    "confirmations": 2,
-    "drawdown_limits": [
-        {
-            "name": "max drawdown",
-            "period": "lifetime",
-            "reference": "peak_equity",
-            "warn_percent": 1,
-            "max_percent": 2,
-            "action": "close",
-            "resume": "manual",
-        }
-    ],
-}
+RISK = {"grace_seconds": 0, "confirmations": 2, "drawdown_limits": [MAX_DRAWDOWN]}
 
 
 @pytest.fixture

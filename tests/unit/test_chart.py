@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.insight import chart
+from shared.insight import chart, chart_drawing
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -175,7 +175,7 @@ MARKERS = [
 
 def render(buckets, markers=(), image_format="png", **overrides) -> bytes:
     end = overrides.pop("end", T0 + timedelta(minutes=5_000))
-    return chart.render(
+    return chart_drawing.render(
         buckets,
         list(markers),
         currency=overrides.pop("currency", "USD"),
