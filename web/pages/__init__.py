@@ -20,4 +20,8 @@ def nav(endpoint: str, label: str) -> None:
     NAV.append((endpoint, label))
 
 
-from web.pages import views  # noqa: E402,F401 - registers the views on blp
+# Each module registers its views on blp, and its entries in NAV, in this order.
+from web.pages import views  # noqa: E402,F401,I001
+from web.pages import accounts_views  # noqa: E402,F401
+from web.pages import trades_views  # noqa: E402,F401
+from web.pages import settings_views  # noqa: E402,F401
