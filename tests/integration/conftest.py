@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -213,3 +214,26 @@ def embedded_instance(_embedded_database_template, tmp_path):
     for database_file in _embedded_database_template.glob("tradeguard.db*"):  # with SQLite's WAL, if any
         shutil.copy(database_file, tmp_path / database_file.name)
     return tmp_path
+
+
+# --- a real browser -------------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Pages are opened under a name of their own, which the browser resolves to 127.0.0.1.
+SITE = "tradeguard.test"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium driven by Playwright (no browser is downloaded here)."""
+    if not CHROMIUM.exists():
+        # A missing browser fails the run, as a missing Postgres or Redis does: never a silent skip.
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=[f"--host-resolver-rules=MAP {SITE} 127.0.0.1"]
+        )
+        yield browser
+        browser.close()

@@ -4,33 +4,14 @@ Chromium driven by Playwright) against the web process as the Procfile starts it
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
+from tests.integration.conftest import SITE
 from tests.processes import embedded_env, free_port, listening, procfile_processes, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-# The page is opened under a name of its own, which the browser resolves to 127.0.0.1: Swagger UI treats
-# a spec on localhost differently (it never asks the online validator about one).
-SITE = "tradeguard.test"
+# Opened under a name of its own, which the browser resolves to 127.0.0.1 (the `chromium` fixture):
+# Swagger UI treats a spec on localhost differently (it never asks the online validator about one).
 LOCAL_HOSTS = {SITE, "127.0.0.1", "localhost"}
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        # A missing browser fails the run, as a missing Postgres or Redis does: never a silent skip.
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=[f"--host-resolver-rules=MAP {SITE} 127.0.0.1"]
-        )
-        yield browser
-        browser.close()
 
 
 def test_the_api_docs_page_renders_every_operation_from_local_assets_only(embedded_instance, chromium):
