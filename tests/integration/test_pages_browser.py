@@ -2,12 +2,18 @@
 Procfile runs it (web, the orders worker and the simulated terminal, on the embedded defaults): signing
 in, a pending signal arriving, approving it and its trade filling, rejecting with a reason, a signal
 decided elsewhere or expired leaving the list, a form without its CSRF token refused, and nobody else's
-rows. Screenshots of each page are saved under docs/screens/ (the README shows them)."""
+rows; a guard alert counting down on the accounts page, which updates by itself when the positions are
+closed, and what that left on the other pages.
+
+With TRADEGUARD_SCREENSHOTS=1 each page is saved under docs/screens/ (the README shows them); otherwise
+the screenshots go to a temporary folder, so that a test run leaves the tree as it was."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,10 +24,15 @@ import pytest
 import requests
 
 from shared.core.signing import sign
+from shared.mt5.sim.client import connect
 from tests.integration.conftest import SITE
 from tests.processes import ROOT, embedded_env, free_port, listening, procfile_processes, wait_for
 
-SCREENS = ROOT / "docs" / "screens"
+SCREENS = (
+    ROOT / "docs" / "screens"
+    if os.environ.get("TRADEGUARD_SCREENSHOTS")
+    else Path(tempfile.mkdtemp(prefix="tg-screens-"))
+)
 
 
 class _Http(requests.Session):
@@ -92,6 +103,14 @@ class System:
         assert response.status_code == 201, response.text
         return int(response.json()["id"])
 
+    def guard(self, owner: dict[str, Any]) -> dict[str, Any]:
+        [standing] = [
+            g
+            for g in http.get(f"{self.api}/guards", headers=owner["headers"]).json()
+            if g["account_id"] == owner["account"]["id"]
+        ]
+        return standing
+
     def trades(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
         return http.get(f"{self.api}/trades", headers=owner["headers"]).json()["items"]
 
@@ -111,7 +130,7 @@ def system(_embedded_database_template: Path, tmp_path_factory: pytest.TempPathF
             "TRADEGUARD_TERMINALS": f"sim://127.0.0.1:{terminal_port}",
         },
     )
-    with procfile_processes(["terminal", "web", "worker"], env) as processes:
+    with procfile_processes(["terminal", "web", "worker", "reconciler", "guards", "beat"], env) as processes:
         assert wait_for(lambda: listening(port) and listening(terminal_port), timeout=60), processes[
             "web"
         ].log()
@@ -247,3 +266,139 @@ def test_nobody_sees_another_owners_signals(system, browser_page):
     assert page.query_selector(f"#signal-{their_signal}") is None
     assert "trend follower" in page.inner_text("#pending")
     assert len(page.query_selector_all("#pending tbody tr")) == 1
+
+
+# 1 lot of EURUSD is 10 USD a pip on the simulated account's 10,000 USD: 30 pips are 3 %.
+CLOSE_AT_2_PERCENT = {
+    "grace_seconds": 5,
+    "confirmations": 2,
+    "drawdown_limits": [
+        {
+            "name": "max drawdown",
+            "period": "lifetime",
+            "reference": "peak_equity",
+            "warn_percent": 1,
+            "max_percent": 2,
+            "action": "close",
+            "resume": "manual",
+        }
+    ],
+}
+
+
+def test_an_alert_counts_down_on_the_accounts_page_which_updates_when_the_positions_close(
+    system, browser_page
+):
+    page = browser_page
+    owner = system.owner(login=4110)
+    account_id = owner["account"]["id"]
+    risk_url = f"{system.api}/accounts/{account_id}/risk"
+    document = http.get(risk_url, headers=owner["headers"]).json()
+    assert http.put(risk_url, json={**document, **CLOSE_AT_2_PERCENT}, headers=owner["headers"]).ok
+    terminal = connect("127.0.0.1", system.terminal_port)
+    terminal.sim_set_quote("EURUSD", 1.08500, 1.08510)
+    signal_id = system.signal(owner, volume="1.00")
+    approved = http.post(
+        f"{system.api}/approvals",
+        json={"signal_id": signal_id, "decision": "approve"},
+        headers=owner["headers"],
+    )
+    assert approved.status_code == 201
+    assert wait_for(lambda: [t["state"] for t in system.trades(owner)] == ["filled"], timeout=30)
+    trade_id = system.trades(owner)[0]["id"]
+    # Synced and read by the guards: the limit has its reference (the peak) before the price falls.
+    assert wait_for(lambda: system.guard(owner)["equity"] is not None, timeout=40)
+
+    sign_in(page, system, owner["email"])
+    page.goto(f"{system.base}/positions")
+    page.wait_for_selector("tr[data-attribution=tradeguard]", timeout=15_000)
+    assert f"TradeGuard: trade {trade_id}" in page.inner_text("main")
+    screenshot(page, "positions")
+    page.goto(f"{system.base}/accounts")
+    card = page.locator(f"#account-{account_id}")
+    assert card.get_attribute("data-state") == "ok"
+    screenshot(page, "accounts")
+
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)  # 30 pips down: past the 2 % maximum
+    card.locator(".countdown").wait_for(timeout=10_000)  # no reload: the accounts part refreshes itself
+    seconds_left = int(card.locator(".countdown").inner_text().split()[0])
+    assert 0 <= seconds_left <= 5
+    assert card.get_attribute("data-state") == "alert"
+    assert "It will close every open position" in card.inner_text() and "EURUSD" in card.inner_text()
+    screenshot(page, "accounts-alert")
+
+    page.wait_for_selector(f"#account-{account_id}[data-state=halted]", timeout=20_000)
+    assert card.locator(".countdown").count() == 0
+    assert "New orders are refused until it resumes" in card.inner_text()
+    screenshot(page, "accounts-halted")
+
+    page.goto(f"{system.base}/alerts")
+    assert "executed" in page.inner_text("main")
+    screenshot(page, "alerts")
+    page.goto(f"{system.base}/positions")
+    page.wait_for_selector("tr[data-attribution=tradeguard]", state="detached", timeout=15_000)
+    page.goto(f"{system.base}/trades")
+    screenshot(page, "trades")
+    page.goto(f"{system.base}/trades/{trade_id}")
+    kinds = [element.inner_text() for element in page.query_selector_all("ol.timeline code.kind")]
+    for kind in (
+        "signal.received",
+        "signal.approved",
+        "order.sent",
+        "order.filled",
+        "alert.raised",
+        "trade.closed",
+    ):
+        assert kind in kinds, (kind, kinds)
+    assert kinds.index("signal.received") < kinds.index("order.filled") < kinds.index("trade.closed")
+    screenshot(page, "trade-timeline")
+    terminal.sim_release_quote("EURUSD")
+
+
+def test_the_risk_form_shows_the_apis_messages_by_their_fields_and_a_webhooks_secret_is_shown_once(
+    system, browser_page
+):
+    page = browser_page
+    owner = system.owner(login=4111)
+    sign_in(page, system, owner["email"])
+    page.goto(f"{system.base}/risk")
+    # The new limit row: a warning above its maximum.
+    page.fill('input[name="drawdown_limits.0.name"]', "daily loss")
+    page.fill('input[name="drawdown_limits.0.warn_percent"]', "6")
+    page.fill('input[name="drawdown_limits.0.max_percent"]', "5")
+    page.click("button.save")
+    problem = page.locator('[id="error-drawdown_limits.0.warn_percent"]')
+    problem.wait_for(timeout=5_000)
+    api_answer = http.put(
+        f"{system.api}/accounts/{owner['account']['id']}/risk",
+        json={
+            **http.get(
+                f"{system.api}/accounts/{owner['account']['id']}/risk", headers=owner["headers"]
+            ).json(),
+            "drawdown_limits": [
+                {
+                    "name": "daily loss",
+                    "period": "day",
+                    "reference": "peak_equity",
+                    "warn_percent": 6,
+                    "max_percent": 5,
+                    "max_amount": None,
+                    "action": "warn",
+                    "resume": "next_period",
+                }
+            ],
+        },
+        headers=owner["headers"],
+    ).json()
+    assert problem.inner_text() in " ".join(api_answer["error"]["fields"]["drawdown_limits.0.warn_percent"])
+    assert page.input_value('input[name="drawdown_limits.0.warn_percent"]') == "6"  # what was typed, kept
+    screenshot(page, "risk-settings")
+
+    page.goto(f"{system.base}/webhooks")
+    page.fill('input[name="url"]', f"http://127.0.0.1:{system.port}/nowhere")
+    page.click("form:has(input[name=url]) button[type=submit]")
+    secret = page.locator("input.secret-value").input_value()
+    assert len(secret) >= 32
+    screenshot(page, "webhooks")
+    page.goto(f"{system.base}/webhooks")
+    assert page.locator("input.secret-value").count() == 0 and secret not in page.content()
