@@ -12,7 +12,16 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, pre_dump, pre_load, validate, validates, validates_schema
 
-from shared.guards.settings import LIMIT_ACTIONS, MARKET_ACTIONS, PERIODS, REFERENCES, RESUMES
+from shared.guards.settings import (
+    LIMIT_ACTIONS,
+    MARKET_ACTIONS,
+    MAX_AMOUNT,
+    MAX_LOTS,
+    MAX_PIPS,
+    PERIODS,
+    REFERENCES,
+    RESUMES,
+)
 from shared.models import ALERT_STATUSES, Decision, DeliveryStatus, Role, Side, SignalStatus, TradeState
 from shared.mt5.terminals import SCHEMES as TERMINAL_SCHEMES
 from shared.mt5.terminals import terminal_url_problem
@@ -815,7 +824,9 @@ class DrawdownLimitDocSchema(StrictSchema):
     max_percent = _number(
         maximum=100, allow_none=True, metadata={"description": "max_percent, max_amount or both are set"}
     )
-    max_amount = _number(allow_none=True, metadata={"description": "in the account currency"})
+    max_amount = _number(
+        maximum=MAX_AMOUNT, allow_none=True, metadata={"description": "in the account currency"}
+    )
     action = fields.String(validate=validate.OneOf(LIMIT_ACTIONS), metadata={"description": "default warn"})
     resume = fields.String(
         validate=validate.OneOf(RESUMES),
@@ -824,8 +835,8 @@ class DrawdownLimitDocSchema(StrictSchema):
 
 
 class MarketLimitsDocSchema(StrictSchema):
-    max_spread_pips = _number(allow_none=True)
-    max_gap_pips = _number(allow_none=True)
+    max_spread_pips = _number(maximum=MAX_PIPS, allow_none=True)
+    max_gap_pips = _number(maximum=MAX_PIPS, allow_none=True)
     stale_quote_seconds = _number(integer=True, minimum=1, maximum=86_400, allow_none=True)
     action = fields.String(validate=validate.OneOf(MARKET_ACTIONS), metadata={"description": "default warn"})
 
@@ -833,7 +844,7 @@ class MarketLimitsDocSchema(StrictSchema):
 class OrderLimitsDocSchema(StrictSchema):
     """Checked before every order is sent; null turns a limit off (the default)."""
 
-    max_lots_per_order = _number(allow_none=True)
+    max_lots_per_order = _number(maximum=MAX_LOTS, allow_none=True)
     max_open_positions = _number(
         integer=True,
         minimum=0,
@@ -841,7 +852,9 @@ class OrderLimitsDocSchema(StrictSchema):
         allow_none=True,
         metadata={"description": "open positions after the order, those opened outside TradeGuard included"},
     )
-    max_total_lots = _number(allow_none=True, metadata={"description": "open lots after the order"})
+    max_total_lots = _number(
+        maximum=MAX_LOTS, allow_none=True, metadata={"description": "open lots after the order"}
+    )
     max_orders_per_minute = _number(
         integer=True,
         minimum=0,

@@ -69,7 +69,15 @@ def default_settings() -> dict[str, Any]:
 # --- validation -----------------------------------------------------------------------------------------
 
 
-def _positive(maximum: int | None = None) -> fields.Decimal:
+# Upper bounds no real account reaches, there so that every figure stays an ordinary number: a decimal
+# such as 1e999999999 is valid JSON, and turning it into the stored document's int would take the worker
+# minutes.
+MAX_AMOUNT = 10**12  # in the account currency
+MAX_PIPS = 100_000
+MAX_LOTS = 100_000  # as a signal's volume
+
+
+def _positive(maximum: int) -> fields.Decimal:
     # Decimals, never floats: 5.1 % must compare as 5.1, not 5.0999999.
     checks = [validate.Range(min=0, min_inclusive=False, max=maximum)]
     return fields.Decimal(allow_none=True, load_default=None, allow_nan=False, validate=checks)
@@ -97,7 +105,7 @@ class DrawdownLimitSchema(_Strict):
     reference = fields.String(required=True, validate=validate.OneOf(REFERENCES))
     warn_percent = _positive(100)
     max_percent = _positive(100)
-    max_amount = _positive()
+    max_amount = _positive(MAX_AMOUNT)
     action = fields.String(load_default="warn", validate=validate.OneOf(LIMIT_ACTIONS))
     resume = fields.String(load_default="manual", validate=validate.OneOf(RESUMES))
 
@@ -113,8 +121,8 @@ class DrawdownLimitSchema(_Strict):
 
 
 class MarketSchema(_Strict):
-    max_spread_pips = _positive()
-    max_gap_pips = _positive()
+    max_spread_pips = _positive(MAX_PIPS)
+    max_gap_pips = _positive(MAX_PIPS)
     stale_quote_seconds = fields.Integer(
         allow_none=True, load_default=None, strict=True, validate=validate.Range(min=1, max=86_400)
     )
@@ -122,11 +130,11 @@ class MarketSchema(_Strict):
 
 
 class OrderLimitsSchema(_Strict):
-    max_lots_per_order = _positive()
+    max_lots_per_order = _positive(MAX_LOTS)
     max_open_positions = fields.Integer(
         allow_none=True, load_default=None, strict=True, validate=validate.Range(min=0, max=100_000)
     )
-    max_total_lots = _positive()
+    max_total_lots = _positive(MAX_LOTS)
     max_orders_per_minute = fields.Integer(
         allow_none=True, load_default=None, strict=True, validate=validate.Range(min=0, max=100_000)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import sqlalchemy as sa
 
@@ -216,3 +217,30 @@ def test_without_a_token_it_is_401(api, client):
     world = api.setup()
     assert client.get(url(world["account"]["id"])).status_code == 401
     assert client.put(url(world["account"]["id"]), json=EXAMPLE).status_code == 401
+
+
+def test_figures_past_any_real_accounts_are_refused_even_spelled_with_a_huge_exponent(
+    api, client, db_session
+):
+    """1e999999999 is valid JSON; as a stored figure it would take minutes to write out."""
+    world = api.setup()
+    account_id = world["account"]["id"]
+    document = copy.deepcopy(EXAMPLE)
+    document["drawdown_limits"][0]["max_amount"] = "HUGE"
+    document["market"]["max_spread_pips"] = 100_001
+    document["orders"]["max_total_lots"] = 100_001
+    body = json.dumps(document).replace('"HUGE"', "1e999999999")
+    response = client.put(
+        url(account_id), data=body, headers={**world["user"]["headers"], "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.json
+    assert set(response.json["error"]["fields"]) == {
+        "drawdown_limits.0.max_amount",
+        "market.max_spread_pips",
+        "orders.max_total_lots",
+    }
+    assert stored_rows(db_session, account_id) == []
+    document["drawdown_limits"][0]["max_amount"] = 10**12  # the largest allowed
+    document["market"]["max_spread_pips"] = 100_000
+    document["orders"]["max_total_lots"] = 100_000
+    assert client.put(url(account_id), json=document, headers=world["user"]["headers"]).status_code == 200
