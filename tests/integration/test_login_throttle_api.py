@@ -136,6 +136,8 @@ def test_the_pages_sign_in_form_counts_against_the_same_limits(throttled_app, co
 
     assert [page_login("a wrong guess").status_code for _ in range(2)] == [401, 401]
     assert login(app, victim, "a wrong guess", "192.0.2.78").status_code == 401  # the third, by the API
-    assert page_login("victim's password").status_code == 429  # locked, even with the right password
+    locked = page_login("victim's password")  # locked, even with the right password
+    assert (locked.status_code, locked.mimetype) == (429, "text/html")  # a page, as the form is
+    assert int(locked.headers["Retry-After"]) >= 1 and "Too many attempts" in locked.get_data(as_text=True)
     assert login(app, victim, "victim's password", "192.0.2.79").status_code == 429
     assert len(lock_outs_of(committed_db, victim)) == 1

@@ -199,3 +199,21 @@ def test_signing_out_ends_the_page_session(client, owner):
     response = client.post("/logout", data={"csrf_token": token})
     assert response.status_code == 302 and response.headers["Location"] == "/login"
     assert client.get("/signals").status_code == 302
+
+
+def test_errors_on_the_pages_are_pages_with_their_status_and_message(api, client, owner):
+    client.get("/login")
+    refused = client.post("/login", data={"email": owner["user"]["email"], "password": "correct horse"})
+    assert (refused.status_code, refused.mimetype) == (403, "text/html")
+    page = refused.get_data(as_text=True)
+    assert "<h1>Refused</h1>" in page and "security token is missing or stale" in page
+    stranger = api.setup()
+    sign_in(client, owner["user"]["email"])
+    missing = client.get(f"/risk?account_id={stranger['account']['id']}")
+    assert (missing.status_code, missing.mimetype) == (404, "text/html")
+    assert "<h1>Not found</h1>" in missing.get_data(as_text=True)
+    # The JSON API keeps its envelope.
+    api_missing = client.get(
+        f"/api/v1/accounts/{stranger['account']['id']}", headers=owner["user"]["headers"]
+    )
+    assert api_missing.status_code == 404 and api_missing.json["error"]["code"] == "not_found"
