@@ -30,7 +30,7 @@ from shared.models import (
 )
 
 
-def _decimal(value: Any) -> Decimal | None:
+def decimal_or_none(value: Any) -> Decimal | None:
     # The guard tasks store figures as decimal strings in JSON; one it cannot read shows as unknown (null)
     # rather than failing the owner's whole page.
     if value is None:
@@ -127,10 +127,10 @@ def _limits(settings: RiskSettings, stored: Mapping[str, Any]) -> list[LimitStan
                 max_amount=limit.max_amount,
                 action=limit.action,
                 resume=limit.resume,
-                reference_value=_decimal(figures.get("reference")),
+                reference_value=decimal_or_none(figures.get("reference")),
                 period_start=_when(figures.get("period_start")),
-                drawdown_percent=_decimal(figures.get("drawdown_percent")),
-                drawdown_amount=_decimal(figures.get("drawdown_amount")),
+                drawdown_percent=decimal_or_none(figures.get("drawdown_percent")),
+                drawdown_amount=decimal_or_none(figures.get("drawdown_amount")),
                 level=str(figures.get("level") or "ok"),
             )
         )

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from shared.core.db import DbSession
-from shared.guards.queries import AccountGuards, AlertDetail, LimitStanding, own_guards
+from shared.guards.queries import AccountGuards, AlertDetail, LimitStanding, decimal_or_none, own_guards
 from shared.identity.accounts import list_own_accounts
 from shared.models import Account, User
 from shared.reconciliation.breaker import breaker_is_open
@@ -60,16 +60,6 @@ class AccountOverview:
     @property
     def alert(self) -> AlertDetail | None:
         return self.guards.active_alert
-
-
-def _decimal(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
 
 
 def limit_bar(limit: LimitStanding) -> LimitBar:
@@ -119,8 +109,8 @@ def positions_it_will_close(
             ticket=row.get("ticket"),
             symbol=str(row.get("symbol") or ""),
             side=str(row.get("side") or ""),
-            volume=_decimal(row.get("volume")),
-            profit=_decimal(row.get("profit")),
+            volume=decimal_or_none(row.get("volume")),
+            profit=decimal_or_none(row.get("profit")),
             state=None,
         )
         for row in positions

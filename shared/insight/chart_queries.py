@@ -23,7 +23,7 @@ GUARD_WARNING = "guard.warning"  # the audit action shared.guards.engine records
 
 @dataclass(frozen=True)
 class EquityChart:
-    """Everything `chart.render` draws, in plain data."""
+    """Everything the chart draws, in plain data."""
 
     buckets: list[chart.Bucket]
     markers: list[chart.Marker]
@@ -31,6 +31,22 @@ class EquityChart:
     title: str
     start: datetime
     end: datetime
+
+    def render(self, image_format: chart.ImageFormat = "png") -> bytes:
+        """The chart's PNG or SVG bytes."""
+        # matplotlib is imported by the first chart a process draws, not at start: it takes most of a
+        # second, which every web and worker process would otherwise pay, chart or no chart.
+        from shared.insight import chart_drawing
+
+        return chart_drawing.render(
+            self.buckets,
+            self.markers,
+            currency=self.currency,
+            title=self.title,
+            start=self.start,
+            end=self.end,
+            image_format=image_format,
+        )
 
 
 def _in_range(

@@ -26,6 +26,7 @@ import requests
 from shared.core.signing import sign
 from shared.mt5.sim.client import connect
 from tests.integration.conftest import SITE
+from tests.integration.test_guards_engine import MAX_DRAWDOWN
 from tests.processes import ROOT, embedded_env, free_port, listening, procfile_processes, wait_for
 
 SCREENS = (
@@ -269,21 +270,7 @@ def test_nobody_sees_another_owners_signals(system, browser_page):
 
 
 # 1 lot of EURUSD is 10 USD a pip on the simulated account's 10,000 USD: 30 pips are 3 %.
-CLOSE_AT_2_PERCENT = {
-    "grace_seconds": 5,
-    "confirmations": 2,
-    "drawdown_limits": [
-        {
-            "name": "max drawdown",
-            "period": "lifetime",
-            "reference": "peak_equity",
-            "warn_percent": 1,
-            "max_percent": 2,
-            "action": "close",
-            "resume": "manual",
-        }
-    ],
-}
+CLOSE_AT_2_PERCENT = {"grace_seconds": 5, "confirmations": 2, "drawdown_limits": [MAX_DRAWDOWN]}
 
 
 def test_an_alert_counts_down_on_the_accounts_page_which_updates_when_the_positions_close(

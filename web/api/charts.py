@@ -56,19 +56,7 @@ def equity_chart(query: dict[str, Any]) -> Response:
         db.session, current_user(), query["account_id"], query["start"], query["end"]
     )
     image_format = query["image_format"]
-    # matplotlib is imported by the first chart a process draws, not at start: it takes most of a second,
-    # which every web and worker process would otherwise pay, chart or no chart.
-    from shared.insight import chart_drawing
-
-    image = chart_drawing.render(
-        data.buckets,
-        data.markers,
-        currency=data.currency,
-        title=data.title,
-        start=data.start,
-        end=data.end,
-        image_format=image_format,
-    )
+    image = data.render(image_format)
     response = Response(image, mimetype=chart.MEDIA_TYPES[image_format])
     response.headers["Content-Disposition"] = (
         f'inline; filename="equity-{query["account_id"]}.{image_format}"'

@@ -48,18 +48,7 @@ def account_equity_chart(account_id: int) -> Response:
         data = chart_queries.equity_chart(db.session, current_user(), account_id)
     except NotFound:
         abort(404, description="no such account of yours")
-    # matplotlib is imported by the first chart a process draws (see web/api/charts.py).
-    from shared.insight import chart_drawing
-
-    image = chart_drawing.render(
-        data.buckets,
-        data.markers,
-        currency=data.currency,
-        title=data.title,
-        start=data.start,
-        end=data.end,
-        image_format="png",
-    )
+    image = data.render("png")
     response = Response(image, mimetype=chart.MEDIA_TYPES["png"])
     response.headers["Cache-Control"] = "private, no-cache"
     return response
