@@ -69,6 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # default; the throttle's own tests build apps with the limits they test.
     os.environ.setdefault("TRADEGUARD_REGISTER_LIMIT_PER_ADDRESS", "1000000 per hour")
     _declare_test_terminals()
+    _cheap_password_hashing()
 
     problem = _services_problem()
     if problem:
@@ -87,6 +88,17 @@ def pytest_configure(config: pytest.Config) -> None:
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def _cheap_password_hashing() -> None:
+    """argon2 at its production cost (64 MiB, 3 passes) takes about 0.3 s a hash here, and the suite
+    signs up and in hundreds of users in this process: the same argon2id code at the lowest cost it
+    takes. Processes the tests start (web, workers) keep the production cost."""
+    from argon2 import PasswordHasher
+
+    from shared.identity import users
+
+    users._hasher = PasswordHasher(time_cost=1, memory_cost=32, parallelism=4)
 
 
 def _declare_test_terminals() -> None:
