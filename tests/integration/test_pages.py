@@ -56,6 +56,14 @@ def test_pages_send_a_stranger_to_sign_in_and_back(client, owner):
         as_text=True
     )
     assert 'name="next" value="/signals"' in client.get("/login?next=//evil.example/x").get_data(as_text=True)
+    assert 'name="next" value="/signals"' in client.get("/login?next=/%5Cevil.example/x").get_data(
+        as_text=True
+    )
+    # A page with a query string comes back whole.
+    response = client.get("/trades?state=filled&account_id=1")
+    assert response.headers["Location"] == "/login?next=/trades%3Fstate%3Dfilled%26account_id%3D1"
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert 'name="next" value="/trades?state=filled&amp;account_id=1"' in page
 
 
 def test_signing_in_sets_an_http_only_same_site_cookie_for_the_pages_alone(client, owner):

@@ -148,7 +148,7 @@ def page_login_required(view: F) -> F:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if signed_in_user() is None:
-            return redirect(f"/login?next={quote(request.full_path.rstrip('?'), safe='/?=&')}")
+            return redirect(f"/login?next={quote(request.full_path.rstrip('?'), safe='/')}")
         if request.method == "POST":
             check_csrf()
         return view(*args, **kwargs)

@@ -38,7 +38,14 @@ def _safe_next(target: str | None) -> str:
     if not target:
         return "/signals"
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    # "/\\host" is "//host" to a browser: another site.
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
         return "/signals"
     return target
 
