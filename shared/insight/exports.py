@@ -37,15 +37,12 @@ class Column:
 
 @dataclass(frozen=True)
 class Export:
-    """One export: its file name, the table's columns in file order, its time column (what `from` and
-    `to` filter on) and the column that names its owner."""
+    """One export: its file name, its table (`model`: rows with an owner_id, an account_id and a
+    created_at, which `from` and `to` filter on) and the columns in file order."""
 
     filename: str
+    model: Any
     columns: Sequence[Column]
-    time_column: Any
-    owner_column: Any
-    account_column: Any
-    order_by: Sequence[Any]
 
 
 def _columns(model: Any, spec: Sequence[tuple[str, str]]) -> list[Column]:
@@ -54,6 +51,7 @@ def _columns(model: Any, spec: Sequence[tuple[str, str]]) -> list[Column]:
 
 TRADES = Export(
     filename="trades.csv",
+    model=Trade,
     columns=_columns(
         Trade,
         [
@@ -87,14 +85,11 @@ TRADES = Export(
             ("pnl", "decimal"),
         ],
     ),
-    time_column=Trade.created_at,
-    owner_column=Trade.owner_id,
-    account_column=Trade.account_id,
-    order_by=(Trade.created_at, Trade.id),
 )
 
 RECONCILIATION = Export(
     filename="reconciliation.csv",
+    model=ReconciliationLog,
     columns=_columns(
         ReconciliationLog,
         [
@@ -118,10 +113,6 @@ RECONCILIATION = Export(
             ("created_at", "time"),
         ],
     ),
-    time_column=ReconciliationLog.created_at,
-    owner_column=ReconciliationLog.owner_id,
-    account_column=ReconciliationLog.account_id,
-    order_by=(ReconciliationLog.created_at, ReconciliationLog.id),
 )
 
 
@@ -135,15 +126,15 @@ def statement(
 ) -> sa.Select[Any]:
     """The owner's rows of `export`, oldest first: of one account when given, created in [start, end)."""
     query = sa.select(*(column.expression for column in export.columns)).where(
-        export.owner_column == owner.id
+        export.model.owner_id == owner.id
     )
     if account_id is not None:
-        query = query.where(export.account_column == account_id)
+        query = query.where(export.model.account_id == account_id)
     if start is not None:
-        query = query.where(export.time_column >= start)
+        query = query.where(export.model.created_at >= start)
     if end is not None:
-        query = query.where(export.time_column < end)
-    return query.order_by(*export.order_by)
+        query = query.where(export.model.created_at < end)
+    return query.order_by(export.model.created_at, export.model.id)
 
 
 def _postgres_cell(column: Column) -> Any:

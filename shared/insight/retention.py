@@ -144,12 +144,9 @@ def _roll_tier(
         oldest_query = oldest_query.where(_SNAPSHOTS.c.synced_at >= done_through)
     oldest = session.scalar(oldest_query)
     if oldest is None:
-        return max(done_through, cutoff) if done_through is not None else cutoff
+        return cutoff  # nothing before it to roll up: the tier stands there
     start = rules.bucket_start(oldest, resolution)
-    span = rules.next_span(start, None, cutoff, longest)
-    if span is None:
-        return cutoff
-    start, end = span
+    end = rules.span_end(start, cutoff, longest)
     in_span = (
         _SNAPSHOTS.c.account_id == account_id,
         _SNAPSHOTS.c.synced_at >= start,

@@ -80,14 +80,7 @@ def _merged(start: datetime, members: Sequence[Row]) -> Row:
     )
 
 
-def next_span(
-    done_through: datetime | None, oldest: datetime | None, cutoff: datetime, longest: timedelta
-) -> tuple[datetime, datetime] | None:
-    """The span [start, end) of source rows to roll up next, at most `longest`, never past `cutoff`:
-    from where the last run stopped (`done_through`), or else from the oldest source row's bucket.
-    None when there is nothing before the cutoff to do."""
-    start = done_through if done_through is not None else oldest
-    if start is None or start >= cutoff:
-        return None
-    end = min(cutoff, start + longest)
-    return start, end
+def span_end(start: datetime, cutoff: datetime, longest: timedelta) -> datetime:
+    """Where the span of source rows rolled up from `start` ends: at most `longest` on, never past
+    `cutoff` (both on bucket boundaries, so the span holds whole buckets)."""
+    return min(cutoff, start + longest)

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from shared.insight.retention_rules import Row, bucket_start, cutoffs, next_span, roll_up
+from shared.insight.retention_rules import Row, bucket_start, cutoffs, roll_up, span_end
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -95,11 +95,8 @@ def test_bucket_starts_and_cutoffs_fall_on_boundaries():
     }
 
 
-def test_a_span_starts_where_the_last_stopped_and_never_passes_the_cutoff():
+def test_a_span_holds_at_most_its_longest_and_never_passes_the_cutoff():
     cutoff = T0 + timedelta(hours=10)
     six = timedelta(hours=6)
-    assert next_span(T0, None, cutoff, six) == (T0, T0 + six)
-    assert next_span(T0 + six, None, cutoff, six) == (T0 + six, cutoff)
-    assert next_span(None, T0, cutoff, six) == (T0, T0 + six)  # nothing done yet: from the oldest row
-    assert next_span(cutoff, None, cutoff, six) is None
-    assert next_span(None, None, cutoff, six) is None
+    assert span_end(T0, cutoff, six) == T0 + six
+    assert span_end(T0 + six, cutoff, six) == cutoff
