@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from shared.execution import service as execution
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim.broker import SimBroker
 from shared.mt5.sim.terminal import SimTerminal
+from shared.notifications import delivery
 from shared.reconciliation.breaker import BreakerSettings
 from shared.reconciliation.rules import Tolerances
 from shared.reconciliation.sync import sync_account, sync_accounts
@@ -237,3 +239,29 @@ def chromium():
         )
         yield browser
         browser.close()
+
+
+# --- names that resolve ------------------------------------------------------------------------------
+
+# A public address for webhook receivers (example.com's); nothing is ever sent to it.
+PUBLIC = "93.184.216.34"
+
+
+@pytest.fixture
+def dns(monkeypatch):
+    """This machine resolves no public names: a small DNS of the tests' own (webhook URLs). A name it
+    does not hold does not resolve; an IP address resolves to itself."""
+    names = {"hooks.example.com": [PUBLIC], "internal.example.com": ["10.1.2.3"]}
+
+    def resolve(host, port):
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+            return [host]
+        except OSError:
+            pass
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return names[host]
+
+    monkeypatch.setattr(delivery, "resolve", resolve)
+    return names

@@ -9,7 +9,6 @@ import copy
 import dataclasses
 import html
 import re
-import socket
 from html.parser import HTMLParser
 from typing import Any
 
@@ -19,11 +18,10 @@ import sqlalchemy as sa
 from shared.core.extensions import secret_box
 from shared.guards.settings import DEFAULT_SETTINGS
 from shared.models import Account, AccountRisk, AuditLog, DeliveryStatus, Webhook, WebhookDelivery
-from shared.notifications import delivery, webhooks
+from shared.notifications import webhooks
 from shared.notifications.events import ALL_EVENTS
 
 TOKEN = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
-PUBLIC = "93.184.216.34"
 
 
 def _token(page: str) -> str:
@@ -409,25 +407,6 @@ def test_what_owners_named_is_escaped_on_the_risk_page(client, owner, db_session
 
 
 # --- webhooks ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def dns(monkeypatch):
-    """This machine resolves no public names: a small DNS of the test's own (as test_webhooks_api's)."""
-    names = {"hooks.example.com": [PUBLIC], "internal.example.com": ["10.1.2.3"]}
-
-    def resolve(host, port):
-        try:
-            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-            return [host]
-        except OSError:
-            pass
-        if host not in names:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return names[host]
-
-    monkeypatch.setattr(delivery, "resolve", resolve)
-    return names
 
 
 def add_webhook(client: Any, url: str, events: list[str] | None = None) -> Any:

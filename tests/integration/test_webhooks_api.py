@@ -4,7 +4,6 @@ commits."""
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 
 import pytest
@@ -13,30 +12,8 @@ import sqlalchemy as sa
 from shared.core.db import utcnow
 from shared.core.queue import DELIVER_WEBHOOK
 from shared.models import AuditLog, DeliveryStatus, Webhook, WebhookDelivery
-from shared.notifications import delivery, webhooks
+from shared.notifications import webhooks
 from shared.notifications.events import ALL_EVENTS
-
-PUBLIC = "93.184.216.34"
-
-
-@pytest.fixture
-def dns(monkeypatch):
-    """This machine resolves no public names: a small DNS of the test's own. A name it does not hold
-    does not resolve; an IP address resolves to itself."""
-    names = {"hooks.example.com": [PUBLIC], "internal.example.com": ["10.1.2.3"]}
-
-    def resolve(host, port):
-        try:
-            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-            return [host]
-        except OSError:
-            pass
-        if host not in names:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return names[host]
-
-    monkeypatch.setattr(delivery, "resolve", resolve)
-    return names
 
 
 def create(api, user, **body):
