@@ -85,6 +85,19 @@ def terminal_pool() -> ConnectionPool:
         return _terminal_pool
 
 
+# This process's threads for webhook POSTs (a commit's deliveries go out together).
+_delivery_threads: ThreadPoolExecutor | None = None
+DELIVERY_THREADS = 8
+
+
+def delivery_threads() -> ThreadPoolExecutor:
+    global _delivery_threads
+    with _pools_lock:
+        if _delivery_threads is None:
+            _delivery_threads = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="webhook")
+        return _delivery_threads
+
+
 def sync_threads() -> ThreadPoolExecutor:
     global _sync_threads
     with _pools_lock:

@@ -19,6 +19,7 @@ from shared.core.db import after_commit, db, utcnow
 from shared.core.queue import (
     CHECK_GUARDS,
     DELIVER_WEBHOOK,
+    DELIVER_WEBHOOKS,
     DISPATCH_APPROVED,
     EXECUTE_ALERT,
     EXECUTE_SIGNAL,
@@ -400,6 +401,25 @@ def deliver_webhook(self: Task, delivery_id: str) -> str | None:
     return outcome.status.value if outcome.status else None
 
 
+@celery_app.task(name=DELIVER_WEBHOOKS, base=DatabaseTask)
+def deliver_webhooks(delivery_ids: list[str]) -> dict[str, int]:
+    """The first attempts of one commit's deliveries, POSTed together (`delivery.attempt_many`); each
+    that fails gets its next attempt as a `deliver_webhook` task of its own, when it is due. Safe to run
+    twice, as `deliver_webhook` is."""
+    outcomes = delivery.attempt_many(
+        db.session,
+        extensions.secret_box(),
+        delivery_ids,
+        runtime.delivery_settings(),
+        executor=runtime.delivery_threads(),
+    )
+    queue = extensions.task_queue()
+    for delivery_id, outcome in outcomes.items():
+        if outcome.retry_in is not None:
+            queue.send(DELIVER_WEBHOOK, [delivery_id], countdown=outcome.retry_in)
+    return dict(Counter(o.status.value if o.status else "skipped" for o in outcomes.values()))
+
+
 # A delivery whose message is this late is taken for lost (the worker sends its retry at the due time).
 WEBHOOK_SWEEP_GRACE = timedelta(seconds=30)
 
@@ -409,7 +429,7 @@ def sweep_webhooks() -> int:
     """Beat's safety net: pending deliveries overdue by WEBHOOK_SWEEP_GRACE are sent again (their
     message was lost). Each message expires before the next sweep, so a backlog is not doubled."""
     delivery_ids = webhooks.deliveries_due(db.session, utcnow() - WEBHOOK_SWEEP_GRACE)
-    webhooks.send_deliveries(extensions.task_queue(), delivery_ids, expires=60)
+    webhooks.send_delivery_batches(extensions.task_queue(), delivery_ids, expires=60)
     return len(delivery_ids)
 
 

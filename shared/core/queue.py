@@ -24,6 +24,7 @@ EXECUTE_ALERT = "tradeguard.execute_alert"
 GUARD_SWEEP = "tradeguard.guard_sweep"
 GUARD_WATCH = "tradeguard.guard_watch"
 DELIVER_WEBHOOK = "tradeguard.deliver_webhook"
+DELIVER_WEBHOOKS = "tradeguard.deliver_webhooks"
 SWEEP_WEBHOOKS = "tradeguard.sweep_webhooks"
 ROLL_UP_SNAPSHOTS = "tradeguard.roll_up_snapshots"
 

@@ -1,6 +1,7 @@
 """Sending one delivery: resolve the receiver's host, refuse addresses it may not reach, POST the signed
 payload to the address it resolved (pinned: no second look-up a DNS rebinding could answer differently),
-and record what happened. Run by a worker (`tradeguard.deliver_webhook`), never in a web request.
+and record what happened. Run by a worker (`tradeguard.deliver_webhooks`, one task per commit's events, and
+`tradeguard.deliver_webhook` for a retry), never in a web request.
 
 A receiver's fault (refused, timed out, an error status, a redirect) is recorded on the delivery and
 retried on the schedule of `rules.retry_delay`; it never raises out of `attempt`.
@@ -14,6 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +24,7 @@ import sqlalchemy as sa
 
 from shared.core.crypto import SecretBox, SecretUnreadable
 from shared.core.db import DbSession, utcnow
+from shared.core.executors import Inline
 from shared.models import DeliveryStatus, Webhook, WebhookDelivery
 from shared.notifications import rules
 from shared.notifications.rules import Target
@@ -194,68 +197,134 @@ def attempt(
     resolver: Resolver | None = None,
     now: Callable[[], datetime] = utcnow,
 ) -> Outcome:
-    """Make the delivery's next attempt if it is due, and record it. Safe to run twice, also at once: the
-    attempt is claimed by a conditional UPDATE (committed before the POST), so only one copy sends, and a
-    delivered or failed delivery is never sent again. Commits its own transactions."""
-    claimed = _claim(session, delivery_id, now(), settings.lease)
-    if claimed is None:
-        return Outcome(None)
-    row_id, attempts = claimed
-    delivery = session.scalars(
-        sa.select(WebhookDelivery)
-        .where(WebhookDelivery.id == row_id)
-        .execution_options(populate_existing=True)
-    ).one()
-    webhook = session.get(Webhook, delivery.webhook_id, populate_existing=True)
-    if webhook is None or webhook.deleted_at is not None:
-        _finish(session, row_id, attempts, status=DeliveryStatus.FAILED, last_error="the webhook was deleted")
-        return Outcome(DeliveryStatus.FAILED)
+    """Make the delivery's next attempt if it is due, and record it (`attempt_many` for one)."""
+    return attempt_many(session, box, [delivery_id], settings, resolver=resolver, now=now)[delivery_id]
 
-    answer = _send(delivery, webhook, box, settings, resolver or resolve)
-    at = now()
-    if answer.delivered:
-        _finish(
-            session,
-            row_id,
-            attempts,
-            status=DeliveryStatus.DELIVERED,
-            status_code=answer.status_code,
-            last_error=None,
-            delivered_at=at,
+
+def attempt_many(
+    session: DbSession,
+    box: SecretBox,
+    delivery_ids: Sequence[str],
+    settings: DeliverySettings,
+    *,
+    resolver: Resolver | None = None,
+    now: Callable[[], datetime] = utcnow,
+    executor: Executor | None = None,
+) -> dict[str, Outcome]:
+    """Make each delivery's next attempt if it is due, and record it; the outcome by delivery id.
+
+    Safe to run twice, also at once: the attempts are claimed by one conditional UPDATE (committed
+    before any POST), so only one copy sends each, and a delivered or failed delivery is never sent
+    again. The POSTs go out together on `executor` (in line without one); their results are recorded
+    in one transaction. One task per commit's events rather than one per event: with 100 alerts raised
+    at once, a task per delivery made the owners wait seconds for `alert.pending` (bench/guards.py)."""
+    outcomes = {delivery_id: Outcome(None) for delivery_id in delivery_ids}
+    claimed = _claim(session, list(outcomes), now(), settings.lease)
+    if not claimed:
+        return outcomes
+    deliveries = [
+        _Claimed(row.id, row.delivery_id, row.event, row.payload, row.webhook_id)
+        for row in session.execute(
+            sa.select(
+                WebhookDelivery.id,
+                WebhookDelivery.delivery_id,
+                WebhookDelivery.event,
+                WebhookDelivery.payload,
+                WebhookDelivery.webhook_id,
+            )
+            .where(WebhookDelivery.id.in_(claimed))
+            .order_by(WebhookDelivery.id)
         )
-        return Outcome(DeliveryStatus.DELIVERED)
+    ]
+    webhooks = {
+        row.id: row
+        for row in session.execute(
+            sa.select(Webhook.id, Webhook.url, Webhook.secret_encrypted, Webhook.deleted_at).where(
+                Webhook.id.in_({d.webhook_id for d in deliveries})
+            )
+        )
+    }
+    session.rollback()  # nothing held open while receivers answer
+    secrets: dict[int, str | SecretUnreadable] = {}
+    answers: dict[int, Future[Answer]] = {}
+    results: dict[int, Answer] = {}
+    for delivery in deliveries:
+        webhook = webhooks.get(delivery.webhook_id)
+        if webhook is None or webhook.deleted_at is not None:
+            results[delivery.id] = Answer(None, _DELETED)
+            continue
+        if webhook.id not in secrets:
+            try:
+                secrets[webhook.id] = box.decrypt(webhook.secret_encrypted)
+            except SecretUnreadable as exc:  # the operator's to fix (the key list); retried meanwhile
+                secrets[webhook.id] = exc
+        answers[delivery.id] = (executor or Inline()).submit(
+            _send, delivery, webhook.url, secrets[webhook.id], settings, resolver or resolve
+        )
+    for row_id, future in answers.items():
+        results[row_id] = future.result()
+
+    at = now()
+    for delivery in deliveries:
+        answer, attempts = results[delivery.id], claimed[delivery.id]
+        outcome, values = _recorded(delivery.delivery_id, answer, attempts, settings, at)
+        _finish(session, delivery.id, attempts, **values)
+        outcomes[delivery.delivery_id] = outcome
+    session.commit()
+    return outcomes
+
+
+_DELETED = "the webhook was deleted"
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A claimed delivery, as read before the POSTs (plain values: the POSTs run on other threads)."""
+
+    id: int
+    delivery_id: str
+    event: str
+    payload: dict[str, Any]
+    webhook_id: int
+
+
+def _recorded(
+    delivery_id: str, answer: Answer, attempts: int, settings: DeliverySettings, at: datetime
+) -> tuple[Outcome, dict[str, Any]]:
+    """What an attempt's answer makes of its delivery: the outcome, and the row's new values."""
+    if answer.delivered:
+        return Outcome(DeliveryStatus.DELIVERED), {
+            "status": DeliveryStatus.DELIVERED,
+            "status_code": answer.status_code,
+            "last_error": None,
+            "delivered_at": at,
+        }
+    if answer.error == _DELETED:
+        return Outcome(DeliveryStatus.FAILED), {"status": DeliveryStatus.FAILED, "last_error": _DELETED}
     error = rules.error_text(answer.error or "failed")
     delay = rules.retry_delay(attempts, settings.retry_scale)  # None after the last attempt
     if delay is None:
         log.warning("webhook delivery %s failed for good after %d attempts: %s", delivery_id, attempts, error)
-        _finish(
-            session,
-            row_id,
-            attempts,
-            status=DeliveryStatus.FAILED,
-            status_code=answer.status_code,
-            last_error=error,
-        )
-        return Outcome(DeliveryStatus.FAILED)
-    _finish(
-        session,
-        row_id,
-        attempts,
-        status=DeliveryStatus.PENDING,
-        status_code=answer.status_code,
-        last_error=error,
-        next_attempt_at=at + timedelta(seconds=delay),
-    )
-    return Outcome(DeliveryStatus.PENDING, retry_in=delay)
+        return Outcome(DeliveryStatus.FAILED), {
+            "status": DeliveryStatus.FAILED,
+            "status_code": answer.status_code,
+            "last_error": error,
+        }
+    return Outcome(DeliveryStatus.PENDING, retry_in=delay), {
+        "status": DeliveryStatus.PENDING,
+        "status_code": answer.status_code,
+        "last_error": error,
+        "next_attempt_at": at + timedelta(seconds=delay),
+    }
 
 
-def _claim(session: DbSession, delivery_id: str, at: datetime, lease: timedelta) -> tuple[int, int] | None:
-    """Take the delivery's next attempt: (its row id, the attempt's number), or None when it is not
-    pending, not due, or another worker holds it (its claim pushed next_attempt_at past now)."""
+def _claim(session: DbSession, delivery_ids: list[str], at: datetime, lease: timedelta) -> dict[int, int]:
+    """Take these deliveries' next attempts: each claimed row's id with its attempt's number. Left out:
+    those not pending, not due, or held by another worker (its claim pushed next_attempt_at past now)."""
     statement = (
         sa.update(WebhookDelivery)
         .where(
-            WebhookDelivery.delivery_id == delivery_id,
+            WebhookDelivery.delivery_id.in_(delivery_ids),
             WebhookDelivery.status == DeliveryStatus.PENDING,
             sa.or_(
                 WebhookDelivery.next_attempt_at.is_(None),
@@ -266,14 +335,14 @@ def _claim(session: DbSession, delivery_id: str, at: datetime, lease: timedelta)
         .returning(WebhookDelivery.id, WebhookDelivery.attempts)
         .execution_options(synchronize_session=False)
     )
-    row = session.execute(statement).first()
-    session.commit()  # the claim is visible before the POST goes out
-    return None if row is None else (int(row[0]), int(row[1]))
+    rows = session.execute(statement).all()
+    session.commit()  # the claims are visible before the POSTs go out
+    return {int(row[0]): int(row[1]) for row in rows}
 
 
 def _finish(session: DbSession, row_id: int, attempts: int, **values: Any) -> None:
-    """Record the attempt's result, if the attempt is still ours (a claim that outlived its lease may
-    have been taken over; the newer attempt's result is the one to keep)."""
+    """Record the attempt's result (committed by the caller), if the attempt is still ours (a claim
+    that outlived its lease may have been taken over; the newer attempt's result is the one to keep)."""
     if values.get("status") != DeliveryStatus.PENDING:
         values.setdefault("next_attempt_at", None)
     session.execute(
@@ -286,17 +355,16 @@ def _finish(session: DbSession, row_id: int, attempts: int, **values: Any) -> No
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
 
 
 def _send(
-    delivery: WebhookDelivery,
-    webhook: Webhook,
-    box: SecretBox,
+    delivery: _Claimed,
+    url: str,
+    secret: str | SecretUnreadable,
     settings: DeliverySettings,
     resolver: Resolver,
 ) -> Answer:
-    target = rules.parse_url(webhook.url)
+    target = rules.parse_url(url)
     if isinstance(target, str):  # stored before a rule tightened: refused now
         return Answer(None, f"the webhook's URL is refused: {target}")
     try:
@@ -305,10 +373,8 @@ def _send(
         addresses = allowed_addresses(target, allow_private=settings.allow_private, resolver=resolver)
     except RefusedDestination as exc:
         return Answer(None, f"refused: {exc}")
-    try:
-        secret = box.decrypt(webhook.secret_encrypted)
-    except SecretUnreadable as exc:  # the operator's to fix (the key list); retried meanwhile
-        return Answer(None, f"not sent: {exc}")
+    if isinstance(secret, SecretUnreadable):
+        return Answer(None, f"not sent: {secret}")
     body = rules.body_bytes(delivery.payload)
     timestamp = int(time.time())
     headers = rules.headers(

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 
 from shared.audit import trail
 from shared.core.crypto import SecretBox
-from shared.core.db import DbSession, after_commit, utcnow
+from shared.core.db import DbSession, after_commit_batched, utcnow
 from shared.core.errors import Conflict, InvalidInput, NotFound
 from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
-from shared.core.queue import DELIVER_WEBHOOK, Queue
+from shared.core.queue import DELIVER_WEBHOOKS, Queue
 from shared.models import DeliveryStatus, User, Webhook, WebhookDelivery
 from shared.notifications import rules
 from shared.notifications.delivery import RefusedDestination, Resolver, allowed_addresses
@@ -159,10 +159,11 @@ def notifier(queue: Queue) -> Callable[[DbSession, int, str, Mapping[str, Any]],
 def notify(session: DbSession, queue: Queue, owner_id: int, event: str, data: Mapping[str, Any]) -> int:
     """Send `event` with `data` to every active webhook of `owner_id` that receives it; how many.
 
-    Writes one pending delivery per webhook in the caller's transaction and sends each its delivery task
-    once that transaction commits (nothing is sent if it rolls back). A broker that refuses the message
-    loses nothing: the sweep (`deliveries_due`) sends it again. `data` may hold decimals, datetimes and
-    enums (sent as strings); an `account_id` in it is also put at the payload's top level.
+    Writes one pending delivery per webhook in the caller's transaction; once that transaction commits,
+    its deliveries go out together (`send_delivery_batches`; nothing is sent if it rolls back). A broker
+    that refuses the message loses nothing: the sweep (`deliveries_due`) sends it again. `data` may hold
+    decimals, datetimes and enums (sent as strings); an `account_id` in it is also put at the payload's
+    top level.
     Raises ValueError for an event name not in `events.ALL_EVENTS`."""
     if event not in ALL_EVENTS:
         raise ValueError(f"unknown webhook event {event!r}; add it to shared.notifications.events")
@@ -175,7 +176,6 @@ def notify(session: DbSession, queue: Queue, owner_id: int, event: str, data: Ma
     if not receivers:
         return 0
     at = utcnow()
-    delivery_ids: list[str] = []
     for webhook in receivers:
         delivery_id = str(uuid.uuid4())
         session.add(
@@ -191,18 +191,26 @@ def notify(session: DbSession, queue: Queue, owner_id: int, event: str, data: Ma
                 created_at=at,
             )
         )
-        delivery_ids.append(delivery_id)
-    after_commit(session, lambda: send_deliveries(queue, delivery_ids))
-    return len(delivery_ids)
+        after_commit_batched(
+            session, DELIVERIES_KEY, delivery_id, lambda ids: send_delivery_batches(queue, ids)
+        )
+    return len(receivers)
 
 
-def send_deliveries(queue: Queue, delivery_ids: Sequence[str], **options: Any) -> None:
-    """Send each delivery's task. Never raises: what the broker refuses, the sweep sends later."""
-    for delivery_id in delivery_ids:
+DELIVERIES_KEY = "webhook-deliveries"
+# Deliveries per task: a commit's events go out together, in tasks of at most this many POSTs.
+DELIVERY_BATCH = 50
+
+
+def send_delivery_batches(queue: Queue, delivery_ids: Sequence[str], **options: Any) -> None:
+    """Send these deliveries' first attempts, DELIVERY_BATCH to a task (`tradeguard.deliver_webhooks`).
+    Never raises: what the broker refuses, the sweep sends later."""
+    for start in range(0, len(delivery_ids), DELIVERY_BATCH):
+        batch = list(delivery_ids[start : start + DELIVERY_BATCH])
         try:
-            queue.send(DELIVER_WEBHOOK, [delivery_id], **options)
+            queue.send(DELIVER_WEBHOOKS, [batch], **options)
         except Exception:
-            log.exception("could not enqueue webhook delivery %s; the sweep will retry", delivery_id)
+            log.exception("could not enqueue %d webhook deliveries; the sweep will retry", len(batch))
 
 
 # The sweep's most per run; the rest wait for the next.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -114,14 +115,14 @@ def test_a_claimed_attempt_keeps_a_second_copy_out(db_session, owner, dns):
     _, row = one_delivery(db_session, owner, "http://hooks.example.test:1/in")
     now = delivery.utcnow()
 
-    first = delivery._claim(db_session, row.delivery_id, now, ALLOW_PRIVATE.lease)
-    second = delivery._claim(db_session, row.delivery_id, now, ALLOW_PRIVATE.lease)
+    first = delivery._claim(db_session, [row.delivery_id], now, ALLOW_PRIVATE.lease)
+    second = delivery._claim(db_session, [row.delivery_id], now, ALLOW_PRIVATE.lease)
 
-    assert first == (row.id, 1)
-    assert second is None
+    assert first == {row.id: 1}
+    assert second == {}
     # Once the claim's lease is over (its worker died mid-attempt), the next copy may take it.
     later = now + ALLOW_PRIVATE.lease
-    assert delivery._claim(db_session, row.delivery_id, later, ALLOW_PRIVATE.lease) == (row.id, 2)
+    assert delivery._claim(db_session, [row.delivery_id], later, ALLOW_PRIVATE.lease) == {row.id: 2}
 
 
 def test_a_redirect_is_not_followed(db_session, owner, dns):
@@ -154,3 +155,76 @@ def test_the_last_failed_attempt_fails_the_delivery(db_session, owner, dns):
             503,
         )
         assert after.last_error == "HTTP 503: answer 503" and after.next_attempt_at is None
+
+
+def test_a_commits_deliveries_are_attempted_together_each_recorded_on_its_own(db_session, owner, dns):
+    """`attempt_many`: the deliveries of one commit POSTed on a thread pool, each to its own webhook
+    signed with its own secret; a receiver's failure is that delivery's alone (retried), a delivery
+    already delivered is not sent again, and an unknown id is nothing to do."""
+    with receiver() as good, receiver(lambda _: 500) as bad:
+        dns["good.example.test"] = ["127.0.0.1"]
+        dns["bad.example.test"] = ["127.0.0.1"]
+        box = secret_box()
+        _, good_secret = webhooks.create_webhook(
+            db_session,
+            box,
+            owner,
+            url=f"http://good.example.test:{good.port}/in",
+            events=None,
+            allow_private=True,
+        )
+        _, bad_secret = webhooks.create_webhook(
+            db_session,
+            box,
+            owner,
+            url=f"http://bad.example.test:{bad.port}/in",
+            events=None,
+            allow_private=True,
+        )
+        for account_id in (1, 2):
+            assert (
+                webhooks.notify(
+                    db_session, task_queue(), owner.id, "alert.pending", {"account_id": account_id}
+                )
+                == 2
+            )
+        db_session.commit()
+        rows = db_session.scalars(
+            sa.select(WebhookDelivery)
+            .where(WebhookDelivery.owner_id == owner.id)
+            .order_by(WebhookDelivery.id)
+        ).all()
+        ids = [row.delivery_id for row in rows]
+        done_before = ids[0]
+        assert (
+            delivery.attempt(db_session, box, done_before, ALLOW_PRIVATE).status == DeliveryStatus.DELIVERED
+        )
+
+        with ThreadPoolExecutor(max_workers=4) as threads:
+            outcomes = delivery.attempt_many(
+                db_session, box, [*ids, "no-such-delivery"], ALLOW_PRIVATE, executor=threads
+            )
+
+        by_url = {row.delivery_id: row.webhook_id for row in rows}  # delivery id -> its webhook
+        good_id = rows[0].webhook_id
+        assert outcomes[done_before] == Outcome(None)
+        assert outcomes["no-such-delivery"] == Outcome(None)
+        for delivery_id in ids[1:]:
+            if by_url[delivery_id] == good_id:
+                assert outcomes[delivery_id] == Outcome(DeliveryStatus.DELIVERED)
+            else:
+                assert outcomes[delivery_id].status == DeliveryStatus.PENDING
+                assert outcomes[delivery_id].retry_in == rules.retry_delay(1, ALLOW_PRIVATE.retry_scale)
+        # The good receiver got both of its deliveries once each (one of them before), signed with its secret.
+        assert sorted(json.loads(r.body)["id"] for r in good.received) == sorted(
+            d for d in ids if by_url[d] == good_id
+        )
+        assert all(r.signed_by(good_secret) for r in good.received)
+        assert bad.count() == 2 and all(r.signed_by(bad_secret) for r in bad.received)
+        for row in rows:
+            after = reloaded(db_session, row)
+            if row.webhook_id == good_id:
+                assert (after.status, after.status_code, after.attempts) == (DeliveryStatus.DELIVERED, 200, 1)
+            else:
+                assert (after.status, after.status_code, after.attempts) == (DeliveryStatus.PENDING, 500, 1)
+                assert after.last_error.startswith("HTTP 500")

@@ -8,7 +8,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from shared.core.extensions import secret_box, task_queue
-from shared.core.queue import DELIVER_WEBHOOK
+from shared.core.queue import DELIVER_WEBHOOKS
 from shared.models import Trade, User, WebhookDelivery
 from shared.notifications import webhooks
 
@@ -56,10 +56,10 @@ def test_a_stop_out_and_an_opened_breaker_are_sent_once_each(sync, run, approved
     breaker = events[1][1]
     assert breaker["account_id"] == trade.account_id and breaker["consecutive_failures"] == 3
     assert "TerminalUnavailable" in breaker["error"]
-    # Each sent after its commit.
+    # Each sent after its commit (two commits: two tasks of one delivery each).
     rows = db_session.scalars(sa.select(WebhookDelivery).order_by(WebhookDelivery.id)).all()
     assert [(task.name, task.args) for task in queue.sent] == [
-        (DELIVER_WEBHOOK, [row.delivery_id]) for row in rows
+        (DELIVER_WEBHOOKS, [[row.delivery_id]]) for row in rows
     ]
 
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.core.db import utcnow
-from shared.core.queue import DELIVER_WEBHOOK
+from shared.core.queue import DELIVER_WEBHOOKS
 from shared.models import AuditLog, DeliveryStatus, Webhook, WebhookDelivery
 from shared.notifications import webhooks
 from shared.notifications.events import ALL_EVENTS
@@ -181,8 +181,9 @@ def test_notify_sends_its_tasks_only_after_the_commit_and_nothing_after_a_rollba
     assert webhooks.notify(db_session, queue, user["id"], "trade.closed", {"trade_id": 1}) == 2
     db_session.commit()
     rows = db_session.scalars(sa.select(WebhookDelivery).order_by(WebhookDelivery.id)).all()
+    # One commit, one task for both.
     assert [(task.name, task.args) for task in queue.sent] == [
-        (DELIVER_WEBHOOK, [row.delivery_id]) for row in rows
+        (DELIVER_WEBHOOKS, [[row.delivery_id for row in rows]])
     ]
     assert len({row.delivery_id for row in rows}) == 2
 

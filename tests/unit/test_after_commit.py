@@ -3,7 +3,7 @@
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.core.db import after_commit
+from shared.core.db import after_commit, after_commit_batched
 
 
 def test_callbacks_run_after_commit_and_are_dropped_on_rollback():
@@ -56,3 +56,34 @@ def test_a_savepoint_rolled_back_drops_only_what_was_registered_inside_it():
             after_commit(session, lambda: ran.append("next account"))
         session.commit()
         assert ran == ["outside", "next account"]
+
+
+def test_batched_items_go_to_one_flush_per_key_after_the_commit_without_a_rolled_back_savepoints():
+    """`after_commit_batched`: one call per key with every item of the transaction, in order; items
+    registered in a savepoint that rolled back are left out, and nothing runs on a rollback."""
+    engine = sa.create_engine("sqlite://")
+    flushed: list[tuple[str, list[int]]] = []
+
+    def flush(key: str):
+        return lambda items: flushed.append((key, items))
+
+    with Session(engine) as session:
+        session.execute(sa.text("SELECT 1"))
+        after_commit_batched(session, "a", 1, flush("a"))
+        after_commit_batched(session, "b", 10, flush("b"))
+        try:
+            with session.begin_nested():
+                after_commit_batched(session, "a", 2, flush("a"))
+                raise RuntimeError("rolled back")
+        except RuntimeError:
+            pass
+        after_commit_batched(session, "a", 3, flush("a"))
+        assert flushed == []
+        session.commit()
+        assert flushed == [("a", [1, 3]), ("b", [10])]
+
+        session.execute(sa.text("SELECT 1"))
+        after_commit_batched(session, "a", 4, flush("a"))
+        session.rollback()
+        session.commit()
+        assert flushed == [("a", [1, 3]), ("b", [10])]

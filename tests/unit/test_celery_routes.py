@@ -44,6 +44,7 @@ def test_the_guards_readings_and_closes_have_their_own_queue(task_name):
 
 def test_webhook_deliveries_stay_on_the_default_queue():
     assert queue_of("tradeguard.deliver_webhook") == "celery"
+    assert queue_of("tradeguard.deliver_webhooks") == "celery"
 
 
 def test_a_worker_started_without_a_queue_list_consumes_all_three():
