@@ -15,7 +15,7 @@ from celery.exceptions import Retry
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.core import extensions
-from shared.core.db import after_commit, db, utcnow
+from shared.core.db import after_commit, after_commit_batched, db, utcnow
 from shared.core.queue import (
     CHECK_GUARDS,
     DELIVER_WEBHOOK,
@@ -35,6 +35,7 @@ from shared.core.queue import (
 from shared.execution import dispatch
 from shared.execution import service as execution
 from shared.execution.timing import PUBLISHED_AT, OrderClock
+from shared.guards import closing as guard_closing
 from shared.guards import engine as guard_engine
 from shared.guards import readings as guard_readings
 from shared.guards import watch as guard_watch_feature
@@ -233,11 +234,42 @@ def _guard_notify(queue: Queue | None = None) -> guard_engine.Notify:
     return webhooks.notifier(queue or extensions.task_queue())
 
 
+# Alerts raised in one transaction whose close times lie this close together share one task: it runs
+# at the latest of them and carries them all out together (guards.closing takes every alert due).
+ALERT_TASK_SPREAD = timedelta(milliseconds=100)
+
+
 def _guard_schedule(queue: Queue) -> guard_engine.Schedule:
+    """Sends the guards' timed tasks once the transaction commits. A crowd of alerts raised together
+    (one reading batch) gets one `execute_alert` task per ALERT_TASK_SPREAD of close times, not one
+    each: a hundred tasks due in the same second cost the guards workers most of a second between them,
+    even when all but one found their alert carried out already (bench/guards.py)."""
+
+    def send_alerts(items: list[tuple[list[Any], datetime]]) -> None:
+        for args, at in coalesce_alert_tasks(items, ALERT_TASK_SPREAD):
+            queue.send(EXECUTE_ALERT, args, eta=at)
+
     def schedule(session: Any, task: str, args: list[Any], at: datetime) -> None:
-        after_commit(session, lambda: queue.send(task, args, eta=at))
+        if task == EXECUTE_ALERT:
+            after_commit_batched(session, EXECUTE_ALERT, (args, at), send_alerts)
+        else:
+            after_commit(session, lambda: queue.send(task, args, eta=at))
 
     return schedule
+
+
+def coalesce_alert_tasks(
+    items: list[tuple[list[Any], datetime]], spread: timedelta
+) -> list[tuple[list[Any], datetime]]:
+    """One (args, at) per group of close times within `spread` of the group's earliest: the args of its
+    latest alert, at that alert's time, so that every alert of the group is due when the task runs."""
+    groups: list[list[tuple[list[Any], datetime]]] = []
+    for item in sorted(items, key=lambda item: item[1]):
+        if groups and item[1] - groups[-1][0][1] <= spread:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return [group[-1] for group in groups]
 
 
 # How many further readings a check_guards task takes itself of the accounts whose breach is not yet
@@ -305,14 +337,31 @@ ALERT_MAX_RETRIES = 60
 def execute_alert(self: Task, alert_id: int) -> str:
     """When an alert's grace period ends: cancel it if the breach cleared, else close its positions,
     each exactly once, and halt the account. Safe to run twice, and after a worker died mid-close."""
+    queue = extensions.task_queue()
     try:
-        result = guard_engine.execute_alert(
+        # With the other alerts already due: a crowd breaching at once closes together (guards.closing).
+        done = guard_closing.execute_due_alerts(
             db.session,
             alert_id,
             open_terminal=runtime.open_pooled_terminal,
             settings=runtime.guard_settings(),
-            notify=_guard_notify(),
+            notify=_guard_notify(queue),
+            executor=runtime.sync_threads(),
         )
+        # Those it decided but could not end (a requote, an outcome not known) go the one-alert path:
+        # the first here, the others in tasks of their own.
+        for other in done.left:
+            if other != alert_id:
+                queue.send(EXECUTE_ALERT, [other])
+        result = done.first
+        if alert_id in done.left:
+            result = guard_engine.execute_alert(
+                db.session,
+                alert_id,
+                open_terminal=runtime.open_pooled_terminal,
+                settings=runtime.guard_settings(),
+                notify=_guard_notify(queue),
+            )
     except guard_engine.AlertNotDue as exc:
         db.session.rollback()
         raise self.retry(exc=exc, countdown=guard_engine.seconds_until_due(db.session, alert_id)) from exc

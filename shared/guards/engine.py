@@ -86,6 +86,9 @@ class GuardSettings:
     magic: int = 770077
 
 
+DEFAULT_GUARD_SETTINGS = GuardSettings()
+
+
 @dataclass
 class ReadingOutcome:
     account_id: int
@@ -597,16 +600,35 @@ def _decide(
     """At the end of the grace period: read the account again; cancel when the breach cleared, else commit
     the closes to make (status `closing`). When there are closes to make: the positions read, by ticket
     (none when another run had decided already)."""
-    snapshot = terminal.account()
-    positions = terminal.positions()
+    return decide_on(session, alert, account, terminal.account(), terminal.positions(), at, tell)
+
+
+def decide_on(
+    session: DbSession,
+    alert: DrawdownAlert,
+    account: Account,
+    snapshot: Any,
+    positions: Sequence[Position],
+    at: datetime,
+    tell: Callable[..., None],
+    *,
+    commit: bool = True,
+    preloaded: Preloaded | None = None,
+) -> AlertResult | dict[int, Position]:
+    """`_decide` on a reading already taken (`snapshot`: the account's figures, `positions`: its open
+    positions). Commits, unless `commit` is False (a batch of decisions commits once: `closing`).
+    `preloaded`: what a batch read for all its alerts at once (`closing`); the alert is then locked
+    already, and its closes are written by the batch (`Preloaded.closes`)."""
     reading = rules.Reading(at, snapshot.equity, snapshot.balance, snapshot.margin_level)
-    settings = risk_settings_of(session, account.id)
-    # Locked as a reading would be: the alert's decision and a concurrent reading do not interleave.
-    session.refresh(alert, with_for_update=True)
+    settings = preloaded.settings[account.id] if preloaded else risk_settings_of(session, account.id)
+    if preloaded is None:
+        # Locked as a reading would be: the alert's decision and a concurrent reading do not interleave.
+        session.refresh(alert, with_for_update=True)
     if alert.status != "pending":
-        session.commit()
+        if commit:
+            session.commit()
         return {} if alert.status == "closing" else AlertResult(alert.id, alert.status)
-    state = _locked_state(session, account.id, at)
+    state = preloaded.states[account.id] if preloaded else _locked_state(session, account.id, at)
     still = _still_breached(alert, settings, state, reading, session, account, at)
     if still is None:
         alert.status = "cancelled"
@@ -616,7 +638,8 @@ def _decide(
         _audit(session, "alert.cancelled", "alert", alert.id, account_id=account.id, equity=snapshot.equity)
         tell("alert.cancelled", equity=snapshot.equity)
         state.state = "ok" if state.halted_at is None else "halted"
-        session.commit()
+        if commit:
+            session.commit()
         return AlertResult(alert.id, "cancelled")
 
     chosen = rules.positions_to_close(
@@ -627,39 +650,31 @@ def _decide(
         margin=snapshot.margin,
         min_margin_level=settings.min_margin_level_percent,
     )
-    trades = _trades_by_position(session, account.id, [p.ticket for p in chosen])
+    if preloaded is not None:
+        trades = {t: trade_id for (a, t), trade_id in preloaded.trades.items() if a == account.id}
+    else:
+        trades = _trades_by_position(session, account.id, [p.ticket for p in chosen])
     by_ticket = {p.ticket: p for p in positions}
-    if chosen:
-        # A position another alert already took (it is closed once, ever) is skipped by the unique key.
-        session.execute(
-            dialect_insert(session.get_bind())(AlertClose.__table__)
-            .values(
-                [
-                    {
-                        "alert_id": alert.id,
-                        "account_id": account.id,
-                        "trade_id": trades.get(position.ticket),
-                        "position_ticket": position.ticket,
-                        "position_key": position.key,
-                        "symbol": position.symbol,
-                        "side": position.side,
-                        "volume": by_ticket[position.ticket].volume,
-                        "state": "pending",
-                        "attempts": 0,
-                        "created_at": at,
-                    }
-                    for position in chosen
-                ]
-            )
-            .on_conflict_do_nothing()
-        )
-        # Each close named by its own id (close_comment), in the same statement for all of them.
-        session.execute(
-            sa.update(AlertClose)
-            .where(AlertClose.alert_id == alert.id, AlertClose.comment.is_(None))
-            .values(comment=sa.literal(CLOSE_COMMENT_PREFIX) + sa.cast(AlertClose.id, sa.String))
-            .execution_options(synchronize_session=False)
-        )
+    rows = [
+        {
+            "alert_id": alert.id,
+            "account_id": account.id,
+            "trade_id": trades.get(position.ticket),
+            "position_ticket": position.ticket,
+            "position_key": position.key,
+            "symbol": position.symbol,
+            "side": position.side,
+            "volume": by_ticket[position.ticket].volume,
+            "state": "pending",
+            "attempts": 0,
+            "created_at": at,
+        }
+        for position in chosen
+    ]
+    if preloaded is not None:
+        preloaded.closes.extend(rows)  # written by the batch, with every other alert's
+    elif rows:
+        write_closes(session, rows, [alert.id])
     alert.status = "closing"
     alert.details = {
         **(alert.details or {}),
@@ -669,8 +684,91 @@ def _decide(
     _audit(
         session, "alert.closing", "alert", alert.id, account_id=account.id, positions=len(chosen), why=still
     )
-    session.commit()  # the intent, before any order is sent
+    if commit:
+        session.commit()  # the intent, before any order is sent
     return by_ticket
+
+
+def write_closes(session: DbSession, rows: list[dict[str, Any]], alert_ids: list[int]) -> None:
+    """Write the closes decided (`alert_closes` rows as dicts) and name each by its own id."""
+    # A position another alert already took (it is closed once, ever) is skipped by the unique key.
+    session.execute(
+        dialect_insert(session.get_bind())(AlertClose.__table__).values(rows).on_conflict_do_nothing()
+    )
+    # Each close named by its own id (close_comment), in the same statement for all of them.
+    session.execute(
+        sa.update(AlertClose)
+        .where(AlertClose.alert_id.in_(alert_ids), AlertClose.comment.is_(None))
+        .values(comment=sa.literal(CLOSE_COMMENT_PREFIX) + sa.cast(AlertClose.id, sa.String))
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass
+class Preloaded:
+    """What a batch of alert decisions or ends reads at once rather than per alert (`closing`): the
+    accounts' risk settings and guard states (locked), the TradeGuard trades of their positions by
+    (account, position ticket), and the closes the decisions chose (written together)."""
+
+    settings: dict[int, RiskSettings]
+    states: dict[int, GuardState]
+    trades: dict[tuple[int, int], int] = field(default_factory=dict)
+    closes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def locked_states(session: DbSession, account_ids: Sequence[int], at: datetime) -> dict[int, GuardState]:
+    """`_locked_state` for many accounts in two statements, locked in account id order (as every batch
+    that locks guard states does, so that two batches never wait on each other in a circle)."""
+    ids = sorted(set(account_ids))
+    if not ids:
+        return {}
+    session.execute(
+        dialect_insert(session.get_bind())(GuardState.__table__)
+        .values(
+            [
+                {
+                    "account_id": account_id,
+                    "state": "ok",
+                    "limits": {},
+                    "margin_streak": 0,
+                    "blocked_symbols": {},
+                    "broker_offset_seconds": 0,
+                    "updated_at": at,
+                }
+                for account_id in ids
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
+    return {
+        state.account_id: state
+        for state in session.scalars(
+            sa.select(GuardState)
+            .where(GuardState.account_id.in_(ids))
+            .order_by(GuardState.account_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+
+
+def trades_by_positions(
+    session: DbSession, positions: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], int]:
+    """The open TradeGuard trade of each (account id, position ticket), where there is one."""
+    if not positions:
+        return {}
+    wanted = set(positions)
+    rows = session.execute(
+        sa.select(Trade.account_id, Trade.position_ticket, Trade.id).where(
+            Trade.account_id.in_({a for a, _ in wanted}),
+            Trade.position_ticket.in_({t for _, t in wanted}),
+            Trade.state.in_((TradeState.FILLED, TradeState.PARTIAL)),
+        )
+    ).all()
+    return {
+        (r.account_id, r.position_ticket): r.id for r in rows if (r.account_id, r.position_ticket) in wanted
+    }
 
 
 CLOSE_COMMENT_PREFIX = "TG-X"
@@ -911,7 +1009,11 @@ def _closed(
     deal_ticket: int | None,
     tell: Callable[..., None],
     now: Callable[[], datetime],
+    *,
+    commit: bool = True,
 ) -> None:
+    """Record the close's deal (once), the trade it closed, and tell the owner. Commits unless `commit`
+    is False (the caller commits a batch of them)."""
     at = now()
     # Recorded once: a copy of the task that also found this close's deal leaves it as the first wrote it.
     recorded = session.execute(
@@ -921,8 +1023,9 @@ def _closed(
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     if not recorded:
-        session.commit()
-        session.refresh(row)
+        if commit:
+            session.commit()
+            session.refresh(row)
         return
     _audit(
         session,
@@ -953,7 +1056,8 @@ def _closed(
                 pnl=pnl,
             )
             tell("trade.closed", trade_id=row.trade_id, reason="guard", close_price=price, pnl=pnl)
-    session.commit()
+    if commit:
+        session.commit()
     _as_stored(row, state="closed", close_price=price, pnl=pnl, deal_ticket=deal_ticket, closed_at=at)
 
 
@@ -1003,19 +1107,31 @@ def _gone(
 
 
 def _finish(
-    session: DbSession, alert: DrawdownAlert, rows: Sequence[AlertClose], tell: Callable[..., None]
+    session: DbSession,
+    alert: DrawdownAlert,
+    rows: Sequence[AlertClose],
+    tell: Callable[..., None],
+    *,
+    commit: bool = True,
+    preloaded: Preloaded | None = None,
 ) -> AlertResult:
-    session.refresh(alert, with_for_update=True)
+    """The alert's end once each of its closes has ended: its figures, the owner told, the account
+    halted. Commits unless `commit` is False. `preloaded`: a batch's (`closing`), which has locked the
+    alert and read its closes (`rows`) as they are now."""
+    if preloaded is None:
+        session.refresh(alert, with_for_update=True)
     if alert.status != "closing":
-        session.commit()
+        if commit:
+            session.commit()
         return AlertResult(alert.id, alert.status)
-    # Each close as it ended, whoever ended it.
-    rows = session.scalars(
-        sa.select(AlertClose)
-        .where(AlertClose.alert_id == alert.id)
-        .order_by(AlertClose.id)
-        .execution_options(populate_existing=True)
-    ).all()
+    if preloaded is None:
+        # Each close as it ended, whoever ended it.
+        rows = session.scalars(
+            sa.select(AlertClose)
+            .where(AlertClose.alert_id == alert.id)
+            .order_by(AlertClose.id)
+            .execution_options(populate_existing=True)
+        ).all()
     closed = [row for row in rows if row.state == "closed"]
     failed = [row for row in rows if row.state == "failed"]
     alert.positions_closed_count = len(closed)
@@ -1040,12 +1156,19 @@ def _finish(
     }
     _audit(session, f"alert.{alert.status}", "alert", alert.id, account_id=alert.account_id, **figures)
     tell(f"alert.{alert.status}", **figures)
-    state = _locked_state(session, alert.account_id, utcnow())
+    if preloaded is not None:
+        state = preloaded.states[alert.account_id]
+    else:
+        state = _locked_state(session, alert.account_id, utcnow())
     if state.halted_at is None:
-        settings = risk_settings_of(session, alert.account_id)
+        if preloaded is not None:
+            settings = preloaded.settings[alert.account_id]
+        else:
+            settings = risk_settings_of(session, alert.account_id)
         limit = settings.limit(alert.limit_name) if alert.limit_name else None
         _halt(session, state, alert.reason, limit, alert, tell)
-    session.commit()
+    if commit:
+        session.commit()
     return AlertResult(alert.id, alert.status, len(closed))
 
 

@@ -7,6 +7,7 @@ Guard-side code: it must never import `shared.execution`, which imports it (sibl
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,18 @@ def risk_settings_of(session: DbSession, account_id: int) -> RiskSettings:
     """The account's risk settings, typed (the defaults when none were saved)."""
     stored = session.scalar(sa.select(AccountRisk.settings).where(AccountRisk.account_id == account_id))
     return RiskSettings.from_document(stored)
+
+
+def risk_settings_many(session: DbSession, account_ids: Collection[int]) -> dict[int, RiskSettings]:
+    """`risk_settings_of` for many accounts in one query; every id given has an entry."""
+    stored: dict[int, Any] = dict(
+        session.execute(
+            sa.select(AccountRisk.account_id, AccountRisk.settings).where(
+                AccountRisk.account_id.in_(account_ids)
+            )
+        ).all()
+    )
+    return {account_id: RiskSettings.from_document(stored.get(account_id)) for account_id in account_ids}
 
 
 def save_risk_settings(session: DbSession, user: User, account_id: int, document: Any) -> dict[str, Any]:

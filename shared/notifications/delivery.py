@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -215,9 +215,10 @@ def attempt_many(
 
     Safe to run twice, also at once: the attempts are claimed by one conditional UPDATE (committed
     before any POST), so only one copy sends each, and a delivered or failed delivery is never sent
-    again. The POSTs go out together on `executor` (in line without one); their results are recorded
-    in one transaction. One task per commit's events rather than one per event: with 100 alerts raised
-    at once, a task per delivery made the owners wait seconds for `alert.pending` (bench/guards.py)."""
+    again. The POSTs go out on `executor` (in line without one), each webhook's in order and different
+    webhooks' at once; their results are recorded in one transaction. One task per commit's events
+    rather than one per event: with 100 alerts raised at once, a task per delivery made the owners wait
+    seconds for `alert.pending` (bench/guards.py)."""
     outcomes = {delivery_id: Outcome(None) for delivery_id in delivery_ids}
     claimed = _claim(session, list(outcomes), now(), settings.lease)
     if not claimed:
@@ -245,24 +246,31 @@ def attempt_many(
         )
     }
     session.rollback()  # nothing held open while receivers answer
-    secrets: dict[int, str | SecretUnreadable] = {}
-    answers: dict[int, Future[Answer]] = {}
     results: dict[int, Answer] = {}
+    # Each webhook's deliveries one after the other, in the order they were made (an owner hears of
+    # the alert before the halt it led to); different webhooks at once.
+    by_webhook: dict[int, list[_Claimed]] = {}
     for delivery in deliveries:
         webhook = webhooks.get(delivery.webhook_id)
         if webhook is None or webhook.deleted_at is not None:
             results[delivery.id] = Answer(None, _DELETED)
-            continue
-        if webhook.id not in secrets:
-            try:
-                secrets[webhook.id] = box.decrypt(webhook.secret_encrypted)
-            except SecretUnreadable as exc:  # the operator's to fix (the key list); retried meanwhile
-                secrets[webhook.id] = exc
-        answers[delivery.id] = (executor or Inline()).submit(
-            _send, delivery, webhook.url, secrets[webhook.id], settings, resolver or resolve
-        )
-    for row_id, future in answers.items():
-        results[row_id] = future.result()
+        else:
+            by_webhook.setdefault(webhook.id, []).append(delivery)
+
+    def post_in_order(webhook: Any, in_order: list[_Claimed]) -> list[tuple[int, Answer]]:
+        secret: str | SecretUnreadable
+        try:
+            secret = box.decrypt(webhook.secret_encrypted)
+        except SecretUnreadable as exc:  # the operator's to fix (the key list); retried meanwhile
+            secret = exc
+        return [(d.id, _send(d, webhook.url, secret, settings, resolver or resolve)) for d in in_order]
+
+    runner = executor or Inline()
+    futures = [
+        runner.submit(post_in_order, webhooks[webhook_id], rows) for webhook_id, rows in by_webhook.items()
+    ]
+    for future in futures:
+        results.update(future.result())
 
     at = now()
     for delivery in deliveries:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from shared.audit import trail
 from shared.core.crypto import SecretBox
@@ -76,6 +77,7 @@ def create_webhook(
     )
     session.add(webhook)
     session.flush()
+    session.info.pop(_WEBHOOKS_KEY, None)  # notify reads the owner's webhooks again
     trail.record(
         session,
         actor_type=trail.USER,
@@ -111,6 +113,7 @@ def delete_webhook(session: DbSession, owner: User, webhook_id: int) -> Webhook:
     stays. A second delete is NotFound, as the webhook is gone for its owner."""
     webhook = get_own_webhook(session, owner, webhook_id)
     webhook.deleted_at = utcnow()
+    session.info.pop(_WEBHOOKS_KEY, None)  # notify reads the owner's webhooks again
     session.execute(
         sa.update(WebhookDelivery)
         .where(WebhookDelivery.webhook_id == webhook.id, WebhookDelivery.status == DeliveryStatus.PENDING)
@@ -167,12 +170,7 @@ def notify(session: DbSession, queue: Queue, owner_id: int, event: str, data: Ma
     Raises ValueError for an event name not in `events.ALL_EVENTS`."""
     if event not in ALL_EVENTS:
         raise ValueError(f"unknown webhook event {event!r}; add it to shared.notifications.events")
-    webhooks = session.scalars(
-        sa.select(Webhook)
-        .where(Webhook.owner_id == owner_id, Webhook.deleted_at.is_(None))
-        .order_by(Webhook.id)
-    ).all()
-    receivers = [webhook for webhook in webhooks if webhook.receives(event)]
+    receivers = [webhook for webhook in _active_webhooks(session, owner_id) if webhook.receives(event)]
     if not receivers:
         return 0
     at = utcnow()
@@ -195,6 +193,27 @@ def notify(session: DbSession, queue: Queue, owner_id: int, event: str, data: Ma
             session, DELIVERIES_KEY, delivery_id, lambda ids: send_delivery_batches(queue, ids)
         )
     return len(receivers)
+
+
+_WEBHOOKS_KEY = "tradeguard_active_webhooks"
+
+
+def _active_webhooks(session: DbSession, owner_id: int) -> Sequence[Webhook]:
+    """The owner's active webhooks, read once per transaction: an alert tells its owner four or five
+    things in one transaction, and a batch of readings or closes covers many owners' accounts."""
+    transaction = (session if isinstance(session, Session) else session()).get_transaction()
+    cached = session.info.get(_WEBHOOKS_KEY)
+    if cached is None or cached[0] is not transaction:
+        cached = (transaction, {})
+        session.info[_WEBHOOKS_KEY] = cached
+    by_owner: dict[int, Sequence[Webhook]] = cached[1]
+    if owner_id not in by_owner:
+        by_owner[owner_id] = session.scalars(
+            sa.select(Webhook)
+            .where(Webhook.owner_id == owner_id, Webhook.deleted_at.is_(None))
+            .order_by(Webhook.id)
+        ).all()
+    return by_owner[owner_id]
 
 
 DELIVERIES_KEY = "webhook-deliveries"

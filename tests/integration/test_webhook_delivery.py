@@ -159,8 +159,9 @@ def test_the_last_failed_attempt_fails_the_delivery(db_session, owner, dns):
 
 def test_a_commits_deliveries_are_attempted_together_each_recorded_on_its_own(db_session, owner, dns):
     """`attempt_many`: the deliveries of one commit POSTed on a thread pool, each to its own webhook
-    signed with its own secret; a receiver's failure is that delivery's alone (retried), a delivery
-    already delivered is not sent again, and an unknown id is nothing to do."""
+    signed with its own secret, each webhook's in the order they were made; a receiver's failure is
+    that delivery's alone (retried), a delivery already delivered is not sent again, and an unknown id
+    is nothing to do."""
     with receiver() as good, receiver(lambda _: 500) as bad:
         dns["good.example.test"] = ["127.0.0.1"]
         dns["bad.example.test"] = ["127.0.0.1"]
@@ -221,6 +222,8 @@ def test_a_commits_deliveries_are_attempted_together_each_recorded_on_its_own(db
         )
         assert all(r.signed_by(good_secret) for r in good.received)
         assert bad.count() == 2 and all(r.signed_by(bad_secret) for r in bad.received)
+        # In order: account 1's event before account 2's, at each receiver.
+        assert [json.loads(r.body)["account_id"] for r in bad.received] == [1, 2]
         for row in rows:
             after = reloaded(db_session, row)
             if row.webhook_id == good_id:
