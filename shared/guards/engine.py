@@ -18,7 +18,7 @@ webhooks), which sends nothing until the transaction commits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -168,6 +168,7 @@ def record_reading(
     notify: Notify = no_notify,
     schedule: Schedule | None = None,
     presumed: int = 0,
+    preloaded: Preloaded | None = None,
 ) -> ReadingOutcome:
     """Apply one reading of one account; the caller commits. See the module docstring.
 
@@ -175,12 +176,18 @@ def record_reading(
     equity from live quotes at a drawdown maximum or under the margin minimum, and sent it to be read
     (`shared.guards.watch`). When this reading breaches too, the estimate counts as one reading of the
     run `confirmations` asks for (`rules.assess_limit`); it never stands for this one, so an account is
-    always read before anything is done, and a read that does not breach ends the run as ever."""
+    always read before anything is done, and a read that does not breach ends the run as ever.
+
+    `preloaded`: what a batch of readings read for all its accounts at once (`readings.check_accounts`):
+    their settings, guard states (locked), live alerts and the market as last quoted."""
     account = session.get(Account, account_id)
     if account is None:
         return ReadingOutcome(account_id, "gone")
-    settings = risk_settings_of(session, account_id)
-    state = _locked_state(session, account_id, reading.at)
+    settings = preloaded.settings[account_id] if preloaded else risk_settings_of(session, account_id)
+    # Made here when missing (an account's first reading), inside the caller's savepoint.
+    state = (preloaded.states.get(account_id) if preloaded else None) or _locked_state(
+        session, account_id, reading.at
+    )
     if broker_offset_seconds is not None:
         state.broker_offset_seconds = broker_offset_seconds
     if state.initial_balance is None:
@@ -241,11 +248,23 @@ def record_reading(
     margin_confirmed = state.margin_streak >= settings.confirmations  # the streak is 0 unless low
 
     # The market, for the symbols the account holds and those it has blocked.
-    market_close = _assess_market(session, state, account, settings, held_symbols, reading.at, tell)
+    market_close = _assess_market(
+        session,
+        state,
+        account,
+        settings,
+        held_symbols,
+        reading.at,
+        tell,
+        None if preloaded is None else preloaded.market.get(account.server, {}),
+    )
 
     # Act: a halted account is past acting (its orders are refused, its close done); a live alert is
     # already counting down.
-    alert = live_alert(session, account_id)
+    if preloaded is not None:
+        alert = preloaded.live_alerts.get(account_id)
+    else:
+        alert = live_alert(session, account_id)
     raised: DrawdownAlert | None = None
     if state.halted_at is None and alert is None:
         # The first confirmed limit that does more than warn acts; a drawdown before the margin before
@@ -292,21 +311,19 @@ def _assess_market(
     held_symbols: Sequence[str],
     at: datetime,
     tell: Callable[..., None],
+    server_views: Mapping[str, rules.MarketView] | None = None,
 ) -> tuple[str, str] | None:
-    """Update the account's blocked symbols from what the market guard last saw on its server; the
-    (symbol, reason) whose positions the market guard closes, if its action says so and it is confirmed."""
+    """Update the account's blocked symbols from what the market guard last saw on its server (read
+    here, unless `server_views` has it by symbol); the (symbol, reason) whose positions the market guard
+    closes, if its action says so and it is confirmed."""
     blocked = dict(state.blocked_symbols or {})
     symbols = sorted(set(held_symbols) | set(blocked))
     if not symbols:
         return None
-    views = {
-        row.symbol: rules.MarketView(row.symbol, row.spread_pips, row.gap_pips, row.quoted_at, row.trading)
-        for row in session.scalars(
-            sa.select(MarketQuote).where(
-                MarketQuote.server == account.server, MarketQuote.symbol.in_(symbols)
-            )
-        )
-    }
+    if server_views is not None:
+        views = {symbol: server_views[symbol] for symbol in symbols if symbol in server_views}
+    else:
+        views = market_views(session, account.server, symbols)
     limits = dict(state.limits or {})
     to_close: tuple[str, str] | None = None
     for symbol in symbols:
@@ -714,32 +731,61 @@ class Preloaded:
     states: dict[int, GuardState]
     trades: dict[tuple[int, int], int] = field(default_factory=dict)
     closes: list[dict[str, Any]] = field(default_factory=list)
+    # For readings: each account's live alert, and what the market guard last saw, by server and symbol.
+    live_alerts: dict[int, DrawdownAlert] = field(default_factory=dict)
+    market: dict[str, dict[str, rules.MarketView]] = field(default_factory=dict)
 
 
-def locked_states(session: DbSession, account_ids: Sequence[int], at: datetime) -> dict[int, GuardState]:
+def market_views(session: DbSession, server: str, symbols: Collection[str]) -> dict[str, rules.MarketView]:
+    """What the market guard last saw of these symbols on this trade server, by symbol."""
+    return {
+        row.symbol: rules.MarketView(row.symbol, row.spread_pips, row.gap_pips, row.quoted_at, row.trading)
+        for row in session.scalars(
+            sa.select(MarketQuote).where(MarketQuote.server == server, MarketQuote.symbol.in_(symbols))
+        )
+    }
+
+
+def live_alerts(session: DbSession, account_ids: Collection[int]) -> dict[int, DrawdownAlert]:
+    """`live_alert` for many accounts in one query."""
+    return {
+        alert.account_id: alert
+        for alert in session.scalars(
+            sa.select(DrawdownAlert)
+            .where(DrawdownAlert.account_id.in_(account_ids), DrawdownAlert.status.in_(LIVE))
+            .order_by(DrawdownAlert.id.desc())
+        )
+    }
+
+
+def locked_states(
+    session: DbSession, account_ids: Sequence[int], at: datetime, *, create: bool = True
+) -> dict[int, GuardState]:
     """`_locked_state` for many accounts in two statements, locked in account id order (as every batch
-    that locks guard states does, so that two batches never wait on each other in a circle)."""
+    that locks guard states does, so that two batches never wait on each other in a circle). `create`
+    False: the states that exist only (the rest are made one by one, where a failure undoes them)."""
     ids = sorted(set(account_ids))
     if not ids:
         return {}
-    session.execute(
-        dialect_insert(session.get_bind())(GuardState.__table__)
-        .values(
-            [
-                {
-                    "account_id": account_id,
-                    "state": "ok",
-                    "limits": {},
-                    "margin_streak": 0,
-                    "blocked_symbols": {},
-                    "broker_offset_seconds": 0,
-                    "updated_at": at,
-                }
-                for account_id in ids
-            ]
+    if create:
+        session.execute(
+            dialect_insert(session.get_bind())(GuardState.__table__)
+            .values(
+                [
+                    {
+                        "account_id": account_id,
+                        "state": "ok",
+                        "limits": {},
+                        "margin_streak": 0,
+                        "blocked_symbols": {},
+                        "broker_offset_seconds": 0,
+                        "updated_at": at,
+                    }
+                    for account_id in ids
+                ]
+            )
+            .on_conflict_do_nothing()
         )
-        .on_conflict_do_nothing()
-    )
     return {
         state.account_id: state
         for state in session.scalars(

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from shared.core.db import DbSession, dialect_insert, utcnow
 from shared.core.executors import Inline
 from shared.guards import engine, rules
-from shared.guards.risk_settings import risk_settings_of
+from shared.guards.risk_settings import risk_settings_many, risk_settings_of
 from shared.guards.settings import RiskSettings
 from shared.models import (
     Account,
@@ -126,6 +126,7 @@ def check_accounts(
     reads = {future.result().account.id: future.result() for future in futures}
     offsets = _observe_servers(session, reads, open_terminal, now)
     session.commit()  # the quotes are every account's: the watch never waits on this batch's readings
+    preloaded = _preload(session, reads, now)
     outcomes: dict[int, CheckOutcome] = {}
     for account_id in sorted(reads):
         done = reads[account_id]
@@ -144,8 +145,9 @@ def check_accounts(
                     notify=notify,
                     schedule=schedule,
                     presumed=1 if account_id in presumed else 0,
+                    preloaded=preloaded,
                 )
-                unconfirmed = _unconfirmed(session, account_id, outcome)
+                unconfirmed = _unconfirmed(session, account_id, outcome, preloaded.settings[account_id])
         except sa.exc.SQLAlchemyError as exc:
             log.exception("account %s: recording its guard reading failed", account_id)
             outcomes[account_id] = CheckOutcome(account_id, "failed", error=type(exc).__name__)
@@ -153,6 +155,29 @@ def check_accounts(
         outcomes[account_id] = CheckOutcome(account_id, "ok", outcome.state, unconfirmed, outcome.alert_id)
     session.commit()
     return [outcomes.get(i) or CheckOutcome(i, "gone") for i in ids]
+
+
+def _preload(
+    session: DbSession, reads: Mapping[int, _TerminalRead], now: datetime | None
+) -> engine.Preloaded:
+    """What every reading of the batch needs, read for all of them at once: their accounts (then found
+    by `session.get`), settings, guard states (locked, in account id order), live alerts, and the
+    market as last quoted on their servers. Ten-odd statements per account were most of the time from
+    a crowd's breach to its alerts (bench/guards.py)."""
+    ids = sorted(account_id for account_id, done in reads.items() if done.reading is not None)
+    session.scalars(sa.select(Account).where(Account.id.in_(ids))).all()
+    held: dict[str, set[str]] = defaultdict(set)
+    for account_id in ids:
+        held[reads[account_id].account.server].update(reads[account_id].held)
+    states = engine.locked_states(session, ids, now or utcnow(), create=False)
+    for state in states.values():  # and the symbols each has blocked
+        held[reads[state.account_id].account.server].update(state.blocked_symbols or {})
+    return engine.Preloaded(
+        settings=risk_settings_many(session, ids),
+        states=states,
+        live_alerts=engine.live_alerts(session, ids),
+        market={server: engine.market_views(session, server, symbols) for server, symbols in held.items()},
+    )
 
 
 def _observe_servers(
@@ -250,7 +275,12 @@ def observe_market(
     return offset
 
 
-def _unconfirmed(session: DbSession, account_id: int, outcome: engine.ReadingOutcome) -> bool:
+def _unconfirmed(
+    session: DbSession,
+    account_id: int,
+    outcome: engine.ReadingOutcome,
+    settings: RiskSettings | None = None,
+) -> bool:
     """Whether a breach is building up: a run of breached readings short of its confirmations, on an
     account with no alert counting down and not halted. Such an account is read again soon.
 
@@ -268,7 +298,7 @@ def _unconfirmed(session: DbSession, account_id: int, outcome: engine.ReadingOut
     ]
     if not any(streaks):
         return False
-    needed = risk_settings_of(session, account_id).confirmations
+    needed = (settings or risk_settings_of(session, account_id)).confirmations
     return any(0 < streak < needed for streak in streaks)
 
 
