@@ -414,17 +414,16 @@ def _record(
             sa.select(AlertClose).where(AlertClose.id.in_([item.order.close_id for item in sent]))
         )
     }
+    filled: list[engine.Filled] = []
     for item in sent:
         row, result = rows[item.order.close_id], item.result
         if result is None:
             continue  # outcome not known, or not sent: stays `sent` for the one-alert path
-        read = reads[item.order.alert_id]
-        tell = _teller(session, notify, owners[read.account.id], read.account.id, item.order.alert_id)
         row.retcode = result.retcode
         if result.done:
             deal = item.deal
             pnl = deal.profit + deal.commission + deal.swap if deal is not None else None
-            engine._closed(session, row, result.price, pnl, result.deal, tell, now, commit=False)
+            filled.append(engine.Filled(row, result.price, pnl, result.deal))
         elif result.retcode in engine._NEW_PRICE:
             row.state = "pending"
             engine._audit(
@@ -442,6 +441,12 @@ def _record(
                 session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error
             )
         # POSITION_CLOSED: closed by something else meanwhile; the one-alert path records it as gone.
+
+    def tell_for(row: AlertClose) -> Callable[..., None]:
+        read = reads[row.alert_id]
+        return _teller(session, notify, owners[read.account.id], read.account.id, row.alert_id)
+
+    engine.closed_many(session, filled, tell_for, now)
     session.flush()
 
     results: dict[int, engine.AlertResult] = {}

@@ -1107,6 +1107,118 @@ def _closed(
     _as_stored(row, state="closed", close_price=price, pnl=pnl, deal_ticket=deal_ticket, closed_at=at)
 
 
+@dataclass(frozen=True)
+class Filled:
+    """A close whose order filled: at what price, for what P&L (None: its deal not found), by which deal."""
+
+    row: AlertClose
+    price: Decimal
+    pnl: Decimal | None
+    deal_ticket: int | None
+
+
+def closed_many(
+    session: DbSession,
+    filled: Sequence[Filled],
+    tell_for: Callable[[AlertClose], Callable[..., None]],
+    now: Callable[[], datetime],
+) -> None:
+    """`_closed` for many closes at once (`closing`), in a statement for the closes and one for their
+    trades rather than two per close: each close still open is recorded (those another run recorded
+    first stay as it wrote them), and only for those the trade is closed, audited and its owner told.
+    The caller commits."""
+    if not filled:
+        return
+    at = now()
+    by_id = {item.row.id: item for item in filled}
+
+    def per_close(column: Any, value: Callable[[Filled], Any]) -> Any:
+        return sa.case(
+            *(
+                (AlertClose.id == close_id, sa.literal(value(item), column.type))
+                for close_id, item in by_id.items()
+            )
+        )
+
+    recorded = set(
+        session.scalars(
+            sa.update(AlertClose)
+            .where(AlertClose.id.in_(by_id), AlertClose.state.in_(("pending", "sent")))
+            .values(
+                state="closed",
+                close_price=per_close(AlertClose.close_price, lambda item: item.price),
+                pnl=per_close(AlertClose.pnl, lambda item: item.pnl),
+                deal_ticket=per_close(AlertClose.deal_ticket, lambda item: item.deal_ticket),
+                closed_at=at,
+            )
+            .returning(AlertClose.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    by_trade = {by_id[i].row.trade_id: by_id[i] for i in recorded if by_id[i].row.trade_id is not None}
+    closed_trades: set[int] = set()
+    if by_trade:
+
+        def per_trade(column: Any, value: Callable[[Filled], Any]) -> Any:
+            return sa.case(
+                *(
+                    (Trade.id == trade_id, sa.literal(value(item), column.type))
+                    for trade_id, item in by_trade.items()
+                )
+            )
+
+        closed_trades = set(
+            session.scalars(
+                sa.update(Trade)
+                .where(Trade.id.in_(by_trade), Trade.state != TradeState.CLOSED)
+                .values(
+                    state=TradeState.CLOSED,
+                    closed_at=at,
+                    close_reason="guard",
+                    close_price=per_trade(Trade.close_price, lambda item: item.price),
+                    pnl=per_trade(Trade.pnl, lambda item: item.pnl),
+                )
+                .returning(Trade.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    for close_id in sorted(recorded):
+        item = by_id[close_id]
+        row = item.row
+        _audit(
+            session,
+            "position.closed_by_guard",
+            "alert",
+            row.alert_id,
+            close_id=row.id,
+            position=row.position_ticket,
+            symbol=row.symbol,
+            price=item.price,
+            pnl=item.pnl,
+        )
+        if row.trade_id in closed_trades:
+            _audit(
+                session,
+                "trade.closed_by_guard",
+                "trade",
+                row.trade_id,
+                alert_id=row.alert_id,
+                price=item.price,
+                pnl=item.pnl,
+            )
+            tell_for(row)(
+                "trade.closed", trade_id=row.trade_id, reason="guard", close_price=item.price, pnl=item.pnl
+            )
+        _as_stored(
+            row,
+            state="closed",
+            close_price=item.price,
+            pnl=item.pnl,
+            deal_ticket=item.deal_ticket,
+            closed_at=at,
+        )
+
+
 def _as_stored(row: AlertClose, **values: Any) -> None:
     """Tell the session what a conditional UPDATE of ours just committed to the row, without reading
     it back (the UPDATE took, so these are its values)."""

@@ -7,6 +7,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -198,21 +199,35 @@ def notify(session: DbSession, queue: Queue, owner_id: int, event: str, data: Ma
 _WEBHOOKS_KEY = "tradeguard_active_webhooks"
 
 
-def _active_webhooks(session: DbSession, owner_id: int) -> Sequence[Webhook]:
+@dataclass(frozen=True)
+class _Receiver:
+    id: int
+    events: list[str] | None
+
+    def receives(self, event: str) -> bool:
+        return self.events is None or event in self.events
+
+
+def _active_webhooks(session: DbSession, owner_id: int) -> Sequence[_Receiver]:
     """The owner's active webhooks, read once per transaction: an alert tells its owner four or five
-    things in one transaction, and a batch of readings or closes covers many owners' accounts."""
+    things in one transaction, and a batch of readings or closes covers many owners' accounts. Read
+    without flushing what the caller has pending (a webhooks row is written by its own flush)."""
     transaction = (session if isinstance(session, Session) else session()).get_transaction()
     cached = session.info.get(_WEBHOOKS_KEY)
     if cached is None or cached[0] is not transaction:
         cached = (transaction, {})
         session.info[_WEBHOOKS_KEY] = cached
-    by_owner: dict[int, Sequence[Webhook]] = cached[1]
+    by_owner: dict[int, Sequence[_Receiver]] = cached[1]
     if owner_id not in by_owner:
-        by_owner[owner_id] = session.scalars(
-            sa.select(Webhook)
-            .where(Webhook.owner_id == owner_id, Webhook.deleted_at.is_(None))
-            .order_by(Webhook.id)
-        ).all()
+        with session.no_autoflush:
+            by_owner[owner_id] = [
+                _Receiver(row.id, row.events)
+                for row in session.execute(
+                    sa.select(Webhook.id, Webhook.events)
+                    .where(Webhook.owner_id == owner_id, Webhook.deleted_at.is_(None))
+                    .order_by(Webhook.id)
+                )
+            ]
     return by_owner[owner_id]
 
 

@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from shared.core.db import utcnow
-from shared.guards import closing
+from shared.guards import closing, readings
 from shared.guards import engine as guards
 from shared.guards.settings import default_settings, validate_settings
-from shared.models import AccountRisk, AlertClose, AuditLog, DrawdownAlert
+from shared.models import AccountRisk, AlertClose, AuditLog, DrawdownAlert, TradeState
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import TerminalUnavailable
 from shared.mt5.sim.terminal import SimTerminal
@@ -45,7 +45,7 @@ def crowd(guarded, terminal, db_session, size, lots=1.0):
     return [(account_id, ticket, alerts_of(db_session, account_id)[0]) for account_id, ticket, _ in accounts]
 
 
-def run(db_session, terminal, recorder, alert_id, **kwargs):
+def carry_out(db_session, terminal, recorder, alert_id, **kwargs):
     return closing.execute_due_alerts(
         db_session,
         alert_id,
@@ -74,7 +74,7 @@ def test_one_run_carries_out_every_alert_due_each_position_closed_once(
     alerted = crowd(guarded, terminal, db_session, 3)
     assert all(alert.status == "pending" for _, _, alert in alerted)
 
-    done = run(db_session, terminal, recorder, alerted[1][2].id)
+    done = carry_out(db_session, terminal, recorder, alerted[1][2].id)
 
     assert done.first == guards.AlertResult(alerted[1][2].id, "executed", 1)
     assert done.left == []
@@ -119,7 +119,7 @@ def test_one_run_carries_out_every_alert_due_each_position_closed_once(
 
     # Run again (the other alerts' own tasks, a redelivery): nothing more is sent.
     for _, _, alert in alerted:
-        again = run(db_session, terminal, recorder, alert.id)
+        again = carry_out(db_session, terminal, recorder, alert.id)
         assert again.first.status == "executed" and again.results == {}
     assert all(len(closing_deals(terminal, ticket)) == 1 for _, ticket, _ in alerted)
 
@@ -134,7 +134,7 @@ def test_an_alert_that_no_longer_holds_is_cancelled_and_the_others_still_close(
     risk.settings = validate_settings({**default_settings(), "drawdown_limits": []})
     db_session.commit()
 
-    done = run(db_session, terminal, recorder, kept.id)
+    done = carry_out(db_session, terminal, recorder, kept.id)
 
     assert done.results[cleared.id].status == "cancelled"
     assert done.results[kept.id].status == "executed"
@@ -157,7 +157,7 @@ def test_an_alert_not_yet_due_is_refused_and_others_not_due_are_not_taken(
         )
     db_session.commit()
     with pytest.raises(guards.AlertNotDue):
-        run(db_session, terminal, recorder, alerted[0][2].id)
+        carry_out(db_session, terminal, recorder, alerted[0][2].id)
     db_session.expire_all()
     assert [db_session.get(DrawdownAlert, alert.id).status for _, _, alert in alerted] == ["pending"] * 2
     assert all(closing_deals(terminal, ticket) == [] for _, ticket, _ in alerted)
@@ -169,7 +169,7 @@ def test_a_requoted_close_is_left_to_the_one_alert_path_which_sends_it_once_more
     ((_, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
     terminal.sim_set_requotes(1)
 
-    done = run(db_session, terminal, recorder, alert.id)
+    done = carry_out(db_session, terminal, recorder, alert.id)
 
     assert done.left == [alert.id] and alert.id not in done.results
     (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
@@ -192,7 +192,7 @@ def test_an_order_whose_outcome_is_unknown_stays_sent_and_is_found_not_sent_agai
     ((_, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
     terminal.sim_lose_next_reply()  # the order is made; its reply never comes
 
-    done = run(db_session, terminal, recorder, alert.id)
+    done = carry_out(db_session, terminal, recorder, alert.id)
 
     assert done.left == [alert.id]
     (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
@@ -221,13 +221,13 @@ def test_an_account_whose_terminal_fails_is_read_again_by_its_task_and_the_other
         return inner(account)
 
     with pytest.raises(guards.CloseInFlight) as raised:  # retryable: the task tries again shortly
-        run(db_session, terminal, recorder, failing.id, open_terminal=open_terminal)
+        carry_out(db_session, terminal, recorder, failing.id, open_terminal=open_terminal)
     assert "terminal down" in str(raised.value)
 
     db_session.refresh(failing)
     assert failing.status == "pending" and closing_deals(terminal, failing_ticket) == []
     assert len(closing_deals(terminal, ok_ticket)) == 1
-    done = run(db_session, terminal, recorder, failing.id)
+    done = carry_out(db_session, terminal, recorder, failing.id)
     assert done.first.status == "executed" and len(closing_deals(terminal, failing_ticket)) == 1
 
 
@@ -241,7 +241,7 @@ def test_orders_claimed_longer_ago_than_half_the_in_flight_window_are_not_sent_b
     settings = guards.GuardSettings(in_flight_seconds=10.0)
     stalled = lambda: utcnow() + timedelta(seconds=6)  # noqa: E731 - after the claim, 6 s > 10 / 2
 
-    done = run(db_session, terminal, recorder, alert.id, settings=settings, now=stalled)
+    done = carry_out(db_session, terminal, recorder, alert.id, settings=settings, now=stalled)
 
     assert done.left == [alert.id]
     assert closing_deals(terminal, ticket) == []
@@ -267,10 +267,65 @@ def test_at_most_limit_alerts_a_run_and_the_task_for_its_own_alert_first(
     alerted = crowd(guarded, terminal, db_session, 3)
     last = alerted[-1][2]
 
-    done = run(db_session, terminal, recorder, last.id, limit=2)
+    done = carry_out(db_session, terminal, recorder, last.id, limit=2)
 
     assert set(done.results) == {last.id, alerted[0][2].id}  # its own, then the earliest due
     db_session.refresh(alerted[1][2])
     assert alerted[1][2].status == "pending"
-    done = run(db_session, terminal, recorder, last.id, limit=2)  # its own is done: the rest still taken
+    done = carry_out(
+        db_session, terminal, recorder, last.id, limit=2
+    )  # its own is done: the rest still taken
     assert set(done.results) == {alerted[1][2].id}
+
+
+def test_a_tradeguard_trade_closed_by_the_batch_is_closed_once_with_the_closes_price_and_pnl(
+    run, approved, db_session, terminal, recorder
+):
+    terminal.sim_set_quote("EURUSD", *engine_tests.PIN)
+    trade = run(approved({"volume": "1.00"}))
+    assert trade.state == TradeState.FILLED
+    document = {
+        **default_settings(),
+        "grace_seconds": 0,
+        "confirmations": 2,
+        "drawdown_limits": [engine_tests.MAX_DRAWDOWN],
+    }
+    db_session.add(AccountRisk(account_id=trade.account_id, settings=validate_settings(document)))
+    db_session.commit()
+
+    def check():
+        return readings.check_account(
+            db_session,
+            trade.account_id,
+            open_terminal=open_sim(terminal),
+            notify=recorder.notify,
+            schedule=recorder.schedule,
+        )
+
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
+    check()
+    check()
+    (alert,) = alerts_of(db_session, trade.account_id)
+
+    done = carry_out(db_session, terminal, recorder, alert.id)
+
+    assert done.first.status == "executed"
+    (close,) = db_session.scalars(sa.select(AlertClose).where(AlertClose.alert_id == alert.id))
+    db_session.refresh(close)
+    db_session.refresh(trade)
+    assert close.trade_id == trade.id and close.state == "closed"
+    assert (trade.state, trade.close_reason, trade.close_price) == (
+        TradeState.CLOSED,
+        "guard",
+        Decimal("1.082"),
+    )
+    assert trade.pnl == close.pnl and trade.pnl < 0 and trade.closed_at == close.closed_at
+    closed_events = [data for _, event, data in recorder.events if event == "trade.closed"]
+    assert [(e["trade_id"], e["reason"], Decimal(e["close_price"])) for e in closed_events] == [
+        (trade.id, "guard", Decimal("1.082"))
+    ]
+    audited = db_session.scalars(
+        sa.select(AuditLog).where(AuditLog.action == "trade.closed_by_guard", AuditLog.target_id == trade.id)
+    ).all()
+    assert len(audited) == 1 and audited[0].meta["alert_id"] == alert.id
