@@ -127,31 +127,40 @@ class _Group:
 _cache: dict[int, tuple[tuple[Any, ...], WatchedAccount]] = {}
 
 
+# The groups the last tick built, with the keys they were built from: a tick whose keys are all as
+# before (no sync, reading, halt, alert or settings change since) reuses them.
+_last_groups: tuple[dict[int, Any], dict[tuple[str, str], _Group]] | None = None
+
+
+def _as_text(column: Any) -> Any:
+    return sa.func.coalesce(sa.cast(column, sa.String), "")
+
+
 def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
     """Accounts with open positions, a sync to start from, not halted and with no alert counting down."""
+    global _last_groups
     live = sa.select(DrawdownAlert.account_id).where(DrawdownAlert.status.in_(LIVE_ALERT_STATUSES))
+    # The key: every write that changes what an account's view is built from moves one of these (a
+    # sync, a reading, the owner's settings; a halt and a resume move the guard state's too). One text
+    # per account: four timestamps each, parsed into datetimes for 1,000 accounts on every tick, were
+    # a good part of the watch's time (bench/guards.py).
+    key = (
+        _as_text(AccountSync.last_synced_at)
+        + "|"
+        + _as_text(GuardState.updated_at)
+        + "|"
+        + _as_text(AccountRisk.updated_at)
+    )
     rows = session.execute(
-        sa.select(
-            Account.id,
-            Account.terminal_url,
-            Account.server,
-            AccountSync.last_synced_at,
-            GuardState.updated_at,
-            GuardState.halted_at,
-            AccountRisk.updated_at.label("risk_updated_at"),
-        )
+        sa.select(Account.id, Account.terminal_url, Account.server, key.label("key"))
         .join(AccountSync, AccountSync.account_id == Account.id)
         .outerjoin(GuardState, GuardState.account_id == Account.id)
         .outerjoin(AccountRisk, AccountRisk.account_id == Account.id)
-        .where(AccountSync.equity.is_not(None), Account.id.not_in(live))
+        .where(AccountSync.equity.is_not(None), Account.id.not_in(live), GuardState.halted_at.is_(None))
     ).all()
-    # The key: every write that changes what an account's view is built from moves one of these (a
-    # sync, a reading, a halt or resume, the owner's settings).
-    keys = {
-        row.id: (row.last_synced_at, row.updated_at, row.halted_at, row.risk_updated_at)
-        for row in rows
-        if row.halted_at is None
-    }
+    keys = {row.id: (row.key, row.terminal_url, row.server) for row in rows}
+    if _last_groups is not None and _last_groups[0] == keys:
+        return _last_groups[1]
     for account_id in set(_cache) - set(keys):
         del _cache[account_id]  # halted, alerted or gone: built afresh when it is watched again
     stale = [account_id for account_id, key in keys.items() if _cache.get(account_id, (None,))[0] != key]
@@ -175,14 +184,15 @@ def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
                 _watched_account(account_id, equity, margin, positions, limits, document),
             )
     groups: dict[tuple[str, str], _Group] = {}
-    for row in rows:
-        cached = _cache.get(row.id)
-        if cached is None or cached[0] != keys.get(row.id) or not cached[1].positions:
-            continue  # halted, changed since it was loaded (next tick), or nothing open
+    for account_id, (account_key, terminal_url, server) in keys.items():
+        cached = _cache.get(account_id)
+        if cached is None or cached[0] != (account_key, terminal_url, server) or not cached[1].positions:
+            continue  # changed since it was loaded (next tick), or nothing open
         watched = cached[1]
-        group = groups.setdefault((row.terminal_url, row.server), _Group(row.id, [], set()))
+        group = groups.setdefault((terminal_url, server), _Group(account_id, [], set()))
         group.accounts.append(watched)
         group.symbols.update(p.symbol for p in watched.positions)
+    _last_groups = (keys, groups)
     return groups
 
 
