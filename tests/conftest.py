@@ -1,12 +1,14 @@
 """Test set-up.
 
-Integration tests run against the real PostgreSQL and Redis on this machine: a throw-away database is
-created for the session (and dropped after it), migrations build its schema, and each test runs in a
-transaction that is rolled back. Tests that need committed rows (a real Celery worker reads them from
-another process) use `committed_db`, which truncates afterwards.
+Integration tests run against real PostgreSQL and Redis servers: those named by TEST_DATABASE_URL and
+TEST_REDIS_URL, which `./bin/test` sets to the servers it chose or started (tests/services.py: the
+machine's, or throw-away ones). A throw-away database is created on that PostgreSQL for the session (and
+dropped after it), migrations build its schema, and each test runs in a transaction that is rolled back.
+Tests that need committed rows (a real Celery worker reads them from another process) use
+`committed_db`, which truncates afterwards.
 
-With CI=true a missing server fails the run; elsewhere the integration tests are skipped with a
-message saying what is missing.
+Run without `./bin/test` (plain pytest) and without those servers, the integration tests are skipped
+with a message saying what is missing; with CI=true the run fails instead.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+from tests.services import LOCAL_DATABASE_URL, LOCAL_REDIS_URL, database_url_from_env
+
+# The server the session's database is created on (TEST_DATABASE_ADMIN_URL is its old name), and Redis.
+ADMIN_URL = (database_url_from_env() or ("", LOCAL_DATABASE_URL))[1]
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS_URL
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _state: dict[str, Any] = {"problem": None, "database": None}
@@ -73,9 +78,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     problem = _services_problem()
     if problem:
-        _state["problem"] = problem
         if IN_CI:
             raise pytest.UsageError(f"CI needs PostgreSQL and Redis: {problem}")
+        _state["problem"] = f"{problem} (./bin/test starts throw-away servers when none answers)"
         return
     database = f"tradeguard_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(_pg_url(sa.make_url(ADMIN_URL).database or "test"), isolation_level="AUTOCOMMIT")
