@@ -180,7 +180,7 @@ def record_reading(
 
     `preloaded`: what a batch of readings read for all its accounts at once (`readings.check_accounts`):
     their settings, guard states (locked), live alerts and the market as last quoted."""
-    account = session.get(Account, account_id)
+    account = preloaded.accounts.get(account_id) if preloaded else session.get(Account, account_id)
     if account is None:
         return ReadingOutcome(account_id, "gone")
     settings = preloaded.settings[account_id] if preloaded else risk_settings_of(session, account_id)
@@ -431,8 +431,14 @@ def _raise_alert(
         created_at=reading.at,
         details={},
     )
+    # Its id now, without a flush (which would write each of a batch's readings on its own): taken from
+    # the table's sequence on Postgres; SQLite has none, and flushes.
+    next_id = _next_alert_id(session)
+    if next_id is not None:
+        alert.id = next_id
     session.add(alert)
-    session.flush()
+    if next_id is None:
+        session.flush()
     figures = {
         "alert_id": alert.id,
         "type": breach.alert_type,
@@ -452,6 +458,16 @@ def _raise_alert(
         # commits a few hundred ms after its first reading (bench/guards.py: closes that late).
         schedule(session, EXECUTE_ALERT, [alert.id], close_at)
     return alert
+
+
+def _next_alert_id(session: DbSession) -> int | None:
+    """The next `drawdown_alerts` id from its sequence, on Postgres (None elsewhere). Asked on the
+    session's connection, without flushing what the session holds."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return None
+    sequence = sa.func.pg_get_serial_sequence(DrawdownAlert.__tablename__, "id")
+    return int(connection.execute(sa.select(sa.func.nextval(sequence))).scalar_one())
 
 
 def _halt(
@@ -731,7 +747,9 @@ class Preloaded:
     states: dict[int, GuardState]
     trades: dict[tuple[int, int], int] = field(default_factory=dict)
     closes: list[dict[str, Any]] = field(default_factory=list)
-    # For readings: each account's live alert, and what the market guard last saw, by server and symbol.
+    # For readings: the accounts (held here: a session keeps only weak references to what it loaded),
+    # each one's live alert, and what the market guard last saw, by server and symbol.
+    accounts: dict[int, Account] = field(default_factory=dict)
     live_alerts: dict[int, DrawdownAlert] = field(default_factory=dict)
     market: dict[str, dict[str, rules.MarketView]] = field(default_factory=dict)
 

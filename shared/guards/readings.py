@@ -93,9 +93,10 @@ def check_accounts(
     the work is waiting on terminals. Then, per trade server, the symbols its accounts hold are quoted
     once (the market guard's view and the server's clock offset, shared by its accounts), and every
     reading is recorded in one transaction: all together, or, when that fails, a savepoint each, so
-    one account's failure loses no other's reading; the batch pays for one commit, not one per account. Accounts are recorded in id order,
-    as every batch that locks guard states does, so that two batches never wait on each other in a
-    circle. A terminal that fails gives no reading (nothing is recorded, nothing confirmed or cleared).
+    one account's failure loses no other's reading; the batch pays for one commit, not one per
+    account. Accounts are recorded in id order, as every batch that locks guard states does, so that
+    two batches never wait on each other in a circle. A terminal that fails gives no reading (nothing
+    is recorded, nothing confirmed or cleared).
 
     `presumed`: the accounts the guards' watch estimated at a breach (`engine.record_reading`)."""
     ids = list(dict.fromkeys(account_ids))
@@ -179,12 +180,14 @@ def check_accounts(
 def _preload(
     session: DbSession, reads: Mapping[int, _TerminalRead], now: datetime | None
 ) -> engine.Preloaded:
-    """What every reading of the batch needs, read for all of them at once: their accounts (then found
-    by `session.get`), settings, guard states (locked, in account id order), live alerts, and the
-    market as last quoted on their servers. Ten-odd statements per account were most of the time from
+    """What every reading of the batch needs, read for all of them at once: their accounts, settings,
+    guard states (locked, in account id order), live alerts, and the market as last quoted on their
+    servers. Ten-odd statements per account were most of the time from
     a crowd's breach to its alerts (bench/guards.py)."""
     ids = sorted(account_id for account_id, done in reads.items() if done.reading is not None)
-    session.scalars(sa.select(Account).where(Account.id.in_(ids))).all()
+    accounts = {
+        account.id: account for account in session.scalars(sa.select(Account).where(Account.id.in_(ids)))
+    }
     held: dict[str, set[str]] = defaultdict(set)
     for account_id in ids:
         held[reads[account_id].account.server].update(reads[account_id].held)
@@ -194,6 +197,7 @@ def _preload(
     return engine.Preloaded(
         settings=risk_settings_many(session, ids),
         states=states,
+        accounts=accounts,
         live_alerts=engine.live_alerts(session, ids),
         market={server: engine.market_views(session, server, symbols) for server, symbols in held.items()},
     )
