@@ -202,6 +202,7 @@ def guard_settings() -> GuardSettings:
         max_price_retries=current.max_price_retries,
         in_flight_seconds=current.terminal_timeout_seconds + current.unknown_outcome_grace_seconds,
         magic=current.magic,
+        send_after_claim_seconds=current.unknown_outcome_grace_seconds,
     )
 
 

@@ -333,8 +333,9 @@ def _send(
     now: Callable[[], datetime],
 ) -> list[_Sent]:
     """Send each claimed close's order: an account's one after the other on its connection, the
-    accounts at once. A close not sent within half the in-flight window of its claim is not sent here
-    (a look after the window could take it for lost and send it again): the one-alert path sends it."""
+    accounts at once. A close whose send would start later than `send_after_claim_seconds` after its
+    claim is not sent here (its send could outlast the in-flight window, and a look after the window
+    take it for lost and send it again): the one-alert path sends it, claimed afresh."""
     by_alert: dict[int, list[_Order]] = defaultdict(list)
     for order in orders:
         by_alert[order.alert_id].append(order)
@@ -346,7 +347,7 @@ def _send(
                 quotes: dict[str, Any] = {}
                 for item in sent:
                     order = item.order
-                    if (now() - order.sent_at).total_seconds() > settings.in_flight_seconds / 2:
+                    if (now() - order.sent_at).total_seconds() > settings.send_after_claim_seconds:
                         item.error = "not sent in time; left to the one-alert path"
                         continue
                     price = order.price

@@ -84,6 +84,10 @@ class GuardSettings:
     # worker): absence of its deal proves nothing before this.
     in_flight_seconds: float = 10.0
     magic: int = 770077
+    # How long after claiming a close a batch (`closing`) may still send its order: a send that starts
+    # by then ends (the terminal's timeout) inside the in-flight window, before any look could take the
+    # close for lost and send it again. The in-flight window less the terminal's timeout.
+    send_after_claim_seconds: float = 3.0
 
 
 DEFAULT_GUARD_SETTINGS = GuardSettings()

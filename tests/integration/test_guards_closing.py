@@ -231,15 +231,16 @@ def test_an_account_whose_terminal_fails_is_read_again_by_its_task_and_the_other
     assert done.first.status == "executed" and len(closing_deals(terminal, failing_ticket)) == 1
 
 
-def test_orders_claimed_longer_ago_than_half_the_in_flight_window_are_not_sent_by_the_batch(
+def test_orders_claimed_longer_ago_than_the_send_budget_are_not_sent_by_the_batch(
     guarded, terminal, db_session, recorder
 ):
-    """A batch that stalls between its claim and its sends (a slow terminal before them) must not send
-    an order a look after the in-flight window could take for lost and send again: it leaves it `sent`,
-    and the one-alert path sends it once that window has passed."""
+    """A batch that stalls between its claim and its sends (a slow terminal before them) must not start
+    a send that could outlast the in-flight window (a look after it could take the close for lost and
+    send it again): past `send_after_claim_seconds` it leaves the close `sent`, and the one-alert path
+    sends it once that window has passed."""
     ((_, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
-    settings = guards.GuardSettings(in_flight_seconds=10.0)
-    stalled = lambda: utcnow() + timedelta(seconds=6)  # noqa: E731 - after the claim, 6 s > 10 / 2
+    settings = guards.GuardSettings(in_flight_seconds=10.0, send_after_claim_seconds=3.0)
+    stalled = lambda: utcnow() + timedelta(seconds=3.5)  # noqa: E731 - 3.5 s after the claim
 
     done = carry_out(db_session, terminal, recorder, alert.id, settings=settings, now=stalled)
 
