@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from shared.core.db import utcnow
 from shared.core.queue import DELIVER_WEBHOOKS
-from shared.models import AuditLog, DeliveryStatus, Webhook, WebhookDelivery
+from shared.models import AuditLog, DeliveryStatus, User, Webhook, WebhookDelivery
 from shared.notifications import webhooks
 from shared.notifications.events import ALL_EVENTS
 
@@ -186,6 +186,23 @@ def test_notify_sends_its_tasks_only_after_the_commit_and_nothing_after_a_rollba
         (DELIVER_WEBHOOKS, [[row.delivery_id for row in rows]])
     ]
     assert len({row.delivery_id for row in rows}) == 2
+
+
+def test_notify_sees_a_webhook_made_or_deleted_in_the_same_transaction(api, dns, db_session):
+    """notify reads an owner's webhooks once per transaction; making or deleting one reads them again."""
+    from shared.core.extensions import secret_box, task_queue
+
+    user = api.user()
+    owner = db_session.get(User, user["id"])
+    queue = task_queue()
+    assert webhooks.notify(db_session, queue, owner.id, "trade.filled", {"trade_id": 1}) == 0
+    hook, _ = webhooks.create_webhook(
+        db_session, secret_box(), owner, url="https://hooks.example.com/a", events=None, allow_private=False
+    )
+    assert webhooks.notify(db_session, queue, owner.id, "trade.filled", {"trade_id": 2}) == 1
+    webhooks.delete_webhook(db_session, owner, hook.id)
+    assert webhooks.notify(db_session, queue, owner.id, "trade.filled", {"trade_id": 3}) == 0
+    db_session.rollback()
 
 
 def test_notify_refuses_an_event_nobody_declared(api, db_session):
