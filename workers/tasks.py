@@ -415,16 +415,11 @@ def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
     return fresh
 
 
-# How the watch shares out a crowd it sends to be read: in at most WATCH_TASKS check_guards tasks (the
-# Procfile's guards worker runs two processes), of at least WATCH_BATCH_MIN accounts each. Each task
-# reads its accounts' terminals at once and records their readings in one transaction, so the crowd's
-# last alert waits for half the crowd's work, not for five rounds of ten (bench/guards.py).
-WATCH_TASKS = 2
-WATCH_BATCH_MIN = 10
-
-
-def watch_batch_size(count: int) -> int:
-    return max(WATCH_BATCH_MIN, -(-count // WATCH_TASKS))
+# Accounts per check_guards task sent by the watch: enough tasks for every guards process to take a
+# share of a crowd breaching at once (their terminals are asked concurrently within a task), and small
+# enough that the first alerts' webhooks go out while the rest are still being read (two tasks of 50
+# took the owners half a second longer to hear of their alerts, bench/guards.py).
+WATCH_BATCH = 10
 
 
 @celery_app.task(name=GUARD_WATCH, base=DatabaseTask)
@@ -437,7 +432,7 @@ def guard_watch() -> int:
     if account_ids:
         queue = extensions.task_queue()
         breached = set(result.breached)
-        for batch in schedule.batches(account_ids, watch_batch_size(len(account_ids))):
+        for batch in schedule.batches(account_ids, WATCH_BATCH):
             queue.send(CHECK_GUARDS, [batch, [a for a in batch if a in breached]])
         log.info("guard watch: reading %d account(s) now (%s)", len(account_ids), result.counts)
     return len(account_ids)

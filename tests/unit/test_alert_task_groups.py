@@ -1,7 +1,6 @@
-"""How the guards' tasks share out a crowd. `coalesce_alert_tasks`: the alerts one transaction raised
+"""How the guards' tasks share out a crowd: `coalesce_alert_tasks`, the alerts one transaction raised
 share an `execute_alert` task when their close times lie within the spread of each other, and the task
-runs when the last of its group is due (never before any of them). `watch_batch_size`: the accounts the
-watch sends to be read go in at most two tasks."""
+runs when the last of its group is due (never before any of them)."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -28,12 +27,3 @@ def test_a_close_time_past_the_spread_of_its_groups_first_starts_a_group_of_its_
 def test_nothing_raised_sends_nothing_and_one_alert_its_own_task():
     assert coalesce_alert_tasks([], SPREAD) == []
     assert coalesce_alert_tasks([([7], at(5))], SPREAD) == [([7], at(5))]
-
-
-def test_the_watch_shares_a_crowd_out_in_two_tasks_of_at_least_ten():
-    from workers.tasks import watch_batch_size
-
-    assert watch_batch_size(100) == 50  # two tasks of 50
-    assert watch_batch_size(101) == 51  # never a third task for one account
-    assert watch_batch_size(15) == 10  # 10 and 5: no task of fewer than ten while a crowd is small
-    assert watch_batch_size(1) == 10
