@@ -45,7 +45,7 @@ from shared.reconciliation.sync import AccountToSync
 
 log = logging.getLogger(__name__)
 
-# Alerts per run: the rest due meanwhile are the next run's (each alert has a task of its own).
+# Alerts per run: those due beyond it are the next run's (the next alert task, or the guard sweep's).
 DUE_BATCH = 50
 
 
