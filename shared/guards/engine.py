@@ -1154,23 +1154,19 @@ def closed_many(
     at = now()
     by_id = {item.row.id: item for item in filled}
 
-    def per_close(column: Any, value: Callable[[Filled], Any]) -> Any:
-        return sa.case(
-            *(
-                (AlertClose.id == close_id, sa.literal(value(item), column.type))
-                for close_id, item in by_id.items()
-            )
-        )
-
     recorded = set(
         session.scalars(
             sa.update(AlertClose)
             .where(AlertClose.id.in_(by_id), AlertClose.state.in_(("pending", "sent")))
             .values(
                 state="closed",
-                close_price=per_close(AlertClose.close_price, lambda item: item.price),
-                pnl=per_close(AlertClose.pnl, lambda item: item.pnl),
-                deal_ticket=per_close(AlertClose.deal_ticket, lambda item: item.deal_ticket),
+                close_price=_per_row(
+                    AlertClose.id, AlertClose.close_price, {i: f.price for i, f in by_id.items()}
+                ),
+                pnl=_per_row(AlertClose.id, AlertClose.pnl, {i: f.pnl for i, f in by_id.items()}),
+                deal_ticket=_per_row(
+                    AlertClose.id, AlertClose.deal_ticket, {i: f.deal_ticket for i, f in by_id.items()}
+                ),
                 closed_at=at,
             )
             .returning(AlertClose.id)
@@ -1180,15 +1176,6 @@ def closed_many(
     by_trade = {by_id[i].row.trade_id: by_id[i] for i in recorded if by_id[i].row.trade_id is not None}
     closed_trades: set[int] = set()
     if by_trade:
-
-        def per_trade(column: Any, value: Callable[[Filled], Any]) -> Any:
-            return sa.case(
-                *(
-                    (Trade.id == trade_id, sa.literal(value(item), column.type))
-                    for trade_id, item in by_trade.items()
-                )
-            )
-
         closed_trades = set(
             session.scalars(
                 sa.update(Trade)
@@ -1197,8 +1184,10 @@ def closed_many(
                     state=TradeState.CLOSED,
                     closed_at=at,
                     close_reason="guard",
-                    close_price=per_trade(Trade.close_price, lambda item: item.price),
-                    pnl=per_trade(Trade.pnl, lambda item: item.pnl),
+                    close_price=_per_row(
+                        Trade.id, Trade.close_price, {i: f.price for i, f in by_trade.items()}
+                    ),
+                    pnl=_per_row(Trade.id, Trade.pnl, {i: f.pnl for i, f in by_trade.items()}),
                 )
                 .returning(Trade.id)
                 .execution_options(synchronize_session=False)
@@ -1239,6 +1228,12 @@ def closed_many(
             deal_ticket=item.deal_ticket,
             closed_at=at,
         )
+
+
+def _per_row(key: Any, column: Any, values: Mapping[Any, Any]) -> Any:
+    """A CASE that gives each row (found by `key`) its own value, typed as `column`: one UPDATE sets a
+    different value on each of many rows."""
+    return sa.case(*((key == row_id, sa.literal(value, column.type)) for row_id, value in values.items()))
 
 
 def _as_stored(row: AlertClose, **values: Any) -> None:

@@ -71,7 +71,8 @@ def market(broker):
 @pytest.fixture
 def run(db_session, engine, market, tmp_path):
     """`run(signal_id, **execution settings)` executes the signal against the test's broker, through a
-    SimTerminal, or through a terminal of `terminal_type=` (a SimTerminal that misbehaves, say)."""
+    SimTerminal, or through a terminal of `terminal_type=` (a SimTerminal that misbehaves, say); `sleep=`
+    stands in for its waits (none by default), `queue=` receives its webhook tasks (none by default)."""
     opened: list[int] = []
 
     @contextmanager
@@ -82,7 +83,7 @@ def run(db_session, engine, market, tmp_path):
         ) as gateway:
             yield gateway
 
-    def run(signal_id, *, terminal_type=SimTerminal, **settings):
+    def run(signal_id, *, terminal_type=SimTerminal, sleep=lambda _: None, queue=None, **settings):
         # No lease by default: these tests decide when an earlier attempt is over.
         options = {
             "unknown_outcome_grace_seconds": 0.0,
@@ -96,7 +97,8 @@ def run(db_session, engine, market, tmp_path):
             engine=engine,
             open_terminal=functools.partial(open_terminal, terminal_type=terminal_type),
             settings=execution.ExecutionSettings(**options),
-            sleep=lambda _: None,
+            sleep=sleep,
+            queue=queue,
         )
 
     run.opened = opened

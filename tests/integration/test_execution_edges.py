@@ -21,7 +21,6 @@ pinned by a test (issue 17: each was a mutant no test noticed).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,7 +35,6 @@ from shared.guards.settings import OrderLimits
 from shared.models import AuditLog, Signal, SignalStatus, Trade, TradeState, User, WebhookDelivery
 from shared.mt5.errors import OrderOutcomeUnknown
 from shared.mt5.gateway import Gateway
-from shared.mt5.sim.terminal import SimTerminal
 from shared.notifications import webhooks
 
 TIMEOUT = 10012  # TRADE_RETCODE_TIMEOUT: outcome unknown, and the simulated server executed nothing
@@ -96,34 +94,10 @@ def place(terminal, *, magic: int, comment: str) -> int:
 
 
 @pytest.fixture
-def execute(db_session, engine, market, tmp_path):
-    """`execute(signal_id, sleep=..., queue=None, **settings)`: as the `run` fixture, with the sleep (and
-    the task queue, for webhooks) given."""
-
-    @contextmanager
-    def open_terminal(account):
-        with Gateway.from_module(
-            SimTerminal(market.broker), login=account.login, password="x", server=account.server, timeout=5
-        ) as gateway:
-            yield gateway
-
-    def execute(signal_id, *, sleep, queue=None, **settings):
-        options = {
-            "unknown_outcome_grace_seconds": 0.0,
-            "terminal_timeout_seconds": 0.0,
-            "lock_dir": tmp_path,
-        }
-        return execution.execute_signal(
-            db_session,
-            signal_id,
-            engine=engine,
-            open_terminal=open_terminal,
-            settings=execution.ExecutionSettings(**{**options, **settings}),
-            sleep=sleep,
-            queue=queue,
-        )
-
-    return execute
+def execute(run):
+    """`execute(signal_id, sleep=..., queue=None, **settings)`: the `run` fixture, with the sleep (and the
+    task queue, for webhooks) given."""
+    return run
 
 
 # --- only approved signals ----------------------------------------------------------------------------

@@ -24,21 +24,8 @@ from shared.execution import service as execution
 from shared.execution.rules import pre_trade_problems
 from shared.guards.settings import OrderLimits
 from shared.models import Trade
-from shared.mt5.types import SymbolSpec
+from tests.unit.test_execution_rules import EURUSD  # stops level 10 points (0.00010)
 
-EURUSD = SymbolSpec(
-    name="EURUSD",
-    digits=5,
-    contract_size=D("100000"),
-    tick_value=D("1"),
-    tick_size=D("0.00001"),
-    trade_allowed=True,
-    volume_min=D("0.01"),
-    volume_max=D("100"),
-    volume_step=D("0.01"),
-    point=D("0.00001"),
-    stops_level_points=10,  # 0.00010
-)
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 BID, ASK = D("1.10000"), D("1.10010")
 
