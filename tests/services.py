@@ -365,25 +365,53 @@ def start_postgres(folder: Path) -> Server:
         )
     if done.returncode != 0:
         raise ServicesError(f"initdb of the throw-away PostgreSQL failed ({done.returncode}):\n{_tail(log)}")
-    for _attempt in range(3):  # the free port may be taken before the server binds it
-        port = free_port()
-        server = [
+
+    def command(port: int) -> list[str]:
+        return [
             str(bin_dir / "postgres"),
             *("-D", str(data), "-p", str(port)),
             *("-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="),
             *("-c", "fsync=off"),  # thrown away afterwards: nothing to keep through a crash
         ]
-        process = _start(server, log, folder, signum_on_parent_death=signal.SIGQUIT, run_as=run_as)
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    return _start_on_free_port(
+        "PostgreSQL",
+        command,
+        lambda port: f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        postgres_problem,
+        log,
+        folder,
+        stop_signal=signal.SIGQUIT,
+        run_as=run_as,
+    )
+
+
+def _start_on_free_port(
+    name: str,
+    command: Callable[[int], list[str]],
+    url_of: Callable[[int], str],
+    problem: Callable[..., str | None],
+    log: Path,
+    folder: Path,
+    *,
+    stop_signal: int,
+    run_as: RunAs | None = None,
+) -> Server:
+    """Start a throw-away server on a free port of 127.0.0.1 and wait until `problem(url)` is None; a
+    port taken by someone else between the choice and the bind is tried again with another."""
+    for _attempt in range(3):
+        port = free_port()
+        process = _start(command(port), log, folder, signum_on_parent_death=stop_signal, run_as=run_as)
+        url = url_of(port)
         try:
-            _wait_ready(process, functools.partial(postgres_problem, url, timeout=1), log, "PostgreSQL")
+            _wait_ready(process, functools.partial(problem, url, timeout=1), log, name)
         except ServicesError:
-            stop_process_group(process, signal.SIGQUIT)
+            stop_process_group(process, stop_signal)
             if "Address already in use" in _tail(log, 5):
                 continue
             raise
-        return Server("PostgreSQL", url, "throw-away", process=process)
-    raise ServicesError(f"the throw-away PostgreSQL found no free port:\n{_tail(log)}")
+        return Server(name, url, "throw-away", process=process)
+    raise ServicesError(f"the throw-away {name} found no free port:\n{_tail(log)}")
 
 
 def start_redis(folder: Path, database: int = 15) -> Server:
@@ -393,24 +421,23 @@ def start_redis(folder: Path, database: int = 15) -> Server:
     data = folder / "redis"
     data.mkdir()
     log = folder / "redis.log"
-    for _attempt in range(3):
-        port = free_port()
-        command = [
+
+    def command(port: int) -> list[str]:
+        return [
             str(binary),
             *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)),
             *("--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"),
         ]
-        process = _start(command, log, folder, signum_on_parent_death=signal.SIGTERM)
-        url = f"redis://127.0.0.1:{port}/{database}"
-        try:
-            _wait_ready(process, functools.partial(redis_problem, url, timeout=1), log, "Redis")
-        except ServicesError:
-            stop_process_group(process, signal.SIGKILL)
-            if "Address already in use" in _tail(log, 5):
-                continue
-            raise
-        return Server("Redis", url, "throw-away", process=process)
-    raise ServicesError(f"the throw-away Redis found no free port:\n{_tail(log)}")
+
+    return _start_on_free_port(
+        "Redis",
+        command,
+        lambda port: f"redis://127.0.0.1:{port}/{database}",
+        redis_problem,
+        log,
+        folder,
+        stop_signal=signal.SIGTERM,
+    )
 
 
 def _remove_stale_folders() -> None:

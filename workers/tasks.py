@@ -353,6 +353,8 @@ def execute_alert(self: Task, alert_id: int) -> str:
         for other in done.left:
             if other != alert_id:
                 queue.send(EXECUTE_ALERT, [other])
+        if done.unread is not None:
+            raise guard_engine.CloseInFlight(f"alert {alert_id}: its account was not read: {done.unread}")
         result = done.first
         if alert_id in done.left:
             result = guard_engine.execute_alert(

@@ -54,6 +54,9 @@ class DueResult:
     first: engine.AlertResult  # the alert the task was sent for
     results: dict[int, engine.AlertResult]  # every alert this run ended (cancelled, executed, failed)
     left: list[int]  # alerts this run decided but could not end: the one-alert path's
+    # Why the task's own alert could not be read at its close time (its terminal failed), when it could
+    # not: the task reads it again shortly.
+    unread: str | None = None
 
 
 @dataclass
@@ -102,7 +105,8 @@ def execute_due_alerts(
 ) -> DueResult:
     """Carry out every pending alert already due (at most `limit`), this one first. This alert, when
     decided before (`closing`), goes the one-alert path, as do those this run decides but cannot end
-    (`DueResult.left`). Raises `engine.AlertNotDue` before this alert's close time. Safe to run twice,
+    (`DueResult.left`); when this alert's account cannot be read, `DueResult.unread` says why. Raises
+    `engine.AlertNotDue` before this alert's close time. Safe to run twice,
     also at once: alerts are taken with FOR UPDATE SKIP LOCKED, closes claimed by a conditional update.
 
     Every run looks for all the alerts due, not only its own: the tasks of alerts raised together are
@@ -123,7 +127,7 @@ def execute_due_alerts(
         decided_at = time.monotonic()
         sent = _send(orders, reads, open_terminal, settings, executor, now)
         sent_at = time.monotonic()
-        results = _record(session, sent, reads, notify, now)
+        results, left = _record(session, sent, reads, notify, now)
         log.info(
             "carried out %d alert(s) due together, %d close order(s): read %.0f ms, decided %.0f ms, "
             "sent %.0f ms, recorded %.0f ms",
@@ -134,19 +138,9 @@ def execute_due_alerts(
             (sent_at - decided_at) * 1000,
             (time.monotonic() - sent_at) * 1000,
         )
-        decided = {r.alert_id for r in reads.values() if r.snapshot is not None}
-        left = sorted(
-            session.scalars(
-                sa.select(DrawdownAlert.id).where(
-                    DrawdownAlert.id.in_(decided), DrawdownAlert.status == "closing"
-                )
-            )
-        )
-        session.commit()
         read = reads.get(alert_id)
         if alert_id not in results and read is not None and read.error is not None:
-            # The terminal failed at the close time: the task's retry reads it again.
-            raise _Unread(f"alert {alert_id}: {read.error}")
+            return DueResult(engine.AlertResult(alert_id, "pending"), results, left, read.error)
     if status == "closing":
         result = engine.execute_alert(
             session, alert_id, open_terminal=open_terminal, settings=settings, notify=notify, now=now
@@ -154,10 +148,6 @@ def execute_due_alerts(
         return DueResult(result, {**results, alert_id: result}, left)
     first = results.get(alert_id) or engine.AlertResult(alert_id, _status(session, alert_id))
     return DueResult(first, results, left)
-
-
-class _Unread(engine.CloseInFlight):
-    """The alert's account could not be read at its close time: read it again shortly."""
 
 
 def _status(session: DbSession, alert_id: int) -> str:
@@ -212,17 +202,6 @@ def _read_accounts(
     return {read.alert_id: read for read in (future.result() for future in futures)}
 
 
-def _teller(
-    session: DbSession, notify: engine.Notify, owner_id: int, account_id: int, alert_id: int
-) -> Callable[..., None]:
-    def tell(event: str, **data: Any) -> None:
-        notify(
-            session, owner_id, event, engine._plain({"account_id": account_id, "alert_id": alert_id, **data})
-        )
-
-    return tell
-
-
 def _decide_and_claim(session: DbSession, reads: dict[int, _Read], notify: engine.Notify) -> list[_Order]:
     """Decide every alert read (in the transaction that holds them since `_due`), write the closes
     chosen and claim them; committed before any order leaves. What every decision needs is read for
@@ -254,7 +233,7 @@ def _decide_and_claim(session: DbSession, reads: dict[int, _Read], notify: engin
         read = reads[alert.id]
         assert read.snapshot is not None and read.at is not None
         account = accounts[alert.account_id]
-        tell = _teller(session, notify, account.owner_id, account.id, alert.id)
+        tell = engine.teller(session, notify, account.owner_id, account.id, alert.id)
         outcome = engine.decide_on(
             session,
             alert,
@@ -399,9 +378,10 @@ def _record(
     reads: dict[int, _Read],
     notify: engine.Notify,
     now: Callable[[], datetime],
-) -> dict[int, engine.AlertResult]:
+) -> tuple[dict[int, engine.AlertResult], list[int]]:
     """Record the filled closes, mark the requoted ones for another try and the refused ones failed,
-    and end every alert decided here whose closes have all ended; one transaction."""
+    and end every alert decided here whose closes have all ended; one transaction. Returns the alerts
+    ended, and those still closing (a close left to the one-alert path)."""
     owners = dict(
         session.execute(
             sa.select(Account.id, Account.owner_id).where(
@@ -445,7 +425,7 @@ def _record(
 
     def tell_for(row: AlertClose) -> Callable[..., None]:
         read = reads[row.alert_id]
-        return _teller(session, notify, owners[read.account.id], read.account.id, row.alert_id)
+        return engine.teller(session, notify, owners[read.account.id], read.account.id, row.alert_id)
 
     engine.closed_many(session, filled, tell_for, now)
     session.flush()
@@ -468,15 +448,14 @@ def _record(
         .execution_options(populate_existing=True)
     ):
         closes[row.alert_id].append(row)
-    ending = []
+    ending: list[DrawdownAlert] = []
+    left: list[DrawdownAlert] = []
     for alert in alerts:
         if alert.status not in LIVE_ALERT_STATUSES:
             results[alert.id] = engine.AlertResult(alert.id, alert.status)  # cancelled at its decision
-        elif alert.status == "closing" and all(
-            row.state in engine.FINAL_CLOSE_STATES for row in closes[alert.id]
-        ):
-            ending.append(alert)
-        # Else: a close is left (the one-alert path's), or another run holds the alert.
+        elif alert.status == "closing":
+            ended = all(row.state in engine.FINAL_CLOSE_STATES for row in closes[alert.id])
+            (ending if ended else left).append(alert)
     account_ids = {alert.account_id for alert in ending}
     preloaded = engine.Preloaded(
         settings=risk_settings_many(session, account_ids),
@@ -484,9 +463,9 @@ def _record(
     )
     for alert in ending:
         read = reads[alert.id]
-        tell = _teller(session, notify, owners[read.account.id], read.account.id, alert.id)
+        tell = engine.teller(session, notify, owners[read.account.id], read.account.id, alert.id)
         results[alert.id] = engine._finish(
             session, alert, closes[alert.id], tell, commit=False, preloaded=preloaded
         )
     session.commit()
-    return results
+    return results, [alert.id for alert in left]

@@ -600,10 +600,7 @@ def execute_alert(
     if alert.status == "pending" and now() < alert.close_at:
         raise AlertNotDue(f"alert {alert_id} closes at {alert.close_at.isoformat()}")
 
-    def tell(event: str, **data: Any) -> None:
-        notify(
-            session, account.owner_id, event, _plain({"account_id": account.id, "alert_id": alert_id, **data})
-        )
+    tell = teller(session, notify, account.owner_id, account.id, alert_id)
 
     with open_terminal(account) as terminal:
         # The positions as this run's decision read them, a moment ago: the closes it committed start
@@ -624,6 +621,17 @@ def execute_alert(
                 position = decided_now.get(row.position_ticket)
                 _close_one(session, row, account, terminal, settings, tell, now, position)
         return _finish(session, alert, rows, tell)
+
+
+def teller(
+    session: DbSession, notify: Notify, owner_id: int, account_id: int, alert_id: int
+) -> Callable[..., None]:
+    """How an alert's run tells its owner an event: `tell(event, **data)`, the account and alert named."""
+
+    def tell(event: str, **data: Any) -> None:
+        notify(session, owner_id, event, _plain({"account_id": account_id, "alert_id": alert_id, **data}))
+
+    return tell
 
 
 def _decide(
@@ -1077,56 +1085,13 @@ def _closed(
     deal_ticket: int | None,
     tell: Callable[..., None],
     now: Callable[[], datetime],
-    *,
-    commit: bool = True,
 ) -> None:
-    """Record the close's deal (once), the trade it closed, and tell the owner. Commits unless `commit`
-    is False (the caller commits a batch of them)."""
-    at = now()
-    # Recorded once: a copy of the task that also found this close's deal leaves it as the first wrote it.
-    recorded = session.execute(
-        sa.update(AlertClose)
-        .where(AlertClose.id == row.id, AlertClose.state.in_(("pending", "sent")))
-        .values(state="closed", close_price=price, pnl=pnl, deal_ticket=deal_ticket, closed_at=at)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
+    """Record the close's deal (once), the trade it closed, and tell the owner (`closed_many` for one);
+    commits. A close another run recorded first is read back as that run wrote it."""
+    recorded = closed_many(session, [Filled(row, price, pnl, deal_ticket)], lambda _: tell, now)
+    session.commit()
     if not recorded:
-        if commit:
-            session.commit()
-            session.refresh(row)
-        return
-    _audit(
-        session,
-        "position.closed_by_guard",
-        "alert",
-        row.alert_id,
-        close_id=row.id,
-        position=row.position_ticket,
-        symbol=row.symbol,
-        price=price,
-        pnl=pnl,
-    )
-    if row.trade_id is not None:
-        changed = session.execute(
-            sa.update(Trade)
-            .where(Trade.id == row.trade_id, Trade.state != TradeState.CLOSED)
-            .values(state=TradeState.CLOSED, closed_at=at, close_reason="guard", close_price=price, pnl=pnl)
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        if changed:
-            _audit(
-                session,
-                "trade.closed_by_guard",
-                "trade",
-                row.trade_id,
-                alert_id=row.alert_id,
-                price=price,
-                pnl=pnl,
-            )
-            tell("trade.closed", trade_id=row.trade_id, reason="guard", close_price=price, pnl=pnl)
-    if commit:
-        session.commit()
-    _as_stored(row, state="closed", close_price=price, pnl=pnl, deal_ticket=deal_ticket, closed_at=at)
+        session.refresh(row)
 
 
 @dataclass(frozen=True)
@@ -1144,13 +1109,13 @@ def closed_many(
     filled: Sequence[Filled],
     tell_for: Callable[[AlertClose], Callable[..., None]],
     now: Callable[[], datetime],
-) -> None:
-    """`_closed` for many closes at once (`closing`), in a statement for the closes and one for their
-    trades rather than two per close: each close still open is recorded (those another run recorded
-    first stay as it wrote them), and only for those the trade is closed, audited and its owner told.
-    The caller commits."""
+) -> set[int]:
+    """Record closes whose orders filled, in a statement for the closes and one for their trades rather
+    than two per close: each close still open is recorded (those another run recorded first stay as it
+    wrote them), and only for those the trade is closed, audited and its owner told. Returns the ids of
+    the closes recorded; the caller commits."""
     if not filled:
-        return
+        return set()
     at = now()
     by_id = {item.row.id: item for item in filled}
 
@@ -1228,6 +1193,7 @@ def closed_many(
             deal_ticket=item.deal_ticket,
             closed_at=at,
         )
+    return recorded
 
 
 def _per_row(key: Any, column: Any, values: Mapping[Any, Any]) -> Any:
