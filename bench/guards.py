@@ -109,6 +109,14 @@ class Delivery:
     body: bytes
 
 
+class _Listener(ThreadingHTTPServer):
+    # http.server listens with a backlog of 5. The workers' 16 delivery threads connect at once, the
+    # kernel drops the SYNs past the backlog (TcpExtListenOverflows) and each dropped one is sent again
+    # 1 s later: the receiver, not TradeGuard, then added a second to a delivery (seen here before this
+    # was set). A web server's backlog is in the hundreds (nginx 511, gunicorn 2048).
+    request_queue_size = 512
+
+
 class Receiver:
     """Records every POST and answers 200 at once."""
 
@@ -148,7 +156,7 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Listener(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(
