@@ -57,8 +57,6 @@ FINAL_CLOSE_STATES = ("closed", "gone", "failed")
 # Requotes and moved prices: nothing was done, so the close is sent again at a fresh price.
 _NEW_PRICE = (mt5c.TRADE_RETCODE_REQUOTE, mt5c.TRADE_RETCODE_PRICE_CHANGED, mt5c.TRADE_RETCODE_PRICE_OFF)
 _DONE = (mt5c.TRADE_RETCODE_DONE, mt5c.TRADE_RETCODE_DONE_PARTIAL)
-# Trade servers keep their own clock: search deal history this far either side.
-_SERVER_CLOCK_SLACK = timedelta(days=1)
 
 
 # Tells the owner (shared.notifications.webhooks.notifier: a signed webhook per subscriber), once the
