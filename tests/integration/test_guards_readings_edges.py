@@ -33,19 +33,9 @@ from shared.mt5.gateway import Gateway
 from shared.mt5.sim.terminal import SimTerminal
 from shared.mt5.types import Quote, SymbolSpec
 from shared.reconciliation.sync import AccountToSync
+from tests.integration.test_guards_engine import MAX_DRAWDOWN, PIN
 
-PIN = (1.08500, 1.08510)
 SERVER = "TradeGuard-Sim"
-# Warn at 1 %, breach at 2 %: on the demo account's 10,000 USD, 1 lot of EURUSD moves 10 USD a pip.
-MAX_DRAWDOWN = {
-    "name": "max drawdown",
-    "period": "lifetime",
-    "reference": "peak_equity",
-    "warn_percent": 1,
-    "max_percent": 2,
-    "action": "close",
-    "resume": "manual",
-}
 
 
 class Recorder:
