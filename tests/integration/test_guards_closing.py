@@ -280,9 +280,9 @@ def test_at_most_limit_alerts_a_run_and_the_task_for_its_own_alert_first(
     assert set(done.results) == {alerted[1][2].id}
 
 
-def test_a_tradeguard_trade_closed_by_the_batch_is_closed_once_with_the_closes_price_and_pnl(
-    run, approved, db_session, terminal, recorder
-):
+def alerted_trade(run, approved, db_session, terminal, recorder):
+    """A filled 1-lot EURUSD buy of TradeGuard's on an account with the engine tests' 2 % limit, no grace
+    and 2 confirmations, breached and confirmed: (the trade, its account's pending alert)."""
     terminal.sim_set_quote("EURUSD", *engine_tests.PIN)
     trade = run(approved({"volume": "1.00"}))
     assert trade.state == TradeState.FILLED
@@ -304,11 +304,15 @@ def test_a_tradeguard_trade_closed_by_the_batch_is_closed_once_with_the_closes_p
             schedule=recorder.schedule,
         )
 
-    check()
-    terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
-    check()
-    check()
+    engine_tests.breach_confirmed(check, terminal)
     (alert,) = alerts_of(db_session, trade.account_id)
+    return trade, alert
+
+
+def test_a_tradeguard_trade_closed_by_the_batch_is_closed_once_with_the_closes_price_and_pnl(
+    run, approved, db_session, terminal, recorder
+):
+    trade, alert = alerted_trade(run, approved, db_session, terminal, recorder)
 
     done = carry_out(db_session, terminal, recorder, alert.id)
 

@@ -34,7 +34,7 @@ from shared.mt5.errors import OrderOutcomeUnknown
 from shared.mt5.gateway import Gateway
 from shared.mt5.sim.terminal import SimTerminal
 from tests.integration import test_guards_engine as engine_tests
-from tests.integration.test_guards_closing import carry_out, closing_deals, crowd
+from tests.integration.test_guards_closing import alerted_trade, carry_out, closing_deals, crowd
 from tests.integration.test_guards_engine import alerts_of, open_sim, state_of
 
 # The guards' fixtures, as test_guards_engine defines them.
@@ -1050,29 +1050,7 @@ def test_a_tradeguard_trade_closed_by_the_one_alert_path_is_closed_with_the_clos
 ):
     """The close of a position TradeGuard opened names its trade, and the trade is closed with it (reason
     `guard`, the close's price and P&L), audited and told once."""
-    terminal.sim_set_quote("EURUSD", *engine_tests.PIN)
-    trade = run(approved({"volume": "1.00"}))
-    assert trade.state == TradeState.FILLED
-    document = {
-        **default_settings(),
-        "grace_seconds": 0,
-        "confirmations": 2,
-        "drawdown_limits": [engine_tests.MAX_DRAWDOWN],
-    }
-    db_session.add(AccountRisk(account_id=trade.account_id, settings=validate_settings(document)))
-    db_session.commit()
-
-    def check():
-        return readings.check_account(
-            db_session,
-            trade.account_id,
-            open_terminal=open_sim(terminal),
-            notify=recorder.notify,
-            schedule=recorder.schedule,
-        )
-
-    engine_tests.breach_confirmed(check, terminal)
-    (alert,) = alerts_of(db_session, trade.account_id)
+    trade, alert = alerted_trade(run, approved, db_session, terminal, recorder)
 
     result = _execute(db_session, terminal, recorder, alert.id)
 

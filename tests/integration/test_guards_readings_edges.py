@@ -436,14 +436,7 @@ def test_a_sync_reading_of_an_account_with_a_market_streak_goes_through_the_engi
     state = db_session.get(GuardState, account_id)
     state.limits = {**state.limits, "market:GBPUSD": {"streak": 1}}
     db_session.commit()
-    calls = []
-    record = guards.record_reading
-
-    def counted(session, account_id, *args, **kwargs):
-        calls.append(account_id)
-        return record(session, account_id, *args, **kwargs)
-
-    monkeypatch.setattr(guards, "record_reading", counted)
+    calls = _engine_calls(monkeypatch)
     assert sync(account_id).status == "ok"
     [outcome] = readings.record_synced(db_session, [account_id], notify=recorder.notify, schedule=None)
     assert (outcome.status, calls) == ("ok", [account_id])
@@ -459,14 +452,7 @@ def test_a_market_problem_on_a_symbol_the_account_does_not_hold_leaves_its_readi
     wide = {"bid": 1, "ask": 2, "spread_pips": 500, "gap_pips": 0, "quoted_at": now, "trading": True}
     db_session.add(MarketQuote(server=SERVER, symbol="XAUUSD", seen_at=now, **wide))
     db_session.commit()
-    calls = []
-    record = guards.record_reading
-
-    def counted(session, account_id, *args, **kwargs):
-        calls.append(account_id)
-        return record(session, account_id, *args, **kwargs)
-
-    monkeypatch.setattr(guards, "record_reading", counted)
+    calls = _engine_calls(monkeypatch)
     assert sync(account_id).status == "ok"
     [outcome] = readings.record_synced(db_session, [account_id], notify=recorder.notify, schedule=None)
     assert (outcome.status, outcome.state, calls) == ("ok", "ok", [])
