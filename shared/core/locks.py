@@ -6,7 +6,9 @@ account for ever:
 - on Postgres, a session-level advisory lock on a dedicated connection: the server drops it when the
   connection closes, which it does when the holding process dies;
 - on SQLite (the embedded, single-machine setup), an `flock` on a file under instance/locks, which the
-  kernel drops when the holding process dies.
+  kernel drops when the holding process dies;
+- in Redis (reconciliation batches, where Redis is the broker), a key with a TTL, which expires when
+  its holder no longer releases it.
 """
 
 from __future__ import annotations
@@ -117,37 +119,26 @@ def exclusive_many(engine: sa.Engine, names: list[str], *, lock_dir: Path) -> It
                 )
 
 
-@contextmanager
-def redis_exclusive(client: Any, name: str, *, ttl_seconds: float) -> Iterator[None]:
-    """Hold a Redis lock called `name`, or raise Busy at once.
-
-    For work that must not hold a database connection while it waits on a terminal (reconciling
-    thousands of accounts). A holder that dies keeps the lock only until `ttl_seconds` pass, so the
-    TTL is set just above the longest the work may take (the task's time limit).
-    """
-    lock = client.lock(f"tradeguard:lock:{name}", timeout=ttl_seconds, blocking=False)
-    if not lock.acquire(blocking=False):
-        raise Busy(name)
-    try:
-        yield
-    finally:
-        try:
-            lock.release()
-        except Exception:  # expired meanwhile (the TTL passed): nothing left to release
-            log.warning("lock %s expired before it was released", name)
-
-
-# Deletes a lock only if it still holds our token: a lock that expired and was taken by another worker
-# in the meantime is not ours to release.
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# Deletes each of the locks KEYS that still holds our token (ARGV[1]) and says how many it deleted: a lock
+# that expired and was taken by another worker in the meantime is not ours to release. One script for
+# the whole batch: one command, where a script call per lock would be a hundred.
+_RELEASE = """
+local released = 0
+for _, key in ipairs(KEYS) do
+    if redis.call('get', key) == ARGV[1] then released = released + redis.call('del', key) end
+end
+return released
+"""
 
 
 @contextmanager
 def redis_exclusive_many(client: Any, names: list[str], *, ttl_seconds: float) -> Iterator[set[str]]:
-    """Take as many of the Redis locks `names` as are free, in one round trip; yield the names held.
+    """Take as many of the Redis locks `names` as are free; yield the names held.
 
-    The same locks as `redis_exclusive` (same keys, same TTL rule), for a batch of accounts: taking and
-    releasing a hundred locks one by one would cost two hundred round trips.
+    For work that must not hold a database connection while it waits on terminals (reconciling
+    thousands of accounts, in batches). A holder that dies keeps its locks only until `ttl_seconds`
+    pass, so the TTL is set just above the longest the work may take (the task's time limit). One
+    round trip takes them all, and one releases them: a hundred locks one by one would cost two hundred.
     """
     if not names:
         yield set()
@@ -155,6 +146,7 @@ def redis_exclusive_many(client: Any, names: list[str], *, ttl_seconds: float) -
     token = os.urandom(16).hex()
     ttl_ms = max(1, int(ttl_seconds * 1000))
     keys = [f"tradeguard:lock:{name}" for name in names]
+    # Each lock is taken or not by itself (SET NX), so the batch need not be a MULTI/EXEC transaction.
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.set(key, token, nx=True, px=ttl_ms)
@@ -162,15 +154,15 @@ def redis_exclusive_many(client: Any, names: list[str], *, ttl_seconds: float) -
     try:
         yield held
     finally:
-        release = client.register_script(_RELEASE)
-        pipe = client.pipeline(transaction=False)
-        for name, key in zip(names, keys, strict=True):
-            if name in held:
-                release(keys=[key], args=[token], client=pipe)
-        try:
-            released = pipe.execute()
-        except Exception:
-            log.exception("releasing %d lock(s) failed; they expire in %g s", len(held), ttl_seconds)
-        else:
-            if not all(released):
-                log.warning("%d lock(s) expired before they were released", released.count(0))
+        if held:
+            _release(client, [key for name, key in zip(names, keys, strict=True) if name in held], token)
+
+
+def _release(client: Any, keys: list[str], token: str) -> None:
+    try:
+        released = client.register_script(_RELEASE)(keys=keys, args=[token])
+    except Exception:
+        log.exception("releasing %d lock(s) failed; they expire by their TTL", len(keys))
+    else:
+        if released < len(keys):
+            log.warning("%d lock(s) expired before they were released", len(keys) - released)

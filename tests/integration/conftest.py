@@ -174,7 +174,7 @@ def sync(db_session, market):
             lambda: db.session(),
             account_ids,
             open_terminal=open_terminal,
-            locks=each(lock),
+            locks=options.pop("locks", None) or each(lock),
             symbol_specs=options.pop("symbol_specs", symbol_specs),
             tolerances=Tolerances(),
             breaker=BreakerSettings(failures_to_open=3, first_backoff_seconds=30),

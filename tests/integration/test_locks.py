@@ -1,6 +1,5 @@
-"""`redis_exclusive_many`, the batch form of `redis_exclusive`, against the real Redis: it takes the free
-names, skips held ones (held by either form: the keys are the same), and releases only what it still
-holds.
+"""`redis_exclusive_many` against the real Redis: it takes the free names, skips held ones (by another batch,
+or by any holder of the same keys), and releases only what it still holds.
 
 Every test uses names of its own (a uuid) and deletes their keys afterwards.
 """
@@ -11,13 +10,12 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
 import redis
 
-from shared.core.locks import Busy, redis_exclusive, redis_exclusive_many
+from shared.core.locks import Busy, redis_exclusive_many
 from tests.processes import wait_for
 
 TTL = 30.0
@@ -58,27 +56,53 @@ def test_no_names_takes_nothing(client):
         assert held == set()
 
 
-def test_names_held_by_redis_exclusive_are_skipped_and_left_held(client, names, caplog):
+def test_names_held_elsewhere_are_skipped_and_left_held(client, names, caplog):
     a, b = names[:2]
+    client.set(key(a), "another-worker", px=int(TTL * 1000))
     with caplog.at_level(logging.WARNING, logger="shared.core.locks"):
-        with redis_exclusive(client, a, ttl_seconds=TTL):
-            token = client.get(key(a))
-            with redis_exclusive_many(client, [a, b], ttl_seconds=TTL) as held:
-                assert held == {b}
-            # Only b was released; a is still the one-name lock's, with its own token.
-            assert client.get(key(a)) == token and not client.exists(key(b))
-        assert not client.exists(key(a))  # released by its holder, so it was still its own
+        with redis_exclusive_many(client, [a, b], ttl_seconds=TTL) as held:
+            assert held == {b}
+        # Only b was released; a is still the other holder's.
+        assert client.get(key(a)) == b"another-worker" and not client.exists(key(b))
     assert "expired" not in caplog.text
 
 
-def test_redis_exclusive_is_busy_on_names_the_batch_holds(client, names):
+def test_a_batch_that_holds_nothing_releases_nothing(client, names):
+    a = names[0]
+    client.set(key(a), "another-worker", px=int(TTL * 1000))
+    calls: list[str] = []
+
+    class Watched:  # the real client, with its script registrations counted
+        def __getattr__(self, attribute):
+            return getattr(client, attribute)
+
+        def register_script(self, script):
+            calls.append(script)
+            return client.register_script(script)
+
+    with redis_exclusive_many(Watched(), [a], ttl_seconds=TTL) as held:
+        assert held == set()
+    assert calls == [] and client.get(key(a)) == b"another-worker"
+
+
+def test_a_release_that_fails_is_logged_and_the_locks_left_to_their_ttl(client, names, caplog):
     a, b = names[:2]
-    with redis_exclusive_many(client, [a, b], ttl_seconds=TTL) as held:
+
+    class Failing:  # the real client, whose scripts fail (Redis went away before the release)
+        def __getattr__(self, attribute):
+            return getattr(client, attribute)
+
+        def register_script(self, script):
+            raise redis.ConnectionError("gone")
+
+    with (
+        caplog.at_level(logging.WARNING, logger="shared.core.locks"),
+        redis_exclusive_many(Failing(), [a, b], ttl_seconds=TTL) as held,
+    ):
         assert held == {a, b}
-        with pytest.raises(Busy), redis_exclusive(client, a, ttl_seconds=TTL):
-            pass
-    with redis_exclusive(client, a, ttl_seconds=TTL):  # free again once the batch is done
-        assert client.exists(key(a))
+    # The block's work is not lost to the failed release: no error escapes; the locks expire by TTL.
+    assert "releasing 2 lock(s) failed" in caplog.text
+    assert 0 < client.pttl(key(a)) <= TTL * 1000 and 0 < client.pttl(key(b)) <= TTL * 1000
 
 
 def test_two_batches_split_their_names_between_them(client, names):
@@ -93,21 +117,29 @@ def test_two_batches_split_their_names_between_them(client, names):
 
 def test_a_lock_that_expired_and_was_taken_again_is_not_deleted_on_release(client, names, caplog):
     a, b = names[:2]
-    with caplog.at_level(logging.WARNING, logger="shared.core.locks"), ExitStack() as other_holder:
+    with caplog.at_level(logging.WARNING, logger="shared.core.locks"):
         with redis_exclusive_many(client, [a, b], ttl_seconds=0.3) as held:
             assert held == {a, b}
             # The batch outlives its TTL (a worker stuck past its time limit) ...
             assert wait_for(lambda: client.exists(key(a), key(b)) == 0, timeout=5, interval=0.02)
             # ... and another worker takes a meanwhile.
-            other_holder.enter_context(redis_exclusive(client, a, ttl_seconds=TTL))
-            taken_again = client.get(key(a))
+            assert client.set(key(a), "another-worker", nx=True, px=int(TTL * 1000))
         # Releasing the batch did not delete the other worker's lock.
-        assert client.get(key(a)) == taken_again
+        assert client.get(key(a)) == b"another-worker"
         assert client.pttl(key(a)) > 1000  # the other holder's TTL, not ours
-        assert "2 lock(s) expired before they were released" in caplog.text
-    # The other worker's release found its own token there (no "expired" warning from it).
-    assert not client.exists(key(a))
-    assert "lock " + a + " expired" not in caplog.text
+    assert "2 lock(s) expired before they were released" in caplog.text
+
+
+def test_only_the_locks_still_held_are_released_and_the_others_counted(client, names, caplog):
+    a, b, c = names[:3]
+    with caplog.at_level(logging.WARNING, logger="shared.core.locks"):
+        with redis_exclusive_many(client, [a, b, c], ttl_seconds=TTL) as held:
+            assert held == {a, b, c}
+            client.set(key(a), "another-worker", px=int(TTL * 1000))  # a expired and was taken again
+            client.delete(key(b))  # b expired
+        assert client.get(key(a)) == b"another-worker"
+        assert not client.exists(key(c))  # c was still ours: released
+    assert "2 lock(s) expired before they were released" in caplog.text
 
 
 # --- exclusive_many: Postgres advisory locks (no Redis), flocks on SQLite -------------------------------

@@ -12,7 +12,7 @@ import redis
 import sqlalchemy as sa
 
 from shared.core.db import utcnow
-from shared.core.locks import redis_exclusive
+from shared.core.locks import redis_exclusive_many
 from shared.models import AccountSync, AuditLog, PositionSnapshot, ReconciliationLog, Trade, TradeState
 from shared.mt5 import constants as mt5c
 from shared.mt5.sim.broker import SimBroker
@@ -216,8 +216,8 @@ def test_two_workers_racing_on_one_account_one_wins_nothing_doubled(sync, api, a
     terminal.sim_set_latency(300)  # both syncs overlap while waiting on the terminal
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
 
-    def lock(name):
-        return redis_exclusive(client, f"test:{name}", ttl_seconds=30)
+    def locks(names):  # the workers' own locks (workers.runtime)
+        return redis_exclusive_many(client, names, ttl_seconds=30)
 
     results: list[str] = []
     barrier = threading.Barrier(2)
@@ -225,7 +225,7 @@ def test_two_workers_racing_on_one_account_one_wins_nothing_doubled(sync, api, a
     def race():
         with app.app_context():
             barrier.wait()
-            results.append(sync(world["account"]["id"], lock=lock).status)
+            results.append(sync.many([world["account"]["id"]], locks=locks)[0].status)
 
     threads = [threading.Thread(target=race) for _ in range(2)]
     for t in threads:
