@@ -9,9 +9,10 @@ tolerances and breaker settings), read from the worker's app in one place.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -23,8 +24,8 @@ from shared.core.db import db
 from shared.execution.service import ExecutionSettings
 from shared.guards.engine import GuardSettings
 from shared.insight.retention import RetentionSettings
-from shared.mt5.errors import CredentialsUnreadable
-from shared.mt5.gateway import Gateway
+from shared.mt5.errors import CredentialsUnreadable, TerminalError
+from shared.mt5.gateway import Gateway, fill_pool
 from shared.mt5.pool import ConnectionPool
 from shared.mt5.ports import TerminalAccount, TerminalPort
 from shared.mt5.types import SymbolSpec
@@ -32,6 +33,8 @@ from shared.notifications.delivery import DeliverySettings
 from shared.reconciliation.breaker import BreakerSettings
 from shared.reconciliation.rules import Tolerances
 from workers.celery_app import flask_app
+
+log = logging.getLogger(__name__)
 
 
 def settings() -> Settings:
@@ -68,6 +71,24 @@ def open_terminal(account: TerminalAccount, *, pooled: bool = True) -> Iterator[
 
 def open_pooled_terminal(account: TerminalAccount) -> AbstractContextManager[Gateway]:
     return open_terminal(account, pooled=True)
+
+
+def warm_terminals(terminal_urls: Iterable[str], count: int) -> None:
+    """Have `count` idle connections to each of these terminals in this process's pool, so that work
+    reading many accounts at once (a guard check) does not pay for its connections first. A terminal
+    that cannot be reached is logged and left for the work itself to report."""
+    app = flask_app()
+    for terminal_url in terminal_urls:
+        try:
+            fill_pool(
+                terminal_pool(),
+                terminal_url,
+                declared=extensions.declared_terminals(app),
+                count=count,
+                timeout=extensions.settings(app).terminal_timeout_seconds,
+            )
+        except TerminalError as exc:
+            log.warning("warming connections to %s failed (%s: %s)", terminal_url, type(exc).__name__, exc)
 
 
 # This process's idle terminal connections, reused from sync to sync (see ConnectionPool).

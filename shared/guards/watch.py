@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -239,6 +239,7 @@ class WatchResult:
     to_read: list[int]  # the accounts to read now
     breached: list[int]  # those among them whose estimate breaches (`breaches`)
     counts: dict[str, Any]  # what was done, for the log
+    terminals: list[str] = field(default_factory=list)  # the terminal URLs that answered
 
 
 def watch(session: DbSession, *, open_terminal: OpenTerminal, now: datetime | None = None) -> WatchResult:
@@ -247,6 +248,7 @@ def watch(session: DbSession, *, open_terminal: OpenTerminal, now: datetime | No
     groups = _watched(session)
     to_read: list[int] = []
     breached: list[int] = []
+    answered: set[str] = set()
     counts: dict[str, Any] = defaultdict(int)
     openers = {group.opener: session.get(Account, group.opener) for group in groups.values()}
     session.rollback()  # nothing held open while terminals answer
@@ -265,6 +267,7 @@ def watch(session: DbSession, *, open_terminal: OpenTerminal, now: datetime | No
             continue
         observe_market(session, server, quotes, specs, at)
         counts["servers"] += 1
+        answered.add(terminal_url)
         for account in group.accounts:
             counts["accounts"] += 1
             equity = estimate_equity(account, quotes, specs)
@@ -276,4 +279,4 @@ def watch(session: DbSession, *, open_terminal: OpenTerminal, now: datetime | No
     session.commit()
     counts["to_read"] = len(to_read)
     counts["breached"] = len(breached)
-    return WatchResult(to_read, breached, dict(counts))
+    return WatchResult(to_read, breached, dict(counts), sorted(answered))

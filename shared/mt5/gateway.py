@@ -610,6 +610,25 @@ def _credentials(login: int, password: str, server: str, timeout: float) -> dict
     }
 
 
+def fill_pool(
+    pool: ConnectionPool, terminal_url: str, *, declared: frozenset[str], count: int, timeout: float = 10.0
+) -> int:
+    """Have `count` idle connections to the terminal `terminal_url` ready in `pool` (`ConnectionPool.fill`);
+    how many were made. Only a declared terminal (TerminalNotDeclared otherwise, before anything is
+    sent); an in-process terminal has nothing to pool (0). Each connect waits at most `timeout`
+    (TerminalUnavailable / TerminalTimeout)."""
+    key, connect, _ = connector(require_declared(terminal_url, declared), timeout)
+    if key is None:
+        return 0
+
+    def rpyc_connect() -> RpycBackend:
+        backend = _connect_within(connect, timeout)
+        assert isinstance(backend, RpycBackend)
+        return backend
+
+    return pool.fill(key, count, rpyc_connect)
+
+
 def _connect_within(connect: Callable[[], Backend], timeout: float) -> Backend:
     """Connect on a thread of its own, waiting at most `timeout`: RPyC's handshake runs under its own
     30-second default before a connection can be given a shorter one."""

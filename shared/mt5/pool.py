@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 
 from shared.mt5.backends import RpycBackend
 
@@ -63,6 +64,20 @@ class ConnectionPool:
                 idle.append(backend)
                 return
         backend.close()
+
+    def fill(self, key: tuple[str, int], count: int, connect: Callable[[], RpycBackend]) -> int:
+        """Connect until `count` connections to `key` are idle here; returns how many it made. For work
+        that is about to open many at once: a guard check reads its accounts concurrently, and the first
+        check after a quiet spell paid each connection's handshakes in front of its alerts
+        (bench/guards.py). A failed connect raises (nothing made so far is lost: it stays idle here)."""
+        made = 0
+        while True:
+            with self._lock:
+                self._own()
+                if len(self._idle.get(key, ())) >= count:
+                    return made
+            self.give(connect())
+            made += 1
 
     def discard(self, key: tuple[str, int]) -> None:
         """Close the idle connections to one terminal (it was found dead)."""

@@ -17,7 +17,7 @@ import pytest
 from shared.core.db import utcnow
 from shared.guards import readings, watch
 from shared.guards.settings import default_settings, validate_settings
-from shared.models import AccountRisk, GuardState
+from shared.models import Account, AccountRisk, GuardState
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import TerminalUnavailable
 from shared.mt5.gateway import Gateway
@@ -90,6 +90,8 @@ def test_the_watch_counts_the_servers_and_accounts_it_looked_at_and_skips_an_acc
     assert result.counts == {"servers": 1, "accounts": 1, "to_read": 0, "breached": 0}
     assert opened == [holding]
     assert (result.to_read, result.breached) == ([], [])
+    # The terminal that answered, whose connections the worker then keeps warm (workers.tasks).
+    assert result.terminals == [db_session.get(Account, holding).terminal_url]
 
 
 def test_a_terminal_that_fails_is_counted_and_its_accounts_wait_for_the_next_tick(synced, db_session):
@@ -102,7 +104,7 @@ def test_a_terminal_that_fails_is_counted_and_its_accounts_wait_for_the_next_tic
 
     result = watch.watch(db_session, open_terminal=unreachable)
     assert result.counts == {"servers_failed": 1, "to_read": 0, "breached": 0}
-    assert result.to_read == []
+    assert result.to_read == [] and result.terminals == []
 
 
 def test_the_watch_reads_the_account_its_quotes_push_to_a_warning_or_over_a_maximum_and_not_a_halted_one(

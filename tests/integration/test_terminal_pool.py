@@ -10,6 +10,7 @@ exactly what pooling is about, and nothing public says it.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import socket
@@ -25,8 +26,14 @@ import rpyc
 from rpyc.core import consts
 
 from shared.mt5 import constants as C
-from shared.mt5.errors import TerminalError, TerminalLoginFailed, TerminalTimeout, TerminalUnavailable
-from shared.mt5.gateway import Gateway
+from shared.mt5.errors import (
+    TerminalError,
+    TerminalLoginFailed,
+    TerminalNotDeclared,
+    TerminalTimeout,
+    TerminalUnavailable,
+)
+from shared.mt5.gateway import Gateway, fill_pool
 from shared.mt5.pool import ConnectionPool
 from shared.mt5.terminals import declared_terminals
 from tests.processes import terminal_server, wait_for
@@ -196,6 +203,65 @@ def test_read_account_is_one_request_with_figures_positions_and_the_deals_of_the
     assert past.deals == [] and [p.ticket for p in past.positions] == [buy, sell]
     assert past.account.login == 8301
     gateway.close()
+
+
+def test_fill_pool_connects_until_enough_are_idle_and_each_is_started_by_its_first_user(port, pool):
+    url = f"sim://127.0.0.1:{port}"
+    declared = declared_terminals([url])
+    in_use = open_pooled(port, 8151, pool)  # taken: not idle, so not counted
+    assert in_use.read_account(*window()).account.login == 8151
+    assert fill_pool(pool, url, declared=declared, count=3, timeout=5) == 3
+    assert pool.idle() == 3
+    assert fill_pool(pool, url, declared=declared, count=3, timeout=5) == 0  # enough already
+    in_use.close()
+    assert fill_pool(pool, url, declared=declared, count=5, timeout=5) == 1  # 4 idle: one more
+    assert pool.idle() == 5
+
+    # A warmed connection has no session yet: its first user starts one, with its login, and reads (the
+    # connection used before logs in to another account instead).
+    gateways = [open_pooled(port, 8152 + i, pool) for i in range(5)]
+    assert pool.idle() == 0
+    assert sorted(g._pending_login[0] for g in gateways if g._pending_login) == ["initialize"] * 4 + ["login"]
+    assert [g.read_account(*window()).account.login for g in gateways] == [8152 + i for i in range(5)]
+    for gateway in gateways:
+        gateway.close()
+
+
+def test_fill_pool_connects_only_to_a_declared_rpyc_terminal(port, pool):
+    url = f"sim://127.0.0.1:{port}"
+    with pytest.raises(TerminalNotDeclared):
+        fill_pool(pool, url, declared=declared_terminals([f"sim://127.0.0.1:{port + 1}"]), count=2)
+    assert pool.idle() == 0
+    # An in-process terminal has no connection to keep.
+    assert fill_pool(pool, "sim://", declared=declared_terminals(["sim://"]), count=2) == 0
+    assert pool.idle() == 0
+
+
+def test_fill_pool_on_a_terminal_that_is_down_fails_retryably_and_keeps_what_it_made(pool):
+    with terminal_server() as own:
+        url = f"sim://127.0.0.1:{own}"
+        assert fill_pool(pool, url, declared=declared_terminals([url]), count=2, timeout=3) == 2
+        kill_terminal(own)
+        with pytest.raises(TerminalUnavailable) as raised:
+            fill_pool(pool, url, declared=declared_terminals([url]), count=3, timeout=3)
+        assert raised.value.retryable
+        assert pool.idle() == 2  # dropped by the first user that finds them dead, as any idle one
+
+
+def test_a_worker_warms_its_own_pool_and_only_logs_a_terminal_it_cannot_reach(port, caplog):
+    """What the guards' watch does after each tick (workers.tasks.guard_watch): the next check finds a
+    connection idle for each account it reads at once."""
+    from workers import runtime
+
+    pool = runtime.terminal_pool()
+    pool.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.runtime"):
+            runtime.warm_terminals([f"sim://127.0.0.1:{port}", "sim://127.0.0.1:1"], 4)
+        assert pool.idle() == 4
+        assert "warming connections to sim://127.0.0.1:1 failed (TerminalUnavailable" in caplog.text
+    finally:
+        pool.clear()
 
 
 # --- logins that fail or change ------------------------------------------------------------------
