@@ -420,8 +420,12 @@ def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
 # Accounts per check_guards task sent by the watch: enough tasks for every guards process to take a
 # share of a crowd breaching at once (their terminals are asked concurrently within a task), and small
 # enough that the first alerts' webhooks go out while the rest are still being read (two tasks of 50
-# took the owners half a second longer to hear of their alerts, bench/guards.py).
-WATCH_BATCH = 10
+# took the owners half a second longer to hear of their alerts), but not so small that each task's own
+# cost (its quotes, its preload, its commit) is paid ten times over: 100 accounts were read and alerted
+# in 0.28-0.75 s (median 0.37) in tasks of 20 or 25, in 0.44-0.82 s (median 0.59) in tasks of 10; in
+# tasks of 25 the alerts' closes came in larger groups, and 66 of 900 closed more than 0.5 s late
+# (bench/guards.py, 3 rounds each).
+WATCH_BATCH = 20
 
 
 @celery_app.task(name=GUARD_WATCH, base=DatabaseTask)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import sqlalchemy as sa
 
 from shared.guards.settings import DEFAULT_SETTINGS
@@ -244,3 +245,75 @@ def test_figures_past_any_real_accounts_are_refused_even_spelled_with_a_huge_exp
     document["market"]["max_spread_pips"] = 100_000
     document["orders"]["max_total_lots"] = 100_000
     assert client.put(url(account_id), json=document, headers=world["user"]["headers"]).status_code == 200
+
+
+# --- the functions behind the API, as the guards and the execution path call them --------------------
+
+
+def test_each_accounts_guards_read_its_own_settings(api, client, db_session):
+    from shared.guards.risk_settings import risk_settings_of
+
+    world = api.setup()
+    headers = world["user"]["headers"]
+    first, second = world["account"]["id"], api.account(world["user"])["id"]
+    never_saved = api.account(world["user"])["id"]
+    changed = copy.deepcopy(EXAMPLE)
+    changed["confirmations"] = 5
+    assert client.put(url(first), json=EXAMPLE, headers=headers).status_code == 200
+    assert client.put(url(second), json=changed, headers=headers).status_code == 200
+
+    assert risk_settings_of(db_session, first).confirmations == 3
+    assert risk_settings_of(db_session, second).confirmations == 5
+    assert risk_settings_of(db_session, never_saved).confirmations == DEFAULT_SETTINGS["confirmations"]
+
+
+def test_a_save_holds_the_account_against_other_saves_but_never_against_new_rows_of_it(app, committed_db):
+    from shared.core.db import db
+    from shared.guards.risk_settings import save_risk_settings
+    from shared.models import User
+    from tests.conftest import Api
+
+    world = Api(app.test_client()).setup()
+    account_id = world["account"]["id"]
+    save_risk_settings(committed_db, committed_db.get(User, world["user"]["id"]), account_id, EXAMPLE)
+    # Not committed yet: the save holds the account's row.
+    with db.engine.connect() as other:
+        # What the foreign key of a new trade or signal of the account takes: granted at once.
+        held = sa.text("SELECT id FROM accounts WHERE id = :id FOR KEY SHARE NOWAIT")
+        assert other.execute(held, {"id": account_id}).scalar_one() == account_id
+        other.rollback()
+        # What another save takes: it would wait for this one.
+        with pytest.raises(sa.exc.OperationalError, match="could not obtain lock"):
+            other.execute(
+                sa.text("SELECT id FROM accounts WHERE id = :id FOR NO KEY UPDATE NOWAIT"), {"id": account_id}
+            )
+        other.rollback()
+    committed_db.rollback()
+
+
+def test_a_save_audits_the_document_it_replaced_even_after_this_session_read_an_older_one(app, committed_db):
+    from shared.guards.risk_settings import save_risk_settings
+    from shared.models import User
+    from tests.conftest import Api
+
+    http = app.test_client()
+    world = Api(http).setup()
+    account_id, headers = world["account"]["id"], world["user"]["headers"]
+    assert http.put(url(account_id), json=EXAMPLE, headers=headers).status_code == 200
+    # This session (a browser tab) has read the settings; meanwhile another tab saves a change.
+    assert committed_db.get(AccountRisk, account_id).settings == EXAMPLE
+    changed = copy.deepcopy(EXAMPLE)
+    changed["grace_seconds"] = 60
+    assert http.put(url(account_id), json=changed, headers=headers).status_code == 200
+
+    latest = copy.deepcopy(EXAMPLE)
+    latest["grace_seconds"] = 90
+    save_risk_settings(committed_db, committed_db.get(User, world["user"]["id"]), account_id, latest)
+    committed_db.commit()
+    audits = risk_audits(committed_db, account_id)
+    assert [audit.meta["previous"]["grace_seconds"] for audit in audits] == [
+        DEFAULT_SETTINGS["grace_seconds"],
+        30,
+        60,
+    ]
+    assert committed_db.get(AccountRisk, account_id).settings == latest
