@@ -292,28 +292,32 @@ def test_a_save_holds_the_account_against_other_saves_but_never_against_new_rows
 
 
 def test_a_save_audits_the_document_it_replaced_even_after_this_session_read_an_older_one(app, committed_db):
+    from sqlalchemy.orm import Session
+
+    from shared.core.db import db
     from shared.guards.risk_settings import save_risk_settings
     from shared.models import User
     from tests.conftest import Api
 
-    http = app.test_client()
-    world = Api(http).setup()
-    account_id, headers = world["account"]["id"], world["user"]["headers"]
-    assert http.put(url(account_id), json=EXAMPLE, headers=headers).status_code == 200
-    # This session (a browser tab) has read the settings; meanwhile another tab saves a change.
-    assert committed_db.get(AccountRisk, account_id).settings == EXAMPLE
+    world = Api(app.test_client()).setup()
+    account_id = world["account"]["id"]
+    owner = committed_db.get(User, world["user"]["id"])
+    save_risk_settings(committed_db, owner, account_id, EXAMPLE)
+    committed_db.commit()
+    # This session (a browser tab) reads the settings, and holds them (the identity map keeps only what
+    # is referenced); meanwhile another tab saves a change.
+    read = committed_db.get(AccountRisk, account_id)
+    assert read.settings == EXAMPLE
     changed = copy.deepcopy(EXAMPLE)
     changed["grace_seconds"] = 60
-    assert http.put(url(account_id), json=changed, headers=headers).status_code == 200
+    with Session(db.engine) as other_tab:
+        save_risk_settings(other_tab, other_tab.get(User, owner.id), account_id, changed)
+        other_tab.commit()
 
     latest = copy.deepcopy(EXAMPLE)
     latest["grace_seconds"] = 90
-    save_risk_settings(committed_db, committed_db.get(User, world["user"]["id"]), account_id, latest)
+    save_risk_settings(committed_db, owner, account_id, latest)
     committed_db.commit()
-    audits = risk_audits(committed_db, account_id)
-    assert [audit.meta["previous"]["grace_seconds"] for audit in audits] == [
-        DEFAULT_SETTINGS["grace_seconds"],
-        30,
-        60,
-    ]
+    previous = [audit.meta["previous"]["grace_seconds"] for audit in risk_audits(committed_db, account_id)]
+    assert previous == [DEFAULT_SETTINGS["grace_seconds"], 30, 60]  # 60: the other tab's, not the one read
     assert committed_db.get(AccountRisk, account_id).settings == latest
