@@ -422,9 +422,9 @@ def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
 # enough that the first alerts' webhooks go out while the rest are still being read (two tasks of 50
 # took the owners half a second longer to hear of their alerts), but not so small that each task's own
 # cost (its quotes, its preload, its commit) is paid ten times over: 100 accounts were read and alerted
-# in 0.28-0.75 s (median 0.37) in tasks of 20 or 25, in 0.44-0.82 s (median 0.59) in tasks of 10; in
-# tasks of 25 the alerts' closes came in larger groups, and 66 of 900 closed more than 0.5 s late
-# (bench/guards.py, 3 rounds each).
+# in 0.28-0.75 s (median 0.37) in tasks of 20 or 25, in 0.44-0.82 s (median 0.59) in tasks of 10
+# (bench/guards.py, 3 rounds each). Alerts raised closer together also fall due closer together, and
+# their closes then wait on each other (README, Benchmarks).
 WATCH_BATCH = 20
 
 

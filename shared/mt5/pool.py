@@ -69,7 +69,9 @@ class ConnectionPool:
         """Connect until `count` connections to `key` are idle here; returns how many it made. For work
         that is about to open many at once: a guard check reads its accounts concurrently, and the first
         check after a quiet spell paid each connection's handshakes in front of its alerts
-        (bench/guards.py). A failed connect raises (nothing made so far is lost: it stays idle here)."""
+        (bench/guards.py). Never more than the pool keeps (`max_idle_per_terminal`). A failed connect
+        raises (nothing made so far is lost: it stays idle here)."""
+        count = min(count, self.max_idle_per_terminal)
         made = 0
         while True:
             with self._lock:

@@ -227,6 +227,16 @@ def test_fill_pool_connects_until_enough_are_idle_and_each_is_started_by_its_fir
         gateway.close()
 
 
+def test_fill_pool_makes_no_more_than_the_pool_keeps(port):
+    url = f"sim://127.0.0.1:{port}"
+    small = ConnectionPool(max_idle_per_terminal=2)
+    try:
+        assert fill_pool(small, url, declared=declared_terminals([url]), count=5, timeout=5) == 2
+        assert small.idle() == 2
+    finally:
+        small.clear()
+
+
 def test_fill_pool_connects_only_to_a_declared_rpyc_terminal(port, pool):
     url = f"sim://127.0.0.1:{port}"
     with pytest.raises(TerminalNotDeclared):
