@@ -89,3 +89,27 @@ def test_an_approval_stands_when_the_broker_is_down_and_says_the_sweep_will_send
         f"could not enqueue execution of signal {signal_id}; the dispatch sweep will retry" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_the_guards_watch_keeps_a_checks_worth_of_connections_to_the_terminals_that_answered(
+    app, committed_db, sent_tasks, monkeypatch
+):
+    """The wiring of `guard_watch`: whatever the tick found, the terminals that answered it get
+    `WATCH_BATCH` idle connections in this process (`runtime.warm_terminals`, tested on a real terminal
+    in test_terminal_pool), so that the next crowd's checks do not wait for theirs."""
+    import workers.tasks
+    from shared.guards.watch import WatchResult
+    from workers import runtime
+
+    answered = ["sim://127.0.0.1:18001", "sim://127.0.0.1:18002"]
+    monkeypatch.setattr(
+        workers.tasks.guard_watch_feature,
+        "watch",
+        lambda session, open_terminal: WatchResult([], [], {"servers": 2}, answered),
+    )
+    warmed: list[tuple[list[str], int]] = []
+    monkeypatch.setattr(runtime, "warm_terminals", lambda urls, count: warmed.append((list(urls), count)))
+
+    assert workers.tasks.guard_watch.apply().get() == 0
+    assert warmed == [(answered, workers.tasks.WATCH_BATCH)]
+    assert sent_tasks.sent == []  # nobody to read
