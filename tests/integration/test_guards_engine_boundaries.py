@@ -243,6 +243,23 @@ def test_a_close_whose_send_starts_exactly_at_the_send_budget_is_still_sent_by_t
     assert len(closing_deals(terminal, ticket)) == 1
 
 
+def open_sim_then(terminal, nth, action):
+    """`open_sim`, and `action()` once the `nth` terminal it opened is closed again: something that
+    happens elsewhere between two steps of a batch (its read, its orders)."""
+    inner = open_sim(terminal)
+    closed = []
+
+    @contextmanager
+    def open_terminal(account):
+        with inner(account) as gateway:
+            yield gateway
+        closed.append(account.id)
+        if len(closed) == nth:
+            action()
+
+    return open_terminal
+
+
 def test_the_batch_sends_at_the_price_its_decision_read_and_a_move_past_the_deviation_is_a_requote(
     guarded, terminal, db_session, recorder
 ):
@@ -250,16 +267,8 @@ def test_the_batch_sends_at_the_price_its_decision_read_and_a_move_past_the_devi
     has moved further than the deviation since, the broker requotes, and the close is left to the
     one-alert path, which sends it again at a fresh price, once."""
     ((_, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
-    inner = open_sim(terminal)
-    opened = []
-
-    @contextmanager
-    def open_terminal(account):
-        with inner(account) as gateway:
-            yield gateway
-        opened.append(account.id)
-        if len(opened) == 1:  # after the read: 10 pips lower by the time the order goes
-            terminal.sim_set_quote("EURUSD", 1.08100, 1.08110)
+    # After the read: 10 pips lower by the time the order goes.
+    open_terminal = open_sim_then(terminal, 1, lambda: terminal.sim_set_quote("EURUSD", 1.08100, 1.08110))
 
     done = carry_out(db_session, terminal, recorder, alert.id, open_terminal=open_terminal)
 
@@ -429,21 +438,17 @@ def test_an_alert_another_run_ended_while_the_batchs_orders_were_out_is_not_ende
     """The batch reads its alerts afresh (and locks them) before ending them: one that another run ended
     meanwhile is reported as that run left it, and not ended, audited or told a second time."""
     ((_, _, alert),) = crowd(guarded, terminal, db_session, 1)
-    inner = open_sim(terminal)
-    opened = []
 
-    @contextmanager
-    def open_terminal(account):
-        with inner(account) as gateway:
-            yield gateway
-        opened.append(account.id)
-        if len(opened) == 2:  # the orders are done: another run ends the alert (this session unaware)
-            db_session.execute(
-                sa.update(DrawdownAlert)
-                .where(DrawdownAlert.id == alert.id)
-                .values(status="executed", action_taken="closed")
-                .execution_options(synchronize_session=False)
-            )
+    def another_run_ends_the_alert():  # this session unaware
+        db_session.execute(
+            sa.update(DrawdownAlert)
+            .where(DrawdownAlert.id == alert.id)
+            .values(status="executed", action_taken="closed")
+            .execution_options(synchronize_session=False)
+        )
+
+    # The orders are done (the read's terminal and the orders' closed again): another run ends the alert.
+    open_terminal = open_sim_then(terminal, 2, another_run_ends_the_alert)
 
     done = carry_out(db_session, terminal, recorder, alert.id, open_terminal=open_terminal)
 
