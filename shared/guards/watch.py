@@ -119,17 +119,24 @@ class _Group:
     symbols: set[str]
 
 
-# What `_watched` built of each account, with the versions it was built from: (key, WatchedAccount).
+# What `_watched` built of each account, with the key it was built from: (key, WatchedAccount).
 # Per process: the watch runs every half second and most accounts change only when a sync or a reading
-# touches them, so their positions (JSON), limits (JSON) and risk settings are parsed again only then.
-# Rebuilding every account's view on every tick took the orders worker 1-2.5 s per tick at 1,000
-# accounts (bench/guards.py), more than the interval.
+# touches them, so their views are built again only then. Rebuilding every account's view on every tick
+# took the orders worker 1-2.5 s per tick at 1,000 accounts (bench/guards.py), more than the interval.
 _cache: dict[int, tuple[tuple[Any, ...], WatchedAccount]] = {}
+
+# Each account's risk settings, with the key they were parsed from (the owner's last save). A sync or a
+# reading rebuilds a view, but leaves the settings as they were: parsing the document again for every
+# sync was a third of the watch's time (bench/guards.py, py-spy: a reconciliation burst touches every
+# account within 2 s, and the ticks after it took 0.2-0.45 s, on the processes the checks need).
+_settings: dict[int, tuple[str, RiskSettings]] = {}
 
 
 # The groups the last tick built, with the keys they were built from: a tick whose keys are all as
 # before (no sync, reading, halt, alert or settings change since) reuses them.
 _last_groups: tuple[dict[int, Any], dict[tuple[str, str], _Group]] | None = None
+
+_KEY_PARTS = 3  # the sync's, the guard state's and the settings' timestamps, in that order
 
 
 def _as_text(column: Any) -> Any:
@@ -163,26 +170,11 @@ def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
         return _last_groups[1]
     for account_id in set(_cache) - set(keys):
         del _cache[account_id]  # halted, alerted or gone: built afresh when it is watched again
+    for account_id in set(_settings) - set(keys):
+        del _settings[account_id]
     stale = [account_id for account_id, key in keys.items() if _cache.get(account_id, (None,))[0] != key]
     for chunk in range(0, len(stale), 1000):
-        ids = stale[chunk : chunk + 1000]
-        for account_id, equity, margin, positions, limits, document in session.execute(
-            sa.select(
-                AccountSync.account_id,
-                AccountSync.equity,
-                AccountSync.margin,
-                AccountSync.positions,
-                GuardState.limits,
-                AccountRisk.settings,
-            )
-            .outerjoin(GuardState, GuardState.account_id == AccountSync.account_id)
-            .outerjoin(AccountRisk, AccountRisk.account_id == AccountSync.account_id)
-            .where(AccountSync.account_id.in_(ids))
-        ):
-            _cache[account_id] = (
-                keys[account_id],
-                _watched_account(account_id, equity, margin, positions, limits, document),
-            )
+        _rebuild(session, {account_id: keys[account_id] for account_id in stale[chunk : chunk + 1000]})
     groups: dict[tuple[str, str], _Group] = {}
     for account_id, (account_key, terminal_url, server) in keys.items():
         cached = _cache.get(account_id)
@@ -196,22 +188,109 @@ def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
     return groups
 
 
-def _watched_account(
-    account_id: int,
-    equity: Decimal,
-    margin: Decimal | None,
-    positions: list[dict[str, Any]] | None,
-    stored_limits: dict[str, Any] | None,
-    document: dict[str, Any] | None,
-) -> WatchedAccount:
-    settings = RiskSettings.from_document(document)
+def _rebuild(session: DbSession, keys: dict[int, tuple[Any, ...]]) -> None:
+    """Build these accounts' views again, loading only the parts whose own key moved since their view
+    was built: the sync's figures and positions, the limits' stored references (a reading), the risk
+    settings (the owner). The parts that did not move are taken from the view before."""
+    figures_due: list[int] = []
+    limits_due: list[int] = []
+    settings_due: list[int] = []
+    parts: dict[int, list[str]] = {}
+    for account_id, (key, _, _) in keys.items():
+        parts[account_id] = now = key.split("|", _KEY_PARTS - 1)
+        cached = _cache.get(account_id)
+        before = cached[0][0].split("|", _KEY_PARTS - 1) if cached is not None else [None] * _KEY_PARTS
+        if now[0] != before[0]:
+            figures_due.append(account_id)
+        if now[1] != before[1] or now[2] != before[2]:
+            limits_due.append(account_id)
+        if _settings.get(account_id, (None,))[0] != now[2]:
+            settings_due.append(account_id)
+    figures = (
+        {
+            account_id: _figures_of(equity, margin, positions)
+            for account_id, equity, margin, positions in session.execute(
+                sa.select(
+                    AccountSync.account_id, AccountSync.equity, AccountSync.margin, AccountSync.positions
+                ).where(AccountSync.account_id.in_(figures_due))
+            )
+        }
+        if figures_due
+        else {}
+    )
+    if settings_due:
+        documents: dict[int, dict[str, Any] | None] = dict(
+            session.execute(
+                sa.select(AccountRisk.account_id, AccountRisk.settings).where(
+                    AccountRisk.account_id.in_(settings_due)
+                )
+            ).all()
+        )
+        for account_id in settings_due:  # no row: the defaults
+            _settings[account_id] = (
+                parts[account_id][2],
+                RiskSettings.from_document(documents.get(account_id)),
+            )
+    stored: dict[int, dict[str, Any] | None] = (
+        dict(
+            session.execute(
+                sa.select(GuardState.account_id, GuardState.limits).where(
+                    GuardState.account_id.in_(limits_due)
+                )
+            ).all()
+        )
+        if limits_due
+        else {}
+    )
+    for account_id, key in keys.items():
+        cached = _cache.get(account_id)
+        if account_id in figures_due:
+            if account_id not in figures:
+                continue  # its sync is gone since the key was read: not watched
+            equity, margin, positions = figures[account_id]
+        else:  # a view was built before (a new account's figures are due)
+            assert cached is not None
+            view = cached[1]
+            equity, margin, positions = view.equity_at_sync, view.margin, view.positions
+        if account_id in limits_due:
+            limits, min_margin_level = _limits_of(_settings[account_id][1], stored.get(account_id))
+        else:
+            assert cached is not None
+            limits, min_margin_level = cached[1].limits, cached[1].min_margin_level
+        _cache[account_id] = (
+            key,
+            WatchedAccount(account_id, equity, margin, positions, limits, min_margin_level),
+        )
+
+
+def _figures_of(
+    equity: Decimal, margin: Decimal | None, positions: list[dict[str, Any]] | None
+) -> tuple[Decimal, Decimal, tuple[WatchedPosition, ...]]:
+    """What the account's last sync recorded, as the estimate needs it: equity, margin (NULL: none in
+    use), and each position's symbol, side, volume and the price its profit was read at."""
+    return (
+        equity,
+        margin or Decimal(0),
+        tuple(
+            WatchedPosition(p["symbol"], p["side"], Decimal(p["volume"]), Decimal(p["price_current"]))
+            for p in positions or ()
+        ),
+    )
+
+
+def _limits_of(
+    settings: RiskSettings, stored_limits: dict[str, Any] | None
+) -> tuple[tuple[tuple[Decimal, Decimal | None, Decimal | None, Decimal | None, bool], ...], Decimal | None]:
+    """Each drawdown limit's stored reference with the owner's thresholds and whether it has warned (a
+    limit never read yet is left out: its first reading comes with the next sync), and the margin
+    minimum."""
     stored = stored_limits or {}
     limits = []
     for limit in settings.drawdown_limits:
         row = stored.get(limit.name) or {}
         reference = row.get("reference")
         if reference is None:
-            continue  # never read yet: its first reading comes with the next sync
+            continue
         limits.append(
             (
                 Decimal(reference),
@@ -221,17 +300,7 @@ def _watched_account(
                 bool(row.get("warned")),
             )
         )
-    return WatchedAccount(
-        account_id,
-        equity,
-        margin or Decimal(0),
-        tuple(
-            WatchedPosition(p["symbol"], p["side"], Decimal(p["volume"]), Decimal(p["price_current"]))
-            for p in positions or ()
-        ),
-        tuple(limits),
-        settings.min_margin_level_percent,
-    )
+    return tuple(limits), settings.min_margin_level_percent
 
 
 @dataclass(frozen=True)

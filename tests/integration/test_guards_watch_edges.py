@@ -11,12 +11,13 @@ Decided, and kept as the code had them:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from decimal import Decimal as D
 
 import pytest
 
 from shared.core.db import utcnow
 from shared.guards import readings, watch
-from shared.guards.settings import default_settings, validate_settings
+from shared.guards.settings import RiskSettings, default_settings, validate_settings
 from shared.models import Account, AccountRisk, GuardState
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import TerminalUnavailable
@@ -41,6 +42,7 @@ def fresh_watch(monkeypatch):
     """Each test starts with the watch's per-process cache empty, as a new worker does."""
     monkeypatch.setattr(watch, "_cache", {})
     monkeypatch.setattr(watch, "_last_groups", None)
+    monkeypatch.setattr(watch, "_settings", {})
 
 
 @pytest.fixture
@@ -161,3 +163,80 @@ def test_an_unchanged_tick_reuses_the_views_it_built(synced, db_session):
     again = watch._watched(db_session)
     assert again is not first
     assert [a.account_id for group in again.values() for a in group.accounts] == [account_id]
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """The risk documents the watch parses (`RiskSettings.from_document`), in order."""
+    documents = []
+    original = RiskSettings.from_document
+
+    def counting(cls, document):
+        documents.append(document)
+        return original(document)
+
+    monkeypatch.setattr(RiskSettings, "from_document", classmethod(counting))
+    return documents
+
+
+def view_of(session, account_id):
+    return next(
+        a for group in watch._watched(session).values() for a in group.accounts if a.account_id == account_id
+    )
+
+
+def test_a_sync_rebuilds_the_accounts_figures_and_keeps_its_parsed_settings(
+    synced, sync, terminal, db_session, parsed
+):
+    """A sync moves only the figures and positions: the settings the view was built with are not parsed
+    again (a reconciliation burst touches every account within two seconds)."""
+    account_id = synced()
+    parsed.clear()  # the reading's own parse
+    first = view_of(db_session, account_id)
+    assert len(parsed) == 1
+    terminal.sim_set_quote("EURUSD", 1.08400, 1.08410)  # 10 pips on 1 lot: 100 USD less
+    assert sync(account_id).status == "ok"
+    after = view_of(db_session, account_id)
+    assert after.equity_at_sync == first.equity_at_sync - 100
+    assert after.positions[0].price_at_sync == D("1.08400")
+    assert (after.limits, after.min_margin_level) == (first.limits, first.min_margin_level)
+    assert len(parsed) == 1
+
+
+def test_a_reading_rebuilds_the_limits_from_the_settings_already_parsed(synced, db_session, parsed):
+    account_id = synced()
+    parsed.clear()  # the reading's own parse
+    first = view_of(db_session, account_id)
+    state = db_session.get(GuardState, account_id)
+    state.limits = {**state.limits, "max drawdown": {"reference": "12000", "warned": True}}
+    state.updated_at = utcnow()
+    db_session.commit()
+    after = view_of(db_session, account_id)
+    assert after.limits == ((D(12000), D(1), D(2), None, True),)
+    assert (after.equity_at_sync, after.positions) == (first.equity_at_sync, first.positions)
+    assert len(parsed) == 1
+
+
+def test_new_settings_are_parsed_once_and_an_account_without_any_takes_the_defaults(
+    synced, db_session, parsed
+):
+    account_id = synced()
+    parsed.clear()  # the reading's own parse
+    view_of(db_session, account_id)
+    risk = db_session.get(AccountRisk, account_id)
+    db_session.delete(risk)  # the owner never saved any: the defaults' maximum of 10 %
+    state = db_session.get(GuardState, account_id)
+    state.updated_at = utcnow()  # a delete moves no timestamp: the next reading's does
+    db_session.commit()
+    after = view_of(db_session, account_id)
+    assert [(reference > 0, warn, most) for reference, warn, most, _, _ in after.limits] == [
+        (True, D(8), D(10))
+    ]
+    assert len(parsed) == 2 and parsed[1] is None
+
+
+def test_an_account_whose_sync_is_gone_when_its_view_is_built_is_not_watched(synced, db_session):
+    account_id = synced()
+    key = "|".join(["2026-01-01 00:00:00", "", ""])
+    watch._rebuild(db_session, {account_id: (key, "sim://x", "Demo"), 10**9: (key, "sim://x", "Demo")})
+    assert set(watch._cache) == {account_id}

@@ -27,7 +27,8 @@ from shared.guards.settings import RiskSettings, default_settings, validate_sett
 from shared.guards.watch import (
     WatchedAccount,
     WatchedPosition,
-    _watched_account,
+    _figures_of,
+    _limits_of,
     breaches,
     estimate_equity,
     needs_reading,
@@ -208,18 +209,23 @@ def test_the_watched_view_takes_each_read_limits_reference_and_the_owners_thresh
     """A limit already read brings its stored reference and `warned`; one never read is left out (its
     first reading comes with the next sync). The positions, equity and margin are the sync's."""
     stored = {"max drawdown": {"reference": "10000", "warned": True}}
-    view = _watched_account(7, D(9950), D(500), POSITIONS, stored, validate_settings(WATCH_DOCUMENT))
-    assert view.account_id == 7 and (view.equity_at_sync, view.margin) == (D(9950), D(500))
-    assert view.positions == (WatchedPosition("EURUSD", "buy", D("1.5"), D("1.08500")),)
-    assert view.limits == ((D(10000), D(1), D(2), None, True),)
-    assert view.min_margin_level == D(150)
-    assert _watched_account(7, D(9950), D(500), None, None, None).positions == ()
-    assert _watched_account(7, D(9950), D(500), POSITIONS, None, None).limits == ()
+    settings = RiskSettings.from_document(validate_settings(WATCH_DOCUMENT))
+    assert _figures_of(D(9950), D(500), POSITIONS) == (
+        D(9950),
+        D(500),
+        (WatchedPosition("EURUSD", "buy", D("1.5"), D("1.08500")),),
+    )
+    assert _limits_of(settings, stored) == (((D(10000), D(1), D(2), None, True),), D(150))
+    assert _figures_of(D(9950), D(500), None)[2] == ()
+    assert _limits_of(settings, None) == ((), D(150))
+    # No settings stored: the defaults' thresholds (warn 8 %, maximum 10 % for "max drawdown").
+    assert _limits_of(RiskSettings.from_document(None), stored)[0] == ((D(10000), D(8), D(10), None, True),)
 
 
 def test_a_sync_that_recorded_no_margin_has_no_margin_level_to_breach():
     """Margin NULL is no margin in use: however low the equity, the margin minimum is not at stake."""
-    view = _watched_account(7, D(1), None, POSITIONS, {}, validate_settings(WATCH_DOCUMENT))
+    settings = RiskSettings.from_document(validate_settings(WATCH_DOCUMENT))
+    view = WatchedAccount(7, *_figures_of(D(1), None, POSITIONS), *_limits_of(settings, {}))
     assert view.margin == D(0)
     assert not breaches(view, D(1))
 
