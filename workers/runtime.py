@@ -176,13 +176,20 @@ def _password(credentials_encrypted: bytes) -> str:
 
 
 def account_locks(names: list[str]) -> Any:
-    """Redis locks where Redis is the broker (many machines); else Postgres advisory locks, or flocks on
-    the embedded setup."""
+    """The reconciliation's per-account locks (`exclusive_locks`), held at most as long as a batch may
+    run (TRADEGUARD_RECONCILE_LOCK_SECONDS)."""
+    return exclusive_locks(names, ttl_seconds=settings().reconcile_lock_seconds)
+
+
+def exclusive_locks(names: list[str], *, ttl_seconds: float) -> Any:
+    """Take as many of these locks as are free, without waiting; yields the names held. Redis locks
+    where Redis is the broker (many machines), kept at most `ttl_seconds` by a holder that dies; else
+    Postgres advisory locks, or flocks on the embedded setup (both end with their holder)."""
     from shared.core.locks import exclusive_many, redis_exclusive_many
 
     current = settings()
     if current.redis_url:
-        return redis_exclusive_many(_redis(), names, ttl_seconds=current.reconcile_lock_seconds)
+        return redis_exclusive_many(_redis(), names, ttl_seconds=ttl_seconds)
     return exclusive_many(db.engine, names, lock_dir=current.instance_dir / "locks")
 
 

@@ -208,7 +208,13 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
         finally:
             db.session.remove()
     # A breach seen on a sync is confirmed by guard checks, not by waiting for the next syncs.
-    again = [reading.account_id for reading in readings if reading.unconfirmed]
+    # Not those the watch sent to be read meanwhile (their check takes the confirmations), and claimed
+    # for the watch in turn: in a crowd that met a reconciliation burst, these checks doubled the reads
+    # of accounts already being read. One the watch's check found clear before this sync saw it
+    # breached waits for the claim to lapse (WATCH_CLAIM_SECONDS), then the watch sends it.
+    again = _claim_reads(
+        [reading.account_id for reading in readings if reading.unconfirmed], WATCH_CLAIM_SECONDS
+    )
     if again:
         queue.send(CHECK_GUARDS, [again], countdown=settings.guard_confirm_seconds)
     return dict(Counter(outcome.status for outcome in outcomes))
@@ -428,11 +434,29 @@ def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
 WATCH_BATCH = 20
 
 
+# One watch tick at a time: beat sends one every TRADEGUARD_GUARD_WATCH_SECONDS whether the last has
+# ended or not, and a tick slowed by a crowd (its checks and closes on the same guards processes) was
+# joined by the next, the two then holding both processes the checks were waiting for (bench/guards.py).
+# A tick that finds another running skips its turn. The lock outlives the slowest tick seen (1.7 s), and
+# a worker killed mid-tick stops the watch no longer than this.
+WATCH_TURN = "guard-watch"
+WATCH_TURN_SECONDS = 5.0
+
+
 @celery_app.task(name=GUARD_WATCH, base=DatabaseTask)
 def guard_watch() -> int:
     """Beat's fast path for the guards (shared.guards.watch): quote the held symbols, estimate every
     account's equity from its last sync, and read at once those the estimate puts at a limit (those not
-    sent by an earlier tick within WATCH_CLAIM_SECONDS)."""
+    sent by an earlier tick within WATCH_CLAIM_SECONDS). Returns how many it sent to be read; none
+    when another tick is still running."""
+    with runtime.exclusive_locks([WATCH_TURN], ttl_seconds=WATCH_TURN_SECONDS) as held:
+        if not held:
+            log.info("guard watch: the last tick is still running; this one skips its turn")
+            return 0
+        return _watch_tick()
+
+
+def _watch_tick() -> int:
     result = guard_watch_feature.watch(db.session, open_terminal=runtime.open_pooled_terminal)
     account_ids = _claim_reads(result.to_read, WATCH_CLAIM_SECONDS)
     if account_ids:

@@ -113,3 +113,99 @@ def test_the_guards_watch_keeps_a_checks_worth_of_connections_to_the_terminals_t
     assert workers.tasks.guard_watch.apply().get() == 0
     assert warmed == [(answered, workers.tasks.WATCH_BATCH)]
     assert sent_tasks.sent == []  # nobody to read
+
+
+def fresh_ids(count: int) -> list[int]:
+    """Account ids no other test has claimed for a read (the claims live a few seconds in Redis)."""
+    import uuid
+
+    base = uuid.uuid4().int % 10**9 * 100
+    return list(range(base, base + count))
+
+
+def test_the_watch_sends_each_account_it_flags_to_be_read_once_in_checks_of_watch_batch(
+    app, committed_db, sent_tasks, monkeypatch
+):
+    """25 accounts flagged: checks of WATCH_BATCH (20) and 5, each naming which of its accounts the
+    estimate put over a maximum; the next tick, which flags them again while their checks still read
+    them, sends none of them again (WATCH_CLAIM_SECONDS)."""
+    import workers.tasks
+    from shared.core.queue import CHECK_GUARDS
+    from shared.guards.watch import WatchResult
+    from workers import runtime
+
+    flagged = fresh_ids(25)
+    breached = flagged[::2]
+    monkeypatch.setattr(
+        workers.tasks.guard_watch_feature,
+        "watch",
+        lambda session, open_terminal: WatchResult(flagged, breached, {"servers": 1}, []),
+    )
+    monkeypatch.setattr(runtime, "warm_terminals", lambda urls, count: None)
+
+    assert workers.tasks.guard_watch.apply().get() == 25
+    assert [(task.name, task.args) for task in sent_tasks.sent] == [
+        (CHECK_GUARDS, [flagged[:20], [a for a in flagged[:20] if a in breached]]),
+        (CHECK_GUARDS, [flagged[20:], [a for a in flagged[20:] if a in breached]]),
+    ]
+    assert workers.tasks.guard_watch.apply().get() == 0
+    assert len(sent_tasks.sent) == 2
+
+
+def test_a_watch_tick_that_finds_the_last_one_still_running_skips_its_turn(
+    app, committed_db, sent_tasks, monkeypatch
+):
+    import workers.tasks
+    from shared.guards.watch import WatchResult
+    from workers import runtime
+
+    flagged = fresh_ids(3)
+    ticks: list[int] = []
+
+    def watch(session, open_terminal):
+        ticks.append(1)
+        return WatchResult(flagged, [], {"servers": 1}, [])
+
+    monkeypatch.setattr(workers.tasks.guard_watch_feature, "watch", watch)
+    monkeypatch.setattr(runtime, "warm_terminals", lambda urls, count: None)
+    with runtime.exclusive_locks([workers.tasks.WATCH_TURN], ttl_seconds=5) as held:
+        assert held == {workers.tasks.WATCH_TURN}
+        assert workers.tasks.guard_watch.apply().get() == 0
+    assert (ticks, sent_tasks.sent) == ([], [])
+    assert workers.tasks.guard_watch.apply().get() == 3  # its turn is free again
+    assert ticks == [1]
+
+
+def test_a_sync_sends_its_unconfirmed_breaches_to_be_read_except_those_the_watch_is_reading(
+    app, committed_db, sent_tasks, monkeypatch
+):
+    """The sync's breach is confirmed by a check `guard_confirm_seconds` later; an account the watch
+    sent to be read meanwhile is left to that check, and the accounts sent here are claimed in turn, so
+    the watch does not send them too."""
+    import workers.tasks
+    from shared.core.queue import CHECK_GUARDS
+    from shared.reconciliation.sync import SyncOutcome
+
+    synced = fresh_ids(4)
+    watched, unconfirmed = synced[1], synced[:3]
+    assert workers.tasks._claim_reads([watched], workers.tasks.WATCH_CLAIM_SECONDS) == [watched]
+    monkeypatch.setattr(
+        workers.tasks,
+        "sync_accounts",
+        lambda make_session, account_ids, **options: [SyncOutcome(a, "ok") for a in account_ids],
+    )
+    monkeypatch.setattr(
+        workers.tasks.guard_readings,
+        "record_synced",
+        lambda session, account_ids, **options: [
+            dataclasses.make_dataclass("Reading", ["account_id", "unconfirmed"])(a, a in unconfirmed)
+            for a in account_ids
+        ],
+    )
+
+    assert workers.tasks.reconcile_accounts.apply(args=[synced]).get() == {"ok": 4}
+    confirm = app.extensions[SETTINGS].guard_confirm_seconds
+    assert [(task.name, task.args, task.options) for task in sent_tasks.sent] == [
+        (CHECK_GUARDS, [[synced[0], synced[2]]], {"countdown": confirm})
+    ]
+    assert workers.tasks._claim_reads(synced, workers.tasks.WATCH_CLAIM_SECONDS) == [synced[3]]
