@@ -136,8 +136,6 @@ _settings: dict[int, tuple[str, RiskSettings]] = {}
 # before (no sync, reading, halt, alert or settings change since) reuses them.
 _last_groups: tuple[dict[int, Any], dict[tuple[str, str], _Group]] | None = None
 
-_KEY_PARTS = 3  # the sync's, the guard state's and the settings' timestamps, in that order
-
 
 def _as_text(column: Any) -> Any:
     return sa.func.coalesce(sa.cast(column, sa.String), "")
@@ -195,11 +193,11 @@ def _rebuild(session: DbSession, keys: dict[int, tuple[Any, ...]]) -> None:
     figures_due: list[int] = []
     limits_due: list[int] = []
     settings_due: list[int] = []
-    parts: dict[int, list[str]] = {}
+    parts: dict[int, list[str]] = {}  # the sync's, the guard state's and the settings' timestamps
     for account_id, (key, _, _) in keys.items():
-        parts[account_id] = now = key.split("|", _KEY_PARTS - 1)
+        parts[account_id] = now = key.split("|")
         cached = _cache.get(account_id)
-        before = cached[0][0].split("|", _KEY_PARTS - 1) if cached is not None else [None] * _KEY_PARTS
+        before = cached[0][0].split("|") if cached is not None else [None, None, None]
         if now[0] != before[0]:
             figures_due.append(account_id)
         if now[1] != before[1] or now[2] != before[2]:

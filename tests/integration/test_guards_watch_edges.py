@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from decimal import Decimal as D
 
 import pytest
+import sqlalchemy as sa
 
 from shared.core.db import utcnow
 from shared.guards import readings, watch
 from shared.guards.settings import RiskSettings, default_settings, validate_settings
-from shared.models import Account, AccountRisk, GuardState
+from shared.models import Account, AccountRisk, AccountSync, GuardState
 from shared.mt5 import constants as mt5c
 from shared.mt5.errors import TerminalUnavailable
 from shared.mt5.gateway import Gateway
@@ -179,6 +180,14 @@ def parsed(monkeypatch):
     return documents
 
 
+def read_apart(session, account_id):
+    """A reading of its own (the watch's check, say): the guard state's timestamp then differs from
+    the sync's, which the reading that came with the sync shares."""
+    state = session.get(GuardState, account_id)
+    state.updated_at = utcnow()
+    session.commit()
+
+
 def view_of(session, account_id):
     return next(
         a for group in watch._watched(session).values() for a in group.accounts if a.account_id == account_id
@@ -192,8 +201,20 @@ def test_a_sync_rebuilds_the_accounts_figures_and_keeps_its_parsed_settings(
     again (a reconciliation burst touches every account within two seconds)."""
     account_id = synced()
     parsed.clear()  # the reading's own parse
+    read_apart(db_session, account_id)
     first = view_of(db_session, account_id)
     assert len(parsed) == 1
+    # Written behind the key's back (its timestamp kept): a view that reloads the limits without their
+    # key moving would show it.
+    db_session.execute(
+        sa.update(GuardState.__table__)
+        .where(GuardState.__table__.c.account_id == account_id)
+        .values(
+            limits={"max drawdown": {"reference": "1", "warned": True}},
+            updated_at=GuardState.__table__.c.updated_at,  # kept: the column's onupdate would move it
+        )
+    )
+    db_session.commit()
     terminal.sim_set_quote("EURUSD", 1.08400, 1.08410)  # 10 pips on 1 lot: 100 USD less
     assert sync(account_id).status == "ok"
     after = view_of(db_session, account_id)
@@ -206,7 +227,15 @@ def test_a_sync_rebuilds_the_accounts_figures_and_keeps_its_parsed_settings(
 def test_a_reading_rebuilds_the_limits_from_the_settings_already_parsed(synced, db_session, parsed):
     account_id = synced()
     parsed.clear()  # the reading's own parse
+    read_apart(db_session, account_id)
     first = view_of(db_session, account_id)
+    # Written behind the key's back (the sync's timestamp kept): a reading that reloads the figures
+    # without their key moving would show it.
+    db_session.execute(
+        sa.update(AccountSync)
+        .where(AccountSync.account_id == account_id)
+        .values(equity=AccountSync.equity - 1)
+    )
     state = db_session.get(GuardState, account_id)
     state.limits = {**state.limits, "max drawdown": {"reference": "12000", "warned": True}}
     state.updated_at = utcnow()
