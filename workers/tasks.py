@@ -208,13 +208,14 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
         finally:
             db.session.remove()
     # A breach seen on a sync is confirmed by guard checks, not by waiting for the next syncs.
-    # Not those the watch sent to be read meanwhile (their check takes the confirmations), and claimed
-    # for the watch in turn: in a crowd that met a reconciliation burst, these checks doubled the reads
-    # of accounts already being read. One the watch's check found clear before this sync saw it
-    # breached waits for the claim to lapse (WATCH_CLAIM_SECONDS), then the watch sends it.
-    again = _claim_reads(
-        [reading.account_id for reading in readings if reading.unconfirmed], WATCH_CLAIM_SECONDS
-    )
+    # Not those the watch sent to be read meanwhile: their check takes the confirmations, and in a crowd
+    # that met a reconciliation burst these checks doubled the reads of accounts already being read.
+    # Nothing is claimed here: this check waits `guard_confirm_seconds`, the watch's reads at once.
+    # One the watch's check found clear just before this sync saw it breached waits for the claim to
+    # lapse (WATCH_CLAIM_SECONDS); the watch sends it then, or the next sync does.
+    unconfirmed = [reading.account_id for reading in readings if reading.unconfirmed]
+    claimed = _reads_claimed(unconfirmed)
+    again = [account_id for account_id in unconfirmed if account_id not in claimed]
     if again:
         queue.send(CHECK_GUARDS, [again], countdown=settings.guard_confirm_seconds)
     return dict(Counter(outcome.status for outcome in outcomes))
@@ -421,6 +422,18 @@ def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
     fresh = [a for a in account_ids if a not in _claimed_here]
     _claimed_here.update((a, now + seconds) for a in fresh)
     return fresh
+
+
+def _reads_claimed(account_ids: list[int]) -> set[int]:
+    """The accounts among these that the watch sent to be read within its claim (`_claim_reads`)."""
+    if not account_ids:
+        return set()
+    if runtime.settings().redis_url:
+        keys = [f"tradeguard:guard-read:{account_id}" for account_id in account_ids]
+        values = runtime._redis().mget(keys)
+        return {a for a, value in zip(account_ids, values, strict=True) if value is not None}
+    now = time.monotonic()
+    return {a for a in account_ids if _claimed_here.get(a, 0.0) > now}
 
 
 # Accounts per check_guards task sent by the watch: enough tasks for every guards process to take a

@@ -180,8 +180,8 @@ def test_a_sync_sends_its_unconfirmed_breaches_to_be_read_except_those_the_watch
     app, committed_db, sent_tasks, monkeypatch
 ):
     """The sync's breach is confirmed by a check `guard_confirm_seconds` later; an account the watch
-    sent to be read meanwhile is left to that check, and the accounts sent here are claimed in turn, so
-    the watch does not send them too."""
+    sent to be read meanwhile is left to that check. Nothing is claimed: the watch, which reads at once
+    rather than after that countdown, may still send the others."""
     import workers.tasks
     from shared.core.queue import CHECK_GUARDS
     from shared.reconciliation.sync import SyncOutcome
@@ -208,4 +208,24 @@ def test_a_sync_sends_its_unconfirmed_breaches_to_be_read_except_those_the_watch
     assert [(task.name, task.args, task.options) for task in sent_tasks.sent] == [
         (CHECK_GUARDS, [[synced[0], synced[2]]], {"countdown": confirm})
     ]
-    assert workers.tasks._claim_reads(synced, workers.tasks.WATCH_CLAIM_SECONDS) == [synced[3]]
+    assert workers.tasks._claim_reads(synced, workers.tasks.WATCH_CLAIM_SECONDS) == [
+        synced[0],
+        synced[2],
+        synced[3],
+    ]
+
+
+def test_without_redis_the_watchs_claims_are_kept_in_the_process(app, monkeypatch):
+    """The embedded setup (no Redis): claims live in this process, for the claim's seconds."""
+    import workers.tasks
+    from workers import runtime
+
+    without_redis = dataclasses.replace(runtime.settings(), redis_url=None)
+    monkeypatch.setattr(runtime, "settings", lambda: without_redis)
+    monkeypatch.setattr(workers.tasks, "_claimed_here", {})
+    assert workers.tasks._claim_reads([1, 2], 60) == [1, 2]
+    assert workers.tasks._claim_reads([2, 3], 60) == [3]
+    assert workers.tasks._reads_claimed([1, 3, 4]) == {1, 3}
+    assert workers.tasks._claim_reads([5], 0) == [5]  # a claim of no time has lapsed at once
+    assert workers.tasks._reads_claimed([5]) == set()
+    assert workers.tasks._reads_claimed([]) == set()
