@@ -63,3 +63,26 @@ def test_a_queue_that_is_not_a_broker_client_is_left_alone():
     recorded = SimpleNamespace(sent=[])  # a stand-in such as the tests' RecordingQueue
     warm_task_queue(app_with(recorded))
     assert recorded.sent == []
+
+
+def test_each_worker_pool_process_warms_its_queue_as_it_starts(caplog, monkeypatch):
+    """The same for a Celery pool process (worker_process_init): a fork starts without the parent's
+    broker connection, and its first send would be a guard check's or an alert's."""
+    from celery.signals import worker_process_init
+
+    import workers.celery_app as celery_app_module
+
+    assert celery_app_module._warm_the_task_queue in [r[1]() for r in worker_process_init.receivers]
+    up = TaskQueue(Celery("warm-test", broker="memory://"))
+    monkeypatch.setattr(celery_app_module, "_flask_app", app_with(up))
+    celery_app_module._warm_the_task_queue()
+    assert connected(up.celery)
+
+    down = TaskQueue(Celery("warm-test", broker="redis://127.0.0.1:1/0"))
+    monkeypatch.setattr(celery_app_module, "_flask_app", app_with(down))
+    with caplog.at_level(logging.WARNING, logger="workers.celery_app"):
+        celery_app_module._warm_the_task_queue()  # does not raise
+    assert "task queue not warmed" in caplog.text
+
+    monkeypatch.setattr(celery_app_module, "_flask_app", None)
+    celery_app_module._warm_the_task_queue()  # no app built in this process: nothing to warm
