@@ -16,7 +16,7 @@ Measured, in this process (`time.process_time`: this process's CPU, not Postgres
   `--closes` closes over `--closes / 3` alerts, as a run of bench/guards.py's crowd has them.
 
 Each figure is the median of `--repeat` runs. With `--reference REV` the same measurements are also made
-on the tree at REV (a git worktree, dropped afterwards), alternating with this tree's for `--rounds`
+on the tree at REV (extracted as bench/approval.py does), alternating with this tree's for `--rounds`
 rounds, each in a fresh process with its own database, so that both meet the same box.
 
 The accounts: `--accounts` users and accounts (bench.fanout's seeding), each with a sync (3 positions),
@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -43,7 +42,7 @@ from typing import Any
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
-# The tree measured: this one, or (in the process `--reference` starts) the reference's worktree.
+# The tree measured: this one, or (in the process `--reference` starts) the reference's.
 sys.path.insert(0, os.environ.get("TRADEGUARD_BENCH_TREE", str(ROOT)))
 
 ADMIN_URL = os.environ.get("TRADEGUARD_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -148,17 +147,12 @@ def measure_here(args: argparse.Namespace) -> dict[str, Any]:
     from cryptography.fernet import Fernet
 
     from bench.fanout import migrate
+    from bench.ingest import ThrowawayDatabase
 
-    name = f"tradeguard_costs_{uuid.uuid4().hex[:8]}"
-    database_url = sa.make_url(ADMIN_URL).set(drivername="postgresql+psycopg2", database=name)
-    admin = sa.create_engine(
-        sa.make_url(ADMIN_URL).set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    database = ThrowawayDatabase(str(sa.make_url(ADMIN_URL).set(drivername="postgresql+psycopg2")))
     key = Fernet.generate_key().decode()
     env = {
-        "DATABASE_URL": database_url.render_as_string(hide_password=False),
+        "DATABASE_URL": database.url,
         "TRADEGUARD_ENCRYPTION_KEY": key,
         "TRADEGUARD_SECRET_KEY": "bench",
         "TRADEGUARD_JWT_SECRET": "bench-jwt-secret-that-is-long-enough-for-hs256",
@@ -167,12 +161,10 @@ def measure_here(args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         migrate(env)
-        ids = seed(env["DATABASE_URL"], key, args.accounts)
+        ids = seed(database.url, key, args.accounts)
         return _measure(ids, args)
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        database.drop()
 
 
 def _measure(ids: list[int], args: argparse.Namespace) -> dict[str, Any]:
@@ -320,31 +312,19 @@ def main() -> None:
         print(json.dumps(measure_here(args)))
         return
 
+    from bench.approval import extract
+
     trees = {"this tree": ROOT}
-    worktree = None
     if args.reference:
-        worktree = Path(tempfile.mkdtemp(prefix="tg-costs-ref-"))
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "-f", str(worktree), args.reference],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        trees = {args.reference: worktree, "this tree": ROOT}
+        trees = {args.reference: extract(args.reference), "this tree": ROOT}
     print(
         f"guard costs: {args.accounts} accounts, {args.closes} closes, median of {args.repeat};"
         f" load average {os.getloadavg()[0]:.2f}"
     )
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    try:
-        for _ in range(args.rounds if args.reference else 1):
-            for name, tree in trees.items():
-                results[name].append(run_tree(tree, args))
-    finally:
-        if worktree is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True
-            )
+    for _ in range(args.rounds if args.reference else 1):
+        for name, tree in trees.items():
+            results[name].append(run_tree(tree, args))
     for name, runs in results.items():
         print(f"  {name}:")
         for measurement in runs[0]:

@@ -63,22 +63,7 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
+    from shared.core.extensions import warm_task_queue
+
     util.write_error = write_json_error
     warm_task_queue(worker.wsgi)
-
-
-def warm_task_queue(app: Any) -> None:
-    """Connect this worker's task queue to the broker before it takes a request: otherwise the first
-    approval it takes builds the Celery client and connects on its way out (bench/approval.py). A broker
-    that is down does not stop the worker; its first send tries again."""
-    import logging
-
-    from shared.core import extensions
-    from shared.core.queue import TaskQueue
-
-    queue = extensions.task_queue(app)
-    if isinstance(queue, TaskQueue):
-        try:
-            queue.warm(timeout_seconds=2.0)
-        except Exception as exc:
-            logging.getLogger("tradeguard").warning("task queue not warmed (broker unreachable?): %s", exc)

@@ -149,22 +149,12 @@ def _dispose_inherited_engine(**_: Any) -> None:
 
 @worker_process_init.connect
 def _warm_the_task_queue(**_: Any) -> None:
-    """Connect this pool process's task queue to the broker now, not on its first send: a forked process
-    starts without the parent's broker connection, and its first send (measured: 70 ms of CPU on a quiet
-    box, more on a busy one) would otherwise be the watch tick that saw a breach, or the webhooks and
-    close of the first alert after a restart. A broker that is down does not stop the process; its first
-    send tries again."""
-    if _flask_app is None:
-        return
-    from shared.core import extensions
-    from shared.core.queue import TaskQueue
+    """A forked pool process starts without the parent's broker connection: made now, not on its first
+    send (`extensions.warm_task_queue`)."""
+    if _flask_app is not None:
+        from shared.core.extensions import warm_task_queue
 
-    queue = extensions.task_queue(_flask_app)
-    if isinstance(queue, TaskQueue):
-        try:
-            queue.warm(timeout_seconds=2.0)
-        except Exception as exc:
-            log.warning("task queue not warmed (broker unreachable?): %s", exc)
+        warm_task_queue(_flask_app)
 
 
 class DatabaseTask(Task):

@@ -404,6 +404,10 @@ WATCH_CLAIM_SECONDS = 5.0
 _claimed_here: dict[int, float] = {}  # without Redis (the embedded setup: one worker process or few)
 
 
+def _claim_key(account_id: int) -> str:
+    return f"tradeguard:guard-read:{account_id}"
+
+
 def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
     """The accounts among these not claimed within `seconds`, claimed now: in Redis where it is the
     broker (every orders worker process runs the watch), else in this process."""
@@ -413,7 +417,7 @@ def _claim_reads(account_ids: list[int], seconds: float) -> list[int]:
         client = runtime._redis()
         pipe = client.pipeline(transaction=False)
         for account_id in account_ids:
-            pipe.set(f"tradeguard:guard-read:{account_id}", 1, nx=True, px=int(seconds * 1000))
+            pipe.set(_claim_key(account_id), 1, nx=True, px=int(seconds * 1000))
         return [a for a, claimed in zip(account_ids, pipe.execute(), strict=True) if claimed]
     now = time.monotonic()
     for account_id, until in list(_claimed_here.items()):
@@ -429,8 +433,7 @@ def _reads_claimed(account_ids: list[int]) -> set[int]:
     if not account_ids:
         return set()
     if runtime.settings().redis_url:
-        keys = [f"tradeguard:guard-read:{account_id}" for account_id in account_ids]
-        values = runtime._redis().mget(keys)
+        values = runtime._redis().mget([_claim_key(account_id) for account_id in account_ids])
         return {a for a, value in zip(account_ids, values, strict=True) if value is not None}
     now = time.monotonic()
     return {a for a in account_ids if _claimed_here.get(a, 0.0) > now}

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from celery import Celery
 
@@ -91,27 +92,43 @@ def test_an_approval_stands_when_the_broker_is_down_and_says_the_sweep_will_send
     )
 
 
+@pytest.fixture
+def watch_finds(monkeypatch):
+    """`watch_finds(to_read, breached, terminals)`: what the guards' watch tick finds (its terminals not
+    asked); returns the list of ticks run. The terminals' warming is recorded in `.warmed`."""
+    import workers.tasks
+    from shared.guards.watch import WatchResult
+    from workers import runtime
+
+    ticks: list[int] = []
+    warmed: list[tuple[list[str], int]] = []
+    monkeypatch.setattr(runtime, "warm_terminals", lambda urls, count: warmed.append((list(urls), count)))
+
+    def finds(to_read, breached=(), terminals=()):
+        def watch(session, open_terminal):
+            ticks.append(1)
+            return WatchResult(list(to_read), list(breached), {"servers": 1}, list(terminals))
+
+        monkeypatch.setattr(workers.tasks.guard_watch_feature, "watch", watch)
+        return ticks
+
+    finds.warmed = warmed
+    return finds
+
+
 def test_the_guards_watch_keeps_a_checks_worth_of_connections_to_the_terminals_that_answered(
-    app, committed_db, sent_tasks, monkeypatch
+    app, committed_db, sent_tasks, watch_finds
 ):
     """The wiring of `guard_watch`: whatever the tick found, the terminals that answered it get
     `WATCH_BATCH` idle connections in this process (`runtime.warm_terminals`, tested on a real terminal
     in test_terminal_pool), so that the next crowd's checks do not wait for theirs."""
     import workers.tasks
-    from shared.guards.watch import WatchResult
-    from workers import runtime
 
     answered = ["sim://127.0.0.1:18001", "sim://127.0.0.1:18002"]
-    monkeypatch.setattr(
-        workers.tasks.guard_watch_feature,
-        "watch",
-        lambda session, open_terminal: WatchResult([], [], {"servers": 2}, answered),
-    )
-    warmed: list[tuple[list[str], int]] = []
-    monkeypatch.setattr(runtime, "warm_terminals", lambda urls, count: warmed.append((list(urls), count)))
+    watch_finds([], terminals=answered)
 
     assert workers.tasks.guard_watch.apply().get() == 0
-    assert warmed == [(answered, workers.tasks.WATCH_BATCH)]
+    assert watch_finds.warmed == [(answered, workers.tasks.WATCH_BATCH)]
     assert sent_tasks.sent == []  # nobody to read
 
 
@@ -124,24 +141,17 @@ def fresh_ids(count: int) -> list[int]:
 
 
 def test_the_watch_sends_each_account_it_flags_to_be_read_once_in_checks_of_watch_batch(
-    app, committed_db, sent_tasks, monkeypatch
+    app, committed_db, sent_tasks, watch_finds
 ):
     """25 accounts flagged: checks of WATCH_BATCH (20) and 5, each naming which of its accounts the
     estimate put over a maximum; the next tick, which flags them again while their checks still read
     them, sends none of them again (WATCH_CLAIM_SECONDS)."""
     import workers.tasks
     from shared.core.queue import CHECK_GUARDS
-    from shared.guards.watch import WatchResult
-    from workers import runtime
 
     flagged = fresh_ids(25)
     breached = flagged[::2]
-    monkeypatch.setattr(
-        workers.tasks.guard_watch_feature,
-        "watch",
-        lambda session, open_terminal: WatchResult(flagged, breached, {"servers": 1}, []),
-    )
-    monkeypatch.setattr(runtime, "warm_terminals", lambda urls, count: None)
+    watch_finds(flagged, breached)
 
     assert workers.tasks.guard_watch.apply().get() == 25
     assert [(task.name, task.args) for task in sent_tasks.sent] == [
@@ -153,21 +163,12 @@ def test_the_watch_sends_each_account_it_flags_to_be_read_once_in_checks_of_watc
 
 
 def test_a_watch_tick_that_finds_the_last_one_still_running_skips_its_turn(
-    app, committed_db, sent_tasks, monkeypatch
+    app, committed_db, sent_tasks, watch_finds
 ):
     import workers.tasks
-    from shared.guards.watch import WatchResult
     from workers import runtime
 
-    flagged = fresh_ids(3)
-    ticks: list[int] = []
-
-    def watch(session, open_terminal):
-        ticks.append(1)
-        return WatchResult(flagged, [], {"servers": 1}, [])
-
-    monkeypatch.setattr(workers.tasks.guard_watch_feature, "watch", watch)
-    monkeypatch.setattr(runtime, "warm_terminals", lambda urls, count: None)
+    ticks = watch_finds(fresh_ids(3))
     with runtime.exclusive_locks([workers.tasks.WATCH_TURN], ttl_seconds=5) as held:
         assert held == {workers.tasks.WATCH_TURN}
         assert workers.tasks.guard_watch.apply().get() == 0

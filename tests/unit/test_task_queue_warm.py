@@ -12,9 +12,8 @@ import pytest
 from celery import Celery
 from flask import Flask
 
-from shared.core.extensions import TASK_QUEUE
+from shared.core.extensions import TASK_QUEUE, warm_task_queue
 from shared.core.queue import TaskQueue
-from web.gunicorn_conf import warm_task_queue
 
 
 def connected(client: Celery) -> bool:
@@ -50,7 +49,7 @@ def app_with(queue: object) -> Flask:
 
 def test_the_web_process_starts_whether_or_not_the_broker_is_there(caplog):
     down = TaskQueue(Celery("warm-test", broker="redis://127.0.0.1:1/0"))
-    with caplog.at_level(logging.WARNING, logger="tradeguard"):
+    with caplog.at_level(logging.WARNING, logger="shared.core.extensions"):
         warm_task_queue(app_with(down))  # does not raise
     assert "task queue not warmed" in caplog.text
 
@@ -80,7 +79,7 @@ def test_each_worker_pool_process_warms_its_queue_as_it_starts(caplog, monkeypat
 
     down = TaskQueue(Celery("warm-test", broker="redis://127.0.0.1:1/0"))
     monkeypatch.setattr(celery_app_module, "_flask_app", app_with(down))
-    with caplog.at_level(logging.WARNING, logger="workers.celery_app"):
+    with caplog.at_level(logging.WARNING, logger="shared.core.extensions"):
         celery_app_module._warm_the_task_queue()  # does not raise
     assert "task queue not warmed" in caplog.text
 
