@@ -5,6 +5,7 @@ too long ago) is left to the one-alert path, which finishes it without a second 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
 
@@ -269,15 +270,124 @@ def test_at_most_limit_alerts_a_run_and_the_task_for_its_own_alert_first(
     alerted = crowd(guarded, terminal, db_session, 3)
     last = alerted[-1][2]
 
-    done = carry_out(db_session, terminal, recorder, last.id, limit=2)
+    done = carry_out(db_session, terminal, recorder, last.id, limit=2, max_runs=1)
 
     assert set(done.results) == {last.id, alerted[0][2].id}  # its own, then the earliest due
     db_session.refresh(alerted[1][2])
     assert alerted[1][2].status == "pending"
     done = carry_out(
-        db_session, terminal, recorder, last.id, limit=2
+        db_session, terminal, recorder, last.id, limit=2, max_runs=1
     )  # its own is done: the rest still taken
     assert set(done.results) == {alerted[1][2].id}
+
+
+def test_a_task_takes_what_its_first_run_left_in_a_second_run(guarded, terminal, db_session, recorder):
+    alerted = crowd(guarded, terminal, db_session, 3)
+
+    done = carry_out(db_session, terminal, recorder, alerted[-1][2].id, limit=2)
+
+    assert {alert_id: r.status for alert_id, r in done.results.items()} == {
+        alert.id: "executed" for _, _, alert in alerted
+    }
+    assert all(len(closing_deals(terminal, ticket)) == 1 for _, ticket, _ in alerted)
+
+
+def steps_of_a_run_with_one_alert_due_late(guarded, terminal, db_session, recorder, **kwargs):
+    """A crowd of 3 whose last alert falls due only once the run has sent its first close order (the
+    clock moves on then): each order sent and each owner told, in order, as [(step, account id)]."""
+    alerted = crowd(guarded, terminal, db_session, 3)
+    late_id = alerted[2][2].id
+    db_session.execute(
+        sa.update(DrawdownAlert)
+        .where(DrawdownAlert.id == late_id)
+        .values(close_at=utcnow() + timedelta(seconds=1))
+    )
+    db_session.commit()
+    skew = [timedelta(0)]
+    steps = []
+    inner = open_sim(terminal)
+
+    @contextmanager
+    def open_terminal(account):
+        with inner(account) as gateway:
+            send_order = gateway.send_order
+
+            def sending(request):
+                result = send_order(request)
+                steps.append(("sent", account.id))
+                skew[0] = timedelta(seconds=1.5)  # inside the send budget (3 s) of the run's claims
+                return result
+
+            gateway.send_order = sending
+            yield gateway
+
+    def notify(session, owner_id, event, data):
+        steps.append((event, data.get("account_id")))
+        recorder.notify(session, owner_id, event, data)
+
+    done = closing.execute_due_alerts(
+        db_session,
+        alerted[0][2].id,
+        open_terminal=open_terminal,
+        notify=notify,
+        now=lambda: utcnow() + skew[0],
+        **kwargs,
+    )
+    return alerted, done, steps
+
+
+def test_alerts_due_while_a_run_sends_have_their_orders_sent_before_the_run_is_recorded(
+    guarded, terminal, db_session, recorder
+):
+    alerted, done, steps = steps_of_a_run_with_one_alert_due_late(guarded, terminal, db_session, recorder)
+
+    assert {alert_id: r.status for alert_id, r in done.results.items()} == {
+        alert.id: "executed" for _, _, alert in alerted
+    }
+    account_ids = [account_id for account_id, _, _ in alerted]
+    sends = [account_id for step, account_id in steps if step == "sent"]
+    executed = [account_id for step, account_id in steps if step == "alert.executed"]
+    assert sends == account_ids and sorted(executed) == sorted(account_ids)
+    # The late alert's order went out before any close of the first run was recorded.
+    assert steps.index(("sent", account_ids[2])) < min(
+        steps.index(("alert.executed", account_id)) for account_id in account_ids
+    )
+    assert all(len(closing_deals(terminal, ticket)) == 1 for _, ticket, _ in alerted)
+
+
+def test_a_task_sends_at_most_max_runs_before_recording(guarded, terminal, db_session, recorder):
+    alerted, done, steps = steps_of_a_run_with_one_alert_due_late(
+        guarded, terminal, db_session, recorder, max_runs=1
+    )
+
+    assert set(done.results) == {alerted[0][2].id, alerted[1][2].id}
+    late_id, late_ticket = alerted[2][2].id, alerted[2][1]
+    assert db_session.get(DrawdownAlert, late_id, populate_existing=True).status == "pending"
+    assert closing_deals(terminal, late_ticket) == []
+    assert [step for step, _ in steps].count("sent") == 2
+
+
+def test_an_account_that_could_not_be_read_is_not_read_again_by_the_same_task(
+    guarded, terminal, db_session, recorder
+):
+    """Its alert stays due, but a second run of the task at once would only ask the failing terminal
+    again: it is its own task's retry that reads it again, shortly."""
+    alerted = crowd(guarded, terminal, db_session, 2)
+    failing_id = alerted[0][0]
+    inner = open_sim(terminal)
+    opened = []
+
+    def open_terminal(account):
+        opened.append(account.id)
+        if account.id == failing_id:
+            raise TerminalUnavailable("terminal down")
+        return inner(account)
+
+    done = carry_out(db_session, terminal, recorder, alerted[0][2].id, open_terminal=open_terminal)
+
+    assert "terminal down" in done.unread
+    assert opened.count(failing_id) == 1
+    assert done.results[alerted[1][2].id].status == "executed"
 
 
 def alerted_trade(run, approved, db_session, terminal, recorder):
