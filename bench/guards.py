@@ -247,6 +247,7 @@ class Round:
     close_vs_receipt_s: list[float] = field(default_factory=list)  # deal - (receipt + grace), per position
     close_vs_close_at_s: list[float] = field(default_factory=list)  # deal - alert.close_at
     pending_vs_alert_s: list[float] = field(default_factory=list)  # receipt - alert.created_at
+    created_s: list[float] = field(default_factory=list)  # T0 -> alert.created_at, per account
     closes_per_position: dict[int, int] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -580,6 +581,8 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
         for a in breaching_ids:
             if a in pending_at and a in alert_of:
                 result.pending_vs_alert_s.append(pending_at[a] - float(alert_of[a].created))
+            if a in alert_of:
+                result.created_s.append(float(alert_of[a].created) - t0)
 
         for account_id in sorted(breaching_ids):
             login = login_of[account_id]
@@ -614,7 +617,24 @@ def run_round(args: argparse.Namespace, label: str) -> Round:
         # The watch runs where the guards' queue is served: their own process when the Procfile has one.
         watcher = "guards" if "guards" in group.procs else "worker"
         result.facts["watch_lines"] = sum(1 for ln in group.log(watcher).splitlines() if "guard watch:" in ln)
+        # When the watch sent the crowd to be read, from T0 (its log line's local time; one line per tick
+        # that sent some): how much of the way to the alerts was the watch's.
+        result.facts["watch_sent_s"] = [
+            round(logged_at(ln) - t0, 3)
+            for ln in group.log(watcher).splitlines()
+            if "guard watch: reading" in ln and logged_at(ln) > t0
+        ]
     return result
+
+
+def logged_at(line: str) -> float:
+    """The epoch time of a log line stamped the logging module's way, in local time
+    (`2026-12-01 05:52:26,260 INFO ...`); 0 when the line has no such stamp."""
+    try:
+        stamp, millis = line[:23].split(",")
+        return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+    except ValueError:
+        return 0.0
 
 
 def spread(values: list[float], unit: str = "s") -> str:
@@ -628,6 +648,7 @@ def report(rounds: list[Round], args: argparse.Namespace) -> dict[str, Any]:
     vs_receipt = [x for r in rounds for x in r.close_vs_receipt_s]
     vs_close_at = [x for r in rounds for x in r.close_vs_close_at_s]
     lag = [x for r in rounds for x in r.pending_vs_alert_s]
+    created = [x for r in rounds for x in r.created_s]
     closes = [n for r in rounds for n in r.closes_per_position.values()]
     within = sum(1 for x in vs_receipt if abs(x) <= 0.5)
     cpu = {name: sum(r.cpu.get(name, 0.0) for r in rounds) for name in rounds[0].cpu}
@@ -648,6 +669,8 @@ def report(rounds: list[Round], args: argparse.Namespace) -> dict[str, Any]:
         "close_within_half_second": f"{within}/{len(vs_receipt)}",
         "close_vs_close_at_p50_s": pct(vs_close_at, 0.5),
         "close_vs_close_at_max_s": max(vs_close_at, default=float("nan")),
+        "created_p50_s": pct(created, 0.5),
+        "created_p99_s": pct(created, 0.99),
         "closes_per_position": {str(n): closes.count(n) for n in sorted(set(closes))},
         "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
         "seconds": round(seconds, 1),
@@ -668,6 +691,7 @@ def report(rounds: list[Round], args: argparse.Namespace) -> dict[str, Any]:
         f"; within +-0.5 s: {within}/{len(vs_receipt)}   (goal: all)"
     )
     print(f"  close deal - alert close_at         {spread(vs_close_at)}")
+    print(f"  breach -> alert created             {spread(created)}")
     print(f"  alert created -> pending received   {spread(lag)}")
     print(
         "  closing deals per position          "
