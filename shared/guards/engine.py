@@ -279,7 +279,7 @@ def record_reading(
             breach = _breach(acting, margin_confirmed, market_close, settings, reading, currency)
             if breach is not None:
                 alert = raised = _raise_alert(
-                    session, account, settings, reading, currency, breach, tell, schedule
+                    session, account, settings, reading, currency, breach, tell, schedule, preloaded
                 )
     # A limit that went past its warning straight to the alert this reading raised is not also sent as
     # a warning: `alert.pending` carries the same figures (and was sent first), and in a crowd breaching
@@ -409,6 +409,7 @@ def _raise_alert(
     breach: Breach,
     tell: Callable[..., None],
     schedule: Schedule | None,
+    preloaded: Preloaded | None = None,
 ) -> DrawdownAlert:
     """A pending alert: the owner is told at once when the close will happen, and the close is scheduled
     for then (after the commit)."""
@@ -435,7 +436,7 @@ def _raise_alert(
     )
     # Its id now, without a flush (which would write each of a batch's readings on its own): taken from
     # the table's sequence on Postgres; SQLite has none, and flushes.
-    next_id = _next_alert_id(session)
+    next_id = _next_alert_id(session, preloaded)
     if next_id is not None:
         alert.id = next_id
     session.add(alert)
@@ -462,14 +463,29 @@ def _raise_alert(
     return alert
 
 
-def _next_alert_id(session: DbSession) -> int | None:
+# `count` ids at once: one statement, compiled once, whatever the count.
+_NEXT_ALERT_IDS = sa.select(
+    sa.func.nextval(sa.func.pg_get_serial_sequence(DrawdownAlert.__tablename__, "id"))
+).select_from(sa.func.generate_series(1, sa.bindparam("count", type_=sa.Integer)))
+
+
+def _next_alert_id(session: DbSession, preloaded: Preloaded | None = None) -> int | None:
     """The next `drawdown_alerts` id from its sequence, on Postgres (None elsewhere). Asked on the
-    session's connection, without flushing what the session holds."""
+    session's connection, without flushing what the session holds. A batch of readings (`preloaded`)
+    takes `alert_ids_ahead` ids in one round trip when it raises its first alert, and the rest of its
+    alerts use those: one round trip per alert was half of a crowd's statements, and a sixth of its
+    check's time (bench/guards.py). Ids a batch took and did not use are gaps, as a rolled-back insert
+    leaves."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         return None
-    sequence = sa.func.pg_get_serial_sequence(DrawdownAlert.__tablename__, "id")
-    return int(connection.execute(sa.select(sa.func.nextval(sequence))).scalar_one())
+    if preloaded is not None and preloaded.alert_ids:
+        return preloaded.alert_ids.pop(0)
+    count = max(1, preloaded.alert_ids_ahead) if preloaded is not None else 1
+    ids = sorted(connection.execute(_NEXT_ALERT_IDS, {"count": count}).scalars())
+    if preloaded is not None:
+        preloaded.alert_ids.extend(ids[1:])
+    return int(ids[0])
 
 
 def _halt(
@@ -763,6 +779,10 @@ class Preloaded:
     accounts: dict[int, Account] = field(default_factory=dict)
     live_alerts: dict[int, DrawdownAlert] = field(default_factory=dict)
     market: dict[str, dict[str, rules.MarketView]] = field(default_factory=dict)
+    # Alert ids taken from the sequence ahead of use (`_next_alert_id`), and how many to take at once:
+    # at most one alert per account read.
+    alert_ids: list[int] = field(default_factory=list)
+    alert_ids_ahead: int = 1
 
 
 def market_views(session: DbSession, server: str, symbols: Collection[str]) -> dict[str, rules.MarketView]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor
@@ -100,6 +101,7 @@ def check_accounts(
 
     `presumed`: the accounts the guards' watch estimated at a breach (`engine.record_reading`)."""
     ids = list(dict.fromkeys(account_ids))
+    started = time.monotonic()
     openers = {
         row.id: AccountToSync.from_row(row)
         for row in session.execute(sa.select(*AccountToSync.COLUMNS).where(Account.id.in_(ids)))
@@ -126,8 +128,10 @@ def check_accounts(
     runner = executor or Inline()
     futures = [runner.submit(read, openers[i]) for i in ids if i in openers]
     reads = {future.result().account.id: future.result() for future in futures}
+    read_at = time.monotonic()
     offsets = _observe_servers(session, reads, open_terminal, now)
     session.commit()  # the quotes are every account's: the watch never waits on this batch's readings
+    quoted_at = time.monotonic()
 
     def record_all(one_by_one: bool) -> dict[int, CheckOutcome]:
         preloaded = _preload(session, reads, now)
@@ -174,6 +178,13 @@ def check_accounts(
         session.rollback()
         log.warning("guard check: recording the batch failed; recording its accounts one by one")
         outcomes = record_all(one_by_one=True)
+    log.info(
+        "guard check of %d account(s): read %.0f ms, quoted %.0f ms, recorded %.0f ms",
+        len(ids),
+        (read_at - started) * 1000,
+        (quoted_at - read_at) * 1000,
+        (time.monotonic() - quoted_at) * 1000,
+    )
     return [outcomes.get(i) or CheckOutcome(i, "gone") for i in ids]
 
 
@@ -200,6 +211,7 @@ def _preload(
         accounts=accounts,
         live_alerts=engine.live_alerts(session, ids),
         market={server: engine.market_views(session, server, symbols) for server, symbols in held.items()},
+        alert_ids_ahead=len(ids),
     )
 
 
