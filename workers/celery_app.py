@@ -76,6 +76,15 @@ def _say_which_worker_and_what_it_uses(sender: str, options: dict[str, Any], **_
     log.info(start_line(f"worker {sender} (queues: {', '.join(queues)})", load_settings()))
 
 
+@celeryd_init.connect
+def _name_the_database_sessions(sender: str, **_: Any) -> None:
+    """Each worker's Postgres sessions carry its name (`application_name`, which libpq takes from
+    PGAPPNAME), so that pg_stat_activity and a lock wait in the server's log say which worker holds or
+    waits: "tradeguard guards", "tradeguard reconcile". Set before this process or its pool connects;
+    an operator's own PGAPPNAME stands."""
+    os.environ.setdefault("PGAPPNAME", f"tradeguard {sender.partition('@')[0]}")
+
+
 @after_setup_logger.connect
 def _say_that_beat_starts_and_what_it_uses(**_: Any) -> None:
     """Beat's first log line (right after its banner): Celery has just set up its logging. beat_init would

@@ -1,6 +1,9 @@
-"""Which queue each task goes to: orders must never wait behind reconciliation batches."""
+"""Which queue each task goes to: orders must never wait behind reconciliation batches; and which worker
+each database session belongs to."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -49,3 +52,16 @@ def test_webhook_deliveries_stay_on_the_default_queue():
 
 def test_a_worker_started_without_a_queue_list_consumes_all_three():
     assert set(celery_app.amqp.queues) == {"celery", "reconcile", "guards"}
+
+
+def test_each_workers_database_sessions_carry_its_name_unless_the_operator_named_them(monkeypatch):
+    from workers.celery_app import _name_the_database_sessions
+
+    monkeypatch.setenv("PGAPPNAME", "")  # so that monkeypatch puts back what was there, if anything
+    monkeypatch.delenv("PGAPPNAME")
+    _name_the_database_sessions(sender="guards@box-1")
+    assert os.environ["PGAPPNAME"] == "tradeguard guards"
+
+    monkeypatch.setenv("PGAPPNAME", "ops-chosen")
+    _name_the_database_sessions(sender="reconcile@box-1")
+    assert os.environ["PGAPPNAME"] == "ops-chosen"
