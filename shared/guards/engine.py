@@ -472,8 +472,8 @@ _NEXT_ALERT_IDS = sa.select(
 def _next_alert_id(session: DbSession, preloaded: Preloaded | None = None) -> int | None:
     """The next `drawdown_alerts` id from its sequence, on Postgres (None elsewhere). Asked on the
     session's connection, without flushing what the session holds. A batch of readings (`preloaded`)
-    takes `alert_ids_ahead` ids in one round trip when it raises its first alert, and the rest of its
-    alerts use those: one round trip per alert was half of a crowd's statements, and a sixth of its
+    takes an id for each of its accounts in one round trip when it raises its first alert, and the rest
+    of its alerts use those: one round trip per alert was half of a crowd's statements, and a sixth of its
     check's time (bench/guards.py). Ids a batch took and did not use are gaps, as a rolled-back insert
     leaves."""
     connection = session.connection()
@@ -481,7 +481,8 @@ def _next_alert_id(session: DbSession, preloaded: Preloaded | None = None) -> in
         return None
     if preloaded is not None and preloaded.alert_ids:
         return preloaded.alert_ids.pop(0)
-    count = max(1, preloaded.alert_ids_ahead) if preloaded is not None else 1
+    # As many as the batch has accounts: each raises one alert at most.
+    count = len(preloaded.accounts) if preloaded is not None and preloaded.accounts else 1
     ids = sorted(connection.execute(_NEXT_ALERT_IDS, {"count": count}).scalars())
     if preloaded is not None:
         preloaded.alert_ids.extend(ids[1:])
@@ -779,10 +780,8 @@ class Preloaded:
     accounts: dict[int, Account] = field(default_factory=dict)
     live_alerts: dict[int, DrawdownAlert] = field(default_factory=dict)
     market: dict[str, dict[str, rules.MarketView]] = field(default_factory=dict)
-    # Alert ids taken from the sequence ahead of use (`_next_alert_id`), and how many to take at once:
-    # at most one alert per account read.
+    # Alert ids taken from the sequence ahead of use, one per account (`_next_alert_id`).
     alert_ids: list[int] = field(default_factory=list)
-    alert_ids_ahead: int = 1
 
 
 def market_views(session: DbSession, server: str, symbols: Collection[str]) -> dict[str, rules.MarketView]:

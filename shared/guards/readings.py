@@ -211,7 +211,6 @@ def _preload(
         accounts=accounts,
         live_alerts=engine.live_alerts(session, ids),
         market={server: engine.market_views(session, server, symbols) for server, symbols in held.items()},
-        alert_ids_ahead=len(ids),
     )
 
 

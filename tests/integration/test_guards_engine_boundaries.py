@@ -1116,3 +1116,46 @@ def test_an_alert_another_run_ended_while_this_runs_order_was_out_is_not_ended_a
     assert "alert.executed" not in recorder.names()
     assert "alert.executed" not in _actions(db_session, alert.id)
     assert _close_of(db_session, alert.id).state == "closed"
+
+
+def test_a_batch_of_readings_takes_an_alert_id_per_account_in_one_round_trip(
+    guarded, terminal, db_session, recorder
+):
+    """Three accounts confirmed by one check: one `nextval` statement, of three ids, for their three
+    alerts, given in the accounts' order; a check of one account later takes one id."""
+    accounts = []
+    for _ in range(4):
+        _, account_id, login, check, _ = guarded()
+        terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+        check()  # the reference, at the pinned price
+        accounts.append(account_id)
+    terminal.sim_set_quote("EURUSD", 1.08250, 1.08260)  # 25 pips on 1 lot: 2.5 %
+    sequence_rows = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        if "nextval" in statement:
+            sequence_rows.append(cursor.rowcount)
+
+    def check_at_once(ids):
+        return readings.check_accounts(
+            db_session,
+            ids,
+            open_terminal=open_sim(terminal),
+            notify=recorder.notify,
+            schedule=recorder.schedule,
+            presumed=ids,
+        )
+
+    engine = db_session.get_bind().engine
+    sa.event.listen(engine, "after_cursor_execute", note)
+    try:
+        outcomes = check_at_once(accounts[:3])
+        assert sequence_rows == [3]
+        (later,) = check_at_once(accounts[3:])
+        assert sequence_rows == [3, 1]
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", note)
+    alert_ids = [o.alert_id for o in outcomes]
+    assert None not in alert_ids and alert_ids == sorted(set(alert_ids))
+    assert [a.id for account_id in accounts[:3] for a in alerts_of(db_session, account_id)] == alert_ids
+    assert later.alert_id is not None and later.alert_id not in alert_ids

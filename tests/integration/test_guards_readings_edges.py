@@ -186,32 +186,6 @@ def test_the_watchs_presumed_breach_counts_only_for_the_accounts_it_names(
     assert state_of(db_session, other).limits["max drawdown"]["streak"] == 1
 
 
-def test_a_batch_takes_its_alerts_ids_from_the_sequence_in_one_round_trip(
-    guarded, terminal, db_session, recorder
-):
-    """Three accounts confirmed at once: one `nextval` statement for their three alerts, whose ids are
-    distinct and follow the accounts' order; the next batch's alert still gets an id of its own."""
-    ids = [guarded(), guarded(), guarded()]
-    later = guarded()
-    terminal.sim_set_quote("EURUSD", 1.08250, 1.08260)  # 25 pips on 1 lot: 2.5 %
-    statements = []
-
-    def note(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    engine = db_session.get_bind().engine
-    sa.event.listen(engine, "before_cursor_execute", note)
-    try:
-        outcomes = check(db_session, terminal, recorder, ids, presumed=ids)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", note)
-    alert_ids = [o.alert_id for o in outcomes]
-    assert None not in alert_ids and alert_ids == sorted(set(alert_ids))
-    assert sum("nextval" in s for s in statements) == 1
-    (other,) = check(db_session, terminal, recorder, [later], presumed=[later])
-    assert other.alert_id is not None and other.alert_id not in alert_ids
-
-
 def test_a_batch_that_records_cleanly_takes_no_savepoint(
     guarded, terminal, db_session, recorder, monkeypatch
 ):
