@@ -199,25 +199,30 @@ def reconcile_accounts(account_ids: list[int]) -> dict[str, int]:
                 give_up_after_seconds=80.0,
                 queue=extensions.task_queue(app),
             )
-            # Each sync's figures are a reading for the account's guards.
+            # Each sync's figures are a reading for the account's guards; not for those the watch sent
+            # to be read meanwhile (within WATCH_CLAIM_SECONDS). Their check's reading is as fresh and
+            # takes the confirmations: in a crowd that met a reconciliation burst, the sync's readings of
+            # the same accounts went through the engine one by one, locking the guard states the checks
+            # were writing (the reconciler's lock waits, bench/guards.py), and their own checks doubled
+            # the reads of accounts already being read. The next sync reads them again.
             synced = [outcome.account_id for outcome in outcomes if outcome.status == "ok"]
+            being_read = _reads_claimed(synced)
             queue = extensions.task_queue(app)
             readings = guard_readings.record_synced(
-                db.session, synced, notify=_guard_notify(queue), schedule=_guard_schedule(queue)
+                db.session,
+                [account_id for account_id in synced if account_id not in being_read],
+                notify=_guard_notify(queue),
+                schedule=_guard_schedule(queue),
             )
         finally:
             db.session.remove()
-    # A breach seen on a sync is confirmed by guard checks, not by waiting for the next syncs.
-    # Not those the watch sent to be read meanwhile: their check takes the confirmations, and in a crowd
-    # that met a reconciliation burst these checks doubled the reads of accounts already being read.
-    # Nothing is claimed here: this check waits `guard_confirm_seconds`, the watch's reads at once.
-    # One the watch's check found clear just before this sync saw it breached waits for the claim to
-    # lapse (WATCH_CLAIM_SECONDS); the watch sends it then, or the next sync does.
+    # A breach seen on a sync is confirmed by guard checks, not by waiting for the next syncs. Nothing is
+    # claimed here: this check waits `guard_confirm_seconds`, the watch's reads at once. One the watch's
+    # check found clear just before this sync saw it breached waits for the claim to lapse
+    # (WATCH_CLAIM_SECONDS); the watch sends it then, or the next sync does.
     unconfirmed = [reading.account_id for reading in readings if reading.unconfirmed]
-    claimed = _reads_claimed(unconfirmed)
-    again = [account_id for account_id in unconfirmed if account_id not in claimed]
-    if again:
-        queue.send(CHECK_GUARDS, [again], countdown=settings.guard_confirm_seconds)
+    if unconfirmed:
+        queue.send(CHECK_GUARDS, [unconfirmed], countdown=settings.guard_confirm_seconds)
     return dict(Counter(outcome.status for outcome in outcomes))
 
 

@@ -177,12 +177,13 @@ def test_a_watch_tick_that_finds_the_last_one_still_running_skips_its_turn(
     assert ticks == [1]
 
 
-def test_a_sync_sends_its_unconfirmed_breaches_to_be_read_except_those_the_watch_is_reading(
+def test_a_sync_records_no_reading_of_what_the_watch_is_reading_and_sends_its_breaches_to_be_read(
     app, committed_db, sent_tasks, monkeypatch
 ):
-    """The sync's breach is confirmed by a check `guard_confirm_seconds` later; an account the watch
-    sent to be read meanwhile is left to that check. Nothing is claimed: the watch, which reads at once
-    rather than after that countdown, may still send the others."""
+    """An account the watch sent to be read meanwhile is left to that check: no reading of the sync's,
+    no check of its own. The sync's other breaches are confirmed by a check `guard_confirm_seconds`
+    later. Nothing is claimed: the watch, which reads at once rather than after that countdown, may
+    still send the others."""
     import workers.tasks
     from shared.core.queue import CHECK_GUARDS
     from shared.reconciliation.sync import SyncOutcome
@@ -195,16 +196,17 @@ def test_a_sync_sends_its_unconfirmed_breaches_to_be_read_except_those_the_watch
         "sync_accounts",
         lambda make_session, account_ids, **options: [SyncOutcome(a, "ok") for a in account_ids],
     )
-    monkeypatch.setattr(
-        workers.tasks.guard_readings,
-        "record_synced",
-        lambda session, account_ids, **options: [
-            dataclasses.make_dataclass("Reading", ["account_id", "unconfirmed"])(a, a in unconfirmed)
-            for a in account_ids
-        ],
-    )
+    recorded = []
+
+    def record_synced(session, account_ids, **options):
+        recorded.append(list(account_ids))
+        reading = dataclasses.make_dataclass("Reading", ["account_id", "unconfirmed"])
+        return [reading(a, a in unconfirmed) for a in account_ids]
+
+    monkeypatch.setattr(workers.tasks.guard_readings, "record_synced", record_synced)
 
     assert workers.tasks.reconcile_accounts.apply(args=[synced]).get() == {"ok": 4}
+    assert recorded == [[synced[0], synced[2], synced[3]]]
     confirm = app.extensions[SETTINGS].guard_confirm_seconds
     assert [(task.name, task.args, task.options) for task in sent_tasks.sent] == [
         (CHECK_GUARDS, [[synced[0], synced[2]]], {"countdown": confirm})
