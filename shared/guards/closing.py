@@ -91,16 +91,16 @@ class _Order:
     price: Decimal | None  # the close side's price as the decision read it (None: ask the terminal)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Run:
     """One run's alerts as read, its orders as sent, and when each step ended (monotonic)."""
 
+    reads: dict[int, _Read]
+    sent: list[_Sent]
     started: float
-    reads: dict[int, _Read] = field(default_factory=dict)
-    sent: list[_Sent] = field(default_factory=list)
-    read_at: float = 0.0
-    decided_at: float = 0.0
-    sent_at: float = 0.0
+    read_at: float
+    decided_at: float
+    sent_at: float
 
 
 @dataclass
@@ -142,14 +142,13 @@ def execute_due_alerts(
     due = _due(session, alert_id if status == "pending" else None, now(), limit)
     runs: list[_Run] = []
     while due:
-        run = _Run(started=time.monotonic())
-        run.reads = _read_accounts(session, due, open_terminal, executor, now)
-        run.read_at = time.monotonic()
-        orders = _decide_and_claim(session, run.reads, notify)
-        run.decided_at = time.monotonic()
-        run.sent = _send(orders, run.reads, open_terminal, settings, executor, now)
-        run.sent_at = time.monotonic()
-        runs.append(run)
+        started = time.monotonic()
+        reads = _read_accounts(session, due, open_terminal, executor, now)
+        read_at = time.monotonic()
+        orders = _decide_and_claim(session, reads, notify)
+        decided_at = time.monotonic()
+        sent = _send(orders, reads, open_terminal, settings, executor, now)
+        runs.append(_Run(reads, sent, started, read_at, decided_at, time.monotonic()))
         if len(runs) >= max_runs:
             break
         # Alerts that fell due while this run read, decided and sent (the other guards processes busy

@@ -36,6 +36,7 @@ from shared.mt5.sim.terminal import SimTerminal
 from tests.integration import test_guards_engine as engine_tests
 from tests.integration.test_guards_closing import alerted_trade, carry_out, closing_deals, crowd
 from tests.integration.test_guards_engine import alerts_of, open_sim, state_of
+from tests.integration.test_guards_readings_edges import check as check_at_once
 
 # The guards' fixtures, as test_guards_engine defines them.
 guarded = engine_tests.guarded
@@ -1136,22 +1137,12 @@ def test_a_batch_of_readings_takes_an_alert_id_per_account_in_one_round_trip(
         if "nextval" in statement:
             sequence_rows.append(cursor.rowcount)
 
-    def check_at_once(ids):
-        return readings.check_accounts(
-            db_session,
-            ids,
-            open_terminal=open_sim(terminal),
-            notify=recorder.notify,
-            schedule=recorder.schedule,
-            presumed=ids,
-        )
-
     engine = db_session.get_bind().engine
     sa.event.listen(engine, "after_cursor_execute", note)
     try:
-        outcomes = check_at_once(accounts[:3])
+        outcomes = check_at_once(db_session, terminal, recorder, accounts[:3], presumed=accounts[:3])
         assert sequence_rows == [3]
-        (later,) = check_at_once(accounts[3:])
+        (later,) = check_at_once(db_session, terminal, recorder, accounts[3:], presumed=accounts[3:])
         assert sequence_rows == [3, 1]
     finally:
         sa.event.remove(engine, "after_cursor_execute", note)
