@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/fanout.py --accounts 1000 [--pool prefork] [--concurrency 2]
         [--batch-size 100] [--threads 100] [--workers 1] [--latency-ms 100] [--terminals 1]
-        [--warm] [--profile 5]
+        [--warm] [--profile 5] [--with-guards]
 
 It creates a throw-away Postgres database (built with the migrations, dropped at the end, also on
 failure), flushes a Redis database (default 14), starts the simulated MT5 `terminal` process(es), bulk-
@@ -27,6 +27,13 @@ The tick's messages expire after TRADEGUARD_RECONCILE_INTERVAL_SECONDS; the benc
 `--interval` (default 3600) so that a backlog is measured, not dropped, and reports separately how many
 accounts were reconciled within 10 s of the tick.
 
+`--with-guards` runs the guards beside it, as deployed: a `-Q guards` worker (the Procfile's, prefork -c
+2) and a guard watch tick sent every TRADEGUARD_GUARD_WATCH_SECONDS (0.5 s, with the same expiry as
+beat's) from before the workers are primed until the measured tick is done; the measured workers then
+consume the other two queues. The simulator's prices walk on their own, so every tick quotes the held
+symbols and re-estimates the accounts whose sync moved. The guards worker's CPU and the watch ticks run
+are printed beside the reconciliation figures.
+
 Prints: accounts reconciled, wall time, accounts per 10-s cycle (N / wall x 10), per-account sync time
 p50/p99 (account_sync.last_sync_ms), CPU time per account of the worker processes (with their pool
 children) and of the terminal (and Postgres, Redis), peak RSS (VmHWM) of each worker process, failures.
@@ -40,11 +47,13 @@ import collections
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -424,6 +433,15 @@ def wait_for_tick(
     return time.monotonic() - began, synced, failed, None
 
 
+def watch_ticks(log: str) -> list[float]:
+    """The run time in seconds of each guard watch tick the worker log records (Celery's `Task ...
+    succeeded in Xs` line), in log order."""
+    return [
+        float(match.group(1))
+        for match in re.finditer(r"Task tradeguard\.guard_watch\[[^\]]+\] succeeded in ([0-9.]+)s", log)
+    ]
+
+
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
@@ -542,6 +560,12 @@ def main() -> None:
     parser.add_argument("--redis-db", type=int, default=14)
     parser.add_argument("--json", help="also append the figures as one JSON line to this file")
     parser.add_argument(
+        "--with-guards",
+        action="store_true",
+        help="run a -Q guards worker and send a guard watch tick every 0.5 s meanwhile",
+    )
+    parser.add_argument("--watch-seconds", type=float, default=0.5, help="with --with-guards")
+    parser.add_argument(
         "--admin-url",
         default=os.environ.get(
             "TEST_DATABASE_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -640,12 +664,38 @@ def main() -> None:
                 "--without-mingle",
                 "--without-heartbeat",
             ]
+            if args.with_guards:
+                command += ["-Q", "celery,reconcile"]
             worker_procs.append(group.start(f"worker{w}", command, env))
+        guards_proc = None
+        if args.with_guards:
+            guards_proc = group.start(
+                "guards",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.celery_app",
+                    "worker",
+                    "--loglevel=INFO",
+                    "-Q",
+                    "guards",
+                    "--concurrency=2",
+                    "--hostname=guards@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                env,
+            )
         deadline = time.monotonic() + 60
-        for w, proc in enumerate(worker_procs):
-            while "ready." not in group.log(f"worker{w}"):
+        starting = [(f"worker{w}", proc) for w, proc in enumerate(worker_procs)]
+        starting += [("guards", guards_proc)] if guards_proc is not None else []
+        for name, proc in starting:
+            while "ready." not in group.log(name):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"worker {w} did not start:\n{group.log(f'worker{w}')}")
+                    raise RuntimeError(f"{name} did not start:\n{group.log(name)}")
                 time.sleep(0.1)
         time.sleep(1.0)  # let prefork children finish booting
 
@@ -654,6 +704,20 @@ def main() -> None:
         celery = Celery("fanout-bench", broker=redis_url)
         celery.conf.task_serializer = "json"
         engine = sa.create_engine(database_url, pool_size=1)
+        watch_stop = threading.Event()
+        watch_sent = 0
+        if args.with_guards:
+
+            def send_watch_ticks() -> None:
+                # As beat does: one tick per interval whether the last has ended or not, expiring
+                # after one interval.
+                nonlocal watch_sent
+                while not watch_stop.wait(args.watch_seconds):
+                    celery.send_task("tradeguard.guard_watch", queue="guards", expires=args.watch_seconds)
+                    watch_sent += 1
+
+            watcher = threading.Thread(target=send_watch_ticks, name="watch-beat", daemon=True)
+            watcher.start()
 
         if args.prime:
             # One single-account task per pool slot, so that every worker process builds its Flask app
@@ -700,7 +764,13 @@ def main() -> None:
             for p in worker_pids:
                 peak_threads[p] = max(peak_threads.get(p, 0), threads_of(p))
 
+        guards_pids = descendants(guards_proc.pid) if guards_proc is not None else []
+        guards_before = cpu_seconds(guards_pids)
+        watch_log_before = len(watch_ticks(group.log("guards"))) if guards_proc is not None else 0
         tick = run_tick(celery, engine, n, min(args.timeout, hard_deadline - time.monotonic()), sample)
+        guards_after = cpu_seconds(guards_pids)
+        watch_during = watch_ticks(group.log("guards"))[watch_log_before:] if guards_proc else []
+        watch_stop.set()
         time.sleep(0.5)  # pool children flush their last writes before CPU is read
         worker_pids_after = sorted(
             {p for proc in worker_procs for p in descendants(proc.pid)} | set(worker_pids)
@@ -774,7 +844,20 @@ def main() -> None:
             "max_worker_rss_mb": round(max((v[0] for v in rss.values()), default=0) / 1024, 1),
             "terminal_peak_rss_mb": round(max(terminal_rss.values(), default=0) / 1024, 1),
             "loadavg_before": round(load_before, 2),
+            "with_guards": args.with_guards,
         }
+        if args.with_guards:
+            watch_seconds = sorted(watch_during)
+            results.update(
+                {
+                    "guards_cpu_ms_per_account": round((guards_after - guards_before) / n * 1000, 2),
+                    "guards_cpu_utilisation": round((guards_after - guards_before) / wall, 2),
+                    "watch_ticks_sent": watch_sent,
+                    "watch_ticks_run": len(watch_seconds),
+                    "watch_tick_s_p50": pct(watch_seconds, 0.50) if watch_seconds else None,
+                    "watch_tick_s_max": watch_seconds[-1] if watch_seconds else None,
+                }
+            )
 
         print()
         print(
@@ -817,6 +900,14 @@ def main() -> None:
             f"  terminal peak RSS       {results['terminal_peak_rss_mb']:.0f} MB; "
             f"Postgres connections to the bench db at the end: {pg_conns}"
         )
+        if args.with_guards:
+            print(
+                f"  guards alongside        worker CPU {results['guards_cpu_ms_per_account']:.2f} ms per "
+                f"account ({results['guards_cpu_utilisation']:.2f} cores); {len(watch_during)} watch "
+                f"tick(s) ran during the tick, {results['watch_tick_s_p50']} s p50, "
+                f"{results['watch_tick_s_max']} s max ({watch_sent} sent in all, every "
+                f"{args.watch_seconds:g} s)"
+            )
         print(f"  events recorded         {dict(events)}")
         if errors:
             print("  failures:")
@@ -826,6 +917,8 @@ def main() -> None:
             print(f"  py-spy {name} ({args.profile:g} s from the tick):")
             print("\n".join(summarise_profile(log_dir / f"{name}.prof")))
         worker_log = "\n".join(group.log(f"worker{w}") for w in range(args.workers))
+        if guards_proc is not None:
+            worker_log += "\n" + group.log("guards")
         problems = [line for line in worker_log.splitlines() if "ERROR" in line or "Traceback" in line]
         if problems:
             print(f"  worker log: {len(problems)} error line(s), first: {problems[0][:200]}")
