@@ -36,9 +36,11 @@ while reconciliation goes on every 10 s as usual. It then waits for every alert 
 
 Then, unless `--no-fanout`: accounts reconciled per 10-s cycle with the guards' reading after every
 sync (`reconcile_accounts` calls `guard_readings.record_synced`), against the tree before the guards
-(`--fanout-reference`, extracted with `git archive`): bench/fanout.py of each tree with `make
+(`--fanout-reference`, extracted with `git archive`), and this tree again with the guards worker and
+its watch running alongside (`bench/fanout.py --with-guards`): bench/fanout.py with `make
 bench-fanout`'s settings (5,000 accounts x 20 positions, 100 ms terminal latency, -c 6, --warm), the
-two trees alternating, `--fanout-rounds` each. Goal: still >= 5,000 accounts per cycle.
+three runs alternating, `--fanout-rounds` each. Goal: still >= 5,000 accounts per cycle while the
+guards run.
 """
 
 from __future__ import annotations
@@ -714,8 +716,11 @@ def report(rounds: list[Round], args: argparse.Namespace) -> dict[str, Any]:
 # --- reconciliation with the guards --------------------------------------------------------------------
 
 
-def run_fanout(tree: Path, label: str, args: argparse.Namespace) -> dict[str, Any]:
-    """bench/fanout.py of `tree`, with `make bench-fanout`'s settings; its JSON line."""
+def run_fanout(
+    tree: Path, label: str, args: argparse.Namespace, *, with_guards: bool = False
+) -> dict[str, Any]:
+    """bench/fanout.py of `tree`, with `make bench-fanout`'s settings (and the guards worker and watch
+    running alongside, `--with-guards`); its JSON line."""
     out = Path(tempfile.mkstemp(prefix=f"tg-guards-fanout-{label}-", suffix=".jsonl")[1])
     command = [
         sys.executable,
@@ -729,6 +734,7 @@ def run_fanout(tree: Path, label: str, args: argparse.Namespace) -> dict[str, An
         str(args.redis_db),
         "--json",
         str(out),
+        *(["--with-guards"] if with_guards else []),
     ]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     print(f"  fanout ({label}): {' '.join(command[1:])}", flush=True)
@@ -754,6 +760,8 @@ def fanout_report(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "redis_cpu_ms_per_account",
         "max_worker_rss_mb",
         "loadavg_before",
+        "guards_cpu_ms_per_account",
+        "watch_ticks_run",
     )
     summary: dict[str, Any] = {}
     for label, results in runs.items():
@@ -812,12 +820,14 @@ def main() -> None:
     results: list[dict[str, Any]] = [report(rounds, args)] if rounds else []
     if args.fanout:
         reference = extract(args.fanout_reference)
-        runs: dict[str, list[dict[str, Any]]] = {args.fanout_reference: [], "this tree": []}
+        guarded = "this tree, guards running"
+        runs: dict[str, list[dict[str, Any]]] = {args.fanout_reference: [], "this tree": [], guarded: []}
         for _ in range(args.fanout_rounds):
             runs[args.fanout_reference].append(
                 run_fanout(reference, re.sub(r"\W+", "-", args.fanout_reference), args)
             )
             runs["this tree"].append(run_fanout(ROOT, "this-tree", args))
+            runs[guarded].append(run_fanout(ROOT, "this-tree-guards", args, with_guards=True))
         results.append({"bench": "guards-fanout", **fanout_report(runs)})
     if args.json:
         with open(args.json, "a") as fh:

@@ -1020,4 +1020,11 @@ class AccountGuardsSchema(ma.Schema):
     halted_resume = fields.String(allow_none=True, metadata={"description": "manual or next_period"})
     limits = fields.List(fields.Nested(LimitStandingSchema))
     blocked_symbols = fields.List(fields.Nested(BlockedSymbolSchema))
+    market_warnings = fields.List(
+        fields.Nested(BlockedSymbolSchema),
+        metadata={
+            "description": "symbols with a confirmed market problem that the market guard, its action "
+            "being warn, only tells of; `since`: its first warning"
+        },
+    )
     active_alert = fields.Nested(AlertDetailSchema, allow_none=True)

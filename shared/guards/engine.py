@@ -202,7 +202,7 @@ def record_reading(
         notify(session, owner, event, _plain({"account_id": account_id, **data}))
 
     stored_limits = dict(state.limits or {})
-    new_limits: dict[str, Any] = {k: v for k, v in stored_limits.items() if k.startswith("market:")}
+    new_limits: dict[str, Any] = {k: v for k, v in stored_limits.items() if k.startswith(rules.MARKET_KEY)}
     confirmed: list[rules.LimitAssessment] = []
     warnings: list[dict[str, Any]] = []  # told once the reading's alert, if any, is known
     any_warning = False
@@ -290,7 +290,12 @@ def record_reading(
 
     state.equity, state.balance, state.margin_level = reading.equity, reading.balance, reading.margin_level
     state.currency, state.read_at = currency, reading.at
-    state.state = _summary(state, alert, any_warning or margin_low or bool(state.blocked_symbols))
+    market_warning = any(
+        value.get("warned") for key, value in (state.limits or {}).items() if key.startswith(rules.MARKET_KEY)
+    )
+    state.state = _summary(
+        state, alert, any_warning or margin_low or market_warning or bool(state.blocked_symbols)
+    )
     state.updated_at = reading.at
     outcome.state = state.state
     outcome.alert_id = alert.id if alert is not None else None
@@ -320,21 +325,30 @@ def _assess_market(
     closes, if its action says so and it is confirmed."""
     blocked = dict(state.blocked_symbols or {})
     symbols = sorted(set(held_symbols) | set(blocked))
+    # A symbol neither held nor blocked any more has nothing left to watch: its streak would keep the
+    # account "building up" a breach (`readings._unconfirmed`: read again after every sync) and its
+    # warning would keep it in `warning`.
+    limits = {
+        key: value
+        for key, value in (state.limits or {}).items()
+        if not key.startswith(rules.MARKET_KEY) or key.removeprefix(rules.MARKET_KEY) in symbols
+    }
     if not symbols:
+        state.limits = limits
         return None
     if server_views is not None:
         views = {symbol: server_views[symbol] for symbol in symbols if symbol in server_views}
     else:
         views = market_views(session, account.server, symbols)
-    limits = dict(state.limits or {})
     to_close: tuple[str, str] | None = None
     for symbol in symbols:
         view = views.get(symbol)
         if view is None:
             continue  # never quoted here yet: nothing to say
         problem = rules.market_problem(view, settings.market, at)
-        key = f"market:{symbol}"
-        streak = (limits.get(key) or {}).get("streak", 0) + 1 if problem else 0
+        key = f"{rules.MARKET_KEY}{symbol}"
+        previous = limits.get(key) or {}
+        streak = previous.get("streak", 0) + 1 if problem else 0
         limits[key] = {"streak": streak}
         if problem is None:
             if symbol in blocked:
@@ -344,7 +358,17 @@ def _assess_market(
             limits.pop(key)
             continue
         kind, reason = problem
-        if streak < settings.confirmations or settings.market.action == "warn":
+        if streak < settings.confirmations:
+            continue
+        if settings.market.action == "warn":
+            # Notify only, once while the problem lasts: the owner chose to trade through it. What is
+            # wrong now and since when stay beside the streak, for the owner's view of the guards.
+            since = previous.get("since") if previous.get("warned") else at.isoformat()
+            limits[key] = {"streak": streak, "warned": True, "kind": kind, "reason": reason, "since": since}
+            if not previous.get("warned"):
+                figures = {"guard": "market", "symbol": symbol, "kind": kind, "reason": reason}
+                _audit(session, "guard.warning", "account", account.id, **figures)
+                tell("guard.warning", **figures)
             continue
         if symbol not in blocked:
             blocked[symbol] = {"reason": reason, "since": at.isoformat(), "kind": kind}

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from shared.core.db import DbSession
 from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
+from shared.guards.rules import MARKET_KEY
 from shared.guards.settings import RiskSettings
 from shared.models import (
     LIVE_ALERT_STATUSES,
@@ -106,6 +107,8 @@ class AccountGuards:
     halted_resume: str | None
     limits: list[LimitStanding]
     blocked_symbols: list[BlockedSymbol]
+    # Symbols whose market problem the guard confirmed and, its action being `warn`, only told.
+    market_warnings: list[BlockedSymbol]
     active_alert: AlertDetail | None
 
 
@@ -150,6 +153,21 @@ def _blocked(stored: Mapping[str, Any]) -> list[BlockedSymbol]:
             )
         )
     return blocked
+
+
+def _market_warnings(stored: Mapping[str, Any]) -> list[BlockedSymbol]:
+    warnings = []
+    for key, entry in sorted(stored.items()):
+        if key.startswith(MARKET_KEY) and isinstance(entry, Mapping) and entry.get("warned"):
+            warnings.append(
+                BlockedSymbol(
+                    symbol=key.removeprefix(MARKET_KEY),
+                    reason=entry.get("reason"),
+                    kind=entry.get("kind"),
+                    since=_when(entry.get("since")),
+                )
+            )
+    return warnings
 
 
 def _closes_of(session: DbSession, alert_ids: list[int]) -> dict[int, list[AlertClose]]:
@@ -203,6 +221,7 @@ def own_guards(session: DbSession, owner: User) -> list[AccountGuards]:
                 halted_resume=state.halted_resume if state else None,
                 limits=_limits(settings, state.limits if state and state.limits else {}),
                 blocked_symbols=_blocked(state.blocked_symbols if state and state.blocked_symbols else {}),
+                market_warnings=_market_warnings(state.limits if state and state.limits else {}),
                 active_alert=AlertDetail(alert, closes[alert.id]) if alert is not None else None,
             )
         )

@@ -214,6 +214,11 @@ class MarketView:
     trading: bool  # the symbol's session is open
 
 
+# The market guard's streaks (and warnings) live beside the drawdown limits' in `GuardState.limits`, under
+# this prefix and the symbol.
+MARKET_KEY = "market:"
+
+
 def market_problem(view: MarketView, limits: MarketLimits, now: datetime) -> tuple[str, str] | None:
     """(kind, reason) when this symbol must not be traded now, else None: a spread too wide, a jump
     between consecutive quotes too wide, or a quote too old while the symbol trades (a closed market's

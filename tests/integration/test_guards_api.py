@@ -98,7 +98,7 @@ def test_an_account_never_read_is_ok_with_its_default_limits_and_no_figures(api,
     assert shown["state"] == "ok" and shown["currency"] == "USD"
     for figure in ("equity", "balance", "margin_level", "min_margin_level_percent", "read_at", "halted_at"):
         assert shown[figure] is None
-    assert shown["blocked_symbols"] == [] and shown["active_alert"] is None
+    assert shown["blocked_symbols"] == [] and shown["market_warnings"] == [] and shown["active_alert"] is None
     assert [(limit["name"], limit["level"], limit["drawdown_percent"]) for limit in shown["limits"]] == [
         ("daily loss", "ok", None),
         ("max drawdown", "ok", None),
@@ -128,6 +128,14 @@ def test_every_figure_of_an_account_in_alert(api, client, db_session):
                     "warned": True,
                 },
                 "a limit removed since": {"level": "breach", "drawdown_percent": "50"},
+                "market:GBPUSD": {
+                    "streak": 3,
+                    "warned": True,
+                    "kind": "stale",
+                    "reason": "no quote for 75 s > 60 s",
+                    "since": "2026-11-30T07:50:00+00:00",
+                },
+                "market:USDJPY": {"streak": 1},  # not confirmed yet: not shown
             },
             blocked_symbols={
                 "XAUUSD": {
@@ -188,6 +196,14 @@ def test_every_figure_of_an_account_in_alert(api, client, db_session):
             "reason": "spread 31 pips > 20",
             "kind": "spread",
             "since": "2026-11-30T07:55:00+00:00",
+        }
+    ]
+    assert shown["market_warnings"] == [
+        {
+            "symbol": "GBPUSD",
+            "reason": "no quote for 75 s > 60 s",
+            "kind": "stale",
+            "since": "2026-11-30T07:50:00+00:00",
         }
     ]
     active = shown["active_alert"]

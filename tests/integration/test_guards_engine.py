@@ -547,6 +547,63 @@ def test_the_market_guard_blocks_a_symbol_whose_spread_blows_out_and_lifts_it_wh
     assert [n for n in recorder.names() if n.startswith("market.")] == ["market.blocked", "market.unblocked"]
 
 
+def test_the_market_guard_set_to_warn_tells_the_owner_once_while_the_problem_lasts_and_blocks_nothing(
+    guarded, terminal, db_session, recorder
+):
+    market = {"max_spread_pips": 5, "max_gap_pips": 1000, "stale_quote_seconds": None, "action": "warn"}
+    _, account_id, login, check, _ = guarded(market=market, confirmations=2)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08500, 1.08600)  # 10 pips
+    first = check()
+    assert "guard.warning" not in recorder.names() and state_of(db_session, account_id).state == "ok"
+    assert first.unconfirmed  # one reading of two: read again soon
+    confirmed = check()
+    assert not confirmed.unconfirmed
+    warnings = [data for _, event, data in recorder.events if event == "guard.warning"]
+    assert warnings == [
+        {
+            "account_id": account_id,
+            "guard": "market",
+            "symbol": "EURUSD",
+            "kind": "spread",
+            "reason": "spread 10.00 pips > 5",
+        }
+    ]
+    state = state_of(db_session, account_id)
+    assert (state.state, state.blocked_symbols) == ("warning", {})
+    warned_since = state.limits["market:EURUSD"]["since"]
+    audited = db_session.scalars(
+        sa.select(AuditLog.meta).where(AuditLog.action == "guard.warning", AuditLog.target_id == account_id)
+    ).all()
+    assert [(m["guard"], m["symbol"], m["kind"]) for m in audited] == [("market", "EURUSD", "spread")]
+    terminal.sim_set_quote("EURUSD", 1.08500, 1.08620)  # 12 pips: the same problem, still told once
+    check()
+    assert recorder.names().count("guard.warning") == 1
+    entry = state_of(db_session, account_id).limits["market:EURUSD"]
+    assert (entry["reason"], entry["since"]) == ("spread 12.00 pips > 5", warned_since)
+    terminal.sim_set_quote("EURUSD", *PIN)
+    check()
+    state = state_of(db_session, account_id)
+    assert state.state == "ok" and not any(key.startswith("market:") for key in state.limits)
+    assert not [n for n in recorder.names() if n.startswith("market.")]  # nothing was blocked
+
+
+def test_a_symbol_no_longer_held_leaves_no_market_streak_behind(guarded, terminal, db_session, recorder):
+    market = {"max_spread_pips": 5, "max_gap_pips": 1000, "stale_quote_seconds": None, "action": "warn"}
+    _, account_id, login, check, _ = guarded(market=market, confirmations=3)
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08500, 1.08600)  # 10 pips
+    assert check().unconfirmed
+    assert state_of(db_session, account_id).limits["market:EURUSD"] == {"streak": 1}
+    terminal.sim_close_manual(login, ticket)
+    # Nothing held, nothing to watch: no streak left to read the account again for after every sync.
+    outcome = check()
+    assert not outcome.unconfirmed
+    assert "market:EURUSD" not in state_of(db_session, account_id).limits
+
+
 def test_the_watch_reads_at_once_an_account_its_quotes_push_over_a_limit(
     guarded, sync, terminal, db_session, market, recorder
 ):

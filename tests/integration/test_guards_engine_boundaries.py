@@ -925,7 +925,7 @@ def test_a_synced_reading_blocks_a_held_symbol_its_servers_quotes_show_too_wide_
 ):
     """The market guard reads what was last quoted on the account's own server: a spread past the maximum
     on a held symbol, confirmed (two readings), blocks the symbol when the action is `block` (no alert:
-    only `close` closes), and does nothing but note it when the action is `warn`."""
+    only `close` closes), and only tells the owner (`guard.warning`) when the action is `warn`."""
     market = {"max_spread_pips": 5, "max_gap_pips": 1000, "stale_quote_seconds": None, "action": action}
     _, account_id, _, _, _ = guarded(market=market)
     wide = {
@@ -949,7 +949,8 @@ def test_a_synced_reading_blocks_a_held_symbol_its_servers_quotes_show_too_wide_
         assert outcome.state == "warning"  # a blocked symbol alone is a warning
         assert recorder.names() == ["market.blocked"]
     else:
-        assert blocked == {} and recorder.names() == []
+        assert blocked == {} and recorder.names() == ["guard.warning"]
+        assert outcome.state == "warning"  # traded through, and shown
     assert alerts_of(db_session, account_id) == []
 
 

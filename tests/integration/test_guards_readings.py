@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from shared.guards import engine as guards
 from shared.guards import readings
 from shared.guards.settings import default_settings, validate_settings
-from shared.models import AccountRisk, GuardState, PositionSnapshot
+from shared.models import Account, AccountRisk, GuardState, PositionSnapshot
 from shared.mt5 import constants as mt5c
 
 PIN = (1.08500, 1.08510)
@@ -191,6 +191,100 @@ def test_a_market_problem_keeps_a_reading_off_the_quiet_path_only_on_a_symbol_th
         limits = figures(db_session, account)["limits"]
         # Only the engine writes the market guard's streak: it read the account when EURUSD blew out.
         assert ("market:EURUSD" in limits) == (symbol == "EURUSD"), symbol
+
+
+def wide_spread(db_session, symbol, spread_pips):
+    """What the watch records when `symbol` quotes this wide on the sim's server."""
+    from datetime import UTC, datetime
+
+    from shared.models import MarketQuote
+
+    now = datetime.now(UTC)
+    db_session.merge(
+        MarketQuote(
+            server="TradeGuard-Sim",
+            symbol=symbol,
+            bid=1,
+            ask=2,
+            spread_pips=spread_pips,
+            gap_pips=0,
+            quoted_at=now,
+            trading=True,
+            seen_at=now,
+        )
+    )
+    db_session.commit()
+
+
+def test_a_market_warning_that_stands_keeps_the_sync_readings_quiet_leaving_what_the_engine_would(
+    account, sync, terminal, db_session, monkeypatch
+):
+    """The market guard set to warn (the default) and told of EURUSD's spread already: while the spread
+    stays wide, a sync reading changes only figures, the warning's streak and its reason, and is written
+    with the batch's quiet ones; when the spread narrows, the engine ends the warning."""
+    recorder = Recorder()
+    wide_spread(db_session, "EURUSD", 30)  # the default settings' maximum is 20
+    for _ in range(2):  # the first reading starts the streak, the second confirms and warns
+        assert sync(account).status == "ok"
+        readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert recorder.events == ["guard.warning"]
+    warned = figures(db_session, account)
+    assert warned["state"] == "warning" and warned["limits"]["market:EURUSD"]["streak"] == 2
+
+    wide_spread(db_session, "EURUSD", 35)
+    terminal.sim_set_quote("EURUSD", 1.08600, 1.08610)  # a new peak: the figures move
+    assert sync(account).status == "ok"
+    expected = through_the_engine(db_session, account)
+    calls = engine_calls(monkeypatch)
+    outcomes = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert calls == []
+    assert [(o.status, o.state, o.unconfirmed) for o in outcomes] == [("ok", "warning", False)]
+    assert figures(db_session, account) == expected
+    assert expected["limits"]["market:EURUSD"] == {
+        "streak": 3,
+        "warned": True,
+        "kind": "spread",
+        "reason": "spread 35.00 pips > 20",
+        "since": warned["limits"]["market:EURUSD"]["since"],
+    }
+    assert recorder.events == ["guard.warning"]  # told once
+
+    wide_spread(db_session, "EURUSD", 2)
+    assert sync(account).status == "ok"
+    [outcome] = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert calls == [account] and outcome.state == "ok"
+    assert "market:EURUSD" not in figures(db_session, account)["limits"]
+
+
+@pytest.mark.parametrize("change", ["another symbol blows out", "the guard is set to block"])
+def test_a_standing_market_warning_leaves_the_quiet_path_when_anything_else_changes(
+    change, account, sync, terminal, api, db_session, monkeypatch
+):
+    recorder = Recorder()
+    wide_spread(db_session, "EURUSD", 30)
+    for _ in range(2):
+        assert sync(account).status == "ok"
+        readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert figures(db_session, account)["state"] == "warning"
+    if change == "another symbol blows out":
+        login = db_session.get(Account, account).login
+        terminal.sim_open_manual(login, "XAUUSD", mt5c.ORDER_TYPE_BUY, 0.01)
+        wide_spread(db_session, "XAUUSD", 30)
+    else:
+        risk = db_session.get(AccountRisk, account)
+        risk.settings = validate_settings(
+            {**risk.settings, "market": {**risk.settings["market"], "action": "block"}}
+        )
+        db_session.commit()
+    assert sync(account).status == "ok"
+    calls = engine_calls(monkeypatch)
+    readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert calls == [account]
+    limits = figures(db_session, account)["limits"]
+    if change == "another symbol blows out":
+        assert limits["market:XAUUSD"] == {"streak": 1}  # the engine began its streak
+    else:
+        assert limits["market:EURUSD"] == {"streak": 3}  # counted towards the block, no longer a warning
 
 
 def test_a_batch_writes_its_quiet_readings_in_one_statement_and_leaves_the_one_that_lost_the_race(

@@ -431,6 +431,10 @@ def test_what_owners_and_guards_named_is_escaped(client, db_session, world):
             account_id,
             state="alert",
             blocked_symbols={"<b>X</b>": {"reason": "<img src=x onerror=alert(2)>", "kind": "spread"}},
+            limits={
+                "market:<u>Y</u>": {"streak": 2, "warned": True, "kind": "gap", "reason": "<em>jump</em>"},
+                "market:GBPUSD": {"streak": 1},  # building up, not told yet: not shown
+            },
         )
     )
     db_session.add(
@@ -456,4 +460,7 @@ def test_what_owners_and_guards_named_is_escaped(client, db_session, world):
         assert "&lt;script&gt;alert(4)&lt;/script&gt;" in page, path
     accounts = client.get("/accounts").get_data(as_text=True)
     assert "&lt;b&gt;X&lt;/b&gt;" in accounts and "&lt;img src=x onerror=alert(2)&gt;" in accounts
+    warnings_line = accounts.split('<p class="market-warnings">', 1)[1].split("</p>", 1)[0]
+    assert "<strong>&lt;u&gt;Y&lt;/u&gt;</strong> (&lt;em&gt;jump&lt;/em&gt;)" in warnings_line
+    assert "GBPUSD" not in warnings_line and "<u>" not in accounts
     assert "&lt;script&gt;alert(3)&lt;/script&gt;" in accounts and "&lt;i&gt;EUR&lt;/i&gt;" in accounts
