@@ -320,20 +320,32 @@ def _unconfirmed(
 
     From the reading's outcome and the state it left in the session, without asking again: the outcome
     names the account's live alert, if any (`record_reading` looks it up), and most readings have no
-    streak at all, so the settings are read only when one has begun."""
+    streak at all, so the settings are read only when one has begun.
+
+    A market streak counts only when the market guard does more than warn: a spread or a stale quote is
+    one per server and symbol, so one wide gold spread had every gold holder's sync send its account to
+    be read again at once (5,000 reads, bench/fanout.py --with-guards) for a notification that the next
+    sync confirms as well."""
     if outcome.alert_id is not None:
         return False
     state = session.get(GuardState, account_id)
     if state is None or state.halted_at is not None:
         return False
-    streaks = [
-        state.margin_streak,
-        *(int((row or {}).get("streak", 0)) for row in (state.limits or {}).values()),
-    ]
+    limits = state.limits or {}
+    streaks = [state.margin_streak, *(int((row or {}).get("streak", 0)) for row in limits.values())]
     if not any(streaks):
         return False
-    needed = (settings or risk_settings_of(session, account_id)).confirmations
-    return any(0 < streak < needed for streak in streaks)
+    settings = settings or risk_settings_of(session, account_id)
+    if settings.market.action == "warn":
+        streaks = [
+            state.margin_streak,
+            *(
+                int((row or {}).get("streak", 0))
+                for name, row in limits.items()
+                if not name.startswith(rules.MARKET_KEY)
+            ),
+        ]
+    return any(0 < streak < settings.confirmations for streak in streaks)
 
 
 def record_synced(
@@ -549,7 +561,7 @@ def _record_quiet(
             kind, reason = problems[symbol]
             entry = stored[key]
             limits[key] = {
-                "streak": entry["streak"] + 1,
+                "streak": int(entry.get("streak", 0)) + 1,
                 "warned": True,
                 "kind": kind,
                 "reason": reason,

@@ -256,6 +256,25 @@ def test_a_market_warning_that_stands_keeps_the_sync_readings_quiet_leaving_what
     assert "market:EURUSD" not in figures(db_session, account)["limits"]
 
 
+@pytest.mark.parametrize("action", ["warn", "block"])
+def test_a_sync_reading_that_starts_a_market_streak_asks_for_a_read_only_when_more_than_a_warning_follows(
+    action, account, sync, db_session
+):
+    """A wide spread is one per server and symbol: re-reading every holder at once to confirm it is worth
+    it for a block or a close, not for a warning (the next sync confirms it)."""
+    risk = db_session.get(AccountRisk, account)
+    risk.settings = validate_settings(
+        {**risk.settings, "market": {**risk.settings["market"], "action": action}}
+    )
+    db_session.commit()
+    recorder = Recorder()
+    wide_spread(db_session, "EURUSD", 30)
+    assert sync(account).status == "ok"
+    [outcome] = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+    assert figures(db_session, account)["limits"]["market:EURUSD"] == {"streak": 1}
+    assert outcome.unconfirmed == (action == "block")
+
+
 @pytest.mark.parametrize("change", ["another symbol blows out", "the guard is set to block"])
 def test_a_standing_market_warning_leaves_the_quiet_path_when_anything_else_changes(
     change, account, sync, terminal, api, db_session, monkeypatch
