@@ -265,13 +265,26 @@ def _figures_of(
     equity: Decimal, margin: Decimal | None, positions: list[dict[str, Any]] | None
 ) -> tuple[Decimal, Decimal, tuple[WatchedPosition, ...]]:
     """What the account's last sync recorded, as the estimate needs it: equity, margin (NULL: none in
-    use), and each position's symbol, side, volume and the price its profit was read at."""
+    use), and its positions by symbol and side: their volume, and the volume-weighted price their profit
+    was read at.
+
+    One per symbol and side, not one per position: a move is worth the same on 20 positions of 0.01 lot
+    as on one of 0.2 at their mean price (`estimate_equity` is linear in volume x price), and every tick
+    estimates every watched account: with 20 positions each, 5,000 accounts' estimates were most of what
+    the watch cost beside reconciliation (bench/fanout.py --with-guards)."""
+    exposure: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+    for p in positions or ():
+        volume = Decimal(p["volume"])
+        key = (p["symbol"], p["side"])
+        total, weighted = exposure.get(key, (Decimal(0), Decimal(0)))
+        exposure[key] = (total + volume, weighted + volume * Decimal(p["price_current"]))
     return (
         equity,
         margin or Decimal(0),
         tuple(
-            WatchedPosition(p["symbol"], p["side"], Decimal(p["volume"]), Decimal(p["price_current"]))
-            for p in positions or ()
+            WatchedPosition(symbol, side, total, weighted / total)
+            for (symbol, side), (total, weighted) in exposure.items()
+            if total  # no volume, no move to weigh
         ),
     )
 

@@ -222,6 +222,35 @@ def test_the_watched_view_takes_each_read_limits_reference_and_the_owners_thresh
     assert _limits_of(RiskSettings.from_document(None), stored)[0] == ((D(10000), D(8), D(10), None, True),)
 
 
+def test_the_watched_view_holds_one_position_per_symbol_and_side_worth_what_its_positions_are():
+    """Positions on the same symbol and side are one volume at their volume-weighted price: every move
+    is worth exactly what it is worth on them one by one."""
+    positions = [
+        {"symbol": "EURUSD", "side": "buy", "volume": "0.10", "price_current": "1.08500"},
+        {"symbol": "EURUSD", "side": "sell", "volume": "0.30", "price_current": "1.08530"},
+        {"symbol": "EURUSD", "side": "buy", "volume": "0.30", "price_current": "1.08600"},
+        {"symbol": "USDJPY", "side": "buy", "volume": "0.50", "price_current": "150.000"},
+    ]
+    watched_positions = _figures_of(D(10000), D(500), positions)[2]
+    assert watched_positions == (
+        WatchedPosition("EURUSD", "buy", D("0.40"), D("1.08575")),
+        WatchedPosition("EURUSD", "sell", D("0.30"), D("1.08530")),
+        WatchedPosition("USDJPY", "buy", D("0.50"), D("150.000")),
+    )
+    one_by_one = tuple(
+        WatchedPosition(p["symbol"], p["side"], D(p["volume"]), D(p["price_current"])) for p in positions
+    )
+    specs = {"EURUSD": spec(), "USDJPY": spec("USDJPY", tick_size="0.001", tick_value="0.66")}
+    for bid in ("1.08400", "1.08575", "1.08710"):
+        quotes = {
+            "EURUSD": Quote("EURUSD", D(bid), D(bid) + D("0.00010"), NOW),
+            "USDJPY": Quote("USDJPY", D("149.500"), D("149.512"), NOW),
+        }
+        aggregated = estimate_equity(watched(list(watched_positions)), quotes, specs)
+        assert aggregated == estimate_equity(watched(list(one_by_one)), quotes, specs), bid
+    assert _figures_of(D(1), None, [{**positions[0], "volume": "0"}])[2] == ()
+
+
 def test_a_sync_that_recorded_no_margin_has_no_margin_level_to_breach():
     """Margin NULL is no margin in use: however low the equity, the margin minimum is not at stake."""
     settings = RiskSettings.from_document(validate_settings(WATCH_DOCUMENT))
