@@ -331,21 +331,16 @@ def _unconfirmed(
     state = session.get(GuardState, account_id)
     if state is None or state.halted_at is not None:
         return False
-    limits = state.limits or {}
-    streaks = [state.margin_streak, *(int((row or {}).get("streak", 0)) for row in limits.values())]
-    if not any(streaks):
+    streaks = {name: int((row or {}).get("streak", 0)) for name, row in (state.limits or {}).items()}
+    if not state.margin_streak and not any(streaks.values()):
         return False
     settings = settings or risk_settings_of(session, account_id)
-    if settings.market.action == "warn":
-        streaks = [
-            state.margin_streak,
-            *(
-                int((row or {}).get("streak", 0))
-                for name, row in limits.items()
-                if not name.startswith(rules.MARKET_KEY)
-            ),
-        ]
-    return any(0 < streak < settings.confirmations for streak in streaks)
+    counted = [
+        streak
+        for name, streak in streaks.items()
+        if not (name.startswith(rules.MARKET_KEY) and settings.market.action == "warn")
+    ]
+    return any(0 < streak < settings.confirmations for streak in [state.margin_streak, *counted])
 
 
 def record_synced(
@@ -561,7 +556,7 @@ def _record_quiet(
             kind, reason = problems[symbol]
             entry = stored[key]
             limits[key] = {
-                "streak": int(entry.get("streak", 0)) + 1,
+                "streak": entry["streak"] + 1,
                 "warned": True,
                 "kind": kind,
                 "reason": reason,
@@ -659,6 +654,8 @@ def _quiet_limits(row: Any, settings: RiskSettings, reading: rules.Reading) -> d
     market = [entry for name, entry in stored.items() if name.startswith(rules.MARKET_KEY)]
     # A market warning told already, with the market guard still set to warn, changes nothing while it
     # stands (`_record_quiet` checks that it does); a streak still building up is the engine's to count.
+    # The engine keeps an account with a warning in `warning`: with the guard set to block or close
+    # since, such a state is not the `ok` expected here, and the engine takes the reading.
     warned = bool(market) and settings.market.action == "warn"
     if (
         row.state != ("warning" if warned else "ok")
@@ -667,7 +664,6 @@ def _quiet_limits(row: Any, settings: RiskSettings, reading: rules.Reading) -> d
         or row.margin_streak
         or row.blocked_symbols
         or not all(isinstance(entry, Mapping) and entry.get("warned") for entry in market)
-        or (market and not warned)
     ):
         return None
     if rules.margin_breached(reading.margin_level, settings.min_margin_level_percent):

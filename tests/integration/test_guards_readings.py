@@ -275,6 +275,27 @@ def test_a_sync_reading_that_starts_a_market_streak_asks_for_a_read_only_when_mo
     assert outcome.unconfirmed == (action == "block")
 
 
+@pytest.mark.parametrize(
+    ("action", "limits", "unconfirmed"),
+    [
+        ("warn", {"a limit removed since": {"level": "breach"}}, False),  # no streak recorded: none
+        ("warn", {"max drawdown": {"streak": 1}}, True),
+        ("warn", {"market:EURUSD": {"streak": 1}}, False),
+        ("block", {"market:EURUSD": {"streak": 1}}, True),
+        ("block", {"market:EURUSD": {"streak": 2}}, False),  # confirmed already
+    ],
+)
+def test_which_streaks_ask_for_a_read_at_once(action, limits, unconfirmed, account, db_session):
+    risk = db_session.get(AccountRisk, account)
+    risk.settings = validate_settings(
+        {**risk.settings, "market": {**risk.settings["market"], "action": action}}
+    )
+    db_session.add(GuardState(account_id=account, state="ok", limits=limits, margin_streak=0))
+    db_session.flush()
+    outcome = guards.ReadingOutcome(account, "ok")
+    assert readings._unconfirmed(db_session, account, outcome) is unconfirmed
+
+
 @pytest.mark.parametrize("change", ["another symbol blows out", "the guard is set to block"])
 def test_a_standing_market_warning_leaves_the_quiet_path_when_anything_else_changes(
     change, account, sync, terminal, api, db_session, monkeypatch
@@ -302,6 +323,12 @@ def test_a_standing_market_warning_leaves_the_quiet_path_when_anything_else_chan
     limits = figures(db_session, account)["limits"]
     if change == "another symbol blows out":
         assert limits["market:XAUUSD"] == {"streak": 1}  # the engine began its streak
+        # And confirms it: a warning standing beside one building up is no quiet reading.
+        assert sync(account).status == "ok"
+        readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
+        assert calls == [account, account]
+        assert figures(db_session, account)["limits"]["market:XAUUSD"]["warned"] is True
+        assert recorder.events == ["guard.warning", "guard.warning"]
     else:
         assert limits["market:EURUSD"] == {"streak": 3}  # counted towards the block, no longer a warning
 
