@@ -479,7 +479,7 @@ def _record_quiet(
     `engine.record_reading` would only store the limits' new JSON (peak, reference, drawdown; each
     standing warning's streak and reason) and the figures; this stores exactly those. A gold spread over
     the default maximum sent every holder's sync reading through the engine (bench/fanout.py
-    --with-guards: 1,742 accounts per 10-s cycle against 4,151 without the guards' quotes).
+    --with-guards: 1,742 accounts per 10-s cycle with the guards running against 4,151 without).
     Each UPDATE applies only if the row is still the one read (`updated_at`, which every reading sets): a
     reading that got there first sends this one through the engine instead. No lock is taken to decide,
     so nothing waits on this batch but the rows it writes, until its commit."""
