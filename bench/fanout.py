@@ -130,6 +130,23 @@ class Group:
             log.close()
 
 
+def celery_worker(options: list[str]) -> list[str]:
+    """A Celery worker's command line with these options (pool, concurrency, queues, name)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--loglevel=INFO",
+        *options,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
 def threads_of(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/task"))
@@ -652,47 +669,14 @@ def main() -> None:
         # Workers.
         worker_procs = []
         for w in range(args.workers):
-            command = [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--loglevel=INFO",
-                "-P",
-                args.pool,
-                f"--concurrency={args.concurrency}",
-                f"--hostname=fanout{w}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ]
+            options = ["-P", args.pool, f"--concurrency={args.concurrency}", f"--hostname=fanout{w}@%h"]
             if args.with_guards:
-                command += ["-Q", "celery,reconcile"]
-            worker_procs.append(group.start(f"worker{w}", command, env))
+                options += ["-Q", "celery,reconcile"]
+            worker_procs.append(group.start(f"worker{w}", celery_worker(options), env))
         guards_proc = None
-        if args.with_guards:
-            guards_proc = group.start(
-                "guards",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.celery_app",
-                    "worker",
-                    "--loglevel=INFO",
-                    "-Q",
-                    "guards",
-                    "--concurrency=2",
-                    "--hostname=guards@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ],
-                env,
-            )
+        if args.with_guards:  # as the Procfile's `guards` line runs it
+            guards_options = ["-Q", "guards", "--concurrency=2", "--hostname=guards@%h"]
+            guards_proc = group.start("guards", celery_worker(guards_options), env)
         deadline = time.monotonic() + 60
         starting = [(f"worker{w}", proc) for w, proc in enumerate(worker_procs)]
         starting += [("guards", guards_proc)] if guards_proc is not None else []

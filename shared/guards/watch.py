@@ -270,8 +270,10 @@ def _figures_of(
 
     One per symbol and side, not one per position: a move is worth the same on 20 positions of 0.01 lot
     as on one of 0.2 at their mean price (`estimate_equity` is linear in volume x price), and every tick
-    estimates every watched account: with 20 positions each, 5,000 accounts' estimates were most of what
-    the watch cost beside reconciliation (bench/fanout.py --with-guards)."""
+    estimates every watched account: 5,000 accounts of 20 positions took 67 ms of CPU per tick, in
+    process, against 16 ms to rebuild the views of the 180 accounts a tick found synced since the last
+    (bench/fanout.py --with-guards' rate). The guards worker's CPU beside that benchmark did not
+    measurably change with it: the runs there vary more than that."""
     exposure: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
     for p in positions or ():
         volume = Decimal(p["volume"])

@@ -528,15 +528,22 @@ def test_the_margin_guard_closes_the_largest_loser_first_until_the_level_is_rest
     assert [p.ticket for p in terminal.positions_get()] == [other]
 
 
-def test_the_market_guard_blocks_a_symbol_whose_spread_blows_out_and_lifts_it_when_normal(
-    guarded, terminal, db_session, recorder
-):
-    market = {"max_spread_pips": 5, "max_gap_pips": 1000, "stale_quote_seconds": None, "action": "block"}
+def spread_blows_out(guarded, terminal, action):
+    """An account holding EURUSD, read once at a normal spread and once at 10 pips, over its market
+    guard's 5 (two readings confirm). Returns the account, its check and the second reading's outcome."""
+    market = {"max_spread_pips": 5, "max_gap_pips": 1000, "stale_quote_seconds": None, "action": action}
     _, account_id, login, check, _ = guarded(market=market, confirmations=2)
     terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
     check()
     terminal.sim_set_quote("EURUSD", 1.08500, 1.08600)  # 10 pips
-    check()
+    return account_id, check, check()
+
+
+def test_the_market_guard_blocks_a_symbol_whose_spread_blows_out_and_lifts_it_when_normal(
+    guarded, terminal, db_session, recorder
+):
+    account_id, check, first = spread_blows_out(guarded, terminal, "block")
+    assert first.unconfirmed  # a block follows: read again soon
     assert state_of(db_session, account_id).blocked_symbols == {}
     check()
     blocked = state_of(db_session, account_id).blocked_symbols
@@ -550,12 +557,7 @@ def test_the_market_guard_blocks_a_symbol_whose_spread_blows_out_and_lifts_it_wh
 def test_the_market_guard_set_to_warn_tells_the_owner_once_while_the_problem_lasts_and_blocks_nothing(
     guarded, terminal, db_session, recorder
 ):
-    market = {"max_spread_pips": 5, "max_gap_pips": 1000, "stale_quote_seconds": None, "action": "warn"}
-    _, account_id, login, check, _ = guarded(market=market, confirmations=2)
-    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 0.1)
-    check()
-    terminal.sim_set_quote("EURUSD", 1.08500, 1.08600)  # 10 pips
-    first = check()
+    account_id, check, first = spread_blows_out(guarded, terminal, "warn")
     assert "guard.warning" not in recorder.names() and state_of(db_session, account_id).state == "ok"
     # One reading of two, but only a warning would follow: the next reading confirms it, none is asked.
     assert not first.unconfirmed
