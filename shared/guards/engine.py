@@ -290,9 +290,7 @@ def record_reading(
 
     state.equity, state.balance, state.margin_level = reading.equity, reading.balance, reading.margin_level
     state.currency, state.read_at = currency, reading.at
-    market_warning = any(
-        value.get("warned") for key, value in (state.limits or {}).items() if key.startswith(rules.MARKET_KEY)
-    )
+    market_warning = any(entry.get("warned") for entry in rules.market_entries(state.limits).values())
     state.state = _summary(
         state, alert, any_warning or margin_low or market_warning or bool(state.blocked_symbols)
     )
@@ -363,8 +361,7 @@ def _assess_market(
         if settings.market.action == "warn":
             # Notify only, once while the problem lasts: the owner chose to trade through it. What is
             # wrong now and since when stay beside the streak, for the owner's view of the guards.
-            since = previous.get("since") if previous.get("warned") else at.isoformat()
-            limits[key] = {"streak": streak, "warned": True, "kind": kind, "reason": reason, "since": since}
+            limits[key] = rules.standing_warning(previous, streak, kind, reason, at)
             if not previous.get("warned"):
                 figures = {"guard": "market", "symbol": symbol, "kind": kind, "reason": reason}
                 _audit(session, "guard.warning", "account", account.id, **figures)

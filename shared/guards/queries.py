@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from shared.core.db import DbSession
 from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
-from shared.guards.rules import MARKET_KEY
+from shared.guards.rules import market_entries
 from shared.guards.settings import RiskSettings
 from shared.models import (
     LIVE_ALERT_STATUSES,
@@ -156,18 +156,13 @@ def _blocked(stored: Mapping[str, Any]) -> list[BlockedSymbol]:
 
 
 def _market_warnings(stored: Mapping[str, Any]) -> list[BlockedSymbol]:
-    warnings = []
-    for key, entry in sorted(stored.items()):
-        if key.startswith(MARKET_KEY) and isinstance(entry, Mapping) and entry.get("warned"):
-            warnings.append(
-                BlockedSymbol(
-                    symbol=key.removeprefix(MARKET_KEY),
-                    reason=entry.get("reason"),
-                    kind=entry.get("kind"),
-                    since=_when(entry.get("since")),
-                )
-            )
-    return warnings
+    return [
+        BlockedSymbol(
+            symbol=symbol, reason=entry.get("reason"), kind=entry.get("kind"), since=_when(entry.get("since"))
+        )
+        for symbol, entry in sorted(market_entries(stored).items())
+        if isinstance(entry, Mapping) and entry.get("warned")
+    ]
 
 
 def _closes_of(session: DbSession, alert_ids: list[int]) -> dict[int, list[AlertClose]]:

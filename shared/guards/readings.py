@@ -546,22 +546,15 @@ def _record_quiet(
     # In account order, as every batch that writes guard states goes (check_accounts): two batches
     # then never each hold a row the other waits for.
     for account_id, row, reading, limits, problems in sorted(candidates, key=lambda c: c[0]):
-        stored = row.limits or {}
-        warned = {name.removeprefix(rules.MARKET_KEY) for name in stored if name.startswith(rules.MARKET_KEY)}
-        if set(problems).intersection(held.get(account_id, ())) != warned:
+        warned = rules.market_entries(row.limits)  # all told already (`_quiet_limits`)
+        if set(problems).intersection(held.get(account_id, ())) != set(warned):
             continue  # a problem begins or ends on a held symbol: the engine's to decide
-        for symbol in warned:
+        for symbol, entry in warned.items():
             # As the engine writes a warning that still stands: one more reading, what is wrong now.
-            key = f"{rules.MARKET_KEY}{symbol}"
             kind, reason = problems[symbol]
-            entry = stored[key]
-            limits[key] = {
-                "streak": entry["streak"] + 1,
-                "warned": True,
-                "kind": kind,
-                "reason": reason,
-                "since": entry.get("since"),
-            }
+            limits[f"{rules.MARKET_KEY}{symbol}"] = rules.standing_warning(
+                entry, entry["streak"] + 1, kind, reason, reading.at
+            )
         quiet.append(
             {
                 "b_account_id": account_id,
@@ -651,7 +644,7 @@ def _quiet_limits(row: Any, settings: RiskSettings, reading: rules.Reading) -> d
     """The limits' JSON after this reading when, but for the market guard, it is quiet (see
     `_record_quiet`), else None."""
     stored = row.limits or {}
-    market = [entry for name, entry in stored.items() if name.startswith(rules.MARKET_KEY)]
+    market = list(rules.market_entries(stored).values())
     # A market warning told already, with the market guard still set to warn, changes nothing while it
     # stands (`_record_quiet` checks that it does); a streak still building up is the engine's to count.
     # The engine keeps an account with a warning in `warning`: with the guard set to block or close

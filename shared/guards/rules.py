@@ -219,6 +219,24 @@ class MarketView:
 MARKET_KEY = "market:"
 
 
+def market_entries(limits: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The market guard's entry for each symbol in a guard state's limits, by symbol."""
+    return {
+        name.removeprefix(MARKET_KEY): entry
+        for name, entry in (limits or {}).items()
+        if name.startswith(MARKET_KEY)
+    }
+
+
+def standing_warning(
+    previous: Mapping[str, Any], streak: int, kind: str, reason: str, at: datetime
+) -> dict[str, Any]:
+    """A symbol's entry once its market problem is confirmed and, the market guard set to warn, told:
+    the streak, what is wrong now, and since the first reading that told it (kept while it stands)."""
+    since = previous.get("since") if previous.get("warned") else at.isoformat()
+    return {"streak": streak, "warned": True, "kind": kind, "reason": reason, "since": since}
+
+
 def market_problem(view: MarketView, limits: MarketLimits, now: datetime) -> tuple[str, str] | None:
     """(kind, reason) when this symbol must not be traded now, else None: a spread too wide, a jump
     between consecutive quotes too wide, or a quote too old while the symbol trades (a closed market's

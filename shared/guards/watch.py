@@ -44,7 +44,9 @@ class WatchedPosition:
     symbol: str
     side: str
     volume: Decimal
-    price_at_sync: Decimal  # the price its profit was last read at (the close side: bid for a buy)
+    # The price its profit was last read at (the close side: bid for a buy), weighted by volume over the
+    # account's positions on the same symbol and side (`_figures_of`).
+    price_at_sync: Decimal
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,15 @@ engine as before."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 import sqlalchemy as sa
 
 from shared.guards import engine as guards
 from shared.guards import readings
 from shared.guards.settings import default_settings, validate_settings
-from shared.models import Account, AccountRisk, GuardState, PositionSnapshot
+from shared.models import Account, AccountRisk, GuardState, MarketQuote, PositionSnapshot
 from shared.mt5 import constants as mt5c
 
 PIN = (1.08500, 1.08510)
@@ -174,18 +176,11 @@ def test_a_reading_that_lost_the_race_goes_through_the_engine(
 def test_a_market_problem_keeps_a_reading_off_the_quiet_path_only_on_a_symbol_the_account_holds(
     account, sync, terminal, db_session
 ):
-    from datetime import UTC, datetime
-
-    from shared.models import MarketQuote
-
     recorder = Recorder()
     assert sync(account).status == "ok"
     readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
-    now = datetime.now(UTC)
     for symbol in ("XAUUSD", "EURUSD"):
-        wide = {"bid": 1, "ask": 2, "spread_pips": 500, "gap_pips": 0, "quoted_at": now, "trading": True}
-        db_session.add(MarketQuote(server="TradeGuard-Sim", symbol=symbol, seen_at=now, **wide))
-        db_session.commit()
+        wide_spread(db_session, symbol, 500)
         assert sync(account).status == "ok"
         readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
         limits = figures(db_session, account)["limits"]
@@ -193,12 +188,16 @@ def test_a_market_problem_keeps_a_reading_off_the_quiet_path_only_on_a_symbol_th
         assert ("market:EURUSD" in limits) == (symbol == "EURUSD"), symbol
 
 
+def set_market_action(db_session, account_id, action):
+    risk = db_session.get(AccountRisk, account_id)
+    risk.settings = validate_settings(
+        {**risk.settings, "market": {**risk.settings["market"], "action": action}}
+    )
+    db_session.commit()
+
+
 def wide_spread(db_session, symbol, spread_pips):
     """What the watch records when `symbol` quotes this wide on the sim's server."""
-    from datetime import UTC, datetime
-
-    from shared.models import MarketQuote
-
     now = datetime.now(UTC)
     db_session.merge(
         MarketQuote(
@@ -262,11 +261,7 @@ def test_a_sync_reading_that_starts_a_market_streak_asks_for_a_read_only_when_mo
 ):
     """A wide spread is one per server and symbol: re-reading every holder at once to confirm it is worth
     it for a block or a close, not for a warning (the next sync confirms it)."""
-    risk = db_session.get(AccountRisk, account)
-    risk.settings = validate_settings(
-        {**risk.settings, "market": {**risk.settings["market"], "action": action}}
-    )
-    db_session.commit()
+    set_market_action(db_session, account, action)
     recorder = Recorder()
     wide_spread(db_session, "EURUSD", 30)
     assert sync(account).status == "ok"
@@ -286,10 +281,7 @@ def test_a_sync_reading_that_starts_a_market_streak_asks_for_a_read_only_when_mo
     ],
 )
 def test_which_streaks_ask_for_a_read_at_once(action, limits, unconfirmed, account, db_session):
-    risk = db_session.get(AccountRisk, account)
-    risk.settings = validate_settings(
-        {**risk.settings, "market": {**risk.settings["market"], "action": action}}
-    )
+    set_market_action(db_session, account, action)
     db_session.add(GuardState(account_id=account, state="ok", limits=limits, margin_streak=0))
     db_session.flush()
     outcome = guards.ReadingOutcome(account, "ok")
@@ -298,7 +290,7 @@ def test_which_streaks_ask_for_a_read_at_once(action, limits, unconfirmed, accou
 
 @pytest.mark.parametrize("change", ["another symbol blows out", "the guard is set to block"])
 def test_a_standing_market_warning_leaves_the_quiet_path_when_anything_else_changes(
-    change, account, sync, terminal, api, db_session, monkeypatch
+    change, account, sync, terminal, db_session, monkeypatch
 ):
     recorder = Recorder()
     wide_spread(db_session, "EURUSD", 30)
@@ -311,11 +303,7 @@ def test_a_standing_market_warning_leaves_the_quiet_path_when_anything_else_chan
         terminal.sim_open_manual(login, "XAUUSD", mt5c.ORDER_TYPE_BUY, 0.01)
         wide_spread(db_session, "XAUUSD", 30)
     else:
-        risk = db_session.get(AccountRisk, account)
-        risk.settings = validate_settings(
-            {**risk.settings, "market": {**risk.settings["market"], "action": "block"}}
-        )
-        db_session.commit()
+        set_market_action(db_session, account, "block")
     assert sync(account).status == "ok"
     calls = engine_calls(monkeypatch)
     readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)

@@ -333,3 +333,19 @@ def test_the_margin_guard_stops_once_all_margin_is_freed():
         "margin", positions, equity=D(100), margin=D(1000), min_margin_level=D(10000)
     )
     assert [p.ticket for p in closes] == [1]
+
+
+def test_the_market_guards_entries_are_read_by_symbol_and_a_standing_warning_keeps_its_first_time():
+    limits = {"daily loss": {"streak": 1}, "market:EURUSD": {"streak": 2}, "market:XAUUSD": {"streak": 1}}
+    assert rules.market_entries(limits) == {"EURUSD": {"streak": 2}, "XAUUSD": {"streak": 1}}
+    assert rules.market_entries(None) == {}
+    first = rules.standing_warning({"streak": 1}, 2, "spread", "spread 30 pips > 20", NOW)
+    assert first == {
+        "streak": 2,
+        "warned": True,
+        "kind": "spread",
+        "reason": "spread 30 pips > 20",
+        "since": NOW.isoformat(),
+    }
+    later = rules.standing_warning(first, 3, "gap", "price jumped 60 pips > 50", NOW + timedelta(seconds=9))
+    assert later == {**first, "streak": 3, "kind": "gap", "reason": "price jumped 60 pips > 50"}
