@@ -32,11 +32,11 @@ accounts were reconciled within 10 s of the tick.
 2) and a guard watch tick sent every TRADEGUARD_GUARD_WATCH_SECONDS (0.5 s, with the same expiry as
 beat's) from before the workers are primed until the measured tick is done; the measured workers then
 consume the other two queues. The simulator's prices walk on their own, so every tick quotes the held
-symbols and re-estimates the accounts whose sync moved. The simulator's gold quotes wider than the
-default settings' maximum spread: its holders' market warning starts in the first warm-up tick and is
-told in the second (`warm_tick_2_s`: an episode's start, every holder's reading through the engine), and
-the measured tick is the steady state that follows. The guards worker's CPU and the watch ticks run are
-printed beside the reconciliation figures.
+symbols and re-estimates the accounts whose sync moved. A symbol quoting over the accounts' maximum
+spread (the simulator's gold did, under the earlier default of 20 pips) has its holders' market warning
+start in the first warm-up tick and told in the second (`warm_tick_2_s`: an episode's start, every
+holder's reading through the engine), so the measured tick is the steady state either way. The guards
+worker's CPU and the watch ticks run are printed beside the reconciliation figures.
 
 Prints: accounts reconciled, wall time, accounts per 10-s cycle (N / wall x 10), per-account sync time
 p50/p99 (account_sync.last_sync_ms), CPU time per account of the worker processes (with their pool
@@ -723,10 +723,10 @@ def main() -> None:
             primed = wait_for_tick(engine, since, len(ids), 60)
             print(f"primed {slots} pool slot(s): {primed[1]} synced in {primed[0]:.1f} s", flush=True)
         # With the guards running, the watch's quotes reach the market guard during the first warm-up
-        # tick: a symbol over the default maximum spread (the simulator's gold) then starts a streak on
-        # every holder's reading, and the next tick's readings tell the warning, through the engine, a
-        # reading at a time. Both happen once per episode; a second warm-up tick keeps them out of the
-        # measured one (its own figures are printed: the cost of an episode's start).
+        # tick: a symbol over the maximum spread (the simulator's gold, under the earlier default) starts
+        # a streak on every holder's reading, and the next tick's readings tell the warning, through the
+        # engine, a reading at a time. Both happen once per episode; a second warm-up tick keeps them out
+        # of the measured one (its own figures are printed: the cost of an episode's start).
         warm_ticks = (2 if args.with_guards else 1) if args.warm else 0
         for number in range(1, warm_ticks + 1):
             warm = run_tick(celery, engine, n, args.timeout)

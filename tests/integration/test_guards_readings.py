@@ -222,7 +222,7 @@ def test_a_market_warning_that_stands_keeps_the_sync_readings_quiet_leaving_what
     stays wide, a sync reading changes only figures, the warning's streak and its reason, and is written
     with the batch's quiet ones; when the spread narrows, the engine ends the warning."""
     recorder = Recorder()
-    wide_spread(db_session, "EURUSD", 30)  # the default settings' maximum is 20
+    wide_spread(db_session, "EURUSD", 60)  # the default settings' maximum is 50
     for _ in range(2):  # the first reading starts the streak, the second confirms and warns
         assert sync(account).status == "ok"
         readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
@@ -230,7 +230,7 @@ def test_a_market_warning_that_stands_keeps_the_sync_readings_quiet_leaving_what
     warned = figures(db_session, account)
     assert warned["state"] == "warning" and warned["limits"]["market:EURUSD"]["streak"] == 2
 
-    wide_spread(db_session, "EURUSD", 35)
+    wide_spread(db_session, "EURUSD", 65)
     terminal.sim_set_quote("EURUSD", 1.08600, 1.08610)  # a new peak: the figures move
     assert sync(account).status == "ok"
     expected = through_the_engine(db_session, account)
@@ -243,7 +243,7 @@ def test_a_market_warning_that_stands_keeps_the_sync_readings_quiet_leaving_what
         "streak": 3,
         "warned": True,
         "kind": "spread",
-        "reason": "spread 35.00 pips > 20",
+        "reason": "spread 65.00 pips > 50",
         "since": warned["limits"]["market:EURUSD"]["since"],
     }
     assert recorder.events == ["guard.warning"]  # told once
@@ -263,7 +263,7 @@ def test_a_sync_reading_that_starts_a_market_streak_asks_for_a_read_only_when_mo
     it for a block or a close, not for a warning (the next sync confirms it)."""
     set_market_action(db_session, account, action)
     recorder = Recorder()
-    wide_spread(db_session, "EURUSD", 30)
+    wide_spread(db_session, "EURUSD", 60)
     assert sync(account).status == "ok"
     [outcome] = readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
     assert figures(db_session, account)["limits"]["market:EURUSD"] == {"streak": 1}
@@ -293,7 +293,7 @@ def test_a_standing_market_warning_leaves_the_quiet_path_when_anything_else_chan
     change, account, sync, terminal, db_session, monkeypatch
 ):
     recorder = Recorder()
-    wide_spread(db_session, "EURUSD", 30)
+    wide_spread(db_session, "EURUSD", 60)
     for _ in range(2):
         assert sync(account).status == "ok"
         readings.record_synced(db_session, [account], notify=recorder.notify, schedule=None)
@@ -301,7 +301,7 @@ def test_a_standing_market_warning_leaves_the_quiet_path_when_anything_else_chan
     if change == "another symbol blows out":
         login = db_session.get(Account, account).login
         terminal.sim_open_manual(login, "XAUUSD", mt5c.ORDER_TYPE_BUY, 0.01)
-        wide_spread(db_session, "XAUUSD", 30)
+        wide_spread(db_session, "XAUUSD", 60)
     else:
         set_market_action(db_session, account, "block")
     assert sync(account).status == "ok"

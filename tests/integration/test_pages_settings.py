@@ -145,7 +145,7 @@ def test_the_form_shows_the_defaults_of_a_new_account(client, owner):
         for key, value in limit.items():
             assert fields[f"drawdown_limits.{index}.{key}"] == ("" if value is None else str(value)), key
     assert fields["drawdown_limits.2.new"] == "1" and fields["drawdown_limits.2.name"] == ""
-    assert (fields["market.max_spread_pips"], fields["market.max_gap_pips"]) == ("20", "50")
+    assert (fields["market.max_spread_pips"], fields["market.max_gap_pips"]) == ("50", "50")
     assert (fields["market.stale_quote_seconds"], fields["market.action"]) == ("120", "warn")
     assert all(fields[f"orders.{key}"] == "" for key in DEFAULT_SETTINGS["orders"])
     assert client.get(f"/risk?account_id={account_id}").get_data(as_text=True) == page

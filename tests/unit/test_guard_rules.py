@@ -9,7 +9,9 @@ from decimal import Decimal as D
 import pytest
 
 from shared.guards import rules
-from shared.guards.settings import DrawdownLimit, MarketLimits
+from shared.guards.settings import DrawdownLimit, MarketLimits, RiskSettings
+from shared.mt5.sim.symbols import DEFAULT_SYMBOLS
+from shared.mt5.types import pip_size
 
 HOUR = 3600
 
@@ -252,6 +254,23 @@ def test_the_market_guard_blocks_beyond_each_threshold(the_view, kind):
 def test_market_thresholds_left_null_are_off():
     off = MarketLimits(None, None, None, "block")
     assert rules.market_problem(view(spread="500", gap="500", age=99999), off, NOW) is None
+
+
+def test_the_default_maximum_spread_leaves_ordinary_spreads_alone_and_warns_on_a_blow_out():
+    """Every simulated symbol's ordinary spread, in pips, is under the default maximum (the simulator's
+    gold, 30 points at 2 digits, was over the earlier 20 and had all its holders warned); a spread past
+    the maximum is still a problem."""
+    market = RiskSettings.from_document(None).market
+    ordinary = {
+        symbol.name: symbol.spread * D(str(symbol.point)) / pip_size(symbol.digits, D(str(symbol.point)))
+        for symbol in DEFAULT_SYMBOLS
+    }
+    assert ordinary["XAUUSD"] == 30
+    for name, spread_pips in ordinary.items():
+        assert rules.market_problem(view(spread=str(spread_pips)), market, NOW) is None, name
+    assert rules.market_problem(view(spread="50"), market, NOW) is None
+    problem = rules.market_problem(view(spread="50.01"), market, NOW)
+    assert problem == ("spread", "spread 50.01 pips > 50")
 
 
 def test_the_gap_is_the_jump_from_the_previous_quote_in_pips():
