@@ -8,13 +8,14 @@ shared by every account on the trade server) and learns the server's clock offse
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -572,12 +573,39 @@ def _record_quiet(
     return {account_id: states[account_id].state for account_id in written}
 
 
+# The same UPDATE on Postgres for a whole batch, its readings in one JSON parameter: a fixed text that
+# SQLAlchemy compiles once. Built with `sa.values(...).data(rows)` instead, the statement was compiled
+# anew for every batch, its hundreds of bound values with it: 15 % of the reconciliation worker's CPU
+# (bench/fanout.py --profile, py-spy), more than the write itself. Decimals travel as JSON strings and
+# timestamps as ISO text with their offset, both read back exactly (`numeric`, `timestamptz`).
+_QUIET_UPDATE_MANY = sa.text(
+    "UPDATE guard_states AS g"
+    " SET limits = r.limits, margin_streak = 0, equity = r.equity, balance = r.balance,"
+    " margin_level = r.margin_level, currency = r.currency, read_at = r.at, updated_at = r.at"
+    " FROM jsonb_to_recordset(CAST(:readings AS jsonb)) AS r("
+    "account_id bigint, was_updated_at timestamptz, limits jsonb, equity numeric, balance numeric,"
+    " margin_level numeric, currency text, at timestamptz)"
+    " WHERE g.account_id = r.account_id AND g.updated_at = r.was_updated_at"
+    " AND g.state = ANY(:quiet_states) AND g.halted_at IS NULL"
+    " RETURNING g.account_id"
+)
+
+
+def _json_text(value: Any) -> Any:
+    """A value as `_QUIET_UPDATE_MANY`'s JSON carries it: decimals and timestamps as exact text."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):  # naive: UTC, as UTCDateTime reads it
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value
+
+
 def _write_quiet(session: DbSession, quiet: list[dict[str, Any]]) -> set[int]:
     """Write the quiet readings (each only if its row is still the one read); the accounts written.
 
-    On Postgres in one statement for the batch (UPDATE ... FROM VALUES ... RETURNING): one UPDATE per
-    account was a third of what the guards added to a reconciliation batch (bench/fanout.py, py-spy).
-    Elsewhere (SQLite, the embedded setup: one writer, few accounts) one UPDATE each."""
+    On Postgres in one statement for the batch (`_QUIET_UPDATE_MANY`): one UPDATE per account was a
+    third of what the guards added to a reconciliation batch (bench/fanout.py, py-spy). Elsewhere
+    (SQLite, the embedded setup: one writer, few accounts) one UPDATE each."""
     if not quiet:
         return set()
     if session.get_bind().dialect.name != "postgresql":
@@ -586,58 +614,23 @@ def _write_quiet(session: DbSession, quiet: list[dict[str, Any]]) -> set[int]:
             for row in quiet
             if session.execute(_QUIET_UPDATE, row).rowcount  # type: ignore[attr-defined]
         }
-    columns = _guard_states.c
-    given = sa.values(
-        sa.column("account_id", columns.account_id.type),
-        sa.column("was_updated_at", columns.updated_at.type),
-        sa.column("limits", columns.limits.type),
-        sa.column("equity", columns.equity.type),
-        sa.column("balance", columns.balance.type),
-        sa.column("margin_level", columns.margin_level.type),
-        sa.column("currency", columns.currency.type),
-        sa.column("at", columns.read_at.type),
-        name="reading",
-    ).data(
-        [
-            (
-                row["b_account_id"],
-                row["b_was_updated_at"],
-                row["b_limits"],
-                row["b_equity"],
-                row["b_balance"],
-                row["b_margin_level"],
-                row["b_currency"],
-                row["b_at"],
-            )
-            for row in quiet
-        ]
+    readings = [
+        {
+            "account_id": row["b_account_id"],
+            "was_updated_at": _json_text(row["b_was_updated_at"]),
+            "limits": row["b_limits"],
+            "equity": _json_text(row["b_equity"]),
+            "balance": _json_text(row["b_balance"]),
+            "margin_level": _json_text(row["b_margin_level"]),
+            "currency": row["b_currency"],
+            "at": _json_text(row["b_at"]),
+        }
+        for row in quiet
+    ]
+    written = session.execute(
+        _QUIET_UPDATE_MANY, {"readings": json.dumps(readings), "quiet_states": list(QUIET_STATES)}
     )
-
-    def typed(name: str) -> Any:
-        # A column of NULLs alone is text to Postgres: each value is cast to its column's type.
-        return sa.cast(given.c[name], columns[name if name != "at" else "read_at"].type)
-
-    statement = (
-        _guard_states.update()
-        .where(
-            columns.account_id == given.c.account_id,
-            columns.updated_at == sa.cast(given.c.was_updated_at, columns.updated_at.type),
-            columns.state.in_(QUIET_STATES),
-            columns.halted_at.is_(None),
-        )
-        .values(
-            limits=typed("limits"),
-            margin_streak=0,
-            equity=typed("equity"),
-            balance=typed("balance"),
-            margin_level=typed("margin_level"),
-            currency=typed("currency"),
-            read_at=typed("at"),
-            updated_at=typed("at"),
-        )
-        .returning(columns.account_id)
-    )
-    return set(session.scalars(statement))
+    return set(written.scalars())
 
 
 def _quiet_limits(row: Any, settings: RiskSettings, reading: rules.Reading) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ engine as before."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -352,6 +353,65 @@ def test_a_batch_writes_its_quiet_readings_in_one_statement_and_leaves_the_one_t
         sa.event.remove(engine, "before_cursor_execute", count_updates)
     assert [(o.account_id, o.status, o.state) for o in outcomes] == [(i, "ok", "ok") for i in ids]
     assert calls == [raced]
-    assert len([s for s in statements if "FROM (VALUES" in s]) == 1
+    assert len([s for s in statements if "jsonb_to_recordset" in s]) == 1
     for account_id in ids:
         assert figures(db_session, account_id) == expected[account_id], account_id
+
+
+def test_the_batch_write_applies_only_to_rows_as_read_that_are_quiet_and_keeps_every_figure_exact(
+    make_account, db_session
+):
+    """`_write_quiet` on Postgres (one statement, its readings as JSON): a row is written only while its
+    `updated_at` is the one read, its state quiet and the account not halted; what it writes comes back
+    exactly (decimals to the column's places, a NULL margin level, the reading's time to the microsecond)."""
+    was = datetime(2026, 11, 30, 9, 15, 1, 123456, tzinfo=UTC)
+    at = datetime(2026, 11, 30, 9, 15, 11, 654321, tzinfo=UTC)
+    ids = [make_account() for _ in range(5)]
+    fresh, alert, halted, moved, warning = ids
+    for account_id in ids:
+        db_session.add(GuardState(account_id=account_id, state="ok", limits={}, margin_streak=3))
+    db_session.flush()
+    db_session.get(GuardState, alert).state = "alert"
+    db_session.get(GuardState, halted).halted_at = was
+    db_session.get(GuardState, moved).updated_at = datetime(2026, 11, 30, 9, 15, 1, 123457, tzinfo=UTC)
+    db_session.get(GuardState, warning).state = "warning"
+    db_session.flush()
+    # As read: the changes above moved `updated_at` (onupdate), which is not what is tested here.
+    db_session.execute(
+        sa.update(GuardState)
+        .where(GuardState.account_id.in_([fresh, alert, halted, warning]))  # `moved`: a microsecond on
+        .values(updated_at=was)
+    )
+    db_session.commit()
+
+    def reading(account_id, margin_level):
+        return {
+            "b_account_id": account_id,
+            "b_was_updated_at": was,
+            "b_limits": {"tight drawdown": {"peak": "10012.3400", "streak": 0}},
+            "b_equity": Decimal("10012.3456789"),
+            "b_balance": Decimal("10000"),
+            "b_margin_level": margin_level,
+            "b_currency": "USD",
+            "b_at": at,
+        }
+
+    written = readings._write_quiet(
+        db_session, [reading(fresh, None), *(reading(i, Decimal("512.12345")) for i in ids[1:])]
+    )
+    db_session.commit()
+    assert written == {fresh, warning}
+    db_session.expire_all()
+    row = db_session.get(GuardState, fresh)
+    assert (row.equity, row.balance, row.margin_level, row.currency) == (
+        Decimal("10012.3457"),
+        Decimal("10000.0000"),
+        None,
+        "USD",
+    )
+    assert (row.read_at, row.updated_at, row.margin_streak) == (at, at, 0)
+    assert row.limits == {"tight drawdown": {"peak": "10012.3400", "streak": 0}}
+    assert db_session.get(GuardState, warning).margin_level == Decimal("512.1235")
+    for untouched in (alert, halted, moved):
+        row = db_session.get(GuardState, untouched)
+        assert (row.equity, row.margin_streak, row.read_at) == (None, 3, None), untouched
