@@ -415,3 +415,11 @@ def test_the_batch_write_applies_only_to_rows_as_read_that_are_quiet_and_keeps_e
     for untouched in (alert, halted, moved):
         row = db_session.get(GuardState, untouched)
         assert (row.equity, row.margin_streak, row.read_at) == (None, 3, None), untouched
+
+
+def test_the_batch_writes_json_carries_decimals_and_times_as_exact_text_a_naive_time_as_utc():
+    assert readings._json_text(Decimal("10012.3456789")) == "10012.3456789"
+    aware = datetime(2026, 11, 30, 9, 15, 1, 123456, tzinfo=UTC)
+    assert readings._json_text(aware) == "2026-11-30T09:15:01.123456+00:00"
+    assert readings._json_text(aware.replace(tzinfo=None)) == "2026-11-30T09:15:01.123456+00:00"
+    assert readings._json_text("USD") == "USD" and readings._json_text(None) is None
