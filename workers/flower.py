@@ -5,7 +5,7 @@ once and kept in instance/flower-auth so that the embedded setup is never left o
 in its environment (Flower reads FLOWER_<option> variables), never on its command line: `ps` shows any
 process's command line to every user of the machine, its environment only to the process and root.
 
-Flower runs in a process of its own (`--serve`) with a deadline on its stop; see `stop_within`.
+Flower itself runs from this module too (`--serve`), with a deadline on its stop; see `stop_within`.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "min_margin_level_percent": None,
     # A default spread limit is for a blow-out, not for a market's ordinary width: at 20 pips the
     # simulator's gold (2 digits, 30 points: a pip is a point there) had every holder of it warned for as
-    # long as it quoted; at 50 it is quiet, and a forex major's spread must widen fifty-fold to warn.
+    # long as it quoted; at 50 it is quiet, and the simulator's forex majors (1-1.4 pips) must widen some
+    # forty- to fifty-fold to warn.
     "market": {"max_spread_pips": 50, "max_gap_pips": 50, "stale_quote_seconds": 120, "action": "warn"},
     "orders": {
         "max_lots_per_order": None,
