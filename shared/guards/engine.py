@@ -290,7 +290,7 @@ def record_reading(
 
     state.equity, state.balance, state.margin_level = reading.equity, reading.balance, reading.margin_level
     state.currency, state.read_at = currency, reading.at
-    market_warning = any(entry.get("warned") for entry in rules.market_entries(state.limits).values())
+    market_warning = bool(rules.market_warnings(state.limits))
     state.state = _summary(
         state, alert, any_warning or margin_low or market_warning or bool(state.blocked_symbols)
     )

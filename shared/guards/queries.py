@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from shared.core.db import DbSession
 from shared.core.ownership import get_owned
 from shared.core.pagination import Page, paginate
-from shared.guards.rules import market_entries
+from shared.guards.rules import market_warnings
 from shared.guards.settings import RiskSettings
 from shared.models import (
     LIVE_ALERT_STATUSES,
@@ -160,8 +160,7 @@ def _market_warnings(stored: Mapping[str, Any]) -> list[BlockedSymbol]:
         BlockedSymbol(
             symbol=symbol, reason=entry.get("reason"), kind=entry.get("kind"), since=_when(entry.get("since"))
         )
-        for symbol, entry in sorted(market_entries(stored).items())
-        if isinstance(entry, Mapping) and entry.get("warned")
+        for symbol, entry in sorted(market_warnings(stored).items())
     ]
 
 

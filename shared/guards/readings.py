@@ -547,7 +547,7 @@ def _record_quiet(
     # In account order, as every batch that writes guard states goes (check_accounts): two batches
     # then never each hold a row the other waits for.
     for account_id, row, reading, limits, problems in sorted(candidates, key=lambda c: c[0]):
-        warned = rules.market_entries(row.limits)  # all told already (`_quiet_limits`)
+        warned = rules.market_warnings(row.limits)  # every market entry (`_quiet_limits`)
         if set(problems).intersection(held.get(account_id, ())) != set(warned):
             continue  # a problem begins or ends on a held symbol: the engine's to decide
         for symbol, entry in warned.items():
@@ -614,19 +614,8 @@ def _write_quiet(session: DbSession, quiet: list[dict[str, Any]]) -> set[int]:
             for row in quiet
             if session.execute(_QUIET_UPDATE, row).rowcount  # type: ignore[attr-defined]
         }
-    readings = [
-        {
-            "account_id": row["b_account_id"],
-            "was_updated_at": _json_text(row["b_was_updated_at"]),
-            "limits": row["b_limits"],
-            "equity": _json_text(row["b_equity"]),
-            "balance": _json_text(row["b_balance"]),
-            "margin_level": _json_text(row["b_margin_level"]),
-            "currency": row["b_currency"],
-            "at": _json_text(row["b_at"]),
-        }
-        for row in quiet
-    ]
+    # The same values as `_QUIET_UPDATE`'s parameters, named as the statement's record columns.
+    readings = [{name.removeprefix("b_"): _json_text(value) for name, value in row.items()} for row in quiet]
     written = session.execute(
         _QUIET_UPDATE_MANY, {"readings": json.dumps(readings), "quiet_states": list(QUIET_STATES)}
     )
@@ -637,7 +626,7 @@ def _quiet_limits(row: Any, settings: RiskSettings, reading: rules.Reading) -> d
     """The limits' JSON after this reading when, but for the market guard, it is quiet (see
     `_record_quiet`), else None."""
     stored = row.limits or {}
-    market = list(rules.market_entries(stored).values())
+    market = rules.market_entries(stored)
     # A market warning told already, with the market guard still set to warn, changes nothing while it
     # stands (`_record_quiet` checks that it does); a streak still building up is the engine's to count.
     # The engine keeps an account with a warning in `warning`: with the guard set to block or close
@@ -649,7 +638,7 @@ def _quiet_limits(row: Any, settings: RiskSettings, reading: rules.Reading) -> d
         or row.initial_balance is None
         or row.margin_streak
         or row.blocked_symbols
-        or not all(isinstance(entry, Mapping) and entry.get("warned") for entry in market)
+        or rules.market_warnings(stored).keys() != market.keys()
     ):
         return None
     if rules.margin_breached(reading.margin_level, settings.min_margin_level_percent):

@@ -228,6 +228,15 @@ def market_entries(limits: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def market_warnings(limits: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The market guard's entries whose problem was confirmed and told (its action `warn`), by symbol."""
+    return {
+        symbol: entry
+        for symbol, entry in market_entries(limits).items()
+        if isinstance(entry, Mapping) and entry.get("warned")
+    }
+
+
 def standing_warning(
     previous: Mapping[str, Any], streak: int, kind: str, reason: str, at: datetime
 ) -> dict[str, Any]:

@@ -368,3 +368,6 @@ def test_the_market_guards_entries_are_read_by_symbol_and_a_standing_warning_kee
     }
     later = rules.standing_warning(first, 3, "gap", "price jumped 60 pips > 50", NOW + timedelta(seconds=9))
     assert later == {**first, "streak": 3, "kind": "gap", "reason": "price jumped 60 pips > 50"}
+    told = {**limits, "market:GBPUSD": first, "market:USDJPY": {"streak": 3, "warned": False}}
+    assert rules.market_warnings(told) == {"GBPUSD": first}
+    assert rules.market_warnings(None) == {}
