@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from shared.core.signing import signature_matches
 
@@ -27,10 +28,22 @@ class Received:
 
 class Receiver:
     """`answer(n)` says what the n-th request (from 0) gets: a status code, or (seconds to wait first,
-    status code)."""
+    status code). Every answer has the headers Content-Type and `location`, and the body `body` (by
+    default "answer {status}"); with `drip_seconds`, one more header is sent a byte every 0.3 s for that
+    long, each byte well inside any timeout (as a receiver that holds a connection on purpose does)."""
 
-    def __init__(self, answer: Callable[[int], int | tuple[float, int]]):
+    def __init__(
+        self,
+        answer: Callable[[int], int | tuple[float, int]],
+        *,
+        body: bytes | None = None,
+        location: str = "http://127.0.0.1:1/elsewhere",
+        drip_seconds: float = 0.0,
+    ):
         self.answer = answer
+        self.body = body
+        self.location = location
+        self.drip_seconds = drip_seconds
         self.received: list[Received] = []
         self._lock = threading.Lock()
         receiver = self
@@ -49,9 +62,17 @@ class Receiver:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "text/plain")
-                    self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+                    self.send_header("Location", receiver.location)
+                    if receiver.drip_seconds:
+                        self.flush_headers()
+                        self.wfile.write(b"X-Drip: ")
+                        until = time.monotonic() + receiver.drip_seconds
+                        while time.monotonic() < until:
+                            self.wfile.write(b".")
+                            time.sleep(0.3)
+                        self.wfile.write(b"\r\n")
                     self.end_headers()
-                    self.wfile.write(f"answer {status}".encode())
+                    self.wfile.write(f"answer {status}".encode() if receiver.body is None else receiver.body)
                 except OSError:
                     pass  # the sender gave up waiting and closed the connection
 
@@ -69,8 +90,11 @@ class Receiver:
 
 
 @contextmanager
-def receiver(answer: Callable[[int], int | tuple[float, int]] = lambda _: 200) -> Iterator[Receiver]:
-    running = Receiver(answer)
+def receiver(
+    answer: Callable[[int], int | tuple[float, int]] = lambda _: 200, **options: Any
+) -> Iterator[Receiver]:
+    """A running Receiver (`options`: its body, location, drip_seconds)."""
+    running = Receiver(answer, **options)
     thread = threading.Thread(
         target=running.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )

@@ -4,12 +4,14 @@ and record what happened. Run by a worker (`tradeguard.deliver_webhooks`, one ta
 `tradeguard.deliver_webhook` for a retry), never in a web request.
 
 A receiver's fault (refused, timed out, an error status, a redirect) is recorded on the delivery and
-retried on the schedule of `rules.retry_delay`; it never raises out of `attempt`.
+retried on the schedule of `rules.retry_delay`; it never raises out of `attempt`. Nor does a fault of ours
+in one delivery's attempt: it is that delivery's failed attempt, not its batch's.
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import logging
 import socket
 import ssl
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -28,6 +30,9 @@ from shared.core.executors import Inline
 from shared.models import DeliveryStatus, Webhook, WebhookDelivery
 from shared.notifications import rules
 from shared.notifications.rules import Target
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger(__name__)
 
@@ -79,28 +84,92 @@ def allowed_addresses(target: Target, *, allow_private: bool, resolver: Resolver
 # --- the POST ---------------------------------------------------------------------------------------
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """An HTTP connection to `address`, speaking to it as `host` (the Host header is the host's)."""
+class _Deadline:
+    """The end of one attempt. A socket's timeout bounds each of its operations, not their sum: a
+    receiver that drips its answer a byte at a time keeps every read inside it for as long as it likes
+    (past the attempt's lease: another worker would POST the delivery again meanwhile). So each network
+    step's timeout is its own (`step`) or what is left of the attempt, whichever is less."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, seconds: float, step: float):
+        self.seconds = seconds
+        self.step = step
+        self._at = time.monotonic() + seconds
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self._at
+
+    def timeout(self) -> float:
+        """The next network step's timeout; TimeoutError when the attempt has no time left."""
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no time left of the attempt's {self.seconds:g} s")
+        return min(self.step, left)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The answer's bytes from `raw` (the socket's reader), each read's timeout set by the deadline."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: _Deadline):
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        self._sock.settimeout(self._deadline.timeout())
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()  # lets the socket close (a reader of it keeps it open)
+        super().close()
+
+
+def _answer_class(deadline: _Deadline) -> type[http.client.HTTPResponse]:
+    """The class http.client reads the answer with (status line, headers, body): through a
+    _DeadlineReader."""
+
+    class DeadlineResponse(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any):
+            super().__init__(sock, *args, **kwargs)
+            # Nothing is read yet: the socket's reader moves under one that keeps to the deadline.
+            self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, deadline))
+
+    return DeadlineResponse
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to `address`, speaking to it as `host` (the Host header is the host's), every
+    step of it within `deadline`."""
+
+    def __init__(self, host: str, port: int, address: str, deadline: _Deadline):
+        super().__init__(host, port, timeout=deadline.step)
         self._address = address
+        self._deadline = deadline
+        self.response_class = _answer_class(deadline)
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = socket.create_connection((self._address, self.port), self._deadline.timeout())
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """TLS to `address`, with the host's name in SNI and its certificate checked against that name."""
+    """TLS to `address`, with the host's name in SNI and its certificate checked against that name,
+    every step of it within `deadline`."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext):
-        super().__init__(host, port, timeout=timeout, context=context)
+    def __init__(self, host: str, port: int, address: str, deadline: _Deadline, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=deadline.step, context=context)
         self._address = address
+        self._deadline = deadline
         self._tls = context
+        self.response_class = _answer_class(deadline)
 
     def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
+        raw = socket.create_connection((self._address, self.port), self._deadline.timeout())
         try:
+            raw.settimeout(self._deadline.timeout())  # the handshake's whole (ssl counts it so)
             self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
         except BaseException:
             raw.close()
@@ -120,33 +189,45 @@ class Answer:
 
 
 def post(
-    target: Target, addresses: Sequence[str], body: bytes, headers: dict[str, str], timeout: float
+    target: Target,
+    addresses: Sequence[str],
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    within: float,
 ) -> Answer:
     """POST `body` to `target` at the first of `addresses` that accepts a connection. Each network step
-    (connect, TLS, send, the answer's first bytes) may take `timeout` seconds; redirects are not
-    followed (a 3xx is a failed attempt); at most RESPONSE_EXCERPT_BYTES of the answer are read."""
+    (connect, TLS, send, each read of the answer) may take `timeout` seconds, and all of them, over
+    every address, `within` seconds; redirects are not followed (a 3xx is a failed attempt); at most
+    RESPONSE_EXCERPT_BYTES of the answer are read."""
+    deadline = _Deadline(within, timeout)
+    out_of_time = Answer(None, f"no complete answer within {within:g} s")
     connection_error: str | None = None
     for address in addresses:
         connection: http.client.HTTPConnection
         if target.scheme == "https":
             connection = _PinnedHTTPSConnection(
-                target.host, target.port, address, timeout, ssl.create_default_context()
+                target.host, target.port, address, deadline, ssl.create_default_context()
             )
         else:
-            connection = _PinnedHTTPConnection(target.host, target.port, address, timeout)
+            connection = _PinnedHTTPConnection(target.host, target.port, address, deadline)
         try:
             try:
                 connection.connect()
             except (OSError, ssl.SSLError) as exc:
+                if deadline.passed:
+                    return out_of_time
                 # Not answered at this address: the next one may (a host with IPv6 and IPv4, say).
                 connection_error = f"could not connect to {address}: {type(exc).__name__}: {exc}"
                 continue
             try:
+                if connection.sock is not None:  # connected: the send's timeout is what is left
+                    connection.sock.settimeout(deadline.timeout())
                 connection.request("POST", target.path, body=body, headers=headers)
                 response = connection.getresponse()
                 excerpt = response.read(RESPONSE_EXCERPT_BYTES)
             except TimeoutError:
-                return Answer(None, f"no answer within {timeout:g} s")
+                return out_of_time if deadline.passed else Answer(None, f"no answer within {timeout:g} s")
             except (OSError, http.client.HTTPException) as exc:
                 return Answer(None, f"{type(exc).__name__}: {exc}")
             status = response.status
@@ -182,9 +263,15 @@ class DeliverySettings:
     retry_scale: float = 1.0
 
     @property
+    def attempt_seconds(self) -> float:
+        """How long one attempt's network steps (connect, send, the whole answer) may take together: as
+        long as three steps each within its timeout."""
+        return 3 * self.timeout_seconds
+
+    @property
     def lease(self) -> timedelta:
         """How long a claimed attempt keeps others off the delivery: longer than any attempt can take
-        (a look-up and each network step within its timeout), so two never POST at once."""
+        (a look-up, then its network steps within attempt_seconds), so two never POST at once."""
         return timedelta(seconds=4 * self.timeout_seconds + 30)
 
 
@@ -263,14 +350,30 @@ def attempt_many(
             secret = box.decrypt(webhook.secret_encrypted)
         except SecretUnreadable as exc:  # the operator's to fix (the key list); retried meanwhile
             secret = exc
-        return [(d.id, _send(d, webhook.url, secret, settings, resolver or resolve)) for d in in_order]
+        answers = []
+        for d in in_order:
+            try:
+                answer = _send(d, webhook.url, secret, settings, resolver or resolve)
+            except Exception as exc:
+                # A fault of ours, not the receiver's: this delivery's attempt failed (retried on the
+                # schedule). Raised, it would lose the results of the batch's other POSTs, which went
+                # out: they would be sent again.
+                log.exception("webhook delivery %s: its attempt failed unexpectedly", d.delivery_id)
+                answer = _unexpected(exc)
+            answers.append((d.id, answer))
+        return answers
 
     runner = executor or Inline()
-    futures = [
-        runner.submit(post_in_order, webhooks[webhook_id], rows) for webhook_id, rows in by_webhook.items()
+    submitted = [
+        (rows, runner.submit(post_in_order, webhooks[webhook_id], rows))
+        for webhook_id, rows in by_webhook.items()
     ]
-    for future in futures:
-        results.update(future.result())
+    for rows, future in submitted:
+        try:
+            results.update(future.result())
+        except Exception as exc:  # before its first POST: its secret could not be read, unexpectedly
+            log.exception("webhook %s: its deliveries' attempts failed unexpectedly", rows[0].webhook_id)
+            results.update((d.id, _unexpected(exc)) for d in rows)
 
     at = now()
     for delivery in deliveries:
@@ -283,6 +386,11 @@ def attempt_many(
 
 
 _DELETED = "the webhook was deleted"
+
+
+def _unexpected(exc: Exception) -> Answer:
+    """The failed answer of an attempt that raised what no receiver's fault raises: a fault of ours."""
+    return Answer(None, f"failed unexpectedly: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -328,17 +436,31 @@ def _recorded(
 
 def _claim(session: DbSession, delivery_ids: list[str], at: datetime, lease: timedelta) -> dict[int, int]:
     """Take these deliveries' next attempts: each claimed row's id with its attempt's number. Left out:
-    those not pending, not due, or held by another worker (its claim pushed next_attempt_at past now)."""
+    those not pending, not due, or held by another worker (its claim pushed next_attempt_at past now).
+
+    Never an attempt past rules.MAX_ATTEMPTS: a due delivery that has had them all (its last attempt's
+    worker died before recording it) is failed here, saying so; claimed again, it would be sent for ever
+    (the sweep finds it due every minute)."""
+    due = (
+        WebhookDelivery.delivery_id.in_(delivery_ids),
+        WebhookDelivery.status == DeliveryStatus.PENDING,
+        sa.or_(
+            WebhookDelivery.next_attempt_at.is_(None),
+            WebhookDelivery.next_attempt_at <= at + EARLY_TOLERANCE,
+        ),
+    )
+    used_up = session.execute(
+        sa.update(WebhookDelivery)
+        .where(*due, WebhookDelivery.attempts >= rules.MAX_ATTEMPTS)
+        .values(status=DeliveryStatus.FAILED, last_error=rules.ATTEMPTS_USED_UP, next_attempt_at=None)
+        .returning(WebhookDelivery.delivery_id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    for delivery_id in used_up:
+        log.warning("webhook delivery %s failed for good: %s", delivery_id, rules.ATTEMPTS_USED_UP)
     statement = (
         sa.update(WebhookDelivery)
-        .where(
-            WebhookDelivery.delivery_id.in_(delivery_ids),
-            WebhookDelivery.status == DeliveryStatus.PENDING,
-            sa.or_(
-                WebhookDelivery.next_attempt_at.is_(None),
-                WebhookDelivery.next_attempt_at <= at + EARLY_TOLERANCE,
-            ),
-        )
+        .where(*due, WebhookDelivery.attempts < rules.MAX_ATTEMPTS)
         .values(attempts=WebhookDelivery.attempts + 1, next_attempt_at=at + lease)
         .returning(WebhookDelivery.id, WebhookDelivery.attempts)
         .execution_options(synchronize_session=False)
@@ -391,4 +513,4 @@ def _send(
         timestamp=timestamp,
         signature=rules.sign(secret, timestamp, body),
     )
-    return post(target, addresses, body, headers, settings.timeout_seconds)
+    return post(target, addresses, body, headers, settings.timeout_seconds, settings.attempt_seconds)

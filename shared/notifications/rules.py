@@ -32,6 +32,9 @@ def sign(secret: str, timestamp: int | str, body: bytes) -> str:
 # (about an hour) from the first attempt to the last, ten attempts in all.
 RETRY_DELAYS: tuple[float, ...] = (10, 30, 60, 120, 300, 600, 900, 900, 900)
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+# The last_error of a delivery still pending after its last attempt: that attempt's result was never
+# recorded (its worker died in it), and no attempt comes after it.
+ATTEMPTS_USED_UP = f"failed: all {MAX_ATTEMPTS} attempts made, the last one's result was never recorded"
 
 
 def retry_delay(attempt: int, scale: float = 1.0) -> float | None:
@@ -131,13 +134,21 @@ def parse_url(url: str) -> Target | str:
     its host resolves to an allowed address is `delivery`'s to find out."""
     if len(url) > MAX_URL_LENGTH:
         return f"at most {MAX_URL_LENGTH} characters"
-    if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        return "must not contain spaces or control characters"
+    # Printable ASCII only: the request line is sent as ASCII (http.client cannot send the rest, and every
+    # delivery of such a URL would fail), and a right-to-left mark or a look-alike letter can make a URL
+    # read as another one in a listing.
+    if any(not 33 <= ord(c) <= 126 for c in url):
+        return (
+            "must not contain spaces, control or non-ASCII characters: percent-encode them (é as %C3%A9), "
+            "and write an international host name in its xn-- form"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         return f"not a valid URL: {exc}"
+    if port == 0:
+        return "port 0 is not a port a receiver can listen on"
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         return "must be an http:// or https:// URL"
@@ -153,7 +164,7 @@ def parse_url(url: str) -> Target | str:
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
-    return Target(scheme, host, port or (443 if scheme == "https" else 80), path)
+    return Target(scheme, host, port if port is not None else (443 if scheme == "https" else 80), path)
 
 
 # --- the payload ----------------------------------------------------------------------------------
@@ -203,6 +214,12 @@ def headers(*, delivery_id: str, event: str, timestamp: int, signature: str) -> 
     }
 
 
+# The C0 control characters: those that are whitespace become spaces in `error_text`, the others (NUL
+# first: PostgreSQL refuses it in text) U+FFFD, as undecodable bytes of an answer do.
+_CONTROL_CHARACTERS = dict.fromkeys(range(0x20), "\ufffd")
+
+
 def error_text(message: str, limit: int = 500) -> str:
-    """An error for the last_error column: one line, bounded."""
-    return " ".join(message.split())[:limit]
+    """An error for the last_error column: one line, bounded, without control characters (it quotes the
+    receiver's answer: its body, its Location)."""
+    return " ".join(message.split()).translate(_CONTROL_CHARACTERS)[:limit]

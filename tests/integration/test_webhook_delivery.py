@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from shared.core.extensions import secret_box, task_queue
-from shared.models import DeliveryStatus, User, WebhookDelivery
+from shared.models import DeliveryStatus, User, Webhook, WebhookDelivery
 from shared.notifications import delivery, rules, webhooks
 from shared.notifications.delivery import DeliverySettings, Outcome
 from tests.webhook_receiver import receiver
@@ -231,3 +233,208 @@ def test_a_commits_deliveries_are_attempted_together_each_recorded_on_its_own(db
             else:
                 assert (after.status, after.status_code, after.attempts) == (DeliveryStatus.PENDING, 500, 1)
                 assert after.last_error.startswith("HTTP 500")
+
+
+def test_an_unexpected_error_in_one_delivery_fails_that_attempt_only(
+    db_session, owner, dns, monkeypatch, caplog
+):
+    """A fault of ours in one delivery's attempt (here what http.client raised for a non-ASCII path) is
+    that attempt's failure, logged with its traceback: the batch's other POSTs, which went out, are
+    recorded (not left pending, to be sent again), and so is the failed attempt, retried on the
+    schedule."""
+    with receiver() as good:
+        dns["good.example.test"] = ["127.0.0.1"]
+        dns["broken.example.test"] = ["127.0.0.1"]
+        box = secret_box()
+        for host in ("good", "broken"):
+            webhooks.create_webhook(
+                db_session,
+                box,
+                owner,
+                url=f"http://{host}.example.test:{good.port}/in",
+                events=None,
+                allow_private=True,
+            )
+        for account_id in (1, 2):
+            assert (
+                webhooks.notify(
+                    db_session, task_queue(), owner.id, "alert.pending", {"account_id": account_id}
+                )
+                == 2
+            )
+        db_session.commit()
+        rows = db_session.scalars(
+            sa.select(WebhookDelivery)
+            .where(WebhookDelivery.owner_id == owner.id)
+            .order_by(WebhookDelivery.id)
+        ).all()
+        broken_hook = rows[1].webhook_id
+        real_post = delivery.post
+
+        def post(target, *args):
+            if target.host == "broken.example.test":
+                raise UnicodeEncodeError("ascii", "POST /é HTTP/1.1", 6, 7, "ordinal not in range(128)")
+            return real_post(target, *args)
+
+        monkeypatch.setattr(delivery, "post", post)
+
+        with ThreadPoolExecutor(max_workers=4) as threads:
+            outcomes = delivery.attempt_many(
+                db_session, box, [row.delivery_id for row in rows], ALLOW_PRIVATE, executor=threads
+            )
+
+        assert good.count() == 2
+        for row in rows:
+            after = reloaded(db_session, row)
+            if row.webhook_id == broken_hook:
+                assert outcomes[row.delivery_id] == Outcome(
+                    DeliveryStatus.PENDING, retry_in=rules.retry_delay(1)
+                )
+                assert (after.status, after.attempts, after.status_code) == (DeliveryStatus.PENDING, 1, None)
+                assert after.last_error.startswith("failed unexpectedly: UnicodeEncodeError: 'ascii' codec")
+            else:
+                assert outcomes[row.delivery_id] == Outcome(DeliveryStatus.DELIVERED)
+                assert (after.status, after.attempts, after.status_code) == (DeliveryStatus.DELIVERED, 1, 200)
+        logged = [r for r in caplog.records if r.name == delivery.log.name and r.exc_info]
+        broken_ids = {row.delivery_id for row in rows if row.webhook_id == broken_hook}
+        assert {next(i for i in broken_ids if i in r.getMessage()) for r in logged} == broken_ids
+        assert all(r.exc_info[0] is UnicodeEncodeError for r in logged)
+
+        # Run again (the sweep): the delivered ones are not sent again.
+        delivery.attempt_many(db_session, box, [row.delivery_id for row in rows], ALLOW_PRIVATE)
+        assert good.count() == 2
+
+
+def test_a_webhook_stored_with_a_non_ascii_url_fails_its_attempts_saying_why(db_session, owner, dns):
+    """A URL registered before non-ASCII ones were refused is refused at its delivery, as a failed
+    attempt (http.client raised on it, every time, taking its batch with it)."""
+    with receiver() as hook_receiver:
+        dns["hooks.example.test"] = ["127.0.0.1"]
+        _, row = one_delivery(db_session, owner, f"http://hooks.example.test:{hook_receiver.port}/in")
+        db_session.get(Webhook, row.webhook_id).url = f"http://hooks.example.test:{hook_receiver.port}/é"
+        db_session.commit()
+
+        outcome = delivery.attempt(db_session, secret_box(), row.delivery_id, ALLOW_PRIVATE)
+
+        assert outcome == Outcome(DeliveryStatus.PENDING, retry_in=rules.retry_delay(1))
+        assert hook_receiver.count() == 0
+        after = reloaded(db_session, row)
+        assert after.attempts == 1 and "the webhook's URL is refused" in after.last_error
+        assert "non-ASCII" in after.last_error
+
+
+def test_a_delivery_whose_attempts_keep_raising_fails_after_its_last(db_session, owner, dns, monkeypatch):
+    """Each attempt that raises is counted and recorded: after the last the delivery is failed, and the
+    sweep stops sending it (it was claimed for ever, with no error recorded)."""
+    dns["hooks.example.test"] = ["127.0.0.1"]
+    _, row = one_delivery(db_session, owner, "http://hooks.example.test:1/in")
+
+    def post(*args):
+        raise RuntimeError("a fault of ours")
+
+    monkeypatch.setattr(delivery, "post", post)
+    at = delivery.utcnow()
+    for _ in range(rules.MAX_ATTEMPTS + 5):
+        at += timedelta(hours=1)  # past any retry's delay and any claim's lease
+        delivery.attempt(
+            db_session, secret_box(), row.delivery_id, ALLOW_PRIVATE, now=lambda moment=at: moment
+        )
+
+    after = reloaded(db_session, row)
+    assert (after.status, after.attempts) == (DeliveryStatus.FAILED, rules.MAX_ATTEMPTS)
+    assert after.last_error == "failed unexpectedly: RuntimeError: a fault of ours"
+    assert webhooks.deliveries_due(db_session, at + timedelta(days=1)) == []
+
+
+def test_a_delivery_is_never_claimed_past_its_last_attempt(db_session, owner, dns):
+    """A delivery still pending after its last attempt (whose worker died before recording it) is
+    failed, saying so, once that attempt's lease is over: never attempted an eleventh time."""
+    with receiver() as hook_receiver:
+        dns["hooks.example.test"] = ["127.0.0.1"]
+        _, row = one_delivery(db_session, owner, f"http://hooks.example.test:{hook_receiver.port}/in")
+        now = delivery.utcnow()
+        row.attempts = rules.MAX_ATTEMPTS
+        row.next_attempt_at = now + timedelta(seconds=30)  # the last attempt's lease, still running
+        db_session.commit()
+
+        # While the last attempt may still record its result, it is left to it.
+        assert delivery.attempt(db_session, secret_box(), row.delivery_id, ALLOW_PRIVATE) == Outcome(None)
+        assert reloaded(db_session, row).status == DeliveryStatus.PENDING
+
+        later = now + timedelta(minutes=1)
+        assert delivery._claim(db_session, [row.delivery_id], later, ALLOW_PRIVATE.lease) == {}
+        assert delivery.attempt(
+            db_session, secret_box(), row.delivery_id, ALLOW_PRIVATE, now=lambda: later
+        ) == Outcome(None)
+
+        assert hook_receiver.count() == 0
+        after = reloaded(db_session, row)
+        assert (after.status, after.attempts, after.next_attempt_at) == (
+            DeliveryStatus.FAILED,
+            rules.MAX_ATTEMPTS,
+            None,
+        )
+        assert after.last_error == rules.ATTEMPTS_USED_UP
+        assert "10 attempts" in after.last_error and "never recorded" in after.last_error
+        assert webhooks.deliveries_due(db_session, later + timedelta(days=1)) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "recorded"),
+    [
+        (500, {"body": b"bad\x00thing"}, "HTTP 500: bad\ufffdthing"),
+        (
+            302,
+            {"location": "http://127.0.0.1:1/\x00evil"},
+            "HTTP 302: redirects are not followed (http://127.0.0.1:1/\ufffdevil)",
+        ),
+    ],
+)
+def test_a_nul_in_a_receivers_answer_is_recorded_as_a_replacement_character(
+    db_session, owner, dns, status, answer, recorded
+):
+    """PostgreSQL refuses NUL in text: quoted as it came, a receiver's answer failed the write of its
+    batch's results (every delivery of it sent again)."""
+    assert db_session.get_bind().dialect.name == "postgresql"
+    with receiver(lambda _: status, **answer) as hook_receiver:
+        dns["hooks.example.test"] = ["127.0.0.1"]
+        _, row = one_delivery(db_session, owner, f"http://hooks.example.test:{hook_receiver.port}/in")
+
+        outcome = delivery.attempt(db_session, secret_box(), row.delivery_id, ALLOW_PRIVATE)
+
+        assert outcome == Outcome(DeliveryStatus.PENDING, retry_in=rules.retry_delay(1))
+        after = reloaded(db_session, row)
+        assert (after.status, after.attempts, after.status_code, after.last_error) == (
+            DeliveryStatus.PENDING,
+            1,
+            status,
+            recorded,
+        )
+
+
+def test_a_receiver_dripping_its_answer_is_cut_off_at_the_attempts_deadline(db_session, owner, dns):
+    """A byte every 0.3 s keeps each read inside the 1-s timeout: the attempt as a whole is bounded
+    (3 s), well inside its lease, so no other worker claims the delivery and POSTs it while it runs
+    (it took as long as the receiver dripped: 15 s here)."""
+    settings = DeliverySettings(allow_private=True, timeout_seconds=1)
+    deadline = 3.0
+    with receiver(drip_seconds=15) as hook_receiver:
+        dns["hooks.example.test"] = ["127.0.0.1"]
+        _, row = one_delivery(db_session, owner, f"http://hooks.example.test:{hook_receiver.port}/in")
+
+        started = time.monotonic()
+        outcome = delivery.attempt(db_session, secret_box(), row.delivery_id, settings)
+        took = time.monotonic() - started
+
+        assert deadline <= took < deadline + 1.0, took
+        assert outcome == Outcome(DeliveryStatus.PENDING, retry_in=rules.retry_delay(1))
+        assert hook_receiver.count() == 1
+        after = reloaded(db_session, row)
+        assert (after.status, after.attempts, after.status_code, after.last_error) == (
+            DeliveryStatus.PENDING,
+            1,
+            None,
+            "no complete answer within 3 s",
+        )
+    assert settings.attempt_seconds == deadline
+    assert deadline + 10 < settings.lease.total_seconds()

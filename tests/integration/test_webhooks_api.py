@@ -59,6 +59,11 @@ def test_without_events_a_webhook_receives_every_event(api, dns):
         ({"url": "http://169.254.169.254/latest"}, "url", "metadata"),
         ({"url": "http://internal.example.com/hook"}, "url", "10.1.2.3"),
         ({"url": "https://no-such-host.invalid/hook"}, "url", "does not resolve"),
+        # Every delivery to these failed in http.client, and took its batch down with it.
+        ({"url": "https://hooks.example.com/é"}, "url", "non-ASCII"),
+        ({"url": "https://hooks.example.com/\u202egnp.exe"}, "url", "non-ASCII"),
+        # Port 0 was delivered to port 443.
+        ({"url": "https://hooks.example.com:0/hook"}, "url", "port 0"),
         ({"url": "https://hooks.example.com/", "events": ["trade.filled", "trade.exploded"]}, "events.1", ""),
         ({"url": "https://hooks.example.com/", "events": [7]}, "events.0", ""),
         ({"url": "https://hooks.example.com/", "events": []}, "events", "at least one"),

@@ -120,11 +120,31 @@ def test_accepted_urls_and_where_they_go(url, target):
         ("https://exa mple.com/", "spaces"),
         ("https://example.com/\r\nX-Injected: 1", "control"),
         ("https://example.com/" + "a" * 2048, "2048"),
+        # Not ASCII: http.client cannot send it (every delivery failed), and it can be made to read as
+        # another URL (a right-to-left override, a look-alike host).
+        ("http://example.com/é", "non-ASCII"),
+        ("https://example.com/in?name=café", "non-ASCII"),
+        ("https://example.com/\u202egnp.exe", "non-ASCII"),
+        ("https://example.com/\x85", "non-ASCII"),  # a C1 control character
+        ("https://exämple.com/", "xn--"),
+        # Port 0 was taken for "no port" and the POST went to 80 or 443.
+        ("http://example.com:0/", "port 0"),
+        ("https://example.com:00/hook", "port 0"),
     ],
 )
 def test_refused_urls_say_why(url, problem):
     refused = rules.parse_url(url)
     assert isinstance(refused, str) and problem in refused, refused
+
+
+def test_an_error_text_is_one_bounded_line_without_control_characters():
+    # A receiver's answer is quoted in it: PostgreSQL refuses NUL in text, and the batch's write failed.
+    assert rules.error_text("HTTP 500: bad\x00thing") == "HTTP 500: bad\ufffdthing"
+    assert rules.error_text("a\x01b\x07c\x1bd") == "a\ufffdb\ufffdc\ufffdd"
+    assert rules.error_text("  HTTP 500:\r\n\tline two\x0b\x0c end ") == "HTTP 500: line two end"
+    assert rules.error_text("x" * 600) == "x" * 500
+    assert rules.error_text("\x00" * 600) == "\ufffd" * 500
+    assert all(ord(c) >= 32 for c in rules.error_text("".join(map(chr, range(128)))))
 
 
 def test_the_payload_carries_the_delivery_id_event_time_account_and_plain_json_data():
