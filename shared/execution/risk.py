@@ -58,12 +58,21 @@ def risk_amount(*, price: Decimal, sl: Decimal, volume: Decimal, spec: SymbolSpe
 
 
 def guard_problems(
-    *, symbol: str, halted: bool, halted_reason: str | None, blocked_symbols: Mapping[str, Any]
+    *,
+    symbol: str,
+    halted: bool,
+    halted_reason: str | None,
+    blocked_symbols: Mapping[str, Any],
+    live_alert: str | None = None,
 ) -> list[str]:
-    """Why the guards refuse any order on this account, or for this symbol, right now."""
+    """Why the guards refuse any order on this account, or for this symbol, right now. An account whose
+    positions an alert is about to close takes no new ones: they would be opened into the breach, and
+    one opened after the close read the positions would outlive the close."""
     problems: list[str] = []
     if halted:
         problems.append(f"account halted: {halted_reason or 'by a guard'}; resume it first")
+    if live_alert is not None:
+        problems.append(f"a guard is closing the account's positions: {live_alert}")
     block = blocked_symbols.get(symbol)
     if block is not None:
         reason = block.get("reason") if isinstance(block, Mapping) else None

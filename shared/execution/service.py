@@ -35,7 +35,7 @@ from shared.core.queue import Queue
 from shared.execution import risk
 from shared.execution.errors import TerminalRetryLater
 from shared.execution.rules import Outcome, classify_retcode, pre_trade_problems, trade_comment
-from shared.guards.risk_settings import OrderGuard, order_guard_of
+from shared.guards.risk_settings import OrderGuard, guard_now, order_guard_of
 from shared.models import Account, Approval, Side, Signal, SignalStatus, Trade, TradeState
 from shared.mt5.errors import OrderOutcomeUnknown, SymbolNotFound
 from shared.mt5.ports import OpenTerminal, TerminalPort
@@ -267,12 +267,7 @@ def _send(
         raise RuntimeError(f"trade {trade.id} has no comment: refusing to send an order it cannot find")
     # The guards first (`guard`, one small read): a halted account or a blocked symbol costs no terminal
     # call.
-    refused = risk.guard_problems(
-        symbol=trade.symbol,
-        halted=guard.halted_at is not None,
-        halted_reason=guard.halted_reason,
-        blocked_symbols=guard.blocked_symbols,
-    )
+    refused = _guard_refusals(trade, guard)
     if refused:
         _reject_before_sending(session, trade, refused, queue)
         return
@@ -311,6 +306,9 @@ def _send(
             spec=spec,
             **figures,
         )
+        # The guards again, as they are now, their state locked until the commit below: a halt or an
+        # alert committed since the first look must not let this order out (see `guard_now`).
+        problems += _guard_refusals(trade, guard_now(session, trade.account_id, guard))
         if problems:
             _reject_before_sending(session, trade, problems, queue)
             return
@@ -382,6 +380,16 @@ def _send(
     _record(session, trade, "trade.rejected", reason=trade.failure_reason)
     _notify(session, queue, trade, events.TRADE_REJECTED)
     session.commit()
+
+
+def _guard_refusals(trade: Trade, guard: OrderGuard) -> list[str]:
+    return risk.guard_problems(
+        symbol=trade.symbol,
+        halted=guard.halted_at is not None,
+        halted_reason=guard.halted_reason,
+        blocked_symbols=guard.blocked_symbols,
+        live_alert=guard.live_alert,
+    )
 
 
 # How far back `max_orders_per_minute` counts the account's orders.

@@ -42,7 +42,7 @@ from shared.guards import engine
 from shared.guards.risk_settings import risk_settings_many
 from shared.models import LIVE_ALERT_STATUSES, Account, AlertClose, DrawdownAlert
 from shared.mt5 import constants as mt5c
-from shared.mt5.errors import TerminalError
+from shared.mt5.errors import PermanentTerminalError, TerminalError
 from shared.mt5.ports import OpenTerminal
 from shared.mt5.types import AccountSnapshot, Deal, OrderResult, Position
 from shared.reconciliation.sync import AccountToSync
@@ -109,6 +109,9 @@ class _Sent:
     result: OrderResult | None = None
     deal: Deal | None = None
     error: str | None = None
+    # Why the terminal refused the order before sending anything (a PermanentTerminalError): the close
+    # fails, as a broker's refusal does.
+    refused: str | None = None
 
 
 def execute_due_alerts(
@@ -387,7 +390,12 @@ def _send(
                         comment=order.comment,
                         position=order.ticket,
                     )
-                    item.result = terminal.send_order(request)
+                    try:
+                        item.result = terminal.send_order(request)
+                    except PermanentTerminalError as exc:
+                        # Nothing was sent (mt5.errors.classify): no retry will cure it (algo trading
+                        # off, say), and the owner must hear that the close failed.
+                        item.refused = f"the terminal refused the close: {exc}"[:300]
                 filled = [item.order.ticket for item in sent if item.result is not None and item.result.done]
                 if filled:
                     deals = terminal.deals_for_positions(filled)
@@ -402,7 +410,7 @@ def _send(
             # one-alert path to look for its deal before sending anything again.
             log.warning("account %s: closing failed (%s: %s)", account.id, type(exc).__name__, exc)
             for item in sent:
-                if item.result is None and item.error is None:
+                if item.result is None and item.error is None and item.refused is None:
                     item.error = f"{type(exc).__name__}: {exc}"
         return sent
 
@@ -430,21 +438,43 @@ def _record(
             )
         ).all()
     )
+    # Locked and read as they are now: this run's sends took time, and a close may have moved on since
+    # its claim (below).
     rows = {
         row.id: row
         for row in session.scalars(
-            sa.select(AlertClose).where(AlertClose.id.in_([item.order.close_id for item in sent]))
+            sa.select(AlertClose)
+            .where(AlertClose.id.in_([item.order.close_id for item in sent]))
+            .order_by(AlertClose.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
     }
     filled: list[engine.Filled] = []
     for item in sent:
         row, result = rows[item.order.close_id], item.result
+        if row.state != "sent" or row.sent_at != item.order.sent_at:
+            # Moved on since this run claimed it: past the in-flight window another attempt (the one-
+            # alert path) looked for its deal and sent it again, or recorded it. That attempt's record
+            # stands; writing this run's over it could reopen a close whose order is on its way.
+            continue
+        if item.refused is not None:
+            row.state, row.error = "failed", item.refused
+            engine._audit(
+                session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error
+            )
+            continue
         if result is None:
             continue  # outcome not known, or not sent: stays `sent` for the one-alert path
         row.retcode = result.retcode
         if result.done:
             deal = item.deal
             pnl = deal.profit + deal.commission + deal.swap if deal is not None else None
+            if result.retcode == mt5c.TRADE_RETCODE_DONE_PARTIAL:
+                # The rest of the position is still open: the part recorded, the rest left to the
+                # one-alert path (the close `pending`, its alert not ended).
+                engine.closed_in_part(session, row, result.price, pnl, result.deal, result.volume)
+                continue
             filled.append(engine.Filled(row, result.price, pnl, result.deal))
         elif result.retcode in engine._NEW_PRICE:
             row.state = "pending"

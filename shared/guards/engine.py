@@ -45,7 +45,7 @@ from shared.models import (
     TradeState,
 )
 from shared.mt5 import constants as mt5c
-from shared.mt5.errors import OrderOutcomeUnknown, RetryableTerminalError
+from shared.mt5.errors import OrderOutcomeUnknown, PermanentTerminalError, RetryableTerminalError
 from shared.mt5.ports import OpenTerminal, TerminalPort
 from shared.mt5.types import Deal, Position
 from shared.reconciliation.rules import position_key
@@ -261,22 +261,24 @@ def record_reading(
         None if preloaded is None else preloaded.market.get(account.server, {}),
     )
 
-    # Act: a halted account is past acting (its orders are refused, its close done); a live alert is
-    # already counting down.
+    # Act. A live alert is already counting down. An account halted by a close is past acting: its
+    # positions were closed and its orders are refused. One halted by a block still holds its positions,
+    # so the guards that close keep watching them: a block must not switch off the close behind it.
     if preloaded is not None:
         alert = preloaded.live_alerts.get(account_id)
     else:
         alert = live_alert(session, account_id)
     raised: DrawdownAlert | None = None
-    if state.halted_at is None and alert is None:
-        # The first confirmed limit that does more than warn acts; a drawdown before the margin before
-        # the market, as the alert closes everything the later ones would.
-        acting = next((a for a in confirmed if a.limit.action in ("block", "close")), None)
-        if acting is not None and acting.limit.action == "block":
-            reason = f"{acting.limit.name}: drawdown {acting.drawdown_percent}%"
-            _halt(session, state, reason, acting.limit, None, tell)
-        else:
-            breach = _breach(acting, margin_confirmed, market_close, settings, reading, currency)
+    if alert is None:
+        blocking = next((a for a in confirmed if a.limit.action == "block"), None)
+        if blocking is not None and state.halted_at is None:
+            reason = f"{blocking.limit.name}: drawdown {blocking.drawdown_percent}%"
+            _halt(session, state, reason, blocking.limit, None, tell)
+        if not closed_by_guard(state):
+            # The first confirmed limit that closes acts; a drawdown before the margin before the
+            # market, as the alert closes everything the later ones would.
+            closing = next((a for a in confirmed if a.limit.action == "close"), None)
+            breach = _breach(closing, margin_confirmed, market_close, settings, reading, currency)
             if breach is not None:
                 alert = raised = _raise_alert(
                     session, account, settings, reading, currency, breach, tell, schedule, preloaded
@@ -508,6 +510,12 @@ def _next_alert_id(session: DbSession, preloaded: Preloaded | None = None) -> in
     if preloaded is not None:
         preloaded.alert_ids.extend(ids[1:])
     return int(ids[0])
+
+
+def closed_by_guard(state: GuardState) -> bool:
+    """Halted by an alert's close (not by a block): nothing is left for the guards to close until the
+    account resumes."""
+    return state.halted_at is not None and state.halted_by_alert_id is not None
 
 
 def _halt(
@@ -772,7 +780,8 @@ def decide_on(
 
 def write_closes(session: DbSession, rows: list[dict[str, Any]], alert_ids: list[int]) -> None:
     """Write the closes decided (`alert_closes` rows as dicts) and name each by its own id."""
-    # A position another alert already took (it is closed once, ever) is skipped by the unique key.
+    # A position this alert already took (a second copy of its task deciding) is skipped by the unique
+    # key: one close per alert and position.
     # The rows as parameters of one cached statement (executemany: batched VALUES on Postgres), not
     # written into the statement: compiling a new INSERT of every row for every batch was a fifth of a
     # close run's time (py-spy, bench/guards.py).
@@ -961,9 +970,19 @@ def _trades_by_position(session: DbSession, account_id: int, tickets: list[int])
 
 
 def _find_close(terminal: TerminalPort, row: AlertClose) -> Deal | None:
-    """The deal our close order made, if it exists: found by its comment among the position's deals."""
+    """The deal our close order made, if it exists: found by its comment among the position's deals,
+    past the deal of a partial fill already recorded (every order of the close carries its comment, and
+    a broker numbers deals in order)."""
     deals = terminal.deals_for_positions([row.position_ticket]).get(row.position_ticket, [])
-    return next((d for d in deals if d.comment == row.comment and d.entry != mt5c.DEAL_ENTRY_IN), None)
+    recorded = row.deal_ticket or 0
+    return next(
+        (
+            d
+            for d in deals
+            if d.comment == row.comment and d.entry != mt5c.DEAL_ENTRY_IN and d.ticket > recorded
+        ),
+        None,
+    )
 
 
 def _closing_deal(terminal: TerminalPort, position_ticket: int) -> Deal | None:
@@ -991,19 +1010,16 @@ def _close_one(
         session.refresh(row)
     if row.state in FINAL_CLOSE_STATES:
         return
-    if row.state == "sent":
-        found = _find_close(terminal, row)
-        if found is not None:
-            _closed(
-                session,
-                row,
-                found.price,
-                found.profit + found.commission + found.swap,
-                found.ticket,
-                tell,
-                now,
-            )
+    found = _find_close(terminal, row) if row.state == "sent" else None
+    if found is not None:
+        found_pnl = found.profit + found.commission + found.swap
+        if row.position_ticket not in {p.ticket for p in terminal.positions(row.symbol)}:
+            _closed(session, row, found.price, with_earlier_parts(row, found_pnl), found.ticket, tell, now)
             return
+        # Its order filled in part, the rest is still open: recorded, and the rest sent below.
+        closed_in_part(session, row, found.price, found_pnl, found.ticket, found.volume)
+        session.commit()
+    if row.state == "sent":
         open_now = {p.ticket for p in terminal.positions(row.symbol)}
         in_flight = row.sent_at is not None and now() < row.sent_at + timedelta(
             seconds=settings.in_flight_seconds
@@ -1030,7 +1046,8 @@ def _close_one(
         session.commit()
         session.refresh(row)
 
-    for attempt in range(settings.max_price_retries + 1):
+    requotes = partial_fills = 0
+    for attempt in range(settings.max_price_retries + 1 + MAX_PARTIAL_FILLS):
         if attempt == 0 and decided is not None and row.state == "pending":
             position: Position | None = decided
         else:
@@ -1077,6 +1094,15 @@ def _close_one(
         except OrderOutcomeUnknown:
             log.warning("close %s: order_send outcome unknown; will look for it before resending", row.id)
             raise
+        except PermanentTerminalError as exc:
+            # Refused before anything was sent (mt5.errors.classify: algo trading off, parameters refused,
+            # no login): sending again will not cure it. Left `sent`, the close would be looked for and
+            # sent again for ever, and the owner never told; it fails, and so does the alert.
+            row.state = "failed"
+            row.error = f"the terminal refused the close: {exc}"[:300]
+            _audit(session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error)
+            session.commit()
+            return
         row.retcode = result.retcode
         if result.retcode in _DONE:
             deal = next(
@@ -1088,9 +1114,16 @@ def _close_one(
                 None,
             )
             pnl = deal.profit + deal.commission + deal.swap if deal is not None else None
-            _closed(session, row, result.price, pnl, result.deal, tell, now)
+            if result.retcode == mt5c.TRADE_RETCODE_DONE_PARTIAL:
+                # Part of the position closed, the rest still open: recorded, and the rest sent next.
+                partial_fills += 1
+                closed_in_part(session, row, result.price, pnl, result.deal, result.volume)
+                session.commit()
+                continue
+            _closed(session, row, result.price, with_earlier_parts(row, pnl), result.deal, tell, now)
             return
         if result.retcode in _NEW_PRICE:
+            requotes += 1
             row.state = "pending"
             _audit(
                 session,
@@ -1101,6 +1134,8 @@ def _close_one(
                 retcode=result.retcode,
             )
             session.commit()
+            if requotes > settings.max_price_retries:
+                break
             continue
         if result.retcode == mt5c.TRADE_RETCODE_POSITION_CLOSED:
             _gone(session, row, terminal, tell, now)
@@ -1111,9 +1146,55 @@ def _close_one(
         session.commit()
         return
     row.state = "failed"
-    row.error = f"price moved on each of {settings.max_price_retries + 1} attempts"
+    row.error = (
+        f"price moved on each of {settings.max_price_retries + 1} attempts"
+        if requotes > settings.max_price_retries
+        else f"still open after {partial_fills} partial fills"
+    )
     _audit(session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error)
     session.commit()
+
+
+# A close that fills in part is sent again for the rest; past this many parts in one run it fails (a
+# broker filling a sliver at a time).
+MAX_PARTIAL_FILLS = 10
+
+
+def closed_in_part(
+    session: DbSession,
+    row: AlertClose,
+    price: Decimal,
+    pnl: Decimal | None,
+    deal_ticket: int | None,
+    volume: Decimal,
+) -> None:
+    """A close order that filled part of its position (TRADE_RETCODE_DONE_PARTIAL): its deal recorded on
+    the close (the P&L added up over the parts, the latest deal kept: `_find_close` looks past it), the
+    close back to `pending` to send the rest. The caller commits."""
+    row.state = "pending"
+    row.close_price = price
+    row.pnl = with_earlier_parts(row, pnl)
+    row.deal_ticket = deal_ticket
+    _audit(
+        session,
+        "position.closed_in_part",
+        "alert",
+        row.alert_id,
+        close_id=row.id,
+        volume=volume,
+        price=price,
+        deal=deal_ticket,
+    )
+
+
+def with_earlier_parts(row: AlertClose, pnl: Decimal | None) -> Decimal | None:
+    """This deal's P&L plus that of the close's earlier partial fills, if any (None when a deal's is not
+    known)."""
+    if row.deal_ticket is None:
+        return pnl
+    if pnl is None or row.pnl is None:
+        return None
+    return row.pnl + pnl
 
 
 def _closed(
@@ -1351,7 +1432,8 @@ def _finish(
         state = preloaded.states[alert.account_id]
     else:
         state = _locked_state(session, alert.account_id, utcnow())
-    if state.halted_at is None:
+    if not closed_by_guard(state):
+        # Halted now, or halted by a block before: the close's halt takes over (its reason, its resume).
         if preloaded is not None:
             settings = preloaded.settings[alert.account_id]
         else:

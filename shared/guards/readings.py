@@ -2,7 +2,8 @@
 reconciliation sync has just stored. Both end in `engine.record_reading`.
 
 A check also refreshes what the market guard knows of the symbols the account holds (`market_quotes`,
-shared by every account on the trade server) and learns the server's clock offset from their quotes.
+shared by every account on the trade server) and learns the server's clock offset from those of their
+quotes known to be live.
 """
 
 from __future__ import annotations
@@ -240,11 +241,25 @@ def _observe_servers(
             log.warning("guard check: quoting %s failed (%s: %s)", server, type(exc).__name__, exc)
             continue
         at = now or utcnow()
-        known = session.scalar(
-            sa.select(GuardState.broker_offset_seconds).where(GuardState.account_id == group[0].account.id)
-        )
-        offsets[server] = observe_market(session, server, quotes, specs, at, known_offset=known or 0)
+        opener = group[0].account.id
+        known = known_offsets(session, [opener])[opener]
+        offsets[server] = observe_market(session, server, quotes, specs, at, known_offset=known)
     return offsets
+
+
+def known_offsets(session: DbSession, account_ids: Collection[int]) -> dict[int, int]:
+    """The server clock offset each account's guard state knows (0 without one, as a new guard state
+    starts): what dates its server's quotes while none of them tells the offset (`observe_market`)."""
+    if not account_ids:
+        return {}
+    known = dict(
+        session.execute(
+            sa.select(GuardState.account_id, GuardState.broker_offset_seconds).where(
+                GuardState.account_id.in_(list(account_ids))
+            )
+        ).all()
+    )
+    return {account_id: known.get(account_id) or 0 for account_id in account_ids}
 
 
 def quote_all(
@@ -269,25 +284,38 @@ def observe_market(
     known_offset: int = 0,
 ) -> int | None:
     """Store, per symbol, the spread, the jump from the last quote seen, and when the server last priced
-    it. Returns the server's clock offset learnt from the quotes (None when none was fresh enough to
-    tell; `known_offset` then dates them)."""
-    # Learnt from the freshest quote of a symbol that trades; else what was known before.
-    learnt = [
-        rules.broker_offset_seconds(quote.time, at)
-        for symbol, quote in sorted(quotes.items(), key=lambda item: item[1].time, reverse=True)
-        if specs[symbol].trade_allowed
-    ]
-    offset = next((o for o in learnt if o is not None), None)
-    clock = timedelta(seconds=offset if offset is not None else known_offset)
+    it. Returns the server's clock offset learnt from the quotes (None when none was known to be live;
+    `known_offset`, the server's offset as known before, then dates them)."""
     insert = dialect_insert(session.get_bind())
     seen = {
         row.symbol: row
         for row in session.execute(
-            sa.select(MarketQuote.symbol, MarketQuote.bid, MarketQuote.quoted_at, MarketQuote.gap_pips).where(
-                MarketQuote.server == server, MarketQuote.symbol.in_(list(quotes))
-            )
+            sa.select(
+                MarketQuote.symbol,
+                MarketQuote.bid,
+                MarketQuote.ask,
+                MarketQuote.quoted_at,
+                MarketQuote.gap_pips,
+                MarketQuote.seen_at,
+            ).where(MarketQuote.server == server, MarketQuote.symbol.in_(list(quotes)))
         )
     }
+    # Learnt from the freshest quote known to be live: a symbol that trades, whose quote moved since the
+    # last look at it, moments ago (`rules.live_offset_seconds`); else what was known before. Any quote
+    # whose age looked like an offset taught one: a weekend's last tick, 14 h old, taught UTC-12.
+    known = timedelta(seconds=known_offset)
+    learnt = [
+        rules.live_offset_seconds(
+            quote.time,
+            at,
+            moved=_moved(quote, seen.get(symbol), known),
+            last_seen=seen[symbol].seen_at if symbol in seen else None,
+        )
+        for symbol, quote in sorted(quotes.items(), key=lambda item: item[1].time, reverse=True)
+        if specs[symbol].trade_allowed
+    ]
+    offset = next((o for o in learnt if o is not None), None)
+    clock = timedelta(seconds=offset) if offset is not None else known
     for symbol, quote in sorted(quotes.items()):
         spec = specs[symbol]
         quoted_at = quote.time - clock
@@ -310,6 +338,15 @@ def observe_market(
     return offset
 
 
+def _moved(quote: Quote, previous: Any, known: timedelta) -> bool:
+    """Whether the quote is another tick than the one the last look saw: another price, and later (its
+    server time dated by the offset known, as that look's was). The price tells a new tick whatever the
+    offset; the time, that it is not an older tick a lagging terminal of the same server still shows."""
+    if previous is None or (quote.bid, quote.ask) == (previous.bid, previous.ask):
+        return False
+    return bool(quote.time - known > previous.quoted_at)
+
+
 def _unconfirmed(
     session: DbSession,
     account_id: int,
@@ -317,7 +354,7 @@ def _unconfirmed(
     settings: RiskSettings | None = None,
 ) -> bool:
     """Whether a breach is building up: a run of breached readings short of its confirmations, on an
-    account with no alert counting down and not halted. Such an account is read again soon.
+    account with no alert counting down and not halted by a close. Such an account is read again soon.
 
     From the reading's outcome and the state it left in the session, without asking again: the outcome
     names the account's live alert, if any (`record_reading` looks it up), and most readings have no
@@ -330,7 +367,7 @@ def _unconfirmed(
     if outcome.alert_id is not None:
         return False
     state = session.get(GuardState, account_id)
-    if state is None or state.halted_at is not None:
+    if state is None or engine.closed_by_guard(state):
         return False
     streaks = {name: int((row or {}).get("streak", 0)) for name, row in (state.limits or {}).items()}
     if not state.margin_streak and not any(streaks.values()):

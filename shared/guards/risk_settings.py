@@ -8,7 +8,7 @@ Guard-side code: it must never import `shared.execution`, which imports it (sibl
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from shared.audit import trail
 from shared.core.db import DbSession, utcnow
 from shared.core.ownership import get_owned
 from shared.guards.settings import OrderLimits, RiskSettings, default_settings, validate_settings
-from shared.models import Account, AccountRisk, GuardState, User
+from shared.models import LIVE_ALERT_STATUSES, Account, AccountRisk, DrawdownAlert, GuardState, User
 
 RISK_UPDATED = "account.risk_updated"
 
@@ -95,6 +95,55 @@ class OrderGuard:
     halted_at: datetime | None
     halted_reason: str | None
     blocked_symbols: dict[str, Any]
+    # The alert counting down to close the account's positions (pending or closing), as the owner is told
+    # it: "alert 12 (max drawdown: drawdown 2.1% ...) closes at 2026-12-01T10:00:10+00:00".
+    live_alert: str | None = None
+
+
+def _live_alert(account_id: int) -> Any:
+    """The account's live alert as one text (a scalar subquery, NULL when there is none)."""
+    return (
+        sa.select(
+            "alert "
+            + sa.cast(DrawdownAlert.id, sa.String)
+            + " ("
+            + DrawdownAlert.reason
+            + ") closes at "
+            + sa.cast(DrawdownAlert.close_at, sa.String)
+        )
+        .where(DrawdownAlert.account_id == account_id, DrawdownAlert.status.in_(LIVE_ALERT_STATUSES))
+        .order_by(DrawdownAlert.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def guard_now(session: DbSession, account_id: int, guard: OrderGuard) -> OrderGuard:
+    """`guard` with the halt, the market blocks and the live alert as they are at this moment, the
+    account's guard state locked against change (FOR SHARE) until the caller's transaction ends. Read
+    again in the transaction that records an order as sent: a halt or an alert the guards commit
+    meanwhile is either seen here, or waits for that commit and then finds the order on the terminal to
+    close. The order limits are not read again (the checks made with them stand)."""
+    # No guard state, no alert: the guards write the state before they raise one.
+    state = session.execute(
+        sa.select(
+            GuardState.halted_at,
+            GuardState.halted_reason,
+            GuardState.blocked_symbols,
+            _live_alert(account_id).label("live_alert"),
+        )
+        .where(GuardState.account_id == account_id)
+        .with_for_update(read=True, of=GuardState)
+    ).first()
+    if state is None:
+        return replace(guard, halted_at=None, halted_reason=None, blocked_symbols={}, live_alert=None)
+    return replace(
+        guard,
+        halted_at=state.halted_at,
+        halted_reason=state.halted_reason,
+        blocked_symbols=dict(state.blocked_symbols or {}),
+        live_alert=state.live_alert,
+    )
 
 
 def order_guard_of(session: DbSession, account_id: int) -> OrderGuard:
@@ -107,6 +156,7 @@ def order_guard_of(session: DbSession, account_id: int) -> OrderGuard:
             GuardState.halted_at,
             GuardState.halted_reason,
             GuardState.blocked_symbols,
+            _live_alert(account_id).label("live_alert"),
         )
         .select_from(Account)
         .outerjoin(AccountRisk, AccountRisk.account_id == Account.id)
@@ -118,4 +168,5 @@ def order_guard_of(session: DbSession, account_id: int) -> OrderGuard:
         halted_at=row.halted_at,
         halted_reason=row.halted_reason,
         blocked_symbols=dict(row.blocked_symbols or {}),
+        live_alert=row.live_alert,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -48,18 +48,91 @@ def period_start(at: datetime, period: str, broker_offset_seconds: int) -> datet
     return start - offset
 
 
+def period_after(
+    previous_start: datetime | None, at: datetime, period: str, broker_offset_seconds: int
+) -> tuple[datetime | None, bool]:
+    """The period a reading at `at` counts in, for a limit whose period began at `previous_start` (as
+    `period_start` gave it): its start, as a UTC instant under the offset known now, and whether it is a
+    new period.
+
+    New only when the period on the server's clock moved on: a later broker-local date for a day, a later
+    Monday for a week, a later 1st for a month. Not when its start moved as an instant: a change of the
+    offset (learnt for the first time at noon, a DST hour) moves when broker midnight falls in UTC, and
+    taken as a new period it started the day again from the figures of that moment, the day's loss so far
+    forgotten. The period `previous_start` began is the broker-local date nearest to it under the offset
+    now, so an offset that moved by less than 12 hours (a real one moves by an hour) names the same
+    period; the start is then restated under the offset now, so the next change is measured from it. A
+    reading of an earlier period than the stored one (the offset moved back across midnight, a sync's
+    reading older than a check's) counts in the stored one: a period never starts again by going back."""
+    start = period_start(at, period, broker_offset_seconds)
+    if start is None or previous_start is None:
+        return start, start != previous_start  # a lifetime; or a limit changed to or from one
+    offset = timedelta(seconds=broker_offset_seconds)
+    began = (previous_start + offset + timedelta(hours=12)).date()
+    if _first_day(began, period) != began:
+        return start, True  # not a start of such a period: the owner changed the limit's period
+    if (start + offset).date() > began:
+        return start, True
+    return datetime.combine(began, time(), tzinfo=start.tzinfo) - offset, False
+
+
+def _first_day(day: date, period: str) -> date:
+    """The broker-local date the period holding `day` began on."""
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    return day
+
+
+# Every trade server's clock is within these of UTC (the world's time zones run from UTC-12 to UTC+14):
+# an offset outside them is a misread quote, not a clock.
+MIN_BROKER_OFFSET_SECONDS = -12 * 3600
+MAX_BROKER_OFFSET_SECONDS = 14 * 3600
+# How recently a symbol must have been looked at for a quote that moved since to date the server's clock:
+# such a quote was priced between that look and now, so its time is now on the server's clock to within
+# this (and the offset, a quarter-hour multiple, is read to within `broker_offset_seconds`' freshness).
+LIVE_QUOTE_SECONDS = 60
+
+
 def broker_offset_seconds(
     server_time: datetime, utc_now: datetime, *, freshness_seconds: int = 60
 ) -> int | None:
     """The trade server's clock minus UTC, from a quote's time (which MT5 reports in server time): rounded
     to the quarter hour every real offset is a multiple of, so latency and a quote a few seconds old do
     not shift it. None when the quote is not fresh enough to tell (more than `freshness_seconds` off a
-    quarter hour): a closed market's last tick, hours old, would otherwise pass for an offset of hours."""
+    quarter hour), or when it gives no real offset (beyond UTC-12 or UTC+14): a closed market's last
+    tick, hours old, would otherwise pass for an offset of hours.
+
+    Its age alone does not tell a live quote from a stale one: a stale tick is within a minute of a
+    quarter hour about one time in seven, 14 h old reads as UTC-12. Only a quote known to be live dates
+    the clock (`live_offset_seconds`)."""
     seconds = (server_time - utc_now).total_seconds()
     offset = round(seconds / 900) * 900
     if abs(seconds - offset) > freshness_seconds:
         return None
+    if not MIN_BROKER_OFFSET_SECONDS <= offset <= MAX_BROKER_OFFSET_SECONDS:
+        return None
     return int(offset)
+
+
+def live_offset_seconds(
+    server_time: datetime,
+    utc_now: datetime,
+    *,
+    moved: bool,
+    last_seen: datetime | None,
+    window_seconds: int = LIVE_QUOTE_SECONDS,
+) -> int | None:
+    """The trade server's clock minus UTC from a quote known to be live, else None (see
+    `broker_offset_seconds`). Live: it `moved` since the symbol was last looked at (another price, a later
+    time), `last_seen`, at most `window_seconds` ago. A quote that stood still, or was first seen now,
+    tells nothing: a weekend's or a closed session's last tick looks exactly like it."""
+    if not moved or last_seen is None:
+        return None
+    if not 0 < (utc_now - last_seen).total_seconds() <= window_seconds:
+        return None
+    return broker_offset_seconds(server_time, utc_now)
 
 
 # --- drawdown limits -----------------------------------------------------------------------------------
@@ -148,14 +221,21 @@ def assess_limit(
     `presumed`: breached readings taken to have come just before this one (the guards' watch estimate,
     see `engine.record_reading`); they count towards the streak only when this reading breaches too.
 
-    A new period (or the first reading) starts the limit afresh: its anchor is the balance or equity of
-    that first reading in the period (the nearest the guard saw to the period's start), its peak that
-    equity. Drawdown = reference - equity; it breaches at `max_percent` or `max_amount`, whichever comes
-    first, and warns at `warn_percent`."""
-    start = period_start(reading.at, limit.period, broker_offset_seconds)
-    new_period = previous is None or previous.period_start != start
+    A new period (one the server's clock moved into, `period_after`; not a change of the offset alone)
+    or the first reading starts the limit afresh: its anchor is the balance or equity of that first
+    reading in the period (the nearest the guard saw to the period's start), its peak that equity.
+    Drawdown = reference - equity; it breaches at `max_percent` or `max_amount`, whichever comes first,
+    and warns at `warn_percent`."""
+    if previous is None:
+        start, new_period = period_start(reading.at, limit.period, broker_offset_seconds), True
+    else:
+        start, new_period = period_after(
+            previous.period_start, reading.at, limit.period, broker_offset_seconds
+        )
     state = (
-        _fresh_state(limit, reading, start, initial_balance) if new_period or previous is None else previous
+        _fresh_state(limit, reading, start, initial_balance)
+        if new_period or previous is None
+        else replace(previous, period_start=start)
     )
     state = replace(state, peak=max(state.peak, reading.equity))
     reference = state.peak if limit.reference == "peak_equity" else state.anchor

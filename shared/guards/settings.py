@@ -8,7 +8,7 @@ so that nothing that worked before the owner chose limits is refused by a defaul
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -81,9 +81,20 @@ MAX_PIPS = 100_000
 MAX_LOTS = 100_000  # as a signal's volume
 
 
+def _stored_as_given(value: Decimal) -> None:
+    # The document is stored as JSON numbers: a value a float cannot hold would be checked as given and
+    # stored as another one (4.99999999999999999999 under a maximum of 5 stored as 5.0, equal to it; a
+    # tiny positive maximum stored as 0.0, closing at any drawdown).
+    if Decimal(str(float(value))) != value:
+        raise ma.ValidationError("has more digits than can be stored: give at most 15 significant digits")
+
+
 def _positive(maximum: int) -> fields.Decimal:
     # Decimals, never floats: 5.1 % must compare as 5.1, not 5.0999999.
-    checks = [validate.Range(min=0, min_inclusive=False, max=maximum)]
+    checks: list[Callable[[Any], Any]] = [
+        validate.Range(min=0, min_inclusive=False, max=maximum),
+        _stored_as_given,
+    ]
     return fields.Decimal(allow_none=True, load_default=None, allow_nan=False, validate=checks)
 
 

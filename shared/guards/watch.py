@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from shared.core.db import DbSession, utcnow
 from shared.guards import rules
-from shared.guards.readings import observe_market, quote_all
+from shared.guards.readings import known_offsets, observe_market, quote_all
 from shared.guards.settings import RiskSettings
 from shared.models import LIVE_ALERT_STATUSES, Account, AccountRisk, AccountSync, DrawdownAlert, GuardState
 from shared.mt5.errors import TerminalError
@@ -144,7 +144,8 @@ def _as_text(column: Any) -> Any:
 
 
 def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
-    """Accounts with open positions, a sync to start from, not halted and with no alert counting down."""
+    """Accounts with open positions, a sync to start from, not halted by a close (one a block halted
+    still holds its positions) and with no alert counting down."""
     global _last_groups
     live = sa.select(DrawdownAlert.account_id).where(DrawdownAlert.status.in_(LIVE_ALERT_STATUSES))
     # The key: every write that changes what an account's view is built from moves one of these (a
@@ -163,7 +164,11 @@ def _watched(session: DbSession) -> dict[tuple[str, str], _Group]:
         .join(AccountSync, AccountSync.account_id == Account.id)
         .outerjoin(GuardState, GuardState.account_id == Account.id)
         .outerjoin(AccountRisk, AccountRisk.account_id == Account.id)
-        .where(AccountSync.equity.is_not(None), Account.id.not_in(live), GuardState.halted_at.is_(None))
+        .where(
+            AccountSync.equity.is_not(None),
+            Account.id.not_in(live),
+            sa.or_(GuardState.halted_at.is_(None), GuardState.halted_by_alert_id.is_(None)),
+        )
     ).all()
     keys = {row.id: (row.key, row.terminal_url, row.server) for row in rows}
     if _last_groups is not None and _last_groups[0] == keys:
@@ -335,6 +340,10 @@ def watch(session: DbSession, *, open_terminal: OpenTerminal, now: datetime | No
     answered: set[str] = set()
     counts: dict[str, Any] = defaultdict(int)
     openers = {group.opener: session.get(Account, group.opener) for group in groups.values()}
+    # Each server's clock offset as known, which dates its quotes when none tells it (a closed market,
+    # quotes standing still): dated as UTC, a UTC+2 server's stale quote was 2 h in the future, never
+    # stale, and this tick's write undid the guard check's every half second (a stale-quote block lifted).
+    offsets = known_offsets(session, list(openers))
     session.rollback()  # nothing held open while terminals answer
     for (terminal_url, server), group in groups.items():
         opener = openers[group.opener]
@@ -349,7 +358,7 @@ def watch(session: DbSession, *, open_terminal: OpenTerminal, now: datetime | No
                 "guard watch: %s on %s failed (%s: %s)", server, terminal_url, type(exc).__name__, exc
             )
             continue
-        observe_market(session, server, quotes, specs, at)
+        observe_market(session, server, quotes, specs, at, known_offset=offsets[group.opener])
         counts["servers"] += 1
         answered.add(terminal_url)
         for account in group.accounts:

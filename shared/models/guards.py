@@ -109,10 +109,12 @@ class DrawdownAlert(db.Model):  # type: ignore[name-defined]
 
 class AlertClose(db.Model):  # type: ignore[name-defined]
     """One position an alert closes: the intent, committed before the closing order is sent, and its
-    outcome. A position is closed once, ever (the unique key), whatever retries or redeliveries follow."""
+    outcome. An alert closes a position once (the unique key), whatever retries or redeliveries follow.
+    A later alert (one is live per account at a time, and an alert ends only once each of its closes has)
+    may close what an earlier one left open: a close that failed, or filled in part."""
 
     __tablename__ = "alert_closes"
-    __table_args__ = (sa.UniqueConstraint("account_id", "position_key"),)
+    __table_args__ = (sa.UniqueConstraint("alert_id", "position_key"),)
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     alert_id: Mapped[int] = mapped_column(sa.ForeignKey("drawdown_alerts.id"), index=True)

@@ -1,7 +1,7 @@
 """Pre-trade risk (PR-024) in the execution path, on Postgres against the simulated terminal: each order
 limit, a halted account and a symbol the market guard blocks refuse the order before any order_send —
 the trade `rejected` with a reason naming the limit and the figures, nothing sent, 0 attempts — and with
-the defaults an order fills as before, at no extra terminal call and one extra query."""
+the defaults an order fills as before, at no extra terminal call and two small reads of the guards."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from shared.core.db import db, utcnow
 from shared.guards.settings import default_settings, validate_settings
-from shared.models import AccountRisk, AuditLog, GuardState, Signal, Trade, TradeState
+from shared.models import Account, AccountRisk, AuditLog, DrawdownAlert, GuardState, Signal, Trade, TradeState
 from shared.mt5 import constants as mt5c
 from shared.mt5.sim.terminal import SimTerminal
 
@@ -83,7 +83,7 @@ def statements(db_session):
     sa.event.remove(engine, "before_cursor_execute", note)
 
 
-def test_with_the_defaults_an_order_fills_with_no_extra_terminal_call_and_one_small_read(
+def test_with_the_defaults_an_order_fills_with_no_extra_terminal_call_and_two_small_reads(
     run, approved, terminal, db_session, statements
 ):
     signal_id = approved()
@@ -93,7 +93,9 @@ def test_with_the_defaults_an_order_fills_with_no_extra_terminal_call_and_one_sm
     assert trade.state == TradeState.FILLED and trade.attempts == 1
     assert CountedTerminal.calls == []  # neither the positions nor the account were read
     guard_reads = [s for s in statements if "account_risk" in s or "guard_states" in s]
-    assert len(guard_reads) == 1, guard_reads
+    # The first look, and the guard state again, locked, in the transaction that marks the trade sent.
+    assert len(guard_reads) == 2, guard_reads
+    assert "FOR SHARE" not in guard_reads[0] and "FOR SHARE OF guard_states" in guard_reads[1]
     assert not [s for s in statements if "count(" in s.lower()]
 
 
@@ -219,6 +221,70 @@ def test_a_halted_account_refuses_every_order(run, approved, terminal, db_sessio
     assert_refused(
         db_session, terminal, run(signal_id), "account halted: max drawdown 10.4% > 10%; resume it first"
     )
+
+
+def test_an_account_whose_positions_an_alert_is_closing_takes_no_new_order(api, run, terminal, db_session):
+    world = api.setup()
+    first, second = signal(api, world, 1), signal(api, world, 2)
+    for signal_id in (first, second):
+        api.decide(world["user"], signal_id)
+    account_id = world["account"]["id"]
+    db_session.add(GuardState(account_id=account_id, state="alert"))
+    alert = DrawdownAlert(
+        account_id=account_id,
+        owner_id=db_session.get(Account, account_id).owner_id,
+        alert_type="drawdown",
+        reason="max drawdown: drawdown 10.4%",
+        currency="USD",
+        equity=Decimal(8960),
+        close_at=datetime(2026, 12, 1, 10, 0, 10, tzinfo=UTC),
+    )
+    db_session.add(alert)
+    db_session.flush()
+    trade = run(first)
+    assert trade.failure_reason.startswith(
+        f"a guard is closing the account's positions: alert {alert.id} (max drawdown: drawdown 10.4%) "
+        "closes at 2026-12-01 10:00:10"
+    ), trade.failure_reason
+    assert_refused(db_session, terminal, trade, trade.failure_reason)
+    # Once the alert has ended (cancelled: the breach cleared), orders go out again.
+    alert.status = "cancelled"
+    db_session.flush()
+    assert run(second).state == TradeState.FILLED
+
+
+class HaltedMeanwhile(SimTerminal):
+    """A terminal during whose quote the guards halt the account, as another worker's commit would (on
+    the test's connection: the call runs on the gateway's thread)."""
+
+    connection = None
+
+    def symbol_info_tick(self, symbol):
+        connection = HaltedMeanwhile.connection
+        account_id = connection.scalar(sa.select(Account.id).where(Account.login == LOGIN))
+        connection.execute(
+            sa.insert(GuardState.__table__).values(
+                account_id=account_id,
+                state="halted",
+                limits={},
+                blocked_symbols={},
+                margin_streak=0,
+                broker_offset_seconds=0,
+                halted_at=utcnow(),
+                halted_reason="daily loss 5.1% > 5%",
+                updated_at=utcnow(),
+            )
+        )
+        return super().symbol_info_tick(symbol)
+
+
+def test_a_halt_the_guards_commit_after_the_first_look_stops_the_order_before_it_is_sent(
+    run, approved, terminal, db_session
+):
+    signal_id = approved()
+    HaltedMeanwhile.connection = db_session.connection()
+    trade = run(signal_id, terminal_type=HaltedMeanwhile)
+    assert_refused(db_session, terminal, trade, "account halted: daily loss 5.1% > 5%; resume it first")
 
 
 def test_a_symbol_the_market_guard_blocks_is_refused_and_others_are_not(api, run, terminal, db_session):

@@ -506,6 +506,85 @@ def test_a_block_action_halts_without_closing_and_refuses_no_reading(guarded, te
     assert "account.halted" in recorder.names()
 
 
+BLOCK_THEN_CLOSE = [
+    {
+        "name": "daily loss",
+        "period": "day",
+        "reference": "period_start_balance",
+        "warn_percent": 1,
+        "max_percent": 2,
+        "action": "block",
+        "resume": "next_period",
+    },
+    {**MAX_DRAWDOWN, "warn_percent": 3, "max_percent": 4},
+]
+
+
+def test_an_account_a_block_halted_is_still_closed_when_its_close_limit_breaches_and_the_close_halts_it(
+    guarded, terminal, db_session, recorder
+):
+    _, account_id, login, check, execute = guarded(drawdown_limits=BLOCK_THEN_CLOSE)
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08250, 1.08260)  # 26 pips: 2.6 %, past the block only
+    check()
+    check()
+    state = state_of(db_session, account_id)
+    assert (state.halted_limit, state.halted_by_alert_id) == ("daily loss", None)
+    assert alerts_of(db_session, account_id) == []
+    # The loss runs on while the account is blocked: 46 pips, 4.6 %, past the close limit.
+    terminal.sim_set_quote("EURUSD", 1.08050, 1.08060)
+    check()
+    assert alerts_of(db_session, account_id) == []  # one reading of two
+    assert check().state == "halted"  # still halted by the block while the alert counts down
+    (alert,) = alerts_of(db_session, account_id)
+    assert (alert.alert_type, alert.limit_name, alert.status) == ("drawdown", "max drawdown", "pending")
+    assert execute(alert.id).status == "executed"
+    assert terminal.positions_get() == ()
+    assert [(c.position_ticket, c.state) for c in db_session.scalars(sa.select(AlertClose))] == [
+        (ticket, "closed")
+    ]
+    # The close's halt takes over from the block's: its limit, its resume, its alert.
+    state = state_of(db_session, account_id)
+    assert (state.halted_limit, state.halted_resume, state.halted_by_alert_id) == (
+        "max drawdown",
+        "manual",
+        alert.id,
+    )
+    assert recorder.names().count("account.halted") == 2
+
+
+def test_a_block_and_a_close_confirmed_by_the_same_reading_both_act(guarded, terminal, db_session):
+    _, account_id, login, check, _ = guarded(drawdown_limits=BLOCK_THEN_CLOSE)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08050, 1.08060)  # 4.6 %: past both at once
+    check()
+    check()
+    state = state_of(db_session, account_id)
+    assert (state.halted_limit, state.halted_by_alert_id) == ("daily loss", None)  # orders refused now
+    (alert,) = alerts_of(db_session, account_id)
+    assert (alert.limit_name, alert.status) == ("max drawdown", "pending")
+
+
+def test_an_account_halted_by_a_close_raises_no_other_alert_until_it_resumes(guarded, terminal, db_session):
+    _, account_id, login, check, execute = guarded(drawdown_limits=BLOCK_THEN_CLOSE)
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    check()
+    terminal.sim_set_quote("EURUSD", 1.08050, 1.08060)
+    check()
+    check()
+    (alert,) = alerts_of(db_session, account_id)
+    execute(alert.id)
+    # A position opened by hand on the halted account, deep in loss: the owner's own doing after the
+    # close; the guards do not close it behind their back.
+    terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    terminal.sim_set_quote("EURUSD", 1.07500, 1.07510)
+    for _ in range(3):
+        assert check().state == "halted"
+    assert [a.id for a in alerts_of(db_session, account_id)] == [alert.id]
+
+
 def test_the_margin_guard_closes_the_largest_loser_first_until_the_level_is_restored(
     guarded, terminal, db_session
 ):
@@ -924,11 +1003,11 @@ def test_a_resume_resets_only_the_limit_that_halted_the_account(guarded, termina
     assert state.limits["weekly"]["peak"] == peak_before
 
 
-def test_the_watch_skips_a_halted_account_and_sees_new_settings_at_once(
+def test_the_watch_skips_an_account_a_close_halted_and_sees_new_settings_at_once(
     guarded, sync, terminal, db_session, recorder
 ):
-    """Two accounts on one server: the halted one is not watched, and the other's view follows its owner's
-    new settings on the next tick (the per-process cache is keyed on what it was built from)."""
+    """Two accounts on one server: the one a close halted is not watched, and the other's view follows its
+    owner's new settings on the next tick (the per-process cache is keyed on what it was built from)."""
     _, watched_id, watched_login, _, _ = guarded()
     _, halted_id, halted_login, _, _ = guarded()
     for account_id, login in ((watched_id, watched_login), (halted_id, halted_login)):
@@ -936,7 +1015,7 @@ def test_the_watch_skips_a_halted_account_and_sees_new_settings_at_once(
         assert sync(account_id).status == "ok"
     readings.record_synced(db_session, [watched_id, halted_id], notify=recorder.notify, schedule=None)
     halted = db_session.get(GuardState, halted_id)
-    halted.halted_at, halted.updated_at = utcnow(), utcnow()
+    halted.halted_at, halted.halted_by_alert_id, halted.updated_at = utcnow(), 3, utcnow()
     db_session.commit()
 
     terminal.sim_set_quote("EURUSD", 1.08395, 1.08405)  # 10.5 pips on 1 lot: the 1 % warning

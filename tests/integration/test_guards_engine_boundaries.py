@@ -403,6 +403,75 @@ def test_a_close_the_broker_refuses_in_the_batch_fails_and_the_alert_fails_and_h
     assert closing_deals(terminal, ticket) == []
 
 
+def open_sim_algo_trading_off(terminal):
+    """`open_sim` on a terminal whose "Algo Trading" is switched off: order_send refused outright."""
+
+    @contextmanager
+    def open_terminal(account):
+        sim = SimTerminal(terminal.broker)
+        sim.sim_set_algo_trading(False)
+        with Gateway.from_module(
+            sim, login=account.login, password="x", server=account.server, timeout=5
+        ) as gateway:
+            yield gateway
+
+    return open_terminal
+
+
+def test_a_close_the_terminal_refuses_outright_in_the_batch_fails_at_once_and_the_alert_fails_and_halts(
+    guarded, terminal, db_session, recorder
+):
+    """Algo trading off: the terminal sends nothing (AutoTradingDisabled). No retry cures that, so the
+    close is not left `sent` for the one-alert path to look for and send again, and again: it fails,
+    audited, the alert fails (the owner told) and the account is halted."""
+    ((account_id, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
+
+    done = carry_out(
+        db_session, terminal, recorder, alert.id, open_terminal=open_sim_algo_trading_off(terminal)
+    )
+
+    assert done.first == guards.AlertResult(alert.id, "failed", 0) and done.left == []
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.attempts) == ("failed", 1)
+    assert close.error.startswith("the terminal refused the close: order_send failed"), close.error
+    assert _actions(db_session, alert.id).count("position.close_failed") == 1
+    assert "alert.failed" in recorder.names()
+    assert state_of(db_session, account_id).halted_by_alert_id == alert.id
+    assert closing_deals(terminal, ticket) == []
+
+
+def test_a_close_another_attempt_moved_on_while_the_batchs_orders_were_out_keeps_that_attempts_record(
+    guarded, terminal, db_session, recorder
+):
+    """The batch's close was requoted, but before the batch recorded it, another attempt (the one-alert
+    path, past the in-flight window) sent it again and recorded it closed. The batch must not write its
+    requote over that: reopened as `pending`, the close would be claimed and sent once more."""
+    ((_, _, alert),) = crowd(guarded, terminal, db_session, 1)
+    terminal.sim_set_requotes(1)
+
+    def another_attempt_closes_it():  # this session unaware
+        db_session.execute(
+            sa.update(AlertClose)
+            .where(AlertClose.alert_id == alert.id)
+            .values(state="closed", sent_at=utcnow(), attempts=AlertClose.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+        db_session.commit()
+
+    done = carry_out(
+        db_session,
+        terminal,
+        recorder,
+        alert.id,
+        open_terminal=open_sim_then(terminal, 2, another_attempt_closes_it),
+    )
+
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.attempts) == ("closed", 2)
+    assert "position.close_requoted" not in _actions(db_session, alert.id)
+    assert done.left == []
+
+
 def test_the_batch_records_its_fills_and_ends_its_alerts_in_one_transaction(
     guarded, terminal, db_session, recorder
 ):
@@ -462,15 +531,18 @@ def test_an_alert_another_run_ended_while_the_batchs_orders_were_out_is_not_ende
 def test_an_account_halted_since_this_session_read_it_is_not_halted_again_by_the_batch(
     guarded, terminal, db_session, recorder
 ):
-    """The batch reads the guard states it locks afresh: an account another worker halted after this
-    session last read its state keeps that halt (its reason, no second `account.halted`)."""
+    """The batch reads the guard states it locks afresh: an account another worker halted (for this
+    alert's close) after this session last read its state keeps that halt (its reason, no second
+    `account.halted`)."""
     ((account_id, _, alert),) = crowd(guarded, terminal, db_session, 1)
     seen = db_session.get(GuardState, account_id)  # held: this session's copy, not halted
     assert seen.halted_at is None
     db_session.execute(
         sa.update(GuardState)
         .where(GuardState.account_id == account_id)
-        .values(halted_at=utcnow(), halted_reason="by another worker", state="halted")
+        .values(
+            halted_at=utcnow(), halted_reason="by another worker", halted_by_alert_id=alert.id, state="halted"
+        )
         .execution_options(synchronize_session=False)
     )
     db_session.commit()
@@ -716,6 +788,132 @@ def test_a_close_the_broker_refuses_on_the_one_alert_path_fails_and_the_alert_fa
     assert "position.close_failed" in _actions(db_session, alert.id)
     assert state_of(db_session, account_id).halted_at is not None
     assert _outs(terminal, login, ticket) == []
+
+
+def test_a_close_the_terminal_refuses_outright_on_the_one_alert_path_fails_and_is_not_sent_again(
+    guarded, terminal, db_session, recorder
+):
+    account_id, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
+
+    for _ in range(2):  # a second delivery of the task finds the alert ended
+        result = _execute(
+            db_session, terminal, recorder, alert.id, open_terminal=open_sim_algo_trading_off(terminal)
+        )
+        assert (result.status, result.closed) == ("failed", 0)
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.attempts) == ("failed", 1)
+    assert close.error.startswith("the terminal refused the close: order_send failed"), close.error
+    assert _actions(db_session, alert.id).count("position.close_sent") == 1
+    assert state_of(db_session, account_id).halted_by_alert_id == alert.id
+    assert _outs(terminal, login, ticket) == []
+
+
+def test_a_position_an_earlier_alert_failed_to_close_is_closed_by_the_next_alert(
+    guarded, terminal, db_session, recorder
+):
+    """The first alert's close is refused (the market closed, say): that alert fails and the position
+    stays open. After the owner resumes, the next breach's alert closes it: one close per alert and
+    position, not one ever (which dropped the second alert's close and ended it `executed`, the
+    position still open)."""
+    _, account_id, login, check, _ = guarded()
+    ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
+    engine_tests.breach_confirmed(check, terminal)
+    (first,) = alerts_of(db_session, account_id)
+    terminal.sim_set_reject(mt5c.TRADE_RETCODE_MARKET_CLOSED)
+    assert _execute(db_session, terminal, recorder, first.id).status == "failed"
+    terminal.sim_set_reject(None)
+    guards.resume(db_session, db_session.get(Account, account_id).owner_id, account_id)
+    db_session.commit()
+
+    engine_tests.breach_confirmed(check, terminal, bid=1.07900)  # 30 pips more, from the resume's equity
+    second = alerts_of(db_session, account_id)[-1]
+    assert second.id != first.id
+    result = _execute(db_session, terminal, recorder, second.id)
+
+    assert (result.status, result.closed) == ("executed", 1)
+    closes = db_session.scalars(
+        sa.select(AlertClose).where(AlertClose.account_id == account_id).order_by(AlertClose.id)
+    ).all()
+    assert [(c.alert_id, c.position_ticket, c.state) for c in closes] == [
+        (first.id, ticket, "failed"),
+        (second.id, ticket, "closed"),
+    ]
+    assert len(_outs(terminal, login, ticket)) == 1
+    assert terminal.positions_get() == ()
+
+
+def _deals_pnl(deals):
+    return sum((d.profit + d.commission + d.swap for d in deals), 0.0)
+
+
+def test_a_close_that_fills_in_part_is_sent_again_for_the_rest_until_the_position_is_closed(
+    guarded, terminal, db_session, recorder
+):
+    """IOC closes may fill in part (TRADE_RETCODE_DONE_PARTIAL): each part is recorded and the rest sent
+    again, until the position is gone. Recorded as closed at the first part, the rest stayed open."""
+    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
+    terminal.sim_set_partial_fill(0.5)  # each order fills half of what it asks, down to 0.01 lot
+
+    result = _execute(db_session, terminal, recorder, alert.id)
+
+    assert (result.status, result.closed) == ("executed", 1)
+    assert terminal.positions_get() == ()
+    outs = _outs(terminal, login, ticket)
+    assert len(outs) > 2 and sum(d.volume for d in outs) == pytest.approx(1.0)
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.deal_ticket) == ("closed", outs[-1].ticket)
+    assert float(close.pnl) == pytest.approx(_deals_pnl(outs))  # every part's P&L, not the last one's
+    actions = _actions(db_session, alert.id)
+    assert actions.count("position.closed_in_part") == len(outs) - 1
+    assert actions.count("position.close_sent") == len(outs)
+
+
+def test_a_batch_close_that_fills_in_part_is_finished_by_the_one_alert_path(
+    guarded, terminal, db_session, recorder
+):
+    ((_, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
+    terminal.sim_set_partial_fill(0.5)
+    terminal.sim_set_requotes(0)
+
+    done = carry_out(db_session, terminal, recorder, alert.id)
+
+    assert done.left == [alert.id]  # not ended: the rest is still open
+    close = _close_of(db_session, alert.id)
+    (part,) = closing_deals(terminal, ticket)
+    assert (close.state, close.deal_ticket) == ("pending", part.ticket)
+    terminal.sim_set_partial_fill(None)
+    assert _execute(db_session, terminal, recorder, alert.id).status == "executed"
+    first, rest = closing_deals(terminal, ticket)
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.deal_ticket) == ("closed", rest.ticket)
+    assert float(close.pnl) == pytest.approx(_deals_pnl([first, rest]))
+    assert terminal.positions_get() == ()
+
+
+def test_after_a_part_filled_a_lost_reply_finds_the_rests_deal_not_the_parts(
+    guarded, terminal, db_session, recorder
+):
+    """Every order of a close carries its comment: the look after a lost reply takes the deal past the
+    part already recorded, not that part again (which would count its P&L twice and leave the rest)."""
+    ((_, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
+    terminal.sim_set_partial_fill(0.5)
+    carry_out(db_session, terminal, recorder, alert.id)
+    terminal.sim_set_partial_fill(None)
+    terminal.sim_lose_next_reply(1)
+    with pytest.raises(OrderOutcomeUnknown):
+        _execute(db_session, terminal, recorder, alert.id)
+    assert _close_of(db_session, alert.id).state == "sent"
+
+    result = _execute(
+        db_session, terminal, recorder, alert.id, settings=guards.GuardSettings(in_flight_seconds=0)
+    )
+
+    assert result.status == "executed"
+    part, rest = closing_deals(terminal, ticket)
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.deal_ticket) == ("closed", rest.ticket)
+    assert float(close.pnl) == pytest.approx(_deals_pnl([part, rest]))
+    assert _actions(db_session, alert.id).count("position.close_sent") == 2
 
 
 def test_the_end_of_an_alert_and_a_cancelled_alert_are_committed_by_the_one_alert_path(

@@ -3,8 +3,9 @@ mutant no test noticed): a guard check's reading and what it refreshes of the ma
 clock, a batch whose recording fails, the watch's presumed breach, and when a breach is "building up".
 
 Decided, and kept as the code had them:
-- the offset of the server's clock is learnt from the freshest quote of a trading symbol; when no quote
-  is fresh enough, the offset known for the account dates the quotes (0 when none is known);
+- the offset of the server's clock is learnt from the freshest quote of a trading symbol known to be
+  live (it moved since a look at most a minute before); when no quote is, the offset known for the
+  account dates the quotes (0 when none is known);
 - the same quote seen again keeps the jump it was seen with; a new quote's jump is from the last quote
   seen on the same server;
 - a batch that records cleanly takes no savepoint; when one account's recording fails, the others keep
@@ -308,18 +309,27 @@ def seen(db_session, symbol, server=SERVER):
 
 
 def test_the_offset_is_learnt_from_the_freshest_quote(db_session):
-    """A UTC+2 server: EURUSD ticked just now, ZZZUSD last 15 minutes ago (which looks like UTC+1:45):
-    the fresh one tells."""
-    two_hours = timedelta(hours=2)
-    quotes = {
-        "EURUSD": Quote("EURUSD", Decimal("1.085"), Decimal("1.0851"), NOW + two_hours),
-        "ZZZUSD": Quote("ZZZUSD", Decimal("1.2"), Decimal("1.2001"), NOW + two_hours - timedelta(minutes=15)),
-    }
-    assert observe(db_session, quotes) == 7200
+    """A UTC+2 server: since the look a second ago EURUSD ticked just now, ZZZUSD showed a tick of 15
+    minutes ago (which looks like UTC+1:45): the fresh one tells."""
+    two_hours, before = timedelta(hours=2), NOW - timedelta(seconds=1)
+
+    def quotes(eurusd, zzzusd, time):
+        return {
+            "EURUSD": Quote("EURUSD", Decimal(eurusd), Decimal(eurusd) + Decimal("0.0001"), time),
+            "ZZZUSD": Quote(
+                "ZZZUSD", Decimal(zzzusd), Decimal(zzzusd) + Decimal("0.0001"), time - timedelta(minutes=15)
+            ),
+        }
+
+    observe(db_session, quotes("1.085", "1.2", NOW + two_hours - timedelta(minutes=5)), at=before)
+    assert observe(db_session, quotes("1.0851", "1.2001", NOW + two_hours)) == 7200
     assert seen(db_session, "EURUSD").quoted_at == NOW
     assert seen(db_session, "ZZZUSD").quoted_at == NOW - timedelta(minutes=15)
     # The learnt offset wins over the one known before.
-    assert observe(db_session, quotes, known_offset=3600) == 7200
+    later = NOW + timedelta(seconds=1)
+    assert (
+        observe(db_session, quotes("1.0852", "1.2", later + two_hours), at=later, known_offset=3600) == 7200
+    )
 
 
 def test_without_a_known_offset_an_old_quote_is_taken_as_utc(db_session):
@@ -355,19 +365,20 @@ def test_the_same_quote_again_keeps_its_jump_and_a_new_one_jumps_from_the_last_s
 
 
 @pytest.mark.parametrize(
-    ("limits", "margin_streak", "halted", "alert_id", "building"),
+    ("limits", "margin_streak", "halted_by", "alert_id", "building"),
     [
-        ({"max drawdown": {"streak": 1}}, 0, False, None, True),  # one of two
-        ({"max drawdown": {"streak": 0}}, 1, False, None, True),  # the margin's one of two
-        ({"max drawdown": {"streak": 2}}, 0, False, None, False),  # confirmed (a warn-only limit)
-        ({"max drawdown": {"streak": 1}}, 0, False, 123, False),  # an alert counts down already
-        ({"max drawdown": {"streak": 1}}, 0, True, None, False),  # halted
-        ({"max drawdown": {"streak": 0}}, 0, False, None, False),  # nothing at all
-        ({"max drawdown": {"anchor": "10000", "peak": "10000"}}, 0, False, None, False),  # no streak: none
+        ({"max drawdown": {"streak": 1}}, 0, None, None, True),  # one of two
+        ({"max drawdown": {"streak": 0}}, 1, None, None, True),  # the margin's one of two
+        ({"max drawdown": {"streak": 2}}, 0, None, None, False),  # confirmed (a warn-only limit)
+        ({"max drawdown": {"streak": 1}}, 0, None, 123, False),  # an alert counts down already
+        ({"max drawdown": {"streak": 1}}, 0, "close", None, False),  # halted by a close: nothing to close
+        ({"max drawdown": {"streak": 1}}, 0, "block", None, True),  # a block: the close behind it acts
+        ({"max drawdown": {"streak": 0}}, 0, None, None, False),  # nothing at all
+        ({"max drawdown": {"anchor": "10000", "peak": "10000"}}, 0, None, None, False),  # no streak: none
     ],
 )
 def test_a_breach_is_building_up_while_a_run_is_short_of_its_confirmations(
-    guarded, db_session, limits, margin_streak, halted, alert_id, building
+    guarded, db_session, limits, margin_streak, halted_by, alert_id, building
 ):
     account_id = guarded(lots=0, read=False)
     db_session.add(
@@ -378,7 +389,8 @@ def test_a_breach_is_building_up_while_a_run_is_short_of_its_confirmations(
             margin_streak=margin_streak,
             blocked_symbols={},
             broker_offset_seconds=0,
-            halted_at=utcnow() if halted else None,
+            halted_at=utcnow() if halted_by else None,
+            halted_by_alert_id=41 if halted_by == "close" else None,
             updated_at=utcnow(),
         )
     )

@@ -110,23 +110,26 @@ def test_a_terminal_that_fails_is_counted_and_its_accounts_wait_for_the_next_tic
     assert result.to_read == [] and result.terminals == []
 
 
-def test_the_watch_reads_the_account_its_quotes_push_to_a_warning_or_over_a_maximum_and_not_a_halted_one(
+def test_the_watch_reads_the_accounts_its_quotes_push_to_a_warning_or_over_a_maximum_not_one_a_close_halted(
     synced, terminal, db_session
 ):
     watched_id = synced()
-    halted_id = synced()
-    halted = db_session.get(GuardState, halted_id)
-    halted.halted_at, halted.updated_at = utcnow(), utcnow()
+    closed_id = synced()
+    blocked_id = synced()
+    closed, blocked = db_session.get(GuardState, closed_id), db_session.get(GuardState, blocked_id)
+    closed.halted_at, closed.halted_by_alert_id, closed.updated_at = utcnow(), 7, utcnow()
+    # Halted by a block: its positions are still open, and a close limit behind the block still acts.
+    blocked.halted_at, blocked.updated_at = utcnow(), utcnow()
     db_session.commit()
 
     assert watch.watch(db_session, open_terminal=opener(terminal)).to_read == []
     terminal.sim_set_quote("EURUSD", 1.08395, 1.08405)  # 10.5 pips on 1 lot: 1.05 %, the warning
     warned = watch.watch(db_session, open_terminal=opener(terminal))
-    assert (warned.to_read, warned.breached) == ([watched_id], [])
-    assert warned.counts["accounts"] == 1  # the halted account is not looked at
+    assert (sorted(warned.to_read), warned.breached) == ([watched_id, blocked_id], [])
+    assert warned.counts["accounts"] == 2  # the account a close halted is not looked at
     terminal.sim_set_quote("EURUSD", 1.08290, 1.08300)  # 21 pips: 2.1 %, past the maximum
     breached = watch.watch(db_session, open_terminal=opener(terminal))
-    assert (breached.to_read, breached.breached) == ([watched_id], [watched_id])
+    assert sorted(breached.to_read) == sorted(breached.breached) == [watched_id, blocked_id]
 
 
 def test_the_watch_follows_a_reading_and_the_owners_new_settings_on_the_next_tick(

@@ -247,6 +247,37 @@ def test_figures_past_any_real_accounts_are_refused_even_spelled_with_a_huge_exp
     assert client.put(url(account_id), json=document, headers=world["user"]["headers"]).status_code == 200
 
 
+def test_a_figure_the_stored_json_number_cannot_hold_is_refused_not_stored_as_another(
+    api, client, db_session
+):
+    """Checked as given, stored as a JSON number: 4.99999999999999999999 under a maximum of 5 would be
+    stored as 5.0 (equal to it, a document its own GET then fails to save), and 1e-999999999 as 0.0 (a
+    close at any drawdown)."""
+    world = api.setup()
+    account_id = world["account"]["id"]
+    document = copy.deepcopy(EXAMPLE)
+    document["drawdown_limits"][0]["warn_percent"] = "WARN"
+    document["drawdown_limits"][1]["max_percent"] = "TINY"
+    body = json.dumps(document).replace('"WARN"', "4.99999999999999999999").replace('"TINY"', "1e-999999999")
+    response = client.put(
+        url(account_id), data=body, headers={**world["user"]["headers"], "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.json
+    fields = response.json["error"]["fields"]
+    assert set(fields) == {"drawdown_limits.0.warn_percent", "drawdown_limits.1.max_percent"}
+    assert "at most 15 significant digits" in fields["drawdown_limits.1.max_percent"][0]
+    assert stored_rows(db_session, account_id) == []
+    # 15 significant digits are stored as given.
+    body = json.dumps(document).replace('"WARN"', "4.99999999999999").replace('"TINY"', "0.000001")
+    saved = client.put(
+        url(account_id), data=body, headers={**world["user"]["headers"], "Content-Type": "application/json"}
+    )
+    assert saved.status_code == 200, saved.json
+    stored = client.get(url(account_id), headers=world["user"]["headers"]).json
+    assert stored["drawdown_limits"][0]["warn_percent"] == 4.99999999999999
+    assert stored["drawdown_limits"][1]["max_percent"] == 0.000001
+
+
 # --- the functions behind the API, as the guards and the execution path call them --------------------
 
 

@@ -202,6 +202,19 @@ def test_a_halted_account_and_a_blocked_symbol_are_refused_with_the_reason():
     ) == ["XAUUSD blocked by the market guard: spread 45 pips > 20"]
 
 
+def test_an_alert_closing_the_accounts_positions_refuses_every_order_with_its_figures():
+    alert = "alert 12 (max drawdown: drawdown 10.4%) closes at 2026-12-01 10:00:10+00"
+    assert risk.guard_problems(
+        symbol="EURUSD", halted=False, halted_reason=None, blocked_symbols={}, live_alert=alert
+    ) == [f"a guard is closing the account's positions: {alert}"]
+    assert (
+        risk.guard_problems(
+            symbol="EURUSD", halted=False, halted_reason=None, blocked_symbols={}, live_alert=None
+        )
+        == []
+    )
+
+
 def test_the_gateway_reads_the_tick_size_and_value_of_the_simulated_terminal():
     terminal = SimTerminal(SimBroker(seed=1))
     with Gateway.from_module(

@@ -90,6 +90,33 @@ def test_a_quote_too_old_to_tell_teaches_no_offset():
     assert rules.broker_offset_seconds(now + timedelta(hours=2, seconds=-60), now) == 2 * HOUR
 
 
+def test_no_offset_is_learnt_beyond_the_worlds_time_zones():
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    assert rules.broker_offset_seconds(now - timedelta(hours=12), now) == -12 * HOUR
+    assert rules.broker_offset_seconds(now + timedelta(hours=14), now) == 14 * HOUR
+    # A tick 15 h old on a UTC server, 16 h 15 min on a UTC+1:15 one: stale, not a clock.
+    assert rules.broker_offset_seconds(now - timedelta(hours=15), now) is None
+    assert rules.broker_offset_seconds(now + timedelta(hours=14, minutes=15), now) is None
+
+
+def test_only_a_quote_seen_moving_moments_ago_teaches_the_offset():
+    """Friday's last tick on Saturday on a UTC+2 server, 14 h 0 min 20 s old: to within a minute of a
+    quarter hour, its age alone reads as UTC-12. Standing still, or seen for the first time, it is no
+    live quote; one that moved since a look a second ago is."""
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    stale = now + timedelta(hours=2) - timedelta(hours=14, seconds=20)
+    assert rules.broker_offset_seconds(stale, now) == -12 * HOUR  # what it taught
+    a_second_ago = now - timedelta(seconds=1)
+    assert rules.live_offset_seconds(stale, now, moved=False, last_seen=a_second_ago) is None
+    assert rules.live_offset_seconds(stale, now, moved=True, last_seen=None) is None
+    live = now + timedelta(hours=2, seconds=-1)
+    assert rules.live_offset_seconds(live, now, moved=True, last_seen=a_second_ago) == 2 * HOUR
+    # Moved since a look 5 min ago: it may be 5 min old.
+    five_minutes_ago = now - timedelta(minutes=5)
+    assert rules.live_offset_seconds(live, now, moved=True, last_seen=five_minutes_ago) is None
+    assert rules.live_offset_seconds(live, now, moved=True, last_seen=now - timedelta(seconds=60)) == 2 * HOUR
+
+
 # --- drawdown limits --------------------------------------------------------------------------------
 
 
@@ -193,6 +220,85 @@ def test_a_new_day_at_broker_midnight_starts_the_limit_from_that_reading():
     # The same two moments on a UTC server are one day: no rollover.
     same_day = assess(daily, assess(daily, None, reading(10000, at=before)).state, reading(9400, at=after))
     assert not same_day.new_period and same_day.level == rules.BREACH
+
+
+def test_an_offset_learnt_or_shifted_within_the_broker_day_keeps_the_days_reference():
+    """The day counted from UTC midnight (no offset known yet) with 4 % lost; at 12:00 UTC the server's
+    UTC+2 is learnt: the day began at 22:00 UTC yesterday, the same broker day, so its reference stays and
+    the next loss adds up (8.5 %, a breach; taken as a new day it showed 4.7 %). A DST hour later the same
+    day changes nothing either."""
+    daily = limit(period="day", reference="period_start_balance", resume="next_period")
+    morning = assess(daily, None, reading(10000, at=datetime(2026, 11, 30, 8, tzinfo=UTC)))
+    lost = assess(daily, morning.state, reading(9600, at=datetime(2026, 11, 30, 11, tzinfo=UTC)))
+    assert (lost.drawdown_percent, lost.level) == (D(4), rules.WARNING)
+    learnt = assess(
+        daily, lost.state, reading(9530, 9600, at=datetime(2026, 11, 30, 12, tzinfo=UTC)), offset=2 * HOUR
+    )
+    assert not learnt.new_period
+    assert (learnt.reference, learnt.drawdown_percent) == (D(10000), D("4.7"))
+    assert learnt.state.period_start == datetime(2026, 11, 29, 22, tzinfo=UTC)  # broker midnight now
+    more = assess(
+        daily, learnt.state, reading(9150, 9150, at=datetime(2026, 11, 30, 13, tzinfo=UTC)), offset=2 * HOUR
+    )
+    assert (more.reference, more.drawdown_percent, more.level) == (D(10000), D("8.5"), rules.BREACH)
+    dst = assess(daily, more.state, reading(9150, at=datetime(2026, 11, 30, 14, tzinfo=UTC)), offset=HOUR)
+    assert (dst.new_period, dst.reference, dst.state.streak) == (False, D(10000), 2)
+    assert dst.state.period_start == datetime(2026, 11, 29, 23, tzinfo=UTC)
+
+
+def test_an_offset_moved_back_across_broker_midnight_does_not_start_the_day_twice():
+    """UTC+3, the new day began at 21:00 UTC; at 21:30 the offset is corrected to UTC+2, which puts the
+    server at 23:30 of the day before: still the new day, whose reference stays, until its own end."""
+    daily = limit(period="day", reference="period_start_equity", resume="next_period")
+    old_day = assess(daily, None, reading(10000, at=datetime(2026, 11, 30, 20, tzinfo=UTC)), offset=3 * HOUR)
+    new_day = assess(
+        daily, old_day.state, reading(9800, at=datetime(2026, 11, 30, 21, 10, tzinfo=UTC)), offset=3 * HOUR
+    )
+    assert new_day.new_period and new_day.reference == D(9800)
+    back = assess(
+        daily, new_day.state, reading(9700, at=datetime(2026, 11, 30, 21, 30, tzinfo=UTC)), offset=2 * HOUR
+    )
+    assert (back.new_period, back.reference) == (False, D(9800))
+    assert back.state.period_start == datetime(2026, 11, 30, 22, tzinfo=UTC)
+    at_midnight = assess(
+        daily, back.state, reading(9600, at=datetime(2026, 11, 30, 22, 30, tzinfo=UTC)), offset=2 * HOUR
+    )
+    assert (at_midnight.new_period, at_midnight.reference) == (False, D(9800))
+    next_day = assess(
+        daily, at_midnight.state, reading(9600, at=datetime(2026, 12, 1, 22, 30, tzinfo=UTC)), offset=2 * HOUR
+    )
+    assert (next_day.new_period, next_day.reference) == (True, D(9600))
+
+
+@pytest.mark.parametrize(
+    ("period", "same", "next_one"),
+    [
+        # Wednesday, then Sunday 23:30 on the server; the next period from Monday 00:30 on the server.
+        ("week", datetime(2026, 12, 6, 20, 30, tzinfo=UTC), datetime(2026, 12, 6, 22, 30, tzinfo=UTC)),
+        # The 2nd, then the 31st at 23:30 on the server; the next period from the 1st 00:30 on the server.
+        ("month", datetime(2026, 12, 31, 20, 30, tzinfo=UTC), datetime(2026, 12, 31, 22, 30, tzinfo=UTC)),
+    ],
+)
+def test_a_week_or_a_month_is_new_only_when_the_servers_calendar_moves_on(period, same, next_one):
+    """Counted from UTC with no offset known, then under UTC+2 learnt: the same week (month) until the
+    server's Monday (1st), then a new one."""
+    the_limit = limit(period=period, reference="period_start_equity")
+    first = assess(the_limit, None, reading(10000, at=datetime(2026, 12, 2, 12, tzinfo=UTC)))
+    learnt = assess(the_limit, first.state, reading(9900, at=same), offset=2 * HOUR)
+    assert (learnt.new_period, learnt.reference) == (False, D(10000))
+    rolled = assess(the_limit, learnt.state, reading(9900, at=next_one), offset=2 * HOUR)
+    assert (rolled.new_period, rolled.reference) == (True, D(9900))
+    assert rolled.state.period_start == next_one.replace(hour=22, minute=0)
+
+
+def test_a_limit_whose_period_the_owner_changed_starts_afresh():
+    """A day's state (begun on a Wednesday) read as a week's is no week's start: a new period, as before."""
+    wednesday = datetime(2026, 12, 2, 12, tzinfo=UTC)
+    daily = assess(limit(period="day"), None, reading(10000, at=wednesday))
+    weekly = assess(limit(period="week"), daily.state, reading(9900, at=wednesday + timedelta(hours=1)))
+    assert (weekly.new_period, weekly.reference) == (True, D(9900))
+    lifetime = assess(limit(period="lifetime"), daily.state, reading(9900, at=wednesday + timedelta(hours=1)))
+    assert lifetime.new_period and lifetime.state.period_start is None
 
 
 def test_the_first_reading_is_not_a_new_period():
