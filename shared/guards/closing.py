@@ -106,9 +106,9 @@ class _Run:
 @dataclass
 class _Sent:
     order: _Order
+    # None: not sent, or its outcome not known (the close stays `sent` for the one-alert path).
     result: OrderResult | None = None
     deal: Deal | None = None
-    error: str | None = None
     # Why the terminal refused the order before sending anything (a PermanentTerminalError): the close
     # fails, as a broker's refusal does.
     refused: str | None = None
@@ -371,8 +371,7 @@ def _send(
                 for item in sent:
                     order = item.order
                     if (now() - order.sent_at).total_seconds() > settings.send_after_claim_seconds:
-                        item.error = "not sent in time; left to the one-alert path"
-                        continue
+                        continue  # not sent in time: left to the one-alert path (no result)
                     price = order.price
                     if price is None:
                         quote = quotes.get(order.symbol) or terminal.quote(order.symbol)
@@ -401,17 +400,13 @@ def _send(
                     deals = terminal.deals_for_positions(filled)
                     for item in sent:
                         if item.result is not None and item.result.done:
-                            item.deal = next(
-                                (d for d in deals.get(item.order.ticket, []) if d.ticket == item.result.deal),
-                                None,
+                            item.deal = engine.deal_made(
+                                deals.get(item.order.ticket, []), item.result.deal, item.order.comment
                             )
         except TerminalError as exc:
             # The order in flight may or may not have been made: its close stays `sent`, for the
             # one-alert path to look for its deal before sending anything again.
             log.warning("account %s: closing failed (%s: %s)", account.id, type(exc).__name__, exc)
-            for item in sent:
-                if item.result is None and item.error is None and item.refused is None:
-                    item.error = f"{type(exc).__name__}: {exc}"
         return sent
 
     runner = executor or Inline()
@@ -447,7 +442,6 @@ def _record(
             .where(AlertClose.id.in_([item.order.close_id for item in sent]))
             .order_by(AlertClose.id)
             .with_for_update()
-            .execution_options(populate_existing=True)
         )
     }
     filled: list[engine.Filled] = []
@@ -470,12 +464,14 @@ def _record(
         if result.done:
             deal = item.deal
             pnl = deal.profit + deal.commission + deal.swap if deal is not None else None
+            deal_ticket = deal.ticket if deal is not None else result.deal
             if result.retcode == mt5c.TRADE_RETCODE_DONE_PARTIAL:
                 # The rest of the position is still open: the part recorded, the rest left to the
-                # one-alert path (the close `pending`, its alert not ended).
-                engine.closed_in_part(session, row, result.price, pnl, result.deal, result.volume)
+                # one-alert path (the close `pending`, its alert not ended). The close is locked here
+                # and was checked as this run claimed it, so the write takes.
+                engine.closed_in_part(session, row, result.price, pnl, deal_ticket, result.volume)
                 continue
-            filled.append(engine.Filled(row, result.price, pnl, result.deal))
+            filled.append(engine.Filled(row, result.price, pnl, deal_ticket))
         elif result.retcode in engine._NEW_PRICE:
             row.state = "pending"
             engine._audit(

@@ -971,18 +971,30 @@ def _trades_by_position(session: DbSession, account_id: int, tickets: list[int])
 
 def _find_close(terminal: TerminalPort, row: AlertClose) -> Deal | None:
     """The deal our close order made, if it exists: found by its comment among the position's deals,
-    past the deal of a partial fill already recorded (every order of the close carries its comment, and
-    a broker numbers deals in order)."""
+    past the deal of a partial fill already recorded."""
     deals = terminal.deals_for_positions([row.position_ticket]).get(row.position_ticket, [])
-    recorded = row.deal_ticket or 0
-    return next(
-        (
-            d
-            for d in deals
-            if d.comment == row.comment and d.entry != mt5c.DEAL_ENTRY_IN and d.ticket > recorded
-        ),
-        None,
-    )
+    return next(iter(_ours_after(deals, row.comment, row.deal_ticket)), None)
+
+
+def _ours_after(deals: Sequence[Deal], comment: str | None, recorded: int | None) -> list[Deal]:
+    """The closing deals carrying a close's comment (every order of the close carries it), past the deal
+    `recorded` for its last part (a broker numbers deals in order), oldest first."""
+    return [
+        d
+        for d in deals
+        if d.comment == comment and d.entry != mt5c.DEAL_ENTRY_IN and d.ticket > (recorded or 0)
+    ]
+
+
+def deal_made(
+    deals: Sequence[Deal], deal_ticket: int | None, comment: str | None, *, after: int | None = None
+) -> Deal | None:
+    """The deal a close's order made, among its position's deals: the one the reply named; when the reply
+    named none (0: some brokers' exchange execution), the newest carrying the close's comment past the
+    parts already recorded (`after`), so that a part is never taken for the next one."""
+    if deal_ticket:
+        return next((d for d in deals if d.ticket == deal_ticket), None)
+    return max(_ours_after(deals, comment, after), key=lambda d: d.ticket, default=None)
 
 
 def _closing_deal(terminal: TerminalPort, position_ticket: int) -> Deal | None:
@@ -1017,7 +1029,9 @@ def _close_one(
             _closed(session, row, found.price, with_earlier_parts(row, found_pnl), found.ticket, tell, now)
             return
         # Its order filled in part, the rest is still open: recorded, and the rest sent below.
-        closed_in_part(session, row, found.price, found_pnl, found.ticket, found.volume)
+        if not closed_in_part(session, row, found.price, found_pnl, found.ticket, found.volume):
+            session.commit()
+            raise CloseInFlight(f"close {row.id}: another worker recorded its part and went on")
         session.commit()
     if row.state == "sent":
         open_now = {p.ticket for p in terminal.positions(row.symbol)}
@@ -1046,13 +1060,17 @@ def _close_one(
         session.commit()
         session.refresh(row)
 
+    # Each requote is sent again at a fresh price, up to `max_price_retries` times; each partial fill,
+    # for the rest of the position, up to MAX_PARTIAL_FILLS parts.
     requotes = partial_fills = 0
-    for attempt in range(settings.max_price_retries + 1 + MAX_PARTIAL_FILLS):
-        if attempt == 0 and decided is not None and row.state == "pending":
+    first = True
+    while True:
+        if first and decided is not None and row.state == "pending":
             position: Position | None = decided
         else:
             symbol_positions = terminal.positions(row.symbol)
             position = next((p for p in symbol_positions if p.ticket == row.position_ticket), None)
+        first = False
         if position is None:
             _gone(session, row, terminal, tell, now)
             return
@@ -1098,29 +1116,26 @@ def _close_one(
             # Refused before anything was sent (mt5.errors.classify: algo trading off, parameters refused,
             # no login): sending again will not cure it. Left `sent`, the close would be looked for and
             # sent again for ever, and the owner never told; it fails, and so does the alert.
-            row.state = "failed"
-            row.error = f"the terminal refused the close: {exc}"[:300]
-            _audit(session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error)
-            session.commit()
+            _close_failed(session, row, f"the terminal refused the close: {exc}")
             return
         row.retcode = result.retcode
         if result.retcode in _DONE:
-            deal = next(
-                (
-                    d
-                    for d in terminal.deals_for_positions([row.position_ticket]).get(row.position_ticket, [])
-                    if d.ticket == result.deal
-                ),
-                None,
-            )
+            deals = terminal.deals_for_positions([row.position_ticket]).get(row.position_ticket, [])
+            deal = deal_made(deals, result.deal, row.comment, after=row.deal_ticket)
             pnl = deal.profit + deal.commission + deal.swap if deal is not None else None
+            deal_ticket = deal.ticket if deal is not None else result.deal
             if result.retcode == mt5c.TRADE_RETCODE_DONE_PARTIAL:
                 # Part of the position closed, the rest still open: recorded, and the rest sent next.
                 partial_fills += 1
-                closed_in_part(session, row, result.price, pnl, result.deal, result.volume)
+                if not closed_in_part(session, row, result.price, pnl, deal_ticket, result.volume):
+                    session.commit()
+                    raise CloseInFlight(f"close {row.id}: another worker recorded it and went on")
                 session.commit()
+                if partial_fills >= MAX_PARTIAL_FILLS:
+                    _close_failed(session, row, f"still open after {partial_fills} partial fills")
+                    return
                 continue
-            _closed(session, row, result.price, with_earlier_parts(row, pnl), result.deal, tell, now)
+            _closed(session, row, result.price, with_earlier_parts(row, pnl), deal_ticket, tell, now)
             return
         if result.retcode in _NEW_PRICE:
             requotes += 1
@@ -1135,22 +1150,20 @@ def _close_one(
             )
             session.commit()
             if requotes > settings.max_price_retries:
-                break
+                _close_failed(session, row, f"price moved on each of {requotes} attempts")
+                return
             continue
         if result.retcode == mt5c.TRADE_RETCODE_POSITION_CLOSED:
             _gone(session, row, terminal, tell, now)
             return
-        row.state = "failed"
-        row.error = f"broker refused the close: retcode {result.retcode} {result.comment}"[:300]
-        _audit(session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error)
-        session.commit()
+        _close_failed(session, row, f"broker refused the close: retcode {result.retcode} {result.comment}")
         return
+
+
+def _close_failed(session: DbSession, row: AlertClose, error: str) -> None:
+    """The close ends failed (its alert will too, the owner told why); audited and committed."""
     row.state = "failed"
-    row.error = (
-        f"price moved on each of {settings.max_price_retries + 1} attempts"
-        if requotes > settings.max_price_retries
-        else f"still open after {partial_fills} partial fills"
-    )
+    row.error = error[:300]
     _audit(session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error)
     session.commit()
 
@@ -1167,14 +1180,36 @@ def closed_in_part(
     pnl: Decimal | None,
     deal_ticket: int | None,
     volume: Decimal,
-) -> None:
+) -> bool:
     """A close order that filled part of its position (TRADE_RETCODE_DONE_PARTIAL): its deal recorded on
     the close (the P&L added up over the parts, the latest deal kept: `_find_close` looks past it), the
-    close back to `pending` to send the rest. The caller commits."""
-    row.state = "pending"
-    row.close_price = price
-    row.pnl = with_earlier_parts(row, pnl)
-    row.deal_ticket = deal_ticket
+    close back to `pending` to send the rest. The caller commits.
+
+    Only the close as this attempt claimed it (`sent` at its `sent_at`) is written: another copy of the
+    task may have found the same part after a lost reply, recorded it and claimed the rest since; writing
+    over that claim would send the rest twice. False when it had moved on (nothing written)."""
+    # This part's P&L, plus the earlier parts' when there were any; NULL once one part's is not known.
+    part = sa.literal(pnl, AlertClose.pnl.type)
+    total = (
+        None
+        if pnl is None
+        else sa.case((AlertClose.deal_ticket.is_(None), part), else_=AlertClose.pnl + part)
+    )
+    took = session.execute(
+        sa.update(AlertClose)
+        .where(AlertClose.id == row.id, AlertClose.state == "sent", AlertClose.sent_at == row.sent_at)
+        .values(
+            state="pending",
+            close_price=price,
+            pnl=total,
+            deal_ticket=deal_ticket,
+        )
+        .returning(AlertClose.pnl)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if took is None:
+        return False
+    _as_stored(row, state="pending", close_price=price, pnl=took.pnl, deal_ticket=deal_ticket)
     _audit(
         session,
         "position.closed_in_part",
@@ -1185,6 +1220,7 @@ def closed_in_part(
         price=price,
         deal=deal_ticket,
     )
+    return True
 
 
 def with_earlier_parts(row: AlertClose, pnl: Decimal | None) -> Decimal | None:
@@ -1351,7 +1387,12 @@ def _gone(
     its closing deal, if the history has it, says at what price. Reconciliation records the trade's close."""
     deal = _closing_deal(terminal, row.position_ticket)
     values: dict[str, Any] = {"state": "gone", "closed_at": now()}
-    if deal is not None:
+    if row.deal_ticket is not None:
+        # Parts of it were closed by this close's own orders (recorded on the row, their P&L added up):
+        # it counts as closed by the guard, at its parts' figures; the rest went some other way (its SL,
+        # or a fill the broker called partial that took it all).
+        values["state"] = "closed"
+    elif deal is not None:
         values |= {
             "close_price": deal.price,
             "pnl": deal.profit + deal.commission + deal.swap,

@@ -123,7 +123,14 @@ def guard_now(session: DbSession, account_id: int, guard: OrderGuard) -> OrderGu
     account's guard state locked against change (FOR SHARE) until the caller's transaction ends. Read
     again in the transaction that records an order as sent: a halt or an alert the guards commit
     meanwhile is either seen here, or waits for that commit and then finds the order on the terminal to
-    close. The order limits are not read again (the checks made with them stand)."""
+    close. The order limits are not read again (the checks made with them stand).
+
+    The lock is taken first, in a statement of its own: read in the same statement, an alert the guards
+    committed while it waited for the lock would not be seen (only the locked row is read afresh after
+    the wait; the rest of a statement keeps the snapshot it started with)."""
+    session.execute(
+        sa.select(GuardState.account_id).where(GuardState.account_id == account_id).with_for_update(read=True)
+    ).all()
     # No guard state, no alert: the guards write the state before they raise one.
     state = session.execute(
         sa.select(
@@ -131,9 +138,7 @@ def guard_now(session: DbSession, account_id: int, guard: OrderGuard) -> OrderGu
             GuardState.halted_reason,
             GuardState.blocked_symbols,
             _live_alert(account_id).label("live_alert"),
-        )
-        .where(GuardState.account_id == account_id)
-        .with_for_update(read=True, of=GuardState)
+        ).where(GuardState.account_id == account_id)
     ).first()
     if state is None:
         return replace(guard, halted_at=None, halted_reason=None, blocked_symbols={}, live_alert=None)

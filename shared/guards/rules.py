@@ -69,20 +69,20 @@ def period_after(
         return start, start != previous_start  # a lifetime; or a limit changed to or from one
     offset = timedelta(seconds=broker_offset_seconds)
     began = (previous_start + offset + timedelta(hours=12)).date()
-    if _first_day(began, period) != began:
+    if not _starts_a(period, began):
         return start, True  # not a start of such a period: the owner changed the limit's period
     if (start + offset).date() > began:
         return start, True
     return datetime.combine(began, time(), tzinfo=start.tzinfo) - offset, False
 
 
-def _first_day(day: date, period: str) -> date:
-    """The broker-local date the period holding `day` began on."""
+def _starts_a(period: str, day: date) -> bool:
+    """Whether a `period` begins on this broker-local date (every day begins one)."""
     if period == "week":
-        return day - timedelta(days=day.weekday())
+        return day.weekday() == 0
     if period == "month":
-        return day.replace(day=1)
-    return day
+        return day.day == 1
+    return True
 
 
 # Every trade server's clock is within these of UTC (the world's time zones run from UTC-12 to UTC+14):

@@ -1,7 +1,7 @@
 """Pre-trade risk (PR-024) in the execution path, on Postgres against the simulated terminal: each order
 limit, a halted account and a symbol the market guard blocks refuse the order before any order_send —
 the trade `rejected` with a reason naming the limit and the figures, nothing sent, 0 attempts — and with
-the defaults an order fills as before, at no extra terminal call and two small reads of the guards."""
+the defaults an order fills as before, at no extra terminal call and three small reads of the guards."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def statements(db_session):
     sa.event.remove(engine, "before_cursor_execute", note)
 
 
-def test_with_the_defaults_an_order_fills_with_no_extra_terminal_call_and_two_small_reads(
+def test_with_the_defaults_an_order_fills_with_no_extra_terminal_call_and_three_small_reads(
     run, approved, terminal, db_session, statements
 ):
     signal_id = approved()
@@ -93,9 +93,10 @@ def test_with_the_defaults_an_order_fills_with_no_extra_terminal_call_and_two_sm
     assert trade.state == TradeState.FILLED and trade.attempts == 1
     assert CountedTerminal.calls == []  # neither the positions nor the account were read
     guard_reads = [s for s in statements if "account_risk" in s or "guard_states" in s]
-    # The first look, and the guard state again, locked, in the transaction that marks the trade sent.
-    assert len(guard_reads) == 2, guard_reads
-    assert "FOR SHARE" not in guard_reads[0] and "FOR SHARE OF guard_states" in guard_reads[1]
+    # The first look; then, in the transaction that marks the trade sent, the guard state locked and
+    # read again (after the lock: see `guard_now`).
+    assert len(guard_reads) == 3, guard_reads
+    assert ["FOR SHARE" in read for read in guard_reads] == [False, True, False]
     assert not [s for s in statements if "count(" in s.lower()]
 
 
@@ -345,3 +346,62 @@ def test_without_account_wide_limits_orders_of_one_account_need_no_account_lock(
     set_orders(db_session, account_id, max_lots_per_order=5)  # about the order alone
     with exclusive(engine, f"account-orders:{account_id}", lock_dir=tmp_path):
         assert run(signal_id).state == TradeState.FILLED
+
+
+def test_the_guards_read_again_under_lock_see_an_alert_committed_while_the_lock_was_awaited(
+    app, committed_db
+):
+    """Two connections, real commits: the guards hold the account's guard state (FOR UPDATE) and raise an
+    alert; the execution path's re-read waits for the lock, and once the guards commit it sees the alert
+    (read in the statement that took the lock, it would not: that statement's snapshot predates it)."""
+    import threading
+
+    from shared.guards.risk_settings import guard_now, order_guard_of
+    from tests.conftest import Api
+
+    world = Api(app.test_client()).setup()
+    account_id = world["account"]["id"]
+    committed_db.add(GuardState(account_id=account_id, state="ok"))
+    committed_db.commit()
+    guard = order_guard_of(committed_db, account_id)
+    committed_db.rollback()
+
+    seen = {}
+    with db.engine.connect() as guards_connection:
+        guards_connection.execute(
+            sa.text("SELECT account_id FROM guard_states WHERE account_id = :id FOR UPDATE"),
+            {"id": account_id},
+        )
+        alert_id = guards_connection.execute(
+            sa.insert(DrawdownAlert.__table__)
+            .values(
+                account_id=account_id,
+                owner_id=world["user"]["id"],
+                alert_type="drawdown",
+                reason="max drawdown: drawdown 2.4%",
+                currency="USD",
+                equity=Decimal(9760),
+                positions_closed_count=0,
+                total_loss=Decimal(0),
+                status="pending",
+                close_at=utcnow(),
+                created_at=utcnow(),
+                details={},
+            )
+            .returning(DrawdownAlert.__table__.c.id)
+        ).scalar_one()
+
+        def execution_path():
+            with app.app_context():
+                seen["guard"] = guard_now(db.session, account_id, guard)
+                db.session.rollback()
+                db.session.remove()
+
+        waiting = threading.Thread(target=execution_path)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # held by the guards' lock
+        guards_connection.commit()
+    waiting.join(10)
+    assert seen["guard"].live_alert is not None
+    assert seen["guard"].live_alert.startswith(f"alert {alert_id} (max drawdown: drawdown 2.4%)")

@@ -172,6 +172,17 @@ def test_a_quote_that_moved_teaches_nothing_after_a_long_gap_or_from_an_older_ti
     lagging = NOON + timedelta(hours=2) - timedelta(hours=14, seconds=30)
     later = NOON + timedelta(seconds=1)
     assert observe(db_session, "1.0840", lagging, later, known_offset=2 * HOUR) is None
+    # An hour old on the server's clock (dated by the offset known: before the last look's quote) is no
+    # tick priced since that look; nor is another price at exactly the time the last look saw.
+    an_hour_old = NOON + timedelta(hours=1)
+    assert observe(db_session, "1.0842", an_hour_old, later, known_offset=2 * HOUR) is None
+    seen_at = later + timedelta(seconds=1)
+    observe(db_session, "1.0843", NOON + timedelta(hours=2), seen_at, known_offset=2 * HOUR)
+    same_time = NOON + timedelta(hours=2)
+    assert (
+        observe(db_session, "1.0844", same_time, seen_at + timedelta(seconds=1), known_offset=2 * HOUR)
+        is None
+    )
 
 
 # --- a change of offset and the periods ---------------------------------------------------------------

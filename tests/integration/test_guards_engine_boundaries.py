@@ -440,20 +440,23 @@ def test_a_close_the_terminal_refuses_outright_in_the_batch_fails_at_once_and_th
     assert closing_deals(terminal, ticket) == []
 
 
+@pytest.mark.parametrize("its_state", ["closed", "sent"])
 def test_a_close_another_attempt_moved_on_while_the_batchs_orders_were_out_keeps_that_attempts_record(
-    guarded, terminal, db_session, recorder
+    guarded, terminal, db_session, recorder, its_state
 ):
     """The batch's close was requoted, but before the batch recorded it, another attempt (the one-alert
-    path, past the in-flight window) sent it again and recorded it closed. The batch must not write its
-    requote over that: reopened as `pending`, the close would be claimed and sent once more."""
+    path, past the in-flight window) sent it again: recorded closed, or still on its way (`sent`, at its
+    own later `sent_at`). The batch must not write its requote over that: reopened as `pending`, the
+    close would be claimed and sent once more."""
     ((_, _, alert),) = crowd(guarded, terminal, db_session, 1)
     terminal.sim_set_requotes(1)
+    resent_at = utcnow() + timedelta(seconds=1)
 
-    def another_attempt_closes_it():  # this session unaware
+    def another_attempt_sends_it_again():  # this session unaware
         db_session.execute(
             sa.update(AlertClose)
             .where(AlertClose.alert_id == alert.id)
-            .values(state="closed", sent_at=utcnow(), attempts=AlertClose.attempts + 1)
+            .values(state=its_state, sent_at=resent_at, attempts=AlertClose.attempts + 1)
             .execution_options(synchronize_session=False)
         )
         db_session.commit()
@@ -463,13 +466,13 @@ def test_a_close_another_attempt_moved_on_while_the_batchs_orders_were_out_keeps
         terminal,
         recorder,
         alert.id,
-        open_terminal=open_sim_then(terminal, 2, another_attempt_closes_it),
+        open_terminal=open_sim_then(terminal, 2, another_attempt_sends_it_again),
     )
 
     close = _close_of(db_session, alert.id)
-    assert (close.state, close.attempts) == ("closed", 2)
+    assert (close.state, close.attempts, close.sent_at) == (its_state, 2, resent_at)
     assert "position.close_requoted" not in _actions(db_session, alert.id)
-    assert done.left == []
+    assert done.left == ([] if its_state == "closed" else [alert.id])
 
 
 def test_the_batch_records_its_fills_and_ends_its_alerts_in_one_transaction(
@@ -914,6 +917,178 @@ def test_after_a_part_filled_a_lost_reply_finds_the_rests_deal_not_the_parts(
     assert (close.state, close.deal_ticket) == ("closed", rest.ticket)
     assert float(close.pnl) == pytest.approx(_deals_pnl([part, rest]))
     assert _actions(db_session, alert.id).count("position.close_sent") == 2
+
+
+def _open_as(terminal, terminal_type):
+    @contextmanager
+    def open_terminal(account):
+        with Gateway.from_module(
+            terminal_type(terminal.broker),
+            login=account.login,
+            password="x",
+            server=account.server,
+            timeout=5,
+        ) as gateway:
+            yield gateway
+
+    return open_terminal
+
+
+class _AnotherWorkerTakesThePart(SimTerminal):
+    """Its close order fills in part; meanwhile another copy of the task, after a lost reply, found that
+    part, recorded it and claimed the rest (the close `sent` again, at a later `sent_at`)."""
+
+    connection = None
+
+    def order_send(self, request):
+        result = super().order_send(request)
+        _AnotherWorkerTakesThePart.connection.execute(
+            sa.update(AlertClose.__table__)
+            .where(AlertClose.__table__.c.comment == request["comment"])
+            .values(sent_at=utcnow() + timedelta(seconds=1), deal_ticket=result.deal, pnl=Decimal("-155"))
+        )
+        return result
+
+
+def test_a_part_another_worker_recorded_and_went_on_from_is_not_written_over_nor_its_rest_sent_again(
+    guarded, terminal, db_session, recorder
+):
+    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
+    terminal.sim_set_partial_fill(0.5)
+    _AnotherWorkerTakesThePart.connection = db_session.connection()
+
+    with pytest.raises(guards.CloseInFlight, match="another worker recorded it and went on"):
+        _execute(
+            db_session,
+            terminal,
+            recorder,
+            alert.id,
+            open_terminal=_open_as(terminal, _AnotherWorkerTakesThePart),
+        )
+
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.pnl) == ("sent", Decimal("-155"))  # as the other worker left it
+    assert len(_outs(terminal, login, ticket)) == 1  # the part; its rest not sent by this attempt
+    assert "position.closed_in_part" not in _actions(db_session, alert.id)
+
+
+def test_a_position_whose_rest_went_another_way_after_a_part_counts_as_closed_at_its_parts_figures(
+    guarded, terminal, db_session, recorder
+):
+    ((account_id, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
+    terminal.sim_set_partial_fill(0.5)
+    carry_out(db_session, terminal, recorder, alert.id)
+    terminal.sim_set_partial_fill(None)
+    (part,) = closing_deals(terminal, ticket)
+    terminal.sim_close_manual(db_session.get(Account, account_id).login, ticket)  # the rest, by hand
+
+    result = _execute(db_session, terminal, recorder, alert.id)
+
+    assert (result.status, result.closed) == ("executed", 1)
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.deal_ticket) == ("closed", part.ticket)
+    assert float(close.pnl) == pytest.approx(_deals_pnl([part]))
+    (ended,) = alerts_of(db_session, account_id)
+    assert float(ended.total_loss) == pytest.approx(-_deals_pnl([part]))
+
+
+class _RepliesWithoutDeal(SimTerminal):
+    """A broker whose replies name no deal (deal 0: some exchange execution)."""
+
+    def order_send(self, request):
+        result = super().order_send(request)
+        return None if result is None else result._replace(deal=0)
+
+
+def test_parts_whose_replies_name_no_deal_are_found_by_the_closes_comment_each_once(
+    guarded, terminal, db_session, recorder
+):
+    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
+    terminal.sim_set_partial_fill(0.5)
+
+    result = _execute(
+        db_session, terminal, recorder, alert.id, open_terminal=_open_as(terminal, _RepliesWithoutDeal)
+    )
+
+    assert result.status == "executed"
+    outs = _outs(terminal, login, ticket)
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.deal_ticket) == ("closed", outs[-1].ticket)
+    assert float(close.pnl) == pytest.approx(_deals_pnl(outs))
+
+
+def test_a_close_still_open_after_its_most_parts_fails_saying_so(guarded, terminal, db_session, recorder):
+    """A broker filling a sliver at a time: after MAX_PARTIAL_FILLS parts the close fails (the alert
+    fails, the owner told) instead of sending for ever."""
+    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
+    terminal.sim_set_partial_fill(0.1)  # a tenth of what is left each time: never all of it in 10
+
+    result = _execute(db_session, terminal, recorder, alert.id)
+
+    assert result.status == "failed"
+    assert len(_outs(terminal, login, ticket)) == guards.MAX_PARTIAL_FILLS
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.error) == (
+        "failed",
+        f"still open after {guards.MAX_PARTIAL_FILLS} partial fills",
+    )
+    assert _actions(db_session, alert.id).count("position.close_sent") == guards.MAX_PARTIAL_FILLS
+
+
+class _NoDealHistory(SimTerminal):
+    """A terminal whose deal history shows nothing yet (a broker slow to book deals)."""
+
+    def history_deals_get(self, *args, **kwargs):
+        return ()
+
+
+def test_parts_whose_deals_cannot_be_read_leave_the_closes_pnl_unknown_not_wrong(
+    guarded, terminal, db_session, recorder
+):
+    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
+    terminal.sim_set_partial_fill(0.5)
+
+    result = _execute(
+        db_session, terminal, recorder, alert.id, open_terminal=_open_as(terminal, _NoDealHistory)
+    )
+
+    assert result.status == "executed"
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.pnl) == ("closed", None)
+    assert close.deal_ticket == _outs(terminal, login, ticket)[-1].ticket  # from the replies
+
+
+class _DealHistoryOnce(SimTerminal):
+    """A broker whose first close order fills in part and the next in full, and whose deal history is read
+    once, then shows nothing more (slow to book the deals that follow)."""
+
+    reads = 0
+
+    def order_send(self, request):
+        result = super().order_send(request)
+        self.sim_set_partial_fill(None)
+        return result
+
+    def history_deals_get(self, *args, **kwargs):
+        _DealHistoryOnce.reads += 1
+        return super().history_deals_get(*args, **kwargs) if _DealHistoryOnce.reads == 1 else ()
+
+
+def test_a_close_whose_last_parts_deal_cannot_be_read_has_its_pnl_unknown_not_its_first_parts(
+    guarded, terminal, db_session, recorder
+):
+    _, _, _, alert = _alerted(guarded, terminal, db_session)
+    terminal.sim_set_partial_fill(0.5)
+    _DealHistoryOnce.reads = 0
+
+    result = _execute(
+        db_session, terminal, recorder, alert.id, open_terminal=_open_as(terminal, _DealHistoryOnce)
+    )
+
+    assert result.status == "executed"
+    assert _DealHistoryOnce.reads == 2  # the part's deal read, the rest's not found
+    assert _actions(db_session, alert.id).count("position.closed_in_part") == 1
+    assert (_close_of(db_session, alert.id).state, _close_of(db_session, alert.id).pnl) == ("closed", None)
 
 
 def test_the_end_of_an_alert_and_a_cancelled_alert_are_committed_by_the_one_alert_path(

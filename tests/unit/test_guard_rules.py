@@ -115,6 +115,8 @@ def test_only_a_quote_seen_moving_moments_ago_teaches_the_offset():
     five_minutes_ago = now - timedelta(minutes=5)
     assert rules.live_offset_seconds(live, now, moved=True, last_seen=five_minutes_ago) is None
     assert rules.live_offset_seconds(live, now, moved=True, last_seen=now - timedelta(seconds=60)) == 2 * HOUR
+    # A look at this very instant is no look before it.
+    assert rules.live_offset_seconds(live, now, moved=True, last_seen=now) is None
 
 
 # --- drawdown limits --------------------------------------------------------------------------------
@@ -244,6 +246,23 @@ def test_an_offset_learnt_or_shifted_within_the_broker_day_keeps_the_days_refere
     dst = assess(daily, more.state, reading(9150, at=datetime(2026, 11, 30, 14, tzinfo=UTC)), offset=HOUR)
     assert (dst.new_period, dst.reference, dst.state.streak) == (False, D(10000), 2)
     assert dst.state.period_start == datetime(2026, 11, 29, 23, tzinfo=UTC)
+
+
+def test_a_day_on_a_server_far_east_of_utc_is_one_day_from_its_midnight_to_the_next():
+    """UTC+10: the broker day of Tuesday 1 December runs from 14:00 UTC on the 30th to 14:00 UTC on the
+    1st; readings all through it keep its reference, the first after it starts the next."""
+    daily = limit(period="day", reference="period_start_equity", resume="next_period")
+    east = 10 * HOUR
+    start = assess(daily, None, reading(10000, at=datetime(2026, 11, 30, 14, 30, tzinfo=UTC)), offset=east)
+    assert start.state.period_start == datetime(2026, 11, 30, 14, tzinfo=UTC)
+    late = assess(
+        daily, start.state, reading(9700, at=datetime(2026, 12, 1, 13, 30, tzinfo=UTC)), offset=east
+    )
+    assert (late.new_period, late.reference) == (False, D(10000))
+    next_day = assess(
+        daily, late.state, reading(9700, at=datetime(2026, 12, 1, 14, 30, tzinfo=UTC)), offset=east
+    )
+    assert (next_day.new_period, next_day.reference) == (True, D(9700))
 
 
 def test_an_offset_moved_back_across_broker_midnight_does_not_start_the_day_twice():
