@@ -645,6 +645,8 @@ def test_a_close_found_by_its_comment_after_a_lost_reply_counts_its_deals_commis
     close = _close_of(db_session, alert.id)
     (deal,) = _outs(terminal, login, ticket)
     assert (close.state, close.pnl, close.deal_ticket) == ("closed", Decimal("-319"), deal.ticket)
+    actions = _actions(db_session, alert.id)
+    assert "position.closed_by_guard" in actions and "position.closed_in_part" not in actions
 
 
 def test_a_sent_close_whose_position_was_closed_by_hand_is_recorded_gone_at_its_last_closing_deal(
@@ -1089,6 +1091,46 @@ def test_a_close_whose_last_parts_deal_cannot_be_read_has_its_pnl_unknown_not_it
     assert _DealHistoryOnce.reads == 2  # the part's deal read, the rest's not found
     assert _actions(db_session, alert.id).count("position.closed_in_part") == 1
     assert (_close_of(db_session, alert.id).state, _close_of(db_session, alert.id).pnl) == ("closed", None)
+
+
+def test_a_part_found_after_a_lost_reply_is_recorded_as_a_part_and_the_rest_is_sent(
+    guarded, terminal, db_session, recorder
+):
+    """The reply to an order that filled in part was lost: the look finds its deal and the position still
+    open, records the part (not the close) and sends the rest."""
+    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
+    terminal.sim_set_partial_fill(0.5)
+    terminal.sim_lose_next_reply()
+    with pytest.raises(OrderOutcomeUnknown):
+        _execute(db_session, terminal, recorder, alert.id)
+    terminal.sim_set_partial_fill(None)
+
+    result = _execute(
+        db_session, terminal, recorder, alert.id, settings=guards.GuardSettings(in_flight_seconds=0)
+    )
+
+    assert result.status == "executed"
+    part, rest = _outs(terminal, login, ticket)
+    close = _close_of(db_session, alert.id)
+    assert (close.state, close.deal_ticket) == ("closed", rest.ticket)
+    assert float(close.pnl) == pytest.approx(_deals_pnl([part, rest]))
+    actions = _actions(db_session, alert.id)
+    assert (actions.count("position.closed_in_part"), actions.count("position.close_sent")) == (1, 2)
+
+
+def test_the_batch_records_a_fill_whose_deal_cannot_be_read_by_its_replys_deal_with_no_pnl(
+    guarded, terminal, db_session, recorder
+):
+    ((_, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
+
+    done = carry_out(
+        db_session, terminal, recorder, alert.id, open_terminal=_open_as(terminal, _NoDealHistory)
+    )
+
+    assert done.first.status == "executed"
+    close = _close_of(db_session, alert.id)
+    (deal,) = closing_deals(terminal, ticket)
+    assert (close.state, close.pnl, close.deal_ticket) == ("closed", None, deal.ticket)
 
 
 def test_the_end_of_an_alert_and_a_cancelled_alert_are_committed_by_the_one_alert_path(
