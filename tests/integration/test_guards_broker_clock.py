@@ -14,7 +14,6 @@ offset does to the drawdown limits' periods, and the watch dating quotes with th
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -23,12 +22,12 @@ import pytest
 from shared.core.db import utcnow
 from shared.guards import readings, rules, watch
 from shared.guards.settings import default_settings, validate_settings
-from shared.models import AccountRisk, GuardState, MarketQuote
+from shared.models import AccountRisk, MarketQuote
 from shared.mt5 import constants as mt5c
-from shared.mt5.gateway import Gateway
 from shared.mt5.sim.broker import SimBroker
-from shared.mt5.sim.terminal import SimTerminal
 from shared.mt5.types import Quote, SymbolSpec
+from tests.integration import test_guards_engine as engine_tests
+from tests.integration.test_guards_engine import open_sim, state_of
 
 SERVER = "TradeGuard-Sim"
 PIN = (1.08500, 1.08510)
@@ -59,31 +58,8 @@ def broker(clock):
     return SimBroker(seed=7, clock=clock)
 
 
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def notify(self, session, owner_id, event, data):
-        self.events.append(event)
-
-    def schedule(self, session, task, args, at):
-        self.events.append(task)
-
-
-@pytest.fixture
-def recorder():
-    return Recorder()
-
-
-def open_sim(terminal):
-    @contextmanager
-    def open_terminal(account):
-        with Gateway.from_module(
-            SimTerminal(terminal.broker), login=account.login, password="x", server=account.server, timeout=5
-        ) as gateway:
-            yield gateway
-
-    return open_terminal
+# The engine tests' recorder of what the owners are told (and what is scheduled).
+recorder = engine_tests.recorder
 
 
 @pytest.fixture
@@ -102,11 +78,6 @@ def guarded(api, db_session, terminal):
         return account_id
 
     return make
-
-
-def state_of(db_session, account_id):
-    db_session.expire_all()
-    return db_session.get(GuardState, account_id)
 
 
 # --- which quotes teach the offset ---------------------------------------------------------------------
@@ -287,7 +258,7 @@ def test_the_watch_dates_a_stale_quote_with_the_servers_known_offset_and_the_blo
     )
     assert outcome.status == "ok"
     assert list(state_of(db_session, account_id).blocked_symbols) == ["EURUSD"]
-    assert "market.blocked" in recorder.events
+    assert "market.blocked" in recorder.names()
     stale_since = quoted_at(db_session)
     assert 590 <= (utcnow() - stale_since).total_seconds() <= 660
 
@@ -297,4 +268,4 @@ def test_the_watch_dates_a_stale_quote_with_the_servers_known_offset_and_the_blo
     assert sync(account_id).status == "ok"
     readings.record_synced(db_session, [account_id], notify=recorder.notify, schedule=recorder.schedule)
     assert list(state_of(db_session, account_id).blocked_symbols) == ["EURUSD"]
-    assert "market.unblocked" not in recorder.events
+    assert "market.unblocked" not in recorder.names()

@@ -112,13 +112,18 @@ def guarded(api, db_session, terminal, market, recorder):
     return make
 
 
-def open_sim(terminal):
-    """Opens the test broker's terminal for an account, as the workers' pool does for a real one."""
+def open_sim(terminal, terminal_type=SimTerminal):
+    """Opens the test broker's terminal for an account, as the workers' pool does for a real one (a
+    SimTerminal, or one of `terminal_type`: a SimTerminal that misbehaves, say)."""
 
     @contextmanager
     def open_terminal(account):
         with Gateway.from_module(
-            SimTerminal(terminal.broker), login=account.login, password="x", server=account.server, timeout=5
+            terminal_type(terminal.broker),
+            login=account.login,
+            password="x",
+            server=account.server,
+            timeout=5,
         ) as gateway:
             yield gateway
 

@@ -403,19 +403,12 @@ def test_a_close_the_broker_refuses_in_the_batch_fails_and_the_alert_fails_and_h
     assert closing_deals(terminal, ticket) == []
 
 
-def open_sim_algo_trading_off(terminal):
-    """`open_sim` on a terminal whose "Algo Trading" is switched off: order_send refused outright."""
+class _AlgoTradingOff(SimTerminal):
+    """A terminal whose "Algo Trading" is switched off: order_send refused outright."""
 
-    @contextmanager
-    def open_terminal(account):
-        sim = SimTerminal(terminal.broker)
-        sim.sim_set_algo_trading(False)
-        with Gateway.from_module(
-            sim, login=account.login, password="x", server=account.server, timeout=5
-        ) as gateway:
-            yield gateway
-
-    return open_terminal
+    def __init__(self, broker):
+        super().__init__(broker)
+        self.sim_set_algo_trading(False)
 
 
 def test_a_close_the_terminal_refuses_outright_in_the_batch_fails_at_once_and_the_alert_fails_and_halts(
@@ -427,7 +420,7 @@ def test_a_close_the_terminal_refuses_outright_in_the_batch_fails_at_once_and_th
     ((account_id, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
 
     done = carry_out(
-        db_session, terminal, recorder, alert.id, open_terminal=open_sim_algo_trading_off(terminal)
+        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _AlgoTradingOff)
     )
 
     assert done.first == guards.AlertResult(alert.id, "failed", 0) and done.left == []
@@ -802,7 +795,7 @@ def test_a_close_the_terminal_refuses_outright_on_the_one_alert_path_fails_and_i
 
     for _ in range(2):  # a second delivery of the task finds the alert ended
         result = _execute(
-            db_session, terminal, recorder, alert.id, open_terminal=open_sim_algo_trading_off(terminal)
+            db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _AlgoTradingOff)
         )
         assert (result.status, result.closed) == ("failed", 0)
     close = _close_of(db_session, alert.id)
@@ -921,21 +914,6 @@ def test_after_a_part_filled_a_lost_reply_finds_the_rests_deal_not_the_parts(
     assert _actions(db_session, alert.id).count("position.close_sent") == 2
 
 
-def _open_as(terminal, terminal_type):
-    @contextmanager
-    def open_terminal(account):
-        with Gateway.from_module(
-            terminal_type(terminal.broker),
-            login=account.login,
-            password="x",
-            server=account.server,
-            timeout=5,
-        ) as gateway:
-            yield gateway
-
-    return open_terminal
-
-
 class _AnotherWorkerTakesThePart(SimTerminal):
     """Its close order fills in part; meanwhile another copy of the task, after a lost reply, found that
     part, recorded it and claimed the rest (the close `sent` again, at a later `sent_at`)."""
@@ -965,7 +943,7 @@ def test_a_part_another_worker_recorded_and_went_on_from_is_not_written_over_nor
             terminal,
             recorder,
             alert.id,
-            open_terminal=_open_as(terminal, _AnotherWorkerTakesThePart),
+            open_terminal=open_sim(terminal, _AnotherWorkerTakesThePart),
         )
 
     close = _close_of(db_session, alert.id)
@@ -1009,7 +987,7 @@ def test_parts_whose_replies_name_no_deal_are_found_by_the_closes_comment_each_o
     terminal.sim_set_partial_fill(0.5)
 
     result = _execute(
-        db_session, terminal, recorder, alert.id, open_terminal=_open_as(terminal, _RepliesWithoutDeal)
+        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _RepliesWithoutDeal)
     )
 
     assert result.status == "executed"
@@ -1051,7 +1029,7 @@ def test_parts_whose_deals_cannot_be_read_leave_the_closes_pnl_unknown_not_wrong
     terminal.sim_set_partial_fill(0.5)
 
     result = _execute(
-        db_session, terminal, recorder, alert.id, open_terminal=_open_as(terminal, _NoDealHistory)
+        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _NoDealHistory)
     )
 
     assert result.status == "executed"
@@ -1084,7 +1062,7 @@ def test_a_close_whose_last_parts_deal_cannot_be_read_has_its_pnl_unknown_not_it
     _DealHistoryOnce.reads = 0
 
     result = _execute(
-        db_session, terminal, recorder, alert.id, open_terminal=_open_as(terminal, _DealHistoryOnce)
+        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _DealHistoryOnce)
     )
 
     assert result.status == "executed"
@@ -1124,7 +1102,7 @@ def test_the_batch_records_a_fill_whose_deal_cannot_be_read_by_its_replys_deal_w
     ((_, ticket, alert),) = crowd(guarded, terminal, db_session, 1)
 
     done = carry_out(
-        db_session, terminal, recorder, alert.id, open_terminal=_open_as(terminal, _NoDealHistory)
+        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _NoDealHistory)
     )
 
     assert done.first.status == "executed"
