@@ -25,9 +25,10 @@ from shared.guards.settings import default_settings, validate_settings
 from shared.models import AccountRisk, MarketQuote
 from shared.mt5 import constants as mt5c
 from shared.mt5.sim.broker import SimBroker
-from shared.mt5.types import Quote, SymbolSpec
+from shared.mt5.types import Quote
 from tests.integration import test_guards_engine as engine_tests
 from tests.integration.test_guards_engine import open_sim, state_of
+from tests.integration.test_guards_readings_edges import spec
 
 SERVER = "TradeGuard-Sim"
 PIN = (1.08500, 1.08510)
@@ -81,22 +82,6 @@ def guarded(api, db_session, terminal):
 
 
 # --- which quotes teach the offset ---------------------------------------------------------------------
-
-
-def spec(name):
-    return SymbolSpec(
-        name=name,
-        digits=5,
-        point=Decimal("0.00001"),
-        contract_size=Decimal(100000),
-        tick_value=Decimal(1),
-        tick_size=Decimal("0.00001"),
-        volume_min=Decimal("0.01"),
-        volume_max=Decimal(100),
-        volume_step=Decimal("0.01"),
-        stops_level_points=0,
-        trade_allowed=True,
-    )
 
 
 def observe(db_session, bid, server_time, at, known_offset=0):
