@@ -394,7 +394,7 @@ def _send(
                     except PermanentTerminalError as exc:
                         # Nothing was sent (mt5.errors.classify): no retry will cure it (algo trading
                         # off, say), and the owner must hear that the close failed.
-                        item.refused = f"the terminal refused the close: {exc}"[:300]
+                        item.refused = f"the terminal refused the close: {exc}"
                 filled = [item.order.ticket for item in sent if item.result is not None and item.result.done]
                 if filled:
                     deals = terminal.deals_for_positions(filled)
@@ -453,10 +453,7 @@ def _record(
             # stands; writing this run's over it could reopen a close whose order is on its way.
             continue
         if item.refused is not None:
-            row.state, row.error = "failed", item.refused
-            engine._audit(
-                session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error
-            )
+            engine.close_failed(session, row, item.refused)
             continue
         if result is None:
             continue  # outcome not known, or not sent: stays `sent` for the one-alert path
@@ -483,11 +480,8 @@ def _record(
                 retcode=result.retcode,
             )
         elif result.retcode != mt5c.TRADE_RETCODE_POSITION_CLOSED:
-            row.state = "failed"
-            row.error = f"broker refused the close: retcode {result.retcode} {result.comment}"[:300]
-            engine._audit(
-                session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error
-            )
+            error = f"broker refused the close: retcode {result.retcode} {result.comment}"
+            engine.close_failed(session, row, error)
         # POSITION_CLOSED: closed by something else meanwhile; the one-alert path records it as gone.
 
     def tell_for(row: AlertClose) -> Callable[..., None]:

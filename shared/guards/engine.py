@@ -1022,10 +1022,14 @@ def _close_one(
         session.refresh(row)
     if row.state in FINAL_CLOSE_STATES:
         return
-    found = _find_close(terminal, row) if row.state == "sent" else None
+    if row.state == "sent":
+        found = _find_close(terminal, row)
+        open_now = {p.ticket for p in terminal.positions(row.symbol)}
+    else:
+        found = None
     if found is not None:
         found_pnl = found.profit + found.commission + found.swap
-        if row.position_ticket not in {p.ticket for p in terminal.positions(row.symbol)}:
+        if row.position_ticket not in open_now:
             _closed(session, row, found.price, with_earlier_parts(row, found_pnl), found.ticket, tell, now)
             return
         # Its order filled in part, the rest is still open: recorded, and the rest sent below.
@@ -1034,7 +1038,6 @@ def _close_one(
             raise CloseInFlight(f"close {row.id}: another worker recorded its part and went on")
         session.commit()
     if row.state == "sent":
-        open_now = {p.ticket for p in terminal.positions(row.symbol)}
         in_flight = row.sent_at is not None and now() < row.sent_at + timedelta(
             seconds=settings.in_flight_seconds
         )
@@ -1095,7 +1098,9 @@ def _close_one(
             sa.update(AlertClose)
             .where(AlertClose.id == row.id, AlertClose.state == "pending")
             .values(state="sent", attempts=AlertClose.attempts + 1, sent_at=now())
-            .returning(AlertClose.attempts, AlertClose.sent_at)
+            # With the parts recorded so far (another copy of the task may have recorded one since this
+            # session read the row): `closed_in_part` and `with_earlier_parts` add up from them.
+            .returning(AlertClose.attempts, AlertClose.sent_at, AlertClose.pnl, AlertClose.deal_ticket)
             .execution_options(synchronize_session=False)
         ).first()
         if claimed is None:
@@ -1106,7 +1111,14 @@ def _close_one(
             raise CloseInFlight(f"close {row.id}: another worker is sending it")
         _audit(session, "position.close_sent", "alert", row.alert_id, close_id=row.id, price=price)
         session.commit()  # the intent is on record before the order leaves
-        _as_stored(row, state="sent", attempts=claimed.attempts, sent_at=claimed.sent_at)
+        _as_stored(
+            row,
+            state="sent",
+            attempts=claimed.attempts,
+            sent_at=claimed.sent_at,
+            pnl=claimed.pnl,
+            deal_ticket=claimed.deal_ticket,
+        )
         try:
             result = terminal.send_order(request)
         except OrderOutcomeUnknown:
@@ -1116,7 +1128,8 @@ def _close_one(
             # Refused before anything was sent (mt5.errors.classify: algo trading off, parameters refused,
             # no login): sending again will not cure it. Left `sent`, the close would be looked for and
             # sent again for ever, and the owner never told; it fails, and so does the alert.
-            _close_failed(session, row, f"the terminal refused the close: {exc}")
+            close_failed(session, row, f"the terminal refused the close: {exc}")
+            session.commit()
             return
         row.retcode = result.retcode
         if result.retcode in _DONE:
@@ -1132,7 +1145,8 @@ def _close_one(
                     raise CloseInFlight(f"close {row.id}: another worker recorded it and went on")
                 session.commit()
                 if partial_fills >= MAX_PARTIAL_FILLS:
-                    _close_failed(session, row, f"still open after {partial_fills} partial fills")
+                    close_failed(session, row, f"still open after {partial_fills} partial fills")
+                    session.commit()
                     return
                 continue
             _closed(session, row, result.price, with_earlier_parts(row, pnl), deal_ticket, tell, now)
@@ -1150,22 +1164,23 @@ def _close_one(
             )
             session.commit()
             if requotes > settings.max_price_retries:
-                _close_failed(session, row, f"price moved on each of {requotes} attempts")
+                close_failed(session, row, f"price moved on each of {requotes} attempts")
+                session.commit()
                 return
             continue
         if result.retcode == mt5c.TRADE_RETCODE_POSITION_CLOSED:
             _gone(session, row, terminal, tell, now)
             return
-        _close_failed(session, row, f"broker refused the close: retcode {result.retcode} {result.comment}")
+        close_failed(session, row, f"broker refused the close: retcode {result.retcode} {result.comment}")
+        session.commit()
         return
 
 
-def _close_failed(session: DbSession, row: AlertClose, error: str) -> None:
-    """The close ends failed (its alert will too, the owner told why); audited and committed."""
+def close_failed(session: DbSession, row: AlertClose, error: str) -> None:
+    """The close ends failed (its alert will too, the owner told why); audited. The caller commits."""
     row.state = "failed"
     row.error = error[:300]
     _audit(session, "position.close_failed", "alert", row.alert_id, close_id=row.id, error=row.error)
-    session.commit()
 
 
 # A close that fills in part is sent again for the rest; past this many parts in one run it fails (a
@@ -1182,34 +1197,23 @@ def closed_in_part(
     volume: Decimal,
 ) -> bool:
     """A close order that filled part of its position (TRADE_RETCODE_DONE_PARTIAL): its deal recorded on
-    the close (the P&L added up over the parts, the latest deal kept: `_find_close` looks past it), the
-    close back to `pending` to send the rest. The caller commits.
+    the close (the P&L added up over the parts, `with_earlier_parts`; the latest deal kept: `_find_close`
+    looks past it), the close back to `pending` to send the rest. The caller commits.
 
-    Only the close as this attempt claimed it (`sent` at its `sent_at`) is written: another copy of the
-    task may have found the same part after a lost reply, recorded it and claimed the rest since; writing
-    over that claim would send the rest twice. False when it had moved on (nothing written)."""
-    # This part's P&L, plus the earlier parts' when there were any; NULL once one part's is not known.
-    part = sa.literal(pnl, AlertClose.pnl.type)
-    total = (
-        None
-        if pnl is None
-        else sa.case((AlertClose.deal_ticket.is_(None), part), else_=AlertClose.pnl + part)
-    )
+    `row` is the close as this attempt claimed it (or, after a lost reply, read it `sent`), and only that
+    close is written (`sent` at its `sent_at`): another copy of the task may have found the same part,
+    recorded it and claimed the rest since; writing over that claim would send the rest twice. False
+    when it had moved on (nothing written)."""
+    total = with_earlier_parts(row, pnl)
     took = session.execute(
         sa.update(AlertClose)
         .where(AlertClose.id == row.id, AlertClose.state == "sent", AlertClose.sent_at == row.sent_at)
-        .values(
-            state="pending",
-            close_price=price,
-            pnl=total,
-            deal_ticket=deal_ticket,
-        )
-        .returning(AlertClose.pnl)
+        .values(state="pending", close_price=price, pnl=total, deal_ticket=deal_ticket)
         .execution_options(synchronize_session=False)
-    ).first()
-    if took is None:
+    ).rowcount  # type: ignore[attr-defined]
+    if not took:
         return False
-    _as_stored(row, state="pending", close_price=price, pnl=took.pnl, deal_ticket=deal_ticket)
+    _as_stored(row, state="pending", close_price=price, pnl=total, deal_ticket=deal_ticket)
     _audit(
         session,
         "position.closed_in_part",

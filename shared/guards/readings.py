@@ -230,6 +230,8 @@ def _observe_servers(
         if done.reading is not None:
             groups[(done.account.terminal_url, done.account.server)].append(done)
     offsets: dict[str, int | None] = {}
+    # What each server's opener knows, read once for them all.
+    known = known_offsets(session, [group[0].account.id for group in groups.values()])
     for (_, server), group in sorted(groups.items()):
         symbols = sorted({symbol for done in group for symbol in done.held})
         if not symbols:
@@ -241,9 +243,9 @@ def _observe_servers(
             log.warning("guard check: quoting %s failed (%s: %s)", server, type(exc).__name__, exc)
             continue
         at = now or utcnow()
-        opener = group[0].account.id
-        known = known_offsets(session, [opener])[opener]
-        offsets[server] = observe_market(session, server, quotes, specs, at, known_offset=known)
+        offsets[server] = observe_market(
+            session, server, quotes, specs, at, known_offset=known[group[0].account.id]
+        )
     return offsets
 
 

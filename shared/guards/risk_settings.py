@@ -96,13 +96,14 @@ class OrderGuard:
     halted_reason: str | None
     blocked_symbols: dict[str, Any]
     # The alert counting down to close the account's positions (pending or closing), as the owner is told
-    # it: "alert 12 (max drawdown: drawdown 2.1% ...) closes at 2026-12-01T10:00:10+00:00".
+    # it: "alert 12 (max drawdown: drawdown 2.1%) closes at 2026-12-01 10:00:10+00".
     live_alert: str | None = None
 
 
-def _live_alert(account_id: int) -> Any:
-    """The account's live alert as one text (a scalar subquery, NULL when there is none)."""
-    return (
+def _guard_columns(account_id: int) -> tuple[Any, ...]:
+    """What an order is refused for, as columns: the halt, the market blocks, and the account's live
+    alert as one text (a scalar subquery, NULL when there is none)."""
+    live_alert = (
         sa.select(
             "alert "
             + sa.cast(DrawdownAlert.id, sa.String)
@@ -112,10 +113,25 @@ def _live_alert(account_id: int) -> Any:
             + sa.cast(DrawdownAlert.close_at, sa.String)
         )
         .where(DrawdownAlert.account_id == account_id, DrawdownAlert.status.in_(LIVE_ALERT_STATUSES))
-        .order_by(DrawdownAlert.id)
         .limit(1)
         .scalar_subquery()
     )
+    return (
+        GuardState.halted_at,
+        GuardState.halted_reason,
+        GuardState.blocked_symbols,
+        live_alert.label("live_alert"),
+    )
+
+
+def _guards_of(row: Any) -> dict[str, Any]:
+    """`_guard_columns` as read (None: the account has no guard state yet) for an OrderGuard."""
+    return {
+        "halted_at": row.halted_at if row is not None else None,
+        "halted_reason": row.halted_reason if row is not None else None,
+        "blocked_symbols": dict(row.blocked_symbols or {}) if row is not None else {},
+        "live_alert": row.live_alert if row is not None else None,
+    }
 
 
 def guard_now(session: DbSession, account_id: int, guard: OrderGuard) -> OrderGuard:
@@ -133,45 +149,20 @@ def guard_now(session: DbSession, account_id: int, guard: OrderGuard) -> OrderGu
     ).all()
     # No guard state, no alert: the guards write the state before they raise one.
     state = session.execute(
-        sa.select(
-            GuardState.halted_at,
-            GuardState.halted_reason,
-            GuardState.blocked_symbols,
-            _live_alert(account_id).label("live_alert"),
-        ).where(GuardState.account_id == account_id)
+        sa.select(*_guard_columns(account_id)).where(GuardState.account_id == account_id)
     ).first()
-    if state is None:
-        return replace(guard, halted_at=None, halted_reason=None, blocked_symbols={}, live_alert=None)
-    return replace(
-        guard,
-        halted_at=state.halted_at,
-        halted_reason=state.halted_reason,
-        blocked_symbols=dict(state.blocked_symbols or {}),
-        live_alert=state.live_alert,
-    )
+    return replace(guard, **_guards_of(state))
 
 
 def order_guard_of(session: DbSession, account_id: int) -> OrderGuard:
-    """The account's order limits, halt and market blocks, in one statement: the only read the execution
-    path makes of the guards on every order (a second one, of its recent trades, only when a limit on
-    orders per minute is set)."""
+    """The account's order limits, halt, market blocks and live alert, in one statement: the execution
+    path's first look at the guards for every order, before any terminal call (`guard_now` looks again
+    just before the order is sent; a limit on orders per minute reads the recent trades too)."""
     row = session.execute(
-        sa.select(
-            AccountRisk.settings,
-            GuardState.halted_at,
-            GuardState.halted_reason,
-            GuardState.blocked_symbols,
-            _live_alert(account_id).label("live_alert"),
-        )
+        sa.select(AccountRisk.settings, *_guard_columns(account_id))
         .select_from(Account)
         .outerjoin(AccountRisk, AccountRisk.account_id == Account.id)
         .outerjoin(GuardState, GuardState.account_id == Account.id)
         .where(Account.id == account_id)
     ).one()
-    return OrderGuard(
-        orders=RiskSettings.from_document(row.settings).orders,
-        halted_at=row.halted_at,
-        halted_reason=row.halted_reason,
-        blocked_symbols=dict(row.blocked_symbols or {}),
-        live_alert=row.live_alert,
-    )
+    return OrderGuard(orders=RiskSettings.from_document(row.settings).orders, **_guards_of(row))

@@ -227,16 +227,19 @@ def assess_limit(
     Drawdown = reference - equity; it breaches at `max_percent` or `max_amount`, whichever comes first,
     and warns at `warn_percent`."""
     if previous is None:
-        start, new_period = period_start(reading.at, limit.period, broker_offset_seconds), True
+        new_period = False  # the first reading starts the limit, and no period rolled over
+        state = _fresh_state(
+            limit, reading, period_start(reading.at, limit.period, broker_offset_seconds), initial_balance
+        )
     else:
         start, new_period = period_after(
             previous.period_start, reading.at, limit.period, broker_offset_seconds
         )
-    state = (
-        _fresh_state(limit, reading, start, initial_balance)
-        if new_period or previous is None
-        else replace(previous, period_start=start)
-    )
+        state = (
+            _fresh_state(limit, reading, start, initial_balance)
+            if new_period
+            else replace(previous, period_start=start)
+        )
     state = replace(state, peak=max(state.peak, reading.equity))
     reference = state.peak if limit.reference == "peak_equity" else state.anchor
 
@@ -260,7 +263,7 @@ def assess_limit(
         level=level,
         confirmed=breached and streak >= confirmations,
         warn_now=warn_now,
-        new_period=new_period and previous is not None,
+        new_period=new_period,
     )
 
 

@@ -449,15 +449,6 @@ def _claim(session: DbSession, delivery_ids: list[str], at: datetime, lease: tim
             WebhookDelivery.next_attempt_at <= at + EARLY_TOLERANCE,
         ),
     )
-    used_up = session.execute(
-        sa.update(WebhookDelivery)
-        .where(*due, WebhookDelivery.attempts >= rules.MAX_ATTEMPTS)
-        .values(status=DeliveryStatus.FAILED, last_error=rules.ATTEMPTS_USED_UP, next_attempt_at=None)
-        .returning(WebhookDelivery.delivery_id)
-        .execution_options(synchronize_session=False)
-    ).scalars()
-    for delivery_id in used_up:
-        log.warning("webhook delivery %s failed for good: %s", delivery_id, rules.ATTEMPTS_USED_UP)
     statement = (
         sa.update(WebhookDelivery)
         .where(*due, WebhookDelivery.attempts < rules.MAX_ATTEMPTS)
@@ -466,6 +457,18 @@ def _claim(session: DbSession, delivery_ids: list[str], at: datetime, lease: tim
         .execution_options(synchronize_session=False)
     )
     rows = session.execute(statement).all()
+    if len(rows) < len(set(delivery_ids)):
+        # Some were not claimed (held, not due, done, or used up): only then a statement to fail the used
+        # up, off the path of every delivery (an alert's webhooks wait for this commit).
+        used_up = session.execute(
+            sa.update(WebhookDelivery)
+            .where(*due, WebhookDelivery.attempts >= rules.MAX_ATTEMPTS)
+            .values(status=DeliveryStatus.FAILED, last_error=rules.ATTEMPTS_USED_UP, next_attempt_at=None)
+            .returning(WebhookDelivery.delivery_id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+        for delivery_id in used_up:
+            log.warning("webhook delivery %s failed for good: %s", delivery_id, rules.ATTEMPTS_USED_UP)
     session.commit()  # the claims are visible before the POSTs go out
     return {int(row[0]): int(row[1]) for row in rows}
 

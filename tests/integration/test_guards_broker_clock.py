@@ -28,7 +28,7 @@ from shared.mt5.sim.broker import SimBroker
 from shared.mt5.types import Quote
 from tests.integration import test_guards_engine as engine_tests
 from tests.integration.test_guards_engine import open_sim, state_of
-from tests.integration.test_guards_readings_edges import spec
+from tests.integration.test_guards_readings_edges import check, spec
 
 SERVER = "TradeGuard-Sim"
 PIN = (1.08500, 1.08510)
@@ -171,14 +171,7 @@ def test_an_offset_learnt_mid_day_keeps_the_days_reference_and_broker_midnight_s
     def check_at(at, bid):
         clock.at = at
         terminal.sim_set_quote("EURUSD", bid, bid + 0.0001)
-        [outcome] = readings.check_accounts(
-            db_session,
-            [account_id],
-            open_terminal=open_sim(terminal),
-            notify=recorder.notify,
-            schedule=recorder.schedule,
-            now=at,
-        )
+        [outcome] = check(db_session, terminal, recorder, [account_id], now=at)
         assert outcome.status == "ok"
         state = state_of(db_session, account_id)
         return state, state.limits["daily loss"]
@@ -234,13 +227,7 @@ def test_the_watch_dates_a_stale_quote_with_the_servers_known_offset_and_the_blo
     state.broker_offset_seconds = 2 * HOUR
     db_session.commit()
 
-    [outcome] = readings.check_accounts(
-        db_session,
-        [account_id],
-        open_terminal=open_sim(terminal),
-        notify=recorder.notify,
-        schedule=recorder.schedule,
-    )
+    [outcome] = check(db_session, terminal, recorder, [account_id])
     assert outcome.status == "ok"
     assert list(state_of(db_session, account_id).blocked_symbols) == ["EURUSD"]
     assert "market.blocked" in recorder.names()

@@ -485,19 +485,19 @@ def test_a_position_closed_elsewhere_during_the_grace_period_is_recorded_gone_no
     assert len(outs) == 1
 
 
+DAILY_LOSS_BLOCK = {
+    "name": "daily loss",
+    "period": "day",
+    "reference": "period_start_balance",
+    "warn_percent": 1,
+    "max_percent": 2,
+    "action": "block",
+    "resume": "next_period",
+}
+
+
 def test_a_block_action_halts_without_closing_and_refuses_no_reading(guarded, terminal, db_session, recorder):
-    limits = [
-        {
-            "name": "daily loss",
-            "period": "day",
-            "reference": "period_start_balance",
-            "warn_percent": 1,
-            "max_percent": 2,
-            "action": "block",
-            "resume": "next_period",
-        }
-    ]
-    _, account_id, login, check, _ = guarded(drawdown_limits=limits)
+    _, account_id, login, check, _ = guarded(drawdown_limits=[DAILY_LOSS_BLOCK])
     ticket = terminal.sim_open_manual(login, "EURUSD", mt5c.ORDER_TYPE_BUY, 1.0)
     check()
     terminal.sim_set_quote("EURUSD", 1.08200, 1.08210)
@@ -511,18 +511,7 @@ def test_a_block_action_halts_without_closing_and_refuses_no_reading(guarded, te
     assert "account.halted" in recorder.names()
 
 
-BLOCK_THEN_CLOSE = [
-    {
-        "name": "daily loss",
-        "period": "day",
-        "reference": "period_start_balance",
-        "warn_percent": 1,
-        "max_percent": 2,
-        "action": "block",
-        "resume": "next_period",
-    },
-    {**MAX_DRAWDOWN, "warn_percent": 3, "max_percent": 4},
-]
+BLOCK_THEN_CLOSE = [DAILY_LOSS_BLOCK, {**MAX_DRAWDOWN, "warn_percent": 3, "max_percent": 4}]
 
 
 def test_an_account_a_block_halted_is_still_closed_when_its_close_limit_breaches_and_the_close_halts_it(

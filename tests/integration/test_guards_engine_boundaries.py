@@ -844,15 +844,24 @@ def _deals_pnl(deals):
     return sum((d.profit + d.commission + d.swap for d in deals), 0.0)
 
 
+def _closed_in_halves(guarded, terminal, db_session, recorder, terminal_type=SimTerminal):
+    """An alerted account's 1-lot position closed by the one-alert path through a broker that fills
+    each order in half (down to 0.01 lot), on a terminal of `terminal_type`: (login, ticket, alert,
+    the alert's result)."""
+    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
+    terminal.sim_set_partial_fill(0.5)
+    result = _execute(
+        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, terminal_type)
+    )
+    return login, ticket, alert, result
+
+
 def test_a_close_that_fills_in_part_is_sent_again_for_the_rest_until_the_position_is_closed(
     guarded, terminal, db_session, recorder
 ):
     """IOC closes may fill in part (TRADE_RETCODE_DONE_PARTIAL): each part is recorded and the rest sent
     again, until the position is gone. Recorded as closed at the first part, the rest stayed open."""
-    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
-    terminal.sim_set_partial_fill(0.5)  # each order fills half of what it asks, down to 0.01 lot
-
-    result = _execute(db_session, terminal, recorder, alert.id)
+    login, ticket, alert, result = _closed_in_halves(guarded, terminal, db_session, recorder)
 
     assert (result.status, result.closed) == ("executed", 1)
     assert terminal.positions_get() == ()
@@ -983,11 +992,8 @@ class _RepliesWithoutDeal(SimTerminal):
 def test_parts_whose_replies_name_no_deal_are_found_by_the_closes_comment_each_once(
     guarded, terminal, db_session, recorder
 ):
-    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
-    terminal.sim_set_partial_fill(0.5)
-
-    result = _execute(
-        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _RepliesWithoutDeal)
+    login, ticket, alert, result = _closed_in_halves(
+        guarded, terminal, db_session, recorder, _RepliesWithoutDeal
     )
 
     assert result.status == "executed"
@@ -1025,12 +1031,7 @@ class _NoDealHistory(SimTerminal):
 def test_parts_whose_deals_cannot_be_read_leave_the_closes_pnl_unknown_not_wrong(
     guarded, terminal, db_session, recorder
 ):
-    _, login, (ticket,), alert = _alerted(guarded, terminal, db_session)
-    terminal.sim_set_partial_fill(0.5)
-
-    result = _execute(
-        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _NoDealHistory)
-    )
+    login, ticket, alert, result = _closed_in_halves(guarded, terminal, db_session, recorder, _NoDealHistory)
 
     assert result.status == "executed"
     close = _close_of(db_session, alert.id)
@@ -1057,13 +1058,8 @@ class _DealHistoryOnce(SimTerminal):
 def test_a_close_whose_last_parts_deal_cannot_be_read_has_its_pnl_unknown_not_its_first_parts(
     guarded, terminal, db_session, recorder
 ):
-    _, _, _, alert = _alerted(guarded, terminal, db_session)
-    terminal.sim_set_partial_fill(0.5)
     _DealHistoryOnce.reads = 0
-
-    result = _execute(
-        db_session, terminal, recorder, alert.id, open_terminal=open_sim(terminal, _DealHistoryOnce)
-    )
+    _, _, alert, result = _closed_in_halves(guarded, terminal, db_session, recorder, _DealHistoryOnce)
 
     assert result.status == "executed"
     assert _DealHistoryOnce.reads == 2  # the part's deal read, the rest's not found

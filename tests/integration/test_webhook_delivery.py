@@ -53,6 +53,19 @@ def one_delivery(db_session, owner, url, *, allow_private=True, event="alert.pen
     return secret, row
 
 
+def two_alerts_to_both(db_session, owner):
+    """`alert.pending` for two accounts, committed, to the owner's two webhooks: the four deliveries."""
+    for account_id in (1, 2):
+        sent = webhooks.notify(
+            db_session, task_queue(), owner.id, "alert.pending", {"account_id": account_id}
+        )
+        assert sent == 2
+    db_session.commit()
+    return db_session.scalars(
+        sa.select(WebhookDelivery).where(WebhookDelivery.owner_id == owner.id).order_by(WebhookDelivery.id)
+    ).all()
+
+
 def reloaded(db_session, row):
     db_session.expire_all()
     return db_session.get(WebhookDelivery, row.id)
@@ -184,19 +197,7 @@ def test_a_commits_deliveries_are_attempted_together_each_recorded_on_its_own(db
             events=None,
             allow_private=True,
         )
-        for account_id in (1, 2):
-            assert (
-                webhooks.notify(
-                    db_session, task_queue(), owner.id, "alert.pending", {"account_id": account_id}
-                )
-                == 2
-            )
-        db_session.commit()
-        rows = db_session.scalars(
-            sa.select(WebhookDelivery)
-            .where(WebhookDelivery.owner_id == owner.id)
-            .order_by(WebhookDelivery.id)
-        ).all()
+        rows = two_alerts_to_both(db_session, owner)
         ids = [row.delivery_id for row in rows]
         done_before = ids[0]
         assert (
@@ -255,19 +256,7 @@ def test_an_unexpected_error_in_one_delivery_fails_that_attempt_only(
                 events=None,
                 allow_private=True,
             )
-        for account_id in (1, 2):
-            assert (
-                webhooks.notify(
-                    db_session, task_queue(), owner.id, "alert.pending", {"account_id": account_id}
-                )
-                == 2
-            )
-        db_session.commit()
-        rows = db_session.scalars(
-            sa.select(WebhookDelivery)
-            .where(WebhookDelivery.owner_id == owner.id)
-            .order_by(WebhookDelivery.id)
-        ).all()
+        rows = two_alerts_to_both(db_session, owner)
         broken_hook = rows[1].webhook_id
         real_post = delivery.post
 
